@@ -1,0 +1,155 @@
+"""
+What the store holds for a key, and its byte format.
+
+An L{Entry} is either a value (with its fetch time, its freshness windows, the
+duration of the fetch that produced it and the state of failing refreshes) or,
+with C{body=None}, the memory of a failed fetch of an absent value, kept for
+the job's C{error_ttl} so that callers get their 502 at once.
+
+The byte format (L{encode}/L{decode}), used by every store that is not in
+process memory, is documented in C{docs/store-format.md}: one line of JSON
+metadata, a newline, then the body bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+FORMAT_VERSION = 1
+
+
+def make_etag(body: bytes, fetched_at: float) -> str:
+    """A weak ETag derived from a stored body and its fetch time."""
+    digest = hashlib.blake2b(body, digest_size=12)
+    digest.update(repr(fetched_at).encode("ascii"))
+    return f'W/"{digest.hexdigest()}"'
+
+
+@attrs.frozen
+class Fetched:
+    """What one successful fetch attempt produced."""
+
+    body: bytes
+    content_type: str
+
+
+@attrs.frozen
+class Entry:
+    body: bytes | None
+    content_type: str
+    fetched_at: float
+    fresh_until: float
+    stale_until: float
+    """C{fresh_until + stale}: served stale and refreshed until then."""
+    error_until: float
+    """C{fresh_until + stale_if_error}: served stale until then while refreshes fail."""
+    duration: float
+    """How long the fetch that produced the body took (the XFetch delta)."""
+    job: str
+    args: Mapping[str, str]
+    tags: tuple[str, ...] = ()
+    etag: str = ""
+    failures: int = 0
+    """Failed refreshes since the body was fetched (or failed fetches of an absent value)."""
+    last_error: str | None = None
+    retry_at: float = 0.0
+    """No refresh starts before this: backoff while refreshes fail, C{error_ttl} for a failure."""
+
+    @property
+    def is_failure(self) -> bool:
+        return self.body is None
+
+    @property
+    def expires_at(self) -> float:
+        """When the store may forget this entry."""
+        if self.body is None:
+            return self.retry_at
+        return max(self.stale_until, self.error_until)
+
+    def size(self) -> int:
+        return len(self.body or b"")
+
+
+def value_entry(
+    fetched: Fetched,
+    *,
+    job: str,
+    args: Mapping[str, str],
+    tags: tuple[str, ...],
+    now: float,
+    duration: float,
+    fresh: float,
+    stale: float,
+    stale_if_error: float,
+) -> Entry:
+    """A new entry for a value fetched (or put) at C{now}."""
+    fresh_until = now + fresh
+    return Entry(
+        body=fetched.body,
+        content_type=fetched.content_type,
+        fetched_at=now,
+        fresh_until=fresh_until,
+        stale_until=fresh_until + stale,
+        error_until=fresh_until + stale_if_error,
+        duration=duration,
+        job=job,
+        args=dict(args),
+        tags=tags,
+        etag=make_etag(fetched.body, now),
+    )
+
+
+_META_FIELDS = (
+    "content_type",
+    "fetched_at",
+    "fresh_until",
+    "stale_until",
+    "error_until",
+    "duration",
+    "job",
+    "args",
+    "tags",
+    "etag",
+    "failures",
+    "last_error",
+    "retry_at",
+)
+
+
+def encode(entry: Entry) -> bytes:
+    """The bytes of C{entry} in format version 1."""
+    meta: dict[str, Any] = {"format": FORMAT_VERSION, "has_body": entry.body is not None}
+    for name in _META_FIELDS:
+        value = getattr(entry, name)
+        meta[name] = list(value) if name == "tags" else value
+    meta["args"] = dict(entry.args)
+    head = json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return head + b"\n" + (entry.body or b"")
+
+
+class EntryFormatError(ValueError):
+    """Bytes that are not an entry of a format this version reads."""
+
+
+def decode(data: bytes) -> Entry:
+    """The entry encoded in C{data}; L{EntryFormatError} if it is not one."""
+    head, sep, body = data.partition(b"\n")
+    if not sep:
+        raise EntryFormatError("no metadata line")
+    try:
+        meta = json.loads(head)
+    except ValueError as e:
+        raise EntryFormatError(f"metadata is not JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise EntryFormatError("unknown entry format")
+    try:
+        fields = {name: meta[name] for name in _META_FIELDS}
+        fields["tags"] = tuple(fields["tags"])
+        return Entry(body=body if meta["has_body"] else None, **fields)
+    except (KeyError, TypeError) as e:
+        raise EntryFormatError(f"bad metadata: {e}") from None

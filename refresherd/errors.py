@@ -1,0 +1,128 @@
+"""
+Errors that reach users.
+
+Every error a client can see is a L{RefresherdError} subclass carrying its HTTP
+status and the error code of SPEC section 5; one handler in the HTTP face turns
+them into C{{"error": {"code": ..., "message": ...}}}.  L{ConfigError} is what
+stops start-up, with one line naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+
+class RefresherdError(Exception):
+    """
+    The root of every error refresherd reports to a user.
+    """
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class UnknownJob(RefresherdError):
+    """The job named in the request is not configured."""
+
+    status, code = 404, "unknown_job"
+
+
+class BadArgs(RefresherdError):
+    """Arguments are missing, unknown, repeated, too long or do not match their pattern."""
+
+    status, code = 400, "bad_args"
+
+
+class BadJson(RefresherdError):
+    """The request body is not the JSON it should be."""
+
+    status, code = 400, "bad_json"
+
+
+class BodyTooLarge(RefresherdError):
+    """The request body is larger than the configured limit."""
+
+    status, code = 413, "body_too_large"
+
+
+class BatchTooLarge(RefresherdError):
+    """A batch request names more items than C{max_batch}."""
+
+    status, code = 413, "batch_too_large"
+
+
+class Unauthorized(RefresherdError):
+    """No token, or a token refresherd does not know."""
+
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(RefresherdError):
+    """A known token whose class may not do this."""
+
+    status, code = 403, "forbidden"
+
+
+class FetchFailed(RefresherdError):
+    """The origin failed and no value can be served."""
+
+    status, code = 502, "fetch_failed"
+
+
+class WaitTimeout(RefresherdError):
+    """The value was not fetched within the job's C{wait_timeout}; the fetch goes on."""
+
+    status, code = 504, "wait_timeout"
+
+
+class StoreUnavailable(RefresherdError):
+    """The shared store cannot be reached."""
+
+    status, code = 503, "store_unavailable"
+
+
+class Overloaded(RefresherdError):
+    """The job's fetch queue is full."""
+
+    status, code = 503, "overloaded"
+
+
+class NotFound(RefresherdError):
+    """No such route or entry."""
+
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(RefresherdError):
+    """The route exists but not with this method."""
+
+    status, code = 405, "method_not_allowed"
+
+
+class UnsupportedMediaType(RefresherdError):
+    """The request body has a content type this route does not take."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+class ConfigError(Exception):
+    """
+    The configuration, an option or an endpoint is wrong.  The message is one
+    line naming where (file, job, key) and what is wrong.
+    """
+
+
+class FetchError(Exception):
+    """
+    One fetch attempt failed.  The message is one line saying why, shown to
+    callers as the C{error} of a stale answer or the message of C{fetch_failed}.
+    """
+
+
+class FetchTimeout(FetchError):
+    """One fetch attempt took longer than the job's C{timeout}."""

@@ -1,0 +1,83 @@
+"""
+The two seams of refresherd: where values are kept (L{IStore}) and how they
+are fetched (L{IFetcher}).  The refresher talks to these only, so a new store
+or a new kind of fetch plugs in without touching the refresh logic.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IStore(Interface):
+    """
+    Where entries live, shared by every refresherd process that uses it.
+
+    Every method returns a L{Deferred}.  A store that cannot be reached fails
+    them with L{refresherd.errors.StoreUnavailable}, within a bounded time.
+    """
+
+    shared = Attribute(
+        "True when other processes may use the same store, so that a waiter "
+        "must watch the store for a fetch running elsewhere."
+    )
+
+    def get(key: str):  # type: ignore[no-untyped-def]
+        """
+        The L{refresherd.entry.Entry} of C{key}, or L{None} if there is none
+        (never written, expired, evicted, purged, or unreadable).
+        """
+
+    def put(key: str, entry, ttl: float, lease: str | None = None):  # type: ignore[no-untyped-def]
+        """
+        Keep C{entry} under C{key} for C{ttl} seconds; fire with C{True} if
+        written.
+
+        With C{lease}, the write is fenced: it happens only while that lease on
+        C{key} is still held, and fires C{False} otherwise.  Without, the write
+        is unconditional and breaks any lease on C{key}, so that a fetch which
+        started before it can never overwrite it.
+        """
+
+    def delete(key: str):  # type: ignore[no-untyped-def]
+        """
+        Forget C{key} and break any lease on it; fire with C{True} if an entry
+        was there.
+        """
+
+    def acquire_lease(key: str, ttl: float):  # type: ignore[no-untyped-def]
+        """
+        Mark a fetch of C{key} as running for at most C{ttl} seconds.  Fire
+        with a token that names this holder, or L{None} when another holder
+        has it.
+        """
+
+    def release_lease(key: str, token: str):  # type: ignore[no-untyped-def]
+        """Release the lease on C{key} if C{token} still holds it."""
+
+    def wait_for_change(key: str, timeout: float):  # type: ignore[no-untyped-def]
+        """
+        Fire (with L{None}) when C{key} is next written or deleted, or when
+        C{timeout} seconds have passed, whichever comes first.  Waiters for a
+        fetch that runs in another process use it.
+        """
+
+    def ping():  # type: ignore[no-untyped-def]
+        """Fire when the store answers, fail with StoreUnavailable when not."""
+
+
+class IFetcher(Interface):
+    """
+    One job's way of fetching a value.  It makes one attempt; the refresher
+    owns timeouts, retries, backoff and concurrency.
+    """
+
+    def fetch(args):  # type: ignore[no-untyped-def]
+        """
+        Fetch the value for C{args} (a mapping of the job's argument names to
+        strings).  Fire with a L{refresherd.entry.Fetched}, or fail with
+        L{refresherd.errors.FetchError} whose message says why in one line.
+
+        Cancelling the Deferred abandons the attempt: a network fetch closes
+        its connection; work in a thread runs on but its result is dropped.
+        """
