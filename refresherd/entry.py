@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,8 +27,7 @@ FORMAT_VERSION = 1
 
 def make_etag(body: bytes, fetched_at: float) -> str:
     """A weak ETag derived from a stored body and its fetch time."""
-    digest = hashlib.blake2b(body, digest_size=12)
-    digest.update(repr(fetched_at).encode("ascii"))
+    digest = hashlib.blake2b(body, digest_size=12, salt=struct.pack("<d", fetched_at))
     return f'W/"{digest.hexdigest()}"'
 
 
@@ -128,8 +129,8 @@ def encode(entry: Entry) -> bytes:
         value = getattr(entry, name)
         meta[name] = list(value) if name == "tags" else value
     meta["args"] = dict(entry.args)
-    head = json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    return head + b"\n" + (entry.body or b"")
+    head = json.dumps(meta, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return head.encode("ascii") + b"\n" + (entry.body or b"")
 
 
 class EntryFormatError(ValueError):
@@ -143,13 +144,51 @@ def decode(data: bytes) -> Entry:
         raise EntryFormatError("no metadata line")
     try:
         meta = json.loads(head)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise EntryFormatError(f"metadata is not JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise EntryFormatError("unknown entry format")
     try:
         fields = {name: meta[name] for name in _META_FIELDS}
-        fields["tags"] = tuple(fields["tags"])
-        return Entry(body=body if meta["has_body"] else None, **fields)
-    except (KeyError, TypeError) as e:
-        raise EntryFormatError(f"bad metadata: {e}") from None
+    except KeyError as e:
+        raise EntryFormatError(f"bad metadata: no field {e}") from None
+    for name, kind in _META_TYPES.items():
+        if not _is(fields[name], kind):
+            raise EntryFormatError(f"bad metadata: {name!r} is not {kind}")
+    if not all(isinstance(tag, str) for tag in fields["tags"]) or not all(
+        isinstance(v, str) for v in fields["args"].values()
+    ):
+        raise EntryFormatError("bad metadata: tags and argument values must be strings")
+    if not isinstance(meta.get("has_body"), bool):
+        raise EntryFormatError("bad metadata: 'has_body' is not a boolean")
+    fields["tags"] = tuple(fields["tags"])
+    return Entry(body=body if meta["has_body"] else None, **fields)
+
+
+_META_TYPES = {
+    "content_type": "str",
+    "fetched_at": "number",
+    "fresh_until": "number",
+    "stale_until": "number",
+    "error_until": "number",
+    "duration": "number",
+    "job": "str",
+    "args": "object",
+    "tags": "array",
+    "etag": "str",
+    "failures": "int",
+    "last_error": "str or null",
+    "retry_at": "number",
+}
+
+
+def _is(value: object, kind: str) -> bool:
+    if kind == "number":
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "str or null":
+        return value is None or isinstance(value, str)
+    return isinstance(value, {"str": str, "object": dict, "array": list}[kind])

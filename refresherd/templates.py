@@ -49,9 +49,13 @@ def check_url_template(url: str) -> None:
     if not authority:
         raise ValueError("has no host")
     if placeholders(authority):
-        raise ValueError("has a placeholder in its host; placeholders may stand only in path and query")
+        raise ValueError(
+            "has a placeholder in its host; placeholders may stand only in path and query"
+        )
     if "#" in rest and placeholders(rest.split("#", 1)[1]):
-        raise ValueError("has a placeholder in its fragment; placeholders may stand only in path and query")
+        raise ValueError(
+            "has a placeholder in its fragment; placeholders may stand only in path and query"
+        )
     for brace in re.sub(PLACEHOLDER, "", url):
         if brace in "{}":
             raise ValueError("has a '{' or '}' that is not a {name} placeholder")

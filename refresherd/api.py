@@ -1,0 +1,280 @@
+"""
+The public HTTP API (SPEC section 5): parse, authorize, ask the refresher,
+render.  Every error a client can cause is a L{RefresherdError} rendered as
+the JSON error object; anything else is logged and answered with a JSON 500,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from refresherd.args import parse_query
+from refresherd.auth import Authorizer
+from refresherd.config import ServerConfig
+from refresherd.errors import (
+    BadArgs,
+    BadJson,
+    BatchTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    RefresherdError,
+    Unauthorized,
+)
+from refresherd.metrics import Metrics
+from refresherd.refresher import Answer, Refresher, is_json_type
+
+JSON = b"application/json"
+
+
+def _header(request: IRequest, name: bytes) -> bytes | None:
+    value = request.getHeader(name)
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+def _query(request: IRequest) -> bytes:
+    return request.uri.partition(b"?")[2]
+
+
+def cache_status(answer: Answer, now: float) -> str:
+    """The RFC 9211 C{Cache-Status} of an answer."""
+    entry = answer.entry
+    if answer.status == "pending" or entry is None:
+        return "refresherd; fwd=miss"
+    if answer.status == "miss":
+        return "refresherd; fwd=miss; stored" if answer.stored else "refresherd; fwd=miss"
+    return f"refresherd; hit; ttl={math.floor(entry.fresh_until - now)}"
+
+
+def etag_matches(if_none_match: bytes | None, etag: str) -> bool:
+    """Weak comparison of C{If-None-Match} with the current ETag."""
+    if not if_none_match:
+        return False
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.decode("latin-1").split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
+def answer_body(answer: Answer, now: float) -> bytes:
+    """The JSON object of an answer.  A JSON value is spliced in as stored."""
+    head: dict[str, Any] = {"job": answer.job, "key": answer.key, "status": answer.status}
+    entry = answer.entry
+    if entry is None:
+        return json.dumps(head).encode("utf-8")
+    head.update(
+        content_type=entry.content_type,
+        fetched_at=entry.fetched_at,
+        fresh_until=entry.fresh_until,
+        stale_until=entry.stale_until,
+        age=round(max(0.0, now - entry.fetched_at), 3),
+    )
+    if answer.error is not None:
+        head["error"] = " ".join(answer.error.split())
+    body = entry.body or b""
+    if is_json_type(entry.content_type):
+        value = body
+        field = b'"value":'
+    else:
+        try:
+            value = json.dumps(body.decode("utf-8")).encode("utf-8")
+            field = b'"value":'
+        except UnicodeDecodeError:
+            value = json.dumps(base64.b64encode(body).decode("ascii")).encode("ascii")
+            field = b'"value_b64":'
+    return json.dumps(head).encode("utf-8")[:-1] + b"," + field + value + b"}"
+
+
+@attrs.define(slots=False)
+class PublicAPI:
+    """The routes of the public listener."""
+
+    refresher: Refresher
+    authorizer: Authorizer
+    server: ServerConfig
+    metrics: Metrics
+    clock: IReactorTime
+    app = Klein()
+    _log: Logger = attrs.field(factory=Logger, init=False)
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """How large a request body may be: a PUT to a job may send up to its C{max_value_bytes}."""
+        if method.upper() == b"PUT" and path.startswith(b"/v1/jobs/"):
+            name = path[len(b"/v1/jobs/") :].partition(b"?")[0].decode("latin-1")
+            job = self.refresher.jobs.get(name)
+            if job is not None:
+                return job.config.max_value_bytes
+        return self.server.max_body_bytes
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _observe(self, request: IRequest, route: str) -> None:
+        start = self.clock.seconds()
+
+        def done(_: object) -> None:
+            self.metrics.http_duration.labels(route=route, code=str(request.code)).observe(
+                self.clock.seconds() - start
+            )
+
+        request.notifyFinish().addBoth(done)
+
+    def _error(self, request: IRequest, error: RefresherdError) -> bytes:
+        request.setResponseCode(error.status)
+        request.setHeader(b"Content-Type", JSON)
+        if isinstance(error, Unauthorized):
+            request.setHeader(b"WWW-Authenticate", b"Bearer")
+        return json.dumps(error.to_json()).encode("utf-8")
+
+    @app.handle_errors(RefresherdError)
+    def _handle_refresherd_error(self, request: IRequest, failure: Failure) -> bytes:
+        return self._error(request, failure.value)
+
+    @app.handle_errors(RouteNotFound)
+    def _handle_not_found(self, request: IRequest, failure: Failure) -> bytes:
+        self._observe(request, "_unmatched")
+        return self._error(request, NotFound(f"no route {request.path.decode('latin-1')!r}"))
+
+    @app.handle_errors(RouteMethodNotAllowed)
+    def _handle_method(self, request: IRequest, failure: Failure) -> bytes:
+        self._observe(request, "_unmatched")
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode("ascii"))
+        method = request.method.decode("latin-1")
+        return self._error(request, MethodNotAllowed(f"method {method} is not allowed here"))
+
+    @app.handle_errors(Exception)
+    def _handle_unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        self._log.failure("Error answering {uri}", failure, uri=request.uri)
+        request.setResponseCode(500)
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps({"error": {"code": "internal", "message": "internal error"}}).encode()
+
+    def _count(self, job: str, status: str) -> None:
+        self.metrics.requests.labels(job=self.metrics.job_label(job), status=status).inc()
+
+    async def _lookup(self, job: str, args: dict[str, Any]) -> Answer:
+        try:
+            answer = await self.refresher.lookup(job, args)
+        except RefresherdError:
+            self._count(job, "error")
+            raise
+        self._count(job, answer.status)
+        return answer
+
+    # -- routes ------------------------------------------------------------------
+
+    @app.route("/v1/jobs/<job>", methods=["GET", "HEAD"])
+    async def get_value(self, request: IRequest, job: str) -> bytes:
+        self._observe(request, "/v1/jobs/{job}")
+        self.authorizer.check_read(_header(request, b"Authorization"))
+        answer = await self._lookup(job, parse_query(_query(request)))
+        return self._render(request, answer, raw=False)
+
+    @app.route("/v1/jobs/<job>/raw", methods=["GET", "HEAD"])
+    async def get_raw(self, request: IRequest, job: str) -> bytes:
+        self._observe(request, "/v1/jobs/{job}/raw")
+        self.authorizer.check_read(_header(request, b"Authorization"))
+        answer = await self._lookup(job, parse_query(_query(request)))
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Content-Security-Policy", b"sandbox")
+        return self._render(request, answer, raw=True)
+
+    def _render(self, request: IRequest, answer: Answer, raw: bool) -> bytes:
+        now = self.clock.seconds()
+        request.setHeader(b"Cache-Status", cache_status(answer, now).encode("ascii"))
+        entry = answer.entry
+        if entry is None:
+            request.setResponseCode(202)
+            request.setHeader(b"Content-Type", JSON)
+            return answer_body(answer, now)
+        request.setHeader(b"Age", str(max(0, math.floor(now - entry.fetched_at))).encode())
+        request.setHeader(b"ETag", entry.etag.encode("ascii"))
+        if etag_matches(_header(request, b"If-None-Match"), entry.etag):
+            request.setResponseCode(304)
+            return b""
+        if raw:
+            request.setHeader(b"Content-Type", entry.content_type.encode("latin-1"))
+            return entry.body or b""
+        request.setHeader(b"Content-Type", JSON)
+        return answer_body(answer, now)
+
+    @app.route("/v1/jobs/<job>", methods=["PUT"])
+    async def put_value(self, request: IRequest, job: str) -> bytes:
+        self._observe(request, "/v1/jobs/{job}")
+        self.authorizer.check_write(_header(request, b"Authorization"))
+        args = parse_query(_query(request))
+        content_type = request.getHeader(b"Content-Type") or b"application/octet-stream"
+        body = request.content.read()
+        answer = await self.refresher.put(job, args, body, content_type.decode("latin-1"))
+        return self._render(request, answer, raw=False)
+
+    @app.route("/v1/fetch", methods=["POST"])
+    async def fetch_many(self, request: IRequest) -> bytes:
+        self._observe(request, "/v1/fetch")
+        self.authorizer.check_read(_header(request, b"Authorization"))
+        items = self._batch_items(request.content.read())
+        now_answers = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(self._batch_item(item)) for item in items]
+        )
+        now = self.clock.seconds()
+        request.setHeader(b"Content-Type", JSON)
+        return b'{"items":[' + b",".join(self._item_body(a, now) for a in now_answers) + b"]}"
+
+    def _batch_items(self, body: bytes) -> list[Any]:
+        try:
+            document = json.loads(body)
+        except ValueError as e:
+            raise BadJson(f"the body is not valid JSON: {e}") from None
+        if not isinstance(document, dict) or not isinstance(document.get("items"), list):
+            raise BadJson('the body must be an object {"items": [...]}')
+        items = document["items"]
+        if len(items) > self.server.max_batch:
+            raise BatchTooLarge(f"a batch may hold at most {self.server.max_batch} items")
+        return items
+
+    async def _batch_item(self, item: Any) -> Answer | RefresherdError:
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("job"), str):
+                raise BadArgs('each item must be an object {"job": ..., "args": {...}}')
+            args = item.get("args", {})
+            if not isinstance(args, dict):
+                raise BadArgs("an item's args must be an object of strings")
+            return await self._lookup(item["job"], args)
+        except RefresherdError as e:
+            return e
+
+    def _item_body(self, answer: Answer | RefresherdError, now: float) -> bytes:
+        if isinstance(answer, RefresherdError):
+            return json.dumps(answer.to_json()).encode("utf-8")
+        return answer_body(answer, now)
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> bytes:
+        self._observe(request, "/healthz")
+        request.setHeader(b"Content-Type", JSON)
+        return b'{"status":"ok"}'
+
+    @app.route("/readyz", methods=["GET", "HEAD"])
+    async def readyz(self, request: IRequest) -> bytes:
+        self._observe(request, "/readyz")
+        await self.refresher.store.ping()
+        request.setHeader(b"Content-Type", JSON)
+        return b'{"status":"ready"}'

@@ -1,0 +1,79 @@
+"""
+Bearer tokens (SPEC section 6).
+
+Four classes of token: read, write, admin and metrics.  A presented token is
+compared with every configured token in constant time (C{hmac.compare_digest},
+and always against all of them, so timing tells nothing about which or how
+many matched).  No token and an unknown token are 401; a known token of a
+class that may not do this is 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+import attrs
+
+from refresherd.config import AuthConfig
+from refresherd.errors import Forbidden, Unauthorized
+
+READ, WRITE, ADMIN, METRICS = "read", "write", "admin", "metrics"
+
+READERS = frozenset({READ, WRITE, ADMIN})
+WRITERS = frozenset({WRITE, ADMIN})
+
+
+@attrs.frozen
+class Authorizer:
+    tokens: tuple[tuple[bytes, str], ...]
+    """Every configured token with its class."""
+
+    @classmethod
+    def from_config(cls, auth: AuthConfig) -> Authorizer:
+        tokens = []
+        for kind, secrets in (
+            (READ, auth.read_tokens),
+            (WRITE, auth.write_tokens),
+            (ADMIN, auth.admin_tokens),
+            (METRICS, auth.metrics_tokens),
+        ):
+            tokens.extend((secret.value.encode("utf-8"), kind) for secret in secrets)
+        return cls(tuple(tokens))
+
+    def configured(self, kinds: Iterable[str]) -> bool:
+        wanted = set(kinds)
+        return any(kind in wanted for _, kind in self.tokens)
+
+    def token_class(self, authorization: bytes | None) -> str | None:
+        """The class of the bearer token in an C{Authorization} header, if known."""
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        token = token.strip()
+        found = None
+        for known, kind in self.tokens:
+            if hmac.compare_digest(known, token) and found is None:
+                found = kind
+        return found
+
+    def require(self, authorization: bytes | None, allowed: frozenset[str]) -> None:
+        """Raise unless the header carries a token of one of the C{allowed} classes."""
+        kind = self.token_class(authorization)
+        if kind is None:
+            raise Unauthorized("a valid bearer token is required")
+        if kind not in allowed:
+            raise Forbidden(f"a {kind} token may not do this")
+
+    def check_read(self, authorization: bytes | None) -> None:
+        """Read endpoints are open unless read tokens are configured."""
+        if self.configured([READ]):
+            self.require(authorization, READERS)
+
+    def check_write(self, authorization: bytes | None) -> None:
+        """Writes need a write or admin token, and are off when neither class is configured."""
+        if not self.configured(WRITERS):
+            raise Forbidden("writes are disabled: no write or admin token is configured")
+        self.require(authorization, WRITERS)

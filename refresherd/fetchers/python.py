@@ -1,0 +1,285 @@
+"""
+The C{fetch = "python"} fetcher: a function of the operator's, named by the
+job's C{callable} as C{"package.module:name"} (the name may be dotted, such
+as C{"module:Class.method"}), called with the job's arguments as keyword
+arguments.
+
+Where the function runs:
+
+  - A coroutine function (C{async def}) and a function decorated with
+    L{reactor_call} run in the reactor thread.  They must not block.  A
+    coroutine may await L{Deferred}s (it is driven by
+    L{Deferred.fromCoroutine}, so it may not await asyncio futures); a
+    L{reactor_call} function may return a plain value, a L{Deferred} or a
+    coroutine.
+  - Every other function runs in the job's own thread pool (L{make_threadpool},
+    at most C{concurrency} threads) and returns a plain value.  It may block;
+    it must not touch the reactor or return a L{Deferred}.
+
+The result becomes the stored value (SPEC section 3): C{bytes} as
+C{application/octet-stream}, C{str} as C{text/plain; charset=utf-8}, anything
+else as its compact JSON encoding, C{application/json}.  A result that does
+not encode (NaN, sets, objects...) or is larger than C{max_value_bytes} is a
+failure.  An exception raised by the function becomes a L{FetchError} saying
+C{"<ExceptionType>: <message>"} on one line, and its traceback is logged; the
+function may raise L{FetchError} itself to give the exact message.
+
+Cancelling a fetch fails it at once with L{CancelledError}.  A coroutine or
+L{Deferred} is cancelled; a function running in a thread runs on, and its
+late result (or exception) is dropped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from refresherd.config import JobConfig
+from refresherd.entry import Fetched
+from refresherd.errors import FetchError
+from refresherd.interfaces import IFetcher
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_REACTOR_CALL = "__refresherd_reactor_call__"
+_MAX_MESSAGE = 300
+
+JSON_TYPE = "application/json"
+TEXT_TYPE = "text/plain; charset=utf-8"
+BYTES_TYPE = "application/octet-stream"
+
+
+def reactor_call(function: _F) -> _F:
+    """
+    Mark C{function} to be called in the reactor thread rather than in the
+    job's thread pool: it may then return a L{Deferred} or a coroutine, and
+    must not block.
+    """
+    setattr(function, _REACTOR_CALL, True)
+    return function
+
+
+def runs_in_reactor(function: Callable[..., Any]) -> bool:
+    """True when C{function} is called in the reactor thread (see the module docstring)."""
+    return inspect.iscoroutinefunction(function) or getattr(function, _REACTOR_CALL, False) is True
+
+
+def resolve_callable(spec: str) -> Callable[..., Any]:
+    """
+    The object named by C{spec}, C{"package.module:name"} or
+    C{"package.module:Name.attribute"}; L{ValueError} with one line when it
+    cannot be imported, found or called.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute or ":" in attribute:
+        raise ValueError(f"callable {spec!r} must be written 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as e:
+        raise ValueError(
+            _one_line(f"callable {spec!r}: cannot import {module_name!r}: {_describe(e)}")
+        ) from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"callable {spec!r}: {part!r} not found") from None
+    if not callable(target):
+        raise ValueError(f"callable {spec!r} is not callable")
+    return target
+
+
+def make_threadpool(job: JobConfig) -> ThreadPool:
+    """
+    The thread pool of a python job: no idle threads, at most
+    C{job.concurrency}, named after the job.  Not started: start it with the
+    service (L{PythonFetcher.start}) and stop it at shutdown
+    (L{PythonFetcher.stop}).
+    """
+    return ThreadPool(minthreads=0, maxthreads=job.concurrency, name=f"refresherd-job-{job.name}")
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3] + "..."
+    return text
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return _one_line(f"{type(error).__name__}: {text}" if text.strip() else type(error).__name__)
+
+
+def to_fetched(value: object, max_bytes: int) -> Fetched:
+    """
+    The stored form of a python job's result (see the module docstring);
+    L{FetchError} when it does not encode or is larger than C{max_bytes}.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        fetched = Fetched(body=bytes(value), content_type=BYTES_TYPE)
+    elif isinstance(value, str):
+        try:
+            fetched = Fetched(body=value.encode("utf-8"), content_type=TEXT_TYPE)
+        except UnicodeEncodeError as e:
+            raise FetchError(_one_line(f"result is not valid text: {e}")) from None
+    else:
+        try:
+            text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as e:
+            raise FetchError(_one_line(f"result is not JSON-encodable: {e}")) from None
+        fetched = Fetched(body=text.encode("utf-8"), content_type=JSON_TYPE)
+    if len(fetched.body) > max_bytes:
+        raise FetchError(f"result larger than {max_bytes} bytes")
+    return fetched
+
+
+@implementer(IFetcher)
+@attrs.define
+class PythonFetcher:
+    """
+    Fetches the values of one C{fetch = "python"} job.
+
+    The thread pool is the job's own (L{make_threadpool}); its owner (the
+    tap's service) starts and stops it, directly or with L{start} and L{stop}.
+
+    @ivar job: The job.
+    @ivar reactor: The reactor: results of threads are delivered through it.
+    @ivar thread_pool: Where functions that are not run in the reactor run.
+    @ivar function: The job's function, already resolved with
+        L{resolve_callable}; when omitted, construction resolves
+        C{job.callable} and raises L{ValueError} (one line) when it cannot.
+    """
+
+    log = Logger()
+
+    job: JobConfig
+    reactor: IReactorFromThreads
+    thread_pool: ThreadPool
+    function: Callable[..., Any] | None = None
+    _target: Callable[..., Any] = attrs.field(init=False, repr=False)
+    in_reactor: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.function is None:
+            if self.job.callable is None:
+                raise ValueError(f"job {self.job.name!r} has no callable")
+            self.function = resolve_callable(self.job.callable)
+        self._target = self.function
+        self.in_reactor = runs_in_reactor(self._target)
+
+    def start(self) -> None:
+        """Start the thread pool."""
+        self.thread_pool.start()
+
+    def stop(self) -> None:
+        """
+        Stop the thread pool: this waits (blocking) for the functions running
+        in it to return.
+        """
+        self.thread_pool.stop()
+
+    def fetch(self, args: Mapping[str, str]) -> Deferred[Fetched]:
+        """
+        Call the function with C{args} as keyword arguments.  Fires with the
+        L{Fetched} result, fails with L{FetchError}; cancelling it fails it
+        with L{CancelledError} at once.
+        """
+        call = partial(self._target, **args)
+        if self.in_reactor:
+            inner = maybeDeferred(_call_in_reactor, call).addCallback(
+                to_fetched, self.job.max_value_bytes
+            )
+        else:
+            inner = deferToThreadPool(
+                self.reactor,
+                self.thread_pool,
+                _call_in_thread,
+                call,
+                self.job.max_value_bytes,
+            )
+        cancelled = False
+
+        def cancel(outer: Deferred[Fetched]) -> None:
+            nonlocal cancelled
+            cancelled = True
+            if self.in_reactor:
+                inner.cancel()
+            # A thread cannot be stopped: its late result is dropped below.
+
+        outer: Deferred[Fetched] = Deferred(cancel)
+
+        def succeeded(fetched: Fetched) -> None:
+            if not cancelled:
+                outer.callback(fetched)
+
+        def failed(reason: Failure) -> None:
+            if cancelled:
+                return
+            if reason.check(_Raised) is not None:
+                raised = reason.value
+                assert isinstance(raised, _Raised)
+                reason = raised.failure
+            if reason.check(FetchError) is not None:
+                outer.errback(reason)
+                return
+            assert reason.value is not None
+            message = _describe(reason.value)
+            self.log.warn(
+                "Job {job}: {callable} raised {error}\n{traceback}",
+                job=self.job.name,
+                callable=self.job.callable,
+                error=message,
+                traceback=reason.getTraceback(),
+            )
+            outer.errback(FetchError(message))
+
+        inner.addCallbacks(succeeded, failed)
+        return outer
+
+
+class _Raised(Exception):
+    """What the function itself raised, as opposed to a conversion failure."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.getErrorMessage())
+        self.failure = failure
+
+
+def _call_in_reactor(call: Callable[[], Any]) -> Deferred[Any] | object:
+    try:
+        result = call()
+    except BaseException:
+        raise _Raised(Failure()) from None
+    if inspect.iscoroutine(result):
+        result = Deferred.fromCoroutine(result)
+    if isinstance(result, Deferred):
+        return result.addErrback(lambda f: Failure(_Raised(f)))
+    return result
+
+
+def _call_in_thread(call: Callable[[], Any], max_bytes: int) -> Fetched:
+    try:
+        value = call()
+    except BaseException:
+        raise _Raised(Failure()) from None
+    if isinstance(value, Deferred) or inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise FetchError(
+            "a function run in a thread returned a Deferred or a coroutine; "
+            "make it a coroutine function or mark it with @reactor_call"
+        )
+    return to_fetched(value, max_bytes)

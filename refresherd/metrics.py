@@ -1,0 +1,93 @@
+"""
+The Prometheus metrics of SPEC section 9, on a registry of their own.
+
+Label values come only from the configuration and route templates, never
+from keys or argument values: a job that is not configured counts as
+C{job="_unknown"}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+UNKNOWN_JOB = "_unknown"
+
+_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_AGE = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
+
+
+@attrs.define(slots=False)
+class Metrics:
+    jobs: frozenset[str]
+    registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "refresherd_requests",
+            "Answers given, by job and status.",
+            ["job", "status"],
+            registry=r,
+        )
+        self.fetches = Counter(
+            "refresherd_fetches", "Fetch attempts, by outcome.", ["job", "outcome"], registry=r
+        )
+        self.fetch_duration = Histogram(
+            "refresherd_fetch_duration_seconds",
+            "Duration of fetch attempts.",
+            ["job"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "refresherd_fetches_in_flight", "Fetch attempts running.", ["job"], registry=r
+        )
+        self.coalesced = Counter(
+            "refresherd_coalesced",
+            "Requests that joined a fetch already running, here or elsewhere.",
+            ["job"],
+            registry=r,
+        )
+        self.early_refreshes = Counter(
+            "refresherd_early_refreshes", "XFetch early refreshes started.", ["job"], registry=r
+        )
+        self.store_errors = Counter(
+            "refresherd_store_errors", "Store operations that failed.", ["operation"], registry=r
+        )
+        self.purged = Counter(
+            "refresherd_purged", "Keys, jobs and tags purged.", ["kind"], registry=r
+        )
+        self.http_duration = Histogram(
+            "refresherd_http_request_duration_seconds",
+            "Duration of HTTP requests, by route template and status code.",
+            ["route", "code"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.stale_age = Histogram(
+            "refresherd_stale_served_age_seconds",
+            "How far past freshness the stale values served were.",
+            ["job"],
+            buckets=_AGE,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "refresherd_queue_depth", "Fetches waiting for a concurrency slot.", ["job"], registry=r
+        )
+        for job in self.jobs:
+            self.in_flight.labels(job=job)
+            self.queue_depth.labels(job=job)
+
+    def job_label(self, job: str) -> str:
+        return job if job in self.jobs else UNKNOWN_JOB
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def metrics_for(jobs: Iterable[str]) -> Metrics:
+    return Metrics(frozenset(jobs))

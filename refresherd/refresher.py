@@ -1,0 +1,504 @@
+"""
+The refresher: answers lookups from the store and runs fetches, one per key.
+
+A request for a key finds its entry in the store and asks L{policy.decide}
+what to answer and whether to refresh.  Fetches run as L{Flight}s: at most one
+per key in this process (every request that needs the key while it runs joins
+it), and, through the store's lease, at most one per key among every process
+sharing the store (a process that finds the lease taken waits for the store to
+change instead of fetching).  A flight first takes a slot among the job's
+C{concurrency} (queueing at most C{max_queue}), then the lease, then makes up
+to C{retries + 1} attempts with backoff, and writes the result fenced by its
+lease.  Callers wait on their own Deferreds, so a caller that disconnects or
+times out never cancels the fetch for the others.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from refresherd import policy
+from refresherd.args import check_args
+from refresherd.config import JobConfig
+from refresherd.entry import Entry, Fetched, value_entry
+from refresherd.errors import (
+    BadJson,
+    BodyTooLarge,
+    FetchError,
+    FetchFailed,
+    FetchTimeout,
+    Overloaded,
+    StoreUnavailable,
+    UnknownJob,
+    WaitTimeout,
+)
+from refresherd.interfaces import IFetcher, IStore
+from refresherd.keys import entry_key
+from refresherd.metrics import Metrics
+from refresherd.templates import render_tags
+
+DRAIN_TIMEOUT = 10.0
+"""Seconds that fetches in flight may take to finish when the service stops."""
+
+
+class ShuttingDown(Overloaded):
+    """The service stopped before the fetch finished."""
+
+
+def is_json_type(content_type: str) -> bool:
+    """Whether a content type is JSON: C{application/json} or C{*/*+json}."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or mime.endswith("+json")
+
+
+@attrs.define
+class Job:
+    """A configured job with what runs it."""
+
+    config: JobConfig
+    fetcher: IFetcher
+    slots: defer.DeferredSemaphore = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.slots = defer.DeferredSemaphore(self.config.concurrency)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def queued(self) -> int:
+        return len(self.slots.waiting)
+
+
+@attrs.frozen
+class Answer:
+    """What a lookup answers: a value and how it was served, or C{pending}."""
+
+    job: str
+    key: str
+    status: str
+    """C{hit}, C{stale}, C{miss} or C{pending}."""
+    entry: Entry | None = None
+    error: str | None = None
+    """Why a stale value is served: the refreshes failing, or the wait running out."""
+    stored: bool = True
+    """For a miss: whether the value was written to the store."""
+
+
+@attrs.define(eq=False)
+class Flight:
+    """One fetch of one key, and the callers waiting for it."""
+
+    key: str
+    job: Job
+    args: dict[str, str]
+    previous: Entry | None
+    persist: bool
+    """Write the result to the store (false while the store is unreachable)."""
+    _waiters: list[Deferred[Entry]] = attrs.field(factory=list)
+    _outcome: Entry | Exception | None = None
+    running: Deferred[None] | None = None
+
+    def wait(self) -> Deferred[Entry]:
+        """The flight's entry for one caller; cancelling it leaves the flight alone."""
+        if self._outcome is not None:
+            return self._fired(self._outcome)
+
+        def forget(d: Deferred[Entry]) -> None:
+            if d in self._waiters:
+                self._waiters.remove(d)
+
+        waiter: Deferred[Entry] = Deferred(forget)
+        self._waiters.append(waiter)
+        return waiter
+
+    @staticmethod
+    def _fired(outcome: Entry | Exception) -> Deferred[Entry]:
+        if isinstance(outcome, Entry):
+            return defer.succeed(outcome)
+        return defer.fail(outcome)
+
+    def finish(self, outcome: Entry | Exception) -> None:
+        """Give C{outcome} (an entry or an error) to every caller, now and later."""
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Entry):
+                waiter.callback(outcome)
+            else:
+                waiter.errback(outcome)
+
+
+@attrs.define(eq=False)
+class Refresher(Service):
+    """
+    Answers lookups and puts, and runs the fetches behind them.
+    """
+
+    store: IStore
+    jobs: Mapping[str, Job]
+    clock: IReactorTime
+    namespace: str
+    metrics: Metrics
+    random: Callable[[], float] = random.random
+    drain_timeout: float = DRAIN_TIMEOUT
+    _flights: dict[str, Flight] = attrs.field(factory=dict)
+    _log: Logger = attrs.field(factory=Logger, init=False)
+
+    # Service is an old-style class with class attributes; attrs leaves them alone.
+    def __attrs_post_init__(self) -> None:
+        Service.__init__(self)
+
+    def job(self, name: str) -> Job:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            raise UnknownJob(f"no job named {name!r}") from None
+
+    def key(self, job: Job, args: Mapping[str, str]) -> str:
+        return entry_key(self.namespace, job.name, job.config.version, args)
+
+    # -- lookups -------------------------------------------------------------
+
+    async def lookup(self, job_name: str, raw_args: Mapping[str, object]) -> Answer:
+        """
+        The answer for C{job_name} with C{raw_args}, starting a refresh when
+        one is due (SPEC section 4).
+        """
+        job = self.job(job_name)
+        args = check_args(job.config, raw_args)
+        key = self.key(job, args)
+        persist = True
+        try:
+            entry = await self.store.get(key)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="get").inc()
+            entry, persist = None, False
+        now = self.clock.seconds()
+        decision = policy.decide(now, entry, job.config.early_refresh, self.random())
+        flight = None
+        if decision.refresh:
+            flight = self._flight(job, key, args, entry, persist, early=decision.early)
+        if decision.state is policy.State.HIT:
+            return Answer(job.name, key, "hit", entry)
+        if decision.state is policy.State.STALE:
+            assert entry is not None
+            return self._stale(job, key, entry, entry.last_error)
+        if decision.state is policy.State.FAILED:
+            assert entry is not None
+            raise FetchFailed(entry.last_error or "the last fetch failed")
+        assert flight is not None
+        if job.config.on_miss == "empty":
+            if not persist:
+                raise StoreUnavailable("the store is unreachable; nothing can be queued")
+            return Answer(job.name, key, "pending")
+        return await self._wait(flight, decision.fallback)
+
+    def _stale(self, job: Job, key: str, entry: Entry, error: str | None) -> Answer:
+        self.metrics.stale_age.labels(job=job.name).observe(
+            max(0.0, self.clock.seconds() - entry.fresh_until)
+        )
+        return Answer(job.name, key, "stale", entry, error=error)
+
+    async def _wait(self, flight: Flight, fallback: Entry | None) -> Answer:
+        job = flight.job
+        waiter = flight.wait()
+        waiter.addTimeout(job.config.wait_timeout, self.clock)
+        try:
+            entry = await waiter
+        except defer.TimeoutError:
+            message = f"no value within wait_timeout ({job.config.wait_timeout:g}s)"
+            if fallback is not None:
+                return self._stale(job, flight.key, fallback, message)
+            raise WaitTimeout(message + "; the fetch goes on") from None
+        except (FetchError, FetchFailed, Overloaded) as e:
+            if fallback is not None:
+                return self._stale(job, flight.key, fallback, str(e))
+            if isinstance(e, FetchError):
+                raise FetchFailed(str(e)) from None
+            raise
+        return Answer(job.name, flight.key, "miss", entry, stored=flight.persist)
+
+    # -- writes --------------------------------------------------------------
+
+    async def put(
+        self, job_name: str, raw_args: Mapping[str, object], body: bytes, content_type: str
+    ) -> Answer:
+        """Store C{body} as the fresh value of the key now (PUT)."""
+        job = self.job(job_name)
+        args = check_args(job.config, raw_args)
+        config = job.config
+        if len(body) > config.max_value_bytes:
+            raise BodyTooLarge(f"the value is larger than {config.max_value_bytes} bytes")
+        if is_json_type(content_type):
+            check_json(body, BadJson)
+        key = self.key(job, args)
+        entry = self._new_entry(job, args, Fetched(body, content_type), 0.0)
+        try:
+            await self.store.put(key, entry, entry.expires_at - entry.fetched_at)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="put").inc()
+            raise
+        return Answer(job.name, key, "hit", entry)
+
+    def _new_entry(
+        self, job: Job, args: dict[str, str], fetched: Fetched, duration: float
+    ) -> Entry:
+        config = job.config
+        return value_entry(
+            fetched,
+            job=job.name,
+            args=args,
+            tags=render_tags(config.tags, args),
+            now=self.clock.seconds(),
+            duration=duration,
+            fresh=config.fresh,
+            stale=config.stale,
+            stale_if_error=config.stale_if_error,
+        )
+
+    # -- flights -------------------------------------------------------------
+
+    def _flight(
+        self,
+        job: Job,
+        key: str,
+        args: dict[str, str],
+        previous: Entry | None,
+        persist: bool,
+        early: bool = False,
+    ) -> Flight:
+        """The flight of C{key}: the one running, or a new one."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            self.metrics.coalesced.labels(job=job.name).inc()
+            return flight
+        flight = Flight(key, job, args, previous, persist)
+        self._flights[key] = flight
+        if early:
+            self.metrics.early_refreshes.labels(job=job.name).inc()
+        flight.running = Deferred.fromCoroutine(self._fly(flight))
+        return flight
+
+    async def _fly(self, flight: Flight) -> None:
+        outcome: Entry | Exception
+        try:
+            outcome = await self._run(flight)
+        except (FetchError, FetchFailed, Overloaded, StoreUnavailable) as e:
+            outcome = e
+        except CancelledError:
+            outcome = ShuttingDown("refresherd is shutting down; try again")
+        except Exception as e:
+            self._log.failure("Unexpected error refreshing {key}", key=flight.key)
+            outcome = FetchError(f"internal error: {type(e).__name__}")
+        finally:
+            del self._flights[flight.key]
+        flight.finish(outcome)
+
+    async def _run(self, flight: Flight) -> Entry:
+        job = flight.job
+        config = job.config
+        if job.slots.tokens == 0 and job.queued >= config.max_queue:
+            raise Overloaded(f"job {job.name!r} has {config.max_queue} fetches waiting")
+        depth = self.metrics.queue_depth.labels(job=job.name)
+        depth.inc()
+        try:
+            await job.slots.acquire()
+        finally:
+            depth.dec()
+        try:
+            lease = await self._lease(flight)
+            if not (flight.persist and lease is None):
+                try:
+                    return await self._fetch_and_store(flight, lease)
+                finally:
+                    if lease is not None:
+                        await self._release(flight.key, lease)
+        finally:
+            job.slots.release()
+        self.metrics.coalesced.labels(job=job.name).inc()
+        return await self._await_elsewhere(flight)
+
+    async def _lease(self, flight: Flight) -> str | None:
+        """The lease for a flight that writes to the store; None when held elsewhere."""
+        if not flight.persist:
+            return None
+        config = flight.job.config
+        try:
+            lease: str | None = await self.store.acquire_lease(
+                flight.key, policy.lease_ttl(config.timeout, config.retries)
+            )
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="lease").inc()
+            flight.persist = False
+            return None
+        return lease
+
+    async def _release(self, key: str, lease: str) -> None:
+        try:
+            await self.store.release_lease(key, lease)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="lease").inc()
+
+    async def _fetch_and_store(self, flight: Flight, lease: str | None) -> Entry:
+        job = flight.job
+        try:
+            fetched, duration = await self._attempts(flight)
+        except FetchError as e:
+            self._log.warn(
+                "Fetch of {key} for job {job} failed: {reason}",
+                key=flight.key,
+                job=job.name,
+                reason=str(e),
+            )
+            if flight.persist:
+                await self._remember_failure(flight, lease, str(e))
+            raise
+        entry = self._new_entry(job, flight.args, fetched, duration)
+        if not flight.persist:
+            return entry
+        try:
+            written = await self.store.put(
+                flight.key, entry, entry.expires_at - entry.fetched_at, lease=lease
+            )
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="put").inc()
+            flight.persist = False
+            return entry
+        if not written:
+            # A PUT, a purge or another holder wrote since this fetch began:
+            # theirs stands, and it is what the callers get.
+            current = await self.store.get(flight.key)
+            if current is not None and not current.is_failure:
+                return current
+        return entry
+
+    async def _remember_failure(self, flight: Flight, lease: str | None, error: str) -> None:
+        config = flight.job.config
+        failed = policy.after_failure(
+            self.clock.seconds(),
+            flight.previous,
+            job=flight.job.name,
+            args=flight.args,
+            error=error,
+            error_ttl=config.error_ttl,
+            rand=self.random(),
+        )
+        if failed is None:
+            return
+        try:
+            await self.store.put(
+                flight.key, failed, failed.expires_at - self.clock.seconds(), lease=lease
+            )
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="put").inc()
+
+    async def _attempts(self, flight: Flight) -> tuple[Fetched, float]:
+        """Up to C{retries + 1} attempts with backoff; the first success and its duration."""
+        job = flight.job
+        config = job.config
+        error: FetchError = FetchError("no attempt made")
+        for attempt in range(config.retries + 1):
+            if attempt:
+                pause = policy.backoff(
+                    attempt - 1,
+                    policy.ATTEMPT_BACKOFF_BASE,
+                    policy.ATTEMPT_BACKOFF_CAP,
+                    self.random(),
+                )
+                await task.deferLater(self.clock, pause)
+            start = self.clock.seconds()
+            self.metrics.in_flight.labels(job=job.name).inc()
+            outcome = None
+            try:
+                d = defer.maybeDeferred(job.fetcher.fetch, flight.args)
+                d.addTimeout(config.timeout, self.clock)
+                fetched: Fetched = await d
+                outcome = "success"
+                return fetched, self.clock.seconds() - start
+            except defer.TimeoutError:
+                outcome = "timeout"
+                error = FetchTimeout(f"the fetch took longer than {config.timeout:g}s")
+            except FetchError as e:
+                outcome = "error"
+                error = e
+            except CancelledError:
+                outcome = "error"
+                raise
+            except Exception as e:
+                outcome = "error"
+                self._log.failure("Fetcher of job {job} raised", job=job.name)
+                error = FetchError(f"{type(e).__name__}: {e}".splitlines()[0][:300])
+            finally:
+                self.metrics.in_flight.labels(job=job.name).dec()
+                if outcome is not None:  # None: the coroutine was closed, nothing happened
+                    self.metrics.fetches.labels(job=job.name, outcome=outcome).inc()
+                    self.metrics.fetch_duration.labels(job=job.name).observe(
+                        self.clock.seconds() - start
+                    )
+        raise error
+
+    async def _await_elsewhere(self, flight: Flight) -> Entry:
+        """
+        Another process holds the lease: wait for the store to change, and
+        answer with what that fetch wrote.
+        """
+        config = flight.job.config
+        deadline = self.clock.seconds() + policy.lease_ttl(config.timeout, config.retries)
+        while (remaining := deadline - self.clock.seconds()) > 0:
+            await self.store.wait_for_change(flight.key, remaining)
+            current = await self.store.get(flight.key)
+            if current is None or current == flight.previous:
+                continue
+            previous = flight.previous
+            if current.is_failure or (
+                previous is not None
+                and current.etag == previous.etag
+                and current.failures > previous.failures
+            ):
+                raise FetchError(current.last_error or "the fetch elsewhere failed")
+            return current
+        raise FetchError("the fetch running elsewhere did not finish in time")
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Let the fetches in flight finish for up to C{drain_timeout} seconds,
+        then cancel the rest; their callers are answered either way.
+        """
+        Service.stopService(self)
+        running = [f.running for f in self._flights.values() if f.running is not None]
+        if not running:
+            return defer.succeed(None)
+        everything: Deferred[Any] = defer.DeferredList(running, consumeErrors=True)
+        timer = self.clock.callLater(self.drain_timeout, everything.cancel)
+
+        def done(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            for flight in list(self._flights.values()):
+                if flight.running is not None:
+                    flight.running.cancel()
+
+        everything.addBoth(done)
+        return everything
+
+
+def check_json(body: bytes, error: type[Exception]) -> None:
+    """Raise C{error} unless C{body} is UTF-8 JSON."""
+    try:
+        json.loads(body)
+    except ValueError as e:
+        raise error(f"the body is not valid JSON: {e}") from None

@@ -1,0 +1,142 @@
+"""
+The HTTP server under the API: twisted.web's Site with the limits a public
+service needs.
+
+- Request bodies are capped while they arrive, not after spooling: a body
+  announced or grown past its route's limit gets a 413 error object at once
+  and the connection is closed.
+- A request must arrive whole (headers and body) within C{REQUEST_DEADLINE}
+  seconds; twisted.web's idle timeout alone resets on every byte, so a client
+  trickling one byte a second would hold a connection for ever.
+- Connections idle for C{IDLE_TIMEOUT} seconds are closed.
+- At most C{MAX_CONNECTIONS} connections are open at once; more are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.web import http, server
+from twisted.web.resource import IResource
+
+from refresherd.errors import BodyTooLarge
+
+IDLE_TIMEOUT = 60.0
+REQUEST_DEADLINE = 30.0
+MAX_CONNECTIONS = 1024
+
+BodyLimit = Callable[[bytes, bytes], int]
+"""Given a request's method and path (with query), the largest body it may send."""
+
+
+def _too_large_response(limit: int) -> bytes:
+    body = json.dumps(BodyTooLarge(f"the request body is larger than {limit} bytes").to_json())
+    return (
+        b"HTTP/1.1 413 Content Too Large\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body.encode("ascii")
+    )
+
+
+class LimitedRequest(server.Request):
+    """A request whose body is refused as soon as it passes its limit."""
+
+    _limit: int | None = None
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        limit = self.site.body_limit(
+            getattr(channel, "_command", b""), getattr(channel, "_path", b"")
+        )
+        self._limit = limit
+        if length is not None and length > limit:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._limit is not None and self._received > self._limit:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        transport = self.channel.transport
+        transport.write(_too_large_response(self._limit or 0))
+        transport.loseConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+
+class DeadlineChannel(http.HTTPChannel):
+    """An HTTP channel that gives each request a deadline to arrive whole."""
+
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connections += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest:
+            self._deadline = self.callLater(REQUEST_DEADLINE, self._tooSlow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._clearDeadline()
+        super().allContentReceived()
+
+    def _clearDeadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _tooSlow(self) -> None:
+        self._deadline = None
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: object) -> None:
+        self._clearDeadline()
+        self.factory.connections -= 1
+        super().connectionLost(reason)
+
+
+class LimitedSite(server.Site):
+    """A Site with body limits, request deadlines and a connection cap."""
+
+    protocol = DeadlineChannel  # type: ignore[assignment]
+    requestFactory = LimitedRequest
+
+    def __init__(
+        self,
+        resource: IResource,
+        body_limit: BodyLimit,
+        reactor: IReactorTime,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=reactor)
+        self.body_limit = body_limit
+        self.max_connections = max_connections
+        self.connections = 0
+        self.noisy = False
+
+    def buildProtocol(self, addr: IAddress) -> DeadlineChannel | None:  # type: ignore[override]
+        if self.connections >= self.max_connections:
+            return None
+        return super().buildProtocol(addr)  # type: ignore[return-value]
+
+    def log(self, request: server.Request) -> None:
+        """No per-request log line here: twisted.web's would cost a write per request."""

@@ -1,0 +1,226 @@
+"""
+The embedded store: entries in this process's memory (C{memory://}).
+
+It is not shared, so single-flight holds within one process only.  Entries are
+kept as L{Entry} objects, never encoded.  Memory is bounded by C{max_bytes}
+with least-recently-used eviction; see L{entry_cost} for what an entry counts.
+Expired entries are dropped when next read (or evicted by the LRU), so no timer
+runs per entry.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import OrderedDict
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
+
+from refresherd.entry import Entry
+from refresherd.interfaces import IStore
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+ENTRY_OVERHEAD = 200
+"""What one entry counts beyond its strings: the objects that hold it."""
+
+_LEASE_SWEEP_MIN = 1024
+
+
+def entry_cost(key: str, entry: Entry) -> int:
+    """
+    What keeping C{entry} under C{key} counts against C{max_bytes}: the body's
+    bytes, plus the length in characters of the key and of every string of the
+    entry (content type, job, ETag, last error, tags, argument names and
+    values), plus L{ENTRY_OVERHEAD}.  An estimate, not Python's real usage.
+    """
+    strings = (
+        len(key)
+        + len(entry.content_type)
+        + len(entry.job)
+        + len(entry.etag)
+        + len(entry.last_error or "")
+        + sum(len(tag) for tag in entry.tags)
+        + sum(len(name) + len(value) for name, value in entry.args.items())
+    )
+    return ENTRY_OVERHEAD + entry.size() + strings
+
+
+@attrs.frozen
+class _Slot:
+    entry: Entry
+    expires_at: float
+    cost: int
+
+
+@implementer(IStore)
+@attrs.define(eq=False)
+class MemoryStore:
+    """
+    An L{IStore} in this process's memory, bounded by C{max_bytes}.
+
+    A C{put} of an entry larger than C{max_bytes} on its own writes nothing,
+    drops any previous entry of the key (as memcached does) and fires C{False}.
+    A C{put} with a C{ttl} of zero or less leaves the key absent and fires
+    C{True}.  Leases do not count against C{max_bytes}.
+    """
+
+    shared: ClassVar[bool] = False
+
+    clock: IReactorTime
+    max_bytes: int = DEFAULT_MAX_BYTES
+    _entries: OrderedDict[str, _Slot] = attrs.field(init=False, repr=False, factory=OrderedDict)
+    _used: int = attrs.field(init=False, repr=False, default=0)
+    _leases: dict[str, tuple[str, float]] = attrs.field(init=False, repr=False, factory=dict)
+    _lease_sweep_at: int = attrs.field(init=False, repr=False, default=_LEASE_SWEEP_MIN)
+    _waiters: dict[str, dict[Deferred[None], IDelayedCall]] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
+
+    @property
+    def used_bytes(self) -> int:
+        """What the entries kept now count, per L{entry_cost}."""
+        return self._used
+
+    def get(self, key: str) -> Deferred[Entry | None]:
+        """See L{IStore.get}; a hit makes C{key} the most recently used."""
+        slot = self._entries.get(key)
+        if slot is None:
+            return defer.succeed(None)
+        if slot.expires_at <= self.clock.seconds():
+            self._drop(key)
+            return defer.succeed(None)
+        self._entries.move_to_end(key)
+        return defer.succeed(slot.entry)
+
+    def put(self, key: str, entry: Entry, ttl: float, lease: str | None = None) -> Deferred[bool]:
+        """See L{IStore.put}, and L{MemoryStore} for oversize entries and C{ttl <= 0}."""
+        now = self.clock.seconds()
+        if lease is not None:
+            if not self._holds(key, lease, now):
+                return defer.succeed(False)
+        else:
+            self._leases.pop(key, None)
+        self._drop(key)
+        cost = entry_cost(key, entry)
+        written = cost <= self.max_bytes
+        if written and ttl > 0:
+            self._entries[key] = _Slot(entry, now + ttl, cost)
+            self._used += cost
+            while self._used > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._used -= evicted.cost
+        self._notify(key)
+        return defer.succeed(written)
+
+    def delete(self, key: str) -> Deferred[bool]:
+        """See L{IStore.delete}; an expired entry counts as absent."""
+        self._leases.pop(key, None)
+        slot = self._drop(key)
+        self._notify(key)
+        return defer.succeed(slot is not None and slot.expires_at > self.clock.seconds())
+
+    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+        """See L{IStore.acquire_lease}."""
+        now = self.clock.seconds()
+        held = self._leases.get(key)
+        if held is not None and held[1] > now:
+            return defer.succeed(None)
+        self._sweep_leases(now)
+        token = secrets.token_hex(16)
+        self._leases[key] = (token, now + ttl)
+        return defer.succeed(token)
+
+    def release_lease(self, key: str, token: str) -> Deferred[None]:
+        """See L{IStore.release_lease}."""
+        held = self._leases.get(key)
+        if held is not None and held[0] == token:
+            del self._leases[key]
+        return defer.succeed(None)
+
+    def wait_for_change(self, key: str, timeout: float) -> Deferred[None]:
+        """
+        See L{IStore.wait_for_change}.  Cancelling the result forgets the
+        waiter and its timer.
+        """
+        waiters = self._waiters.setdefault(key, {})
+
+        def cancel(d: Deferred[None]) -> None:
+            waiters.pop(d).cancel()
+            self._forget_waiters(key, waiters)
+
+        def timed_out() -> None:
+            del waiters[d]
+            self._forget_waiters(key, waiters)
+            d.callback(None)
+
+        d: Deferred[None] = Deferred(cancel)
+        waiters[d] = self.clock.callLater(max(timeout, 0.0), timed_out)
+        return d
+
+    def ping(self) -> Deferred[None]:
+        """See L{IStore.ping}: memory always answers."""
+        return defer.succeed(None)
+
+    def _drop(self, key: str) -> _Slot | None:
+        slot = self._entries.pop(key, None)
+        if slot is not None:
+            self._used -= slot.cost
+        return slot
+
+    def _holds(self, key: str, token: str, now: float) -> bool:
+        held = self._leases.get(key)
+        return held is not None and held[0] == token and held[1] > now
+
+    def _sweep_leases(self, now: float) -> None:
+        """Forget expired leases nobody touched, in amortized constant time."""
+        if len(self._leases) < self._lease_sweep_at:
+            return
+        self._leases = {k: held for k, held in self._leases.items() if held[1] > now}
+        self._lease_sweep_at = max(_LEASE_SWEEP_MIN, 2 * len(self._leases))
+
+    def _forget_waiters(self, key: str, waiters: dict[Deferred[None], IDelayedCall]) -> None:
+        if not waiters and self._waiters.get(key) is waiters:
+            del self._waiters[key]
+
+    def _notify(self, key: str) -> None:
+        # Popped first, so that a waiter that waits again from its callback
+        # waits for the next change, not this one.
+        for d, call in self._waiters.pop(key, {}).items():
+            call.cancel()
+            d.callback(None)
+
+
+_MAX_BYTES = re.compile(r"[0-9]+")
+
+
+def memory_store_from_url(url: str, clock: IReactorTime) -> MemoryStore:
+    """
+    The L{MemoryStore} of a C{memory://} or C{memory://?max_bytes=N} URL (N a
+    positive number of bytes).  Anything else is a L{ValueError} whose message
+    is one line.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "memory" or not url.lower().startswith("memory://"):
+        raise ValueError(f"not a memory store URL: {url!r}")
+    if parts.netloc or parts.path or parts.fragment:
+        raise ValueError(f"a memory store URL has no host, path or fragment: {url!r}")
+    max_bytes = DEFAULT_MAX_BYTES
+    seen: set[str] = set()
+    for param in parts.query.split("&") if parts.query else []:
+        name, _, value = param.partition("=")
+        if name != "max_bytes":
+            raise ValueError(f"unknown memory store parameter {name!r} in {url!r}")
+        if name in seen:
+            raise ValueError(f"repeated memory store parameter {name!r} in {url!r}")
+        seen.add(name)
+        if not _MAX_BYTES.fullmatch(value) or int(value) == 0:
+            raise ValueError(f"max_bytes must be a positive integer, not {value!r}, in {url!r}")
+        max_bytes = int(value)
+    return MemoryStore(clock, max_bytes=max_bytes)

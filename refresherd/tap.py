@@ -1,0 +1,277 @@
+"""
+The twistd plugin: options, configuration, and the wired service.
+
+This is the only module that knows every concrete class and the only one that
+touches the global reactor.  Everything that can be wrong with the
+configuration, the options or the endpoints (a port in use included) is found
+here, in L{makeService}, and stops start-up with one line and exit status 1:
+twistd would print its whole usage text for a C{UsageError} and a traceback
+for an exception in C{startService}.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import ILogObserver
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from refresherd.admin import AdminAPI
+from refresherd.api import PublicAPI
+from refresherd.auth import Authorizer
+from refresherd.config import Config, JobConfig, load_config
+from refresherd.errors import ConfigError
+from refresherd.fetchers.http import HTTPFetcher, make_http_client
+from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable
+from refresherd.interfaces import IFetcher, IStore
+from refresherd.logs import JSONLinesObserver
+from refresherd.metrics import metrics_for
+from refresherd.refresher import Job, Refresher
+from refresherd.site import LimitedSite
+from refresherd.stores.memory import memory_store_from_url
+
+
+class Options(usage.Options):
+    """
+    Every option is taken as text and checked in L{makeService}, so that a
+    mistake ends in one clear line rather than twistd's usage text.
+    """
+
+    synopsis = "[options]"
+    optParameters = [
+        ["config", None, None, "TOML configuration file [default: ./refresherd.toml if present]"],
+        ["listen", None, None, "public API endpoint [default: tcp:8080:interface=127.0.0.1]"],
+        [
+            "admin-listen",
+            None,
+            None,
+            "admin API and /metrics endpoint, or 'none' to serve them on the public listener "
+            "[default: tcp:8081:interface=127.0.0.1]",
+        ],
+        ["store", None, None, "memory://[?max_bytes=N] [default: memory://]"],
+        ["workers", None, "1", "processes sharing the listening sockets"],
+        ["log-format", None, "text", "text or json (one object per line)"],
+    ]
+
+
+@attrs.frozen
+class Settings:
+    """The configuration with the command line applied, and where each setting came from."""
+
+    config: Config
+    listen: tuple[str, str]
+    admin_listen: tuple[str, str]
+    store: tuple[str, str]
+    workers: int
+    log_format: str
+
+
+def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    config = load_config(options.get("config"), environ)
+    source = config.source
+
+    def pick(option: str, key: str, value: str) -> tuple[str, str]:
+        given = options.get(option)
+        return (given, f"--{option}") if given is not None else (value, f"{source}: {key}")
+
+    workers_text = options.get("workers") or "1"
+    if not workers_text.isdigit() or int(workers_text) < 1:
+        raise ConfigError(f"--workers: not a positive whole number: {workers_text!r}")
+    log_format = options.get("log-format") or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format: must be 'text' or 'json', not {log_format!r}")
+    return Settings(
+        config=config,
+        listen=pick("listen", "server.listen", config.server.listen),
+        admin_listen=pick("admin-listen", "server.admin_listen", config.server.admin_listen),
+        store=pick("store", "store.url", config.store.url),
+        workers=int(workers_text),
+        log_format=log_format,
+    )
+
+
+def make_store(url: str, where: str, reactor: Any) -> IStore:
+    scheme = url.partition("://")[0]
+    if scheme == "memory":
+        try:
+            return memory_store_from_url(url, reactor)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if scheme in ("redis", "memcached"):
+        raise ConfigError(f"{where}: the {scheme}:// store is not available yet; use memory://")
+    raise ConfigError(f"{where}: unknown store {url!r}; use memory://")
+
+
+@attrs.define(eq=False)
+class ThreadPools(Service):
+    """The python jobs' thread pools, started and stopped with the service."""
+
+    pools: list[ThreadPool] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        Service.__init__(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for pool in self.pools:
+            pool.start()
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        for pool in self.pools:
+            pool.stop()
+
+
+def make_fetcher(job: JobConfig, where: str, reactor: Any, pools: ThreadPools) -> IFetcher:
+    if job.fetch == "http":
+        return HTTPFetcher(job, make_http_client(reactor), reactor)
+    try:
+        function = resolve_callable(job.callable or "")
+    except ValueError as e:
+        raise ConfigError(f"{where}: jobs.{job.name}.callable: {e}") from None
+    pool = make_threadpool(job)
+    pools.pools.append(pool)
+    return PythonFetcher(job, reactor, pool, function)
+
+
+def listen(reactor: Any, description: str, where: str, site: LimitedSite) -> IListeningPort:
+    """Listen on an endpoint now, so that a bad endpoint or a port in use stops start-up."""
+    try:
+        endpoint = serverFromString(reactor, description)
+    except Exception as e:
+        raise ConfigError(f"{where}: not a valid endpoint {description!r}: {e}") from None
+    result: list[Any] = []
+    endpoint.listen(site).addBoth(result.append)
+    if not result:
+        raise ConfigError(f"{where}: endpoint {description!r} does not listen at once")
+    if isinstance(result[0], Failure):
+        message = " ".join(str(result[0].value).split())
+        raise ConfigError(f"{where}: cannot listen on {description!r}: {message}")
+    port: IListeningPort = result[0]
+    return port
+
+
+def combined(public: PublicAPI, admin: AdminAPI) -> IResource:
+    """The public routes with the admin ones mounted beside them (C{--admin-listen none})."""
+    app = Klein()
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(request: IRequest) -> IResource:
+        return admin.resource()
+
+    @app.route("/", branch=True)
+    def rest(request: IRequest) -> IResource:
+        return public.resource()
+
+    resource: IResource = app.resource()
+    return resource
+
+
+@attrs.define(eq=False)
+class RefresherdService(MultiService):
+    """
+    The running service.  Stopping it stops listening first, then lets the
+    fetches in flight finish (answering the requests that wait on them), then
+    stops the thread pools.
+    """
+
+    refresher: Refresher
+    pools: ThreadPools
+    ports: list[IListeningPort]
+    log_observer: ILogObserver | None = None
+    on_stopping: Callable[[], None] = lambda: None
+
+    def __attrs_post_init__(self) -> None:
+        MultiService.__init__(self)
+        self.pools.setServiceParent(self)
+        self.refresher.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        MultiService.setServiceParent(self, parent)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        self.on_stopping()
+        Service.stopService(self)
+        yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
+        yield self.refresher.stopService()
+        self.pools.stopService()
+
+
+def second_signal_exits() -> None:
+    """From now on SIGTERM and SIGINT end the process at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def build(
+    options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]
+) -> RefresherdService:
+    settings = settings_from(options, environ)
+    config = settings.config
+    url, where = settings.store
+    if settings.workers > 1:
+        raise ConfigError(
+            f"--workers {settings.workers}: needs a shared store; with memory:// each worker "
+            "would hold its own cache"
+        )
+    store = make_store(url, where, reactor)
+    pools = ThreadPools()
+    jobs = {
+        name: Job(job, make_fetcher(job, config.source, reactor, pools))
+        for name, job in config.jobs.items()
+    }
+    metrics = metrics_for(jobs)
+    refresher = Refresher(store, jobs, reactor, config.store.namespace, metrics)
+    authorizer = Authorizer.from_config(config.auth)
+    public = PublicAPI(refresher, authorizer, config.server, metrics, reactor)
+    admin = AdminAPI(authorizer, metrics)
+    ports = []
+    admin_listen, admin_where = settings.admin_listen
+    if admin_listen == "none":
+        public_resource = combined(public, admin)
+    else:
+        public_resource = public.resource()
+    public_site = LimitedSite(public_resource, public.body_limit, reactor)
+    ports.append(listen(reactor, settings.listen[0], settings.listen[1], public_site))
+    if admin_listen != "none":
+        admin_site = LimitedSite(
+            admin.resource(), lambda m, p: config.server.max_body_bytes, reactor
+        )
+        try:
+            ports.append(listen(reactor, admin_listen, admin_where, admin_site))
+        except ConfigError:
+            ports[0].stopListening()
+            raise
+    return RefresherdService(
+        refresher,
+        pools,
+        ports,
+        log_observer=JSONLinesObserver() if settings.log_format == "json" else None,
+        on_stopping=second_signal_exits,
+    )
+
+
+def makeService(options: Mapping[str, Any]) -> IService:
+    """twistd's entry point: the service, or one line and exit status 1."""
+    from twisted.internet import reactor
+
+    try:
+        return build(options, reactor, os.environ)
+    except ConfigError as e:
+        raise SystemExit(f"refresherd: {e}") from None

@@ -1,0 +1,78 @@
+"""
+Test helpers shipped with refresherd: fakes for the fetcher and the store's
+failures, usable by anyone who tests code built on refresherd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from refresherd.entry import Fetched
+from refresherd.errors import FetchError, StoreUnavailable
+from refresherd.interfaces import IFetcher
+
+
+@attrs.define
+class Call:
+    args: dict[str, str]
+    result: Deferred[Fetched]
+    cancelled: bool = False
+
+
+@implementer(IFetcher)
+@attrs.define
+class FakeFetcher:
+    """
+    A fetcher whose attempts the test completes by hand: each call to
+    L{fetch} is recorded in L{calls} with the Deferred it returned.
+    """
+
+    calls: list[Call] = attrs.field(factory=list)
+
+    def fetch(self, args: Mapping[str, str]) -> Deferred[Fetched]:
+        def cancel(d: Deferred[Fetched]) -> None:
+            call.cancelled = True
+
+        call = Call(dict(args), Deferred(cancel))
+        self.calls.append(call)
+        return call.result
+
+    def succeed(
+        self, index: int = -1, body: bytes = b'{"n": 1}', content_type: str = "application/json"
+    ) -> None:
+        self.calls[index].result.callback(Fetched(body, content_type))
+
+    def fail(self, index: int = -1, reason: str = "origin answered 500") -> None:
+        self.calls[index].result.errback(FetchError(reason))
+
+    @property
+    def pending(self) -> list[Call]:
+        return [c for c in self.calls if not c.result.called]
+
+
+@attrs.define
+class UnreachableStore:
+    """
+    Wraps a store and, while C{down} is true, fails every call with
+    L{StoreUnavailable}, as a store whose server is gone does.
+    """
+
+    store: Any
+    down: bool = True
+    shared: bool = True
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Deferred[Any]:
+            if self.down:
+                return defer.fail(StoreUnavailable("the store is unreachable"))
+            return defer.maybeDeferred(method, *args, **kwargs)
+
+        return call

@@ -1,0 +1,656 @@
+"""
+The HTTP fetcher (SPEC section 3): what it sends (URL, headers, body,
+signature), what counts as a success, the byte cap, and that cancelling a
+fetch closes its connection.  Most tests run against an in-memory
+twisted.web resource through treq's StubTreq; the last class runs against a
+real server on 127.0.0.1 with the production client.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any, cast
+
+import attrs
+import pytest
+from treq.client import HTTPClient
+from treq.testing import StubTreq
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgent, IResponse
+from twisted.web.resource import Resource
+from twisted.web.http import HTTPChannel
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from refresherd.config import JobConfig, Secret
+from refresherd.entry import Fetched
+from refresherd.errors import BadArgs, FetchError
+from refresherd.fetchers.http import (
+    SIGNATURE_HEADER,
+    HTTPFetcher,
+    Requester,
+    is_json_content_type,
+    make_http_client,
+    sign_request,
+)
+from refresherd.interfaces import IFetcher
+
+SECRET = "s3cret-signing-key"
+HEADER_SECRET = "Bearer very-secret-token"
+
+Handler = Callable[[Request], bytes | int]
+
+
+def make_job(**overrides: Any) -> JobConfig:
+    fields: dict[str, Any] = {
+        "name": "items",
+        "fresh": 60.0,
+        "fetch": "http",
+        "args": ("id",),
+        "url": "http://origin.test/items/{id}",
+    }
+    fields.update(overrides)
+    return JobConfig(**fields)
+
+
+@attrs.define
+class Seen:
+    """One request as the origin received it."""
+
+    method: bytes
+    uri: bytes
+    headers: dict[bytes, list[bytes]]
+    body: bytes
+    host: bytes | None
+
+
+class Origin(Resource):
+    """An origin answering every path with C{handler}, recording what it saw."""
+
+    isLeaf = True
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__()
+        self.handler = handler
+        self.seen: list[Seen] = []
+        self.lost: list[Failure] = []
+        self.requests: list[Request] = []
+
+    def render(self, request: Request) -> bytes | int:
+        assert request.content is not None
+        self.seen.append(
+            Seen(
+                method=request.method,
+                uri=request.uri,
+                headers={k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()},
+                body=request.content.read(),
+                host=request.getHeader(b"host"),
+            )
+        )
+        self.requests.append(request)
+        request.notifyFinish().addErrback(self.lost.append)
+        return self.handler(request)
+
+
+def answer(
+    code: int = 200, body: bytes = b"ok", content_type: bytes | None = b"text/plain"
+) -> Handler:
+    def handler(request: Request) -> bytes:
+        request.setResponseCode(code)
+        if content_type is None:
+            request.defaultContentType = None
+        else:
+            request.setHeader(b"content-type", content_type)
+        return body
+
+    return handler
+
+
+def pending(request: Request) -> int:
+    """A handler that answers later, through C{origin.requests}."""
+    return NOT_DONE_YET
+
+
+def stub_fetcher(
+    handler: Handler, clock: Clock | None = None, **job: Any
+) -> tuple[HTTPFetcher, Origin, StubTreq]:
+    origin = Origin(handler)
+    stub = StubTreq(origin)
+    fetcher = HTTPFetcher(
+        make_job(**job),
+        cast(Requester, stub),
+        clock or Clock(),
+        random_bytes=lambda n: bytes(range(n)),
+    )
+    return fetcher, origin, stub
+
+
+def result(d: Deferred[Any]) -> Any:
+    """What a Deferred that has fired fired with (the exception if it failed)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    value = out[0]
+    return value.value if isinstance(value, Failure) else value
+
+
+def fetched(d: Deferred[Fetched]) -> Fetched:
+    value = result(d)
+    assert isinstance(value, Fetched), value
+    return value
+
+
+def fetch_error(d: Deferred[Fetched]) -> str:
+    value = result(d)
+    assert isinstance(value, FetchError), value
+    message = str(value)
+    assert "\n" not in message
+    return message
+
+
+def test_provides_ifetcher() -> None:
+    fetcher, _, _ = stub_fetcher(answer())
+    assert IFetcher.providedBy(fetcher)
+
+
+def test_2xx_body_and_content_type_are_the_value() -> None:
+    fetcher, origin, _ = stub_fetcher(answer(200, b"hello", b"text/plain; charset=utf-8"))
+    value = fetched(fetcher.fetch({"id": "42"}))
+    assert value == Fetched(body=b"hello", content_type="text/plain; charset=utf-8")
+    [seen] = origin.seen
+    assert (seen.method, seen.uri) == (b"GET", b"/items/42")
+
+
+@pytest.mark.parametrize("code", [201, 203, 204, 299])
+def test_every_2xx_is_a_success(code: int) -> None:
+    fetcher, _, _ = stub_fetcher(answer(code, b"" if code == 204 else b"x"))
+    assert isinstance(fetched(fetcher.fetch({"id": "1"})), Fetched)
+
+
+def test_content_type_defaults_to_octet_stream() -> None:
+    fetcher, _, _ = stub_fetcher(answer(200, b"\x00\x01", content_type=None))
+    assert fetched(fetcher.fetch({"id": "1"})).content_type == "application/octet-stream"
+
+
+@pytest.mark.parametrize("code", [400, 401, 404, 429, 500, 502, 503])
+def test_a_non_2xx_answer_is_a_failure_naming_its_status(code: int) -> None:
+    fetcher, _, _ = stub_fetcher(answer(code, b"error page"))
+    assert fetch_error(fetcher.fetch({"id": "1"})) == f"origin answered {code}"
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_redirects_are_failures_and_are_not_followed(code: int) -> None:
+    def handler(request: Request) -> bytes:
+        if request.path != b"/items/1":
+            return b"redirected"
+        request.setResponseCode(code)
+        request.setHeader(b"location", b"http://origin.test/elsewhere")
+        return b""
+
+    fetcher, origin, _ = stub_fetcher(handler)
+    message = fetch_error(fetcher.fetch({"id": "1"}))
+    assert message == f"origin answered {code} (redirects are not followed)"
+    assert [seen.uri for seen in origin.seen] == [b"/items/1"]
+
+
+def test_job_headers_are_sent_and_never_appear_in_errors() -> None:
+    fetcher, origin, _ = stub_fetcher(
+        answer(401, b"who are you"),
+        headers={
+            "Accept": Secret("application/json"),
+            "Authorization": Secret(HEADER_SECRET, source="env"),
+        },
+    )
+    message = fetch_error(fetcher.fetch({"id": "1"}))
+    assert message == "origin answered 401"
+    [seen] = origin.seen
+    assert seen.headers[b"accept"] == [b"application/json"]
+    assert seen.headers[b"authorization"] == [HEADER_SECRET.encode()]
+    assert seen.headers[b"user-agent"][0].startswith(b"refresherd/")
+    assert SIGNATURE_HEADER.lower().encode() not in seen.headers
+    assert seen.body == b""
+
+
+def test_post_sends_the_rendered_json_body() -> None:
+    fetcher, origin, _ = stub_fetcher(
+        answer(200, b"{}", b"application/json"),
+        method="POST",
+        body={"user": "{id}", "list": [1, "x-{id}", None], "{id}": True},
+    )
+    fetched(fetcher.fetch({"id": 'b"o\\b'}))
+    [seen] = origin.seen
+    assert seen.method == b"POST"
+    assert seen.headers[b"content-type"] == [b"application/json"]
+    assert json.loads(seen.body) == {
+        "user": 'b"o\\b',
+        "list": [1, 'x-b"o\\b', None],
+        'b"o\\b': True,
+    }
+
+
+def test_a_job_content_type_header_is_kept_for_post() -> None:
+    fetcher, origin, _ = stub_fetcher(
+        answer(),
+        method="POST",
+        body={"a": "{id}"},
+        headers={"Content-Type": Secret("application/vnd.api+json")},
+    )
+    fetched(fetcher.fetch({"id": "1"}))
+    assert origin.seen[0].headers[b"content-type"] == [b"application/vnd.api+json"]
+
+
+@pytest.mark.parametrize(
+    "value, path",
+    [
+        ("a/b", b"/items/a%2Fb"),
+        ("x?admin=1", b"/items/x%3Fadmin%3D1"),
+        ("x#frag", b"/items/x%23frag"),
+        ("../../etc", b"/items/..%2F..%2Fetc"),
+        ("caf\u00e9 &", b"/items/caf%C3%A9%20%26"),
+        ("@evil.test", b"/items/%40evil.test"),
+    ],
+)
+def test_argument_values_are_percent_encoded_and_stay_in_the_path(value: str, path: bytes) -> None:
+    fetcher, origin, _ = stub_fetcher(answer())
+    fetched(fetcher.fetch({"id": value}))
+    [seen] = origin.seen
+    assert seen.uri == path
+    assert seen.host == b"origin.test"
+
+
+def test_argument_values_in_the_query_cannot_add_parameters() -> None:
+    fetcher, origin, _ = stub_fetcher(answer(), url="http://origin.test/search?q={id}&page=1")
+    fetched(fetcher.fetch({"id": "x&page=99/../y"}))
+    [request] = origin.requests
+    assert request.uri == b"/search?q=x%26page%3D99%2F..%2Fy&page=1"
+    assert request.args == {b"q": [b"x&page=99/../y"], b"page": [b"1"]}
+
+
+@pytest.mark.parametrize("value", [".", ".."])
+def test_dot_segments_are_refused_before_any_request(value: str) -> None:
+    fetcher, origin, _ = stub_fetcher(answer())
+    with pytest.raises(BadArgs):
+        fetcher.fetch({"id": value})
+    assert origin.seen == []
+
+
+def verify(secret: bytes, header: bytes, seen: Seen, now: int) -> bool:
+    """What a Django application does with the signature (written independently)."""
+    fields = dict(part.split("=", 1) for part in header.decode("ascii").split(","))
+    if abs(int(fields["t"]) - now) > 300 or len(fields["n"]) != 16:
+        return False
+    message = (
+        f"{fields['t']}\n{fields['n']}\n{seen.method.decode()}\n{seen.uri.decode()}\n".encode()
+        + seen.body
+    )
+    expected = hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"])
+
+
+def test_signed_get_carries_a_verifiable_signature() -> None:
+    clock = Clock()
+    clock.advance(1_700_000_000.75)
+    fetcher, origin, _ = stub_fetcher(
+        answer(), clock, url="http://origin.test/u/{id}?x={id}", sign=Secret(SECRET, "env")
+    )
+    fetched(fetcher.fetch({"id": "b/o b"}))
+    [seen] = origin.seen
+    [header] = seen.headers[SIGNATURE_HEADER.lower().encode()]
+    assert header.startswith(b"t=1700000000,n=0001020304050607,v1=")
+    assert verify(SECRET.encode(), header, seen, 1_700_000_000)
+    assert not verify(b"another key", header, seen, 1_700_000_000)
+    assert not verify(SECRET.encode(), header, seen, 1_700_000_301)
+
+
+def test_signed_post_covers_the_body() -> None:
+    clock = Clock()
+    clock.advance(1_700_000_123)
+    fetcher, origin, _ = stub_fetcher(
+        answer(), clock, method="POST", body={"user": "{id}"}, sign=Secret(SECRET)
+    )
+    fetched(fetcher.fetch({"id": "bob"}))
+    [seen] = origin.seen
+    [header] = seen.headers[SIGNATURE_HEADER.lower().encode()]
+    assert verify(SECRET.encode(), header, seen, 1_700_000_123)
+    tampered = attrs.evolve(seen, body=seen.body.replace(b"bob", b"eve"))
+    assert not verify(SECRET.encode(), header, tampered, 1_700_000_123)
+
+
+def test_each_signed_request_has_a_new_nonce() -> None:
+    nonces = iter([b"\x00" * 8, b"\xff" * 8])
+    origin = Origin(answer())
+    fetcher = HTTPFetcher(
+        make_job(sign=Secret(SECRET)),
+        cast(Requester, StubTreq(origin)),
+        Clock(),
+        random_bytes=lambda n: next(nonces),
+    )
+    fetched(fetcher.fetch({"id": "1"}))
+    fetched(fetcher.fetch({"id": "1"}))
+    headers = [s.headers[SIGNATURE_HEADER.lower().encode()][0] for s in origin.seen]
+    assert [h.split(b",")[1] for h in headers] == [b"n=0000000000000000", b"n=ffffffffffffffff"]
+
+
+def test_sign_request_formula() -> None:
+    message = b'1700000000\n0123456789abcdef\nPOST\n/a%2Fb?x=1\n{"a": 1}'
+    digest = hmac.new(b"key", message, hashlib.sha256).hexdigest()
+    value = sign_request(b"key", 1700000000, "0123456789abcdef", "POST", "/a%2Fb?x=1", b'{"a": 1}')
+    assert value == f"t=1700000000,n=0123456789abcdef,v1={digest}"
+    assert digest == digest.lower() and len(digest) == 64
+
+
+@pytest.mark.parametrize(
+    "content_type, expected",
+    [
+        ("application/json", True),
+        ("Application/JSON; charset=utf-8", True),
+        ("application/problem+json", True),
+        ("application/vnd.api+json; ext=x", True),
+        ("text/json", False),
+        ("text/plain", False),
+        ("application/jsonl", False),
+        ("+json", False),
+    ],
+)
+def test_json_content_types(content_type: str, expected: bool) -> None:
+    assert is_json_content_type(content_type) is expected
+
+
+@pytest.mark.parametrize(
+    "content_type", [b"application/json", b"application/json; charset=utf-8", b"a/b+json"]
+)
+@pytest.mark.parametrize("body", [b"{nope", b"", b'"\xff"', b"[1, 2"])
+def test_a_json_content_type_with_a_body_that_does_not_parse_is_a_failure(
+    content_type: bytes, body: bytes
+) -> None:
+    fetcher, _, _ = stub_fetcher(answer(200, body, content_type))
+    assert fetch_error(fetcher.fetch({"id": "1"})).startswith("body is not valid JSON: ")
+
+
+def test_a_json_body_that_parses_is_kept_as_sent() -> None:
+    body = '{"name": "caf\u00e9", "n": [1, 2.5, null]}'.encode()
+    fetcher, _, _ = stub_fetcher(answer(200, body, b"application/json; charset=utf-8"))
+    assert fetched(fetcher.fetch({"id": "1"})).body == body
+
+
+def test_a_body_at_the_cap_is_accepted() -> None:
+    fetcher, _, _ = stub_fetcher(answer(200, b"x" * 1000), max_value_bytes=1000)
+    assert len(fetched(fetcher.fetch({"id": "1"})).body) == 1000
+
+
+def test_a_larger_body_is_refused() -> None:
+    fetcher, origin, stub = stub_fetcher(answer(200, b"x" * 1001), max_value_bytes=1000)
+    assert fetch_error(fetcher.fetch({"id": "1"})) == "body larger than 1000 bytes"
+
+
+def test_an_announced_length_over_the_cap_fails_at_once_and_closes() -> None:
+    def handler(request: Request) -> int:
+        request.setHeader(b"content-length", b"5000000")
+        request.write(b"x" * 10)
+        return NOT_DONE_YET
+
+    fetcher, origin, stub = stub_fetcher(handler, max_value_bytes=1000)
+    d = fetcher.fetch({"id": "1"})
+    stub.flush()
+    assert fetch_error(d) == "body larger than 1000 bytes"
+    stub.flush()
+    assert len(origin.lost) == 1
+
+
+def test_a_chunked_body_is_cut_off_as_soon_as_it_passes_the_cap() -> None:
+    fetcher, origin, stub = stub_fetcher(pending, max_value_bytes=1000)
+    d = fetcher.fetch({"id": "1"})
+    [request] = origin.requests
+    request.setHeader(b"content-type", b"application/octet-stream")
+    request.write(b"a" * 600)
+    stub.flush()
+    assert not d.called
+    request.write(b"b" * 600)
+    stub.flush()
+    assert fetch_error(d) == "body larger than 1000 bytes"
+    stub.flush()
+    assert len(origin.lost) == 1, "the connection was not closed"
+
+
+def test_a_chunked_body_within_the_cap_is_collected() -> None:
+    fetcher, origin, stub = stub_fetcher(pending, max_value_bytes=1000)
+    d = fetcher.fetch({"id": "1"})
+    [request] = origin.requests
+    for part in (b"ab", b"cd", b"ef"):
+        request.write(part)
+        stub.flush()
+    assert not d.called
+    request.finish()
+    stub.flush()
+    assert fetched(d).body == b"abcdef"
+
+
+def test_the_cap_counts_decompressed_bytes() -> None:
+    bomb = gzip.compress(b"\x00" * 200_000)
+
+    def handler(request: Request) -> bytes:
+        request.setHeader(b"content-encoding", b"gzip")
+        return bomb
+
+    fetcher, _, _ = stub_fetcher(handler, max_value_bytes=100_000)
+    assert len(bomb) < 100_000
+    assert fetch_error(fetcher.fetch({"id": "1"})) == "body larger than 100000 bytes"
+
+
+def test_cancelling_before_the_answer_closes_the_connection() -> None:
+    fetcher, origin, stub = stub_fetcher(pending)
+    d = fetcher.fetch({"id": "1"})
+    assert not d.called
+    d.cancel()
+    assert isinstance(result(d), CancelledError)
+    stub.flush()
+    assert len(origin.lost) == 1
+
+
+def test_cancelling_while_the_body_streams_closes_the_connection() -> None:
+    fetcher, origin, stub = stub_fetcher(pending)
+    d = fetcher.fetch({"id": "1"})
+    [request] = origin.requests
+    request.write(b"first part")
+    stub.flush()
+    assert not d.called
+    d.cancel()
+    assert isinstance(result(d), CancelledError)
+    stub.flush()
+    assert len(origin.lost) == 1
+    request.write(b"more")  # the origin goes on writing into a closed connection
+    stub.flush()
+
+
+def test_cancelling_after_success_changes_nothing() -> None:
+    fetcher, _, _ = stub_fetcher(answer())
+    d = fetcher.fetch({"id": "1"})
+    d.cancel()
+    assert fetched(d).body == b"ok"
+
+
+# A real server on 127.0.0.1, the production client.
+
+
+class TrackingChannel(HTTPChannel):
+    """A server connection that tells when it has closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.closed.callback(None)
+
+
+class TrackingSite(Site):
+    """A Site that knows when each of its connections has closed."""
+
+    protocol = TrackingChannel
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.closed: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        assert isinstance(protocol, TrackingChannel)
+        self.closed.append(protocol.closed)
+        return protocol
+
+
+@implementer(IAgent)
+@attrs.define
+class ResponseWatcher:
+    """An agent that tells when the headers of an answer arrived."""
+
+    agent: IAgent
+    arrived: list[Deferred[None]] = attrs.field(factory=list)
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[IResponse]:
+        arrived: Deferred[None] = Deferred()
+        self.arrived.append(arrived)
+
+        def got(response: IResponse) -> IResponse:
+            arrived.callback(None)
+            return response
+
+        return self.agent.request(method, uri, headers, bodyProducer).addCallback(got)
+
+
+class RealNetworkTests(TestCase):
+    """The production client against a real twisted.web server."""
+
+    def serve(self, resource: Resource) -> str:
+        self.site = site = TrackingSite(resource)
+        port: IListeningPort = global_reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.pool = HTTPConnectionPool(global_reactor, persistent=True)
+
+        async def cleanup() -> None:
+            await self.pool.closeCachedConnections()
+            await port.stopListening()
+            await gatherResults(site.closed)
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    def fetcher(self, url: str, client: Any = None, **job: Any) -> HTTPFetcher:
+        client = client or make_http_client(global_reactor, pool=self.pool, connect_timeout=5)
+        return HTTPFetcher(make_job(url=url, **job), client, global_reactor)
+
+    async def test_fetches_over_a_persistent_connection(self) -> None:
+        origin = Origin(answer(200, b'{"a": 1}', b"application/json"))
+        base = self.serve(origin)
+        fetcher = self.fetcher(base + "/items/{id}")
+        first = await fetcher.fetch({"id": "1"})
+        second = await fetcher.fetch({"id": "2"})
+        assert first == second == Fetched(b'{"a": 1}', "application/json")
+        assert [s.uri for s in origin.seen] == [b"/items/1", b"/items/2"]
+        assert len(self.site.closed) == 1, "the connection was not reused"
+
+    async def test_the_production_client_does_not_follow_redirects(self) -> None:
+        def handler(request: Request) -> bytes:
+            if request.path == b"/target":
+                return b"followed"
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"/target")
+            return b"moved"
+
+        origin = Origin(handler)
+        base = self.serve(origin)
+        with pytest.raises(FetchError) as raised:
+            await self.fetcher(base + "/items/{id}").fetch({"id": "1"})
+        assert str(raised.value) == "origin answered 302 (redirects are not followed)"
+        assert [s.uri for s in origin.seen] == [b"/items/1"]
+
+    async def test_cancelling_mid_body_closes_the_connection(self) -> None:
+        origin = Origin(pending)
+        base = self.serve(origin)
+        watcher = ResponseWatcher(Agent(global_reactor, pool=self.pool))
+        fetcher = self.fetcher(base + "/items/{id}", client=_client(watcher))
+        d = fetcher.fetch({"id": "1"})
+        while not origin.requests:
+            await deferLater(global_reactor, 0.001)
+        [request] = origin.requests
+        request.write(b"the first part of a body that never ends")
+        await watcher.arrived[0]
+        await deferLater(global_reactor, 0)  # the body is being read now
+        assert not d.called
+        d.cancel()
+        assert isinstance(result(d), CancelledError)
+        [closed] = self.site.closed
+        closed.addTimeout(5, global_reactor)
+        await closed
+        assert len(origin.lost) == 1
+
+    async def test_a_close_delimited_body_over_the_cap_is_cut_off(self) -> None:
+        sent: list[int] = []
+        closed: Deferred[None] = Deferred()
+
+        class Firehose(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                if b"\r\n\r\n" in data and not sent:
+                    self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                    self.pump()
+
+            def pump(self) -> None:
+                if closed.called:
+                    return
+                assert self.transport is not None
+                self.transport.write(b"x" * 65536)
+                sent.append(65536)
+                if len(sent) < 1000:
+                    global_reactor.callLater(0, self.pump)
+
+            def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+                closed.callback(None)
+
+        port = global_reactor.listenTCP(0, Factory.forProtocol(Firehose), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(global_reactor, persistent=False)
+        fetcher = self.fetcher(
+            f"http://127.0.0.1:{port.getHost().port}/{{id}}",
+            client=make_http_client(global_reactor, pool=pool),
+            max_value_bytes=200_000,
+        )
+        with pytest.raises(FetchError) as raised:
+            await fetcher.fetch({"id": "1"})
+        assert str(raised.value) == "body larger than 200000 bytes"
+        closed.addTimeout(5, global_reactor)
+        await closed
+        await deferLater(global_reactor, 0)  # the last pump call
+        assert len(sent) < 1000
+
+    async def test_connection_refused_is_one_clear_line(self) -> None:
+        port = global_reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        number = port.getHost().port
+        await port.stopListening()
+        pool = HTTPConnectionPool(global_reactor, persistent=False)
+        fetcher = self.fetcher(
+            f"http://127.0.0.1:{number}/{{id}}", client=make_http_client(global_reactor, pool=pool)
+        )
+        with pytest.raises(FetchError) as raised:
+            await fetcher.fetch({"id": "1"})
+        message = str(raised.value)
+        assert message.startswith("connection refused: "), message
+        assert "\n" not in message
+
+
+def _client(agent: IAgent) -> Requester:
+    return HTTPClient(agent)
+

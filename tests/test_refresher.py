@@ -1,0 +1,384 @@
+"""
+The refresher's semantics (SPEC section 4) for one process: hit, stale, miss,
+pending, single-flight, retries, timeouts, error memory, stale-if-error,
+queues, early refresh, fenced writes and shutdown; all on task.Clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+
+from refresherd import errors
+from refresherd.config import JobConfig
+from refresherd.entry import Entry
+from refresherd.metrics import metrics_for
+from refresherd.refresher import Answer, Job, Refresher  # noqa: F401
+from refresherd.stores.memory import MemoryStore
+from refresherd.testing import FakeFetcher, UnreachableStore
+
+
+def make(
+    store: Any = None, rand: float = 0.999999, **policy: Any
+) -> tuple[Refresher, FakeFetcher, task.Clock, Any]:
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    store = store if store is not None else MemoryStore(clock)
+    fetcher = FakeFetcher()
+    policy.setdefault("fresh", 60.0)
+    config = JobConfig(name="j", fetch="python", args=("id",), callable="x:y", **policy)
+    refresher = Refresher(
+        store, {"j": Job(config, fetcher)}, clock, "rfd", metrics_for(["j"]), random=lambda: rand
+    )
+    return refresher, fetcher, clock, store
+
+
+def lookup(refresher: Refresher, id: str = "1") -> Deferred[Answer]:
+    return Deferred.fromCoroutine(refresher.lookup("j", {"id": id}))
+
+
+def result(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has fired, or the exception it failed with."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    value = out[0]
+    return value.value if hasattr(value, "value") and hasattr(value, "trap") else value
+
+
+def counter(refresher: Refresher, name: str, **labels: str) -> float:
+    value = refresher.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def test_miss_waits_for_the_fetch_then_hits_without_fetching() -> None:
+    refresher, fetcher, clock, _ = make()
+    d = lookup(refresher)
+    assert not d.called
+    assert fetcher.calls[0].args == {"id": "1"}
+    fetcher.succeed(body=b'{"a": 1}')
+    answer = result(d)
+    assert (answer.status, answer.entry.body, answer.key) == ("miss", b'{"a": 1}', "rfd:j:v1:id=1")
+    clock.advance(30)
+    assert result(lookup(refresher)).status == "hit"
+    assert len(fetcher.calls) == 1
+
+
+def test_concurrent_misses_share_one_fetch() -> None:
+    refresher, fetcher, _, _ = make()
+    waiting = [lookup(refresher) for _ in range(200)]
+    assert len(fetcher.calls) == 1
+    fetcher.succeed()
+    assert {result(d).status for d in waiting} == {"miss"}
+    assert counter(refresher, "refresherd_coalesced_total", job="j") == 199
+
+
+def test_stale_value_is_served_at_once_and_refreshed_once() -> None:
+    refresher, fetcher, clock, _ = make(stale=100.0)
+    lookup(refresher)
+    fetcher.succeed(body=b"1")
+    clock.advance(61)
+    answers = [result(lookup(refresher)) for _ in range(50)]
+    assert {a.status for a in answers} == {"stale"}
+    assert {a.entry.body for a in answers} == {b"1"}
+    assert len(fetcher.calls) == 2
+    fetcher.succeed(body=b"2")
+    fresh = result(lookup(refresher))
+    assert (fresh.status, fresh.entry.body) == ("hit", b"2")
+
+
+def test_past_every_window_is_a_miss() -> None:
+    refresher, fetcher, clock, _ = make(stale=10.0)
+    lookup(refresher)
+    fetcher.succeed(body=b"1")
+    clock.advance(71)
+    d = lookup(refresher)
+    assert not d.called
+    fetcher.succeed(body=b"2")
+    assert result(d).status == "miss"
+
+
+def test_wait_timeout_answers_504_and_the_fetch_goes_on() -> None:
+    refresher, fetcher, clock, _ = make(wait_timeout=5.0, timeout=30.0)
+    d = lookup(refresher)
+    clock.advance(5)
+    assert isinstance(result(d), errors.WaitTimeout)
+    assert not fetcher.calls[0].cancelled
+    fetcher.succeed(body=b"late")
+    assert result(lookup(refresher)).status == "hit"
+
+
+def test_a_caller_cancelling_does_not_cancel_the_fetch_for_others() -> None:
+    refresher, fetcher, _, _ = make()
+    first, second = lookup(refresher), lookup(refresher)
+    first.cancel()
+    assert not fetcher.calls[0].cancelled
+    fetcher.succeed()
+    assert result(second).status == "miss"
+
+
+def test_failed_miss_is_502_and_remembered_for_error_ttl() -> None:
+    refresher, fetcher, clock, _ = make(error_ttl=5.0)
+    d = lookup(refresher)
+    fetcher.fail(reason="origin answered 500")
+    error = result(d)
+    assert isinstance(error, errors.FetchFailed)
+    assert "origin answered 500" in error.message
+    again = result(lookup(refresher))
+    assert isinstance(again, errors.FetchFailed)
+    assert len(fetcher.calls) == 1
+    clock.advance(5)
+    lookup(refresher)
+    assert len(fetcher.calls) == 2
+
+
+def test_error_ttl_zero_remembers_nothing() -> None:
+    refresher, fetcher, _, _ = make(error_ttl=0.0)
+    lookup(refresher)
+    fetcher.fail()
+    lookup(refresher)
+    assert len(fetcher.calls) == 2
+
+
+def test_retries_back_off_exponentially_then_succeed() -> None:
+    refresher, fetcher, clock, _ = make(retries=2, wait_timeout=60.0)
+    d = lookup(refresher)
+    fetcher.fail()
+    assert len(fetcher.calls) == 1
+    clock.advance(0.249)
+    assert len(fetcher.calls) == 1
+    clock.advance(0.251)  # first pause: within [0.25, 0.5]; rand ~1 makes it 0.5
+    assert len(fetcher.calls) == 2
+    fetcher.fail()
+    clock.advance(0.99)
+    assert len(fetcher.calls) == 2
+    clock.advance(0.01)  # second pause: 1.0
+    assert len(fetcher.calls) == 3
+    fetcher.succeed()
+    assert result(d).status == "miss"
+    assert counter(refresher, "refresherd_fetches_total", job="j", outcome="error") == 2
+    assert counter(refresher, "refresherd_fetches_total", job="j", outcome="success") == 1
+
+
+def test_an_attempt_past_timeout_is_cancelled_and_counted() -> None:
+    refresher, fetcher, clock, _ = make(timeout=2.0, wait_timeout=10.0)
+    d = lookup(refresher)
+    clock.advance(2)
+    assert fetcher.calls[0].cancelled
+    error = result(d)
+    assert isinstance(error, errors.FetchFailed)
+    assert "longer than 2s" in error.message
+    assert counter(refresher, "refresherd_fetches_total", job="j", outcome="timeout") == 1
+
+
+def test_stale_if_error_serves_the_old_value_with_the_error() -> None:
+    refresher, fetcher, clock, _ = make(stale=0.0, stale_if_error=3600.0, error_ttl=5.0)
+    lookup(refresher)
+    fetcher.succeed(body=b"old")
+    clock.advance(61)
+    # Past stale, within stale_if_error, no failure yet: treated as absent.
+    d = lookup(refresher)
+    assert not d.called
+    fetcher.fail(reason="origin answered 503")
+    answer = result(d)
+    assert (answer.status, answer.entry.body) == ("stale", b"old")
+    assert "503" in answer.error
+    # Now refreshes are failing: stale at once, no new fetch until the backoff ends.
+    again = result(lookup(refresher))
+    assert (again.status, again.error) == ("stale", "origin answered 503")
+    assert len(fetcher.calls) == 2
+    clock.advance(10)
+    lookup(refresher)
+    assert len(fetcher.calls) == 3
+    fetcher.succeed(body=b"new")
+    fresh = result(lookup(refresher))
+    assert (fresh.status, fresh.entry.body, fresh.error) == ("hit", b"new", None)
+
+
+def test_stale_if_error_fallback_on_wait_timeout() -> None:
+    refresher, fetcher, clock, _ = make(stale_if_error=3600.0, wait_timeout=1.0, timeout=30.0)
+    lookup(refresher)
+    fetcher.succeed(body=b"old")
+    clock.advance(61)
+    d = lookup(refresher)
+    clock.advance(1)
+    answer = result(d)
+    assert (answer.status, answer.entry.body) == ("stale", b"old")
+    assert "wait_timeout" in answer.error
+
+
+def test_on_miss_empty_answers_pending_and_fetches_in_background() -> None:
+    refresher, fetcher, _, _ = make(on_miss="empty")
+    assert result(lookup(refresher)).status == "pending"
+    assert result(lookup(refresher)).status == "pending"
+    assert len(fetcher.calls) == 1
+    fetcher.succeed()
+    assert result(lookup(refresher)).status == "hit"
+
+
+def test_queue_beyond_max_queue_is_overloaded() -> None:
+    refresher, fetcher, _, _ = make(concurrency=1, max_queue=1)
+    running, queued, refused = (
+        lookup(refresher, "1"),
+        lookup(refresher, "2"),
+        lookup(refresher, "3"),
+    )
+    assert isinstance(result(refused), errors.Overloaded)
+    assert len(fetcher.calls) == 1
+    assert counter(refresher, "refresherd_queue_depth", job="j") == 1
+    fetcher.succeed()
+    assert result(running).status == "miss"
+    assert len(fetcher.calls) == 2
+    fetcher.succeed()
+    assert result(queued).status == "miss"
+    assert counter(refresher, "refresherd_queue_depth", job="j") == 0
+
+
+def test_early_refresh_keeps_a_hot_value_fresh() -> None:
+    refresher, fetcher, clock, _ = make(rand=0.5, early_refresh=1.0)
+    lookup(refresher)
+    clock.advance(2)  # the fetch took 2 s: delta = 2
+    fetcher.succeed()
+    clock.advance(50)  # 10 s to expiry: -2 * ln(0.5) = 1.39 < 10, no early refresh
+    assert result(lookup(refresher)).status == "hit"
+    assert len(fetcher.calls) == 1
+    clock.advance(9)  # 1 s to expiry: 1.39 >= 1, refresh early
+    assert result(lookup(refresher)).status == "hit"
+    assert len(fetcher.calls) == 2
+    assert counter(refresher, "refresherd_early_refreshes_total", job="j") == 1
+
+
+def test_early_refresh_off_with_beta_zero() -> None:
+    refresher, fetcher, clock, _ = make(rand=1e-9, early_refresh=0.0)
+    lookup(refresher)
+    clock.advance(2)
+    fetcher.succeed()
+    clock.advance(57)
+    result(lookup(refresher))
+    assert len(fetcher.calls) == 1
+
+
+def test_a_put_during_a_fetch_is_not_overwritten_by_it() -> None:
+    refresher, fetcher, _, _ = make()
+    d = lookup(refresher)
+    put = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"put", "text/plain"))
+    assert result(put).status == "hit"
+    fetcher.succeed(body=b"fetched")
+    assert result(d).entry.body == b"put"
+    assert result(lookup(refresher)).entry.body == b"put"
+
+
+def test_put_refuses_too_large_and_bad_json() -> None:
+    refresher, _, _, _ = make(max_value_bytes=4)
+    too_large = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"12345", "text/plain"))
+    assert isinstance(result(too_large), errors.BodyTooLarge)
+    bad = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"{x", "application/json"))
+    assert isinstance(result(bad), errors.BadJson)
+
+
+def test_a_fetch_running_elsewhere_is_joined_through_the_store() -> None:
+    refresher, fetcher, clock, store = make()
+    token = result(store.acquire_lease("rfd:j:v1:id=1", 60))
+    assert token is not None
+    d = lookup(refresher)
+    assert fetcher.calls == []
+    assert not d.called
+    entry = Entry(
+        b"from elsewhere",
+        "text/plain",
+        clock.seconds(),
+        clock.seconds() + 60,
+        clock.seconds() + 60,
+        clock.seconds() + 60,
+        1.0,
+        "j",
+        {"id": "1"},
+    )
+    store.put("rfd:j:v1:id=1", entry, 60, lease=token)
+    answer = result(d)
+    assert (answer.status, answer.entry.body) == ("miss", b"from elsewhere")
+    assert counter(refresher, "refresherd_coalesced_total", job="j") == 1
+
+
+def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key() -> None:
+    refresher, _, _, _ = make(error_ttl=0.0)
+
+    class Broken(FakeFetcher):
+        def fetch(self, args: Any) -> Deferred[Any]:
+            raise RuntimeError("boom\nsecond line")
+
+    refresher.jobs["j"].fetcher = Broken()
+    error = result(lookup(refresher))
+    assert isinstance(error, errors.FetchFailed)
+    assert error.message == "RuntimeError: boom"
+    assert refresher._flights == {}
+
+
+def test_unreachable_store_fetches_locally_and_does_not_store() -> None:
+    clock = task.Clock()
+    refresher, fetcher, clock, store = make(store=UnreachableStore(MemoryStore(clock)))
+    first, second = lookup(refresher), lookup(refresher)
+    assert len(fetcher.calls) == 1
+    fetcher.succeed()
+    answer = result(first)
+    assert (answer.status, answer.stored) == ("miss", False)
+    assert result(second).status == "miss"
+    assert counter(refresher, "refresherd_store_errors_total", operation="get") == 2
+
+
+def test_unreachable_store_refuses_on_miss_empty_and_put() -> None:
+    refresher, _, clock, _ = make(
+        store=UnreachableStore(MemoryStore(task.Clock())), on_miss="empty"
+    )
+    assert isinstance(result(lookup(refresher)), errors.StoreUnavailable)
+    put = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"x", "text/plain"))
+    assert isinstance(result(put), errors.StoreUnavailable)
+
+
+def test_unknown_job_and_bad_args() -> None:
+    refresher, _, _, _ = make()
+    assert isinstance(
+        result(Deferred.fromCoroutine(refresher.lookup("nope", {}))), errors.UnknownJob
+    )
+    assert isinstance(result(Deferred.fromCoroutine(refresher.lookup("j", {}))), errors.BadArgs)
+
+
+def test_stop_waits_for_fetches_in_flight_and_answers_their_callers() -> None:
+    refresher, fetcher, clock, _ = make(timeout=60.0, wait_timeout=60.0)
+    refresher.startService()
+    d = lookup(refresher)
+    stopped = refresher.stopService()
+    assert not stopped.called
+    fetcher.succeed()
+    assert stopped.called
+    assert result(d).status == "miss"
+
+
+def test_stop_cancels_fetches_after_the_drain_timeout() -> None:
+    refresher, fetcher, clock, _ = make(timeout=60.0, wait_timeout=60.0)
+    refresher.startService()
+    d = lookup(refresher)
+    stopped = refresher.stopService()
+    clock.advance(refresher.drain_timeout)
+    assert stopped.called
+    assert fetcher.calls[0].cancelled
+    assert isinstance(result(d), errors.Overloaded)
+    assert refresher._flights == {}
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+def test_background_refresh_failure_keeps_serving_stale(failures: int) -> None:
+    refresher, fetcher, clock, _ = make(stale=3600.0, error_ttl=1.0)
+    lookup(refresher)
+    fetcher.succeed(body=b"v")
+    for _ in range(failures):
+        clock.advance(400)
+        answer = result(lookup(refresher))
+        assert answer.status == "stale"
+        fetcher.fail(reason="down")
+    answer = result(lookup(refresher))
+    assert (answer.status, answer.entry.body, answer.error) == ("stale", b"v", "down")

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+refresherd = ServiceMaker(
+    "refresherd",
+    "refresherd.tap",
+    "A cache-refresh service: stale-while-revalidate with single-flight over HTTP.",
+    "refresherd",
+)
