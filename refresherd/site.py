@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.web import http, server
 from twisted.web.resource import IResource
@@ -50,7 +52,7 @@ class LimitedRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
-        limit = self.site.body_limit(
+        limit = channel.site.body_limit(
             getattr(channel, "_command", b""), getattr(channel, "_path", b"")
         )
         self._limit = limit
@@ -87,7 +89,7 @@ class DeadlineChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.factory.connections += 1
+        self.factory.channels.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
@@ -110,7 +112,7 @@ class DeadlineChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: object) -> None:
         self._clearDeadline()
-        self.factory.connections -= 1
+        self.factory.channel_closed(self)
         super().connectionLost(reason)
 
 
@@ -130,13 +132,39 @@ class LimitedSite(server.Site):
         super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=reactor)
         self.body_limit = body_limit
         self.max_connections = max_connections
-        self.connections = 0
+        self.channels: set[DeadlineChannel] = set()
+        self._closed: Deferred[None] | None = None
         self.noisy = False
 
     def buildProtocol(self, addr: IAddress) -> DeadlineChannel | None:  # type: ignore[override]
-        if self.connections >= self.max_connections:
+        if len(self.channels) >= self.max_connections:
             return None
         return super().buildProtocol(addr)  # type: ignore[return-value]
+
+    def channel_closed(self, channel: DeadlineChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels and self._closed is not None:
+            closed, self._closed = self._closed, None
+            closed.callback(None)
+
+    def close_connections(self, timeout: float) -> Deferred[None]:
+        """
+        Close every connection once what was written to it has been sent, so
+        that answers given during shutdown reach their clients; fire when all
+        are closed, or after C{timeout} seconds (then abort the rest).
+        """
+        if not self.channels:
+            return defer.succeed(None)
+        self._closed = Deferred()
+        for channel in list(self.channels):
+            channel.transport.loseConnection()
+        timer = self.reactor.callLater(timeout, self._abort)
+        self._closed.addBoth(lambda result: timer.active() and timer.cancel())
+        return self._closed
+
+    def _abort(self) -> None:
+        for channel in list(self.channels):
+            channel.transport.abortConnection()
 
     def log(self, request: server.Request) -> None:
         """No per-request log line here: twisted.web's would cost a write per request."""

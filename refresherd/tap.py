@@ -21,8 +21,9 @@ from klein import Klein
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -42,6 +43,10 @@ from refresherd.metrics import metrics_for
 from refresherd.refresher import Job, Refresher
 from refresherd.site import LimitedSite
 from refresherd.stores.memory import memory_store_from_url
+
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds that answers given during shutdown have to reach their clients."""
 
 
 class Options(usage.Options):
@@ -135,9 +140,11 @@ class ThreadPools(Service):
             pool.stop()
 
 
-def make_fetcher(job: JobConfig, where: str, reactor: Any, pools: ThreadPools) -> IFetcher:
+def make_fetcher(
+    job: JobConfig, where: str, reactor: Any, pools: ThreadPools, client: Any
+) -> IFetcher:
     if job.fetch == "http":
-        return HTTPFetcher(job, make_http_client(reactor), reactor)
+        return HTTPFetcher(job, client, reactor)
     try:
         function = resolve_callable(job.callable or "")
     except ValueError as e:
@@ -191,13 +198,23 @@ class RefresherdService(MultiService):
     refresher: Refresher
     pools: ThreadPools
     ports: list[IListeningPort]
+    sites: list[LimitedSite]
     log_observer: ILogObserver | None = None
-    on_stopping: Callable[[], None] = lambda: None
+    on_started: Callable[[], None] = lambda: None
+    _log: Logger = attrs.field(factory=Logger, init=False)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
         self.pools.setServiceParent(self)
         self.refresher.setServiceParent(self)
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        self.on_started()
+        for name, port in zip(("public API", "admin API"), self.ports, strict=False):
+            self._log.info(
+                "refresherd: {name} listening on {address}", name=name, address=describe(port)
+            )
 
     def setServiceParent(self, parent: Any) -> None:
         if self.log_observer is not None and hasattr(parent, "setComponent"):
@@ -206,17 +223,41 @@ class RefresherdService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        self.on_stopping()
         Service.stopService(self)
         yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
         yield self.refresher.stopService()
+        yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
         self.pools.stopService()
 
 
-def second_signal_exits() -> None:
-    """From now on SIGTERM and SIGINT end the process at once."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def describe(port: IListeningPort) -> str:
+    """C{host:port} of a TCP port, the path of a UNIX one."""
+    address = port.getHost()
+    if hasattr(address, "port"):
+        return f"{address.host}:{address.port}"
+    return str(getattr(address, "name", address))
+
+
+def handle_shutdown_signals(reactor: Any) -> None:
+    """
+    The first SIGTERM or SIGINT stops the service gracefully; a second one
+    ends the process at once (twistd's own handler would only log
+    C{ReactorNotRunning}).
+    """
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGTERM, first)
+    signal.signal(signal.SIGINT, first)
 
 
 def build(
@@ -232,8 +273,9 @@ def build(
         )
     store = make_store(url, where, reactor)
     pools = ThreadPools()
+    client = make_http_client(reactor)
     jobs = {
-        name: Job(job, make_fetcher(job, config.source, reactor, pools))
+        name: Job(job, make_fetcher(job, config.source, reactor, pools, client))
         for name, job in config.jobs.items()
     }
     metrics = metrics_for(jobs)
@@ -241,18 +283,18 @@ def build(
     authorizer = Authorizer.from_config(config.auth)
     public = PublicAPI(refresher, authorizer, config.server, metrics, reactor)
     admin = AdminAPI(authorizer, metrics)
-    ports = []
     admin_listen, admin_where = settings.admin_listen
-    if admin_listen == "none":
-        public_resource = combined(public, admin)
-    else:
-        public_resource = public.resource()
-    public_site = LimitedSite(public_resource, public.body_limit, reactor)
-    ports.append(listen(reactor, settings.listen[0], settings.listen[1], public_site))
-    if admin_listen != "none":
+    mounted = admin_listen == "none"
+    public_site = LimitedSite(
+        combined(public, admin) if mounted else public.resource(), public.body_limit, reactor
+    )
+    sites = [public_site]
+    ports = [listen(reactor, settings.listen[0], settings.listen[1], public_site)]
+    if not mounted:
         admin_site = LimitedSite(
-            admin.resource(), lambda m, p: config.server.max_body_bytes, reactor
+            admin.resource(), lambda method, path: config.server.max_body_bytes, reactor
         )
+        sites.append(admin_site)
         try:
             ports.append(listen(reactor, admin_listen, admin_where, admin_site))
         except ConfigError:
@@ -262,8 +304,9 @@ def build(
         refresher,
         pools,
         ports,
+        sites,
         log_observer=JSONLinesObserver() if settings.log_format == "json" else None,
-        on_stopping=second_signal_exits,
+        on_started=lambda: reactor.callWhenRunning(handle_shutdown_signals, reactor),
     )
 
 

@@ -19,17 +19,16 @@ import attrs
 import pytest
 from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet import reactor as global_reactor
+from twisted.internet import reactor as _reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
-from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
@@ -46,6 +45,7 @@ from refresherd.fetchers.http import (
 )
 from refresherd.interfaces import IFetcher
 
+global_reactor: Any = _reactor
 SECRET = "s3cret-signing-key"
 HEADER_SECRET = "Bearer very-secret-token"
 
@@ -93,7 +93,7 @@ class Origin(Resource):
             Seen(
                 method=request.method,
                 uri=request.uri,
-                headers={k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()},
+                headers={k.lower(): list(v) for k, v in request.requestHeaders.getAllRawHeaders()},
                 body=request.content.read(),
                 host=request.getHeader(b"host"),
             )
@@ -490,7 +490,7 @@ class TrackingChannel(HTTPChannel):
         super().__init__()
         self.closed: Deferred[None] = Deferred()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.closed.callback(None)
 
@@ -498,7 +498,7 @@ class TrackingChannel(HTTPChannel):
 class TrackingSite(Site):
     """A Site that knows when each of its connections has closed."""
 
-    protocol = TrackingChannel
+    protocol = TrackingChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Resource) -> None:
         super().__init__(resource)
@@ -537,10 +537,13 @@ class RealNetworkTests(TestCase):
 
     def serve(self, resource: Resource) -> str:
         self.site = site = TrackingSite(resource)
-        port: IListeningPort = global_reactor.listenTCP(0, site, interface="127.0.0.1")
+        port = global_reactor.listenTCP(0, site, interface="127.0.0.1")
         self.pool = HTTPConnectionPool(global_reactor, persistent=True)
 
         async def cleanup() -> None:
+            # Let the client finish with its last answer (it may still be
+            # parsing it: a test can end inside the callback that fired it).
+            await deferLater(global_reactor, 0)
             await self.pool.closeCachedConnections()
             await port.stopListening()
             await gatherResults(site.closed)
@@ -617,7 +620,7 @@ class RealNetworkTests(TestCase):
                 if len(sent) < 1000:
                     global_reactor.callLater(0, self.pump)
 
-            def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
                 closed.callback(None)
 
         port = global_reactor.listenTCP(0, Factory.forProtocol(Firehose), interface="127.0.0.1")
@@ -653,4 +656,3 @@ class RealNetworkTests(TestCase):
 
 def _client(agent: IAgent) -> Requester:
     return HTTPClient(agent)
-

@@ -32,7 +32,7 @@ import attrs
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import (
     ConnectError,
     ConnectionDone,
@@ -118,7 +118,8 @@ def make_http_client(
     changes what the next one sends.
 
     @param reactor: The reactor (TCP, TLS, time and name resolution).
-    @param pool: The connection pool, or L{None} for a new persistent one.
+    @param pool: The connection pool, or L{None} for a new persistent one
+        keeping up to C{max_persistent_per_host} idle connections per origin.
         Close it with C{pool.closeCachedConnections()} when shutting down.
     @param connect_timeout: Seconds to wait for a TCP connection; the
         refresher's per-attempt timeout still bounds the whole fetch.
@@ -249,7 +250,9 @@ class _Discard(Protocol):
 
 
 @attrs.frozen
-class _Request:
+class OutgoingRequest:
+    """A request as L{HTTPFetcher} sends it; C{path_qs} is what is signed."""
+
     method: str
     url: str
     path_qs: str
@@ -277,7 +280,7 @@ class HTTPFetcher:
     clock: IReactorTime
     random_bytes: Callable[[int], bytes] = os.urandom
 
-    def build_request(self, args: Mapping[str, str]) -> _Request:
+    def build_request(self, args: Mapping[str, str]) -> OutgoingRequest:
         """The request for C{args}, exactly as it will be sent."""
         job = self.job
         if job.url is None:
@@ -308,7 +311,7 @@ class HTTPFetcher:
                 body or b"",
             )
             headers.setRawHeaders(SIGNATURE_HEADER, [signature])
-        return _Request(method=method, url=url, path_qs=path_qs, headers=headers, body=body)
+        return OutgoingRequest(method=method, url=url, path_qs=path_qs, headers=headers, body=body)
 
     def fetch(self, args: Mapping[str, str]) -> Deferred[Fetched]:
         """
@@ -343,14 +346,17 @@ class HTTPFetcher:
         kwargs: dict[str, Any] = {}
         if request.body is not None:
             kwargs["data"] = request.body
-        requested: Deferred[Any] = self.client.request(
-            request.method,
-            request.url,
-            headers=request.headers,
-            allow_redirects=False,
-            unbuffered=True,
-            **kwargs,
-        )
+        try:
+            requested: Deferred[Any] = self.client.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                allow_redirects=False,
+                unbuffered=True,
+                **kwargs,
+            )
+        except Exception as e:
+            return fail(FetchError(_one_line(f"request failed: {_plain(e)}")))
         inner = requested.addCallback(self._read)
         inner.addCallbacks(succeeded, failed)
         return outer

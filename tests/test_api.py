@@ -1,0 +1,420 @@
+"""
+The public HTTP API (SPEC section 5) in memory: StubTreq against the Klein
+resource, a memory store, a fake fetcher and task.Clock.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+
+from refresherd.api import PublicAPI
+from refresherd.auth import Authorizer
+from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
+from refresherd.metrics import metrics_for
+from refresherd.refresher import Job, Refresher
+from refresherd.stores.memory import MemoryStore
+from refresherd.testing import FakeFetcher, UnreachableStore
+
+BASE = "http://refresherd.test"
+
+
+class APITestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.build()
+
+    def build(self, auth: AuthConfig | None = None, store: Any = None, **policy: Any) -> None:
+        self.fetcher = FakeFetcher()
+        policy.setdefault("fresh", 60.0)
+        policy.setdefault("stale", 600.0)
+        jobs = {
+            "j": JobConfig(
+                name="j",
+                fetch="http",
+                url="http://origin.test/{id}",
+                args=("id",),
+                **policy,
+            ),
+            "noargs": JobConfig(name="noargs", fetch="python", callable="x:y", fresh=60.0),
+        }
+        self.metrics = metrics_for(jobs)
+        self.store = store if store is not None else MemoryStore(self.clock)
+        self.refresher = Refresher(
+            self.store,
+            {name: Job(config, self.fetcher) for name, config in jobs.items()},
+            self.clock,
+            "rfd",
+            self.metrics,
+            random=lambda: 0.999,
+        )
+        self.api = PublicAPI(
+            self.refresher,
+            Authorizer.from_config(auth or AuthConfig()),
+            ServerConfig(max_batch=3),
+            self.metrics,
+            self.clock,
+        )
+        self.stub = StubTreq(self.api.resource())
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        d = self.stub.request(method, BASE + path, **kwargs)
+        self.stub.flush()
+        return d
+
+    def answer(self, d: Any) -> tuple[Any, Any]:
+        """The response of a request that has been answered, and its body (JSON parsed if JSON)."""
+        self.stub.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.content())
+        if response.headers.getRawHeaders("content-type", [""])[0].startswith("application/json"):
+            return response, json.loads(body)
+        return response, body
+
+    def header(self, response: Any, name: str) -> str | None:
+        values = response.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def fetched(self, body: bytes = b'{"n": 1}', ctype: str = "application/json") -> None:
+        self.fetcher.succeed(body=body, content_type=ctype)
+        self.stub.flush()
+
+    def error_code(self, d: Any, status: int) -> str:
+        response, body = self.answer(d)
+        self.last_response = response
+        self.assertEqual(response.code, status)
+        self.assertEqual(self.header(response, "content-type"), "application/json")
+        self.assertEqual(set(body), {"error"})
+        self.assertEqual(set(body["error"]), {"code", "message"})
+        return str(body["error"]["code"])
+
+
+class LookupTests(APITestCase):
+    def test_miss_then_hit_with_fields_and_headers(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=7")
+        self.assertNoResult(d)
+        self.clock.advance(0.25)
+        self.fetched(b'{"n": 1, "big": 12345678901234567890}')
+        response, body = self.answer(d)
+        self.assertEqual(response.code, 200)
+        now = self.clock.seconds()
+        self.assertEqual(
+            body,
+            {
+                "job": "j",
+                "key": "rfd:j:v1:id=7",
+                "status": "miss",
+                "value": {"n": 1, "big": 12345678901234567890},
+                "content_type": "application/json",
+                "fetched_at": now,
+                "fresh_until": now + 60,
+                "stale_until": now + 660,
+                "age": 0,
+            },
+        )
+        self.assertEqual(self.header(response, "cache-status"), "refresherd; fwd=miss; stored")
+        self.assertEqual(self.header(response, "age"), "0")
+        etag = self.header(response, "etag")
+        assert etag is not None and etag.startswith('W/"')
+        self.clock.advance(10.5)
+        response, body = self.answer(self.request("GET", "/v1/jobs/j?id=7"))
+        self.assertEqual((body["status"], body["age"]), ("hit", 10.5))
+        self.assertEqual(self.header(response, "cache-status"), "refresherd; hit; ttl=49")
+        self.assertEqual(self.header(response, "age"), "10")
+        self.assertEqual(self.header(response, "etag"), etag)
+        self.assertEqual(len(self.fetcher.calls), 1)
+
+    def test_stale_has_a_negative_ttl_and_starts_one_refresh(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=1")
+        self.fetched()
+        self.answer(d)
+        self.clock.advance(72.5)
+        response, body = self.answer(self.request("GET", "/v1/jobs/j?id=1"))
+        self.assertEqual(body["status"], "stale")
+        self.assertNotIn("error", body)
+        self.assertEqual(self.header(response, "cache-status"), "refresherd; hit; ttl=-13")
+        self.assertEqual(len(self.fetcher.calls), 2)
+
+    def test_stale_because_refreshes_fail_says_why_in_one_line(self) -> None:
+        self.answer_miss()
+        self.clock.advance(61)
+        self.answer(self.request("GET", "/v1/jobs/j?id=1"))
+        self.fetcher.fail(reason="origin answered 503")
+        self.stub.flush()
+        _, body = self.answer(self.request("GET", "/v1/jobs/j?id=1"))
+        self.assertEqual((body["status"], body["error"]), ("stale", "origin answered 503"))
+
+    def answer_miss(self, path: str = "/v1/jobs/j?id=1", **fetched: Any) -> Any:
+        d = self.request("GET", path)
+        self.fetched(**fetched)
+        return self.answer(d)
+
+    def test_if_none_match_gets_304(self) -> None:
+        response, _ = self.answer_miss()
+        etag = self.header(response, "etag")
+        response, body = self.answer(
+            self.request("GET", "/v1/jobs/j?id=1", headers={"If-None-Match": etag})
+        )
+        self.assertEqual((response.code, body), (304, b""))
+        self.assertEqual(self.header(response, "etag"), etag)
+        other, _ = self.answer(
+            self.request("GET", "/v1/jobs/j?id=1", headers={"If-None-Match": 'W/"other"'})
+        )
+        self.assertEqual(other.code, 200)
+
+    def test_304_for_a_stale_value_still_starts_its_refresh(self) -> None:
+        response, _ = self.answer_miss()
+        self.clock.advance(61)
+        headers = {"If-None-Match": self.header(response, "etag")}
+        response, _ = self.answer(self.request("GET", "/v1/jobs/j?id=1", headers=headers))
+        self.assertEqual(response.code, 304)
+        self.assertEqual(len(self.fetcher.calls), 2)
+
+    def test_text_value_and_binary_value_b64(self) -> None:
+        _, body = self.answer_miss(body="héllo".encode(), ctype="text/plain; charset=utf-8")
+        self.assertEqual(body["value"], "héllo")
+        _, body = self.answer_miss("/v1/jobs/j?id=2", body=b"\xff\x00", ctype="image/png")
+        self.assertEqual(body["value_b64"], "/wA=")
+        self.assertNotIn("value", body)
+
+    def test_raw_serves_the_stored_body_with_its_type_and_safety_headers(self) -> None:
+        self.answer_miss(body=b"<b>hi</b>", ctype="text/html")
+        response, body = self.answer(self.request("GET", "/v1/jobs/j/raw?id=1"))
+        self.assertEqual((response.code, body), (200, b"<b>hi</b>"))
+        self.assertEqual(self.header(response, "content-type"), "text/html")
+        self.assertEqual(self.header(response, "x-content-type-options"), "nosniff")
+        self.assertEqual(self.header(response, "content-security-policy"), "sandbox")
+        self.assertTrue(self.header(response, "cache-status").startswith("refresherd; hit"))
+        json_response, _ = self.answer(self.request("GET", "/v1/jobs/j?id=1"))
+        self.assertEqual(self.header(json_response, "etag"), self.header(response, "etag"))
+
+    def test_pending_for_on_miss_empty(self) -> None:
+        self.build(on_miss="empty")
+        response, body = self.answer(self.request("GET", "/v1/jobs/j?id=1"))
+        self.assertEqual(response.code, 202)
+        self.assertEqual(body, {"job": "j", "key": "rfd:j:v1:id=1", "status": "pending"})
+
+    def test_plus_is_a_space_and_args_are_percent_decoded(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=a+b%2Fc%C3%A9")
+        self.assertEqual(self.fetcher.calls[0].args, {"id": "a b/cé"})
+        self.fetched()
+        _, body = self.answer(d)
+        self.assertEqual(body["key"], "rfd:j:v1:id=a%20b%2Fc%C3%A9")
+
+    def test_a_job_without_args(self) -> None:
+        d = self.request("GET", "/v1/jobs/noargs")
+        self.fetched()
+        _, body = self.answer(d)
+        self.assertEqual((body["status"], body["key"]), ("miss", "rfd:noargs:v1:"))
+
+
+class ErrorTests(APITestCase):
+    def test_unknown_job(self) -> None:
+        self.assertEqual(self.error_code(self.request("GET", "/v1/jobs/nope"), 404), "unknown_job")
+
+    def test_bad_args(self) -> None:
+        for query in [
+            "",
+            "?id=1&x=2",
+            "?id=1&id=2",
+            "?id=" + "x" * 1025,
+            "?id=%FF",
+            "?id=.",
+            "?id=..",
+        ]:
+            code = self.error_code(self.request("GET", "/v1/jobs/j" + query), 400)
+            self.assertEqual(code, "bad_args", query)
+        self.assertEqual(self.fetcher.calls, [])
+
+    def test_value_of_exactly_1_kib_is_accepted(self) -> None:
+        self.request("GET", "/v1/jobs/j?id=" + "é" * 512)
+        self.assertEqual(len(self.fetcher.calls), 1)
+
+    def test_arg_patterns(self) -> None:
+        import re
+
+        self.build(arg_patterns={"id": re.compile("[0-9]+")})
+        self.assertEqual(self.error_code(self.request("GET", "/v1/jobs/j?id=1a"), 400), "bad_args")
+        self.request("GET", "/v1/jobs/j?id=12")
+        self.assertEqual(len(self.fetcher.calls), 1)
+
+    def test_unknown_route_and_wrong_method_are_json(self) -> None:
+        self.assertEqual(self.error_code(self.request("GET", "/nope"), 404), "not_found")
+        self.assertEqual(self.error_code(self.request("GET", "/v1/jobs"), 404), "not_found")
+        d = self.request("DELETE", "/v1/jobs/j")
+        self.assertEqual(self.error_code(d, 405), "method_not_allowed")
+        self.assertIn("PUT", self.header(self.last_response, "allow"))
+        self.assertEqual(
+            self.error_code(self.request("GET", "/v1/fetch"), 405), "method_not_allowed"
+        )
+
+    def test_fetch_failed_then_remembered(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=1")
+        self.fetcher.fail(reason="origin answered 500")
+        self.assertEqual(self.error_code(d, 502), "fetch_failed")
+        self.assertEqual(
+            self.error_code(self.request("GET", "/v1/jobs/j?id=1"), 502), "fetch_failed"
+        )
+        self.assertEqual(len(self.fetcher.calls), 1)
+
+    def test_wait_timeout(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=1")
+        self.clock.advance(5)
+        self.assertEqual(self.error_code(d, 504), "wait_timeout")
+
+    def test_overloaded(self) -> None:
+        self.build(concurrency=1, max_queue=0)
+        self.request("GET", "/v1/jobs/j?id=1")
+        self.assertEqual(self.error_code(self.request("GET", "/v1/jobs/j?id=2"), 503), "overloaded")
+
+    def test_store_unavailable_on_ready_and_pending(self) -> None:
+        self.build(store=UnreachableStore(MemoryStore(self.clock)), on_miss="empty")
+        self.assertEqual(self.error_code(self.request("GET", "/readyz"), 503), "store_unavailable")
+        self.assertEqual(
+            self.error_code(self.request("GET", "/v1/jobs/j?id=1"), 503), "store_unavailable"
+        )
+
+
+class BatchTests(APITestCase):
+    def test_items_answered_in_order_with_errors_in_place(self) -> None:
+        self.answer_one()
+        d = self.request(
+            "POST",
+            "/v1/fetch",
+            json={
+                "items": [
+                    {"job": "j", "args": {"id": "1"}},
+                    {"job": "nope", "args": {}},
+                    {"job": "j", "args": {"id": 5}},
+                ]
+            },
+        )
+        response, body = self.answer(d)
+        self.assertEqual(response.code, 200)
+        first, unknown, bad = body["items"]
+        self.assertEqual((first["status"], first["value"]), ("hit", {"n": 1}))
+        self.assertEqual(unknown["error"]["code"], "unknown_job")
+        self.assertEqual(bad["error"]["code"], "bad_args")
+        counted = self.metrics.registry.get_sample_value(
+            "refresherd_requests_total", {"job": "_unknown", "status": "error"}
+        )
+        self.assertEqual(counted, 1)
+
+    def answer_one(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=1")
+        self.fetched()
+        self.answer(d)
+
+    def test_misses_in_a_batch_wait_for_their_fetches(self) -> None:
+        d = self.request(
+            "POST",
+            "/v1/fetch",
+            json={"items": [{"job": "j", "args": {"id": "1"}}, {"job": "j", "args": {"id": "2"}}]},
+        )
+        self.assertNoResult(d)
+        self.fetcher.succeed(0)
+        self.fetcher.succeed(1, body=b"2")
+        self.stub.flush()
+        _, body = self.answer(d)
+        self.assertEqual([item["value"] for item in body["items"]], [{"n": 1}, 2])
+
+    def test_bad_json_and_shapes(self) -> None:
+        for data in [b"{", b"[]", b'{"items": {}}', b"\xff"]:
+            d = self.request("POST", "/v1/fetch", data=data)
+            self.assertEqual(self.error_code(d, 400), "bad_json", data)
+        d = self.request("POST", "/v1/fetch", json={"items": [1]})
+        _, body = self.answer(d)
+        self.assertEqual(body["items"][0]["error"]["code"], "bad_args")
+
+    def test_batch_too_large(self) -> None:
+        items = [{"job": "j", "args": {"id": str(i)}} for i in range(4)]
+        d = self.request("POST", "/v1/fetch", json={"items": items})
+        self.assertEqual(self.error_code(d, 413), "batch_too_large")
+        self.assertEqual(self.fetcher.calls, [])
+
+
+class AuthAndPutTests(APITestCase):
+    def tokens(self) -> AuthConfig:
+        return AuthConfig(
+            read_tokens=(Secret("r-token"),),
+            write_tokens=(Secret("w-token"),),
+            metrics_tokens=(Secret("m-token"),),
+        )
+
+    def test_put_is_refused_when_no_write_or_admin_token_is_configured(self) -> None:
+        d = self.request("PUT", "/v1/jobs/j?id=1", data=b"x")
+        self.assertEqual(self.error_code(d, 403), "forbidden")
+
+    def test_read_tokens_guard_reads(self) -> None:
+        self.build(auth=self.tokens())
+        d = self.request("GET", "/v1/jobs/j?id=1")
+        self.assertEqual(self.error_code(d, 401), "unauthorized")
+        self.assertEqual(self.header(self.last_response, "www-authenticate"), "Bearer")
+        bad = self.request("GET", "/v1/jobs/j?id=1", headers={"Authorization": "Bearer nope"})
+        self.assertEqual(self.error_code(bad, 401), "unauthorized")
+        wrong = self.request("GET", "/v1/jobs/j?id=1", headers={"Authorization": "Bearer m-token"})
+        self.assertEqual(self.error_code(wrong, 403), "forbidden")
+        for token in ("r-token", "w-token"):
+            self.request("GET", "/v1/jobs/j?id=1", headers={"Authorization": f"Bearer {token}"})
+        self.assertEqual(len(self.fetcher.calls), 1)
+        self.assertEqual(self.answer(self.request("GET", "/healthz"))[0].code, 200)
+
+    def test_put_stores_a_fresh_value_and_answers_like_a_get(self) -> None:
+        self.build(auth=self.tokens())
+        write = {"Authorization": "Bearer w-token", "Content-Type": "text/plain"}
+        response, body = self.answer(
+            self.request("PUT", "/v1/jobs/j?id=1", data=b"hello", headers=write)
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual((body["status"], body["value"]), ("hit", "hello"))
+        self.assertEqual(body["fresh_until"], self.clock.seconds() + 60)
+        read = {"Authorization": "Bearer r-token"}
+        _, got = self.answer(self.request("GET", "/v1/jobs/j?id=1", headers=read))
+        self.assertEqual((got["status"], got["value"]), ("hit", "hello"))
+        self.assertEqual(self.fetcher.calls, [])
+
+    def test_put_errors(self) -> None:
+        self.build(auth=self.tokens(), max_value_bytes=4)
+        read = {"Authorization": "Bearer r-token"}
+        self.assertEqual(
+            self.error_code(self.request("PUT", "/v1/jobs/j?id=1", data=b"x", headers=read), 403),
+            "forbidden",
+        )
+        write = {"Authorization": "Bearer w-token", "Content-Type": "application/json"}
+        for data, status, code in [(b"{x", 400, "bad_json"), (b"12345", 413, "body_too_large")]:
+            d = self.request("PUT", "/v1/jobs/j?id=1", data=data, headers=write)
+            self.assertEqual(self.error_code(d, status), code)
+        d = self.request("PUT", "/v1/jobs/nope", data=b"1", headers=write)
+        self.assertEqual(self.error_code(d, 404), "unknown_job")
+
+
+class HealthTests(APITestCase):
+    def test_healthz_and_readyz(self) -> None:
+        for path, status in (("/healthz", "ok"), ("/readyz", "ready")):
+            response, body = self.answer(self.request("GET", path))
+            self.assertEqual((response.code, body), (200, {"status": status}))
+
+    def test_request_durations_are_counted_by_route_template(self) -> None:
+        self.answer(self.request("GET", "/healthz"))
+        self.answer(self.request("GET", "/v1/jobs/nope"))
+        registry = self.metrics.registry
+        get = registry.get_sample_value
+        self.assertEqual(
+            get(
+                "refresherd_http_request_duration_seconds_count",
+                {"route": "/healthz", "code": "200"},
+            ),
+            1,
+        )
+        self.assertEqual(
+            get(
+                "refresherd_http_request_duration_seconds_count",
+                {"route": "/v1/jobs/{job}", "code": "404"},
+            ),
+            1,
+        )

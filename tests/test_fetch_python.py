@@ -1,0 +1,403 @@
+"""
+The python fetcher (SPEC section 3): where the job's function runs (the job's
+thread pool, or the reactor thread for coroutine functions and
+C{@reactor_call}), how its result is stored, how its failures read, and that
+a cancelled fetch drops a late result quietly.
+
+The jobs' functions are defined in this module and named as
+C{tests.test_fetch_python:<name>}.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import threading
+from typing import Any
+
+import pytest
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from refresherd.config import JobConfig
+from refresherd.entry import Fetched
+from refresherd.errors import FetchError
+from refresherd.fetchers.python import (
+    PythonFetcher,
+    make_threadpool,
+    reactor_call,
+    resolve_callable,
+    runs_in_reactor,
+    to_fetched,
+)
+from refresherd.interfaces import IFetcher
+
+global_reactor: Any = _reactor
+HERE = "tests.test_fetch_python"
+
+# The jobs' functions.
+
+PENDING: list[Deferred[Any]] = []
+"""Deferreds that functions running in the reactor wait on, for the tests to fire."""
+
+GATE = threading.Event()
+"""What a blocked thread waits for."""
+
+NOT_CALLABLE = 42
+
+
+def where(name: str) -> dict[str, Any]:
+    return {"name": name, "thread": threading.current_thread().name}
+
+
+def awkward(f: str, reactor: str, threadpool: str, call: str) -> str:
+    return f"{f} {reactor} {threadpool} {call}"
+
+
+def returns(name: str) -> object:
+    return {
+        "bytes": b"\x00\xff",
+        "str": "caf\u00e9",
+        "list": [1, "two", None, True, 2.5],
+        "none": None,
+        "nan": math.nan,
+        "set": {1, 2},
+        "object": object(),
+        "big": "x" * 11,
+    }[name]
+
+
+def raises(name: str) -> None:
+    raise ValueError(name)
+
+
+def raises_fetch_error(name: str) -> None:
+    raise FetchError(name)
+
+
+def returns_deferred_from_thread(name: str) -> Deferred[str]:
+    return succeed(name)
+
+
+async def returns_coroutine_value(name: str) -> str:
+    return name
+
+
+def returns_coroutine_from_thread(name: str) -> Any:
+    return returns_coroutine_value(name)
+
+
+def blocked(name: str) -> str:
+    GATE.wait(10)
+    raise RuntimeError(f"late failure for {name}")
+
+
+async def awaits(name: str) -> dict[str, Any]:
+    d: Deferred[str] = Deferred()
+    PENDING.append(d)
+    value = await d
+    return {"name": name, "value": value, "thread": threading.current_thread().name}
+
+
+async def awaits_then_raises(name: str) -> None:
+    d: Deferred[None] = Deferred()
+    PENDING.append(d)
+    await d
+    raise KeyError(name)
+
+
+@reactor_call
+def deferred(name: str) -> Deferred[str]:
+    d: Deferred[str] = Deferred()
+    PENDING.append(d)
+    return d.addCallback(lambda value: f"{value} {name} {threading.current_thread().name}")
+
+
+@reactor_call
+def plain_in_reactor(name: str) -> list[str]:
+    return [name, threading.current_thread().name]
+
+
+@reactor_call
+def coroutine_in_reactor(name: str) -> Any:
+    return awaits(name)
+
+
+@reactor_call
+def raises_in_reactor(name: str) -> None:
+    raise OSError(f"no {name}")
+
+
+class Holder:
+    @staticmethod
+    def method(name: str) -> str:
+        return f"held {name}"
+
+
+# The tests.
+
+
+def make_job(function: str, **overrides: Any) -> JobConfig:
+    fields: dict[str, Any] = {
+        "name": "report",
+        "fresh": 60.0,
+        "fetch": "python",
+        "args": ("name",),
+        "callable": f"{HERE}:{function}",
+    }
+    fields.update(overrides)
+    return JobConfig(**fields)
+
+
+def result(d: Deferred[Any]) -> Any:
+    """What a Deferred that has fired fired with (the exception if it failed)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    value = out[0]
+    return value.value if isinstance(value, Failure) else value
+
+
+@pytest.mark.parametrize(
+    "value, body, content_type",
+    [
+        (b"\x00\xff", b"\x00\xff", "application/octet-stream"),
+        (bytearray(b"ab"), b"ab", "application/octet-stream"),
+        ("caf\u00e9", "caf\u00e9".encode(), "text/plain; charset=utf-8"),
+        ("", b"", "text/plain; charset=utf-8"),
+        ({"b": [1, 2.5], "a": None}, b'{"b":[1,2.5],"a":null}', "application/json"),
+        ([], b"[]", "application/json"),
+        (None, b"null", "application/json"),
+        (True, b"true", "application/json"),
+        (7, b"7", "application/json"),
+        ("\u00e9", "\u00e9".encode(), "text/plain; charset=utf-8"),
+        ({"s": "\u00e9"}, b'{"s":"\\u00e9"}', "application/json"),
+    ],
+)
+def test_results_are_stored_by_type(value: object, body: bytes, content_type: str) -> None:
+    assert to_fetched(value, 1000) == Fetched(body=body, content_type=content_type)
+
+
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, [1, -math.inf], {1, 2}, object(), {(1, 2): 3}, {"a": b"x"}]
+)
+def test_results_that_do_not_encode_are_failures(value: object) -> None:
+    with pytest.raises(FetchError, match="^result is not JSON-encodable: "):
+        to_fetched(value, 1000)
+
+
+def test_a_circular_result_is_a_failure() -> None:
+    value: list[Any] = []
+    value.append(value)
+    with pytest.raises(FetchError, match="^result is not JSON-encodable: "):
+        to_fetched(value, 1000)
+
+
+def test_a_str_that_is_not_text_is_a_failure() -> None:
+    with pytest.raises(FetchError, match="^result is not valid text: "):
+        to_fetched("\ud800", 1000)
+
+
+@pytest.mark.parametrize("value", [b"x" * 11, "x" * 11, ["x" * 7]])
+def test_results_over_the_cap_are_failures(value: object) -> None:
+    assert len(to_fetched(value, 11).body) == 11
+    with pytest.raises(FetchError, match="^result larger than 10 bytes$"):
+        to_fetched(value, 10)
+
+
+def test_resolve_callable_finds_functions_and_dotted_attributes() -> None:
+    assert resolve_callable(f"{HERE}:where") is where
+    assert resolve_callable(f"{HERE}:Holder.method")("x") == "held x"
+    assert resolve_callable("os.path:join") is os.path.join
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("tests.test_fetch_python", "must be written 'package.module:function'"),
+        (":where", "must be written 'package.module:function'"),
+        (f"{HERE}:", "must be written 'package.module:function'"),
+        (f"{HERE}:a:b", "must be written 'package.module:function'"),
+        ("no_such_module_rfd:f", "cannot import 'no_such_module_rfd': ModuleNotFoundError"),
+        (f"{HERE}:missing", "'missing' not found"),
+        (f"{HERE}:Holder.missing", "'missing' not found"),
+        (f"{HERE}:NOT_CALLABLE", "is not callable"),
+    ],
+)
+def test_resolve_callable_says_what_is_wrong_in_one_line(spec: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        resolve_callable(spec)
+    assert message in str(raised.value)
+    assert repr(spec) in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_where_functions_run() -> None:
+    assert not runs_in_reactor(where)
+    assert not runs_in_reactor(Holder.method)
+    assert runs_in_reactor(awaits)
+    assert runs_in_reactor(deferred)
+    assert runs_in_reactor(plain_in_reactor)
+
+
+def test_construction_resolves_the_callable_or_takes_it() -> None:
+    job = make_job("missing")
+    with pytest.raises(ValueError, match="'missing' not found"):
+        PythonFetcher(job, global_reactor, make_threadpool(job))
+    fetcher = PythonFetcher(job, global_reactor, make_threadpool(job), where)
+    assert fetcher.function is where
+    assert IFetcher.providedBy(fetcher)
+
+
+def test_the_thread_pool_is_the_jobs_own() -> None:
+    pool = make_threadpool(make_job("where", name="reports", concurrency=3))
+    assert (pool.min, pool.max) == (0, 3)
+    assert pool.name is not None and "reports" in pool.name
+    assert not pool.started
+
+
+class PythonFetcherTests(TestCase):
+    """Fetches through a started thread pool and the real reactor."""
+
+    def fetcher(self, function: str, **job: Any) -> PythonFetcher:
+        config = make_job(function, **job)
+        fetcher = PythonFetcher(config, global_reactor, make_threadpool(config))
+        fetcher.start()
+        self.addCleanup(fetcher.stop)
+        PENDING.clear()
+        self.addCleanup(PENDING.clear)
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        return fetcher
+
+    async def test_plain_functions_run_in_the_jobs_threads(self) -> None:
+        fetched = await self.fetcher("where").fetch({"name": "bob"})
+        assert fetched.content_type == "application/json"
+        value = json.loads(fetched.body)
+        assert value["name"] == "bob"
+        assert value["thread"] != threading.current_thread().name
+        assert "refresherd-job-report" in value["thread"]
+
+    async def test_arguments_are_keywords_whatever_their_names(self) -> None:
+        fetcher = self.fetcher("awkward", args=("f", "reactor", "threadpool", "call"))
+        fetched = await fetcher.fetch({"f": "1", "reactor": "2", "threadpool": "3", "call": "4"})
+        assert fetched == Fetched(b"1 2 3 4", "text/plain; charset=utf-8")
+
+    async def test_results_of_threads_are_converted(self) -> None:
+        fetcher = self.fetcher("returns", max_value_bytes=10)
+        assert await fetcher.fetch({"name": "bytes"}) == Fetched(
+            b"\x00\xff", "application/octet-stream"
+        )
+        assert await fetcher.fetch({"name": "none"}) == Fetched(b"null", "application/json")
+        for kind, message in [
+            ("nan", "result is not JSON-encodable: Out of range float values"),
+            ("set", "result is not JSON-encodable: Object of type set"),
+            ("object", "result is not JSON-encodable: Object of type object"),
+            ("big", "result larger than 10 bytes"),
+        ]:
+            with pytest.raises(FetchError) as raised:
+                await fetcher.fetch({"name": kind})
+            assert str(raised.value).startswith(message)
+        assert len(self.logged) == 0
+
+    async def test_an_exception_becomes_a_one_line_failure_and_is_logged(self) -> None:
+        fetcher = self.fetcher("raises")
+        with pytest.raises(FetchError) as raised:
+            await fetcher.fetch({"name": "bad\nthing\r\n" + "x" * 1000})
+        message = str(raised.value)
+        assert message.startswith("ValueError: bad thing xxx")
+        assert "\n" not in message and len(message) <= 300
+        [event] = self.logged
+        assert event["log_level"] == LogLevel.warn
+        assert event["job"] == "report"
+        assert "Traceback" in event["traceback"] and "in raises" in event["traceback"]
+
+    async def test_a_fetch_error_raised_by_the_function_is_kept_as_is(self) -> None:
+        with pytest.raises(FetchError) as raised:
+            await self.fetcher("raises_fetch_error").fetch({"name": "origin said no"})
+        assert str(raised.value) == "origin said no"
+        assert len(self.logged) == 0
+
+    async def test_a_thread_that_returns_a_deferred_or_coroutine_is_a_failure(self) -> None:
+        for function in ("returns_deferred_from_thread", "returns_coroutine_from_thread"):
+            fetcher = self.fetcher(function)
+            with pytest.raises(FetchError, match="make it a coroutine function or mark it"):
+                await fetcher.fetch({"name": "x"})
+
+    def test_coroutine_functions_run_in_the_reactor_and_await_deferreds(self) -> None:
+        d = self.fetcher("awaits").fetch({"name": "bob"})
+        assert not d.called
+        [waiting] = PENDING
+        waiting.callback("done")
+        fetched = self.successResultOf(d)
+        thread = threading.current_thread().name
+        assert fetched.body == f'{{"name":"bob","value":"done","thread":"{thread}"}}'.encode()
+
+    def test_a_coroutine_that_raises_fails_with_its_exception(self) -> None:
+        d = self.fetcher("awaits_then_raises").fetch({"name": "bob"})
+        PENDING[0].callback(None)
+        failure = self.failureResultOf(d, FetchError)
+        assert failure.getErrorMessage() == "KeyError: 'bob'"
+
+    def test_reactor_call_functions_may_return_a_deferred(self) -> None:
+        d = self.fetcher("deferred").fetch({"name": "bob"})
+        assert not d.called
+        PENDING[0].callback("hello")
+        thread = threading.current_thread().name
+        assert self.successResultOf(d) == Fetched(
+            f"hello bob {thread}".encode(), "text/plain; charset=utf-8"
+        )
+
+    def test_reactor_call_functions_may_return_a_value_or_a_coroutine(self) -> None:
+        thread = threading.current_thread().name
+        d = self.fetcher("plain_in_reactor").fetch({"name": "bob"})
+        assert self.successResultOf(d).body == f'["bob","{thread}"]'.encode()
+        d = self.fetcher("coroutine_in_reactor").fetch({"name": "bob"})
+        PENDING[0].callback(1)
+        assert self.successResultOf(d).body.startswith(b'{"name":"bob","value":1')
+
+    def test_reactor_call_functions_that_raise_fail_with_their_exception(self) -> None:
+        d = self.fetcher("raises_in_reactor").fetch({"name": "bob"})
+        failure = self.failureResultOf(d, FetchError)
+        assert failure.getErrorMessage() == "OSError: no bob"
+
+    def test_cancelling_a_coroutine_cancels_what_it_awaits(self) -> None:
+        d = self.fetcher("awaits").fetch({"name": "bob"})
+        [waiting] = PENDING
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        assert waiting.called, "what the coroutine awaited was not cancelled"
+        assert len(self.logged) == 0
+
+    def test_cancelling_a_reactor_call_deferred_cancels_it(self) -> None:
+        d = self.fetcher("deferred").fetch({"name": "bob"})
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        assert PENDING[0].called
+        assert len(self.logged) == 0
+
+    async def test_cancelling_a_thread_fails_at_once_and_drops_its_late_result(self) -> None:
+        GATE.clear()
+        self.addCleanup(GATE.set)
+        fetcher = self.fetcher("blocked", concurrency=1)
+        d = fetcher.fetch({"name": "bob"})
+        await deferLater(global_reactor, 0)
+        assert not d.called
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        GATE.set()
+        # The job's one thread runs this after the late failure, whose result
+        # then reaches the reactor first.
+        await deferToThreadPool(global_reactor, fetcher.thread_pool, lambda: None)
+        await deferLater(global_reactor, 0)
+        gc.collect()
+        await deferLater(global_reactor, 0)
+        assert len(self.logged) == 0
+        assert self.flushLoggedErrors() == []
