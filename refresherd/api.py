@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -109,6 +110,8 @@ class PublicAPI:
     server: ServerConfig
     metrics: Metrics
     clock: IReactorTime
+    fallback: IResource | None = None
+    """Routes mounted beside these (the admin API with C{--admin-listen none})."""
     app = Klein()
     _log: Logger = attrs.field(factory=Logger, init=False)
 
@@ -148,7 +151,10 @@ class PublicAPI:
         return self._error(request, failure.value)
 
     @app.handle_errors(RouteNotFound)
-    def _handle_not_found(self, request: IRequest, failure: Failure) -> bytes:
+    def _handle_not_found(self, request: IRequest, failure: Failure) -> bytes | IResource:
+        if self.fallback is not None:
+            request.prepath, request.postpath = [], request.path.split(b"/")[1:]
+            return self.fallback
         self._observe(request, "_unmatched")
         return self._error(request, NotFound(f"no route {request.path.decode('latin-1')!r}"))
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from klein import Klein
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -27,8 +26,6 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
 
 from refresherd.admin import AdminAPI
 from refresherd.api import PublicAPI
@@ -43,7 +40,6 @@ from refresherd.metrics import metrics_for
 from refresherd.refresher import Job, Refresher
 from refresherd.site import LimitedSite
 from refresherd.stores.memory import memory_store_from_url
-
 
 CLOSE_TIMEOUT = 5.0
 """Seconds that answers given during shutdown have to reach their clients."""
@@ -125,6 +121,7 @@ class ThreadPools(Service):
     """The python jobs' thread pools, started and stopped with the service."""
 
     pools: list[ThreadPool] = attrs.field(factory=list)
+    _log: Logger = attrs.field(factory=Logger, init=False)
 
     def __attrs_post_init__(self) -> None:
         Service.__init__(self)
@@ -135,9 +132,17 @@ class ThreadPools(Service):
             pool.start()
 
     def stopService(self) -> None:
+        """
+        Stop the idle pools.  A pool whose thread is still stuck in a job after
+        the drain is left alone: its threads are daemons and end with the
+        process, which would otherwise wait for them for ever.
+        """
         Service.stopService(self)
         for pool in self.pools:
-            pool.stop()
+            if pool.working:
+                self._log.warn("Thread pool {name} still busy at exit", name=pool.name)
+            else:
+                pool.stop()
 
 
 def make_fetcher(
@@ -169,22 +174,6 @@ def listen(reactor: Any, description: str, where: str, site: LimitedSite) -> ILi
         raise ConfigError(f"{where}: cannot listen on {description!r}: {message}")
     port: IListeningPort = result[0]
     return port
-
-
-def combined(public: PublicAPI, admin: AdminAPI) -> IResource:
-    """The public routes with the admin ones mounted beside them (C{--admin-listen none})."""
-    app = Klein()
-
-    @app.route("/metrics", methods=["GET"])
-    def metrics(request: IRequest) -> IResource:
-        return admin.resource()
-
-    @app.route("/", branch=True)
-    def rest(request: IRequest) -> IResource:
-        return public.resource()
-
-    resource: IResource = app.resource()
-    return resource
 
 
 @attrs.define(eq=False)
@@ -281,13 +270,18 @@ def build(
     metrics = metrics_for(jobs)
     refresher = Refresher(store, jobs, reactor, config.store.namespace, metrics)
     authorizer = Authorizer.from_config(config.auth)
-    public = PublicAPI(refresher, authorizer, config.server, metrics, reactor)
     admin = AdminAPI(authorizer, metrics)
     admin_listen, admin_where = settings.admin_listen
     mounted = admin_listen == "none"
-    public_site = LimitedSite(
-        combined(public, admin) if mounted else public.resource(), public.body_limit, reactor
+    public = PublicAPI(
+        refresher,
+        authorizer,
+        config.server,
+        metrics,
+        reactor,
+        fallback=admin.resource() if mounted else None,
     )
+    public_site = LimitedSite(public.resource(), public.body_limit, reactor)
     sites = [public_site]
     ports = [listen(reactor, settings.listen[0], settings.listen[1], public_site)]
     if not mounted:

@@ -270,8 +270,8 @@ class PythonFetcherTests(TestCase):
     def fetcher(self, function: str, **job: Any) -> PythonFetcher:
         config = make_job(function, **job)
         fetcher = PythonFetcher(config, global_reactor, make_threadpool(config))
-        fetcher.start()
-        self.addCleanup(fetcher.stop)
+        fetcher.thread_pool.start()
+        self.addCleanup(fetcher.thread_pool.stop)
         PENDING.clear()
         self.addCleanup(PENDING.clear)
         self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)

@@ -31,9 +31,11 @@ late result (or exception) is dropped.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
+import threading
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
@@ -104,11 +106,13 @@ def resolve_callable(spec: str) -> Callable[..., Any]:
 def make_threadpool(job: JobConfig) -> ThreadPool:
     """
     The thread pool of a python job: no idle threads, at most
-    C{job.concurrency}, named after the job.  Not started: start it with the
-    service (L{PythonFetcher.start}) and stop it at shutdown
-    (L{PythonFetcher.stop}).
+    C{job.concurrency} daemon threads (so that a job stuck at exit cannot
+    hold the process), named after the job.  Not started: the service starts
+    and stops it.
     """
-    return ThreadPool(minthreads=0, maxthreads=job.concurrency, name=f"refresherd-job-{job.name}")
+    pool = ThreadPool(minthreads=0, maxthreads=job.concurrency, name=f"refresherd-job-{job.name}")
+    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[misc]
+    return pool
 
 
 def _one_line(text: str) -> str:
@@ -179,17 +183,6 @@ class PythonFetcher:
             self.function = resolve_callable(self.job.callable)
         self._target = self.function
         self.in_reactor = runs_in_reactor(self._target)
-
-    def start(self) -> None:
-        """Start the thread pool."""
-        self.thread_pool.start()
-
-    def stop(self) -> None:
-        """
-        Stop the thread pool: this waits (blocking) for the functions running
-        in it to return.
-        """
-        self.thread_pool.stop()
 
     def fetch(self, args: Mapping[str, str]) -> Deferred[Fetched]:
         """

@@ -1,0 +1,171 @@
+"""
+Real parts for end-to-end tests: an origin HTTP server that counts its
+requests, and C{twistd -n refresherd} started as a user starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+LISTENING = re.compile(r"refresherd: (public|admin) API listening on ([\d.]+):(\d+)")
+
+
+@attrs.define
+class Behaviour:
+    status: int = 200
+    body: bytes = b'{"ok": true}'
+    content_type: str = "application/json"
+    delay: float = 0.0
+
+
+@attrs.define
+class Origin:
+    """A threaded HTTP origin on a free loopback port; behaviour and counts per path."""
+
+    server: ThreadingHTTPServer
+    behaviours: dict[str, Behaviour] = attrs.field(factory=dict)
+    hits: Counter[str] = attrs.field(factory=Counter)
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def set(self, path: str, **changes: Any) -> None:
+        self.behaviours[path] = attrs.evolve(self.behaviours.get(path, Behaviour()), **changes)
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.hits[path]
+
+
+def start_origin() -> Origin:
+    origin: Origin
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            with origin.lock:
+                origin.hits[path] += 1
+            behaviour = origin.behaviours.get(path, Behaviour())
+            if behaviour.delay:
+                time.sleep(behaviour.delay)
+            body = behaviour.body.replace(b"{n}", str(origin.count(path)).encode())
+            self.send_response(behaviour.status)
+            self.send_header("Content-Type", behaviour.content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    origin = Origin(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return origin
+
+
+@attrs.define
+class Service:
+    """A running C{twistd -n refresherd} and what it printed."""
+
+    process: subprocess.Popen[str]
+    lines: list[str] = attrs.field(factory=list)
+    ports: dict[str, int] = attrs.field(factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['public']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['admin']}"
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kwargs)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def run_twistd(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "refresherd", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def start_service(config: Path, *args: str, env: dict[str, str] | None = None) -> Service:
+    """Start refresherd on free ports and wait until it answers /healthz."""
+    process = run_twistd(
+        "--config",
+        str(config),
+        "--listen",
+        "tcp:0:interface=127.0.0.1:backlog=512",
+        "--admin-listen",
+        "tcp:0:interface=127.0.0.1",
+        *args,
+        cwd=config.parent,
+        env=env,
+    )
+    service = Service(process)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            service.lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                service.ports[match.group(1)] = int(match.group(3))
+                if len(service.ports) == 2:
+                    ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(30) or len(service.ports) < 2:
+        service.stop()
+        raise AssertionError("refresherd did not start:\n" + service.output())
+    return service
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
+def statuses(responses: Iterator[httpx.Response]) -> list[str]:
+    return [r.json()["status"] for r in responses]

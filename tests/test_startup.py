@@ -1,0 +1,120 @@
+"""
+Start-up as a user meets it: every mistake in the configuration, the options
+or the endpoints stops C{twistd -n refresherd} with one line and a non-zero
+exit status; no traceback, no usage text.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness import run_twistd, start_service
+
+GOOD = """
+[jobs.square]
+args = ["n"]
+callable = "refresherd.demo:slow_square"
+fresh = "1m"
+"""
+
+
+def start_up_error(tmp_path: Path, config: str, *args: str) -> str:
+    (tmp_path / "refresherd.toml").write_text(config)
+    process = run_twistd("--config", "refresherd.toml", *args, cwd=tmp_path)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode != 0, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    assert "Traceback" not in out and "Usage" not in out
+    return lines[0]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "expected"),
+    [
+        (GOOD + "frsh = 1\n", (), "refresherd.toml: jobs.square: unknown key 'frsh'"),
+        ('[jobs.x]\nurl = "http://h/"\nfresh = "15x"\n', (), "jobs.x.fresh: not a duration"),
+        ("[jobs.x\n", (), "refresherd.toml"),
+        (
+            GOOD,
+            ("--store", "redis://127.0.0.1:6379/0"),
+            "--store: the redis:// store is not available yet",
+        ),
+        (GOOD, ("--store", "memory://?max_bytes=lots"), "--store"),
+        (GOOD, ("--workers", "2"), "--workers 2: needs a shared store"),
+        (GOOD, ("--workers", "two"), "--workers: not a positive whole number"),
+        (GOOD, ("--log-format", "yaml"), "--log-format: must be 'text' or 'json'"),
+        (GOOD, ("--listen", "nonsense:1"), "--listen: not a valid endpoint 'nonsense:1'"),
+        (
+            GOOD.replace("refresherd.demo:slow_square", "refresherd.demo:nothing_here"),
+            (),
+            "refresherd.toml: jobs.square.callable:",
+        ),
+    ],
+)
+def test_a_mistake_stops_start_up_with_one_line(
+    tmp_path: Path, config: str, args: tuple[str, ...], expected: str
+) -> None:
+    assert expected in start_up_error(tmp_path, config, *args)
+
+
+def test_a_port_in_use_stops_start_up_with_one_line(tmp_path: Path, busy_port: int) -> None:
+    line = start_up_error(tmp_path, GOOD, "--listen", f"tcp:{busy_port}:interface=127.0.0.1")
+    assert line.startswith(f"refresherd: --listen: cannot listen on 'tcp:{busy_port}:")
+    assert "in use" in line
+
+
+def test_admin_routes_mounted_on_the_public_listener_with_none(tmp_path: Path) -> None:
+    config = tmp_path / "refresherd.toml"
+    config.write_text(GOOD)
+    from tests.harness import LISTENING  # noqa: F401  (the format the harness relies on)
+
+    process = run_twistd(
+        "--config",
+        str(config),
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--admin-listen",
+        "none",
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "public API listening on" in line:
+                port = int(line.rsplit(":", 1)[1])
+                break
+        else:
+            raise AssertionError("no listening line")
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert metrics.status_code == 200
+        assert "refresherd_requests_total" in metrics.text
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json() == {"status": "ok"}
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_json_log_format_writes_one_object_per_line(tmp_path: Path) -> None:
+    config = tmp_path / "refresherd.toml"
+    config.write_text(GOOD)
+    service = start_service(config, "--log-format", "json")
+    assert service.get("/v1/jobs/square?n=2").json()["value"]["square"] == 4
+    assert service.stop() == 0
+    records = [json.loads(line) for line in service.lines]
+    assert all({"time", "level", "namespace", "message"} <= set(r) for r in records)
+    assert any("public API listening on" in r["message"] for r in records)
