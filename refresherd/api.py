@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -131,13 +132,14 @@ class PublicAPI:
 
     def _observe(self, request: IRequest, route: str) -> None:
         start = self.clock.seconds()
+        web_request: Request = request  # type: ignore[assignment]
 
         def done(_: object) -> None:
-            self.metrics.http_duration.labels(route=route, code=str(request.code)).observe(
+            self.metrics.http_duration.labels(route=route, code=str(web_request.code)).observe(
                 self.clock.seconds() - start
             )
 
-        request.notifyFinish().addBoth(done)
+        web_request.notifyFinish().addBoth(done)
 
     def _error(self, request: IRequest, error: RefresherdError) -> bytes:
         request.setResponseCode(error.status)
@@ -148,7 +150,9 @@ class PublicAPI:
 
     @app.handle_errors(RefresherdError)
     def _handle_refresherd_error(self, request: IRequest, failure: Failure) -> bytes:
-        return self._error(request, failure.value)
+        error = failure.value
+        assert isinstance(error, RefresherdError)
+        return self._error(request, error)
 
     @app.handle_errors(RouteNotFound)
     def _handle_not_found(self, request: IRequest, failure: Failure) -> bytes | IResource:
@@ -161,7 +165,7 @@ class PublicAPI:
     @app.handle_errors(RouteMethodNotAllowed)
     def _handle_method(self, request: IRequest, failure: Failure) -> bytes:
         self._observe(request, "_unmatched")
-        allowed = failure.value.valid_methods or []
+        allowed = getattr(failure.value, "valid_methods", None) or []
         request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode("ascii"))
         method = request.method.decode("latin-1")
         return self._error(request, MethodNotAllowed(f"method {method} is not allowed here"))

@@ -31,7 +31,7 @@ class Authorizer:
 
     @classmethod
     def from_config(cls, auth: AuthConfig) -> Authorizer:
-        tokens = []
+        tokens: list[tuple[bytes, str]] = []
         for kind, secrets in (
             (READ, auth.read_tokens),
             (WRITE, auth.write_tokens),

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
@@ -51,7 +54,7 @@ class LimitedRequest(server.Request):
     _refused = False
 
     def gotLength(self, length: int | None) -> None:
-        channel = self.channel
+        channel: Any = self.channel
         limit = channel.site.body_limit(
             getattr(channel, "_command", b""), getattr(channel, "_path", b"")
         )
@@ -72,7 +75,7 @@ class LimitedRequest(server.Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        transport = self.channel.transport
+        transport: Any = self.channel.transport
         transport.write(_too_large_response(self._limit or 0))
         transport.loseConnection()
 
@@ -80,6 +83,11 @@ class LimitedRequest(server.Request):
         if self._refused:
             return
         super().requestReceived(command, path, version)
+
+
+def _transport(channel: http.HTTPChannel) -> Any:
+    """The TCP (or UNIX) transport of a connected channel: it can abort."""
+    return channel.transport
 
 
 class DeadlineChannel(http.HTTPChannel):
@@ -108,9 +116,9 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _tooSlow(self) -> None:
         self._deadline = None
-        self.transport.abortConnection()
+        _transport(self).abortConnection()
 
-    def connectionLost(self, reason: object) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._clearDeadline()
         self.factory.channel_closed(self)
         super().connectionLost(reason)
@@ -157,14 +165,18 @@ class LimitedSite(server.Site):
             return defer.succeed(None)
         self._closed = Deferred()
         for channel in list(self.channels):
-            channel.transport.loseConnection()
+            _transport(channel).loseConnection()
         timer = self.reactor.callLater(timeout, self._abort)
-        self._closed.addBoth(lambda result: timer.active() and timer.cancel())
-        return self._closed
+
+        def stop_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return self._closed.addCallback(stop_timer)
 
     def _abort(self) -> None:
         for channel in list(self.channels):
-            channel.transport.abortConnection()
+            _transport(channel).abortConnection()
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No per-request log line here: twisted.web's would cost a write per request."""

@@ -221,7 +221,7 @@ class RefresherdService(MultiService):
 
 def describe(port: IListeningPort) -> str:
     """C{host:port} of a TCP port, the path of a UNIX one."""
-    address = port.getHost()
+    address: Any = port.getHost()
     if hasattr(address, "port"):
         return f"{address.host}:{address.port}"
     return str(getattr(address, "name", address))

@@ -111,7 +111,7 @@ def make_threadpool(job: JobConfig) -> ThreadPool:
     and stops it.
     """
     pool = ThreadPool(minthreads=0, maxthreads=job.concurrency, name=f"refresherd-job-{job.name}")
-    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[misc]
+    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[misc,assignment]
     return pool
 
 
