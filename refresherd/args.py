@@ -54,7 +54,11 @@ def check_args(job: JobConfig, args: Mapping[str, object]) -> dict[str, str]:
         value = args[name]
         if not isinstance(value, str):
             raise BadArgs(f"argument {name!r} must be a string")
-        if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
+        try:
+            encoded = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadArgs(f"argument {name!r} is not valid Unicode") from None
+        if len(encoded) > MAX_VALUE_BYTES:
             raise BadArgs(f"argument {name!r} is longer than {MAX_VALUE_BYTES} bytes")
         pattern = job.arg_patterns.get(name)
         if pattern is not None and pattern.fullmatch(value) is None:

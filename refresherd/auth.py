@@ -45,27 +45,26 @@ class Authorizer:
         wanted = set(kinds)
         return any(kind in wanted for _, kind in self.tokens)
 
-    def token_class(self, authorization: bytes | None) -> str | None:
-        """The class of the bearer token in an C{Authorization} header, if known."""
+    def token_classes(self, authorization: bytes | None) -> frozenset[str]:
+        """
+        The classes of the bearer token in an C{Authorization} header: none
+        when unknown, several when the token is configured in several.
+        """
         if authorization is None:
-            return None
+            return frozenset()
         scheme, _, token = authorization.strip().partition(b" ")
         if scheme.lower() != b"bearer":
-            return None
+            return frozenset()
         token = token.strip()
-        found = None
-        for known, kind in self.tokens:
-            if hmac.compare_digest(known, token) and found is None:
-                found = kind
-        return found
+        return frozenset([kind for known, kind in self.tokens if hmac.compare_digest(known, token)])
 
     def require(self, authorization: bytes | None, allowed: frozenset[str]) -> None:
         """Raise unless the header carries a token of one of the C{allowed} classes."""
-        kind = self.token_class(authorization)
-        if kind is None:
+        kinds = self.token_classes(authorization)
+        if not kinds:
             raise Unauthorized("a valid bearer token is required")
-        if kind not in allowed:
-            raise Forbidden(f"a {kind} token may not do this")
+        if not kinds & allowed:
+            raise Forbidden(f"a {'/'.join(sorted(kinds))} token may not do this")
 
     def check_read(self, authorization: bytes | None) -> None:
         """Read endpoints are open unless read tokens are configured."""

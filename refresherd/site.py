@@ -75,6 +75,8 @@ class LimitedRequest(server.Request):
 
     def _refuse(self) -> None:
         self._refused = True
+        # No "100 Continue" after the refusal: twisted.web would send one next.
+        self.requestHeaders.removeHeader(b"expect")
         transport: Any = self.channel.transport
         transport.write(_too_large_response(self._limit or 0))
         transport.loseConnection()

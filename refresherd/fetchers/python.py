@@ -8,10 +8,15 @@ Where the function runs:
 
   - A coroutine function (C{async def}) and a function decorated with
     L{reactor_call} run in the reactor thread.  They must not block.  A
-    coroutine may await L{Deferred}s (it is driven by
-    L{Deferred.fromCoroutine}, so it may not await asyncio futures); a
     L{reactor_call} function may return a plain value, a L{Deferred} or a
-    coroutine.
+    coroutine.  What a coroutine may await depends on the reactor:
+      - under Twisted's asyncio reactor (C{twistd -r asyncio}) it runs as an
+        asyncio Task on the reactor's event loop (L{as_task}), so it may
+        await L{Deferred}s and asyncio futures alike (C{asyncio.sleep},
+        aiohttp...), and C{asyncio.current_task()} is that Task;
+      - under any other reactor it is driven by L{Deferred.fromCoroutine} and
+        may await L{Deferred}s only: awaiting asyncio fails the fetch with a
+        L{FetchError} saying it needs the asyncio reactor.
   - Every other function runs in the job's own thread pool (L{make_threadpool},
     at most C{concurrency} threads) and returns a plain value.  It may block;
     it must not touch the reactor or return a L{Deferred}.
@@ -25,22 +30,25 @@ C{"<ExceptionType>: <message>"} on one line, and its traceback is logged; the
 function may raise L{FetchError} itself to give the exact message.
 
 Cancelling a fetch fails it at once with L{CancelledError}.  A coroutine or
-L{Deferred} is cancelled; a function running in a thread runs on, and its
-late result (or exception) is dropped.
+L{Deferred} is cancelled (an asyncio Task is cancelled, which throws
+C{asyncio.CancelledError} into the coroutine); a function running in a thread
+runs on, and its late result (or exception) is dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import inspect
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
 import attrs
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
@@ -55,8 +63,12 @@ from refresherd.errors import FetchError
 from refresherd.interfaces import IFetcher
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 _REACTOR_CALL = "__refresherd_reactor_call__"
 _MAX_MESSAGE = 300
+_NEEDS_ASYNCIO = (
+    "the coroutine awaited asyncio, which needs twistd's asyncio reactor (twistd -r asyncio)"
+)
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -160,11 +172,15 @@ class PythonFetcher:
     tap's service) starts and stops it, directly or with L{start} and L{stop}.
 
     @ivar job: The job.
-    @ivar reactor: The reactor: results of threads are delivered through it.
+    @ivar reactor: The reactor: results of threads are delivered through it,
+        and whether it is the asyncio reactor decides how coroutines run.
     @ivar thread_pool: Where functions that are not run in the reactor run.
     @ivar function: The job's function, already resolved with
         L{resolve_callable}; when omitted, construction resolves
         C{job.callable} and raises L{ValueError} (one line) when it cannot.
+    @ivar loop: The event loop of C{reactor} when it is Twisted's asyncio
+        reactor (L{asyncio_loop}), where coroutines run as asyncio Tasks;
+        C{None} under any other reactor.
     """
 
     log = Logger()
@@ -175,6 +191,7 @@ class PythonFetcher:
     function: Callable[..., Any] | None = None
     _target: Callable[..., Any] = attrs.field(init=False, repr=False)
     in_reactor: bool = attrs.field(init=False)
+    loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.function is None:
@@ -183,6 +200,7 @@ class PythonFetcher:
             self.function = resolve_callable(self.job.callable)
         self._target = self.function
         self.in_reactor = runs_in_reactor(self._target)
+        self.loop = asyncio_loop(self.reactor)
 
     def fetch(self, args: Mapping[str, str]) -> Deferred[Fetched]:
         """
@@ -192,7 +210,7 @@ class PythonFetcher:
         """
         call = partial(self._target, **args)
         if self.in_reactor:
-            inner = maybeDeferred(_call_in_reactor, call).addCallback(
+            inner = maybeDeferred(_call_in_reactor, call, self.loop).addCallback(
                 to_fetched, self.job.max_value_bytes
             )
         else:
@@ -251,16 +269,121 @@ class _Raised(Exception):
         self.failure = failure
 
 
-def _call_in_reactor(call: Callable[[], Any]) -> Deferred[Any] | object:
+def _call_in_reactor(
+    call: Callable[[], Any], loop: asyncio.AbstractEventLoop | None
+) -> Deferred[Any] | object:
     try:
         result = call()
     except BaseException:
         raise _Raised(Failure()) from None
     if inspect.iscoroutine(result):
-        result = Deferred.fromCoroutine(result)
+        if loop is None:
+            result = Deferred.fromCoroutine(_relay(result, on_asyncio=False))
+        else:
+            result = Deferred.fromFuture(as_task(result, loop))
     if isinstance(result, Deferred):
         return result.addErrback(lambda f: Failure(_Raised(f)))
     return result
+
+
+def asyncio_loop(reactor: object) -> asyncio.AbstractEventLoop | None:
+    """
+    The asyncio event loop C{reactor} runs on when it is Twisted's asyncio
+    reactor, else C{None}.
+    """
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        return None
+    # Twisted has no public accessor for it.  asyncio.get_event_loop() gives
+    # the same loop only in the reactor's thread, and only when the reactor
+    # made it the current loop (not when it was given a loop of its own).
+    return reactor._asyncioEventloop
+
+
+def as_task(coro: Coroutine[Any, Any, _T], loop: asyncio.AbstractEventLoop) -> asyncio.Task[_T]:
+    """
+    Run C{coro}, which may await L{Deferred}s and asyncio futures alike, as an
+    asyncio Task on C{loop}; call it in C{loop}'s thread.  Cancelling the Task
+    throws C{asyncio.CancelledError} into C{coro} and cancels the L{Deferred}
+    it awaits, if any.
+    """
+    task = loop.create_task(_relay(coro, on_asyncio=True))
+    # A Task cancelled before its first step never starts its coroutine, and
+    # so neither C{coro}: close it rather than have it warn "never awaited".
+    task.add_done_callback(lambda _: coro.close())
+    return task
+
+
+class _Yield:
+    """Awaiting this yields C{value} to the driver, and returns what it sends back."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return (yield self.value)
+
+
+async def _relay(coro: Coroutine[Any, Any, _T], on_asyncio: bool) -> _T:
+    """
+    Drive C{coro} one step at a time on behalf of this coroutine's own driver:
+    an asyncio Task when C{on_asyncio}, else L{Deferred.fromCoroutine}.
+
+    What C{coro} yields (the future it awaits; C{None} for a bare yield such
+    as C{asyncio.sleep(0)}) goes up to the driver unchanged, and what the
+    driver sends or throws back goes down to C{coro}, with two exceptions.  A
+    Task cannot wait for a L{Deferred}: this waits for it instead, then
+    resumes C{coro}, which reads the L{Deferred}'s result itself.  And
+    L{Deferred.fromCoroutine} cannot wait for asyncio: that is a
+    L{FetchError} saying so.
+    """
+    sent: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            awaited = coro.send(sent) if error is None else coro.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        except RuntimeError as e:
+            # What asyncio.get_running_loop() (asyncio.sleep...) raises outside a loop.
+            if not on_asyncio and str(e) == "no running event loop":
+                raise FetchError(_NEEDS_ASYNCIO) from None
+            raise
+        if not on_asyncio and asyncio.isfuture(awaited):
+            coro.close()
+            raise FetchError(_NEEDS_ASYNCIO)
+        sent, error = None, None
+        try:
+            if on_asyncio and isinstance(awaited, Deferred):
+                await _fired(awaited)
+            else:
+                sent = await _Yield(awaited)
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:  # Task cancellation, a failed Deferred...
+            error = e
+
+
+async def _fired(d: Deferred[Any]) -> None:
+    """
+    Wait in an asyncio Task until C{d} has fired, leaving its result in it
+    for whoever awaited it.  When the wait is interrupted (the Task is
+    cancelled), C{d} is cancelled and its outcome, now no one's, dropped.
+    """
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(result: object) -> object:
+        if not woken.done():
+            woken.set_result(None)
+        return result
+
+    d.addBoth(wake)
+    try:
+        await woken
+    except BaseException:
+        d.cancel()
+        d.addErrback(lambda _: None)
+        raise
 
 
 def _call_in_thread(call: Callable[[], Any], max_bytes: int) -> Fetched:

@@ -1,0 +1,314 @@
+"""
+Python jobs whose coroutines use asyncio (SPEC section 3: "asyncio coroutines
+need twistd's asyncio reactor").
+
+Under Twisted's asyncio reactor a coroutine runs as a real asyncio Task
+(L{as_task}) that may await Deferreds and asyncio futures alike.  The unit
+tests here run an asyncio loop of their own, by hand, with no reactor
+installed; the end-to-end tests start C{twistd -r asyncio -n refresherd}, and
+plain C{twistd -n refresherd} for the error that asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from refresherd.config import JobConfig
+from refresherd.entry import Fetched
+from refresherd.errors import FetchError
+from refresherd.fetchers.python import (
+    PythonFetcher,
+    as_task,
+    asyncio_loop,
+    make_threadpool,
+    reactor_call,
+)
+from tests.harness import LISTENING, TWISTD, Service
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def logged() -> Iterator[EventLoggingObserver]:
+    """Twisted's log events, such as "Unhandled error in Deferred"."""
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    gc.collect()  # A Deferred holding a failure logs it when collected.
+    globalLogPublisher.removeObserver(observer)
+
+
+def later(loop: asyncio.AbstractEventLoop, result: object) -> Deferred[Any]:
+    """A Deferred the loop fires (with C{result}, or its failure) 10 ms from now."""
+    d: Deferred[Any] = Deferred()
+    fire = d.errback if isinstance(result, BaseException) else d.callback
+    loop.call_later(0.01, fire, result)
+    return d
+
+
+def run(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+    return loop.run_until_complete(as_task(coro, loop))
+
+
+# The shim: as_task on a loop of the test's own.
+
+
+def test_a_task_awaits_deferreds_values(loop: asyncio.AbstractEventLoop) -> None:
+    async def job() -> list[object]:
+        return [await later(loop, "late"), await succeed("now")]
+
+    assert run(loop, job()) == ["late", "now"]
+
+
+def test_a_failed_deferred_raises_in_the_coroutine(
+    loop: asyncio.AbstractEventLoop, logged: EventLoggingObserver
+) -> None:
+    async def job() -> str:
+        try:
+            await later(loop, KeyError("caught"))
+        except KeyError as e:
+            caught = e.args[0]
+        await fail(ValueError("uncaught"))
+        return caught
+
+    with pytest.raises(ValueError, match="uncaught"):
+        run(loop, job())
+    assert len(logged) == 0
+
+
+def test_a_task_awaits_asyncio_and_is_the_current_task(loop: asyncio.AbstractEventLoop) -> None:
+    async def job() -> tuple[asyncio.Task[Any] | None, str]:
+        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        value = await later(loop, "mixed")
+        return asyncio.current_task(), value
+
+    task = as_task(job(), loop)
+    assert loop.run_until_complete(task) == (task, "mixed")
+
+
+@pytest.mark.parametrize("awaiting", ["deferred", "future"])
+def test_cancelling_the_task_throws_into_the_coroutine(
+    loop: asyncio.AbstractEventLoop, logged: EventLoggingObserver, awaiting: str
+) -> None:
+    waiting: Deferred[None] = Deferred()
+    seen: list[str] = []
+
+    async def job() -> None:
+        try:
+            if awaiting == "deferred":
+                await waiting
+            else:
+                await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        finally:
+            seen.append("finally")
+
+    task = as_task(job(), loop)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert seen == [] and not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+    assert seen == ["cancelled", "finally"]
+    assert waiting.called == (awaiting == "deferred"), "the awaited Deferred was not cancelled"
+    assert len(logged) == 0
+
+
+def test_a_task_cancelled_before_it_starts_closes_its_coroutine(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def job() -> None:
+        raise AssertionError("never runs")
+
+    coro = job()
+    task = as_task(coro, loop)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+    assert coro.cr_frame is None, "the coroutine was not closed"
+
+
+# The fetcher under an asyncio reactor.
+
+
+class LoopReactor(AsyncioSelectorReactor):
+    """Passes for Twisted's asyncio reactor running C{loop}; nothing else of a reactor."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asyncioEventloop = loop
+
+
+def fetcher(loop: asyncio.AbstractEventLoop, function: Any) -> PythonFetcher:
+    job = JobConfig(
+        name="report", fresh=60.0, fetch="python", args=("name",), callable="tests:function"
+    )
+    return PythonFetcher(job, LoopReactor(loop), make_threadpool(job), function)
+
+
+def test_the_fetcher_knows_the_reactors_loop(loop: asyncio.AbstractEventLoop) -> None:
+    from twisted.internet import reactor
+
+    assert asyncio_loop(LoopReactor(loop)) is loop
+    assert asyncio_loop(reactor) is None
+
+
+def test_a_fetch_runs_its_coroutine_as_a_task(loop: asyncio.AbstractEventLoop) -> None:
+    async def job(name: str) -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        value = await later(loop, name)
+        return {"value": value, "task": asyncio.current_task() is not None}
+
+    @reactor_call
+    def call(name: str) -> Any:
+        return job(name)
+
+    for function in (job, call):
+        d = fetcher(loop, function).fetch({"name": "bob"})
+        fetched = loop.run_until_complete(d.asFuture(loop))
+        assert fetched == Fetched(b'{"value":"bob","task":true}', "application/json")
+
+
+def test_a_coroutine_that_raises_fails_the_fetch(
+    loop: asyncio.AbstractEventLoop, logged: EventLoggingObserver
+) -> None:
+    async def job(name: str) -> None:
+        await asyncio.sleep(0)
+        raise KeyError(name)
+
+    d = fetcher(loop, job).fetch({"name": "bob"})
+    with pytest.raises(FetchError, match="^KeyError: 'bob'$"):
+        loop.run_until_complete(d.asFuture(loop))
+    [event] = logged
+    assert "in job" in event["traceback"]
+
+
+def test_cancelling_a_fetch_cancels_its_task_quietly(
+    loop: asyncio.AbstractEventLoop, logged: EventLoggingObserver
+) -> None:
+    waiting: Deferred[None] = Deferred()
+    seen: list[str] = []
+
+    async def job(name: str) -> None:
+        try:
+            await asyncio.sleep(0)
+            await waiting
+        finally:
+            seen.append(name)
+
+    d = fetcher(loop, job).fetch({"name": "bob"})
+    loop.run_until_complete(asyncio.sleep(0.01))
+    [task] = asyncio.all_tasks(loop)
+    d.cancel()
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(CancelledError), "the fetch did not fail at once"
+    loop.run_until_complete(asyncio.wait([task]))
+    assert task.cancelled() and waiting.called and seen == ["bob"]
+    assert len(logged) == 0
+
+
+# End to end.
+
+CONFIG = """
+[jobs.mixed]
+args = ["name"]
+fetch = "python"
+callable = "tests.asyncio_jobs:mixed"
+fresh = "1m"
+"""
+
+
+def start(tmp_path: Path, *twistd_options: str) -> Service:
+    """C{twistd [options] -n refresherd} on free ports, able to import C{tests}."""
+    config = tmp_path / "refresherd.toml"
+    config.write_text(CONFIG)
+    # Only the tests package on the path: refresherd stays the installed copy.
+    path = tmp_path / "path"
+    path.mkdir()
+    (path / "tests").symlink_to(ROOT / "tests")
+    process = subprocess.Popen(
+        [TWISTD, *twistd_options, "-n", "--pidfile=", "refresherd", "--config", str(config)]
+        + ["--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+    service = Service(process)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            service.lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                service.ports[match.group(1)] = int(match.group(3))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(30) or "public" not in service.ports:
+        service.stop()
+        raise AssertionError("refresherd did not start:\n" + service.output())
+    return service
+
+
+@pytest.fixture
+def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]:
+    service = start(tmp_path, *request.param)
+    yield service
+    assert service.stop() == 0, service.output()
+
+
+@pytest.mark.parametrize("service", [("-r", "asyncio")], indirect=True)
+def test_an_asyncio_job_under_the_asyncio_reactor(service: Service) -> None:
+    response = service.get("/v1/jobs/mixed?name=bob")
+    assert response.status_code == 200, response.text
+    assert response.json()["value"] == {
+        "name": "bob",
+        "deferred": "later bob",
+        "task": True,
+        "thread": True,
+    }
+    assert "Traceback" not in service.output()
+
+
+@pytest.mark.parametrize("service", [()], indirect=True)
+def test_an_asyncio_job_under_another_reactor_asks_for_it(service: Service) -> None:
+    response = service.get("/v1/jobs/mixed?name=bob")
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "fetch_failed"
+    assert "twistd -r asyncio" in error["message"]
+    assert "\n" not in error["message"]
+    assert json.loads(service.get("/v1/jobs/mixed?name=bob").text)["error"] == error

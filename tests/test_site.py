@@ -1,0 +1,414 @@
+"""
+The HTTP server's limits (refresherd.site), driven without sockets: the
+channel built by L{LimitedSite} on a L{task.Clock}, connected to a
+L{StringTransport}, fed request bytes, and judged by the bytes it writes back
+and whether it closes or aborts the connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from refresherd.site import IDLE_TIMEOUT, REQUEST_DEADLINE, DeadlineChannel, LimitedSite
+
+LIMIT = 10
+PUT_LIMIT = 100
+
+
+class AbortableTransport(StringTransport):
+    """A StringTransport that says whether it was aborted, not only closed."""
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+class RecordingResource(Resource):
+    """A leaf that records every request reaching it; it answers C{ok}, or never."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, bytes, bytes]] = []
+        self.pending: list[Request] = []
+        self.hang = False
+
+    def render(self, request: Any) -> bytes | int:
+        self.seen.append((request.method, request.uri, request.content.read()))
+        if self.hang:
+            self.pending.append(request)
+            return NOT_DONE_YET
+        return b"ok"
+
+
+@attrs.define
+class Server:
+    clock: Clock
+    resource: RecordingResource
+    site: LimitedSite
+    limit_calls: list[tuple[bytes, bytes]]
+    port: int = 40000
+
+    def build(self) -> DeadlineChannel | None:
+        self.port += 1
+        return self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", self.port))
+
+    def connect(self) -> tuple[DeadlineChannel, AbortableTransport]:
+        proto = self.build()
+        assert proto is not None
+        transport = AbortableTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+
+def make_server(
+    max_connections: int = 16, body_limit: Callable[[bytes, bytes], int] | None = None
+) -> Server:
+    clock = Clock()
+    resource = RecordingResource()
+    calls: list[tuple[bytes, bytes]] = []
+
+    def limit(method: bytes, path: bytes) -> int:
+        calls.append((method, path))
+        if body_limit is not None:
+            return body_limit(method, path)
+        return LIMIT
+
+    site = LimitedSite(resource, limit, reactor=clock, max_connections=max_connections)
+    return Server(clock, resource, site, calls)
+
+
+@pytest.fixture
+def server() -> Server:
+    return make_server()
+
+
+def lose(proto: DeadlineChannel) -> None:
+    """What the reactor does once a closed or aborted transport is gone."""
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+@attrs.frozen
+class Response:
+    status_line: bytes
+    headers: dict[bytes, bytes]
+    body: bytes
+    rest: bytes
+    """Whatever was written after this response."""
+
+
+def parse_response(data: bytes) -> Response:
+    """One HTTP/1.1 response with a Content-Length, and the bytes after it."""
+    head, sep, after = data.partition(b"\r\n\r\n")
+    assert sep, f"no complete response head in {data!r}"
+    status_line, *lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers[b"content-length"])
+    return Response(status_line, headers, after[:length], after[length:])
+
+
+def assert_too_large(transport: AbortableTransport) -> None:
+    response = parse_response(transport.value())
+    assert response.status_line.startswith(b"HTTP/1.1 413 ")
+    assert response.headers[b"content-type"] == b"application/json"
+    error = json.loads(response.body)["error"]
+    assert error["code"] == "body_too_large"
+    assert isinstance(error["message"], str) and error["message"]
+    assert transport.disconnecting
+
+
+def post_head(length: int, path: bytes = b"/v1/fetch", method: bytes = b"POST") -> bytes:
+    return (
+        method + b" " + path + b" HTTP/1.1\r\nHost: refresherd.test\r\n"
+        b"Content-Length: " + str(length).encode() + b"\r\n\r\n"
+    )
+
+
+CHUNKED_HEAD = (
+    b"POST /v1/fetch HTTP/1.1\r\nHost: refresherd.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}".encode() + b"\r\n" + data + b"\r\n"
+
+
+# Body limits
+
+
+def test_announced_body_over_the_limit_gets_413_and_close_without_reaching_the_resource(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(post_head(LIMIT + 1))
+    assert_too_large(transport)
+    assert server.resource.seen == []
+
+
+def test_announced_body_over_the_limit_is_refused_even_when_the_whole_body_arrives(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(post_head(LIMIT + 1) + b"x" * (LIMIT + 1))
+    assert_too_large(transport)
+    assert parse_response(transport.value()).rest == b""
+    assert server.resource.seen == []
+
+
+def test_a_huge_announced_length_is_refused_before_any_body_byte(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(post_head(10**15))
+    assert_too_large(transport)
+    assert server.resource.seen == []
+
+
+def test_expect_continue_over_the_limit_gets_only_the_413(server: Server) -> None:
+    proto, transport = server.connect()
+    head = post_head(LIMIT + 1)
+    proto.dataReceived(head[:-2] + b"Expect: 100-continue\r\n\r\n")
+    assert_too_large(transport)
+    assert parse_response(transport.value()).rest == b""
+
+
+def test_chunked_body_growing_over_the_limit_gets_413_and_close(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(CHUNKED_HEAD + chunk(b"a" * 6))
+    assert transport.value() == b""
+    assert not transport.disconnecting
+    proto.dataReceived(chunk(b"b" * 5))
+    assert_too_large(transport)
+    proto.dataReceived(chunk(b"c") + b"0\r\n\r\n")
+    assert server.resource.seen == []
+    assert parse_response(transport.value()).rest == b""
+
+
+def test_chunked_body_over_the_limit_in_one_read_never_reaches_the_resource(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(CHUNKED_HEAD + chunk(b"z" * (LIMIT + 1)) + b"0\r\n\r\n")
+    assert_too_large(transport)
+    assert server.resource.seen == []
+
+
+def test_content_length_exactly_at_the_limit_reaches_the_resource(server: Server) -> None:
+    proto, transport = server.connect()
+    body = b"0123456789"
+    assert len(body) == LIMIT
+    proto.dataReceived(post_head(LIMIT) + body)
+    assert server.resource.seen == [(b"POST", b"/v1/fetch", body)]
+    response = parse_response(transport.value())
+    assert response.status_line.startswith(b"HTTP/1.1 200 ")
+    assert response.body == b"ok"
+    assert not transport.disconnecting
+
+
+def test_chunked_body_exactly_at_the_limit_reaches_the_resource(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(CHUNKED_HEAD + chunk(b"abcd") + chunk(b"efghij") + b"0\r\n\r\n")
+    assert server.resource.seen == [(b"POST", b"/v1/fetch", b"abcdefghij")]
+    assert parse_response(transport.value()).status_line.startswith(b"HTTP/1.1 200 ")
+    assert not transport.disconnecting
+
+
+def test_body_limit_is_asked_with_the_method_and_the_path_with_its_query() -> None:
+    server = make_server()
+    proto, _ = server.connect()
+    proto.dataReceived(post_head(3, path=b"/v1/jobs/j?id=7", method=b"PUT") + b"abc")
+    assert server.limit_calls == [(b"PUT", b"/v1/jobs/j?id=7")]
+
+
+def test_a_route_may_get_a_larger_limit_than_another() -> None:
+    def limit(method: bytes, path: bytes) -> int:
+        return PUT_LIMIT if method == b"PUT" and path.startswith(b"/v1/jobs/") else LIMIT
+
+    server = make_server(body_limit=limit)
+    body = b"p" * 50
+    put, put_transport = server.connect()
+    put.dataReceived(post_head(len(body), path=b"/v1/jobs/j?id=1", method=b"PUT") + body)
+    assert server.resource.seen == [(b"PUT", b"/v1/jobs/j?id=1", body)]
+    assert not put_transport.disconnecting
+
+    post, post_transport = server.connect()
+    post.dataReceived(post_head(len(body)) + body)
+    assert_too_large(post_transport)
+    assert len(server.resource.seen) == 1
+
+
+def test_the_limit_applies_to_each_request_on_a_kept_alive_connection(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(post_head(4) + b"abcd")
+    assert not transport.disconnecting
+    transport.clear()
+    proto.dataReceived(post_head(LIMIT + 5))
+    assert_too_large(transport)
+    assert server.resource.seen == [(b"POST", b"/v1/fetch", b"abcd")]
+
+
+# The request deadline
+
+
+def test_headers_trickling_in_are_aborted_at_the_deadline(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /v1/jobs/j?id=1 HTTP/1.1\r\nHost: refresherd.test\r\nX-Slow: ")
+    for _ in range(int(REQUEST_DEADLINE) - 1):
+        server.clock.advance(1)
+        proto.dataReceived(b"a")
+        assert not transport.disconnecting
+    server.clock.advance(1)
+    assert transport.aborted
+    assert server.resource.seen == []
+
+
+def test_a_body_trickling_in_is_aborted_at_the_deadline_even_though_bytes_keep_coming(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(post_head(LIMIT))
+    for _ in range(LIMIT - 1):
+        server.clock.advance(REQUEST_DEADLINE / LIMIT)
+        proto.dataReceived(b"x")
+        assert not transport.disconnecting
+    server.clock.advance(REQUEST_DEADLINE / LIMIT)
+    assert transport.aborted
+    assert server.resource.seen == []
+
+
+def test_the_deadline_counts_from_the_first_byte_of_a_request(server: Server) -> None:
+    proto, transport = server.connect()
+    server.clock.advance(REQUEST_DEADLINE - 1)
+    proto.dataReceived(b"GET / HT")
+    server.clock.advance(REQUEST_DEADLINE - 1)
+    assert not transport.disconnecting
+    server.clock.advance(1)
+    assert transport.aborted
+
+
+def test_a_complete_request_clears_its_deadline(server: Server) -> None:
+    server.resource.hang = True
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /slow HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+    assert len(server.resource.pending) == 1
+    server.clock.advance(REQUEST_DEADLINE * 10)
+    assert not transport.disconnecting
+    assert not transport.aborted
+
+
+def test_each_request_on_a_kept_alive_connection_gets_a_fresh_deadline(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /one HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+    assert [uri for _, uri, _ in server.resource.seen] == [b"/one"]
+    server.clock.advance(REQUEST_DEADLINE - 5)
+    proto.dataReceived(b"GET /two HTTP/1.1\r\n")
+    server.clock.advance(REQUEST_DEADLINE - 1)
+    assert not transport.disconnecting
+    server.clock.advance(1)
+    assert transport.aborted
+    assert [uri for _, uri, _ in server.resource.seen] == [b"/one"]
+
+
+def test_a_lost_connection_leaves_no_deadline_or_timeout_behind(server: Server) -> None:
+    proto, _ = server.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\n")
+    assert server.clock.getDelayedCalls() != []
+    lose(proto)
+    assert server.clock.getDelayedCalls() == []
+
+
+# The idle timeout (twisted.web's own, on the injected reactor)
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(server: Server) -> None:
+    proto, transport = server.connect()
+    server.clock.advance(IDLE_TIMEOUT - 0.01)
+    assert not transport.disconnecting
+    server.clock.advance(0.01)
+    assert transport.disconnecting
+    assert not transport.aborted
+
+
+def test_the_idle_timeout_restarts_after_a_finished_request(server: Server) -> None:
+    proto, transport = server.connect()
+    server.clock.advance(IDLE_TIMEOUT / 2)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+    assert len(server.resource.seen) == 1
+    server.clock.advance(IDLE_TIMEOUT - 0.01)
+    assert not transport.disconnecting
+    server.clock.advance(0.01)
+    assert transport.disconnecting
+
+
+# The connection cap
+
+
+def test_connections_past_the_cap_are_refused_until_one_is_lost() -> None:
+    server = make_server(max_connections=2)
+    first, _ = server.connect()
+    server.connect()
+    assert server.build() is None
+    assert server.build() is None
+    lose(first)
+    third, third_transport = server.connect()
+    third.dataReceived(b"GET /x HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+    assert parse_response(third_transport.value()).body == b"ok"
+    assert server.build() is None
+
+
+# Closing connections at shutdown
+
+
+def test_close_connections_fires_at_once_without_connections(server: Server) -> None:
+    d = server.site.close_connections(5.0)
+    assert d.called
+    assert server.clock.getDelayedCalls() == []
+
+
+def test_close_connections_closes_each_and_fires_when_all_are_lost(server: Server) -> None:
+    (a, a_transport), (b, b_transport) = server.connect(), server.connect()
+    fired: list[object] = []
+    server.site.close_connections(5.0).addCallback(fired.append)
+    assert a_transport.disconnecting and b_transport.disconnecting
+    assert not a_transport.aborted and not b_transport.aborted
+    lose(a)
+    assert fired == []
+    lose(b)
+    assert fired == [None]
+    assert server.clock.getDelayedCalls() == []
+    server.clock.advance(10.0)
+    assert not a_transport.aborted and not b_transport.aborted
+
+
+def test_close_connections_aborts_the_rest_after_its_timeout(server: Server) -> None:
+    (a, a_transport), (b, b_transport) = server.connect(), server.connect()
+    fired: list[object] = []
+    server.site.close_connections(5.0).addCallback(fired.append)
+    lose(a)
+    server.clock.advance(4.99)
+    assert not b_transport.aborted
+    server.clock.advance(0.01)
+    assert b_transport.aborted
+    assert not a_transport.aborted
+    assert fired == []
+    lose(b)
+    assert fired == [None]
+    assert server.clock.getDelayedCalls() == []
