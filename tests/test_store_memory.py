@@ -343,3 +343,29 @@ def test_memory_store_from_url_refuses(url: str, message: str) -> None:
         memory_store_from_url(url, Clock())
     assert "\n" not in str(raised.value)
     assert repr(url) in str(raised.value)
+
+
+def test_expired_entries_stop_counting_at_the_next_write_without_being_read() -> None:
+    """Entries past their time are dropped by any later write, not only when read."""
+    clock = Clock()
+    store = MemoryStore(clock, max_bytes=10_000_000)
+    for i in range(100):
+        store.put(f"rfd:j:v1:id={i}", an_entry_for_expiry(), ttl=10)
+    used = store.used_bytes
+    assert used > 0
+    clock.advance(11)
+    store.put("rfd:j:v1:id=new", an_entry_for_expiry(), ttl=10)
+    assert store.used_bytes < used / 50
+
+
+def test_the_expiry_heap_stays_bounded_under_overwrites() -> None:
+    """Overwriting one key many times does not grow the bookkeeping without bound."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    for _ in range(10_000):
+        store.put("rfd:j:v1:id=1", an_entry_for_expiry(), ttl=86400)
+    assert len(store._expiries) <= 2 * 1 + 1024 + 1
+
+
+def an_entry_for_expiry() -> Any:
+    return sample_entry()

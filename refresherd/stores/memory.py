@@ -4,12 +4,13 @@ The embedded store: entries in this process's memory (C{memory://}).
 It is not shared, so single-flight holds within one process only.  Entries are
 kept as L{Entry} objects, never encoded.  Memory is bounded by C{max_bytes}
 with least-recently-used eviction; see L{entry_cost} for what an entry counts.
-Expired entries are dropped when next read (or evicted by the LRU), so no timer
-runs per entry.
+Expired entries are dropped when read, and on every write all entries whose
+time has passed (a heap of expiry times), so no timer runs per entry.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
 import secrets
 from collections import OrderedDict
@@ -77,6 +78,8 @@ class MemoryStore:
     max_bytes: int = DEFAULT_MAX_BYTES
     _entries: OrderedDict[str, _Slot] = attrs.field(init=False, repr=False, factory=OrderedDict)
     _used: int = attrs.field(init=False, repr=False, default=0)
+    _expiries: list[tuple[float, str]] = attrs.field(init=False, repr=False, factory=list)
+    """A heap of (expiry, key), so expired entries go without waiting to be read."""
     _leases: dict[str, tuple[str, float]] = attrs.field(init=False, repr=False, factory=dict)
     _lease_sweep_at: int = attrs.field(init=False, repr=False, default=_LEASE_SWEEP_MIN)
     _waiters: dict[str, dict[Deferred[None], IDelayedCall]] = attrs.field(
@@ -108,10 +111,12 @@ class MemoryStore:
         else:
             self._leases.pop(key, None)
         self._drop(key)
+        self._expire(now)
         cost = entry_cost(key, entry)
         written = cost <= self.max_bytes
         if written and ttl > 0:
             self._entries[key] = _Slot(entry, now + ttl, cost)
+            heapq.heappush(self._expiries, (now + ttl, key))
             self._used += cost
             while self._used > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
@@ -173,6 +178,21 @@ class MemoryStore:
         if slot is not None:
             self._used -= slot.cost
         return slot
+
+    def _expire(self, now: float) -> None:
+        """
+        Drop the entries whose time has passed, in amortized O(log n) per
+        write; rebuild the heap when overwritten keys have left it mostly stale.
+        """
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            slot = self._entries.get(key)
+            if slot is not None and slot.expires_at <= now:
+                self._drop(key)
+        if len(heap) > 2 * len(self._entries) + _LEASE_SWEEP_MIN:
+            self._expiries = [(slot.expires_at, key) for key, slot in self._entries.items()]
+            heapq.heapify(self._expiries)
 
     def _holds(self, key: str, token: str, now: float) -> bool:
         held = self._leases.get(key)
