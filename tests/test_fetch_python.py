@@ -10,6 +10,7 @@ C{tests.test_fetch_python:<name>}.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import math
@@ -112,6 +113,30 @@ async def awaits_then_raises(name: str) -> None:
     PENDING.append(d)
     await d
     raise KeyError(name)
+
+
+FUTURES: list[asyncio.Future[Any]] = []
+"""asyncio futures that coroutines await, which only an asyncio reactor could wait for."""
+
+FINISHED: list[str] = []
+"""Names of coroutines whose C{finally} ran."""
+
+
+async def awaits_asyncio_sleep(name: str) -> str:
+    try:
+        await asyncio.sleep(0.01)
+        return name
+    finally:
+        FINISHED.append(name)
+
+
+async def awaits_asyncio_future(name: str) -> str:
+    try:
+        await asyncio.sleep(0)  # A bare yield is fine under any reactor.
+        await FUTURES[0]
+        return name
+    finally:
+        FINISHED.append(name)
 
 
 @reactor_call
@@ -345,6 +370,22 @@ class PythonFetcherTests(TestCase):
         PENDING[0].callback(None)
         failure = self.failureResultOf(d, FetchError)
         assert failure.getErrorMessage() == "KeyError: 'bob'"
+
+    def test_a_coroutine_that_awaits_asyncio_asks_for_the_asyncio_reactor(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        FUTURES[:] = [loop.create_future()]
+        self.addCleanup(FUTURES.clear)
+        FINISHED.clear()
+        for function in ("awaits_asyncio_sleep", "awaits_asyncio_future"):
+            d = self.fetcher(function).fetch({"name": function})
+            failure = self.failureResultOf(d, FetchError)
+            assert failure.getErrorMessage() == (
+                "the coroutine awaited asyncio, which needs twistd's asyncio reactor"
+                " (twistd -r asyncio)"
+            )
+        assert FINISHED == ["awaits_asyncio_sleep", "awaits_asyncio_future"]
+        assert len(self.logged) == 0
 
     def test_reactor_call_functions_may_return_a_deferred(self) -> None:
         d = self.fetcher("deferred").fetch({"name": "bob"})

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 
 from refresherd import errors
 from refresherd.config import JobConfig
@@ -38,6 +38,11 @@ def make(
 
 def lookup(refresher: Refresher, id: str = "1") -> Deferred[Answer]:
     return Deferred.fromCoroutine(refresher.lookup("j", {"id": id}))
+
+
+def ask(refresher: Refresher, id: str = "1") -> None:
+    """A lookup whose answer the test does not look at (an error included)."""
+    lookup(refresher, id).addErrback(lambda failure: None)
 
 
 def result(d: Deferred[Any]) -> Any:
@@ -78,7 +83,7 @@ def test_concurrent_misses_share_one_fetch() -> None:
 
 def test_stale_value_is_served_at_once_and_refreshed_once() -> None:
     refresher, fetcher, clock, _ = make(stale=100.0)
-    lookup(refresher)
+    ask(refresher)
     fetcher.succeed(body=b"1")
     clock.advance(61)
     answers = [result(lookup(refresher)) for _ in range(50)]
@@ -92,7 +97,7 @@ def test_stale_value_is_served_at_once_and_refreshed_once() -> None:
 
 def test_past_every_window_is_a_miss() -> None:
     refresher, fetcher, clock, _ = make(stale=10.0)
-    lookup(refresher)
+    ask(refresher)
     fetcher.succeed(body=b"1")
     clock.advance(71)
     d = lookup(refresher)
@@ -115,6 +120,7 @@ def test_a_caller_cancelling_does_not_cancel_the_fetch_for_others() -> None:
     refresher, fetcher, _, _ = make()
     first, second = lookup(refresher), lookup(refresher)
     first.cancel()
+    assert isinstance(result(first), CancelledError)
     assert not fetcher.calls[0].cancelled
     fetcher.succeed()
     assert result(second).status == "miss"
@@ -131,15 +137,15 @@ def test_failed_miss_is_502_and_remembered_for_error_ttl() -> None:
     assert isinstance(again, errors.FetchFailed)
     assert len(fetcher.calls) == 1
     clock.advance(5)
-    lookup(refresher)
+    ask(refresher)
     assert len(fetcher.calls) == 2
 
 
 def test_error_ttl_zero_remembers_nothing() -> None:
     refresher, fetcher, _, _ = make(error_ttl=0.0)
-    lookup(refresher)
+    ask(refresher)
     fetcher.fail()
-    lookup(refresher)
+    ask(refresher)
     assert len(fetcher.calls) == 2
 
 
@@ -176,7 +182,7 @@ def test_an_attempt_past_timeout_is_cancelled_and_counted() -> None:
 
 def test_stale_if_error_serves_the_old_value_with_the_error() -> None:
     refresher, fetcher, clock, _ = make(stale=0.0, stale_if_error=3600.0, error_ttl=5.0)
-    lookup(refresher)
+    ask(refresher)
     fetcher.succeed(body=b"old")
     clock.advance(61)
     # Past stale, within stale_if_error, no failure yet: treated as absent.
@@ -191,7 +197,7 @@ def test_stale_if_error_serves_the_old_value_with_the_error() -> None:
     assert (again.status, again.error) == ("stale", "origin answered 503")
     assert len(fetcher.calls) == 2
     clock.advance(10)
-    lookup(refresher)
+    ask(refresher)
     assert len(fetcher.calls) == 3
     fetcher.succeed(body=b"new")
     fresh = result(lookup(refresher))
@@ -200,7 +206,7 @@ def test_stale_if_error_serves_the_old_value_with_the_error() -> None:
 
 def test_stale_if_error_fallback_on_wait_timeout() -> None:
     refresher, fetcher, clock, _ = make(stale_if_error=3600.0, wait_timeout=1.0, timeout=30.0)
-    lookup(refresher)
+    ask(refresher)
     fetcher.succeed(body=b"old")
     clock.advance(61)
     d = lookup(refresher)
@@ -239,7 +245,7 @@ def test_queue_beyond_max_queue_is_overloaded() -> None:
 
 def test_early_refresh_keeps_a_hot_value_fresh() -> None:
     refresher, fetcher, clock, _ = make(rand=0.5, early_refresh=1.0)
-    lookup(refresher)
+    ask(refresher)
     clock.advance(2)  # the fetch took 2 s: delta = 2
     fetcher.succeed()
     clock.advance(50)  # 10 s to expiry: -2 * ln(0.5) = 1.39 < 10, no early refresh
@@ -253,7 +259,7 @@ def test_early_refresh_keeps_a_hot_value_fresh() -> None:
 
 def test_early_refresh_off_with_beta_zero() -> None:
     refresher, fetcher, clock, _ = make(rand=1e-9, early_refresh=0.0)
-    lookup(refresher)
+    ask(refresher)
     clock.advance(2)
     fetcher.succeed()
     clock.advance(57)
@@ -303,7 +309,9 @@ def test_a_fetch_running_elsewhere_is_joined_through_the_store() -> None:
     assert counter(refresher, "refresherd_coalesced_total", job="j") == 1
 
 
-def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key() -> None:
+def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key(
+    no_logged_errors: list[dict[str, Any]],
+) -> None:
     refresher, _, _, _ = make(error_ttl=0.0)
 
     class Broken(FakeFetcher):
@@ -315,6 +323,8 @@ def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key() -> Non
     assert isinstance(error, errors.FetchFailed)
     assert error.message == "RuntimeError: boom"
     assert refresher._flights == {}
+    assert [e["log_failure"].value.args for e in no_logged_errors] == [("boom\nsecond line",)]
+    no_logged_errors.clear()
 
 
 def test_unreachable_store_fetches_locally_and_does_not_store() -> None:
@@ -373,7 +383,7 @@ def test_stop_cancels_fetches_after_the_drain_timeout() -> None:
 @pytest.mark.parametrize("failures", [1, 3])
 def test_background_refresh_failure_keeps_serving_stale(failures: int) -> None:
     refresher, fetcher, clock, _ = make(stale=3600.0, error_ttl=1.0)
-    lookup(refresher)
+    ask(refresher)
     fetcher.succeed(body=b"v")
     for _ in range(failures):
         clock.advance(400)
