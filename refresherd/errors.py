@@ -121,7 +121,12 @@ class FetchError(Exception):
     """
     One fetch attempt failed.  The message is one line saying why, shown to
     callers as the C{error} of a stale answer or the message of C{fetch_failed}.
+    C{detail} (a traceback of the job's own code, say) goes to the log only.
     """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class FetchTimeout(FetchError):

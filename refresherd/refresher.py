@@ -357,10 +357,11 @@ class Refresher(Service):
             fetched, duration = await self._attempts(flight)
         except FetchError as e:
             self._log.warn(
-                "Fetch of {key} for job {job} failed: {reason}",
+                "Fetch of {key} for job {job} failed: {reason}{detail}",
                 key=flight.key,
                 job=job.name,
                 reason=str(e),
+                detail=f"\n{e.detail}" if e.detail else "",
             )
             if flight.persist:
                 await self._remember_failure(flight, lease, str(e))

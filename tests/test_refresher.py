@@ -392,3 +392,22 @@ def test_background_refresh_failure_keeps_serving_stale(failures: int) -> None:
         fetcher.fail(reason="down")
     answer = result(lookup(refresher))
     assert (answer.status, answer.entry.body, answer.error) == ("stale", b"v", "down")
+
+
+def test_a_failed_fetch_is_logged_once_with_its_detail() -> None:
+    """One warning per failed fetch, after its last attempt, with the job's traceback."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        refresher, fetcher, clock, _ = make(retries=1, error_ttl=0.0, wait_timeout=60.0)
+        ask(refresher)
+        fetcher.calls[0].result.errback(errors.FetchError("first", detail="Traceback one"))
+        clock.advance(1)
+        fetcher.calls[1].result.errback(errors.FetchError("second", detail="Traceback two"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+    assert [(e["job"], e["reason"]) for e in warnings] == [("j", "second")]
+    assert "Traceback two" in warnings[0]["detail"]

@@ -65,6 +65,7 @@ from refresherd import __version__
 from refresherd.config import JobConfig
 from refresherd.entry import Fetched
 from refresherd.errors import FetchError
+from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
 from refresherd.templates import render_json, render_url
 
@@ -173,6 +174,12 @@ def _describe(reason: Failure) -> str:
     if isinstance(error, (ConnectionLost, ConnectionDone)):
         return "connection closed before the answer was complete"
     return _one_line(f"request failed: {_plain(error)}")
+
+
+def _to_fetch_error(reason: Failure) -> Exception:
+    if isinstance(reason.value, FetchError):
+        return reason.value
+    return FetchError(_describe(reason))
 
 
 def _describe_body_failure(reason: Failure) -> str:
@@ -320,29 +327,6 @@ class HTTPFetcher:
         the connection and fails it with L{CancelledError}.
         """
         request = self.build_request(args)
-        cancelled = False
-        inner: Deferred[Fetched] | None = None
-
-        def cancel(outer: Deferred[Fetched]) -> None:
-            nonlocal cancelled
-            cancelled = True
-            if inner is not None:
-                inner.cancel()
-
-        outer: Deferred[Fetched] = Deferred(cancel)
-
-        def succeeded(fetched: Fetched) -> None:
-            if not cancelled:
-                outer.callback(fetched)
-
-        def failed(reason: Failure) -> None:
-            if cancelled:
-                return
-            if reason.check(FetchError):
-                outer.errback(reason)
-            else:
-                outer.errback(FetchError(_describe(reason)))
-
         kwargs: dict[str, Any] = {}
         if request.body is not None:
             kwargs["data"] = request.body
@@ -357,9 +341,7 @@ class HTTPFetcher:
             )
         except Exception as e:
             return fail(FetchError(_one_line(f"request failed: {_plain(e)}")))
-        inner = requested.addCallback(self._read)
-        inner.addCallbacks(succeeded, failed)
-        return outer
+        return abandonable(requested.addCallback(self._read), _to_fetch_error)
 
     def _read(self, response: IResponse) -> Deferred[Fetched] | Fetched:
         code = response.code

@@ -52,7 +52,6 @@ from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -60,6 +59,7 @@ from zope.interface import implementer
 from refresherd.config import JobConfig
 from refresherd.entry import Fetched
 from refresherd.errors import FetchError
+from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -183,8 +183,6 @@ class PythonFetcher:
         C{None} under any other reactor.
     """
 
-    log = Logger()
-
     job: JobConfig
     reactor: IReactorFromThreads
     thread_pool: ThreadPool
@@ -221,44 +219,16 @@ class PythonFetcher:
                 call,
                 self.job.max_value_bytes,
             )
-        cancelled = False
+        # A thread cannot be stopped: its late result is dropped.
+        return abandonable(inner, self._to_fetch_error, cancel_inner=self.in_reactor)
 
-        def cancel(outer: Deferred[Fetched]) -> None:
-            nonlocal cancelled
-            cancelled = True
-            if self.in_reactor:
-                inner.cancel()
-            # A thread cannot be stopped: its late result is dropped below.
-
-        outer: Deferred[Fetched] = Deferred(cancel)
-
-        def succeeded(fetched: Fetched) -> None:
-            if not cancelled:
-                outer.callback(fetched)
-
-        def failed(reason: Failure) -> None:
-            if cancelled:
-                return
-            if reason.check(_Raised) is not None:
-                raised = reason.value
-                assert isinstance(raised, _Raised)
-                reason = raised.failure
-            if reason.check(FetchError) is not None:
-                outer.errback(reason)
-                return
-            assert reason.value is not None
-            message = _describe(reason.value)
-            self.log.warn(
-                "Job {job}: {callable} raised {error}\n{traceback}",
-                job=self.job.name,
-                callable=self.job.callable,
-                error=message,
-                traceback=reason.getTraceback(),
-            )
-            outer.errback(FetchError(message))
-
-        inner.addCallbacks(succeeded, failed)
-        return outer
+    def _to_fetch_error(self, reason: Failure) -> Exception:
+        if isinstance(reason.value, _Raised):
+            reason = reason.value.failure
+        if isinstance(reason.value, FetchError):
+            return reason.value
+        assert reason.value is not None
+        return FetchError(_describe(reason.value), detail=reason.getTraceback())
 
 
 class _Raised(Exception):
