@@ -27,6 +27,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from refresherd.args import parse_query
 from refresherd.auth import Authorizer
 from refresherd.config import ServerConfig
+from refresherd.entry import is_json_content_type
 from refresherd.errors import (
     BadArgs,
     BadJson,
@@ -35,9 +36,10 @@ from refresherd.errors import (
     NotFound,
     RefresherdError,
     Unauthorized,
+    one_line,
 )
 from refresherd.metrics import Metrics
-from refresherd.refresher import Answer, Refresher, is_json_type
+from refresherd.refresher import Answer, Refresher
 
 JSON = b"application/json"
 
@@ -87,9 +89,9 @@ def answer_body(answer: Answer, now: float) -> bytes:
         age=round(max(0.0, now - entry.fetched_at), 3),
     )
     if answer.error is not None:
-        head["error"] = " ".join(answer.error.split())
+        head["error"] = one_line(answer.error)
     body = entry.body or b""
-    if is_json_type(entry.content_type):
+    if is_json_content_type(entry.content_type):
         value = body
         field = b'"value":'
     else:

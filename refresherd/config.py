@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
-from refresherd.errors import ConfigError
+from refresherd.errors import ConfigError, one_line
 from refresherd.templates import PLACEHOLDER, check_url_template, json_placeholders, placeholders
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -204,7 +204,7 @@ def load_config(
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(_one_line(f"{file}: {e}")) from None
+        raise ConfigError(one_line(f"{file}: {e}")) from None
     root = _Table(file, "", document, environ, read_file)
     root.only({"server", "store", "auth", "jobs"})
     return Config(
@@ -218,10 +218,6 @@ def load_config(
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())
 
 
 def _kind(value: object) -> str:
@@ -257,7 +253,7 @@ class _Table:
     def error(self, key: str | None, what: str) -> ConfigError:
         where = self.path if key is None else _join(self.path, key)
         return ConfigError(
-            _one_line(f"{self.file}: {where}: {what}" if where else f"{self.file}: {what}")
+            one_line(f"{self.file}: {where}: {what}" if where else f"{self.file}: {what}")
         )
 
     def check(

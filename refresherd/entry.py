@@ -31,6 +31,24 @@ def make_etag(body: bytes, fetched_at: float) -> str:
     return f'W/"{digest.hexdigest()}"'
 
 
+def is_json_content_type(content_type: str) -> bool:
+    """Whether a content type is JSON: C{application/json} or C{*/*+json}, parameters aside."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or ("/" in media and media.endswith("+json"))
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_json_body(body: bytes) -> None:
+    """
+    Raise L{ValueError} unless C{body} is strict JSON in UTF-8 (no NaN or
+    Infinity), so that the API can splice it into its answers as it is.
+    """
+    json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+
+
 @attrs.frozen
 class Fetched:
     """What one successful fetch attempt produced."""

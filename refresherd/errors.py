@@ -9,6 +9,16 @@ stops start-up, with one line naming the file, the key and what is wrong.
 
 from __future__ import annotations
 
+MAX_MESSAGE = 300
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """C{text} on one line (white space runs folded), cut to C{limit} characters."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
 
 class RefresherdError(Exception):
     """

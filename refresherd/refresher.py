@@ -15,7 +15,6 @@ times out never cancels the fetch for the others.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,7 +29,13 @@ from twisted.logger import Logger
 from refresherd import policy
 from refresherd.args import check_args
 from refresherd.config import JobConfig
-from refresherd.entry import Entry, Fetched, value_entry
+from refresherd.entry import (
+    Entry,
+    Fetched,
+    check_json_body,
+    is_json_content_type,
+    value_entry,
+)
 from refresherd.errors import (
     BadJson,
     BodyTooLarge,
@@ -41,6 +46,7 @@ from refresherd.errors import (
     StoreUnavailable,
     UnknownJob,
     WaitTimeout,
+    one_line,
 )
 from refresherd.interfaces import IFetcher, IStore
 from refresherd.keys import entry_key
@@ -53,12 +59,6 @@ DRAIN_TIMEOUT = 10.0
 
 class ShuttingDown(Overloaded):
     """The service stopped before the fetch finished."""
-
-
-def is_json_type(content_type: str) -> bool:
-    """Whether a content type is JSON: C{application/json} or C{*/*+json}."""
-    mime = content_type.split(";", 1)[0].strip().lower()
-    return mime == "application/json" or mime.endswith("+json")
 
 
 @attrs.define
@@ -241,8 +241,11 @@ class Refresher(Service):
         config = job.config
         if len(body) > config.max_value_bytes:
             raise BodyTooLarge(f"the value is larger than {config.max_value_bytes} bytes")
-        if is_json_type(content_type):
-            check_json(body, BadJson)
+        if is_json_content_type(content_type):
+            try:
+                check_json_body(body)
+            except ValueError as e:
+                raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
         key = self.key(job, args)
         entry = self._new_entry(job, args, Fetched(body, content_type), 0.0)
         try:
@@ -440,7 +443,7 @@ class Refresher(Service):
             except Exception as e:
                 outcome = "error"
                 self._log.failure("Fetcher of job {job} raised", job=job.name)
-                error = FetchError(f"{type(e).__name__}: {e}".splitlines()[0][:300])
+                error = FetchError(one_line(f"{type(e).__name__}: {e}".splitlines()[0]))
             finally:
                 self.metrics.in_flight.labels(job=job.name).dec()
                 if outcome is not None:  # None: the coroutine was closed, nothing happened
@@ -495,11 +498,3 @@ class Refresher(Service):
 
         everything.addBoth(done)
         return everything
-
-
-def check_json(body: bytes, error: type[Exception]) -> None:
-    """Raise C{error} unless C{body} is UTF-8 JSON."""
-    try:
-        json.loads(body)
-    except ValueError as e:
-        raise error(f"the body is not valid JSON: {e}") from None

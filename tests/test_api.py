@@ -418,3 +418,12 @@ class HealthTests(APITestCase):
             ),
             1,
         )
+
+
+class StrictJSONTests(APITestCase):
+    def test_a_put_of_json_with_nan_is_bad_json_since_answers_splice_it(self) -> None:
+        self.build(auth=AuthConfig(write_tokens=(Secret("w"),)))
+        headers = {"Authorization": "Bearer w", "Content-Type": "application/json"}
+        for body in [b'{"x": NaN}', b"Infinity", '"é"'.encode("utf-16")]:
+            d = self.request("PUT", "/v1/jobs/j?id=1", data=body, headers=headers)
+            self.assertEqual(self.error_code(d, 400), "bad_json", body)

@@ -21,8 +21,10 @@ from refresherd.entry import (
     Entry,
     EntryFormatError,
     Fetched,
+    check_json_body,
     decode,
     encode,
+    is_json_content_type,
     make_etag,
     value_entry,
 )
@@ -251,3 +253,31 @@ def test_encode_refuses_non_finite_times() -> None:
     """The format is plain JSON that any language reads: no NaN or Infinity."""
     with pytest.raises(ValueError):
         encode(attrs.evolve(an_entry(), fresh_until=math.inf))
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"a": NaN}', b"-Infinity", b"{", '"x"'.encode("utf-16"), b"\xff", b""]
+)
+def test_check_json_body_refuses_what_cannot_be_spliced_into_json(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        check_json_body(body)
+
+
+@pytest.mark.parametrize("body", [b'{"a": 1e400}', b"[]", '"é"'.encode(), b" 12 "])
+def test_check_json_body_accepts_strict_utf8_json(body: bytes) -> None:
+    check_json_body(body)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("application/json", True),
+        ("Application/JSON; charset=utf-8", True),
+        ("application/problem+json", True),
+        ("text/json", False),
+        ("+json", False),
+        ("text/plain", False),
+    ],
+)
+def test_is_json_content_type(content_type: str, expected: bool) -> None:
+    assert is_json_content_type(content_type) is expected

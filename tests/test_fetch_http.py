@@ -33,13 +33,12 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from refresherd.config import JobConfig, Secret
-from refresherd.entry import Fetched
+from refresherd.entry import Fetched, is_json_content_type
 from refresherd.errors import BadArgs, FetchError
 from refresherd.fetchers.http import (
     SIGNATURE_HEADER,
     HTTPFetcher,
     Requester,
-    is_json_content_type,
     make_http_client,
     sign_request,
 )

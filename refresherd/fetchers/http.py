@@ -63,8 +63,8 @@ from zope.interface import implementer
 
 from refresherd import __version__
 from refresherd.config import JobConfig
-from refresherd.entry import Fetched
-from refresherd.errors import FetchError
+from refresherd.entry import Fetched, check_json_body, is_json_content_type
+from refresherd.errors import FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
 from refresherd.templates import render_json, render_url
@@ -72,7 +72,6 @@ from refresherd.templates import render_json, render_url
 SIGNATURE_HEADER = "X-Refresherd-Signature"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 USER_AGENT = f"refresherd/{__version__}"
-_MAX_MESSAGE = 300
 _WRAPPERS = (
     ResponseNeverReceived,
     ResponseFailed,
@@ -133,19 +132,6 @@ def make_http_client(
     return HTTPClient(agent, cookiejar=jar)
 
 
-def is_json_content_type(content_type: str) -> bool:
-    """True for C{application/json} and C{*/*+json}, parameters ignored."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or ("/" in media and media.endswith("+json"))
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > _MAX_MESSAGE:
-        text = text[: _MAX_MESSAGE - 3] + "..."
-    return text
-
-
 def _innermost(reason: Failure) -> BaseException:
     """The first cause of the wrapper errors of twisted.web.client."""
     error = reason.value
@@ -164,16 +150,16 @@ def _describe(reason: Failure) -> str:
     """One line saying why a request failed before its body was read."""
     error = _innermost(reason)
     if isinstance(error, ConnectionRefusedError):
-        return _one_line(f"connection refused: {error}")
+        return one_line(f"connection refused: {error}")
     if isinstance(error, DNSLookupError):
-        return _one_line(str(error))
+        return one_line(str(error))
     if isinstance(error, ConnectTimeoutError):
-        return _one_line(f"connection timed out: {error}")
+        return one_line(f"connection timed out: {error}")
     if isinstance(error, ConnectError):
-        return _one_line(f"cannot connect: {error}")
+        return one_line(f"cannot connect: {error}")
     if isinstance(error, (ConnectionLost, ConnectionDone)):
         return "connection closed before the answer was complete"
-    return _one_line(f"request failed: {_plain(error)}")
+    return one_line(f"request failed: {_plain(error)}")
 
 
 def _to_fetch_error(reason: Failure) -> Exception:
@@ -184,7 +170,7 @@ def _to_fetch_error(reason: Failure) -> Exception:
 
 def _describe_body_failure(reason: Failure) -> str:
     error = _innermost(reason)
-    return _one_line(f"connection lost while reading the body: {_plain(error)}")
+    return one_line(f"connection lost while reading the body: {_plain(error)}")
 
 
 class _BodyReader(Protocol):
@@ -340,7 +326,7 @@ class HTTPFetcher:
                 **kwargs,
             )
         except Exception as e:
-            return fail(FetchError(_one_line(f"request failed: {_plain(e)}")))
+            return fail(FetchError(one_line(f"request failed: {_plain(e)}")))
         return abandonable(requested.addCallback(self._read), _to_fetch_error)
 
     def _read(self, response: IResponse) -> Deferred[Fetched] | Fetched:
@@ -364,7 +350,7 @@ class HTTPFetcher:
 def _fetched(body: bytes, content_type: str) -> Fetched:
     if is_json_content_type(content_type):
         try:
-            json.loads(body.decode("utf-8"))
+            check_json_body(body)
         except ValueError as e:  # UnicodeDecodeError is a ValueError
-            raise FetchError(_one_line(f"body is not valid JSON: {e}")) from None
+            raise FetchError(one_line(f"body is not valid JSON: {e}")) from None
     return Fetched(body=body, content_type=content_type)

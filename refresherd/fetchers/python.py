@@ -58,14 +58,13 @@ from zope.interface import implementer
 
 from refresherd.config import JobConfig
 from refresherd.entry import Fetched
-from refresherd.errors import FetchError
+from refresherd.errors import FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 _REACTOR_CALL = "__refresherd_reactor_call__"
-_MAX_MESSAGE = 300
 _NEEDS_ASYNCIO = (
     "the coroutine awaited asyncio, which needs twistd's asyncio reactor (twistd -r asyncio)"
 )
@@ -103,7 +102,7 @@ def resolve_callable(spec: str) -> Callable[..., Any]:
         target: Any = importlib.import_module(module_name)
     except Exception as e:
         raise ValueError(
-            _one_line(f"callable {spec!r}: cannot import {module_name!r}: {_describe(e)}")
+            one_line(f"callable {spec!r}: cannot import {module_name!r}: {_describe(e)}")
         ) from None
     for part in attribute.split("."):
         try:
@@ -127,16 +126,9 @@ def make_threadpool(job: JobConfig) -> ThreadPool:
     return pool
 
 
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > _MAX_MESSAGE:
-        text = text[: _MAX_MESSAGE - 3] + "..."
-    return text
-
-
 def _describe(error: BaseException) -> str:
     text = str(error)
-    return _one_line(f"{type(error).__name__}: {text}" if text.strip() else type(error).__name__)
+    return one_line(f"{type(error).__name__}: {text}" if text.strip() else type(error).__name__)
 
 
 def to_fetched(value: object, max_bytes: int) -> Fetched:
@@ -150,12 +142,12 @@ def to_fetched(value: object, max_bytes: int) -> Fetched:
         try:
             fetched = Fetched(body=value.encode("utf-8"), content_type=TEXT_TYPE)
         except UnicodeEncodeError as e:
-            raise FetchError(_one_line(f"result is not valid text: {e}")) from None
+            raise FetchError(one_line(f"result is not valid text: {e}")) from None
     else:
         try:
             text = json.dumps(value, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError, RecursionError) as e:
-            raise FetchError(_one_line(f"result is not JSON-encodable: {e}")) from None
+            raise FetchError(one_line(f"result is not JSON-encodable: {e}")) from None
         fetched = Fetched(body=text.encode("utf-8"), content_type=JSON_TYPE)
     if len(fetched.body) > max_bytes:
         raise FetchError(f"result larger than {max_bytes} bytes")
