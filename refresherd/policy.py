@@ -23,6 +23,11 @@ ATTEMPT_BACKOFF_CAP = 10.0
 REFRESH_BACKOFF_CAP = 300.0
 """Longest pause between refreshes of a value whose refreshes keep failing."""
 LEASE_MARGIN = 5.0
+STORE_MARGIN = 60.0
+"""Seconds the store keeps an entry past its last window, for hosts whose clocks differ."""
+POLL_INTERVAL = 0.5
+"""Longest wait between two reads of the store while a fetch runs in another process,
+should its change notification be lost."""
 
 
 class State(enum.Enum):

@@ -249,11 +249,15 @@ class Refresher(Service):
         key = self.key(job, args)
         entry = self._new_entry(job, args, Fetched(body, content_type), 0.0)
         try:
-            await self.store.put(key, entry, entry.expires_at - entry.fetched_at)
+            await self.store.put(key, entry, self._ttl(entry))
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="put").inc()
             raise
         return Answer(job.name, key, "hit", entry)
+
+    def _ttl(self, entry: Entry) -> float:
+        """How long the store keeps C{entry}: its last window, plus a margin for clock skew."""
+        return entry.expires_at - self.clock.seconds() + policy.STORE_MARGIN
 
     def _new_entry(
         self, job: Job, args: dict[str, str], fetched: Fetched, duration: float
@@ -373,9 +377,7 @@ class Refresher(Service):
         if not flight.persist:
             return entry
         try:
-            written = await self.store.put(
-                flight.key, entry, entry.expires_at - entry.fetched_at, lease=lease
-            )
+            written = await self.store.put(flight.key, entry, self._ttl(entry), lease=lease)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="put").inc()
             flight.persist = False
@@ -402,9 +404,7 @@ class Refresher(Service):
         if failed is None:
             return
         try:
-            await self.store.put(
-                flight.key, failed, failed.expires_at - self.clock.seconds(), lease=lease
-            )
+            await self.store.put(flight.key, failed, self._ttl(failed), lease=lease)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="put").inc()
 
@@ -461,7 +461,7 @@ class Refresher(Service):
         config = flight.job.config
         deadline = self.clock.seconds() + policy.lease_ttl(config.timeout, config.retries)
         while (remaining := deadline - self.clock.seconds()) > 0:
-            await self.store.wait_for_change(flight.key, remaining)
+            await self.store.wait_for_change(flight.key, min(remaining, policy.POLL_INTERVAL))
             current = await self.store.get(flight.key)
             if current is None or current == flight.previous:
                 continue

@@ -12,7 +12,7 @@ import pytest
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred
 
-from refresherd import errors
+from refresherd import errors, policy
 from refresherd.config import JobConfig
 from refresherd.entry import Entry
 from refresherd.metrics import metrics_for
@@ -411,3 +411,59 @@ def test_a_failed_fetch_is_logged_once_with_its_detail() -> None:
     warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
     assert [(e["job"], e["reason"]) for e in warnings] == [("j", "second")]
     assert "Traceback two" in warnings[0]["detail"]
+
+
+def test_a_lost_change_notice_costs_at_most_one_poll() -> None:
+    """Waiting on a fetch elsewhere re-reads the store every POLL_INTERVAL."""
+    clock = task.Clock()
+    inner = MemoryStore(clock)
+
+    class Deaf:
+        """The memory store, but change notices never arrive."""
+
+        shared = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def wait_for_change(self, key: str, timeout: float) -> Deferred[None]:
+            return task.deferLater(clock, timeout)
+
+    refresher, fetcher, _, _ = make(store=Deaf(), wait_timeout=30.0)
+    refresher.clock = clock
+    key = "rfd:j:v1:id=1"
+    token = result(inner.acquire_lease(key, 60))
+    d = lookup(refresher)
+    now = clock.seconds()
+    entry = Entry(
+        b"elsewhere", "text/plain", now, now + 60, now + 60, now + 60, 1.0, "j", {"id": "1"}
+    )
+    inner.put(key, entry, 60, lease=token)
+    assert not d.called
+    clock.advance(policy.POLL_INTERVAL)
+    assert result(d).entry.body == b"elsewhere"
+    assert fetcher.calls == []
+
+
+def test_a_holder_paused_past_its_lease_cannot_overwrite_a_newer_value() -> None:
+    """
+    Process A's fetch outlives its lease (A was paused: its own timers did not
+    run); process B takes the lease over and stores a newer value; A's late
+    answer is fenced out and A answers with B's value.
+    """
+    store_clock = task.Clock()
+    store = MemoryStore(store_clock)
+    a, fetcher_a, clock_a, _ = make(store=store, retries=0, timeout=5.0, wait_timeout=60.0)
+    b, fetcher_b, clock_b, _ = make(store=store, retries=0, timeout=5.0, wait_timeout=60.0)
+    store_clock.advance(clock_a.seconds())  # all three clocks agree to begin with
+    answer_a = lookup(a)
+    assert len(fetcher_a.calls) == 1
+    store_clock.advance(policy.lease_ttl(5.0, 0) + 1)  # A's lease expires; A is paused
+    clock_b.advance(policy.lease_ttl(5.0, 0) + 1)
+    answer_b = lookup(b)
+    assert len(fetcher_b.calls) == 1
+    fetcher_b.succeed(body=b'"newer"')
+    assert result(answer_b).entry.body == b'"newer"'
+    fetcher_a.succeed(body=b'"older"')  # A wakes up with its old answer
+    assert result(answer_a).entry.body == b'"newer"'
+    assert result(lookup(b)).entry.body == b'"newer"'
