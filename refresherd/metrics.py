@@ -4,6 +4,12 @@ The Prometheus metrics of SPEC section 9, on a registry of their own.
 Label values come only from the configuration and route templates, never
 from keys or argument values: a job that is not configured counts as
 C{job="_unknown"}.
+
+With C{--workers}, every worker process runs in prometheus-client's
+multiprocess mode (C{PROMETHEUS_MULTIPROC_DIR}, set by the parent before the
+worker starts): its values live in files of that directory, and C{/metrics}
+reports the sum over all workers, those that exited included (their counts
+are not lost).  The gauges count only live workers (C{livesum}).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Iterable
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 UNKNOWN_JOB = "_unknown"
 
@@ -20,10 +27,23 @@ _SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 _AGE = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""The environment variable that puts prometheus-client in multiprocess mode."""
+
+
 @attrs.define(slots=False)
 class Metrics:
+    """
+    The metrics of one process.
+
+    @ivar multiprocess_dir: with C{--workers}, the directory where every
+        worker writes its values; L{render} then reports their sum.  The
+        parent sets it once it has made the directory.
+    """
+
     jobs: frozenset[str]
     registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
+    multiprocess_dir: str | None = None
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -44,7 +64,11 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "refresherd_fetches_in_flight", "Fetch attempts running.", ["job"], registry=r
+            "refresherd_fetches_in_flight",
+            "Fetch attempts running.",
+            ["job"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.coalesced = Counter(
             "refresherd_coalesced",
@@ -76,7 +100,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "refresherd_queue_depth", "Fetches waiting for a concurrency slot.", ["job"], registry=r
+            "refresherd_queue_depth",
+            "Fetches waiting for a concurrency slot.",
+            ["job"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         for job in self.jobs:
             self.in_flight.labels(job=job)
@@ -86,8 +114,18 @@ class Metrics:
         return job if job in self.jobs else UNKNOWN_JOB
 
     def render(self) -> bytes:
+        """The Prometheus text format: of this process, or the sum over all workers."""
+        if self.multiprocess_dir is not None:
+            return render_multiprocess(self.multiprocess_dir)
         return generate_latest(self.registry)
 
 
-def metrics_for(jobs: Iterable[str]) -> Metrics:
-    return Metrics(frozenset(jobs))
+def render_multiprocess(path: str) -> bytes:
+    """The Prometheus text format of the sum of the values every worker wrote in C{path}."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)
+    return generate_latest(registry)
+
+
+def metrics_for(jobs: Iterable[str], multiprocess_dir: str | None = None) -> Metrics:
+    return Metrics(frozenset(jobs), multiprocess_dir=multiprocess_dir)

@@ -7,6 +7,12 @@ configuration, the options or the endpoints (a port in use included) is found
 here, in L{makeService}, and stops start-up with one line and exit status 1:
 twistd would print its whole usage text for a C{UsageError} and a traceback
 for an exception in C{startService}.
+
+With C{--workers N} (N > 1) the process twistd started is the parent of N
+workers (L{refresherd.workers}): it checks everything a worker will build,
+binds the public listener, serves the admin listener, and supervises the
+workers, each a C{twistd -n refresherd} of its own started with the internal
+C{--worker-*} options.
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -36,13 +42,38 @@ from refresherd.fetchers.http import HTTPFetcher, make_http_client
 from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable
 from refresherd.interfaces import IFetcher, IStore
 from refresherd.logs import JSONLinesObserver
-from refresherd.metrics import metrics_for
-from refresherd.refresher import Job, Refresher
+from refresherd.metrics import MULTIPROCESS_DIR, Metrics, metrics_for
+from refresherd.refresher import DRAIN_TIMEOUT, Job, Refresher
 from refresherd.site import LimitedSite
 from refresherd.stores.memory import memory_store_from_url
+from refresherd.stores.redis import redis_store_from_url
+from refresherd.workers import (
+    HeldForWorkers,
+    Lifeline,
+    Supervisor,
+    WorkerLogObserver,
+    WorkerOptions,
+    adopt,
+    connect_lifeline,
+    hold,
+    release,
+    shareable,
+    worker_arguments,
+    worker_options,
+    worker_text_observer,
+)
 
 CLOSE_TIMEOUT = 5.0
 """Seconds that answers given during shutdown have to reach their clients."""
+
+ALLOW_MEMORY_WORKERS = "REFRESHERD_ALLOW_WORKERS_WITH_MEMORY"
+"""
+For refresherd's own tests only: set to C{1}, C{--workers} accepts the
+memory store, so that the workers can be tested without a Redis.  Never in
+production: each worker would keep a cache of its own.
+"""
+
+_INTERNAL = "internal, set by --workers for its worker processes"
 
 
 class Options(usage.Options):
@@ -63,8 +94,17 @@ class Options(usage.Options):
             "[default: tcp:8081:interface=127.0.0.1]",
         ],
         ["store", None, None, "memory://[?max_bytes=N] [default: memory://]"],
-        ["workers", None, "1", "processes sharing the listening sockets"],
+        [
+            "workers",
+            None,
+            "1",
+            "processes sharing the public listener (TCP or UNIX; needs a shared store)",
+        ],
         ["log-format", None, "text", "text or json (one object per line)"],
+        ["worker-id", None, None, f"{_INTERNAL}: the worker's number"],
+        ["worker-fd", None, None, f"{_INTERNAL}: the inherited listening socket"],
+        ["worker-family", None, None, f"{_INTERNAL}: its address family, inet, inet6 or unix"],
+        ["worker-lifeline", None, None, f"{_INTERNAL}: the lifeline to the parent"],
     ]
 
 
@@ -78,6 +118,8 @@ class Settings:
     store: tuple[str, str]
     workers: int
     log_format: str
+    worker: WorkerOptions | None = None
+    """In a worker process, what its parent told it."""
 
 
 def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
@@ -101,19 +143,49 @@ def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]) -> Set
         store=pick("store", "store.url", config.store.url),
         workers=int(workers_text),
         log_format=log_format,
+        worker=worker_options(options),
     )
 
 
-def make_store(url: str, where: str, reactor: Any) -> IStore:
+def require_shared_store(settings: Settings, environ: Mapping[str, str]) -> None:
+    """
+    C{--workers} with more than one worker needs a store the workers share:
+    with C{memory://} each would hold a cache of its own, and a value would
+    be fetched once per worker.  Every other scheme goes on to the store
+    factory (L{make_store}), which knows whether it exists.
+    (L{ALLOW_MEMORY_WORKERS} lets the memory store through, for tests only.)
+    """
+    url, _ = settings.store
+    if settings.workers <= 1 or url.partition("://")[0] != "memory":
+        return
+    if environ.get(ALLOW_MEMORY_WORKERS) == "1":
+        return
+    raise ConfigError(
+        f"--workers {settings.workers}: needs a shared store; with memory:// each worker "
+        "would hold its own cache"
+    )
+
+
+def make_store(
+    url: str, where: str, reactor: Any, namespace: str, environ: Mapping[str, str]
+) -> IStore:
+    """
+    The store of a C{--store} URL, not started: building one does no I/O, so
+    the parent of C{--workers} can check the URL and throw the store away.
+    """
     scheme = url.partition("://")[0]
-    if scheme == "memory":
-        try:
+    try:
+        if scheme == "memory":
             return memory_store_from_url(url, reactor)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    if scheme in ("redis", "memcached"):
-        raise ConfigError(f"{where}: the {scheme}:// store is not available yet; use memory://")
-    raise ConfigError(f"{where}: unknown store {url!r}; use memory://")
+        if scheme == "redis":
+            return redis_store_from_url(url, namespace, reactor, environ)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if scheme == "memcached":
+        raise ConfigError(f"{where}: the memcached:// store is not available yet")
+    raise ConfigError(
+        f"{where}: unknown store {url.partition(':')[0]!r}; use memory:// or redis://"
+    )
 
 
 @attrs.define(eq=False)
@@ -159,14 +231,29 @@ def make_fetcher(
     return PythonFetcher(job, reactor, pool, function)
 
 
-def listen(reactor: Any, description: str, where: str, site: LimitedSite) -> IListeningPort:
-    """Listen on an endpoint now, so that a bad endpoint or a port in use stops start-up."""
+def listen(
+    reactor: Any,
+    description: str,
+    where: str,
+    factory: IProtocolFactory,
+    *,
+    shared: bool = False,
+) -> IListeningPort:
+    """
+    Listen on an endpoint now, so that a bad endpoint or a port in use stops
+    start-up.  A C{shared} endpoint (the public listener of C{--workers})
+    must be one whose socket workers can adopt: TCP or UNIX.
+    """
     try:
         endpoint = serverFromString(reactor, description)
     except Exception as e:
         raise ConfigError(f"{where}: not a valid endpoint {description!r}: {e}") from None
+    if shared and not shareable(endpoint):
+        raise ConfigError(
+            f"{where}: --workers shares only TCP and UNIX endpoints, not {description!r}"
+        )
     result: list[Any] = []
-    endpoint.listen(site).addBoth(result.append)
+    endpoint.listen(factory).addBoth(result.append)
     if not result:
         raise ConfigError(f"{where}: endpoint {description!r} does not listen at once")
     if isinstance(result[0], Failure):
@@ -182,6 +269,9 @@ class RefresherdService(MultiService):
     The running service.  Stopping it stops listening first, then lets the
     fetches in flight finish (answering the requests that wait on them), then
     stops the thread pools.
+
+    @ivar worker: in a worker of C{--workers}, its number: it then announces
+        that it serves the inherited socket rather than where it listens.
     """
 
     refresher: Refresher
@@ -190,20 +280,29 @@ class RefresherdService(MultiService):
     sites: list[LimitedSite]
     log_observer: ILogObserver | None = None
     on_started: Callable[[], None] = lambda: None
+    worker: int | None = None
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+        store = self.refresher.store
+        if IService.providedBy(store):
+            store.setServiceParent(self)
         self.pools.setServiceParent(self)
         self.refresher.setServiceParent(self)
 
     def startService(self) -> None:
         MultiService.startService(self)
         self.on_started()
-        for name, port in zip(("public API", "admin API"), self.ports, strict=False):
+        if self.worker is not None:
             self._log.info(
-                "refresherd: {name} listening on {address}", name=name, address=describe(port)
+                "refresherd: worker {worker} (pid {pid}) serving the public API on {address}",
+                worker=self.worker,
+                pid=os.getpid(),
+                address=describe(self.ports[0]),
             )
+            return
+        announce(self._log, self.ports)
 
     def setServiceParent(self, parent: Any) -> None:
         if self.log_observer is not None and hasattr(parent, "setComponent"):
@@ -217,6 +316,55 @@ class RefresherdService(MultiService):
         yield self.refresher.stopService()
         yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
         self.pools.stopService()
+        store = self.refresher.store
+        if IService.providedBy(store):
+            yield store.stopService()
+
+
+@attrs.define(eq=False)
+class ParentService(MultiService):
+    """
+    The parent of C{--workers}: it holds the public listener for the
+    workers (C{ports[0]}, never accepting on it), serves the admin listener
+    if there is one (C{ports[1]}), and runs the L{Supervisor}.  Stopping it
+    closes its listeners, then stops the workers and waits for them (each
+    answers the requests waiting on its fetches), then closes the admin
+    connections.
+    """
+
+    supervisor: Supervisor
+    ports: list[IListeningPort]
+    sites: list[LimitedSite]
+    log_observer: ILogObserver | None = None
+    on_started: Callable[[], None] = lambda: None
+    _log: Logger = attrs.field(factory=Logger, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        MultiService.__init__(self)
+        self.supervisor.setServiceParent(self)
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        self.on_started()
+        announce(self._log, self.ports)
+        self._log.info(
+            "refresherd: {count} workers serve the public API", count=self.supervisor.count
+        )
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        MultiService.setServiceParent(self, parent)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        public, *admin = self.ports
+        yield defer.gatherResults(
+            [release(public), *(defer.maybeDeferred(port.stopListening) for port in admin)]
+        )
+        yield self.supervisor.stopService()
+        yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
 
 
 def describe(port: IListeningPort) -> str:
@@ -224,51 +372,121 @@ def describe(port: IListeningPort) -> str:
     address: Any = port.getHost()
     if hasattr(address, "port"):
         return f"{address.host}:{address.port}"
-    return str(getattr(address, "name", address))
+    name = getattr(address, "name", address)
+    return os.fsdecode(name) if isinstance(name, bytes) else str(name)
 
 
-def handle_shutdown_signals(reactor: Any) -> None:
+def announce(log: Logger, ports: list[IListeningPort]) -> None:
+    """Log where the public API and the admin API (if on a listener of its own) listen."""
+    for name, port in zip(("public API", "admin API"), ports, strict=False):
+        log.info("refresherd: {name} listening on {address}", name=name, address=describe(port))
+
+
+@attrs.define
+class ShutdownSignals:
     """
     The first SIGTERM or SIGINT stops the service gracefully; a second one
     ends the process at once (twistd's own handler would only log
-    C{ReactorNotRunning}).
+    C{ReactorNotRunning}), after calling C{at_once} (the parent of
+    C{--workers} kills its workers there).
     """
 
-    def stop() -> None:
+    reactor: Any
+    at_once: Callable[[], None] = lambda: None
+
+    def install(self) -> None:
+        """Handle the signals from now on (once the reactor runs: it installs its own)."""
+        signal.signal(signal.SIGTERM, self._first)
+        signal.signal(signal.SIGINT, self._first)
+
+    def stop(self) -> None:
+        """Stop gracefully, as the first signal does; a signal after this ends the process."""
+        self._second_ends_all()
+        self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
         try:
-            reactor.stop()
+            self.reactor.stop()
         except ReactorNotRunning:
             pass
 
-    def first(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        reactor.callFromThread(stop)
+    def _second_ends_all(self) -> None:
+        signal.signal(signal.SIGTERM, self._second)
+        signal.signal(signal.SIGINT, self._second)
 
-    signal.signal(signal.SIGTERM, first)
-    signal.signal(signal.SIGINT, first)
+    def _first(self, signum: int, frame: object) -> None:
+        self._second_ends_all()
+        self.reactor.callFromThread(self._stop_reactor)
+
+    def _second(self, signum: int, frame: object) -> None:
+        try:
+            self.at_once()
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
-def build(
-    options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]
-) -> RefresherdService:
-    settings = settings_from(options, environ)
+def handle_shutdown_signals(
+    reactor: Any, at_once: Callable[[], None] = lambda: None
+) -> ShutdownSignals:
+    """Install L{ShutdownSignals} now and return them."""
+    signals = ShutdownSignals(reactor, at_once)
+    signals.install()
+    return signals
+
+
+def log_observer(settings: Settings) -> ILogObserver | None:
+    """The observer of C{--log-format}, with the worker's number in a worker; None: twistd's."""
+    worker = settings.worker
+    if settings.log_format == "json":
+        json_observer = cast(ILogObserver, JSONLinesObserver())
+        return json_observer if worker is None else WorkerLogObserver(worker.id, json_observer)
+    return None if worker is None else worker_text_observer(worker.id)
+
+
+def build_refresher(
+    settings: Settings,
+    reactor: Any,
+    environ: Mapping[str, str],
+    multiprocess_dir: str | None = None,
+) -> tuple[Refresher, ThreadPools, Metrics]:
+    """The store, the jobs and the refresher on them, with their thread pools and metrics."""
     config = settings.config
     url, where = settings.store
-    if settings.workers > 1:
-        raise ConfigError(
-            f"--workers {settings.workers}: needs a shared store; with memory:// each worker "
-            "would hold its own cache"
-        )
-    store = make_store(url, where, reactor)
+    store = make_store(url, where, reactor, config.store.namespace, environ)
     pools = ThreadPools()
     client = make_http_client(reactor)
     jobs = {
         name: Job(job, make_fetcher(job, config.source, reactor, pools, client))
         for name, job in config.jobs.items()
     }
-    metrics = metrics_for(jobs)
+    metrics = metrics_for(jobs, multiprocess_dir)
     refresher = Refresher(store, jobs, reactor, config.store.namespace, metrics)
+    return refresher, pools, metrics
+
+
+def build(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> IService:
+    """
+    The service twistd runs: a single process, the parent of C{--workers},
+    or one of its workers.
+    """
+    settings = settings_from(options, environ)
+    if settings.worker is None:
+        require_shared_store(settings, environ)
+        if settings.workers > 1:
+            return build_parent(options, settings, reactor, environ)
+    return build_service(settings, reactor, environ)
+
+
+def build_service(
+    settings: Settings, reactor: Any, environ: Mapping[str, str]
+) -> RefresherdService:
+    """A process that serves the API: on its own, or as one of the workers."""
+    config = settings.config
+    worker = settings.worker
+    refresher, pools, metrics = build_refresher(
+        settings, reactor, environ, environ.get(MULTIPROCESS_DIR) if worker is not None else None
+    )
     authorizer = Authorizer.from_config(config.auth)
     admin = AdminAPI(authorizer, metrics)
     admin_listen, admin_where = settings.admin_listen
@@ -282,6 +500,20 @@ def build(
         fallback=admin.resource() if mounted else None,
     )
     public_site = LimitedSite(public.resource(), public.body_limit, reactor)
+    signals = ShutdownSignals(reactor)
+    if worker is not None:
+        # The parent listens, serves the admin API and checked both endpoints.
+        lifeline = connect_lifeline(reactor, worker.lifeline, signals.stop)
+        port = adopt(reactor, worker.fd, worker.family, public_site)
+        return RefresherdService(
+            refresher,
+            pools,
+            [port],
+            [public_site],
+            log_observer=log_observer(settings),
+            on_started=lambda: start_worker(reactor, signals, lifeline),
+            worker=worker.id,
+        )
     sites = [public_site]
     ports = [listen(reactor, settings.listen[0], settings.listen[1], public_site)]
     if not mounted:
@@ -299,9 +531,91 @@ def build(
         pools,
         ports,
         sites,
-        log_observer=JSONLinesObserver() if settings.log_format == "json" else None,
-        on_started=lambda: reactor.callWhenRunning(handle_shutdown_signals, reactor),
+        log_observer=log_observer(settings),
+        on_started=lambda: reactor.callWhenRunning(signals.install),
     )
+
+
+def start_worker(reactor: Any, signals: ShutdownSignals, lifeline: Lifeline) -> None:
+    """A worker handles the signals once the reactor runs, and tells its parent it is ready."""
+    reactor.callWhenRunning(signals.install)
+    lifeline.ready()
+
+
+def build_parent(
+    options: Mapping[str, Any], settings: Settings, reactor: Any, environ: Mapping[str, str]
+) -> ParentService:
+    """
+    The parent of C{--workers}.  It builds, and drops, what every worker
+    will build, so that a mistake is one line at start-up here rather than
+    workers that fail one after the other; the store is never started.
+    """
+    config = settings.config
+    build_refresher(settings, reactor, environ)
+    metrics = metrics_for(config.jobs)
+    admin = AdminAPI(Authorizer.from_config(config.auth), metrics)
+    admin_listen, admin_where = settings.admin_listen
+    public = listen(reactor, settings.listen[0], settings.listen[1], HeldForWorkers(), shared=True)
+    shared = hold(public)
+    ports = [public]
+    sites = []
+    if admin_listen != "none":
+        admin_site = LimitedSite(
+            admin.resource(), lambda method, path: config.server.max_body_bytes, reactor
+        )
+        sites.append(admin_site)
+        try:
+            ports.append(listen(reactor, admin_listen, admin_where, admin_site))
+        except ConfigError:
+            release(public)
+            raise
+    plugin_options = worker_plugin_options(options, settings)
+    reactor_name = twistd_reactor(options)
+    supervisor = Supervisor(
+        reactor,
+        settings.workers,
+        shared,
+        lambda n: worker_arguments(n, shared.family, plugin_options, reactor_name),
+        environ,
+        metrics,
+        stop_timeout=DRAIN_TIMEOUT + CLOSE_TIMEOUT + 15,
+    )
+    signals = ShutdownSignals(reactor, at_once=supervisor.kill)
+    return ParentService(
+        supervisor,
+        ports,
+        sites,
+        log_observer=log_observer(settings),
+        on_started=lambda: reactor.callWhenRunning(signals.install),
+    )
+
+
+PASSED_TO_WORKERS = ("listen", "admin-listen", "store", "log-format")
+"""The plugin options a worker gets as they were given to the parent (C{--config} made absolute)."""
+
+
+def worker_plugin_options(options: Mapping[str, Any], settings: Settings) -> list[str]:
+    """
+    The parent's plugin options for its workers, so that a worker reads the
+    same configuration file with the same overrides (and, for C{--config}
+    not given, the file the parent read, or none).
+    """
+    given = [f"--{name}={options[name]}" for name in PASSED_TO_WORKERS if options.get(name)]
+    config = options.get("config")
+    if config is None and settings.config.source != "<defaults>":
+        config = settings.config.source
+    if config is not None:
+        given.insert(0, f"--config={os.path.abspath(config)}")
+    return given
+
+
+def twistd_reactor(options: Mapping[str, Any]) -> str | None:
+    """The reactor given to twistd (C{--reactor}), for the workers to run the same."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    name = parent.get("reactor")
+    return str(name) if name else None
 
 
 def makeService(options: Mapping[str, Any]) -> IService:

@@ -51,8 +51,8 @@ def busy_port() -> Iterator[int]:
         ("[jobs.x\n", (), "refresherd.toml"),
         (
             GOOD,
-            ("--store", "redis://127.0.0.1:6379/0"),
-            "--store: the redis:// store is not available yet",
+            ("--store", "memcached://127.0.0.1:11211"),
+            "--store: the memcached:// store is not available yet",
         ),
         (GOOD, ("--store", "memory://?max_bytes=lots"), "--store"),
         (GOOD, ("--workers", "2"), "--workers 2: needs a shared store"),

@@ -1,0 +1,543 @@
+"""
+The shared store on one Redis server (C{redis://[:password@]host:port/db}).
+
+The layout other programs read is documented in C{docs/redis.md}:
+
+    key K                          ->  encode(entry), expiring after the ttl given to put
+    {ns}:lease:{rest of K}         ->  the token of the fetch that holds K's lease
+    PUBLISH {namespace}:changes K  on every change of K
+
+where C{ns} is K's own namespace (the text before its first C{:}) and
+C{namespace} the store's.  Every change is one Lua script, so it is atomic
+without MULTI (which is broken with hiredis and C{charset=None}).
+
+Talking to Redis is txredisapi's (bytes in, bytes out: C{charset=None},
+C{convertNumbers=False}), with hiredis when installed, on two connections:
+one for commands and one subscribed to the change channel.  Both do their own
+AUTH (and SELECT, for commands) on every connection, so a reconnection after a
+restart is ready again without help, and a refused AUTH is retried rather
+than stopping the store for good.  Every call has a deadline: it fails with
+L{StoreUnavailable} at once while the command connection is down, and within
+C{timeout} seconds when Redis does not answer.
+
+txredisapi keeps its own timers (reply timeouts, reconnection delays) on the
+global reactor, so this store is for the real reactor, not a C{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import attrs
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from refresherd.entry import Entry, EntryFormatError, decode, encode
+from refresherd.errors import StoreUnavailable, one_line
+from refresherd.interfaces import IStore
+
+DEFAULT_PORT = 6379
+DEFAULT_TIMEOUT = 2.0
+"""Seconds a call may take before it fails with L{StoreUnavailable}."""
+DEFAULT_CONNECT_TIMEOUT = 2.0
+
+RECONNECT_INITIAL_DELAY = 0.1
+RECONNECT_MAX_DELAY = 1.0
+"""Reconnection delays grow from the first to the second (txredisapi's are 1 s to 10 s)."""
+
+_WARNED_KEYS_MAX = 1024
+
+# Every script takes the entry key and its lease key as KEYS, and the change
+# channel as its last argument.  A ttl of 0 ms deletes the entry.
+_PUT = """
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], KEYS[1])
+return 1
+"""
+
+_PUT_FENCED = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return 1
+"""
+
+_DELETE = """
+local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[1], KEYS[1])
+return existed
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def lease_key(key: str) -> str:
+    """
+    The key of C{key}'s lease: C{lease:} inserted after its namespace, so
+    C{rfd:tweets:v1:username=bob} has C{rfd:lease:tweets:v1:username=bob}.
+    """
+    namespace, colon, rest = key.partition(":")
+    return f"{namespace}:lease:{rest}" if colon else f"lease:{key}"
+
+
+def _milliseconds(seconds: float) -> int:
+    """C{seconds} in whole milliseconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+@implementer(IStore)
+@attrs.define(eq=False)
+class RedisStore(Service):
+    """
+    An L{IStore} on Redis, shared by every process that uses the same server,
+    database and namespace.  See the module docstring for its layout and
+    connections.
+
+    L{startService} connects; L{ready} fires once the store can be used and
+    listens for changes.  L{stopService} disconnects: pending calls fail with
+    L{StoreUnavailable}, and pending waiters fire as if their time had passed.
+
+    @ivar reactor: provides C{IReactorTime} and C{IReactorTCP}.
+    @ivar namespace: names the change channel, C{{namespace}:changes}.
+    @ivar timeout: seconds any one call may take.
+    @ivar connect_timeout: seconds one connection attempt may take.
+    """
+
+    shared: ClassVar[bool] = True
+
+    reactor: Any = attrs.field(repr=False)
+    host: str
+    port: int = DEFAULT_PORT
+    db: int = 0
+    password: str | None = attrs.field(default=None, repr=False)
+    namespace: str = "rfd"
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
+
+    _log: ClassVar[Logger] = Logger()
+    _factories: list[_Factory] = attrs.field(init=False, repr=False, factory=list)
+    _commands: Any = attrs.field(init=False, repr=False, default=None)
+    """The command connection, once it has passed its handshake; None while down."""
+    _subscriber: Any = attrs.field(init=False, repr=False, default=None)
+    """The subscribed connection; None while changes of other processes go unheard."""
+    _refusal: str | None = attrs.field(init=False, repr=False, default=None)
+    _readiness: list[Deferred[None]] = attrs.field(init=False, repr=False, factory=list)
+    _waiters: dict[str, dict[Deferred[None], IDelayedCall]] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
+    _warned: set[str] = attrs.field(init=False, repr=False, factory=set)
+
+    @property
+    def address(self) -> str:
+        """C{host:port}, for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel on which every change publishes its key."""
+        return f"{self.namespace}:changes"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def startService(self) -> None:
+        """Start connecting, and reconnecting whenever a connection is lost."""
+        super().startService()
+        for protocol in (_CommandConnection, _SubscriberConnection):
+            factory = _Factory(self, protocol)
+            endpoint = HostnameEndpoint(
+                self.reactor, self.host, self.port, timeout=self.connect_timeout
+            )
+            factory.startConnecting(endpoint)
+            self._factories.append(factory)
+
+    def stopService(self) -> Deferred[None]:
+        """Disconnect; fires once both connections are closed."""
+        super().stopService()
+        factories, self._factories = self._factories, []
+        self._commands = self._subscriber = None
+        readiness, self._readiness = self._readiness, []
+        for d in readiness:
+            d.errback(StoreUnavailable(f"the Redis store of {self.address} was stopped"))
+        for key in list(self._waiters):
+            self._notify(key)
+        closed = defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
+        return closed.addCallback(lambda _: None)
+
+    def ready(self) -> Deferred[None]:
+        """
+        Fire once the command connection is up and the change channel is
+        listened to (at once if they are).  It waits as long as that takes;
+        add a timeout, or cancel it.
+        """
+        if self._commands is not None and self._subscriber is not None:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred(self._readiness.remove)
+        self._readiness.append(d)
+        return d
+
+    # -- IStore --------------------------------------------------------------
+
+    def get(self, key: str) -> Deferred[Entry | None]:
+        """See L{IStore.get}; bytes that do not decode read as absent, with one warning."""
+        d = self._call("get", lambda c: c.execute_command("GET", key))
+        return d.addCallback(self._decoded, key)
+
+    def put(self, key: str, entry: Entry, ttl: float, lease: str | None = None) -> Deferred[bool]:
+        """
+        See L{IStore.put}: C{SET key encode(entry) PX ttl}, in a script that
+        checks the lease (fenced) or deletes it (unfenced), and publishes the
+        key when it writes.  A C{ttl} of zero or less deletes the entry.
+        """
+        ms = _milliseconds(ttl) if ttl > 0 else 0
+        value = encode(entry) if ms else b""
+        keys = [key, lease_key(key)]
+        if lease is None:
+            d = self._eval("put", _PUT, keys, [value, ms, self.channel])
+        else:
+            d = self._eval("put", _PUT_FENCED, keys, [value, ms, lease, self.channel])
+        return d.addCallback(self._put_done, key)
+
+    def delete(self, key: str) -> Deferred[bool]:
+        """See L{IStore.delete}: the entry and its lease go, and the key is published."""
+        d = self._eval("delete", _DELETE, [key, lease_key(key)], [self.channel])
+        return d.addCallback(self._deleted, key)
+
+    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+        """
+        See L{IStore.acquire_lease}: C{SET lease token NX PX ttl}.  An error
+        reply (C{OOM} when Redis is full) fails with L{StoreUnavailable}.
+        """
+        token = secrets.token_hex(16)
+        command = ("SET", lease_key(key), token, "NX", "PX", _milliseconds(ttl))
+        d = self._call("acquire_lease", lambda c: c.execute_command(*command))
+        return d.addCallback(lambda reply: None if reply is None else token)
+
+    def release_lease(self, key: str, token: str) -> Deferred[None]:
+        """See L{IStore.release_lease}: compare-and-delete, in a script."""
+        d = self._eval("release_lease", _RELEASE, [lease_key(key)], [token])
+        return d.addCallback(lambda _: None)
+
+    def wait_for_change(self, key: str, timeout: float) -> Deferred[None]:
+        """
+        See L{IStore.wait_for_change}.  Changes made through this object wake
+        its waiters directly; those of other processes come on the change
+        channel.  While that channel is down only the timeout fires, and when it
+        is back every waiter is woken, since changes may have been missed.  A
+        waiter may also be woken once more by the echo of a change it already
+        saw.  Cancelling the result forgets the waiter and its timer.
+        """
+        waiters = self._waiters.setdefault(key, {})
+
+        def cancel(d: Deferred[None]) -> None:
+            waiters.pop(d).cancel()
+            self._forget_waiters(key, waiters)
+
+        def timed_out() -> None:
+            del waiters[d]
+            self._forget_waiters(key, waiters)
+            d.callback(None)
+
+        d: Deferred[None] = Deferred(cancel)
+        waiters[d] = self.reactor.callLater(max(timeout, 0.0), timed_out)
+        return d
+
+    def ping(self) -> Deferred[None]:
+        """See L{IStore.ping}: C{PING}, within the deadline."""
+        return self._call("ping", lambda c: c.execute_command("PING")).addCallback(lambda _: None)
+
+    # -- calls ---------------------------------------------------------------
+
+    def _eval(
+        self, operation: str, script: str, keys: Sequence[str], args: Sequence[object]
+    ) -> Deferred[Any]:
+        # txredisapi's eval sends EVALSHA once it has sent the script with EVAL
+        # on this connection, and EVAL again when Redis answers NOSCRIPT.
+        return self._call(operation, lambda c: c.eval(script, keys, args))
+
+    def _call(self, operation: str, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+        """
+        Run C{command} on the command connection with the deadline, turning
+        every failure to reach Redis, and every error reply, into
+        L{StoreUnavailable}.
+        """
+        connection = self._commands
+        if connection is None:
+            why = f": {self._refusal}" if self._refusal else ""
+            return defer.fail(
+                StoreUnavailable(one_line(f"Redis at {self.address} is not connected{why}"))
+            )
+        d = defer.maybeDeferred(command, connection)
+        d.addTimeout(self.timeout, self.reactor)
+        return d.addErrback(self._unavailable, operation, connection)
+
+    def _unavailable(self, failure: Failure, operation: str, connection: Any) -> Failure:
+        where = f"Redis at {self.address}"
+        if failure.check(defer.TimeoutError):
+            # No answer in time: treat the connection as dead, so that a new one
+            # replaces it rather than queueing more commands behind this one.
+            connection.transport.abortConnection()
+            message = f"{where} did not answer {operation} within {self.timeout:g} s"
+        elif failure.check(txredisapi.ResponseError):
+            message = f"{where} refused {operation}: {failure.value}"
+        elif failure.check(txredisapi.ConnectionError):
+            message = f"{where} failed {operation}: {failure.value}"
+        else:
+            return failure
+        return Failure(StoreUnavailable(one_line(message)))
+
+    def _decoded(self, data: bytes | None, key: str) -> Entry | None:
+        if data is None:
+            return None
+        try:
+            return decode(data)
+        except EntryFormatError as e:
+            if key not in self._warned and len(self._warned) < _WARNED_KEYS_MAX:
+                self._warned.add(key)
+                self._log.warn(
+                    "Entry {key} in Redis is unreadable ({why}); it reads as absent",
+                    key=key,
+                    why=str(e),
+                )
+            return None
+
+    def _put_done(self, reply: int, key: str) -> bool:
+        """Whether written: 0 is a fenced put whose lease was gone, which changed nothing."""
+        if reply != 1:
+            return False
+        self._notify(key)
+        return True
+
+    def _deleted(self, reply: int, key: str) -> bool:
+        """Whether an entry was there."""
+        self._notify(key)
+        return reply == 1
+
+    # -- connections and changes ---------------------------------------------
+
+    def _connected(self, connection: Any, subscriber: bool) -> None:
+        """A connection has passed its handshake."""
+        if not self.running:
+            connection.transport.loseConnection()
+            return
+        self._refusal = None
+        if subscriber:
+            self._subscriber = connection
+            self._log.info(
+                "Listening to {channel} on Redis at {address}",
+                channel=self.channel,
+                address=self.address,
+            )
+            for key in list(self._waiters):
+                self._notify(key)
+        else:
+            self._commands = connection
+        if self._commands is not None and self._subscriber is not None:
+            readiness, self._readiness = self._readiness, []
+            for d in readiness:
+                d.callback(None)
+
+    def _refused(self, why: str) -> None:
+        """Redis refused a handshake (a wrong password, a database that does not exist)."""
+        why = one_line(why)
+        if why != self._refusal:
+            self._log.error(
+                "Redis at {address} refused the connection: {why}", address=self.address, why=why
+            )
+        self._refusal = why
+
+    def _lost(self, connection: Any) -> None:
+        if connection is self._commands:
+            self._commands = None
+            self._log.warn("Lost the connection to Redis at {address}", address=self.address)
+        elif connection is self._subscriber:
+            self._subscriber = None
+            self._log.warn(
+                "Lost {channel} on Redis at {address}; waiters poll until it is back",
+                channel=self.channel,
+                address=self.address,
+            )
+
+    def _heard(self, message: bytes) -> None:
+        """A change published by any process."""
+        self._notify(message.decode("utf-8", "replace"))
+
+    def _notify(self, key: str) -> None:
+        # Popped first, so that a waiter that waits again from its callback
+        # waits for the next change, not this one.
+        for d, call in self._waiters.pop(key, {}).items():
+            call.cancel()
+            d.callback(None)
+
+    def _forget_waiters(self, key: str, waiters: dict[Deferred[None], IDelayedCall]) -> None:
+        if not waiters and self._waiters.get(key) is waiters:
+            del self._waiters[key]
+
+
+class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
+    """
+    txredisapi's reconnecting factory with one connection, bytes in and out,
+    quick reconnection, and no AUTH or SELECT of its own (see L{_Connection}).
+    """
+
+    initialDelay = RECONNECT_INITIAL_DELAY
+    maxDelay = RECONNECT_MAX_DELAY
+
+    def __init__(self, store: RedisStore, protocol: type[_Connection]) -> None:
+        super().__init__(
+            f"{store.host}:{store.port}",
+            None,
+            1,
+            charset=None,
+            convertNumbers=False,
+            replyTimeout=store.timeout,
+        )
+        self.store = store
+        self.protocol = protocol
+
+    def addConnection(self, conn: Any) -> None:
+        """
+        Keep nothing: the store takes its connections from their handshake, and
+        txredisapi's pool would keep every connection ever made in its queue.
+        """
+
+
+class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """
+    A txredisapi connection (hiredis) that the store uses only once its own
+    handshake has passed: AUTH when the store has a password, then L{set_up}.
+    A refused handshake closes the connection, to be tried again after the
+    reconnection delay; txredisapi's own AUTH would stop reconnecting for good.
+    """
+
+    factory: _Factory
+    subscriber: ClassVar[bool] = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        Deferred.fromCoroutine(self._handshake())
+
+    async def _handshake(self) -> None:
+        store = self.factory.store
+        try:
+            if store.password is not None:
+                await self.execute_command("AUTH", store.password)
+            await self.set_up(store)
+        except txredisapi.ResponseError as e:
+            store._refused(str(e))
+            self.transport.loseConnection()
+        except txredisapi.ConnectionError:
+            self.transport.loseConnection()
+        else:
+            store._connected(self, self.subscriber)
+
+    async def set_up(self, store: RedisStore) -> None:
+        """What the connection does after AUTH."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.factory.store._lost(self)
+
+
+class _CommandConnection(_Connection):
+    async def set_up(self, store: RedisStore) -> None:
+        # Always a round trip, so that a connection is used only once Redis
+        # has answered on it (a frozen server accepts connections it never serves).
+        await self.execute_command("SELECT", store.db)
+
+
+class _SubscriberConnection(_Connection, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    subscriber = True
+
+    async def set_up(self, store: RedisStore) -> None:
+        await self.subscribe(store.channel)
+
+    def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
+        self.factory.store._heard(message)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DB = re.compile(r"/[0-9]+")
+
+
+def redis_store_from_url(
+    url: str, namespace: str, reactor: Any, environ: Mapping[str, str]
+) -> RedisStore:
+    """
+    The L{RedisStore} of C{redis://[:password@]host[:port][/db]} (port 6379
+    and db 0 by default).  The password is percent-decoded; C{env:NAME} reads it
+    from C{environ}.  Anything wrong is a L{ValueError} whose message is one
+    line and never shows the password (nor any part of the URL that could be it).
+    """
+    what = "the redis store URL"
+    if not url.lower().startswith("redis://"):
+        raise ValueError(f"{what} must start with redis://")
+    bad_port = f"{what} needs a port from 1 to 65535 after the host"
+    if "@" in url:
+        bad_port += " (percent-encode any of : / ? # @ in the password)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(bad_port) from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"{what} takes no query or fragment")
+    if not parts.hostname:
+        raise ValueError(f"{what} has no host")
+    if port == 0:
+        raise ValueError(bad_port)
+    if parts.path not in ("", "/") and not _DB.fullmatch(parts.path):
+        raise ValueError(f"{what} path must be a database number, as in redis://host:6379/0")
+    if parts.username:
+        raise ValueError(
+            f"{what} takes a password only, after a colon: redis://:password@host:port/db"
+        )
+    password = None if parts.password is None else unquote(parts.password)
+    if password == "":
+        raise ValueError(f"{what} has an empty password")
+    if password is not None and password.startswith("env:"):
+        name = password[len("env:") :]
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f'{what}: "env:" needs the name of an environment variable')
+        if name not in environ:
+            raise ValueError(f"{what}: environment variable {name!r} is not set")
+        password = environ[name]
+        if not password:
+            raise ValueError(f"{what}: environment variable {name!r} is empty")
+    return RedisStore(
+        reactor,
+        parts.hostname,
+        port or DEFAULT_PORT,
+        int(parts.path[1:] or 0),
+        password,
+        namespace,
+    )

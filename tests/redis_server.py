@@ -1,0 +1,232 @@
+"""
+A real C{redis-server} for tests: started on a free loopback port, stopped,
+killed, paused or restarted on the same port, always cleaned up.
+
+    server = RedisServer(password="pw")
+    server.start()
+    try:
+        server.command("SET", "k", b"v")
+    finally:
+        server.stop()
+
+L{RedisServer.command} is a tiny blocking RESP client, for checking what is
+really in Redis (raw bytes, TTLs) without going through the store under test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import attrs
+
+REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
+
+Reply = bytes | int | None | list["Reply"]
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error reply."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listened on a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@attrs.define(eq=False)
+class RedisServer:
+    """
+    One C{redis-server} process on C{127.0.0.1}, persisting nothing.
+
+    @ivar args: further command-line options, such as C{["--maxmemory", "1mb"]}.
+    @ivar password: the C{requirepass} of the server, or L{None}.
+    @ivar port: the port, chosen by L{start} the first time; kept by L{restart}.
+    """
+
+    args: Sequence[str] = ()
+    password: str | None = attrs.field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    start_timeout: float = 10.0
+    _process: subprocess.Popen[bytes] | None = attrs.field(default=None, init=False)
+    _dir: str | None = attrs.field(default=None, init=False)
+
+    def url(self, db: int = 0, password: str | None = None) -> str:
+        """A C{redis://} URL of this server, with C{password} if given."""
+        auth = f":{password}@" if password is not None else ""
+        return f"redis://{auth}{self.host}:{self.port}/{db}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """
+        Start the server and wait until it answers; on a port found free,
+        retried when another process takes that port first.
+        """
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="rfd-redis-")
+        attempts = 1 if self.port else 5
+        for _ in range(attempts):
+            port = self.port or free_port()
+            if self._spawn(port):
+                self.port = port
+                return
+        raise RuntimeError(f"redis-server did not start on {self.host}:{port}")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL if it lingers) and wait for its exit."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open and nothing answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo L{pause}."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Stop the server, then start a new one on the same port (with no data)."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def command(self, *args: str | bytes | int, db: int = 0) -> Reply:
+        """Run one command on a fresh connection (after AUTH and SELECT) and return its reply."""
+        with (
+            socket.create_connection((self.host, self.port), timeout=5) as sock,
+            sock.makefile("rb") as reader,
+        ):
+            prelude: list[Sequence[str | bytes | int]] = []
+            if self.password is not None:
+                prelude.append(("AUTH", self.password))
+            if db:
+                prelude.append(("SELECT", db))
+            for command in [*prelude, args]:
+                sock.sendall(_encode(command))
+                reply = _read(reader)
+            return reply
+
+    @contextmanager
+    def subscribed(self, channel: str) -> Iterator[Callable[[], Reply]]:
+        """
+        Subscribe to C{channel} on a connection of its own, and yield a function
+        that returns the next message (C{[b"message", channel, data]}), waiting
+        at most 5 s for it.
+        """
+        with (
+            socket.create_connection((self.host, self.port), timeout=5) as sock,
+            sock.makefile("rb") as reader,
+        ):
+            if self.password is not None:
+                sock.sendall(_encode(("AUTH", self.password)))
+                _read(reader)
+            sock.sendall(_encode(("SUBSCRIBE", channel)))
+            _read(reader)
+            yield lambda: _read(reader)
+
+    def _spawn(self, port: int) -> bool:
+        """Run redis-server on C{port}; whether it came up (False: the port was taken)."""
+        assert self._dir is not None
+        argv = [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--loglevel",
+            "warning",
+            *self.args,
+        ]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self._process = None
+                return False
+            try:
+                with socket.create_connection((self.host, port), timeout=1) as sock:
+                    sock.sendall(_encode(("PING",)))
+                    if sock.recv(64)[:1] in (b"+", b"-"):
+                        return True
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        return False
+
+
+def _encode(args: Sequence[str | bytes | int]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _read(reader: BinaryIO) -> Reply:
+    line = reader.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RedisReplyError(rest.decode("utf-8", "replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        return reader.read(size + 2)[:-2]
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [_read(reader) for _ in range(count)]
+    raise RedisReplyError(f"unexpected reply {line!r}")

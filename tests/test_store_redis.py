@@ -1,0 +1,480 @@
+"""
+The Redis store against a real C{redis-server} that the tests start: the
+store contract unchanged, then what is Redis's own (the layout other programs
+read, pub/sub between processes, passwords and databases, outages, a full
+Redis), then its URL.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet import defer, reactor, task
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from refresherd.entry import encode
+from refresherd.errors import StoreUnavailable
+from refresherd.interfaces import IStore
+from refresherd.keys import MAX_KEY_BYTES, entry_key
+from refresherd.stores.redis import (
+    DEFAULT_PORT,
+    RedisStore,
+    lease_key,
+    redis_store_from_url,
+)
+from tests.redis_server import RedisReplyError, RedisServer
+from tests.store_contract import LONG_TTL, NOTICE, StoreContract, sample_entry
+
+NAMESPACE = "rfdtest"
+READY = 5.0
+"""Seconds a store may take to connect and subscribe, after a start or a restart."""
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """One server for the tests that neither stop it nor fill it."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return task.deferLater(reactor, seconds)
+
+
+class RedisTestCase(TestCase):
+    """Starts stores on a real server, and stops them (and any own server) after the test."""
+
+    server: RedisServer
+    logged_errors: list[dict[str, Any]]
+
+    @pytest.fixture(autouse=True)
+    def _fixtures(self, redis_server: RedisServer, no_logged_errors: list[dict[str, Any]]) -> None:
+        self.server = redis_server
+        self.logged_errors = no_logged_errors
+
+    def own_server(self, *args: str, password: str | None = None) -> RedisServer:
+        """A server of this test's own, to stop, kill or fill."""
+        server = RedisServer(args, password=password)
+        self.addCleanup(server.cleanup)
+        server.start()
+        return server
+
+    def new_store(self, server: RedisServer | None = None, **options: Any) -> RedisStore:
+        """A started store, stopped after the test; it may still be connecting."""
+        server = server or self.server
+        options.setdefault("namespace", NAMESPACE)
+        store = RedisStore(reactor, server.host, server.port, **options)
+        return self.started(store)
+
+    def started(self, store: RedisStore) -> RedisStore:
+        store.startService()
+        self.addCleanup(store.stopService)
+        return store
+
+    async def ready_store(self, server: RedisServer | None = None, **options: Any) -> RedisStore:
+        """A started store, connected and listening for changes."""
+        store = self.new_store(server, **options)
+        await store.ready().addTimeout(READY, reactor)
+        return store
+
+    def unique_key(self, **args: str) -> str:
+        return entry_key(f"{NAMESPACE}-{self.id().rsplit('.', 1)[-1][:40]}", "job", 1, args)
+
+
+class RedisStoreContractTests(StoreContract, RedisTestCase):
+    """The store contract, unchanged, against a L{RedisStore} on a real server."""
+
+    def make_store(self) -> Deferred[IStore]:
+        return Deferred.fromCoroutine(self._contract_store())
+
+    async def _contract_store(self) -> IStore:
+        return await self.ready_store()
+
+    def advance(self, seconds: float) -> Deferred[None]:
+        return sleep(seconds)
+
+
+class RedisLayoutTests(RedisTestCase):
+    """What other programs find in Redis: docs/redis.md."""
+
+    async def test_entry_value_is_the_entry_format_byte_for_byte(self) -> None:
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(b"\x00body\n\xff")
+        await store.put(key, entry, LONG_TTL)
+        self.assertEqual(self.server.command("GET", key), encode(entry))
+
+    async def test_entry_expires_in_redis_after_the_ttl_given(self) -> None:
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        await store.put(key, sample_entry(), 100)
+        pttl = self.server.command("PTTL", key)
+        assert isinstance(pttl, int)
+        self.assertTrue(99_000 < pttl <= 100_000, pttl)
+        await store.put(key, sample_entry(), 0.0101)
+        pttl = self.server.command("PTTL", key)
+        assert isinstance(pttl, int)
+        self.assertLessEqual(pttl, 11)
+
+    async def test_lease_is_a_key_with_lease_after_the_namespace(self) -> None:
+        store = await self.ready_store()
+        key = entry_key("rfdtest", "tweets", 1, {"username": "bob", "id": self.id()[-20:]})
+        token = await store.acquire_lease(key, 30)
+        assert token is not None
+        where = lease_key(key)
+        self.assertTrue(where.startswith("rfdtest:lease:tweets:v1:"))
+        self.assertEqual(self.server.command("GET", where), token.encode("ascii"))
+        pttl = self.server.command("PTTL", where)
+        assert isinstance(pttl, int)
+        self.assertTrue(29_000 < pttl <= 30_000, pttl)
+        await store.release_lease(key, token)
+        self.assertIsNone(self.server.command("GET", where))
+
+    def test_lease_key_names(self) -> None:
+        self.assertEqual(
+            lease_key("rfd:tweets:v1:username=bob"), "rfd:lease:tweets:v1:username=bob"
+        )
+        self.assertEqual(lease_key("rfd:report:v1:"), "rfd:lease:report:v1:")
+        longest = entry_key("n" * 64, "j" * 64, 10**9, {"q": "x" * 300})
+        self.assertIn(":#", longest)
+        self.assertLessEqual(len(lease_key(longest)), 250)
+        unhashed = entry_key("n", "j", 1, {"q": "x" * (MAX_KEY_BYTES - 9)})
+        self.assertEqual(len(unhashed), MAX_KEY_BYTES)
+        self.assertLessEqual(len(lease_key(unhashed)), 250)
+
+    async def test_every_change_publishes_its_key_on_the_namespace_channel(self) -> None:
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        with self.server.subscribed(f"{NAMESPACE}:changes") as next_message:
+            await store.put(key, sample_entry(), LONG_TTL)
+            token = await store.acquire_lease(key, LONG_TTL)
+            await store.put(key, sample_entry(), LONG_TTL, lease=token)
+            await store.put(key, sample_entry(), LONG_TTL, lease="not the token")
+            await store.delete(key)
+            expected = [b"message", f"{NAMESPACE}:changes".encode(), key.encode()]
+            for _ in range(3):
+                self.assertEqual(next_message(), expected)
+        self.assertEqual(store.channel, f"{NAMESPACE}:changes")
+
+    async def test_numeric_looking_values_come_back_byte_exact(self) -> None:
+        store = await self.ready_store()
+        for i, body in enumerate([b"007", b"1.50", b"-0", b"1e3", b"+1", b"OK", b"", b"nil"]):
+            key = self.unique_key(id=str(i))
+            entry = sample_entry(
+                body, job="007", content_type="1.50", args={"n": "007"}, tags=("0.10",)
+            )
+            await store.put(key, entry, LONG_TTL)
+            self.assertEqual(await store.get(key), entry)
+            self.assertEqual(self.server.command("GET", key), encode(entry))
+
+    async def test_unreadable_bytes_read_as_absent_with_one_warning(self) -> None:
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        self.server.command("SET", key, b"007")
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.assertIsNone(await store.get(key))
+        self.assertIsNone(await store.get(key))
+        warnings = [e for e in logged if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["key"], key)
+
+    async def test_scripts_work_again_after_redis_forgets_them(self) -> None:
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        await store.put(key, sample_entry(b"one"), LONG_TTL)
+        self.server.command("SCRIPT", "FLUSH")
+        self.assertIs(await store.put(key, sample_entry(b"two"), LONG_TTL), True)
+        self.assertIs(await store.delete(key), True)
+
+
+class RedisChangeTests(RedisTestCase):
+    """Waiters are woken by changes made by other processes."""
+
+    async def test_waiter_is_woken_by_another_store_on_the_same_server(self) -> None:
+        here, there = await self.ready_store(), await self.ready_store()
+        key = self.unique_key(id="1")
+        for change in (
+            lambda: there.put(key, sample_entry(), LONG_TTL),
+            lambda: there.delete(key),
+        ):
+            waiter = here.wait_for_change(key, LONG_TTL)
+            await change()
+            await sleep(NOTICE)
+            self.assertIsNone(self.successResultOf(waiter))
+
+    async def test_waiter_is_woken_by_any_program_publishing_the_key(self) -> None:
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        waiter = store.wait_for_change(key, LONG_TTL)
+        self.server.command("PUBLISH", store.channel, key)
+        await sleep(NOTICE)
+        self.assertIsNone(self.successResultOf(waiter))
+
+    async def test_changes_in_another_namespace_wake_nobody(self) -> None:
+        here = await self.ready_store()
+        there = await self.ready_store(namespace="elsewhere")
+        key = self.unique_key(id="1")
+        waiter = here.wait_for_change(key, LONG_TTL)
+        await there.put(key, sample_entry(), LONG_TTL)
+        await sleep(NOTICE)
+        self.assertNoResult(waiter)
+        waiter.cancel()
+        self.failureResultOf(waiter, CancelledError)
+
+    async def test_failed_fenced_put_and_lease_changes_wake_nobody(self) -> None:
+        here, there = await self.ready_store(), await self.ready_store()
+        key = self.unique_key(id="1")
+        waiters = [here.wait_for_change(key, LONG_TTL), there.wait_for_change(key, LONG_TTL)]
+        self.assertIs(await here.put(key, sample_entry(), LONG_TTL, lease="0" * 32), False)
+        token = await here.acquire_lease(key, LONG_TTL)
+        assert token is not None
+        await here.release_lease(key, token)
+        await sleep(NOTICE)
+        for waiter in waiters:
+            self.assertNoResult(waiter)
+            waiter.cancel()
+            self.failureResultOf(waiter, CancelledError)
+
+    async def test_stop_fires_waiters_and_leaves_no_delayed_call(self) -> None:
+        await sleep(0)  # trial's own timeout is scheduled by now
+        before = set(reactor.getDelayedCalls())
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        timed_out = store.wait_for_change(key, 0.01)
+        cancelled = store.wait_for_change(key, LONG_TTL)
+        cancelled.cancel()
+        woken = store.wait_for_change(key, LONG_TTL)
+        await store.put(key, sample_entry(), LONG_TTL)
+        pending = store.wait_for_change(key, LONG_TTL)
+        await store.get(key)
+        await sleep(0.05)
+        await store.stopService()
+        self.assertIsNone(self.successResultOf(timed_out))
+        self.assertIsNone(self.successResultOf(woken))
+        self.assertIsNone(self.successResultOf(pending))
+        self.failureResultOf(cancelled, CancelledError)
+        self.assertEqual(set(reactor.getDelayedCalls()) - before, set())
+        self.assertEqual(store._waiters, {})
+
+
+class RedisAuthTests(RedisTestCase):
+    """A password-protected server and a database other than 0, from a URL."""
+
+    async def test_password_and_database_from_url_including_the_subscriber(self) -> None:
+        server = self.own_server(password="s3cret pw")
+        url = f"redis://:s3cret%20pw@127.0.0.1:{server.port}/1"
+        here = self.started(redis_store_from_url(url, NAMESPACE, reactor, {}))
+        there = self.started(
+            redis_store_from_url(
+                f"redis://:env:RFD_PW@127.0.0.1:{server.port}/1",
+                NAMESPACE,
+                reactor,
+                {"RFD_PW": "s3cret pw"},
+            )
+        )
+        await defer.gatherResults([here.ready(), there.ready()]).addTimeout(READY, reactor)
+        key = self.unique_key(id="1")
+        waiter = here.wait_for_change(key, LONG_TTL)
+        await there.put(key, sample_entry(), LONG_TTL)
+        await sleep(NOTICE)
+        self.assertIsNone(self.successResultOf(waiter))
+        self.assertEqual(await here.get(key), sample_entry())
+        self.assertEqual(server.command("GET", key, db=1), encode(sample_entry()))
+        self.assertIsNone(server.command("GET", key, db=0))
+
+    async def test_wrong_password_fails_calls_at_once_without_showing_it(self) -> None:
+        server = self.own_server(password="right")
+        store = self.new_store(server, password="wrong-pw")
+        await sleep(0.5)
+        start = time.monotonic()
+        with self.assertRaises(StoreUnavailable) as raised:
+            await store.ping()
+        self.assertLess(time.monotonic() - start, 0.1)
+        self.assertIn("WRONGPASS", raised.exception.message)
+        self.assertNotIn("wrong-pw", raised.exception.message)
+        self.assertTrue(self.logged_errors)
+        self.assertTrue(all("wrong-pw" not in repr(e) for e in self.logged_errors))
+        self.logged_errors.clear()
+
+    async def test_missing_password_fails_calls(self) -> None:
+        server = self.own_server(password="right")
+        store = self.new_store(server)
+        await sleep(0.5)
+        with self.assertRaises(StoreUnavailable) as raised:
+            await store.ping()
+        self.assertIn("NOAUTH", raised.exception.message)
+        self.logged_errors.clear()
+
+
+class RedisOutageTests(RedisTestCase):
+    """A Redis that dies, hangs, restarts or is full: bounded failures, then recovery."""
+
+    async def eventually(self, call: Callable[[], Deferred[Any]], within: float = READY) -> None:
+        """Retry C{call} while it fails with StoreUnavailable, for at most C{within} seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await call()
+                return
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await sleep(0.05)
+
+    async def assertEveryCallUnavailable(self, store: RedisStore, within: float) -> None:
+        key = self.unique_key(id="1")
+        calls: list[Callable[[], Deferred[Any]]] = [
+            lambda: store.ping(),
+            lambda: store.get(key),
+            lambda: store.put(key, sample_entry(), LONG_TTL),
+            lambda: store.put(key, sample_entry(), LONG_TTL, lease="0" * 32),
+            lambda: store.delete(key),
+            lambda: store.acquire_lease(key, LONG_TTL),
+            lambda: store.release_lease(key, "0" * 32),
+        ]
+        for call in calls:
+            start = time.monotonic()
+            with self.assertRaises(StoreUnavailable) as raised:
+                await call()
+            self.assertLess(time.monotonic() - start, within)
+            self.assertNotIn("\n", raised.exception.message)
+
+    async def test_killed_redis_fails_every_call_within_the_deadline(self) -> None:
+        server = self.own_server()
+        store = await self.ready_store(server, timeout=1.0)
+        server.kill()
+        await self.assertEveryCallUnavailable(store, within=1.0 + 0.3)
+
+    async def test_hung_redis_fails_every_call_within_the_deadline(self) -> None:
+        server = self.own_server()
+        store = await self.ready_store(server, timeout=0.5)
+        key = self.unique_key(id="1")
+        server.pause()
+        waiter = store.wait_for_change(key, 0.3)
+        await self.assertEveryCallUnavailable(store, within=0.5 + 0.3)
+        self.assertIsNone(self.successResultOf(waiter))
+        server.resume()
+        await self.eventually(store.ping)
+
+    async def test_restarted_redis_serves_and_wakes_waiters_again(self) -> None:
+        server = self.own_server()
+        here = await self.ready_store(server)
+        there = await self.ready_store(server)
+        server.restart()
+        start = time.monotonic()
+        await self.eventually(here.ping)
+        await self.eventually(there.ping)
+        self.assertLess(time.monotonic() - start, 3.0)
+        await defer.gatherResults([here.ready(), there.ready()]).addTimeout(READY, reactor)
+        key = self.unique_key(id="1")
+        waiter = here.wait_for_change(key, LONG_TTL)
+        await there.put(key, sample_entry(), LONG_TTL)
+        await sleep(NOTICE)
+        self.assertIsNone(self.successResultOf(waiter))
+        self.assertEqual(await here.get(key), sample_entry())
+
+    async def test_waiters_are_woken_when_the_change_channel_comes_back(self) -> None:
+        server = self.own_server()
+        store = await self.ready_store(server)
+        key = self.unique_key(id="1")
+        server.restart()
+        waiter = store.wait_for_change(key, LONG_TTL)
+        await waiter.addTimeout(READY, reactor)
+
+    async def test_full_redis_refuses_leases_and_writes_as_unavailable(self) -> None:
+        server = self.own_server("--maxmemory", "1mb", "--maxmemory-policy", "noeviction")
+        store = await self.ready_store(server)
+        key = self.unique_key(id="1")
+        fill = "for i = 1, 4096 do redis.call('SET', 'junk:' .. i, string.rep('x', 1024)) end"
+        with self.assertRaises(RedisReplyError):
+            server.command("EVAL", fill, 0)
+        with self.assertRaises(RedisReplyError):
+            server.command("SET", "probe", "x")
+        with self.assertRaises(StoreUnavailable) as raised:
+            await store.acquire_lease(key, LONG_TTL)
+        self.assertIn("OOM", raised.exception.message)
+        with self.assertRaises(StoreUnavailable):
+            await store.put(key, sample_entry(), LONG_TTL)
+        self.assertIsNone(await store.get(key))
+        await store.ping()
+
+    async def test_calls_before_start_fail_at_once(self) -> None:
+        store = RedisStore(reactor, self.server.host, self.server.port)
+        with self.assertRaises(StoreUnavailable):
+            await store.ping()
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "expected"),
+    [
+        ("redis://127.0.0.1:6380/2", {}, ("127.0.0.1", 6380, 2, None)),
+        ("redis://localhost", {}, ("localhost", DEFAULT_PORT, 0, None)),
+        ("redis://localhost/", {}, ("localhost", DEFAULT_PORT, 0, None)),
+        ("redis://localhost:6379", {}, ("localhost", 6379, 0, None)),
+        ("REDIS://Redis.Example:1/15", {}, ("redis.example", 1, 15, None)),
+        ("redis://[::1]:6379/0", {}, ("::1", 6379, 0, None)),
+        ("redis://:pw@host:6379/0", {}, ("host", 6379, 0, "pw")),
+        ("redis://:pw:2@host:6379/0", {}, ("host", 6379, 0, "pw:2")),
+        ("redis://:p%40ss%2Fw%3Ard@host/3", {}, ("host", DEFAULT_PORT, 3, "p@ss/w:rd")),
+        ("redis://:env:RFD_PW@host:6379/0", {"RFD_PW": "from env"}, ("host", 6379, 0, "from env")),
+    ],
+)
+def test_redis_store_from_url(
+    url: str, environ: dict[str, str], expected: tuple[str, int, int, str | None]
+) -> None:
+    store = redis_store_from_url(url, "ns", reactor, environ)
+    assert (store.host, store.port, store.db, store.password) == expected
+    assert store.namespace == "ns"
+    assert store.reactor is reactor
+    assert "pw" not in repr(store) and "env" not in repr(store)
+
+
+SECRET = "s3cr3t"
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "message"),
+    [
+        ("rediss://host:6379/0", {}, "must start with redis://"),
+        ("memcached://host:11211", {}, "must start with redis://"),
+        (f"http://:{SECRET}@host", {}, "must start with redis://"),
+        ("redis://", {}, "has no host"),
+        (f"redis://:{SECRET}@:6379/0", {}, "has no host"),
+        ("redis://host:port/0", {}, "needs a port from 1 to 65535"),
+        ("redis://host:0/0", {}, "needs a port from 1 to 65535"),
+        ("redis://host:65536/0", {}, "needs a port from 1 to 65535"),
+        (f"redis://:{SECRET}@host:x{SECRET}/0", {}, "needs a port from 1 to 65535"),
+        ("redis://host:6379/db0", {}, "path must be a database number"),
+        ("redis://host:6379/0/1", {}, "path must be a database number"),
+        ("redis://host:6379/-1", {}, "path must be a database number"),
+        (f"redis://:se/{SECRET}@host:6379/0", {}, "percent-encode any of : / ? # @"),
+        ("redis://host:6379/0?timeout=1", {}, "takes no query or fragment"),
+        (f"redis://:se#{SECRET}@host:6379/0", {}, "percent-encode any of : / ? # @"),
+        (f"redis://:se?{SECRET}@host:6379/0", {}, "percent-encode any of : / ? # @"),
+        (f"redis://:{SECRET}@host:6379/0#x", {}, "takes no query or fragment"),
+        (f"redis://{SECRET}@host:6379/0", {}, "takes a password only"),
+        (f"redis://user:{SECRET}@host:6379/0", {}, "takes a password only"),
+        ("redis://:@host:6379/0", {}, "has an empty password"),
+        ("redis://:env:RFD_PW@host:6379/0", {}, "environment variable 'RFD_PW' is not set"),
+        ("redis://:env:RFD_PW@host:6379/0", {"RFD_PW": ""}, "'RFD_PW' is empty"),
+        ("redis://:env:@host:6379/0", {}, '"env:" needs the name of an environment variable'),
+        (f"redis://:env:{SECRET}-x@host/0", {}, '"env:" needs the name'),
+    ],
+)
+def test_redis_store_from_url_refuses(url: str, environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        redis_store_from_url(url, "ns", reactor, environ)
+    text = str(raised.value)
+    assert "\n" not in text
+    assert SECRET not in text
+    assert raised.value.__cause__ is None

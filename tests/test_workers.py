@@ -1,0 +1,1016 @@
+"""
+C{--workers N}: N processes on one listening socket, supervised by the parent.
+
+Unit tests first (options, the shared-store check, the workers' command line,
+socket adoption, the lifeline, supervision on a fake reactor, metrics summed
+over processes), then C{twistd -n refresherd --workers 2} end to end.
+
+Until the Redis store is wired into C{tap.make_store}, the end-to-end tests
+run the workers on the memory store through the test-only switch
+C{REFRESHERD_ALLOW_WORKERS_WITH_MEMORY=1} (each worker then has a cache of its
+own, which lets a job returning C{os.getpid()} tell the workers apart); the
+last test runs them on a real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import twisted.test
+from twisted.internet.address import UNIXAddress
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+)
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+
+from refresherd import tap, workers
+from refresherd.errors import ConfigError
+from refresherd.metrics import MULTIPROCESS_DIR, metrics_for, render_multiprocess
+from refresherd.workers import (
+    LIFELINE_FD,
+    PUBLIC_FD,
+    InheritedUNIXPort,
+    SharedSocket,
+    Supervisor,
+    WorkerLogObserver,
+    WorkerOptions,
+    adopt,
+    connect_lifeline,
+    describe_exit,
+    shareable,
+    worker_arguments,
+    worker_options,
+    worker_text_observer,
+)
+from tests.harness import LISTENING, TWISTD, Origin, run_twistd, start_origin, wait_until
+from tests.redis_server import RedisServer
+
+ALLOW = {tap.ALLOW_MEMORY_WORKERS: "1"}
+
+# -- the shared-store check ------------------------------------------------------
+
+
+def settings(tmp_path: Path, **options: str) -> tap.Settings:
+    config = tmp_path / "refresherd.toml"
+    config.write_text("")
+    return tap.settings_from({"config": str(config), **options}, {})
+
+
+@pytest.mark.parametrize("workers", ["2", "8"])
+def test_workers_with_the_memory_store_are_refused(tmp_path: Path, workers: str) -> None:
+    with pytest.raises(ConfigError, match=f"--workers {workers}: needs a shared store"):
+        tap.require_shared_store(settings(tmp_path, workers=workers), {})
+    with pytest.raises(ConfigError):
+        tap.require_shared_store(
+            settings(tmp_path, workers=workers, store="memory://?max_bytes=1000"), {}
+        )
+
+
+@pytest.mark.parametrize(
+    "store", ["redis://127.0.0.1:6379/0", "memcached://127.0.0.1:11211", "nonsense://x"]
+)
+def test_workers_with_any_other_store_go_on_to_the_store_factory(
+    tmp_path: Path, store: str
+) -> None:
+    tap.require_shared_store(settings(tmp_path, workers="2", store=store), {})
+
+
+def test_one_worker_is_fine_with_the_memory_store(tmp_path: Path) -> None:
+    tap.require_shared_store(settings(tmp_path, workers="1"), {})
+
+
+def test_the_test_only_switch_lets_memory_through(tmp_path: Path) -> None:
+    tap.require_shared_store(settings(tmp_path, workers="2"), ALLOW)
+    with pytest.raises(ConfigError):
+        tap.require_shared_store(settings(tmp_path, workers="2"), {tap.ALLOW_MEMORY_WORKERS: "0"})
+
+
+# -- internal options and the workers' command line ------------------------------
+
+
+def test_a_process_without_worker_options_is_not_a_worker() -> None:
+    assert worker_options({"workers": "2"}) is None
+
+
+def test_worker_options_are_read() -> None:
+    given = {"worker-id": "2", "worker-fd": "3", "worker-family": "inet6", "worker-lifeline": "4"}
+    assert worker_options(given) == WorkerOptions(2, 3, "inet6", 4)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"worker-id": "1"}, "--worker-fd: internal option of --workers"),
+        (
+            {"worker-id": "1", "worker-fd": "x", "worker-family": "inet", "worker-lifeline": "4"},
+            "--worker-fd: internal option of --workers, needs a whole number, not 'x'",
+        ),
+        (
+            {"worker-id": "1", "worker-fd": "3", "worker-family": "ipx", "worker-lifeline": "4"},
+            "--worker-family: internal option of --workers, one of inet, inet6, unix, not 'ipx'",
+        ),
+    ],
+)
+def test_worker_option_mistakes_are_one_line(given: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        worker_options(given)
+
+
+class TwistdOptions(dict[str, Any]):
+    """twistd's own options, as the plugin's options see them (C{options.parent})."""
+
+
+class PluginOptions(dict[str, Any]):
+    parent: TwistdOptions | None = None
+
+
+def test_workers_get_the_parents_options_with_an_absolute_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.toml").write_text("")
+    options = PluginOptions(
+        {
+            "config": "mine.toml",
+            "listen": "tcp:8080",
+            "admin-listen": None,
+            "store": "redis://h:1/0",
+            "log-format": "json",
+            "workers": "4",
+        }
+    )
+    options.parent = TwistdOptions(reactor="asyncio")
+    plugin = tap.worker_plugin_options(options, tap.settings_from(options, {}))
+    assert plugin == [
+        f"--config={tmp_path / 'mine.toml'}",
+        "--listen=tcp:8080",
+        "--store=redis://h:1/0",
+        "--log-format=json",
+    ]
+    arguments = worker_arguments(3, "unix", plugin, tap.twistd_reactor(options))
+    assert arguments == [
+        "-P",
+        "-c",
+        workers.TWISTD,
+        "-n",
+        "--pidfile=",
+        "--reactor=asyncio",
+        "refresherd",
+        *plugin,
+        "--worker-id=3",
+        f"--worker-fd={PUBLIC_FD}",
+        "--worker-family=unix",
+        f"--worker-lifeline={LIFELINE_FD}",
+    ]
+    assert not any(argument.startswith("--workers") for argument in arguments)
+
+
+def test_workers_read_the_default_config_file_the_parent_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert tap.worker_plugin_options({}, tap.settings_from({}, {})) == []
+    (tmp_path / "refresherd.toml").write_text("")
+    plugin = tap.worker_plugin_options({}, tap.settings_from({}, {}))
+    assert plugin == [f"--config={tmp_path / 'refresherd.toml'}"]
+    assert tap.twistd_reactor({}) is None
+
+
+def test_only_tcp_and_unix_endpoints_are_shared(tmp_path: Path) -> None:
+    reactor = MemoryReactorClock()
+    assert shareable(TCP4ServerEndpoint(reactor, 0))
+    assert shareable(TCP6ServerEndpoint(reactor, 0))
+    assert shareable(UNIXServerEndpoint(reactor, str(tmp_path / "s")))
+    assert not shareable(SSL4ServerEndpoint(reactor, 0, None))  # type: ignore[arg-type]
+
+
+def test_a_shared_endpoint_that_cannot_be_shared_is_refused() -> None:
+    pem = Path(twisted.test.__file__).parent / "server.pem"
+    with pytest.raises(ConfigError, match="--listen: --workers shares only TCP and UNIX"):
+        tap.listen(
+            MemoryReactorClock(), f"ssl:0:privateKey={pem}", "--listen", Factory(), shared=True
+        )
+
+
+# -- a worker's side: the socket, the lifeline, its logs -------------------------
+
+
+@pytest.fixture
+def unix_listener(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    path = tmp_path / "api.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(8)
+    listener.setblocking(False)
+    yield listener, path
+    listener.close()
+
+
+def test_an_inherited_unix_socket_is_left_as_the_parent_made_it(
+    unix_listener: tuple[socket.socket, Path],
+) -> None:
+    """
+    A worker's port neither changes the file's mode, nor deletes the file,
+    nor shuts the socket down for the other workers when it stops.
+    """
+    listener, path = unix_listener
+    reactor = MemoryReactorClock()
+    port = adopt(reactor, os.dup(listener.fileno()), "unix", Factory.forProtocol(Protocol))
+    assert isinstance(port, InheritedUNIXPort)
+    assert port in reactor.readers
+    assert port.getHost() == UNIXAddress(str(path).encode())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    port.connectionLost(Failure(ConnectionDone()))
+    assert port not in reactor.readers
+    assert path.exists()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(path))
+        listener.setblocking(True)
+        accepted, _ = listener.accept()
+        accepted.close()
+
+
+def test_an_inherited_tcp_socket_is_adopted_and_its_descriptor_closed() -> None:
+    reactor = MemoryReactorClock()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        fd = os.dup(listener.fileno())
+        adopt(reactor, fd, "inet", Factory())
+        assert [(f, family) for f, family, _ in reactor.adoptedPorts] == [(fd, socket.AF_INET)]
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_a_descriptor_that_is_no_socket_is_a_one_line_error() -> None:
+    read, write = os.pipe()
+    os.close(write)
+    with pytest.raises(ConfigError, match=f"--worker-fd: cannot adopt file descriptor {read}"):
+        adopt(MemoryReactorClock(), read, "unix", Factory())
+    os.close(read)
+
+
+def test_the_lifeline_says_ready_and_its_loss_stops_the_worker() -> None:
+    reactor = MemoryReactorClock()
+    ours, theirs = socket.socketpair()
+    lost: list[bool] = []
+    lifeline = connect_lifeline(reactor, os.dup(theirs.fileno()), lambda: lost.append(True))
+    [(_, family, factory)] = reactor.adoptedStreamConnections
+    assert family == socket.AF_UNIX
+    assert factory.buildProtocol(None) is lifeline
+    transport = StringTransport()
+    lifeline.makeConnection(transport)
+    lifeline.ready()
+    assert transport.value() == b"ready\r\n"
+    assert lost == []
+    lifeline.connectionLost(Failure(ConnectionDone()))
+    assert lost == [True]
+    ours.close()
+    theirs.close()
+
+
+def test_worker_logs_name_the_worker() -> None:
+    out: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> None:
+            out.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    event = {
+        "log_format": "hello {who}",
+        "who": "you",
+        "log_level": LogLevel.info,
+        "log_namespace": "refresherd.tap",
+        "log_time": 0.0,
+    }
+    worker_text_observer(3, Out())(event)  # type: ignore[arg-type]
+    assert out == ["1970-01-01T00:00:00+0000 [worker 3 refresherd.tap#info] hello you\n"]
+    seen: list[dict[str, Any]] = []
+    WorkerLogObserver(3, seen.append)(event)
+    assert seen == [{**event, "worker": 3}]
+
+
+# -- supervision, on a fake reactor ----------------------------------------------
+
+
+@attrs.define
+class FakeProcess:
+    pid: int
+    protocol: ProcessProtocol
+    args: list[str]
+    env: dict[str, str]
+    child_fds: dict[int, int]
+    signals: list[str] = attrs.field(factory=list)
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+    def exit(self, code: int = 0, signal: int | None = None) -> None:
+        reason = ProcessDone(0) if code == 0 and signal is None else ProcessTerminated(code, signal)
+        self.protocol.processEnded(Failure(reason))
+
+
+class ProcessReactor(MemoryReactorClock):
+    """A fake reactor that spawns fake processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[FakeProcess] = []
+
+    def spawnProcess(
+        self,
+        protocol: ProcessProtocol,
+        executable: str,
+        args: list[str],
+        env: dict[str, str],
+        childFDs: dict[int, int],
+    ) -> FakeProcess:
+        assert args[0] == executable
+        process = FakeProcess(1000 + len(self.processes), protocol, args[1:], env, childFDs)
+        self.processes.append(process)
+        return process
+
+    def channel(self, index: int) -> tuple[Protocol, StringTransport]:
+        """The parent's end of the lifeline of the index-th process, connected."""
+        _, _, factory = self.adoptedStreamConnections[index]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+
+@attrs.define
+class Supervised:
+    reactor: ProcessReactor
+    supervisor: Supervisor
+    public: socket.socket
+
+    def connect(self) -> list[StringTransport]:
+        """Connect every lifeline adopted so far, each worker saying ready."""
+        transports = []
+        for i in range(len(self.reactor.adoptedStreamConnections)):
+            protocol, transport = self.reactor.channel(i)
+            protocol.dataReceived(b"ready\r\n")
+            transports.append(transport)
+        return transports
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Supervised]:
+    reactor = ProcessReactor()
+    public = socket.socket()
+    supervisor = Supervisor(
+        reactor,
+        2,
+        SharedSocket(public.fileno(), "inet"),
+        lambda n: ["worker", str(n)],
+        {"HOME": "/home", "prometheus_multiproc_dir": "/elsewhere"},
+        metrics_for(["job"]),
+        executable="/usr/bin/python3",
+        temp_root=str(tmp_path),
+    )
+    yield Supervised(reactor, supervisor, public)
+    if supervisor.running:
+        supervisor.kill()
+    public.close()
+
+
+def test_the_supervisor_starts_every_worker_on_the_shared_socket(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    directory = supervisor.metrics_dir
+    assert directory is not None and os.path.isdir(directory)
+    assert supervisor.metrics.multiprocess_dir == directory
+    assert [p.args for p in reactor.processes] == [["worker", "1"], ["worker", "2"]]
+    for process in reactor.processes:
+        assert process.env == {"HOME": "/home", MULTIPROCESS_DIR: directory}
+        fds = process.child_fds
+        assert sorted(fds) == [0, 1, 2, PUBLIC_FD, LIFELINE_FD]
+        assert (fds[1], fds[2], fds[PUBLIC_FD]) == (1, 2, supervised.public.fileno())
+    assert supervisor.pids == {1: 1000, 2: 1001}
+    assert len(reactor.adoptedStreamConnections) == 2
+
+
+def test_a_worker_that_exits_is_started_again(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    supervised.connect()
+    reactor.advance(workers.STABLE_AFTER)
+    reactor.processes[0].exit(signal=9)
+    assert supervisor.pids == {2: 1001}
+    reactor.advance(workers.RESTART_DELAY)
+    assert [p.args for p in reactor.processes[2:]] == [["worker", "1"]]
+    assert supervisor.pids == {1: 1002, 2: 1001}
+
+
+def test_a_worker_that_keeps_exiting_is_started_again_ever_later(
+    supervised: Supervised,
+) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    delays = []
+    worker_1 = reactor.processes[0]
+    for _ in range(12):
+        worker_1.exit(code=1)
+        [restart] = [call for call in reactor.getDelayedCalls() if call.active()]
+        delays.append(round(restart.getTime() - reactor.seconds(), 3))
+        reactor.advance(restart.getTime() - reactor.seconds())
+        worker_1 = reactor.processes[-1]
+        assert worker_1.args == ["worker", "1"]
+    assert delays[:4] == [0.4, 0.8, 1.6, 3.2]
+    assert delays[-1] == workers.MAX_RESTART_DELAY
+
+
+def test_the_metrics_of_a_worker_that_exited_are_marked_dead(supervised: Supervised) -> None:
+    supervisor = supervised.supervisor
+    supervisor.startService()
+    assert supervisor.metrics_dir is not None
+    gauge = Path(supervisor.metrics_dir) / "gauge_livesum_1000.db"
+    counter = Path(supervisor.metrics_dir) / "counter_1000.db"
+    gauge.write_bytes(b"")
+    counter.write_bytes(b"")
+    supervised.reactor.processes[0].exit(code=1)
+    assert not gauge.exists()
+    assert counter.exists()
+
+
+def test_stopping_closes_the_lifelines_and_waits_for_every_worker(
+    supervised: Supervised,
+) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    transports = supervised.connect()
+    directory = supervisor.metrics_dir
+    stopped = supervisor.stopService()
+    assert [t.disconnecting for t in transports] == [True, True]
+    assert not stopped.called
+    reactor.processes[0].exit()
+    assert not stopped.called
+    reactor.processes[1].exit()
+    assert stopped.called
+    reactor.advance(60)
+    assert len(reactor.processes) == 2  # none started again
+    assert directory is not None and not os.path.exists(directory)
+    assert supervisor.metrics.multiprocess_dir is None
+    assert [p.signals for p in reactor.processes] == [[], []]
+
+
+def test_a_worker_without_a_lifeline_is_asked_to_stop_by_signal(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    supervisor.stopService()
+    assert [p.signals for p in reactor.processes] == [["TERM"], ["TERM"]]
+
+
+def test_workers_that_do_not_stop_in_time_are_killed(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    supervised.connect()
+    stopped = supervisor.stopService()
+    reactor.processes[0].exit()
+    reactor.advance(supervisor.stop_timeout)
+    assert [p.signals for p in reactor.processes] == [[], ["KILL"]]
+    reactor.processes[1].exit(signal=9)
+    assert stopped.called
+
+
+def test_a_restart_due_when_stopping_is_cancelled(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    reactor.processes[0].exit(code=1)
+    supervisor.stopService()
+    reactor.processes[1].exit()
+    reactor.advance(60)
+    assert len(reactor.processes) == 2
+
+
+def test_kill_ends_every_worker_at_once(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    directory = supervisor.metrics_dir
+    supervisor.kill()
+    assert [p.signals for p in reactor.processes] == [["KILL"], ["KILL"]]
+    assert directory is not None and not os.path.exists(directory)
+    reactor.processes[0].exit(signal=9)
+    reactor.advance(60)
+    assert len(reactor.processes) == 2
+
+
+def test_a_worker_that_cannot_be_spawned_is_tried_again(
+    supervised: Supervised, no_logged_errors: list[dict[str, Any]]
+) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    spawn = reactor.spawnProcess
+    failures = [OSError("no such interpreter")]
+
+    def failing(*args: Any, **kwargs: Any) -> FakeProcess:
+        if failures:
+            raise failures.pop()
+        return spawn(*args, **kwargs)
+
+    reactor.spawnProcess = failing  # type: ignore[method-assign]
+    supervisor.startService()
+    assert [e["log_failure"].value.args for e in no_logged_errors] == [("no such interpreter",)]
+    no_logged_errors.clear()
+    assert supervisor.pids == {2: 1000}
+    reactor.advance(1)
+    assert supervisor.pids == {1: 1001, 2: 1000}
+
+
+@pytest.mark.parametrize(
+    ("reason", "text"),
+    [
+        (ProcessDone(0), "exited with status 0"),
+        (ProcessTerminated(3), "exited with status 3"),
+        (ProcessTerminated(None, 9), "was killed by signal 9"),
+    ],
+)
+def test_how_a_worker_ended_is_told_in_words(reason: Exception, text: str) -> None:
+    assert describe_exit(Failure(reason)) == text
+
+
+# -- shutdown signals ----------------------------------------------------------------
+
+
+@pytest.fixture
+def signal_handlers() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+@pytest.mark.usefixtures("signal_handlers")
+def test_a_graceful_stop_makes_the_next_signal_end_the_process() -> None:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    signals = tap.handle_shutdown_signals(reactor)
+    assert signal.getsignal(signal.SIGTERM) == signals._first
+    signals.stop()
+    assert reactor.hasStopped
+    assert signal.getsignal(signal.SIGTERM) == signals._second
+    assert signal.getsignal(signal.SIGINT) == signals._second
+    signals.stop()  # the reactor stopping already is no error
+
+
+# -- metrics summed over processes -------------------------------------------------
+
+WORKER_METRICS = """
+import os, sys
+from refresherd.metrics import metrics_for
+metrics = metrics_for(["job"])
+for _ in range(int(sys.argv[1])):
+    metrics.requests.labels(job="job", status="hit").inc()
+metrics.in_flight.labels(job="job").set(2)
+metrics.fetch_duration.labels(job="job").observe(0.2)
+print(os.getpid())
+"""
+
+
+def test_metrics_report_the_sum_over_every_worker(tmp_path: Path) -> None:
+    directory = str(tmp_path)
+    env = {**os.environ, MULTIPROCESS_DIR: directory}
+    pids = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", WORKER_METRICS, str(n)],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        for n in (3, 4)
+    ]
+    text = render_multiprocess(directory).decode()
+    assert 'refresherd_requests_total{job="job",status="hit"} 7.0' in text
+    assert 'refresherd_fetches_in_flight{job="job"} 4.0' in text
+    assert 'refresherd_fetch_duration_seconds_count{job="job"} 2.0' in text
+    metrics = metrics_for(["job"], multiprocess_dir=directory)
+    assert metrics.render().decode() == text
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pids[0], directory)
+    text = render_multiprocess(directory).decode()
+    assert 'refresherd_fetches_in_flight{job="job"} 2.0' in text
+    assert 'refresherd_requests_total{job="job",status="hit"} 7.0' in text
+
+
+# -- end to end --------------------------------------------------------------------
+
+SERVING = re.compile(r"refresherd: worker (\d+) \(pid (\d+)\) serving the public API on (\S+)")
+
+CONFIG = """
+[jobs.pid]
+fetch = "python"
+callable = "os:getpid"
+fresh = "1h"
+
+[jobs.slow]
+args = ["name"]
+url = "{origin}/slow/{{name}}"
+fresh = "1h"
+wait_timeout = "30s"
+timeout = "30s"
+"""
+
+
+@attrs.define
+class Running:
+    """A C{twistd -n refresherd --workers N} and what it printed."""
+
+    process: subprocess.Popen[str]
+    lines: list[str] = attrs.field(factory=list)
+    ports: dict[str, int] = attrs.field(factory=dict)
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['public']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['admin']}"
+
+    def output(self) -> str:
+        with self.lock:
+            return "".join(self.lines)
+
+    def workers(self) -> dict[int, int]:
+        """The pid of each worker, as last announced."""
+        return {int(m[1]): int(m[2]) for m in SERVING.finditer(self.output())}
+
+    def wait_for_workers(self, count: int, timeout: float = 30) -> dict[int, int]:
+        try:
+            wait_until(
+                lambda: len(self.workers()) == count or self.process.poll() is not None, timeout
+            )
+        except AssertionError:
+            pass
+        if len(self.workers()) != count:
+            raise AssertionError("the workers did not start:\n" + self.output())
+        return self.workers()
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start(
+    tmp_path: Path,
+    *args: str,
+    listen: str = "tcp:0:interface=127.0.0.1:backlog=512",
+    admin: str = "tcp:0:interface=127.0.0.1",
+    env: dict[str, str] | None = None,
+    count: int = 2,
+    twistd: tuple[str, ...] = (),
+) -> Running:
+    """
+    C{twistd [twistd] -n refresherd --workers count ...}, its metrics
+    directory in C{tmp_path}; returns once every worker serves.
+    """
+    process = subprocess.Popen(
+        [TWISTD, *twistd, "-n", "--pidfile=", "refresherd", "--config"]
+        + [str(tmp_path / "refresherd.toml"), "--workers", str(count)]
+        + ["--listen", listen, "--admin-listen", admin, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path), **(env if env is not None else ALLOW)},
+    )
+    running = Running(process)
+
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                with running.lock:
+                    running.lines.append(line)
+                match = LISTENING.search(line)
+                if match:
+                    running.ports[match.group(1)] = int(match.group(3))
+
+    threading.Thread(target=read, daemon=True).start()
+    running.wait_for_workers(count)
+    return running
+
+
+def alive(pid: int) -> bool:
+    """Whether process C{pid} runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    origin = start_origin()
+    yield origin
+    origin.server.shutdown()
+
+
+@pytest.fixture
+def service(tmp_path: Path, origin: Origin) -> Iterator[Callable[..., Running]]:
+    (tmp_path / "refresherd.toml").write_text(CONFIG.format(origin=origin.url))
+    started: list[Running] = []
+
+    def run(*args: str, **kwargs: Any) -> Running:
+        running = start(tmp_path, *args, **kwargs)
+        started.append(running)
+        return running
+
+    yield run
+    for running in started:
+        pids = running.workers().values()
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def metric(text: str, prefix: str) -> float:
+    """
+    The sum of the samples in a Prometheus text whose line starts with
+    C{prefix}: a metric's name (all its samples) or its name and first labels.
+    """
+    total = 0.0
+    for line in text.splitlines():
+        rest = line[len(prefix) :]
+        if line.startswith(prefix) and ("{" in prefix or rest[:1] in ("{", " ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def ask_until_both_answer(url: str) -> tuple[set[int], int]:
+    """Ask for the pid job on new connections until two workers answered; (pids, asked)."""
+    seen: set[int] = set()
+    asked = 0
+
+    def ask(_: int) -> int:
+        response = httpx.get(url + "/v1/jobs/pid", timeout=30)
+        assert response.status_code == 200, response.text
+        return int(response.json()["value"])
+
+    with ThreadPoolExecutor(16) as pool:
+        while len(seen) < 2 and asked < 2000:
+            seen.update(pool.map(ask, range(64)))
+            asked += 64
+    return seen, asked
+
+
+def test_two_workers_share_one_port_and_metrics_sum_over_both(
+    service: Callable[..., Running], tmp_path: Path
+) -> None:
+    running = service()
+    pids = running.wait_for_workers(2)
+    assert running.process.pid not in pids.values()
+    seen, asked = ask_until_both_answer(running.url)
+    assert seen == set(pids.values())
+
+    def counted() -> float:
+        text = httpx.get(running.admin_url + "/metrics", timeout=10).text
+        return metric(text, 'refresherd_requests_total{job="pid"')
+
+    wait_until(lambda: counted() == asked)
+    text = httpx.get(running.admin_url + "/metrics", timeout=10).text
+    assert metric(text, "refresherd_requests_total") == asked
+    assert 'refresherd_fetches_in_flight{job="pid"} 0.0' in text
+    assert [p.name for p in tmp_path.glob("refresherd-metrics-*")] != []
+
+    assert running.stop() == 0, running.output()
+    assert not any(alive(pid) for pid in pids.values())
+    assert list(tmp_path.glob("refresherd-metrics-*")) == []
+    output = running.output()
+    assert "Traceback" not in output
+    for n, pid in pids.items():
+        assert f"refresherd: worker {n} (pid {pid}) exited with status 0" in output
+
+
+def test_a_killed_worker_is_started_again(service: Callable[..., Running]) -> None:
+    running = service()
+    before = running.wait_for_workers(2)
+    os.kill(before[1], signal.SIGKILL)
+    wait_until(lambda: running.workers().get(1) not in (None, before[1]), timeout=30)
+    after = running.workers()
+    assert after[2] == before[2]
+    assert not alive(before[1])
+    assert f"refresherd: worker 1 (pid {before[1]}) was killed by signal 9" in running.output()
+    seen, _ = ask_until_both_answer(running.url)
+    assert seen == set(after.values())
+    assert running.stop() == 0
+
+
+def test_workers_exit_when_the_parent_is_killed(service: Callable[..., Running]) -> None:
+    running = service()
+    pids = running.wait_for_workers(2)
+    running.signal(signal.SIGKILL)
+    running.process.wait(10)
+    wait_until(lambda: not any(alive(pid) for pid in pids.values()), timeout=5)
+
+
+def test_sigterm_answers_the_requests_in_flight_in_a_worker_then_exits_0(
+    service: Callable[..., Running], origin: Origin
+) -> None:
+    origin.set("/slow/a", delay=1.5)
+    running = service()
+    pids = running.wait_for_workers(2)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.get, running.url + "/v1/jobs/slow?name=a", timeout=30)
+        wait_until(lambda: origin.count("/slow/a") == 1)
+        assert running.stop() == 0, running.output()
+        answer = pending.result(timeout=10)
+    assert (answer.status_code, answer.json()["status"]) == (200, "miss")
+    assert not any(alive(pid) for pid in pids.values())
+    # Stopped listening: nothing accepts on the port any more.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(running.url + "/healthz", timeout=5)
+
+
+def test_a_second_sigterm_ends_everything_at_once(
+    service: Callable[..., Running], origin: Origin
+) -> None:
+    origin.set("/slow/b", delay=20)
+    running = service()
+    pids = running.wait_for_workers(2)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.get, running.url + "/v1/jobs/slow?name=b", timeout=30)
+        wait_until(lambda: origin.count("/slow/b") == 1)
+        began = time.monotonic()
+        running.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        running.signal(signal.SIGTERM)
+        assert running.process.wait(10) == -signal.SIGTERM
+        wait_until(lambda: not any(alive(pid) for pid in pids.values()), timeout=5)
+        assert time.monotonic() - began < 5
+        with pytest.raises(httpx.HTTPError):
+            pending.result(timeout=10)
+
+
+def test_workers_share_a_unix_socket_left_as_configured(
+    service: Callable[..., Running], tmp_path: Path
+) -> None:
+    path = tmp_path / "api.sock"
+    running = service(listen=f"unix:{path}:mode=0600")
+    pids = running.wait_for_workers(2)
+    assert f"public API listening on {path}" in running.output()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10) as client:
+        seen: set[int] = set()
+        for _ in range(50):
+            with ThreadPoolExecutor(8) as pool:
+                seen.update(
+                    pool.map(
+                        lambda _: client.get("http://x/v1/jobs/pid").json()["value"], range(16)
+                    )
+                )
+            if len(seen) == 2:
+                break
+    assert seen == set(pids.values())
+    assert running.stop() == 0, running.output()
+    assert not path.exists()
+
+
+def test_admin_routes_on_the_public_listener_sum_over_the_workers(
+    service: Callable[..., Running],
+) -> None:
+    running = service(admin="none")
+    seen, asked = ask_until_both_answer(running.url)
+    assert len(seen) == 2
+    text = httpx.get(running.url + "/metrics", timeout=10).text
+    assert metric(text, 'refresherd_requests_total{job="pid"') == asked
+    assert running.stop() == 0
+
+
+def test_workers_run_the_parents_reactor_and_log_format_with_their_number(
+    service: Callable[..., Running],
+) -> None:
+    running = service("--log-format", "json", twistd=("--reactor", "asyncio"))
+    pids = running.wait_for_workers(2)
+    assert httpx.get(running.url + "/v1/jobs/pid", timeout=10).status_code == 200
+    assert running.stop() == 0
+    records = [json.loads(line) for line in running.output().splitlines()]
+    serving = [r for r in records if "serving the public API" in r["message"]]
+    assert sorted((r["worker"], r["pid"]) for r in serving) == sorted(pids.items())
+    reactors = [(r.get("worker"), r["reactor"]) for r in records if "reactor" in r]
+    assert sorted(reactors, key=str) == sorted(
+        [(n, "twisted.internet.asyncioreactor.AsyncioSelectorReactor") for n in (None, 1, 2)],
+        key=str,
+    )
+
+
+def start_up_error(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    (tmp_path / "refresherd.toml").write_text("")
+    process = run_twistd(
+        "--config", "refresherd.toml", "--workers", "2", *args, cwd=tmp_path, env=env
+    )
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode != 0, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    assert "Traceback" not in out and "Usage" not in out
+    return lines[0]
+
+
+def test_workers_on_an_endpoint_that_cannot_be_shared_stop_start_up(tmp_path: Path) -> None:
+    pem = Path(twisted.test.__file__).parent / "server.pem"
+    line = start_up_error(tmp_path, "--listen", f"ssl:0:privateKey={pem}", env=ALLOW)
+    assert line.startswith("refresherd: --listen: --workers shares only TCP and UNIX endpoints")
+
+
+def test_workers_on_a_port_in_use_stop_start_up(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = start_up_error(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", env=ALLOW)
+    assert line.startswith(f"refresherd: --listen: cannot listen on 'tcp:{port}:")
+
+
+def test_worker_options_given_by_hand_stop_start_up(tmp_path: Path) -> None:
+    line = start_up_error(tmp_path, "--worker-id", "1")
+    assert line.startswith("refresherd: --worker-fd: internal option of --workers")
+
+
+REDIS_CONFIG = """
+[jobs.user]
+args = ["name"]
+url = "{origin}/users/{{name}}"
+fresh = "1h"
+wait_timeout = "30s"
+"""
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def test_two_workers_on_redis_fetch_a_stampeded_key_once(
+    tmp_path: Path, origin: Origin, redis: RedisServer
+) -> None:
+    """
+    Through one port, 200 concurrent requests for an absent key, answered by
+    both workers, make one origin request: the store is shared.
+    """
+    (tmp_path / "refresherd.toml").write_text(REDIS_CONFIG.format(origin=origin.url))
+    origin.set("/users/hot", delay=1.0)
+    running = start(tmp_path, "--store", redis.url(), env={})
+    try:
+
+        def ask(_: int) -> str:
+            with httpx.Client(timeout=30) as client:
+                response = client.get(running.url + "/v1/jobs/user?name=hot")
+                assert response.status_code == 200, response.text
+                return str(response.json()["status"])
+
+        with ThreadPoolExecutor(200) as pool:
+            answers = list(pool.map(ask, range(200)))
+        assert answers.count("miss") + answers.count("hit") == 200
+        assert origin.count("/users/hot") == 1
+        text = httpx.get(running.admin_url + "/metrics", timeout=10).text
+        assert metric(text, 'refresherd_requests_total{job="user"') == 200
+        assert running.stop() == 0, running.output()
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
