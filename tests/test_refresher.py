@@ -467,3 +467,58 @@ def test_a_holder_paused_past_its_lease_cannot_overwrite_a_newer_value() -> None
     fetcher_a.succeed(body=b'"older"')  # A wakes up with its old answer
     assert result(answer_a).entry.body == b'"newer"'
     assert result(lookup(b)).entry.body == b'"newer"'
+
+
+class LeaseRefused:
+    """A store that reads and writes but refuses leases, as Redis does when out of memory."""
+
+    shared = True
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.puts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+        from twisted.internet import defer
+
+        return defer.fail(errors.StoreUnavailable("OOM command not allowed"))
+
+    def put(self, *args: Any, **kwargs: Any) -> Deferred[bool]:
+        self.puts += 1
+        return self.store.put(*args, **kwargs)
+
+
+def test_a_refused_lease_serves_stale_and_fetches_once_locally() -> None:
+    """Out of memory: stale values are still served, and a miss is one local fetch, unstored."""
+    clock = task.Clock()
+    store = LeaseRefused(MemoryStore(clock))
+    refresher, fetcher, _, _ = make(store=store, stale=600.0)
+    refresher.clock = clock
+    clock.advance(1_000_000)
+    now = clock.seconds()
+    old = Entry(
+        b'"old"',
+        "application/json",
+        now - 100,
+        now - 40,
+        now + 560,
+        now - 40,
+        1.0,
+        "j",
+        {"id": "1"},
+    )
+    store.store.put("rfd:j:v1:id=1", old, 600)
+    answers = [lookup(refresher) for _ in range(20)]
+    assert {result(a).status for a in answers} == {"stale"}
+    assert len(fetcher.calls) == 1  # one local refresh for all of them
+    misses = [lookup(refresher, "2") for _ in range(20)]
+    assert len(fetcher.calls) == 2
+    fetcher.succeed(body=b'"new"')
+    missed = [result(m) for m in misses]
+    assert {(a.status, a.stored) for a in missed} == {("miss", False)}
+    assert store.puts == 0
+    assert counter(refresher, "refresherd_store_errors_total", operation="lease") == 2
+    fetcher.succeed(0)
