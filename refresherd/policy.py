@@ -25,9 +25,11 @@ REFRESH_BACKOFF_CAP = 300.0
 LEASE_MARGIN = 5.0
 STORE_MARGIN = 60.0
 """Seconds the store keeps an entry past its last window, for hosts whose clocks differ."""
+POLL_FIRST = 0.05
 POLL_INTERVAL = 0.5
-"""Longest wait between two reads of the store while a fetch runs in another process,
-should its change notification be lost."""
+"""While a fetch runs in another process, the store is read again after POLL_FIRST
+seconds, the pause doubling up to POLL_INTERVAL: for stores without change notices
+(memcached), and should a notice be lost."""
 
 
 class State(enum.Enum):

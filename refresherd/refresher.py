@@ -456,12 +456,16 @@ class Refresher(Service):
     async def _await_elsewhere(self, flight: Flight) -> Entry:
         """
         Another process holds the lease: wait for the store to change, and
-        answer with what that fetch wrote.
+        answer with what that fetch wrote.  Between waits the store is read
+        again, every C{POLL_FIRST} seconds doubling up to C{POLL_INTERVAL}, for
+        a store with no notifications (memcached) or a notice that was lost.
         """
         config = flight.job.config
         deadline = self.clock.seconds() + policy.lease_ttl(config.timeout, config.retries)
+        pause = policy.POLL_FIRST
         while (remaining := deadline - self.clock.seconds()) > 0:
-            await self.store.wait_for_change(flight.key, min(remaining, policy.POLL_INTERVAL))
+            await self.store.wait_for_change(flight.key, min(remaining, pause))
+            pause = min(2 * pause, policy.POLL_INTERVAL)
             current = await self.store.get(flight.key)
             if current is None or current == flight.previous:
                 continue

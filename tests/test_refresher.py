@@ -522,3 +522,32 @@ def test_a_refused_lease_serves_stale_and_fetches_once_locally() -> None:
     assert store.puts == 0
     assert counter(refresher, "refresherd_store_errors_total", operation="lease") == 2
     fetcher.succeed(0)
+
+
+def test_polling_a_fetch_elsewhere_backs_off_from_poll_first_to_poll_interval() -> None:
+    """Re-reads come after 0.05, 0.1, 0.2, 0.4, 0.5, 0.5... seconds."""
+    clock = task.Clock()
+    inner = MemoryStore(clock)
+    reads: list[float] = []
+
+    class Counting:
+        shared = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def get(self, key: str) -> Deferred[Entry | None]:
+            reads.append(clock.seconds())
+            return inner.get(key)
+
+    refresher, fetcher, _, _ = make(store=Counting(), wait_timeout=30.0)
+    refresher.clock = clock
+    inner.acquire_lease("rfd:j:v1:id=1", 60)
+    d = lookup(refresher)
+    reads.clear()
+    start = clock.seconds()
+    clock.pump([0.01] * 350)
+    gaps = [b - a for a, b in zip([start, *reads], reads, strict=False)]
+    assert gaps[:6] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5], abs=0.011)
+    d.cancel()
+    d.addErrback(lambda f: None)
