@@ -264,7 +264,7 @@ class RedisChangeTests(RedisTestCase):
         self.assertIsNone(self.successResultOf(pending))
         self.failureResultOf(cancelled, CancelledError)
         self.assertEqual(set(reactor.getDelayedCalls()) - before, set())
-        self.assertEqual(store._waiters, {})
+        self.assertEqual(store._waiters.keys(), set())
 
 
 class RedisAuthTests(RedisTestCase):

@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from refresherd.entry import Entry
 from refresherd.interfaces import IStore
+from refresherd.stores.waiters import ChangeWaiters
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -82,8 +83,10 @@ class MemoryStore:
     """A heap of (expiry, key), so expired entries go without waiting to be read."""
     _leases: dict[str, tuple[str, float]] = attrs.field(init=False, repr=False, factory=dict)
     _lease_sweep_at: int = attrs.field(init=False, repr=False, default=_LEASE_SWEEP_MIN)
-    _waiters: dict[str, dict[Deferred[None], IDelayedCall]] = attrs.field(
-        init=False, repr=False, factory=dict
+    _waiters: ChangeWaiters = attrs.field(
+        init=False,
+        repr=False,
+        default=attrs.Factory(lambda self: ChangeWaiters(self.clock), takes_self=True),
     )
 
     @property
@@ -121,14 +124,14 @@ class MemoryStore:
             while self._used > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
                 self._used -= evicted.cost
-        self._notify(key)
+        self._waiters.notify(key)
         return defer.succeed(written)
 
     def delete(self, key: str) -> Deferred[bool]:
         """See L{IStore.delete}; an expired entry counts as absent."""
         self._leases.pop(key, None)
         slot = self._drop(key)
-        self._notify(key)
+        self._waiters.notify(key)
         return defer.succeed(slot is not None and slot.expires_at > self.clock.seconds())
 
     def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
@@ -154,20 +157,7 @@ class MemoryStore:
         See L{IStore.wait_for_change}.  Cancelling the result forgets the
         waiter and its timer.
         """
-        waiters = self._waiters.setdefault(key, {})
-
-        def cancel(d: Deferred[None]) -> None:
-            waiters.pop(d).cancel()
-            self._forget_waiters(key, waiters)
-
-        def timed_out() -> None:
-            del waiters[d]
-            self._forget_waiters(key, waiters)
-            d.callback(None)
-
-        d: Deferred[None] = Deferred(cancel)
-        waiters[d] = self.clock.callLater(max(timeout, 0.0), timed_out)
-        return d
+        return self._waiters.wait(key, timeout)
 
     def ping(self) -> Deferred[None]:
         """See L{IStore.ping}: memory always answers."""
@@ -204,17 +194,6 @@ class MemoryStore:
             return
         self._leases = {k: held for k, held in self._leases.items() if held[1] > now}
         self._lease_sweep_at = max(_LEASE_SWEEP_MIN, 2 * len(self._leases))
-
-    def _forget_waiters(self, key: str, waiters: dict[Deferred[None], IDelayedCall]) -> None:
-        if not waiters and self._waiters.get(key) is waiters:
-            del self._waiters[key]
-
-    def _notify(self, key: str) -> None:
-        # Popped first, so that a waiter that waits again from its callback
-        # waits for the next change, not this one.
-        for d, call in self._waiters.pop(key, {}).items():
-            call.cancel()
-            d.callback(None)
 
 
 _MAX_BYTES = re.compile(r"[0-9]+")

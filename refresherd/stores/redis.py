@@ -39,7 +39,6 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -47,6 +46,7 @@ from zope.interface import implementer
 from refresherd.entry import Entry, EntryFormatError, decode, encode
 from refresherd.errors import StoreUnavailable, one_line
 from refresherd.interfaces import IStore
+from refresherd.stores.waiters import ChangeWaiters
 
 DEFAULT_PORT = 6379
 DEFAULT_TIMEOUT = 2.0
@@ -151,8 +151,10 @@ class RedisStore(Service):
     """The subscribed connection; None while changes of other processes go unheard."""
     _refusal: str | None = attrs.field(init=False, repr=False, default=None)
     _readiness: list[Deferred[None]] = attrs.field(init=False, repr=False, factory=list)
-    _waiters: dict[str, dict[Deferred[None], IDelayedCall]] = attrs.field(
-        init=False, repr=False, factory=dict
+    _waiters: ChangeWaiters = attrs.field(
+        init=False,
+        repr=False,
+        default=attrs.Factory(lambda self: ChangeWaiters(self.reactor), takes_self=True),
     )
     _warned: set[str] = attrs.field(init=False, repr=False, factory=set)
 
@@ -188,8 +190,7 @@ class RedisStore(Service):
         readiness, self._readiness = self._readiness, []
         for d in readiness:
             d.errback(StoreUnavailable(f"the Redis store of {self.address} was stopped"))
-        for key in list(self._waiters):
-            self._notify(key)
+        self._waiters.notify_all()
         closed = defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
         return closed.addCallback(lambda _: None)
 
@@ -256,20 +257,7 @@ class RedisStore(Service):
         waiter may also be woken once more by the echo of a change it already
         saw.  Cancelling the result forgets the waiter and its timer.
         """
-        waiters = self._waiters.setdefault(key, {})
-
-        def cancel(d: Deferred[None]) -> None:
-            waiters.pop(d).cancel()
-            self._forget_waiters(key, waiters)
-
-        def timed_out() -> None:
-            del waiters[d]
-            self._forget_waiters(key, waiters)
-            d.callback(None)
-
-        d: Deferred[None] = Deferred(cancel)
-        waiters[d] = self.reactor.callLater(max(timeout, 0.0), timed_out)
-        return d
+        return self._waiters.wait(key, timeout)
 
     def ping(self) -> Deferred[None]:
         """See L{IStore.ping}: C{PING}, within the deadline."""
@@ -334,12 +322,12 @@ class RedisStore(Service):
         """Whether written: 0 is a fenced put whose lease was gone, which changed nothing."""
         if reply != 1:
             return False
-        self._notify(key)
+        self._waiters.notify(key)
         return True
 
     def _deleted(self, reply: int, key: str) -> bool:
         """Whether an entry was there."""
-        self._notify(key)
+        self._waiters.notify(key)
         return reply == 1
 
     # -- connections and changes ---------------------------------------------
@@ -357,8 +345,7 @@ class RedisStore(Service):
                 channel=self.channel,
                 address=self.address,
             )
-            for key in list(self._waiters):
-                self._notify(key)
+            self._waiters.notify_all()
         else:
             self._commands = connection
         if self._commands is not None and self._subscriber is not None:
@@ -389,18 +376,7 @@ class RedisStore(Service):
 
     def _heard(self, message: bytes) -> None:
         """A change published by any process."""
-        self._notify(message.decode("utf-8", "replace"))
-
-    def _notify(self, key: str) -> None:
-        # Popped first, so that a waiter that waits again from its callback
-        # waits for the next change, not this one.
-        for d, call in self._waiters.pop(key, {}).items():
-            call.cancel()
-            d.callback(None)
-
-    def _forget_waiters(self, key: str, waiters: dict[Deferred[None], IDelayedCall]) -> None:
-        if not waiters and self._waiters.get(key) is waiters:
-            del self._waiters[key]
+        self._waiters.notify(message.decode("utf-8", "replace"))
 
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
