@@ -187,6 +187,9 @@ class Refresher(Service):
             entry, persist = None, False
         now = self.clock.seconds()
         decision = policy.decide(now, entry, job.config.early_refresh, self.random())
+        pending = decision.state is policy.State.ABSENT and job.config.on_miss == "empty"
+        if pending and not persist:
+            raise StoreUnavailable("the store is unreachable; nothing can be queued")
         flight = None
         if decision.refresh:
             flight = self._flight(job, key, args, entry, persist, early=decision.early)
@@ -199,9 +202,7 @@ class Refresher(Service):
             assert entry is not None
             raise FetchFailed(entry.last_error or "the last fetch failed")
         assert flight is not None
-        if job.config.on_miss == "empty":
-            if not persist:
-                raise StoreUnavailable("the store is unreachable; nothing can be queued")
+        if pending:
             return Answer(job.name, key, "pending")
         return await self._wait(flight, decision.fallback)
 
