@@ -340,10 +340,11 @@ def test_unreachable_store_fetches_locally_and_does_not_store() -> None:
 
 
 def test_unreachable_store_refuses_on_miss_empty_and_put() -> None:
-    refresher, _, clock, _ = make(
+    refresher, fetcher, _, _ = make(
         store=UnreachableStore(MemoryStore(task.Clock())), on_miss="empty"
     )
     assert isinstance(result(lookup(refresher)), errors.StoreUnavailable)
+    assert fetcher.calls == []  # no fetch for nobody
     put = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"x", "text/plain"))
     assert isinstance(result(put), errors.StoreUnavailable)
 
