@@ -1,0 +1,188 @@
+"""
+What the memcached store writes, as pure functions: safe keys, the keys it
+derives from an entry key (lease, chunks), expiry times, and the manifest of a
+value split into chunks.  No I/O here; C{docs/memcached.md} is the contract.
+
+The value under an entry key C{K} is either
+
+    - the entry itself, C{encode(entry)} exactly as in C{docs/store-format.md}
+      (its first byte is C{{}), when it fits in one item; or
+    - a manifest, one ASCII line
+
+          manifest 1 {generation} {count} {length} {sha256}\\n
+
+      naming the chunks C{{ns}:chunk:{generation}:{i}:{rest of K}} for C{i} in
+      C{0 .. count-1}, whose concatenation is C{length} bytes with that
+      lowercase hex SHA-256: the entry's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import secrets
+
+import attrs
+
+MAX_KEY_BYTES = 250
+"""memcached's limit on a key."""
+
+ITEM_HEADROOM = 1024
+"""
+Bytes of the item limit left for memcached's item header (about 60 bytes today),
+beyond the key: an item of exactly the limit fails, and a failed C{set}
+deletes the key's previous value.
+"""
+
+MIN_ITEM_LIMIT = 4096
+"""The smallest item limit the store works with: a manifest and a chunk must fit."""
+
+MAX_ITEM_LIMIT = 1024 * 1024 * 1024
+"""memcached's own maximum of C{-I}."""
+
+RELATIVE_EXPTIME_MAX = 2_592_000
+"""memcached reads an expiry time above 30 days as an absolute Unix time."""
+
+CHUNK_MARGIN = 5.0
+"""Seconds chunks outlive their manifest, which is written after them."""
+
+MANIFEST_VERSION = 1
+
+_SAFE_KEY = re.compile(rb"[\x21-\x7e]{1,250}")
+
+
+def check_key(key: str) -> bytes:
+    """
+    The bytes of C{key} if memcached can take it safely: 1 to 250 bytes of
+    printable ASCII, no white space or control characters (no space, CR, LF,
+    NUL, DEL).  Anything else is a L{ValueError}: such a key must never reach
+    the wire, where it would inject commands or desynchronise the connection.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"a memcached key must be a string, not {type(key).__name__}")
+    try:
+        data = key.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(f"refused memcached key {key[:60]!r}: not ASCII") from None
+    if not _SAFE_KEY.fullmatch(data):
+        why = (
+            "empty"
+            if not data
+            else f"{len(data)} bytes, over {MAX_KEY_BYTES}"
+            if len(data) > MAX_KEY_BYTES
+            else "white space or a control character"
+        )
+        raise ValueError(f"refused memcached key {key[:60]!r}: {why}")
+    return data
+
+
+def derived_key(key: str, kind: str, middle: str = "") -> str:
+    """
+    The key of something that belongs to entry key C{key}: C{kind:} and
+    C{middle} inserted after its namespace, as in C{{ns}:{kind}:{middle}{rest}}.
+    When that is over 250 bytes, C{rest} becomes C{#} and its lowercase hex
+    SHA-256, as L{refresherd.keys} hashes long arguments.
+    """
+    check_key(key)
+    namespace, colon, rest = key.partition(":")
+    prefix = f"{namespace}:{kind}:{middle}" if colon else f"{kind}:{middle}"
+    if not colon:
+        rest = key
+    derived = prefix + rest
+    if len(derived) > MAX_KEY_BYTES:
+        derived = prefix + "#" + hashlib.sha256(rest.encode("ascii")).hexdigest()
+    check_key(derived)
+    return derived
+
+
+def lease_key(key: str) -> str:
+    """C{{ns}:lease:{rest}}, the key of C{key}'s lease (the Redis store's name)."""
+    return derived_key(key, "lease")
+
+
+def chunk_key(key: str, generation: str, index: int) -> str:
+    """C{{ns}:chunk:{generation}:{index}:{rest}}, the key of one chunk of C{key}'s value."""
+    return derived_key(key, "chunk", f"{generation}:{index}:")
+
+
+def exptime(ttl: float, now: float) -> int:
+    """
+    The memcached expiry time of an item that must live at least C{ttl}
+    seconds from C{now}: whole seconds rounded up, plus one, since memcached's
+    clock ticks once a second and an item of C{n} seconds lives between
+    C{n - 1} and C{n}.  Above 30 days memcached reads it as an absolute Unix
+    time, so it is written as one.
+    """
+    seconds = math.ceil(ttl) + 1
+    if seconds <= RELATIVE_EXPTIME_MAX:
+        return seconds
+    return math.ceil(now) + seconds
+
+
+def inline_fits(key: str, data: bytes, item_limit: int) -> bool:
+    """Whether C{data} goes in one item under C{key}, with L{ITEM_HEADROOM} to spare."""
+    return len(key) + len(data) + ITEM_HEADROOM <= item_limit
+
+
+def chunk_size(item_limit: int) -> int:
+    """The bytes of one chunk: room for the longest key and the item header."""
+    return item_limit - MAX_KEY_BYTES - ITEM_HEADROOM
+
+
+_MANIFEST = re.compile(
+    rb"manifest (\d+) ([0-9a-f]{32}) ([1-9][0-9]{0,8}) ([0-9]{1,12}) ([0-9a-f]{64})\n"
+)
+
+
+@attrs.frozen
+class Manifest:
+    """What the entry key holds for a value in chunks."""
+
+    generation: str
+    count: int
+    length: int
+    sha256: str
+
+    def to_bytes(self) -> bytes:
+        return (
+            f"manifest {MANIFEST_VERSION} {self.generation} {self.count} "
+            f"{self.length} {self.sha256}\n"
+        ).encode("ascii")
+
+    def chunk_keys(self, key: str) -> list[str]:
+        return [chunk_key(key, self.generation, i) for i in range(self.count)]
+
+    def check(self, data: bytes) -> str | None:
+        """Why C{data} (the chunks joined) is not this manifest's value, or None."""
+        if len(data) != self.length:
+            return f"chunks hold {len(data)} bytes, the manifest says {self.length}"
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            return "chunks do not match the manifest's SHA-256"
+        return None
+
+
+def is_manifest(data: bytes) -> bool:
+    return data.startswith(b"manifest ")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """The manifest in C{data}; L{ValueError} if it is not one of version 1."""
+    match = _MANIFEST.fullmatch(data)
+    if match is None:
+        raise ValueError("malformed manifest")
+    if int(match[1]) != MANIFEST_VERSION:
+        raise ValueError(f"unknown manifest version {int(match[1])}")
+    return Manifest(
+        match[2].decode("ascii"), int(match[3]), int(match[4]), match[5].decode("ascii")
+    )
+
+
+def split(data: bytes, item_limit: int) -> tuple[Manifest, list[bytes]]:
+    """C{data} cut into chunks for C{item_limit}, under a new generation, and their manifest."""
+    size = chunk_size(item_limit)
+    chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    manifest = Manifest(
+        secrets.token_hex(16), len(chunks), len(data), hashlib.sha256(data).hexdigest()
+    )
+    return manifest, chunks
