@@ -45,6 +45,7 @@ from refresherd.logs import JSONLinesObserver
 from refresherd.metrics import MULTIPROCESS_DIR, Metrics, metrics_for
 from refresherd.refresher import DRAIN_TIMEOUT, Job, Refresher
 from refresherd.site import LimitedSite
+from refresherd.stores.memcached import memcached_store_from_url
 from refresherd.stores.memory import memory_store_from_url
 from refresherd.stores.redis import redis_store_from_url
 from refresherd.workers import (
@@ -93,7 +94,13 @@ class Options(usage.Options):
             "admin API and /metrics endpoint, or 'none' to serve them on the public listener "
             "[default: tcp:8081:interface=127.0.0.1]",
         ],
-        ["store", None, None, "memory://[?max_bytes=N] [default: memory://]"],
+        [
+            "store",
+            None,
+            None,
+            "memory://[?max_bytes=N], redis://[:password@]host:port/db or "
+            "memcached://host:port[,host:port...][?item_limit=N] [default: memory://]",
+        ],
         [
             "workers",
             None,
@@ -179,12 +186,12 @@ def make_store(
             return memory_store_from_url(url, reactor)
         if scheme == "redis":
             return redis_store_from_url(url, namespace, reactor, environ)
+        if scheme == "memcached":
+            return memcached_store_from_url(url, namespace, reactor)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
-    if scheme == "memcached":
-        raise ConfigError(f"{where}: the memcached:// store is not available yet")
     raise ConfigError(
-        f"{where}: unknown store {url.partition(':')[0]!r}; use memory:// or redis://"
+        f"{where}: unknown store {url.partition(':')[0]!r}; use memory://, redis:// or memcached://"
     )
 
 

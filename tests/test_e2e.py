@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Origin, Service, start_origin, start_service, wait_until
+from tests.harness import Origin, Service, start_service, wait_until
 
 CONFIG = """
 [jobs.user]
@@ -39,13 +39,6 @@ fetch = "python"
 callable = "refresherd.demo:slow_square"
 fresh = "1m"
 """
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    origin = start_origin()
-    yield origin
-    origin.server.shutdown()
 
 
 def write_config(tmp_path: Path, origin: Origin, **job: object) -> Path:

@@ -51,9 +51,15 @@ def busy_port() -> Iterator[int]:
         ("[jobs.x\n", (), "refresherd.toml"),
         (
             GOOD,
-            ("--store", "memcached://127.0.0.1:11211"),
-            "--store: the memcached:// store is not available yet",
+            ("--store", "memcached://127.0.0.1:11211 127.0.0.2:11211"),
+            "--store: the memcached store URL: '127.0.0.1:11211 127.0.0.2' is not a host",
         ),
+        (
+            GOOD,
+            ("--store", "memcached://127.0.0.1:11211?item_limit=1k"),
+            "--store: the memcached store URL: item_limit must be a number of bytes",
+        ),
+        (GOOD, ("--store", "couchdb://h"), "--store: unknown store 'couchdb'; use memory://"),
         (GOOD, ("--store", "memory://?max_bytes=lots"), "--store"),
         (GOOD, ("--workers", "2"), "--workers 2: needs a shared store"),
         (GOOD, ("--workers", "two"), "--workers: not a positive whole number"),

@@ -7,6 +7,7 @@ item limits, expiry beyond 30 days, pools of servers, outages), then its URL.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import os
@@ -758,9 +759,28 @@ class RingTests(SynchronousTestCase):
             self.assertEqual(sorted(order), list(range(5)))
             self.assertEqual(order[0], ring.server(key))
 
-    def test_the_ring_is_ketama_md5(self) -> None:
-        point = int.from_bytes(hashlib.md5(b"rfd:tweets:v1:username=bob").digest()[:4], "little")
-        self.assertEqual(key_point(b"rfd:tweets:v1:username=bob"), point)
+    def test_the_ring_is_the_one_docs_memcached_md_describes(self) -> None:
+        """The worked example of docs/memcached.md, and its reference code, agree with Ring."""
+        names = ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"]
+        self.assertEqual(key_point(b"rfd:tweets:v1:username=bob"), 471098131)
+        self.assertEqual(
+            Ring([(n, n) for n in names]).server(b"rfd:tweets:v1:username=bob"), names[1]
+        )
+
+        # The reference implementation of docs/memcached.md, as printed there.
+        points = sorted(
+            (int.from_bytes(digest[j : j + 4], "little"), name)
+            for name in names
+            for i in range(40)
+            for digest in [hashlib.md5(f"{name}-{i}".encode()).digest()]
+            for j in range(0, 16, 4)
+        )
+
+        def server_of(key: bytes) -> str:
+            point = int.from_bytes(hashlib.md5(key).digest()[:4], "little")
+            return points[bisect.bisect_left(points, (point, "")) % len(points)][1]
+
+        self.assertEqual([server_of(key) for key in self.KEYS], self.owners(names))
 
 
 @pytest.mark.parametrize(

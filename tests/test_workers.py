@@ -65,7 +65,8 @@ from refresherd.workers import (
     worker_options,
     worker_text_observer,
 )
-from tests.harness import LISTENING, TWISTD, Origin, run_twistd, start_origin, wait_until
+from tests.harness import LISTENING, TWISTD, Origin, run_twistd, wait_until
+from tests.memcached_server import MemcachedServer
 from tests.redis_server import RedisServer
 
 ALLOW = {tap.ALLOW_MEMORY_WORKERS: "1"}
@@ -737,13 +738,6 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def origin() -> Iterator[Origin]:
-    origin = start_origin()
-    yield origin
-    origin.server.shutdown()
-
-
-@pytest.fixture
 def service(tmp_path: Path, origin: Origin) -> Iterator[Callable[..., Running]]:
     (tmp_path / "refresherd.toml").write_text(CONFIG.format(origin=origin.url))
     started: list[Running] = []
@@ -967,7 +961,7 @@ def test_worker_options_given_by_hand_stop_start_up(tmp_path: Path) -> None:
     assert line.startswith("refresherd: --worker-fd: internal option of --workers")
 
 
-REDIS_CONFIG = """
+SHARED_CONFIG = """
 [jobs.user]
 args = ["name"]
 url = "{origin}/users/{{name}}"
@@ -976,26 +970,16 @@ wait_timeout = "30s"
 """
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-def test_two_workers_on_redis_fetch_a_stampeded_key_once(
-    tmp_path: Path, origin: Origin, redis: RedisServer
+def test_two_workers_on_a_shared_store_fetch_a_stampeded_key_once(
+    tmp_path: Path, origin: Origin, shared_store: RedisServer | MemcachedServer
 ) -> None:
     """
     Through one port, 200 concurrent requests for an absent key, answered by
     both workers, make one origin request: the store is shared.
     """
-    (tmp_path / "refresherd.toml").write_text(REDIS_CONFIG.format(origin=origin.url))
+    (tmp_path / "refresherd.toml").write_text(SHARED_CONFIG.format(origin=origin.url))
     origin.set("/users/hot", delay=1.0)
-    running = start(tmp_path, "--store", redis.url(), env={})
+    running = start(tmp_path, "--store", shared_store.url(), env={})
     try:
 
         def ask(_: int) -> str:

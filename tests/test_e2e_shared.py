@@ -1,6 +1,7 @@
 """
-End to end on Redis: several C{twistd -n refresherd} processes share one real
-redis-server, and a value is still fetched once however many of them are asked.
+End to end on a shared store: several C{twistd -n refresherd} processes share
+one real redis-server or memcached, and a value is still fetched once however
+many of them are asked.  Every test runs on both stores.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Origin, Service, start_origin, start_service, wait_until
+from tests.harness import Origin, Service, start_service, wait_until
+from tests.memcached_server import MemcachedServer
 from tests.redis_server import RedisServer
 
 CONFIG = """
@@ -31,31 +33,18 @@ early_refresh = 0
 """
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
 @pytest.fixture
-def origin() -> Iterator[Origin]:
-    origin = start_origin()
-    yield origin
-    origin.server.shutdown()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, origin: Origin, redis: RedisServer) -> Iterator[object]:
-    """Start refresherd processes on the shared Redis."""
+def cluster(
+    tmp_path: Path, origin: Origin, shared_store: RedisServer | MemcachedServer
+) -> Iterator[object]:
+    """Start refresherd processes on the shared store."""
     started: list[Service] = []
 
     def start(count: int = 2, fresh: str = "1m", wait_timeout: str = "10s") -> list[Service]:
         config = tmp_path / "refresherd.toml"
         config.write_text(CONFIG.format(origin=origin.url, fresh=fresh, wait_timeout=wait_timeout))
         for _ in range(count):
-            started.append(start_service(config, "--store", redis.url()))
+            started.append(start_service(config, "--store", shared_store.url()))
         return started[-count:]
 
     yield start
@@ -124,10 +113,10 @@ def test_a_put_through_one_process_fences_a_fetch_running_in_the_other(cluster, 
         assert service.get("/v1/jobs/user?name=ann").json()["value"] == "put"
 
 
-def test_redis_down_and_back_no_hang_and_readyz_flips(cluster, origin, redis) -> None:  # type: ignore[no-untyped-def]
+def test_store_down_and_back_no_hang_and_readyz_flips(cluster, origin, shared_store) -> None:  # type: ignore[no-untyped-def]
     (service,) = cluster(count=1, wait_timeout="3s")
     assert service.get("/readyz").status_code == 200
-    redis.kill()
+    shared_store.kill()
     try:
         wait_until(lambda: service.get("/readyz").status_code == 503, timeout=10)
         for i in range(10):
@@ -145,7 +134,7 @@ def test_redis_down_and_back_no_hang_and_readyz_flips(cluster, origin, redis) ->
         )
         assert (put.status_code, put.json()["error"]["code"]) == (503, "store_unavailable")
     finally:
-        redis.start()
+        shared_store.start()
     wait_until(lambda: service.get("/readyz").status_code == 200, timeout=15)
     assert service.get("/v1/jobs/user?name=back").json()["status"] == "miss"
     assert service.get("/v1/jobs/user?name=back").json()["status"] == "hit"

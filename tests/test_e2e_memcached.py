@@ -1,0 +1,144 @@
+"""
+End to end on memcached alone: C{twistd -n refresherd} processes on a pool of
+real memcached servers, one of which dies under load, and values larger than
+memcached's item limit carried whole from one process to another.  What both
+shared stores do alike is in C{test_e2e_shared}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from refresherd.keys import entry_key
+from refresherd.stores.memcached_ring import Ring
+from tests.harness import Origin, Service, start_service
+from tests.memcached_server import MemcachedServer
+
+CONFIG = """
+[jobs.user]
+args = ["name"]
+url = "{origin}/users/{{name}}"
+fresh = "1h"
+wait_timeout = "3s"
+timeout = "2s"
+early_refresh = 0
+
+[jobs.blob]
+args = ["name"]
+url = "{origin}/blobs/{{name}}"
+fresh = "1h"
+wait_timeout = "10s"
+early_refresh = 0
+"""
+
+
+@pytest.fixture
+def pool() -> Iterator[list[MemcachedServer]]:
+    servers = [MemcachedServer() for _ in range(3)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.cleanup()
+
+
+@pytest.fixture
+def start(tmp_path: Path, origin: Origin) -> Iterator[object]:
+    """Start refresherd processes on the memcached servers given."""
+    started: list[Service] = []
+
+    def run(servers: list[MemcachedServer], count: int = 2) -> list[Service]:
+        config = tmp_path / "refresherd.toml"
+        config.write_text(CONFIG.format(origin=origin.url))
+        url = "memcached://" + ",".join(server.address for server in servers)
+        for _ in range(count):
+            started.append(start_service(config, "--store", url))
+        return started[-count:]
+
+    yield run
+    for service in started:
+        service.stop()
+
+
+def server_of(name: str, servers: list[MemcachedServer]) -> MemcachedServer:
+    """The server the ring gives the key of user C{name}, as docs/memcached.md computes it."""
+    key = entry_key("rfd", "user", 1, {"name": name})
+    return Ring([(server.address, server) for server in servers]).server(key.encode())
+
+
+def test_a_pool_keeps_answering_while_one_server_is_killed(start, pool, origin) -> None:  # type: ignore[no-untyped-def]
+    """
+    Two processes on three servers, asked in turn for 40 keys, three rounds:
+    one server is killed after the first round.  Every request is answered
+    (never a 504 or a 503); the keys on the servers left are never fetched
+    again, those of the dead one once more each, and after that both
+    processes find them on the same next server.
+    """
+    one, two = start(pool)
+    names = [f"u{i}" for i in range(40)]
+    for name in names:
+        origin.set(f"/users/{name}", body=b'{"fetch": {n}}')
+    victim = pool[1]
+    moved = [name for name in names if server_of(name, pool) is victim]
+    assert 4 <= len(moved) <= 30  # the ring spreads them; the test means something
+
+    with httpx.Client(timeout=30) as client:
+
+        def get(service: Service, name: str) -> httpx.Response:
+            return client.get(f"{service.url}/v1/jobs/user?name={name}")
+
+        for name in names:
+            answer = get(one, name)
+            assert (answer.status_code, answer.json()["status"]) == (200, "miss"), answer.text
+        for name in names:
+            answer = get(two, name)
+            assert (answer.status_code, answer.json()["status"]) == (200, "hit"), answer.text
+
+        victim.kill()
+        for round_ in range(2):
+            for name in names:
+                for service in (one, two):
+                    answer = get(service, name)
+                    assert answer.status_code == 200, (round_, name, answer.text)
+
+        for name in names:
+            assert origin.count(f"/users/{name}") == (2 if name in moved else 1), name
+        for name in moved:  # written again, on a server both processes use
+            for service in (one, two):
+                answer = get(service, name).json()
+                assert (answer["status"], answer["value"]) == ("hit", {"fetch": 2}), name
+    assert one.get("/readyz").status_code == 200
+
+
+def test_a_5_mib_value_fetched_by_one_process_is_read_whole_by_another(start, origin) -> None:  # type: ignore[no-untyped-def]
+    """
+    A value five times memcached's item limit, fetched through one process,
+    is stored in chunks and read back byte for byte through the other.
+    """
+    server = MemcachedServer()
+    server.start()
+    try:
+        one, two = start([server])
+        body = os.urandom(5 * 1024 * 1024).replace(b"{n}", b"{m}")
+        origin.set("/blobs/big", body=body, content_type="application/octet-stream")
+        first = one.get("/v1/jobs/blob/raw?name=big")
+        assert first.status_code == 200
+        assert first.headers["cache-status"] == "refresherd; fwd=miss; stored"
+        second = two.get("/v1/jobs/blob/raw?name=big")
+        assert second.status_code == 200
+        assert second.headers["cache-status"].startswith("refresherd; hit;")
+        assert hashlib.sha256(second.content).digest() == hashlib.sha256(body).digest()
+        assert second.headers["etag"] == first.headers["etag"]
+        assert origin.count("/blobs/big") == 1
+        raw = server.get(entry_key("rfd", "blob", 1, {"name": "big"}).encode())
+        assert raw is not None and raw.startswith(b"manifest 1 ")
+    finally:
+        server.cleanup()
