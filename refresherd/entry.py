@@ -78,6 +78,12 @@ class Entry:
     last_error: str | None = None
     retry_at: float = 0.0
     """No refresh starts before this: backoff while refreshes fail, C{error_ttl} for a failure."""
+    generations: tuple[str, str] = ("", "")
+    """
+    The hard and soft purge marks of the job and tags when the fetch began
+    (L{refresherd.generations}): a purge of the job or a tag changes the
+    current mark, and the entry then reads as purged.
+    """
 
     @property
     def is_failure(self) -> bool:
@@ -105,6 +111,7 @@ def value_entry(
     fresh: float,
     stale: float,
     stale_if_error: float,
+    generations: tuple[str, str] = ("", ""),
 ) -> Entry:
     """A new entry for a value fetched (or put) at C{now}."""
     fresh_until = now + fresh
@@ -120,6 +127,7 @@ def value_entry(
         args=dict(args),
         tags=tags,
         etag=make_etag(fetched.body, now),
+        generations=generations,
     )
 
 
@@ -147,6 +155,7 @@ def encode(entry: Entry) -> bytes:
         value = getattr(entry, name)
         meta[name] = list(value) if name == "tags" else value
     meta["args"] = dict(entry.args)
+    meta["generations"] = list(entry.generations)
     head = json.dumps(meta, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return head.encode("ascii") + b"\n" + (entry.body or b"")
 
@@ -180,7 +189,18 @@ def decode(data: bytes) -> Entry:
     if not isinstance(meta.get("has_body"), bool):
         raise EntryFormatError("bad metadata: 'has_body' is not a boolean")
     fields["tags"] = tuple(fields["tags"])
-    return Entry(body=body if meta["has_body"] else None, **fields)
+    generations = meta.get("generations", ["", ""])
+    if (
+        not isinstance(generations, list)
+        or len(generations) != 2
+        or not all(isinstance(g, str) for g in generations)
+    ):
+        raise EntryFormatError("bad metadata: 'generations' is not two strings")
+    return Entry(
+        body=body if meta["has_body"] else None,
+        generations=(generations[0], generations[1]),
+        **fields,
+    )
 
 
 _META_TYPES = {

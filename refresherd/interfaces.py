@@ -62,6 +62,20 @@ class IStore(Interface):
         fetch that runs in another process use it.
         """
 
+    def get_generations(keys):  # type: ignore[no-untyped-def]
+        """
+        The current tokens of the generation keys C{keys}
+        (L{refresherd.generations}): a mapping of each key that holds one to
+        its token; a key never purged is left out.
+        """
+
+    def new_generation(key: str):  # type: ignore[no-untyped-def]
+        """
+        Write a new random token under the generation key C{key}, with no
+        expiry, so that every entry marked with the old one reads as purged.
+        Fire with the token.
+        """
+
     def ping():  # type: ignore[no-untyped-def]
         """Fire when the store answers, fail with StoreUnavailable when not."""
 

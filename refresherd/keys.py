@@ -13,6 +13,7 @@ therefore memcached-safe and any program can compute them.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from urllib.parse import quote
 
@@ -47,3 +48,44 @@ def entry_key(namespace: str, job: str, version: int, args: Mapping[str, str]) -
     if len(prefix) + len(part) > MAX_KEY_BYTES:
         part = hashed_args(part)
     return prefix + part
+
+
+_SAFE_PART = re.compile(r"[\x21-\x7e]+")
+
+
+def generation_key(namespace: str, kind: str, name: str, hard: bool) -> str:
+    """
+    The key holding the current purge generation of a job or a tag:
+    C{{namespace}:gen:{hard|soft}:{job|tag}:{name}}.  A name that is not
+    printable ASCII without white space, that starts with C{#}, or that would
+    make the key longer than 200 bytes is written C{#} and the lowercase hex
+    SHA-256 of its UTF-8 bytes.
+    """
+    prefix = f"{namespace}:gen:{'hard' if hard else 'soft'}:{kind}:"
+    if (
+        not _SAFE_PART.fullmatch(name)
+        or name.startswith("#")
+        or len(prefix) + len(name) > MAX_KEY_BYTES
+    ):
+        name = "#" + hashlib.sha256(name.encode("utf-8")).hexdigest()
+    return prefix + name
+
+
+ENTRY_KEY = re.compile(r"(?P<namespace>[A-Za-z0-9_-]{1,64}):(?P<job>[A-Za-z0-9_-]{1,64}):v[0-9]+:")
+
+
+def check_entry_key(key: str, namespace: str) -> str:
+    """
+    C{key} if it is the key of an entry of C{namespace}, as L{entry_key} makes
+    them (printable ASCII, no white space, at most 250 bytes); else
+    L{ValueError} saying why.  Other keys of the store (leases, chunks,
+    generations) and keys of other namespaces are refused.
+    """
+    if not _SAFE_PART.fullmatch(key) or len(key) > 250:
+        raise ValueError(f"not a key: {key[:80]!r} (printable ASCII, no white space, 250 bytes)")
+    match = ENTRY_KEY.match(key)
+    if match is None:
+        raise ValueError(f"not an entry key: {key[:80]!r} ({{namespace}}:{{job}}:v{{version}}:...)")
+    if match["namespace"] != namespace:
+        raise ValueError(f"key {key[:80]!r} is not in the namespace {namespace!r}")
+    return key

@@ -158,3 +158,21 @@ def after_failure(
         last_error=error,
         retry_at=now + error_ttl,
     )
+
+
+def soft_purged(entry: Entry, now: float, grace: float) -> Entry:
+    """
+    C{entry} soft-purged at C{now}: a value that is fresh or stale stops being
+    fresh, and stays servable (stale, so that one refresh starts) until it
+    would have stopped being fresh, and for C{grace} seconds (one refresh's
+    lease) at least, even with C{stale = 0}.  Anything else is unchanged: a
+    failure, or a value already past its stale window (served, if at all,
+    while refreshes fail within C{stale_if_error}).
+    """
+    if entry.is_failure or now >= max(entry.fresh_until, entry.stale_until):
+        return entry
+    return attrs.evolve(
+        entry,
+        fresh_until=min(entry.fresh_until, now),
+        stale_until=max(entry.stale_until, entry.fresh_until, now + grace),
+    )

@@ -37,19 +37,22 @@ from refresherd.entry import (
     value_entry,
 )
 from refresherd.errors import (
+    BadArgs,
     BadJson,
     BodyTooLarge,
     FetchError,
     FetchFailed,
     FetchTimeout,
+    NotFound,
     Overloaded,
     StoreUnavailable,
     UnknownJob,
     WaitTimeout,
     one_line,
 )
+from refresherd.generations import GenerationKeys, Purge, generation_keys, purge_of
 from refresherd.interfaces import IFetcher, IStore
-from refresherd.keys import entry_key
+from refresherd.keys import check_entry_key, entry_key, generation_key
 from refresherd.metrics import Metrics
 from refresherd.templates import render_tags
 
@@ -106,9 +109,11 @@ class Flight:
     previous: Entry | None
     persist: bool
     """Write the result to the store (false while the store is unreachable)."""
-    _waiters: list[Deferred[Entry]] = attrs.field(factory=list)
-    _outcome: Entry | Exception | None = None
-    running: Deferred[None] | None = None
+    generations: tuple[str, str] = ("", "")
+    """The purge marks of the job and tags when the flight began, for what it writes."""
+    _waiters: list[Deferred[Entry]] = attrs.field(factory=list, init=False)
+    _outcome: Entry | Exception | None = attrs.field(default=None, init=False)
+    running: Deferred[None] | None = attrs.field(default=None, init=False)
 
     def wait(self) -> Deferred[Entry]:
         """The flight's entry for one caller; cancelling it leaves the flight alone."""
@@ -179,12 +184,7 @@ class Refresher(Service):
         job = self.job(job_name)
         args = check_args(job.config, raw_args)
         key = self.key(job, args)
-        persist = True
-        try:
-            entry = await self.store.get(key)
-        except StoreUnavailable:
-            self.metrics.store_errors.labels(operation="get").inc()
-            entry, persist = None, False
+        entry, marks, persist = await self._read(job, key, args)
         now = self.clock.seconds()
         decision = policy.decide(now, entry, job.config.early_refresh, self.random())
         pending = decision.state is policy.State.ABSENT and job.config.on_miss == "empty"
@@ -192,7 +192,7 @@ class Refresher(Service):
             raise StoreUnavailable("the store is unreachable; nothing can be queued")
         flight = None
         if decision.refresh:
-            flight = self._flight(job, key, args, entry, persist, early=decision.early)
+            flight = self._flight(job, key, args, entry, persist, marks, early=decision.early)
         if decision.state is policy.State.HIT:
             return Answer(job.name, key, "hit", entry)
         if decision.state is policy.State.STALE:
@@ -205,6 +205,46 @@ class Refresher(Service):
         if pending:
             return Answer(job.name, key, "pending")
         return await self._wait(flight, decision.fallback)
+
+    def generation_keys(self, job: Job, args: Mapping[str, str]) -> GenerationKeys:
+        return generation_keys(self.namespace, job.name, render_tags(job.config.tags, args))
+
+    async def _read(
+        self, job: Job, key: str, args: Mapping[str, str]
+    ) -> tuple[Entry | None, tuple[str, str], bool]:
+        """
+        The entry of C{key} as a request should see it, purges applied, the
+        current purge marks of its job and tags, and whether the store
+        answered.  The entry and the marks are read at once (one round trip).
+        """
+        generations = self.generation_keys(job, args)
+        try:
+            entry, tokens = await defer.gatherResults(
+                [self.store.get(key), self.store.get_generations(generations.all)],
+                consumeErrors=True,
+            )
+        except defer.FirstError as e:
+            if not e.subFailure.check(StoreUnavailable):
+                e.subFailure.raiseException()
+            self.metrics.store_errors.labels(operation="get").inc()
+            return None, ("", ""), False
+        marks = generations.marks(tokens)
+        if entry is not None:
+            entry = self._unpurged(job, entry, purge_of(entry.generations, marks))
+        return entry, marks, True
+
+    def _unpurged(self, job: Job, entry: Entry, purge: Purge | None) -> Entry | None:
+        """C{entry} after a purge of its job or a tag: none (hard), or marked stale (soft)."""
+        if purge is None:
+            return entry
+        if purge is Purge.HARD or entry.is_failure:
+            return None
+        return policy.soft_purged(entry, self.clock.seconds(), self._grace(job))
+
+    @staticmethod
+    def _grace(job: Job) -> float:
+        """How long a soft-purged value stays servable at least: one refresh's lease."""
+        return policy.lease_ttl(job.config.timeout, job.config.retries)
 
     def _stale(self, job: Job, key: str, entry: Entry, error: str | None) -> Answer:
         self.metrics.stale_age.labels(job=job.name).observe(
@@ -248,8 +288,10 @@ class Refresher(Service):
             except ValueError as e:
                 raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
         key = self.key(job, args)
-        entry = self._new_entry(job, args, Fetched(body, content_type), 0.0)
         try:
+            generations = self.generation_keys(job, args)
+            marks = generations.marks(await self.store.get_generations(generations.all))
+            entry = self._new_entry(job, args, Fetched(body, content_type), 0.0, marks)
             await self.store.put(key, entry, self._ttl(entry))
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="put").inc()
@@ -261,7 +303,12 @@ class Refresher(Service):
         return entry.expires_at - self.clock.seconds() + policy.STORE_MARGIN
 
     def _new_entry(
-        self, job: Job, args: dict[str, str], fetched: Fetched, duration: float
+        self,
+        job: Job,
+        args: dict[str, str],
+        fetched: Fetched,
+        duration: float,
+        generations: tuple[str, str],
     ) -> Entry:
         config = job.config
         return value_entry(
@@ -274,6 +321,7 @@ class Refresher(Service):
             fresh=config.fresh,
             stale=config.stale,
             stale_if_error=config.stale_if_error,
+            generations=generations,
         )
 
     # -- flights -------------------------------------------------------------
@@ -285,6 +333,7 @@ class Refresher(Service):
         args: dict[str, str],
         previous: Entry | None,
         persist: bool,
+        generations: tuple[str, str],
         early: bool = False,
     ) -> Flight:
         """The flight of C{key}: the one running, or a new one."""
@@ -292,7 +341,7 @@ class Refresher(Service):
         if flight is not None:
             self.metrics.coalesced.labels(job=job.name).inc()
             return flight
-        flight = Flight(key, job, args, previous, persist)
+        flight = Flight(key, job, args, previous, persist, generations)
         self._flights[key] = flight
         if early:
             self.metrics.early_refreshes.labels(job=job.name).inc()
@@ -374,7 +423,7 @@ class Refresher(Service):
             if flight.persist:
                 await self._remember_failure(flight, lease, str(e))
             raise
-        entry = self._new_entry(job, flight.args, fetched, duration)
+        entry = self._new_entry(job, flight.args, fetched, duration, flight.generations)
         if not flight.persist:
             return entry
         try:
@@ -404,6 +453,8 @@ class Refresher(Service):
         )
         if failed is None:
             return
+        # Marked with the current purges: a purge that made this refresh is spent.
+        failed = attrs.evolve(failed, generations=flight.generations)
         try:
             await self.store.put(flight.key, failed, self._ttl(failed), lease=lease)
         except StoreUnavailable:
@@ -479,6 +530,85 @@ class Refresher(Service):
                 raise FetchError(current.last_error or "the fetch elsewhere failed")
             return current
         raise FetchError("the fetch running elsewhere did not finish in time")
+
+    # -- operators -----------------------------------------------------------
+
+    def check_key(self, key: str) -> str:
+        """C{key} if it names an entry of this namespace; L{BadArgs} otherwise."""
+        try:
+            return check_entry_key(key, self.namespace)
+        except ValueError as e:
+            raise BadArgs(str(e)) from None
+
+    async def purge(self, keys: list[str], jobs: list[str], tags: list[str], soft: bool) -> int:
+        """
+        Purge entries by key, and every entry of C{jobs} and of C{tags}, in
+        every process sharing the store: removed, or with C{soft} marked stale
+        so that the next request is answered with the old value while one
+        refresh regenerates it.  Fires with how many keys, jobs and tags were
+        named.  Nothing is done unless every key and job is valid.
+        """
+        keys = [self.check_key(key) for key in keys]
+        for name in jobs:
+            self.job(name)
+        generations = [
+            generation_key(self.namespace, kind, name, hard=not soft)
+            for kind, names in (("job", jobs), ("tag", tags))
+            for name in names
+        ]
+        writes = [Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys]
+        writes += [self.store.new_generation(key) for key in generations]
+        try:
+            await defer.gatherResults(writes, consumeErrors=True)
+        except defer.FirstError as e:
+            if e.subFailure.check(StoreUnavailable):
+                self.metrics.store_errors.labels(operation="purge").inc()
+            e.subFailure.raiseException()
+        for kind, named in (("key", keys), ("job", jobs), ("tag", tags)):
+            if named:
+                self.metrics.purged.labels(kind=kind).inc(len(named))
+        return len(keys) + len(jobs) + len(tags)
+
+    async def _purge_key(self, key: str, soft: bool) -> None:
+        if not soft:
+            await self.store.delete(key)
+            return
+        entry = await self.store.get(key)
+        if entry is None:
+            return
+        job = self.jobs.get(entry.job)
+        if entry.is_failure or job is None:
+            # Nothing to serve meanwhile, or nothing to regenerate it with.
+            await self.store.delete(key)
+            return
+        marked = policy.soft_purged(entry, self.clock.seconds(), self._grace(job))
+        if marked is not entry:
+            # Unfenced: a fetch that began before the purge cannot overwrite it.
+            await self.store.put(key, marked, self._ttl(marked))
+
+    async def inspect(self, key: str) -> tuple[Entry, Purge | None]:
+        """The entry of C{key} as it is stored, and whether a purge of its job or a tag hit it."""
+        key = self.check_key(key)
+        entry: Entry | None = await self.store.get(key)
+        if entry is None:
+            raise NotFound(f"no entry {key!r}")
+        generations = generation_keys(self.namespace, entry.job, entry.tags)
+        tokens = await self.store.get_generations(generations.all)
+        return entry, purge_of(entry.generations, generations.marks(tokens))
+
+    async def refresh(self, job_name: str, raw_args: Mapping[str, object]) -> str:
+        """
+        Start a refresh of the key of C{job_name} and C{raw_args} now, or join
+        the one running; fires with the key once it has started.
+        """
+        job = self.job(job_name)
+        args = check_args(job.config, raw_args)
+        key = self.key(job, args)
+        entry, marks, persist = await self._read(job, key, args)
+        if not persist:
+            raise StoreUnavailable("the store is unreachable; a refresh would not be stored")
+        self._flight(job, key, args, entry, persist, marks)
+        return key
 
     # -- lifecycle -----------------------------------------------------------
 

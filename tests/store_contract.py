@@ -36,7 +36,7 @@ from zope.interface.verify import verifyObject
 
 from refresherd.entry import Entry, Fetched, make_etag, value_entry
 from refresherd.interfaces import IStore
-from refresherd.keys import MAX_KEY_BYTES, entry_key
+from refresherd.keys import MAX_KEY_BYTES, entry_key, generation_key
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase as _Base
@@ -73,6 +73,7 @@ def sample_entry(body: bytes | None = b'{"tweets": []}', **changes: Any) -> Entr
         failures=2,
         last_error="origin answered 503 Service Unavailable",
         retry_at=1_700_000_075.5,
+        generations=("0123456789abcdef0123456789abcdef", ""),
     )
     fields.update(changes)
     return Entry(**fields)
@@ -435,3 +436,37 @@ class StoreContract(_Base):
         await store.put(key, sample_entry(), LONG_TTL)
         await self.wait(NOTICE)
         self.assertFiredWith(kept, None)
+
+    # Generations of jobs and tags
+
+    def generation(self, name: str = "bob", hard: bool = True) -> str:
+        """A generation key unique to this test and call."""
+        return generation_key("rfdtest-" + uuid.uuid4().hex[:12], "tag", f"user:{name}", hard)
+
+    async def test_generations_never_written_are_left_out(self) -> None:
+        store = await self.store()
+        self.assertEqual(await store.get_generations([self.generation(), self.generation()]), {})
+        self.assertEqual(await store.get_generations([]), {})
+
+    async def test_new_generation_replaces_the_token_every_time(self) -> None:
+        store = await self.store()
+        key, other, never = self.generation(), self.generation("ann"), self.generation("cy")
+        first = await store.new_generation(key)
+        await store.new_generation(other)
+        self.assertEqual(await store.get_generations([key, never]), {key: first})
+        second = await store.new_generation(key)
+        self.assertNotEqual(second, first)
+        self.assertEqual(await store.get_generations([never, key]), {key: second})
+
+    async def test_generations_do_not_expire(self) -> None:
+        store = await self.store()
+        key = self.generation()
+        token = await store.new_generation(key)
+        await self.wait(PAST_SHORT_TTL)
+        self.assertEqual(await store.get_generations([key]), {key: token})
+
+    async def test_many_generations_in_one_call(self) -> None:
+        store = await self.store()
+        keys = [self.generation(str(i), hard=i % 2 == 0) for i in range(40)]
+        tokens = {key: await store.new_generation(key) for key in keys[::3]}
+        self.assertEqual(await store.get_generations(keys), tokens)

@@ -48,6 +48,7 @@ entries = st.builds(
     failures=st.integers(min_value=0, max_value=2**40),
     last_error=st.none() | texts,
     retry_at=times,
+    generations=st.tuples(texts, texts),
 )
 
 
@@ -281,3 +282,21 @@ def test_check_json_body_accepts_strict_utf8_json(body: bytes) -> None:
 )
 def test_is_json_content_type(content_type: str, expected: bool) -> None:
     assert is_json_content_type(content_type) is expected
+
+
+def test_an_entry_without_generations_reads_as_never_purged() -> None:
+    """Entries written before purges by job and tag existed carry no marks: none seen."""
+    data = encode(an_entry(generations=("h", "s")))
+    meta = meta_of(data)
+    assert meta["generations"] == ["h", "s"]
+    del meta["generations"]
+    older = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + b"body"
+    assert decode(older) == an_entry()
+
+
+@pytest.mark.parametrize("generations", [["a"], ["a", 1], "ab", None, ["a", "b", "c"]])
+def test_bad_generations_are_refused(generations: object) -> None:
+    meta = meta_of(encode(an_entry()))
+    meta["generations"] = generations
+    with pytest.raises(EntryFormatError, match="generations"):
+        decode(json.dumps(meta).encode() + b"\nbody")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from refresherd.keys import entry_key
+from refresherd.keys import check_entry_key, entry_key, generation_key
 
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -146,3 +146,38 @@ def test_different_args_give_different_keys(one: dict[str, str], two: dict[str, 
 def test_one_changed_value_gives_a_different_key(args: dict[str, str]) -> None:
     changed = {**args, "q": args.get("q", "") + "x"}
     assert entry_key("rfd", "job", 1, args) != entry_key("rfd", "job", 1, changed)
+
+
+def test_generation_keys_name_their_kind_and_strength() -> None:
+    assert generation_key("rfd", "tag", "user:bob", hard=True) == "rfd:gen:hard:tag:user:bob"
+    assert generation_key("rfd", "job", "tweets", hard=False) == "rfd:gen:soft:job:tweets"
+
+
+@pytest.mark.parametrize("tag", ["caf\u00e9", "a b", "#x", "", "x\r\nflush_all", "t" * 190])
+def test_generation_keys_hash_tags_that_are_not_safe_key_parts(tag: str) -> None:
+    digest = hashlib.sha256(tag.encode("utf-8")).hexdigest()
+    assert generation_key("rfd", "tag", tag, hard=True) == f"rfd:gen:hard:tag:#{digest}"
+
+
+@pytest.mark.parametrize(
+    "key", ["rfd:tweets:v1:username=bob", "rfd:report:v1:", "rfd:a-b_c:v12:#" + "0" * 64]
+)
+def test_check_entry_key_takes_entry_keys_of_the_namespace(key: str) -> None:
+    assert check_entry_key(key, "rfd") == key
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("rfd:lease:tweets:v1:username=bob", "not an entry key"),
+        ("rfd:gen:hard:tag:user:bob", "not an entry key"),
+        ("other:tweets:v1:username=bob", "not in the namespace 'rfd'"),
+        ("rfd:tweets:v1:user name=bob", "not a key"),
+        ("rfd:tweets:v1:x\r\nflush_all", "not a key"),
+        ("rfd:tweets:v1:" + "x" * 240, "not a key"),
+        ("", "not a key"),
+    ],
+)
+def test_check_entry_key_refuses_anything_else(key: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        check_entry_key(key, "rfd")

@@ -25,6 +25,7 @@ from refresherd.policy import (
     backoff,
     decide,
     lease_ttl,
+    soft_purged,
     xfetch,
 )
 
@@ -944,3 +945,34 @@ def test_early_refresh_waits_for_the_backoff_after_a_failed_refresh() -> None:
     assert (decision.state, decision.refresh) == (State.HIT, False)
     later = decide(failed.retry_at, failed, 1.0, 1e-12)
     assert (later.state, later.refresh) == (State.STALE, True)
+
+
+GRACE = 15.0
+
+
+@given(st.floats(min_value=T0, max_value=STALE_UNTIL, exclude_max=True))
+def test_a_soft_purged_servable_value_is_stale_and_refreshed(now: float) -> None:
+    marked = soft_purged(make_value(), now, GRACE)
+    assert decide(now, marked, 1.0, NO_EARLY) == Decision(State.STALE, refresh=True)
+
+
+def test_a_soft_purged_value_stays_servable_until_it_would_have_stopped_being_fresh() -> None:
+    value = make_value(stale=0.0)
+    marked = soft_purged(value, T0 + 1, GRACE)
+    assert (marked.fresh_until, marked.stale_until) == (T0 + 1, FRESH_UNTIL)
+    assert decide(FRESH_UNTIL - 0.1, marked, 1.0, NO_EARLY).state is State.STALE
+    assert decide(FRESH_UNTIL, marked, 1.0, NO_EARLY).state is State.ABSENT
+
+
+def test_a_soft_purged_value_stays_servable_for_one_refresh_at_least() -> None:
+    marked = soft_purged(make_value(stale=0.0), FRESH_UNTIL - 1, GRACE)
+    assert marked.stale_until == FRESH_UNTIL - 1 + GRACE
+    assert decide(FRESH_UNTIL + GRACE - 2, marked, 1.0, NO_EARLY).state is State.STALE
+
+
+def test_soft_purge_leaves_alone_what_cannot_be_served_as_it_is() -> None:
+    failure = make_failure()
+    assert soft_purged(failure, T0, GRACE) is failure
+    value = make_value()
+    assert soft_purged(value, STALE_UNTIL, GRACE) is value
+    assert soft_purged(failing(value), STALE_UNTIL + 1, GRACE).stale_until == STALE_UNTIL

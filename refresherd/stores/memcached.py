@@ -296,6 +296,17 @@ class MemcachedStore(Service):
         """
         return self._waiters.wait(key, timeout)
 
+    def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
+        """See L{IStore.get_generations}: one multi-get per server."""
+        return Deferred.fromCoroutine(self._generations(keys))
+
+    def new_generation(self, key: str) -> Deferred[str]:
+        """
+        See L{IStore.new_generation}: C{set} with no expiry (memcached may still
+        evict it when full, which reads as one more purge).
+        """
+        return Deferred.fromCoroutine(self._new_generation(key))
+
     def ping(self) -> Deferred[None]:
         """See L{IStore.ping}: C{version} to every connected server; one answer is enough."""
         return Deferred.fromCoroutine(self._ping())
@@ -330,28 +341,42 @@ class MemcachedStore(Service):
 
     async def _read_chunks(self, key: str, manifest: Manifest, deadline: float) -> bytes | None:
         """The chunks of C{manifest} joined, or None if any is missing."""
-        keys = [check_key(chunk) for chunk in manifest.chunk_keys(key)]
-        by_server: dict[_Server, list[bytes]] = {}
-        for chunk in keys:
-            by_server.setdefault(self._route(chunk, ()), []).append(chunk)
-        reads = [
-            self._send(server, "get", _multiget(batch), deadline)
-            for server, chunks in by_server.items()
-            for batch in (
-                chunks[i : i + MULTIGET_BATCH] for i in range(0, len(chunks), MULTIGET_BATCH)
-            )
-        ]
+        keys = manifest.chunk_keys(key)
         try:
-            replies = await _all(reads)
+            found = await self._get_many(keys, deadline)
         except _Lost:
             return None  # those chunks were on a server that is gone now
-        found: dict[bytes, tuple[int, bytes | None]] = {}
-        for reply in replies:
-            found.update(reply)
-        parts = [found.get(chunk, (0, None))[1] for chunk in keys]
+        parts = [found.get(chunk) for chunk in keys]
         if any(part is None for part in parts):
             return None
         return b"".join(part for part in parts if part is not None)
+
+    async def _get_many(self, keys: Sequence[str], deadline: float) -> dict[str, bytes]:
+        """The values of those of C{keys} that exist: one multi-get per server and batch."""
+        by_server: dict[_Server, list[bytes]] = {}
+        for key in keys:
+            k = check_key(key)
+            by_server.setdefault(self._route(k, ()), []).append(k)
+        reads = [
+            self._send(server, "get", _multiget(batch), deadline)
+            for server, ks in by_server.items()
+            for batch in (ks[i : i + MULTIGET_BATCH] for i in range(0, len(ks), MULTIGET_BATCH))
+        ]
+        found: dict[str, bytes] = {}
+        for reply in await _all(reads):
+            for k, (_, value) in reply.items():
+                if value is not None:
+                    found[k.decode("ascii")] = value
+        return found
+
+    async def _generations(self, keys: Sequence[str]) -> dict[str, str]:
+        found = await self._get_many(keys, self._deadline())
+        return {key: value.decode("ascii", "replace") for key, value in found.items()}
+
+    async def _new_generation(self, key: str) -> str:
+        token = secrets.token_hex(16)
+        await self._store(key, token.encode("ascii"), 0, self._deadline())
+        return token
 
     async def _put(self, key: str, entry: Entry, ttl: float, lease: str | None) -> bool:
         check_key(key)

@@ -14,6 +14,7 @@ import heapq
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -83,6 +84,7 @@ class MemoryStore:
     """A heap of (expiry, key), so expired entries go without waiting to be read."""
     _leases: dict[str, tuple[str, float]] = attrs.field(init=False, repr=False, factory=dict)
     _lease_sweep_at: int = attrs.field(init=False, repr=False, default=_LEASE_SWEEP_MIN)
+    _generations: dict[str, str] = attrs.field(init=False, repr=False, factory=dict)
     _waiters: ChangeWaiters = attrs.field(
         init=False,
         repr=False,
@@ -158,6 +160,18 @@ class MemoryStore:
         waiter and its timer.
         """
         return self._waiters.wait(key, timeout)
+
+    def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
+        """See L{IStore.get_generations}."""
+        return defer.succeed({k: self._generations[k] for k in keys if k in self._generations})
+
+    def new_generation(self, key: str) -> Deferred[str]:
+        """
+        See L{IStore.new_generation}.  Generations do not count against
+        C{max_bytes}: there is one per job or tag ever purged.
+        """
+        token = self._generations[key] = secrets.token_hex(16)
+        return defer.succeed(token)
 
     def ping(self) -> Deferred[None]:
         """See L{IStore.ping}: memory always answers."""

@@ -259,6 +259,25 @@ class RedisStore(Service):
         """
         return self._waiters.wait(key, timeout)
 
+    def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
+        """See L{IStore.get_generations}: one C{MGET}."""
+        if not keys:
+            return defer.succeed({})
+        d = self._call("generations", lambda c: c.execute_command("MGET", *keys))
+        return d.addCallback(
+            lambda values: {
+                key: value.decode("ascii", "replace")
+                for key, value in zip(keys, values, strict=True)
+                if value is not None
+            }
+        )
+
+    def new_generation(self, key: str) -> Deferred[str]:
+        """See L{IStore.new_generation}: C{SET key token}, with no expiry."""
+        token = secrets.token_hex(16)
+        d = self._call("purge", lambda c: c.execute_command("SET", key, token))
+        return d.addCallback(lambda _: token)
+
     def ping(self) -> Deferred[None]:
         """See L{IStore.ping}: C{PING}, within the deadline."""
         return self._call("ping", lambda c: c.execute_command("PING")).addCallback(lambda _: None)

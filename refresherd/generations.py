@@ -1,0 +1,80 @@
+"""
+Purges by job and by tag without scanning the store: generations, as pure
+functions.
+
+Each job and each tag has two generation keys in the store (L{keys.generation_key}),
+a hard one and a soft one, each holding a random token that a purge replaces
+(and absent until the first purge).  An entry records, in C{generations}, two
+marks: digests of the tokens of its job's and tags' hard keys and of their soft
+keys as they were when its fetch began.  A read fetches the current tokens
+beside the entry (in the same round trip) and compares marks: a hard mark that
+differs means the entry was purged (it reads as absent), a soft one that it was
+soft-purged (it is served stale while one refresh regenerates it).
+
+A purge thus costs one write, whatever the number of entries it covers, and a
+read costs the extra keys of its job and tags, fetched with the entry.  A mark
+is compared for equality, never for order, so a token that is lost (evicted)
+reads as a purge, never as a purge undone.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from refresherd.keys import generation_key
+
+NO_MARK = ""
+"""The mark of keys none of which was ever purged."""
+
+
+class Purge(enum.Enum):
+    HARD = "hard"
+    """Purged: the entry reads as absent."""
+    SOFT = "soft"
+    """Soft-purged: the entry is served stale while one refresh regenerates it."""
+
+
+@attrs.frozen
+class GenerationKeys:
+    """The generation keys of one job with its tags filled in."""
+
+    hard: tuple[str, ...]
+    soft: tuple[str, ...]
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.hard + self.soft
+
+    def marks(self, tokens: Mapping[str, str]) -> tuple[str, str]:
+        """The (hard, soft) marks of the current C{tokens} (a key missing: never purged)."""
+        return _mark(self.hard, tokens), _mark(self.soft, tokens)
+
+
+def generation_keys(namespace: str, job: str, tags: Iterable[str]) -> GenerationKeys:
+    """The hard and soft generation keys of C{job} and of each of its C{tags}."""
+    names = [("job", job)] + [("tag", tag) for tag in dict.fromkeys(tags)]
+    return GenerationKeys(
+        tuple(generation_key(namespace, kind, name, hard=True) for kind, name in names),
+        tuple(generation_key(namespace, kind, name, hard=False) for kind, name in names),
+    )
+
+
+def _mark(keys: tuple[str, ...], tokens: Mapping[str, str]) -> str:
+    """A digest of the tokens of C{keys} that exist, or L{NO_MARK} if none does."""
+    seen = sorted(f"{key}={tokens[key]}" for key in keys if tokens.get(key))
+    if not seen:
+        return NO_MARK
+    return hashlib.sha256("\n".join(seen).encode("utf-8")).hexdigest()[:32]
+
+
+def purge_of(recorded: tuple[str, str], current: tuple[str, str]) -> Purge | None:
+    """Whether an entry that recorded C{recorded} marks is purged, given the C{current} ones."""
+    if recorded[0] != current[0]:
+        return Purge.HARD
+    if recorded[1] != current[1]:
+        return Purge.SOFT
+    return None
