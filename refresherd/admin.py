@@ -1,50 +1,271 @@
 """
-The admin listener: C{/metrics} (SPEC section 5), open unless metrics tokens
-are configured, then for a metrics or admin token.
+The admin API (SPEC section 5): purges, entries, the configured jobs,
+refreshes on demand, and C{/metrics}; on the admin listener, or mounted on the
+public one with C{--admin-listen none}.
+
+Every route needs an admin token (a purge of keys and tags also takes a write
+token), unless no admin token is configured: the routes are then open, and
+start-up makes sure they are served on loopback only.  Admin POSTs need a
+JSON content type, and without admin tokens a loopback C{Host} (or a UNIX
+socket), so that a web page cannot make an operator's browser forge them.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.python.failure import Failure
+from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 
-from refresherd.auth import ADMIN, METRICS, Authorizer
-from refresherd.errors import NotFound, RefresherdError, Unauthorized
+from refresherd.args import parse_query
+from refresherd.auth import ADMIN, METRICS, Authorizer, is_loopback_host
+from refresherd.config import JobConfig, Secret
+from refresherd.entry import Entry, is_json_content_type
+from refresherd.errors import BadArgs, BadJson, Forbidden, UnsupportedMediaType
+from refresherd.faces import JSON, handle_errors, header, observe, query, with_value
+from refresherd.generations import Purge
 from refresherd.metrics import Metrics
+from refresherd.refresher import Refresher
+
+REDACTED = "<redacted>"
+
+_SENSITIVE = re.compile(r"auth|cookie|token|secret|key|passw|session|signature", re.IGNORECASE)
+_ONLY_PLACEHOLDERS = re.compile(r"(\{[A-Za-z_][A-Za-z0-9_]*\})+")
+MAX_TAG_BYTES = 1024
+
+
+@attrs.frozen
+class PurgeRequest:
+    keys: tuple[str, ...] = ()
+    jobs: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    soft: bool = False
+
+
+def parse_purge(body: bytes) -> PurgeRequest:
+    """The body of C{POST /v1/purge}; L{BadJson} or L{BadArgs} saying what is wrong."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadJson(f"the body is not valid JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise BadJson('the body must be an object {"keys": [...], "jobs": [...], "tags": [...]}')
+    unknown = sorted(set(document) - {"keys", "jobs", "tags", "soft"})
+    if unknown:
+        raise BadJson(f"unknown field {unknown[0][:40]!r}; use keys, jobs, tags and soft")
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in ("keys", "jobs", "tags"):
+        items = document.get(name, [])
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise BadJson(f"{name} must be an array of non-empty strings")
+        lists[name] = tuple(dict.fromkeys(items))
+    soft = document.get("soft", False)
+    if not isinstance(soft, bool):
+        raise BadJson("soft must be true or false")
+    if not any(lists.values()):
+        raise BadArgs("nothing to purge: name keys, jobs or tags")
+    for tag in lists["tags"]:
+        if len(tag.encode("utf-8")) > MAX_TAG_BYTES:
+            raise BadArgs(f"a tag is at most {MAX_TAG_BYTES} bytes")
+    return PurgeRequest(soft=soft, **lists)
+
+
+def entry_json(key: str, entry: Entry, purge: Purge | None, value: bool) -> bytes:
+    """The metadata of an entry (C{GET /v1/entries/{key}}), with its value if asked."""
+    head: dict[str, Any] = {
+        "key": key,
+        "job": entry.job,
+        "args": dict(entry.args),
+        "fetched_at": entry.fetched_at,
+        "fresh_until": entry.fresh_until,
+        "stale_until": entry.stale_until,
+        "size": entry.size(),
+        "content_type": entry.content_type,
+        "tags": list(entry.tags),
+        "last_error": entry.last_error,
+        "failures": entry.failures,
+        "has_value": not entry.is_failure,
+        "error_until": entry.error_until,
+        "retry_at": entry.retry_at,
+        "etag": entry.etag,
+        "purged": None if purge is None else purge.value,
+    }
+    if value and not entry.is_failure:
+        return with_value(head, entry)
+    return json.dumps(head).encode("utf-8")
+
+
+def redact_url(url: str) -> str:
+    """
+    C{url} without its secrets: credentials become L{REDACTED}, and so does
+    every query value that is not just placeholders.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = REDACTED + "@" + netloc.rpartition("@")[2]
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        name, equals, value = pair.partition("=")
+        if equals and not _ONLY_PLACEHOLDERS.fullmatch(unquote(value)):
+            value = quote(REDACTED)
+        pairs.append(name + equals + value)
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+
+
+def _header_value(name: str, secret: Secret) -> str:
+    return REDACTED if secret.redacted or _SENSITIVE.search(name) else secret.value
+
+
+def _redact_body(template: Any) -> Any:
+    """A body template with every string that is not just placeholders redacted."""
+    if isinstance(template, str):
+        return template if _ONLY_PLACEHOLDERS.fullmatch(template) else REDACTED
+    if isinstance(template, dict):
+        return {key: _redact_body(value) for key, value in template.items()}
+    if isinstance(template, list):
+        return [_redact_body(item) for item in template]
+    return template
+
+
+def describe_job(job: JobConfig) -> dict[str, Any]:
+    """
+    A job as C{GET /v1/jobs} shows it, secrets redacted: the signing secret,
+    header values given as C{env:} or C{file:} or whose name looks like a
+    credential, credentials and query values in the URL, and the literal
+    strings of a body template.
+    """
+    shown: dict[str, Any] = {
+        "name": job.name,
+        "fetch": job.fetch,
+        "args": list(job.args),
+        "arg_patterns": {name: p.pattern for name, p in job.arg_patterns.items()},
+    }
+    if job.fetch == "http":
+        assert job.url is not None
+        shown.update(
+            url=redact_url(job.url),
+            method=job.method,
+            headers={name: _header_value(name, value) for name, value in job.headers.items()},
+            body=_redact_body(job.body),
+            sign=REDACTED if job.sign is not None else None,
+        )
+    else:
+        shown["callable"] = job.callable
+    for name in (
+        "fresh",
+        "stale",
+        "stale_if_error",
+        "error_ttl",
+        "on_miss",
+        "wait_timeout",
+        "timeout",
+        "retries",
+        "concurrency",
+        "max_queue",
+        "version",
+        "early_refresh",
+        "max_value_bytes",
+    ):
+        shown[name] = getattr(job, name)
+    shown["tags"] = list(job.tags)
+    return shown
+
+
+def describe_jobs(jobs: Mapping[str, JobConfig]) -> bytes:
+    return json.dumps({"jobs": [describe_job(jobs[name]) for name in sorted(jobs)]}).encode()
 
 
 @attrs.define(slots=False)
 class AdminAPI:
+    """The routes of the admin listener."""
+
+    refresher: Refresher
     authorizer: Authorizer
     metrics: Metrics
+    clock: IReactorTime
     app = Klein()
+
+    handle_errors(app, lambda face: face.metrics, lambda face: face.clock)
 
     def resource(self) -> Any:
         return self.app.resource()
 
-    @app.handle_errors(RefresherdError, HTTPException)
-    def _error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        if not isinstance(error, RefresherdError):
-            error = NotFound(f"no route {request.path.decode('latin-1')!r}")
-        request.setResponseCode(error.status)
-        request.setHeader(b"Content-Type", b"application/json")
-        if isinstance(error, Unauthorized):
-            request.setHeader(b"WWW-Authenticate", b"Bearer")
-        return json.dumps(error.to_json()).encode("utf-8")
+    def _admin(self, request: IRequest, route: str, writers_too: bool = False) -> None:
+        observe(self.metrics, self.clock, request, route)
+        self.authorizer.check_admin(header(request, b"Authorization"), writers_too)
+
+    def _post(self, request: IRequest) -> None:
+        """What every admin POST needs, so that a web page cannot forge one."""
+        if (
+            self.authorizer.admin_open
+            and not isinstance(request.getHost(), UNIXAddress)
+            and not is_loopback_host(header(request, b"Host"))
+        ):
+            raise Forbidden(
+                "with no admin token configured, admin requests need a loopback Host header"
+            )
+        content_type = (header(request, b"Content-Type") or b"").decode("latin-1")
+        if not is_json_content_type(content_type):
+            raise UnsupportedMediaType("admin requests need Content-Type: application/json")
+
+    @app.route("/v1/purge", methods=["POST"])
+    async def purge(self, request: IRequest) -> bytes:
+        self._admin(request, "/v1/purge", writers_too=True)
+        self._post(request)
+        wanted = parse_purge(request.content.read())
+        if wanted.jobs:
+            self.authorizer.check_admin(header(request, b"Authorization"))
+        purged = await self.refresher.purge(
+            list(wanted.keys), list(wanted.jobs), list(wanted.tags), wanted.soft
+        )
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps({"purged": purged}).encode()
+
+    @app.route("/v1/entries/<path:key>", methods=["GET", "HEAD"])
+    async def entry(self, request: IRequest, key: str) -> bytes:
+        self._admin(request, "/v1/entries/{key}")
+        # The key comes from the raw path, percent-decoded exactly once.
+        raw = request.path[len(b"/v1/entries/") :]
+        try:
+            name = unquote(raw.decode("ascii"), errors="strict")
+        except UnicodeDecodeError:
+            raise BadArgs("the key must be percent-encoded ASCII") from None
+        args = parse_query(query(request))
+        value = args.pop("value", None)
+        if args or value not in (None, "0", "1"):
+            raise BadArgs("the only parameter is value=1")
+        entry, purge = await self.refresher.inspect(name)
+        request.setHeader(b"Content-Type", JSON)
+        return entry_json(name, entry, purge, value == "1")
+
+    @app.route("/v1/jobs", methods=["GET", "HEAD"])
+    def jobs(self, request: IRequest) -> bytes:
+        self._admin(request, "/v1/jobs")
+        request.setHeader(b"Content-Type", JSON)
+        return describe_jobs({name: job.config for name, job in self.refresher.jobs.items()})
+
+    @app.route("/v1/jobs/<job>/refresh", methods=["POST"])
+    async def refresh(self, request: IRequest, job: str) -> bytes:
+        self._admin(request, "/v1/jobs/{job}/refresh")
+        self._post(request)
+        key = await self.refresher.refresh(job, parse_query(query(request)))
+        request.setResponseCode(202)
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps({"job": job, "key": key, "status": "pending"}).encode()
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: IRequest) -> bytes:
+        observe(self.metrics, self.clock, request, "/metrics")
         if self.authorizer.configured([METRICS]):
-            self.authorizer.require(
-                request.getHeader(b"Authorization"), frozenset({METRICS, ADMIN})
-            )
+            self.authorizer.require(header(request, b"Authorization"), frozenset({METRICS, ADMIN}))
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         return self.metrics.render()

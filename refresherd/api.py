@@ -7,7 +7,6 @@ never a traceback.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from typing import Any
@@ -16,41 +15,18 @@ import attrs
 from klein import Klein
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Request
-from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
-from werkzeug.exceptions import NotFound as RouteNotFound
 
 from refresherd.args import parse_query
 from refresherd.auth import Authorizer
 from refresherd.config import ServerConfig
-from refresherd.entry import is_json_content_type
-from refresherd.errors import (
-    BadArgs,
-    BadJson,
-    BatchTooLarge,
-    MethodNotAllowed,
-    NotFound,
-    RefresherdError,
-    Unauthorized,
-    one_line,
-)
+from refresherd.errors import BadArgs, BadJson, BatchTooLarge, RefresherdError, one_line
+from refresherd.faces import JSON, handle_errors, observe, with_value
+from refresherd.faces import header as _header
+from refresherd.faces import query as _query
 from refresherd.metrics import Metrics
 from refresherd.refresher import Answer, Refresher
-
-JSON = b"application/json"
-
-
-def _header(request: IRequest, name: bytes) -> bytes | None:
-    value = request.getHeader(name)
-    return value.encode("latin-1") if isinstance(value, str) else value
-
-
-def _query(request: IRequest) -> bytes:
-    return request.uri.partition(b"?")[2]
 
 
 def cache_status(answer: Answer, now: float) -> str:
@@ -90,18 +66,7 @@ def answer_body(answer: Answer, now: float) -> bytes:
     )
     if answer.error is not None:
         head["error"] = one_line(answer.error)
-    body = entry.body or b""
-    if is_json_content_type(entry.content_type):
-        value = body
-        field = b'"value":'
-    else:
-        try:
-            value = json.dumps(body.decode("utf-8")).encode("utf-8")
-            field = b'"value":'
-        except UnicodeDecodeError:
-            value = json.dumps(base64.b64encode(body).decode("ascii")).encode("ascii")
-            field = b'"value_b64":'
-    return json.dumps(head).encode("utf-8")[:-1] + b"," + field + value + b"}"
+    return with_value(head, entry)
 
 
 @attrs.define(slots=False)
@@ -116,7 +81,6 @@ class PublicAPI:
     fallback: IResource | None = None
     """Routes mounted beside these (the admin API with C{--admin-listen none})."""
     app = Klein()
-    _log: Logger = attrs.field(factory=Logger, init=False)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -132,52 +96,10 @@ class PublicAPI:
 
     # -- plumbing --------------------------------------------------------------
 
+    handle_errors(app, lambda face: face.metrics, lambda face: face.clock, lambda f: f.fallback)
+
     def _observe(self, request: IRequest, route: str) -> None:
-        start = self.clock.seconds()
-        web_request: Request = request  # type: ignore[assignment]
-
-        def done(_: object) -> None:
-            self.metrics.http_duration.labels(route=route, code=str(web_request.code)).observe(
-                self.clock.seconds() - start
-            )
-
-        web_request.notifyFinish().addBoth(done)
-
-    def _error(self, request: IRequest, error: RefresherdError) -> bytes:
-        request.setResponseCode(error.status)
-        request.setHeader(b"Content-Type", JSON)
-        if isinstance(error, Unauthorized):
-            request.setHeader(b"WWW-Authenticate", b"Bearer")
-        return json.dumps(error.to_json()).encode("utf-8")
-
-    @app.handle_errors(RefresherdError)
-    def _handle_refresherd_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, RefresherdError)
-        return self._error(request, error)
-
-    @app.handle_errors(RouteNotFound)
-    def _handle_not_found(self, request: IRequest, failure: Failure) -> bytes | IResource:
-        if self.fallback is not None:
-            request.prepath, request.postpath = [], request.path.split(b"/")[1:]
-            return self.fallback
-        self._observe(request, "_unmatched")
-        return self._error(request, NotFound(f"no route {request.path.decode('latin-1')!r}"))
-
-    @app.handle_errors(RouteMethodNotAllowed)
-    def _handle_method(self, request: IRequest, failure: Failure) -> bytes:
-        self._observe(request, "_unmatched")
-        allowed = getattr(failure.value, "valid_methods", None) or []
-        request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode("ascii"))
-        method = request.method.decode("latin-1")
-        return self._error(request, MethodNotAllowed(f"method {method} is not allowed here"))
-
-    @app.handle_errors(Exception)
-    def _handle_unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        self._log.failure("Error answering {uri}", failure, uri=request.uri)
-        request.setResponseCode(500)
-        request.setHeader(b"Content-Type", JSON)
-        return json.dumps({"error": {"code": "internal", "message": "internal error"}}).encode()
+        observe(self.metrics, self.clock, request, route)
 
     def _count(self, job: str, status: str) -> None:
         self.metrics.requests.labels(job=self.metrics.job_label(job), status=status).inc()

@@ -11,6 +11,7 @@ class that may not do this is 403.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable
 
 import attrs
@@ -22,6 +23,7 @@ READ, WRITE, ADMIN, METRICS = "read", "write", "admin", "metrics"
 
 READERS = frozenset({READ, WRITE, ADMIN})
 WRITERS = frozenset({WRITE, ADMIN})
+ADMINS = frozenset({ADMIN})
 
 
 @attrs.frozen
@@ -76,3 +78,44 @@ class Authorizer:
         if not self.configured(WRITERS):
             raise Forbidden("writes are disabled: no write or admin token is configured")
         self.require(authorization, WRITERS)
+
+    @property
+    def admin_open(self) -> bool:
+        """
+        No admin token is configured: the admin routes need none, and may be
+        served only on a loopback listener (checked at start-up).
+        """
+        return not self.configured([ADMIN])
+
+    def check_admin(self, authorization: bytes | None, writers_too: bool = False) -> None:
+        """
+        Admin routes need an admin token (or, with C{writers_too}, a write
+        token), unless no admin token is configured.
+        """
+        if not self.admin_open:
+            self.require(authorization, WRITERS if writers_too else ADMINS)
+
+
+def is_loopback_ip(host: str) -> bool:
+    """Whether C{host} is an address of 127.0.0.0/8 or ::1 (0.0.0.0 and :: are not)."""
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_host(value: bytes | None) -> bool:
+    """
+    Whether a C{Host} header names this machine by loopback: C{localhost},
+    an address of 127.0.0.0/8 or C{[::1]}, with or without a port.  A web page
+    on another site that makes an operator's browser post here (DNS
+    rebinding, a forged form) sends its own host name instead.
+    """
+    if not value:
+        return False
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        inside, bracket, _ = host[1:].partition("]")
+        return bool(bracket) and is_loopback_ip(inside)
+    host = host.rpartition(":")[0] if ":" in host else host
+    return host == "localhost" or is_loopback_ip(host)

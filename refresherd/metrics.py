@@ -9,16 +9,19 @@ With C{--workers}, every worker process runs in prometheus-client's
 multiprocess mode (C{PROMETHEUS_MULTIPROC_DIR}, set by the parent before the
 worker starts): its values live in files of that directory, and C{/metrics}
 reports the sum over all workers, those that exited included (their counts
-are not lost).  The gauges count only live workers (C{livesum}).
+are not lost), plus the parent's own (its admin API purges and refreshes).
+The gauges count only live workers (C{livesum}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 UNKNOWN_JOB = "_unknown"
@@ -36,14 +39,17 @@ class Metrics:
     """
     The metrics of one process.
 
-    @ivar multiprocess_dir: with C{--workers}, the directory where every
-        worker writes its values; L{render} then reports their sum.  The
-        parent sets it once it has made the directory.
+    @ivar multiprocess_dir: in a worker of C{--workers}, the directory where
+        every worker writes its values, this one's included; L{render} then
+        reports their sum.
+    @ivar workers_dir: in the parent of C{--workers}, that directory, once it
+        has made it; L{render} then reports the workers' sum plus its own.
     """
 
     jobs: frozenset[str]
     registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
     multiprocess_dir: str | None = None
+    workers_dir: str | None = None
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -117,14 +123,50 @@ class Metrics:
         """The Prometheus text format: of this process, or the sum over all workers."""
         if self.multiprocess_dir is not None:
             return render_multiprocess(self.multiprocess_dir)
+        if self.workers_dir is not None:
+            return render_multiprocess(self.workers_dir, also=self.registry)
         return generate_latest(self.registry)
 
 
-def render_multiprocess(path: str) -> bytes:
-    """The Prometheus text format of the sum of the values every worker wrote in C{path}."""
+def render_multiprocess(path: str, also: CollectorRegistry | None = None) -> bytes:
+    """
+    The Prometheus text format of the sum of the values every worker wrote in
+    C{path}, and of those of the registry C{also}.
+    """
+    collectors: list[Any] = [MultiProcessCollector(None, path=path)]
+    if also is not None:
+        collectors.append(also)
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=path)
+    registry.register(_Summed(collectors))
     return generate_latest(registry)
+
+
+@attrs.define(eq=False)
+class _Summed:
+    """A collector of the sum of the samples of C{collectors}, metric by metric."""
+
+    collectors: list[Any]
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for collector in self.collectors:
+            for family in collector.collect():
+                if family.name not in families:
+                    families[family.name] = Metric(family.name, family.documentation, family.type)
+                    values[family.name] = {}
+                summed = values[family.name]
+                for sample in family.samples:
+                    if sample.name.endswith("_created"):
+                        continue  # a time, not a count: meaningless summed
+                    labels = tuple(sorted(sample.labels.items()))
+                    summed[sample.name, labels] = (
+                        summed.get((sample.name, labels), 0.0) + sample.value
+                    )
+        for name, family in families.items():
+            for (sample, labels), value in values[name].items():
+                family.add_sample(sample, dict(labels), value)
+            yield family
 
 
 def metrics_for(jobs: Iterable[str], multiprocess_dir: str | None = None) -> Metrics:

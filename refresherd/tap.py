@@ -25,6 +25,7 @@ from typing import Any, cast
 import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
@@ -35,14 +36,14 @@ from twisted.python.threadpool import ThreadPool
 
 from refresherd.admin import AdminAPI
 from refresherd.api import PublicAPI
-from refresherd.auth import Authorizer
+from refresherd.auth import Authorizer, is_loopback_ip
 from refresherd.config import Config, JobConfig, load_config
 from refresherd.errors import ConfigError
 from refresherd.fetchers.http import HTTPFetcher, make_http_client
 from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable
 from refresherd.interfaces import IFetcher, IStore
 from refresherd.logs import JSONLinesObserver
-from refresherd.metrics import MULTIPROCESS_DIR, Metrics, metrics_for
+from refresherd.metrics import MULTIPROCESS_DIR, metrics_for
 from refresherd.refresher import DRAIN_TIMEOUT, Job, Refresher
 from refresherd.site import LimitedSite
 from refresherd.stores.memcached import memcached_store_from_url
@@ -271,18 +272,46 @@ def listen(
 
 
 @attrs.define(eq=False)
+class Engine(MultiService):
+    """
+    The store, the thread pools and the refresher on them, started in that
+    order.  Stopping it lets the fetches in flight finish (answering the
+    requests that wait on them), then stops the pools and the store.
+    """
+
+    refresher: Refresher
+    pools: ThreadPools
+
+    def __attrs_post_init__(self) -> None:
+        MultiService.__init__(self)
+        store = self.refresher.store
+        if IService.providedBy(store):
+            store.setServiceParent(self)
+        self.pools.setServiceParent(self)
+        self.refresher.setServiceParent(self)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        yield self.refresher.stopService()
+        self.pools.stopService()
+        store = self.refresher.store
+        if IService.providedBy(store):
+            yield store.stopService()
+
+
+@attrs.define(eq=False)
 class RefresherdService(MultiService):
     """
-    The running service.  Stopping it stops listening first, then lets the
-    fetches in flight finish (answering the requests that wait on them), then
-    stops the thread pools.
+    The running service.  Stopping it stops listening first, then stops the
+    engine (fetches in flight finish and their requests are answered), then
+    closes the connections once their answers are out.
 
     @ivar worker: in a worker of C{--workers}, its number: it then announces
         that it serves the inherited socket rather than where it listens.
     """
 
-    refresher: Refresher
-    pools: ThreadPools
+    engine: Engine
     ports: list[IListeningPort]
     sites: list[LimitedSite]
     log_observer: ILogObserver | None = None
@@ -292,11 +321,7 @@ class RefresherdService(MultiService):
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
-        store = self.refresher.store
-        if IService.providedBy(store):
-            store.setServiceParent(self)
-        self.pools.setServiceParent(self)
-        self.refresher.setServiceParent(self)
+        self.engine.setServiceParent(self)
 
     def startService(self) -> None:
         MultiService.startService(self)
@@ -320,12 +345,8 @@ class RefresherdService(MultiService):
     def stopService(self) -> Any:
         Service.stopService(self)
         yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
-        yield self.refresher.stopService()
+        yield self.engine.stopService()
         yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
-        self.pools.stopService()
-        store = self.refresher.store
-        if IService.providedBy(store):
-            yield store.stopService()
 
 
 @attrs.define(eq=False)
@@ -333,13 +354,15 @@ class ParentService(MultiService):
     """
     The parent of C{--workers}: it holds the public listener for the
     workers (C{ports[0]}, never accepting on it), serves the admin listener
-    if there is one (C{ports[1]}), and runs the L{Supervisor}.  Stopping it
-    closes its listeners, then stops the workers and waits for them (each
-    answers the requests waiting on its fetches), then closes the admin
+    if there is one (C{ports[1]}) with an engine of its own on the shared
+    store, and runs the L{Supervisor}.  Stopping it closes its listeners,
+    then stops the workers and waits for them (each answers the requests
+    waiting on its fetches), then its engine, then closes the admin
     connections.
     """
 
     supervisor: Supervisor
+    engine: Engine
     ports: list[IListeningPort]
     sites: list[LimitedSite]
     log_observer: ILogObserver | None = None
@@ -348,6 +371,7 @@ class ParentService(MultiService):
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+        self.engine.setServiceParent(self)
         self.supervisor.setServiceParent(self)
 
     def startService(self) -> None:
@@ -371,7 +395,30 @@ class ParentService(MultiService):
             [release(public), *(defer.maybeDeferred(port.stopListening) for port in admin)]
         )
         yield self.supervisor.stopService()
+        yield self.engine.stopService()
         yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
+
+
+def check_admin_listener(port: IListeningPort, settings: Settings, authorizer: Authorizer) -> None:
+    """
+    With no admin token configured the admin routes are open, so they may be
+    served only where nobody else can connect: a loopback address or a UNIX
+    socket.  C{port} is the listener that serves them.
+    """
+    if not authorizer.admin_open:
+        return
+    address: Any = port.getHost()
+    if isinstance(address, UNIXAddress) or is_loopback_ip(getattr(address, "host", "")):
+        return
+    mounted = settings.admin_listen[0] == "none"
+    where = settings.listen[1] if mounted else settings.admin_listen[1]
+    what = "the public listener, which serves the admin API (--admin-listen none)"
+    raise ConfigError(
+        f"{where}: with no admin token configured, the admin API may listen only on "
+        f"loopback (127.0.0.0/8, ::1 or a UNIX socket), not on {describe(port)}"
+        + (f" ({what})" if mounted else "")
+        + "; set auth.admin_tokens"
+    )
 
 
 def describe(port: IListeningPort) -> str:
@@ -451,12 +498,12 @@ def log_observer(settings: Settings) -> ILogObserver | None:
     return None if worker is None else worker_text_observer(worker.id)
 
 
-def build_refresher(
+def build_engine(
     settings: Settings,
     reactor: Any,
     environ: Mapping[str, str],
     multiprocess_dir: str | None = None,
-) -> tuple[Refresher, ThreadPools, Metrics]:
+) -> Engine:
     """The store, the jobs and the refresher on them, with their thread pools and metrics."""
     config = settings.config
     url, where = settings.store
@@ -469,7 +516,7 @@ def build_refresher(
     }
     metrics = metrics_for(jobs, multiprocess_dir)
     refresher = Refresher(store, jobs, reactor, config.store.namespace, metrics)
-    return refresher, pools, metrics
+    return Engine(refresher, pools)
 
 
 def build(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> IService:
@@ -491,11 +538,12 @@ def build_service(
     """A process that serves the API: on its own, or as one of the workers."""
     config = settings.config
     worker = settings.worker
-    refresher, pools, metrics = build_refresher(
+    engine = build_engine(
         settings, reactor, environ, environ.get(MULTIPROCESS_DIR) if worker is not None else None
     )
+    refresher, metrics = engine.refresher, engine.refresher.metrics
     authorizer = Authorizer.from_config(config.auth)
-    admin = AdminAPI(authorizer, metrics)
+    admin = AdminAPI(refresher, authorizer, metrics, reactor)
     admin_listen, admin_where = settings.admin_listen
     mounted = admin_listen == "none"
     public = PublicAPI(
@@ -513,8 +561,7 @@ def build_service(
         lifeline = connect_lifeline(reactor, worker.lifeline, signals.stop)
         port = adopt(reactor, worker.fd, worker.family, public_site)
         return RefresherdService(
-            refresher,
-            pools,
+            engine,
             [port],
             [public_site],
             log_observer=log_observer(settings),
@@ -528,14 +575,16 @@ def build_service(
             admin.resource(), lambda method, path: config.server.max_body_bytes, reactor
         )
         sites.append(admin_site)
-        try:
+    try:
+        if not mounted:
             ports.append(listen(reactor, admin_listen, admin_where, admin_site))
-        except ConfigError:
-            ports[0].stopListening()
-            raise
+        check_admin_listener(ports[-1], settings, authorizer)
+    except ConfigError:
+        for port in ports:
+            port.stopListening()
+        raise
     return RefresherdService(
-        refresher,
-        pools,
+        engine,
         ports,
         sites,
         log_observer=log_observer(settings),
@@ -553,29 +602,33 @@ def build_parent(
     options: Mapping[str, Any], settings: Settings, reactor: Any, environ: Mapping[str, str]
 ) -> ParentService:
     """
-    The parent of C{--workers}.  It builds, and drops, what every worker
-    will build, so that a mistake is one line at start-up here rather than
-    workers that fail one after the other; the store is never started.
+    The parent of C{--workers}.  It builds what every worker will build, so
+    that a mistake is one line at start-up here rather than workers that fail
+    one after the other, and keeps it for the admin API it serves.
     """
     config = settings.config
-    build_refresher(settings, reactor, environ)
-    metrics = metrics_for(config.jobs)
-    admin = AdminAPI(Authorizer.from_config(config.auth), metrics)
+    engine = build_engine(settings, reactor, environ)
+    metrics = engine.refresher.metrics
+    authorizer = Authorizer.from_config(config.auth)
+    admin = AdminAPI(engine.refresher, authorizer, metrics, reactor)
     admin_listen, admin_where = settings.admin_listen
     public = listen(reactor, settings.listen[0], settings.listen[1], HeldForWorkers(), shared=True)
     shared = hold(public)
     ports = [public]
     sites = []
-    if admin_listen != "none":
-        admin_site = LimitedSite(
-            admin.resource(), lambda method, path: config.server.max_body_bytes, reactor
-        )
-        sites.append(admin_site)
-        try:
+    try:
+        if admin_listen != "none":
+            admin_site = LimitedSite(
+                admin.resource(), lambda method, path: config.server.max_body_bytes, reactor
+            )
+            sites.append(admin_site)
             ports.append(listen(reactor, admin_listen, admin_where, admin_site))
-        except ConfigError:
-            release(public)
-            raise
+        check_admin_listener(ports[-1], settings, authorizer)
+    except ConfigError:
+        release(public)
+        for port in ports[1:]:
+            port.stopListening()
+        raise
     plugin_options = worker_plugin_options(options, settings)
     reactor_name = twistd_reactor(options)
     supervisor = Supervisor(
@@ -590,6 +643,7 @@ def build_parent(
     signals = ShutdownSignals(reactor, at_once=supervisor.kill)
     return ParentService(
         supervisor,
+        engine,
         ports,
         sites,
         log_observer=log_observer(settings),

@@ -449,7 +449,7 @@ class Supervisor(Service):
         Service.startService(self)
         self._stopping = False
         self.metrics_dir = tempfile.mkdtemp(prefix="refresherd-metrics-", dir=self.temp_root)
-        self.metrics.multiprocess_dir = self.metrics_dir
+        self.metrics.workers_dir = self.metrics_dir
         self._devnull = os.open(os.devnull, os.O_RDWR)
         for n in range(1, self.count + 1):
             worker = self._workers[n] = _Worker(n)
@@ -606,7 +606,7 @@ class Supervisor(Service):
                 worker.process.signalProcess("KILL")
 
     def _clean_up(self) -> None:
-        self.metrics.multiprocess_dir = None
+        self.metrics.workers_dir = None
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self.metrics_dir = None

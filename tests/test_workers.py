@@ -408,7 +408,7 @@ def test_the_supervisor_starts_every_worker_on_the_shared_socket(supervised: Sup
     supervisor.startService()
     directory = supervisor.metrics_dir
     assert directory is not None and os.path.isdir(directory)
-    assert supervisor.metrics.multiprocess_dir == directory
+    assert supervisor.metrics.workers_dir == directory
     assert [p.args for p in reactor.processes] == [["worker", "1"], ["worker", "2"]]
     for process in reactor.processes:
         assert process.env == {"HOME": "/home", MULTIPROCESS_DIR: directory}
@@ -479,7 +479,7 @@ def test_stopping_closes_the_lifelines_and_waits_for_every_worker(
     reactor.advance(60)
     assert len(reactor.processes) == 2  # none started again
     assert directory is not None and not os.path.exists(directory)
-    assert supervisor.metrics.multiprocess_dir is None
+    assert supervisor.metrics.workers_dir is None
     assert [p.signals for p in reactor.processes] == [[], []]
 
 
@@ -622,6 +622,25 @@ def test_metrics_report_the_sum_over_every_worker(tmp_path: Path) -> None:
     text = render_multiprocess(directory).decode()
     assert 'refresherd_fetches_in_flight{job="job"} 2.0' in text
     assert 'refresherd_requests_total{job="job",status="hit"} 7.0' in text
+
+
+def test_the_parent_reports_the_workers_sum_plus_its_own(tmp_path: Path) -> None:
+    """The parent's admin API purges and refreshes: its own counts add to the workers'."""
+    directory = str(tmp_path)
+    env = {**os.environ, MULTIPROCESS_DIR: directory}
+    subprocess.run([sys.executable, "-c", WORKER_METRICS, "3"], env=env, check=True)
+    parent = metrics_for(["job"])
+    parent.workers_dir = directory
+    parent.requests.labels(job="job", status="hit").inc(2)
+    parent.purged.labels(kind="tag").inc()
+    parent.fetch_duration.labels(job="job").observe(0.3)
+    text = parent.render().decode()
+    assert 'refresherd_requests_total{job="job",status="hit"} 5.0' in text
+    assert 'refresherd_purged_total{kind="tag"} 1.0' in text
+    assert 'refresherd_fetch_duration_seconds_count{job="job"} 2.0' in text
+    assert 'refresherd_fetch_duration_seconds_bucket{job="job",le="0.25"} 1.0' in text
+    assert 'refresherd_fetches_in_flight{job="job"} 2.0' in text
+    assert "_created" not in text
 
 
 # -- end to end --------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""
+What the two HTTP faces (L{refresherd.api}, L{refresherd.admin}) share: the
+error object, the JSON of a stored value, request timing, and the handlers
+Klein calls for errors, unknown routes and methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from refresherd.entry import Entry, is_json_content_type
+from refresherd.errors import MethodNotAllowed, NotFound, RefresherdError, Unauthorized
+from refresherd.metrics import Metrics
+
+JSON = b"application/json"
+UNMATCHED = "_unmatched"
+"""The route label of requests that match no route."""
+
+
+def header(request: IRequest, name: bytes) -> bytes | None:
+    value = request.getHeader(name)
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+def query(request: IRequest) -> bytes:
+    return request.uri.partition(b"?")[2]
+
+
+def render_error(request: IRequest, error: RefresherdError) -> bytes:
+    """The error object of SPEC section 5, with its status and headers."""
+    request.setResponseCode(error.status)
+    request.setHeader(b"Content-Type", JSON)
+    if isinstance(error, Unauthorized):
+        request.setHeader(b"WWW-Authenticate", b"Bearer")
+    return json.dumps(error.to_json()).encode("utf-8")
+
+
+def with_value(head: dict[str, Any], entry: Entry) -> bytes:
+    """
+    The JSON object C{head} with the stored value of C{entry} added: C{value}
+    spliced in as stored when its content type is JSON, else as text, or
+    C{value_b64} when the body is not UTF-8.
+    """
+    body = entry.body or b""
+    if is_json_content_type(entry.content_type):
+        field, value = b'"value":', body
+    else:
+        try:
+            field, value = b'"value":', json.dumps(body.decode("utf-8")).encode("utf-8")
+        except UnicodeDecodeError:
+            field = b'"value_b64":'
+            value = json.dumps(base64.b64encode(body).decode("ascii")).encode("ascii")
+    return json.dumps(head).encode("utf-8")[:-1] + b"," + field + value + b"}"
+
+
+def observe(metrics: Metrics, clock: IReactorTime, request: IRequest, route: str) -> None:
+    """Time C{request} into C{refresherd_http_request_duration_seconds} under C{route}."""
+    start = clock.seconds()
+    web_request: Request = request  # type: ignore[assignment]
+
+    def done(_: object) -> None:
+        metrics.http_duration.labels(route=route, code=str(web_request.code)).observe(
+            clock.seconds() - start
+        )
+
+    web_request.notifyFinish().addBoth(done)
+
+
+def handle_errors(
+    app: Klein,
+    metrics: Callable[[Any], Metrics],
+    clock: Callable[[Any], IReactorTime],
+    fallback: Callable[[Any], IResource | None] = lambda face: None,
+) -> None:
+    """
+    Install on C{app} the handlers every face has: L{RefresherdError} as its
+    error object, an unknown route as C{not_found} (or handed to the face's
+    C{fallback} resource), a wrong method as C{method_not_allowed}, and
+    anything else logged and answered with a JSON 500, never a traceback.
+    The callables take the face and give its metrics, clock and fallback.
+    """
+    log = Logger()
+
+    @app.handle_errors(RefresherdError)
+    def refresherd_error(self: Any, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, RefresherdError)
+        return render_error(request, error)
+
+    @app.handle_errors(RouteNotFound)
+    def not_found(self: Any, request: IRequest, failure: Failure) -> bytes | IResource:
+        resource = fallback(self)
+        if resource is not None:
+            request.prepath, request.postpath = [], request.path.split(b"/")[1:]
+            return resource
+        observe(metrics(self), clock(self), request, UNMATCHED)
+        return render_error(request, NotFound(f"no route {request.path.decode('latin-1')!r}"))
+
+    @app.handle_errors(RouteMethodNotAllowed)
+    def wrong_method(self: Any, request: IRequest, failure: Failure) -> bytes:
+        observe(metrics(self), clock(self), request, UNMATCHED)
+        allowed = getattr(failure.value, "valid_methods", None) or []
+        request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode("ascii"))
+        method = request.method.decode("latin-1")
+        return render_error(request, MethodNotAllowed(f"method {method} is not allowed here"))
+
+    @app.handle_errors(Exception)
+    def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
+        log.failure("Error answering {uri}", failure, uri=request.uri)
+        request.setResponseCode(500)
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps({"error": {"code": "internal", "message": "internal error"}}).encode()
