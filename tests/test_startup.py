@@ -66,6 +66,17 @@ def busy_port() -> Iterator[int]:
         (GOOD, ("--log-format", "yaml"), "--log-format: must be 'text' or 'json'"),
         (GOOD, ("--listen", "nonsense:1"), "--listen: not a valid endpoint 'nonsense:1'"),
         (
+            GOOD,
+            ("--admin-listen", "tcp:0:interface=0.0.0.0"),
+            "--admin-listen: with no admin token configured, the admin API may listen only on "
+            "loopback (127.0.0.0/8, ::1 or a UNIX socket), not on 0.0.0.0:",
+        ),
+        (
+            GOOD,
+            ("--admin-listen", "none", "--listen", "tcp:0"),
+            "--listen: with no admin token configured, the admin API may listen only on loopback",
+        ),
+        (
             GOOD.replace("refresherd.demo:slow_square", "refresherd.demo:nothing_here"),
             (),
             "refresherd.toml: jobs.square.callable:",
@@ -124,3 +135,17 @@ def test_json_log_format_writes_one_object_per_line(tmp_path: Path) -> None:
     records = [json.loads(line) for line in service.lines]
     assert all({"time", "level", "namespace", "message"} <= set(r) for r in records)
     assert any("public API listening on" in r["message"] for r in records)
+
+
+def test_an_admin_listener_on_every_interface_is_fine_with_an_admin_token(tmp_path: Path) -> None:
+    config = tmp_path / "refresherd.toml"
+    config.write_text('[auth]\nadmin_tokens = ["a-token"]\n' + GOOD)
+    service = start_service(config, "--admin-listen", "tcp:0:interface=0.0.0.0")
+    try:
+        jobs = httpx.get(
+            service.admin_url + "/v1/jobs", headers={"Authorization": "Bearer a-token"}, timeout=10
+        )
+        assert [job["name"] for job in jobs.json()["jobs"]] == ["square"]
+        assert httpx.get(service.admin_url + "/v1/jobs", timeout=10).status_code == 401
+    finally:
+        service.stop()

@@ -1,0 +1,446 @@
+"""
+The admin API (SPEC sections 5 and 6) in memory: StubTreq against the Klein
+resource, a memory store, fake fetchers and task.Clock.  Every route with
+every kind of token, the protections of an open admin API, and what
+C{GET /v1/jobs} must never show.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+
+from refresherd.admin import AdminAPI, describe_job, parse_purge, redact_url
+from refresherd.api import PublicAPI
+from refresherd.auth import Authorizer
+from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
+from refresherd.errors import BadArgs, BadJson
+from refresherd.metrics import metrics_for
+from refresherd.refresher import Job, Refresher
+from refresherd.stores.memory import MemoryStore
+from refresherd.testing import FakeFetcher, UnreachableStore
+
+LOOPBACK = "http://127.0.0.1:8081"
+TOKENS = AuthConfig(
+    read_tokens=(Secret("r-token"),),
+    write_tokens=(Secret("w-token"),),
+    admin_tokens=(Secret("a-token"),),
+    metrics_tokens=(Secret("m-token"),),
+)
+JSON_BODY = {"Content-Type": "application/json"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class AdminTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.build()
+
+    def build(self, auth: AuthConfig = TOKENS, base: str = LOOPBACK, store: Any = None) -> None:
+        self.base = base
+        self.fetcher = FakeFetcher()
+        jobs = {
+            "user": JobConfig(
+                name="user",
+                fetch="http",
+                url="https://api.example/users/{id}",
+                args=("id",),
+                tags=("user:{id}",),
+                fresh=60.0,
+                stale=600.0,
+            ),
+        }
+        self.metrics = metrics_for(jobs)
+        self.store = store if store is not None else MemoryStore(self.clock)
+        self.refresher = Refresher(
+            self.store,
+            {name: Job(config, self.fetcher) for name, config in jobs.items()},
+            self.clock,
+            "rfd",
+            self.metrics,
+            random=lambda: 0.999,
+        )
+        authorizer = Authorizer.from_config(auth)
+        self.admin = AdminAPI(self.refresher, authorizer, self.metrics, self.clock)
+        self.public = PublicAPI(
+            self.refresher, authorizer, ServerConfig(), self.metrics, self.clock
+        )
+        self.stub = StubTreq(self.admin.resource())
+        self.public_stub = StubTreq(self.public.resource())
+
+    def request(self, method: str, path: str, stub: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+        """The response to a request, and its body (JSON parsed if JSON)."""
+        stub = stub or self.stub
+        d = stub.request(method, self.base + path, **kwargs)
+        stub.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.content())
+        kind = response.headers.getRawHeaders("content-type", [""])[0]
+        return response, json.loads(body) if kind.startswith("application/json") else body
+
+    def error(self, status: int, method: str, path: str, **kwargs: Any) -> str:
+        """The error code of a request that must fail with C{status}, checking the object."""
+        response, body = self.request(method, path, **kwargs)
+        self.assertEqual(response.code, status, body)
+        self.assertEqual(set(body), {"error"})
+        self.assertEqual(set(body["error"]), {"code", "message"})
+        return str(body["error"]["code"])
+
+    def purge(self, token: str | None = "a-token", **body: Any) -> tuple[Any, Any]:
+        headers = dict(JSON_BODY, **(bearer(token) if token else {}))
+        return self.request("POST", "/v1/purge", json=body, headers=headers)
+
+    def cached(self, id: str = "1", body: bytes = b'{"n": 1}') -> str:
+        """Fetch user C{id} through the public API; its key."""
+        d = self.public_stub.request(
+            "GET", f"{self.base}/v1/jobs/user?id={id}", headers=bearer("r-token")
+        )
+        self.public_stub.flush()
+        self.fetcher.succeed(body=body)
+        self.public_stub.flush()
+        response = self.successResultOf(d)
+        answer = json.loads(self.successResultOf(response.content()))
+        return str(answer["key"])
+
+    def status_of(self, id: str = "1") -> str | None:
+        """The status a GET of user C{id} answers, or None while it waits for a fetch."""
+        d = self.public_stub.request(
+            "GET", f"{self.base}/v1/jobs/user?id={id}", headers=bearer("r-token")
+        )
+        self.public_stub.flush()
+        answered: list[Any] = []
+        d.addCallback(answered.append)
+        if not answered:
+            return None
+        return str(json.loads(self.successResultOf(answered[0].content()))["status"])
+
+
+class AuthTests(AdminTestCase):
+    """Each admin route: no token 401, a token of the wrong class 403, the right one 200."""
+
+    ROUTES = [
+        ("POST", "/v1/purge", {"json": {"jobs": ["user"]}}),
+        ("GET", "/v1/entries/rfd%3Auser%3Av1%3Aid%3D1", {}),
+        ("GET", "/v1/jobs", {}),
+        ("POST", "/v1/jobs/user/refresh?id=1", {"json": {}}),
+    ]
+
+    def test_every_admin_route_needs_an_admin_token(self) -> None:
+        self.cached()
+        for method, path, kwargs in self.ROUTES:
+            headers = dict(JSON_BODY)
+            code = self.error(401, method, path, headers=headers, **kwargs)
+            self.assertEqual(code, "unauthorized", path)
+            unknown = self.error(401, method, path, headers={**headers, **bearer("x")}, **kwargs)
+            self.assertEqual(unknown, "unauthorized")
+            for token in ("r-token", "m-token", "w-token"):
+                code = self.error(403, method, path, headers={**headers, **bearer(token)}, **kwargs)
+                self.assertEqual(code, "forbidden", (path, token))
+            response, _ = self.request(
+                method, path, headers={**headers, **bearer("a-token")}, **kwargs
+            )
+            self.assertIn(response.code, (200, 202), path)
+
+    def test_a_write_token_may_purge_keys_and_tags_but_not_jobs(self) -> None:
+        key = self.cached()
+        response, body = self.purge("w-token", keys=[key], tags=["user:2"])
+        self.assertEqual((response.code, body), (200, {"purged": 2}))
+        response, body = self.purge("w-token", jobs=["user"], tags=["x"])
+        self.assertEqual((response.code, body["error"]["code"]), (403, "forbidden"))
+
+    def test_unauthorized_answers_carry_www_authenticate(self) -> None:
+        response, _ = self.request("GET", "/v1/jobs")
+        self.assertEqual(response.headers.getRawHeaders("www-authenticate"), ["Bearer"])
+
+    def test_metrics_take_a_metrics_or_admin_token_when_metrics_tokens_exist(self) -> None:
+        self.assertEqual(self.error(401, "GET", "/metrics"), "unauthorized")
+        self.assertEqual(self.error(403, "GET", "/metrics", headers=bearer("r-token")), "forbidden")
+        for token in ("m-token", "a-token"):
+            response, body = self.request("GET", "/metrics", headers=bearer(token))
+            self.assertEqual(response.code, 200)
+            self.assertIn(b"refresherd_requests_total", body)
+
+
+class OpenAdminTests(AdminTestCase):
+    """No admin token: routes are open, but POSTs need a loopback Host and JSON."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.build(auth=AuthConfig(write_tokens=(Secret("w-token"),)))
+
+    def test_open_admin_routes_need_no_token(self) -> None:
+        key = self.cached()
+        response, body = self.purge(None, keys=[key])
+        self.assertEqual((response.code, body), (200, {"purged": 1}))
+        self.assertEqual(self.request("GET", "/v1/jobs")[0].code, 200)
+
+    def test_posts_with_a_host_that_is_not_loopback_are_forbidden(self) -> None:
+        for host in ("evil.example", "evil.example:8081", "127.0.0.1.evil.example", "0.0.0.0"):
+            code = self.error(
+                403, "POST", "/v1/purge", json={"tags": ["t"]}, headers={**JSON_BODY, "Host": host}
+            )
+            self.assertEqual(code, "forbidden", host)
+        for host in ("localhost", "localhost:8081", "127.0.0.1:8081", "127.9.9.9", "[::1]:8081"):
+            response, _ = self.request(
+                "POST", "/v1/purge", json={"tags": ["t"]}, headers={**JSON_BODY, "Host": host}
+            )
+            self.assertEqual(response.code, 200, host)
+        self.assertEqual(
+            self.metrics.registry.get_sample_value("refresherd_purged_total", {"kind": "tag"}), 5
+        )
+
+    def test_a_cross_site_form_post_is_refused(self) -> None:
+        """A browser form can send text/plain or form data, never application/json."""
+        multipart = b'--b\r\nContent-Disposition: form-data; name="tags"\r\n\r\nt\r\n--b--\r\n'
+        for kind, data in [
+            ("text/plain", b'{"tags": ["t"]}'),
+            ("application/x-www-form-urlencoded", b"tags=t"),
+            ("multipart/form-data; boundary=b", multipart),
+        ]:
+            code = self.error(415, "POST", "/v1/purge", data=data, headers={"Content-Type": kind})
+            self.assertEqual(code, "unsupported_media_type")
+        code = self.error(415, "POST", "/v1/jobs/user/refresh?id=1", data=b"")
+        self.assertEqual(code, "unsupported_media_type")
+        self.assertEqual(self.fetcher.calls, [])
+
+
+class PurgeTests(AdminTestCase):
+    def test_purge_of_a_key_then_the_next_request_is_a_miss(self) -> None:
+        key = self.cached()
+        self.assertEqual(self.status_of(), "hit")
+        response, body = self.purge(keys=[key])
+        self.assertEqual((response.code, body), (200, {"purged": 1}))
+        self.assertIsNone(self.status_of())
+        self.assertEqual(len(self.fetcher.calls), 2)
+
+    def test_soft_purge_of_a_tag_answers_stale_and_refreshes_once(self) -> None:
+        self.cached("1")
+        self.cached("2")
+        response, body = self.purge(tags=["user:1"], soft=True)
+        self.assertEqual(body, {"purged": 1})
+        self.assertEqual([self.status_of("1") for _ in range(3)], ["stale"] * 3)
+        self.assertEqual(self.status_of("2"), "hit")
+        self.assertEqual(len(self.fetcher.calls), 3)
+
+    def test_purge_of_a_job(self) -> None:
+        self.cached("1")
+        self.cached("2")
+        self.assertEqual(self.purge(jobs=["user"])[1], {"purged": 1})
+        self.assertIsNone(self.status_of("1"))
+        self.assertIsNone(self.status_of("2"))
+
+    def test_bad_purges_are_4xx_and_purge_nothing(self) -> None:
+        key = self.cached()
+        headers = {**JSON_BODY, **bearer("a-token")}
+        for data, status, code in [
+            (b"{", 400, "bad_json"),
+            (b"[]", 400, "bad_json"),
+            (b'{"key": ["x"]}', 400, "bad_json"),
+            (b'{"keys": "x"}', 400, "bad_json"),
+            (b'{"keys": [1]}', 400, "bad_json"),
+            (b'{"tags": [""]}', 400, "bad_json"),
+            (b'{"tags": ["t"], "soft": "yes"}', 400, "bad_json"),
+            (b"{}", 400, "bad_args"),
+            (json.dumps({"keys": [key, "rfd:user:v1:id=1 x"]}).encode(), 400, "bad_args"),
+            (json.dumps({"keys": [key, "other:user:v1:id=1"]}).encode(), 400, "bad_args"),
+            (json.dumps({"keys": [key], "jobs": ["nope"]}).encode(), 404, "unknown_job"),
+            (b'{"tags": ["' + b"t" * 1025 + b'"]}', 400, "bad_args"),
+        ]:
+            got = self.error(status, "POST", "/v1/purge", data=data, headers=headers)
+            self.assertEqual(got, code, data)
+        self.assertEqual(self.status_of(), "hit")
+
+    def test_purge_with_the_store_unreachable_is_503(self) -> None:
+        self.build(store=UnreachableStore(MemoryStore(self.clock)))
+        code = self.error(
+            503,
+            "POST",
+            "/v1/purge",
+            json={"tags": ["t"]},
+            headers={**JSON_BODY, **bearer("a-token")},
+        )
+        self.assertEqual(code, "store_unavailable")
+
+    def test_wrong_method_and_unknown_route(self) -> None:
+        admin = bearer("a-token")
+        self.assertEqual(self.error(405, "GET", "/v1/purge", headers=admin), "method_not_allowed")
+        self.assertEqual(self.error(404, "GET", "/v1/nothing", headers=admin), "not_found")
+
+
+class EntryTests(AdminTestCase):
+    def test_an_entry_shows_its_metadata_and_on_request_its_value(self) -> None:
+        key = self.cached(body=b'{"n": 1}')
+        response, body = self.request(
+            "GET", "/v1/entries/" + quote(key, safe=""), headers=bearer("a-token")
+        )
+        self.assertEqual(response.code, 200)
+        now = self.clock.seconds()
+        spec = {
+            "key": key,
+            "job": "user",
+            "args": {"id": "1"},
+            "fetched_at": now,
+            "fresh_until": now + 60,
+            "stale_until": now + 660,
+            "size": 8,
+            "content_type": "application/json",
+            "tags": ["user:1"],
+            "last_error": None,
+            "failures": 0,
+        }
+        self.assertEqual({k: body[k] for k in spec}, spec)
+        self.assertEqual(body["purged"], None)
+        self.assertNotIn("value", body)
+        _, with_value = self.request(
+            "GET", "/v1/entries/" + quote(key, safe="") + "?value=1", headers=bearer("a-token")
+        )
+        self.assertEqual(with_value["value"], {"n": 1})
+
+    def test_a_key_is_percent_decoded_once(self) -> None:
+        d = self.public_stub.request(
+            "GET", self.base + "/v1/jobs/user?id=caf%C3%A9%20x", headers=bearer("r-token")
+        )
+        self.public_stub.flush()
+        self.fetcher.succeed()
+        self.public_stub.flush()
+        key = "rfd:user:v1:id=caf%C3%A9%20x"
+        self.assertEqual(
+            json.loads(self.successResultOf(self.successResultOf(d).content()))["key"], key
+        )
+        path = "/v1/entries/" + quote(key, safe="")
+        self.assertIn("%25C3", path)
+        response, body = self.request("GET", path, headers=bearer("a-token"))
+        self.assertEqual((response.code, body["args"]), (200, {"id": "caf\u00e9 x"}))
+
+    def test_a_purged_entry_says_so(self) -> None:
+        key = self.cached()
+        self.purge(tags=["user:1"], soft=True)
+        _, body = self.request(
+            "GET", "/v1/entries/" + quote(key, safe=""), headers=bearer("a-token")
+        )
+        self.assertEqual(body["purged"], "soft")
+
+    def test_a_missing_or_bad_key(self) -> None:
+        admin = bearer("a-token")
+        self.assertEqual(
+            self.error(404, "GET", "/v1/entries/rfd%3Auser%3Av1%3Aid%3D9", headers=admin),
+            "not_found",
+        )
+        for path in (
+            "/v1/entries/rfd%3Alease%3Auser%3Av1%3Aid%3D1",
+            "/v1/entries/a%20b",
+            "/v1/entries/rfd%3Auser%3Av1%3Aid%3D1?value=2",
+        ):
+            self.assertEqual(self.error(400, "GET", path, headers=admin), "bad_args", path)
+
+
+class RefreshTests(AdminTestCase):
+    def test_a_refresh_starts_one_fetch_and_answers_202(self) -> None:
+        key = self.cached()
+        headers = {**JSON_BODY, **bearer("a-token")}
+        for _ in range(3):
+            response, body = self.request(
+                "POST", "/v1/jobs/user/refresh?id=1", json={}, headers=headers
+            )
+            self.assertEqual(
+                (response.code, body), (202, {"job": "user", "key": key, "status": "pending"})
+            )
+        self.assertEqual(len(self.fetcher.calls), 2)
+
+    def test_bad_refreshes(self) -> None:
+        headers = {**JSON_BODY, **bearer("a-token")}
+        self.assertEqual(
+            self.error(404, "POST", "/v1/jobs/nope/refresh", json={}, headers=headers),
+            "unknown_job",
+        )
+        self.assertEqual(
+            self.error(400, "POST", "/v1/jobs/user/refresh", json={}, headers=headers), "bad_args"
+        )
+        self.assertEqual(self.fetcher.calls, [])
+
+
+SECRET_JOB = JobConfig(
+    name="secret",
+    fetch="http",
+    url="https://bot:hunter2@api.example/v1/{id}?api_key=KEY123&id={id}&format=json",
+    method="POST",
+    args=("id",),
+    headers={
+        "Accept": Secret("application/json"),
+        "X-Api-Key": Secret("LITERAL-KEY"),
+        "X-From-Env": Secret("ENV-VALUE", "env"),
+        "X-From-File": Secret("FILE-VALUE", "file"),
+        "Authorization": Secret("Bearer LITERAL-AUTH"),
+    },
+    body={"id": "{id}", "password": "BODY-PASSWORD", "n": 3},
+    sign=Secret("SIGNING-SECRET", "env"),
+    fresh=60.0,
+)
+SECRETS = [
+    "hunter2",
+    "KEY123",
+    "LITERAL-KEY",
+    "ENV-VALUE",
+    "FILE-VALUE",
+    "LITERAL-AUTH",
+    "BODY-PASSWORD",
+    "SIGNING-SECRET",
+]
+
+
+def test_jobs_are_described_with_every_secret_redacted() -> None:
+    shown = describe_job(SECRET_JOB)
+    text = json.dumps(shown)
+    for secret in SECRETS:
+        assert secret not in text
+    assert shown["url"] == (
+        "https://<redacted>@api.example/v1/{id}?api_key=%3Credacted%3E&id={id}&format=%3Credacted%3E"
+    )
+    assert shown["headers"] == {
+        "Accept": "application/json",
+        "X-Api-Key": "<redacted>",
+        "X-From-Env": "<redacted>",
+        "X-From-File": "<redacted>",
+        "Authorization": "<redacted>",
+    }
+    assert shown["body"] == {"id": "{id}", "password": "<redacted>", "n": 3}
+    assert shown["sign"] == "<redacted>"
+    assert (shown["fresh"], shown["args"], shown["method"]) == (60.0, ["id"], "POST")
+
+
+def test_a_python_job_shows_its_callable() -> None:
+    shown = describe_job(JobConfig(name="p", fetch="python", callable="m:f", fresh=1.0))
+    assert (shown["callable"], shown["fetch"]) == ("m:f", "python")
+    assert "url" not in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://h/p", "https://h/p"),
+        ("https://h/p?q={q}", "https://h/p?q={q}"),
+        ("https://u@h/p?flag", "https://<redacted>@h/p?flag"),
+        ("http://h:8080/{a}?k=v&x={x}{y}", "http://h:8080/{a}?k=%3Credacted%3E&x={x}{y}"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_parse_purge_takes_the_four_fields_and_drops_repeats() -> None:
+    wanted = parse_purge(b'{"keys": ["a", "a"], "jobs": ["j"], "tags": ["t"], "soft": true}')
+    assert (wanted.keys, wanted.jobs, wanted.tags, wanted.soft) == (("a",), ("j",), ("t",), True)
+    with pytest.raises(BadArgs):
+        parse_purge(b'{"keys": [], "soft": true}')
+    with pytest.raises(BadJson):
+        parse_purge(b"\xff")
