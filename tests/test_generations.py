@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -48,3 +53,25 @@ def test_purge_of_compares_hard_first() -> None:
     assert purge_of(("h", "s"), ("h2", "s")) is Purge.HARD
     assert purge_of(("h", "s"), ("h2", "s2")) is Purge.HARD
     assert purge_of(("h", ""), ("", "")) is Purge.HARD  # a lost token reads as a purge
+
+
+@functools.cache
+def _documented_marks() -> Any:
+    """The reference code of docs/store-format.md, as printed there."""
+    page = (Path(__file__).parent.parent / "docs" / "store-format.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "def marks" in b)
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)
+    return namespace["marks"]
+
+
+@given(
+    st.lists(st.text(max_size=210), max_size=4),
+    st.dictionaries(st.integers(0, 9), tokens),
+)
+def test_the_documented_marks_are_the_ones_refresherd_computes(
+    tags: list[str], purged: dict[int, str]
+) -> None:
+    keys = generation_keys("rfd", "job", tags)
+    current = {keys.all[i % len(keys.all)]: token for i, token in purged.items()}
+    assert _documented_marks()("rfd", "job", tags, current) == keys.marks(current)
