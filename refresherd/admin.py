@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 from klein import Klein
@@ -116,7 +116,7 @@ def redact_url(url: str) -> str:
     for pair in parts.query.split("&") if parts.query else []:
         name, equals, value = pair.partition("=")
         if equals and not _ONLY_PLACEHOLDERS.fullmatch(unquote(value)):
-            value = quote(REDACTED)
+            value = REDACTED
         pairs.append(name + equals + value)
     return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
 

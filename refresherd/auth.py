@@ -90,10 +90,13 @@ class Authorizer:
     def check_admin(self, authorization: bytes | None, writers_too: bool = False) -> None:
         """
         Admin routes need an admin token (or, with C{writers_too}, a write
-        token), unless no admin token is configured.
+        token).  With no admin token configured they are open, but a token
+        given must still be known.
         """
         if not self.admin_open:
             self.require(authorization, WRITERS if writers_too else ADMINS)
+        elif authorization is not None and not self.token_classes(authorization):
+            raise Unauthorized("an unknown bearer token")
 
 
 def is_loopback_ip(host: str) -> bool:

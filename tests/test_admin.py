@@ -178,11 +178,14 @@ class OpenAdminTests(AdminTestCase):
         super().setUp()
         self.build(auth=AuthConfig(write_tokens=(Secret("w-token"),)))
 
-    def test_open_admin_routes_need_no_token(self) -> None:
+    def test_open_admin_routes_need_no_token_but_refuse_an_unknown_one(self) -> None:
         key = self.cached()
         response, body = self.purge(None, keys=[key])
         self.assertEqual((response.code, body), (200, {"purged": 1}))
         self.assertEqual(self.request("GET", "/v1/jobs")[0].code, 200)
+        self.assertEqual(self.request("GET", "/v1/jobs", headers=bearer("w-token"))[0].code, 200)
+        code = self.error(401, "GET", "/v1/jobs", headers=bearer("nobody"))
+        self.assertEqual(code, "unauthorized")
 
     def test_posts_with_a_host_that_is_not_loopback_are_forbidden(self) -> None:
         for host in ("evil.example", "evil.example:8081", "127.0.0.1.evil.example", "0.0.0.0"):
@@ -404,7 +407,7 @@ def test_jobs_are_described_with_every_secret_redacted() -> None:
     for secret in SECRETS:
         assert secret not in text
     assert shown["url"] == (
-        "https://<redacted>@api.example/v1/{id}?api_key=%3Credacted%3E&id={id}&format=%3Credacted%3E"
+        "https://<redacted>@api.example/v1/{id}?api_key=<redacted>&id={id}&format=<redacted>"
     )
     assert shown["headers"] == {
         "Accept": "application/json",
@@ -430,7 +433,7 @@ def test_a_python_job_shows_its_callable() -> None:
         ("https://h/p", "https://h/p"),
         ("https://h/p?q={q}", "https://h/p?q={q}"),
         ("https://u@h/p?flag", "https://<redacted>@h/p?flag"),
-        ("http://h:8080/{a}?k=v&x={x}{y}", "http://h:8080/{a}?k=%3Credacted%3E&x={x}{y}"),
+        ("http://h:8080/{a}?k=v&x={x}{y}", "http://h:8080/{a}?k=<redacted>&x={x}{y}"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
