@@ -6,6 +6,10 @@ one and asked through the other; secrets kept out of every answer and log.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +151,58 @@ def test_secrets_never_appear_in_answers_or_logs(pair, origin) -> None:  # type:
     for text in (jobs.text, one.output()):
         for secret in [*SECRETS.values(), QUERY_SECRET]:
             assert secret not in text
+
+
+REFRESHERCTL = str(Path(sys.executable).with_name("refresherctl"))
+
+
+def refresherctl(service: Service | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """The console script as an operator runs it, pointed at C{service}."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHERD_")}
+    if service is not None:
+        env.update(REFRESHERD_ADMIN_URL=service.admin_url, REFRESHERD_URL=service.url)
+    env["REFRESHERD_TOKEN"] = SECRETS["RFD_ADMIN"]
+    return subprocess.run(
+        [REFRESHERCTL, *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_refresherctl_purges_inspects_refreshes_and_lists(pair, origin) -> None:  # type: ignore[no-untyped-def]
+    one, two = pair
+    origin.set("/users/fay", body=b'{"fetch": {n}}')
+    got = refresherctl(one, "get", "user", "name=fay")
+    assert (got.returncode, json.loads(got.stdout)) == (0, {"fetch": 1})
+    inspected = refresherctl(two, "inspect", "rfd:user:v1:name=fay", "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)["tags"] == ["user:fay", "everyone"]
+    purged = refresherctl(two, "purge", "--tag", "user:fay", "--soft")
+    assert (purged.returncode, purged.stdout) == (0, "purged 1\n")
+    assert value(one, "/v1/jobs/user?name=fay") == ("stale", {"fetch": 1})
+    wait_until(lambda: value(two, "/v1/jobs/user?name=fay") == ("hit", {"fetch": 2}))
+    refreshed = refresherctl(one, "refresh", "user", "name=fay")
+    assert (refreshed.returncode, refreshed.stdout) == (0, "refreshing rfd:user:v1:name=fay\n")
+    wait_until(lambda: origin.count("/users/fay") == 3)
+    listed = refresherctl(one, "jobs")
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["NAME", "team", "user"]
+    as_json = refresherctl(one, "jobs", "--json")
+    for text in (listed.stdout, listed.stderr, as_json.stdout):
+        for secret in [*SECRETS.values(), QUERY_SECRET]:
+            assert secret not in text
+
+
+def test_refresherctl_exit_codes(pair) -> None:  # type: ignore[no-untyped-def]
+    one, _ = pair
+    unknown = refresherctl(one, "refresh", "nope")
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert unknown.stderr == "refresherctl: unknown_job: no job named 'nope'\n"
+    down = refresherctl(None, "--url", "http://127.0.0.1:9", "jobs")
+    assert down.returncode == 1
+    assert down.stderr.startswith("refresherctl: cannot reach http://127.0.0.1:9")
+    assert len(down.stderr.splitlines()) == 1
+    for usage in (["purge"], ["get"], ["frobnicate"], ["get", "user", "novalue"]):
+        answer = refresherctl(one, *usage)
+        assert answer.returncode == 2, usage
+        assert "Traceback" not in answer.stderr
+    for answer in (unknown, down):
+        assert SECRETS["RFD_ADMIN"] not in answer.stderr
