@@ -20,8 +20,9 @@ reads as a purge, never as a purge undone.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import attrs
 
@@ -54,8 +55,12 @@ class GenerationKeys:
         return _mark(self.hard, tokens), _mark(self.soft, tokens)
 
 
-def generation_keys(namespace: str, job: str, tags: Iterable[str]) -> GenerationKeys:
-    """The hard and soft generation keys of C{job} and of each of its C{tags}."""
+@functools.lru_cache(maxsize=4096)
+def generation_keys(namespace: str, job: str, tags: tuple[str, ...]) -> GenerationKeys:
+    """
+    The hard and soft generation keys of C{job} and of each of its C{tags}
+    (cached: they are computed for every lookup).
+    """
     names = [("job", job)] + [("tag", tag) for tag in dict.fromkeys(tags)]
     return GenerationKeys(
         tuple(generation_key(namespace, kind, name, hard=True) for kind, name in names),

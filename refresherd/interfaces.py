@@ -62,6 +62,13 @@ class IStore(Interface):
         fetch that runs in another process use it.
         """
 
+    def read(key: str, generations):  # type: ignore[no-untyped-def]
+        """
+        What a lookup needs, in one round trip where the store allows: fire
+        with C{(entry, tokens)}, the result of L{get} of C{key} and of
+        L{get_generations} of C{generations}.
+        """
+
     def get_generations(keys):  # type: ignore[no-untyped-def]
         """
         The current tokens of the generation keys C{keys}

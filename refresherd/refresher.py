@@ -219,16 +219,11 @@ class Refresher(Service):
         """
         generations = self.generation_keys(job, args)
         try:
-            entry, tokens = await defer.gatherResults(
-                [self.store.get(key), self.store.get_generations(generations.all)],
-                consumeErrors=True,
-            )
-        except defer.FirstError as e:
-            if not e.subFailure.check(StoreUnavailable):
-                e.subFailure.raiseException()
+            entry, current = await self.store.read(key, generations.all)
+        except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return None, ("", ""), False
-        marks = generations.marks(tokens)
+        marks = generations.marks(current)
         if entry is not None:
             entry = self._unpurged(job, entry, purge_of(entry.generations, marks))
         return entry, marks, True

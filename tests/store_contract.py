@@ -470,3 +470,15 @@ class StoreContract(_Base):
         keys = [self.generation(str(i), hard=i % 2 == 0) for i in range(40)]
         tokens = {key: await store.new_generation(key) for key in keys[::3]}
         self.assertEqual(await store.get_generations(keys), tokens)
+
+    async def test_read_is_get_and_get_generations_at_once(self) -> None:
+        store = await self.store()
+        key, big = self.key({"id": "1"}), self.key({"id": "2"})
+        purged, never = self.generation(), self.generation("ann")
+        token = await store.new_generation(purged)
+        self.assertEqual(await store.read(key, [purged, never]), (None, {purged: token}))
+        await store.put(key, sample_entry(), LONG_TTL)
+        large = sample_entry(os.urandom(3 * 1024 * 1024))
+        await store.put(big, large, LONG_TTL)
+        self.assertEqual(await store.read(key, [never, purged]), (sample_entry(), {purged: token}))
+        self.assertEqual(await store.read(big, []), (large, {}))

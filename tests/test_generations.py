@@ -16,7 +16,7 @@ tokens = st.text(alphabet="0123456789abcdef", min_size=1, max_size=32)
 
 
 def test_keys_cover_the_job_and_each_tag_once_hard_and_soft() -> None:
-    keys = generation_keys("rfd", "tweets", ["user:bob", "all", "user:bob"])
+    keys = generation_keys("rfd", "tweets", ("user:bob", "all", "user:bob"))
     assert keys.hard == (
         "rfd:gen:hard:job:tweets",
         "rfd:gen:hard:tag:user:bob",
@@ -27,12 +27,12 @@ def test_keys_cover_the_job_and_each_tag_once_hard_and_soft() -> None:
 
 
 def test_never_purged_keys_have_no_mark() -> None:
-    assert generation_keys("rfd", "j", ["t"]).marks({}) == (NO_MARK, NO_MARK)
+    assert generation_keys("rfd", "j", ("t",)).marks({}) == (NO_MARK, NO_MARK)
 
 
 @given(tokens, tokens)
 def test_a_new_token_of_any_key_changes_only_its_own_mark(old: str, new: str) -> None:
-    keys = generation_keys("rfd", "j", ["t", "u"])
+    keys = generation_keys("rfd", "j", ("t", "u"))
     for key in keys.all:
         before = keys.marks({key: old})
         after = keys.marks({key: new})
@@ -43,7 +43,7 @@ def test_a_new_token_of_any_key_changes_only_its_own_mark(old: str, new: str) ->
 
 @given(st.dictionaries(st.sampled_from(["a", "b", "c"]), tokens))
 def test_marks_ignore_keys_outside_the_job_and_its_tags(others: dict[str, str]) -> None:
-    keys = generation_keys("rfd", "j", ["t"])
+    keys = generation_keys("rfd", "j", ("t",))
     assert keys.marks(others) == (NO_MARK, NO_MARK)
 
 
@@ -72,6 +72,6 @@ def _documented_marks() -> Any:
 def test_the_documented_marks_are_the_ones_refresherd_computes(
     tags: list[str], purged: dict[int, str]
 ) -> None:
-    keys = generation_keys("rfd", "job", tags)
+    keys = generation_keys("rfd", "job", tuple(tags))
     current = {keys.all[i % len(keys.all)]: token for i, token in purged.items()}
     assert _documented_marks()("rfd", "job", tags, current) == keys.marks(current)

@@ -296,6 +296,24 @@ class MemcachedStore(Service):
         """
         return self._waiters.wait(key, timeout)
 
+    def read(
+        self, key: str, generations: Sequence[str]
+    ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
+        """See L{IStore.read}: the entry and the generation keys, read in parallel."""
+        return Deferred.fromCoroutine(self._read(key, generations))
+
+    async def _read(
+        self, key: str, generations: Sequence[str]
+    ) -> tuple[Entry | None, dict[str, str]]:
+        reading = self.get(key)
+        tokens = self.get_generations(generations)  # in flight together
+        try:
+            entry = await reading
+        finally:
+            # On a failure of the entry's read, the tokens' own failure is not news.
+            tokens.addErrback(lambda failure: failure.trap(StoreUnavailable) and None)
+        return entry, await tokens
+
     def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """See L{IStore.get_generations}: one multi-get per server."""
         return Deferred.fromCoroutine(self._generations(keys))

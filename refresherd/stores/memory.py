@@ -98,14 +98,17 @@ class MemoryStore:
 
     def get(self, key: str) -> Deferred[Entry | None]:
         """See L{IStore.get}; a hit makes C{key} the most recently used."""
+        return defer.succeed(self._entry(key))
+
+    def _entry(self, key: str) -> Entry | None:
         slot = self._entries.get(key)
         if slot is None:
-            return defer.succeed(None)
+            return None
         if slot.expires_at <= self.clock.seconds():
             self._drop(key)
-            return defer.succeed(None)
+            return None
         self._entries.move_to_end(key)
-        return defer.succeed(slot.entry)
+        return slot.entry
 
     def put(self, key: str, entry: Entry, ttl: float, lease: str | None = None) -> Deferred[bool]:
         """See L{IStore.put}, and L{MemoryStore} for oversize entries and C{ttl <= 0}."""
@@ -161,9 +164,18 @@ class MemoryStore:
         """
         return self._waiters.wait(key, timeout)
 
+    def read(
+        self, key: str, generations: Sequence[str]
+    ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
+        """See L{IStore.read}."""
+        return defer.succeed((self._entry(key), self._tokens(generations)))
+
     def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """See L{IStore.get_generations}."""
-        return defer.succeed({k: self._generations[k] for k in keys if k in self._generations})
+        return defer.succeed(self._tokens(keys))
+
+    def _tokens(self, keys: Sequence[str]) -> dict[str, str]:
+        return {k: self._generations[k] for k in keys if k in self._generations}
 
     def new_generation(self, key: str) -> Deferred[str]:
         """

@@ -100,6 +100,15 @@ return 0
 """
 
 
+def _tokens(keys: Sequence[str], values: Sequence[bytes | None]) -> dict[str, str]:
+    """The generation tokens of C{keys} from an C{MGET} of them."""
+    return {
+        key: value.decode("ascii", "replace")
+        for key, value in zip(keys, values, strict=True)
+        if value is not None
+    }
+
+
 def lease_key(key: str) -> str:
     """
     The key of C{key}'s lease: C{lease:} inserted after its namespace, so
@@ -259,18 +268,23 @@ class RedisStore(Service):
         """
         return self._waiters.wait(key, timeout)
 
+    def read(
+        self, key: str, generations: Sequence[str]
+    ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
+        """See L{IStore.read}: one C{MGET} of the entry key and the generation keys."""
+        d = self._call("get", lambda c: c.execute_command("MGET", key, *generations))
+
+        def split(values: list[bytes | None]) -> tuple[Entry | None, dict[str, str]]:
+            return self._decoded(values[0], key), _tokens(generations, values[1:])
+
+        return d.addCallback(split)
+
     def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """See L{IStore.get_generations}: one C{MGET}."""
         if not keys:
             return defer.succeed({})
         d = self._call("generations", lambda c: c.execute_command("MGET", *keys))
-        return d.addCallback(
-            lambda values: {
-                key: value.decode("ascii", "replace")
-                for key, value in zip(keys, values, strict=True)
-                if value is not None
-            }
-        )
+        return d.addCallback(lambda values: _tokens(keys, values))
 
     def new_generation(self, key: str) -> Deferred[str]:
         """See L{IStore.new_generation}: C{SET key token}, with no expiry."""
