@@ -299,20 +299,25 @@ class MemcachedStore(Service):
     def read(
         self, key: str, generations: Sequence[str]
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
-        """See L{IStore.read}: the entry and the generation keys, read in parallel."""
+        """
+        See L{IStore.read}: one multi-get per server of the entry key and the
+        generation keys, then the chunks of a large value.
+        """
         return Deferred.fromCoroutine(self._read(key, generations))
 
     async def _read(
         self, key: str, generations: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]]:
-        reading = self.get(key)
-        tokens = self.get_generations(generations)  # in flight together
+        deadline = self._deadline()
         try:
-            entry = await reading
-        finally:
-            # On a failure of the entry's read, the tokens' own failure is not news.
-            tokens.addErrback(lambda failure: failure.trap(StoreUnavailable) and None)
-        return entry, await tokens
+            found = await self._get_many([key, *generations], deadline)
+        except _Lost:
+            # A connection went under the multi-get: the entry alone is read
+            # again, on the next server if need be.
+            entry = await self._get(key)
+            return entry, await self._generations(generations)
+        entry = await self._entry(key, found.pop(key, None), deadline)
+        return entry, {name: value.decode("ascii", "replace") for name, value in found.items()}
 
     def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """See L{IStore.get_generations}: one multi-get per server."""
@@ -335,6 +340,10 @@ class MemcachedStore(Service):
         k = check_key(key)
         deadline = self._deadline()
         _, (_, data) = await self._keyed(key, "get", lambda c: c.get(k), deadline)
+        return await self._entry(key, data, deadline)
+
+    async def _entry(self, key: str, data: bytes | None, deadline: float) -> Entry | None:
+        """The entry of the bytes C{data} found under C{key}: itself, or its chunks."""
         if data is None:
             return None
         if is_manifest(data):
@@ -381,7 +390,8 @@ class MemcachedStore(Service):
             for batch in (ks[i : i + MULTIGET_BATCH] for i in range(0, len(ks), MULTIGET_BATCH))
         ]
         found: dict[str, bytes] = {}
-        for reply in await _all(reads):
+        replies = [await reads[0]] if len(reads) == 1 else await _all(reads)
+        for reply in replies:
             for k, (_, value) in reply.items():
                 if value is not None:
                     found[k.decode("ascii")] = value
