@@ -1017,3 +1017,31 @@ def test_two_workers_on_a_shared_store_fetch_a_stampeded_key_once(
     finally:
         if running.process.poll() is None:
             running.process.kill()
+
+
+def test_the_parent_of_workers_purges_for_all_of_them(
+    tmp_path: Path, origin: Origin, shared_store: RedisServer | MemcachedServer
+) -> None:
+    """The admin API of the parent purges in the shared store; its count joins the workers'."""
+    (tmp_path / "refresherd.toml").write_text(
+        SHARED_CONFIG.format(origin=origin.url) + 'tags = ["user:{name}"]\n'
+    )
+    origin.set("/users/bob", body=b'{"fetch": {n}}')
+    running = start(tmp_path, "--store", shared_store.url(), env={})
+    try:
+        with httpx.Client(timeout=30) as client:
+            url = running.url + "/v1/jobs/user?name=bob"
+            assert client.get(url).json()["status"] == "miss"
+            for _ in range(10):  # whichever worker answers, it is a hit
+                assert client.get(url).json()["status"] == "hit"
+            purged = client.post(running.admin_url + "/v1/purge", json={"tags": ["user:bob"]})
+            assert purged.json() == {"purged": 1}
+            answer = client.get(url).json()
+            assert (answer["status"], answer["value"]) == ("miss", {"fetch": 2})
+            text = client.get(running.admin_url + "/metrics").text
+        assert metric(text, 'refresherd_purged_total{kind="tag"}') == 1
+        assert metric(text, 'refresherd_requests_total{job="user",status="hit"}') == 10
+        assert running.stop() == 0, running.output()
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
