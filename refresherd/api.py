@@ -7,6 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 from typing import Any
@@ -27,6 +28,9 @@ from refresherd.faces import header as _header
 from refresherd.faces import query as _query
 from refresherd.metrics import Metrics
 from refresherd.refresher import Answer, Refresher
+
+OPENAPI = importlib.resources.files("refresherd").joinpath("openapi.json").read_bytes()
+"""The OpenAPI 3 description of the whole API, public and admin (C{refresherd/openapi.json})."""
 
 
 def cache_status(answer: Answer, now: float) -> str:
@@ -212,3 +216,10 @@ class PublicAPI:
         await self.refresher.store.ping()
         request.setHeader(b"Content-Type", JSON)
         return b'{"status":"ready"}'
+
+    @app.route("/v1/openapi.json", methods=["GET", "HEAD"])
+    def openapi(self, request: IRequest) -> bytes:
+        self._observe(request, "/v1/openapi.json")
+        self.authorizer.check_read(_header(request, b"Authorization"))
+        request.setHeader(b"Content-Type", JSON)
+        return OPENAPI
