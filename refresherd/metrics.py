@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -50,9 +50,12 @@ class Metrics:
     registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
     multiprocess_dir: str | None = None
     workers_dir: str | None = None
+    process: ProcessCollector = attrs.field(factory=lambda: ProcessCollector(registry=None))
+    """This process's C{process_*} metrics (CPU, memory, file descriptors)."""
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
+        r.register(self.process)
         self.requests = Counter(
             "refresherd_requests",
             "Answers given, by job and status.",
@@ -122,16 +125,17 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text format: of this process, or the sum over all workers."""
         if self.multiprocess_dir is not None:
-            return render_multiprocess(self.multiprocess_dir)
+            # This worker's values are in the directory already; its process's are not.
+            return render_multiprocess(self.multiprocess_dir, also=self.process)
         if self.workers_dir is not None:
             return render_multiprocess(self.workers_dir, also=self.registry)
         return generate_latest(self.registry)
 
 
-def render_multiprocess(path: str, also: CollectorRegistry | None = None) -> bytes:
+def render_multiprocess(path: str, also: Any = None) -> bytes:
     """
     The Prometheus text format of the sum of the values every worker wrote in
-    C{path}, and of those of the registry C{also}.
+    C{path}, and of those of the collector (or registry) C{also}.
     """
     collectors: list[Any] = [MultiProcessCollector(None, path=path)]
     if also is not None:
