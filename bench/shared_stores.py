@@ -201,14 +201,15 @@ def report(hits: Hits, runs: Stampedes, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
+def write_section(start: str, end: str, heading: str, text: str) -> None:
+    """Put C{text} between the markers C{start} and C{end} of docs/benchmarks.md."""
     page = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    section = f"{START}\n{text}\n{END}"
-    if START in page:
-        marked = re.escape(START) + ".*?" + re.escape(END)
+    section = f"{start}\n{text}\n{end}"
+    if start in page:
+        marked = re.escape(start) + ".*?" + re.escape(end)
         page = re.sub(marked, lambda m: section, page, flags=re.S)
     else:
-        page = page.rstrip() + "\n\n## Shared stores\n\n" + section + "\n"
+        page = page.rstrip() + f"\n\n## {heading}\n\n" + section + "\n"
     RESULTS.write_text(page)
 
 
@@ -245,7 +246,7 @@ def main() -> None:
         origin.server.shutdown()
     text = report(hits, runs, args)
     print(text)
-    write_results(text)
+    write_section(START, END, "Shared stores", text)
 
 
 if __name__ == "__main__":

@@ -192,15 +192,18 @@ class AdminAPI:
     authorizer: Authorizer
     metrics: Metrics
     clock: IReactorTime
+    access_log: bool = False
     app = Klein()
 
-    handle_errors(app, lambda face: face.metrics, lambda face: face.clock)
+    handle_errors(
+        app, lambda face: face.metrics, lambda face: face.clock, access_log=lambda f: f.access_log
+    )
 
     def resource(self) -> Any:
         return self.app.resource()
 
     def _admin(self, request: IRequest, route: str, writers_too: bool = False) -> None:
-        observe(self.metrics, self.clock, request, route)
+        observe(self.metrics, self.clock, request, route, self.access_log)
         self.authorizer.check_admin(header(request, b"Authorization"), writers_too)
 
     def _post(self, request: IRequest) -> None:
@@ -264,7 +267,7 @@ class AdminAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: IRequest) -> bytes:
-        observe(self.metrics, self.clock, request, "/metrics")
+        observe(self.metrics, self.clock, request, "/metrics", self.access_log)
         if self.authorizer.configured([METRICS]):
             self.authorizer.require(header(request, b"Authorization"), frozenset({METRICS, ADMIN}))
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))

@@ -100,10 +100,16 @@ class PublicAPI:
 
     # -- plumbing --------------------------------------------------------------
 
-    handle_errors(app, lambda face: face.metrics, lambda face: face.clock, lambda f: f.fallback)
+    handle_errors(
+        app,
+        lambda face: face.metrics,
+        lambda face: face.clock,
+        lambda face: face.fallback,
+        lambda face: face.server.access_log,
+    )
 
     def _observe(self, request: IRequest, route: str) -> None:
-        observe(self.metrics, self.clock, request, route)
+        observe(self.metrics, self.clock, request, route, self.server.access_log)
 
     def _count(self, job: str, status: str) -> None:
         self.metrics.requests.labels(job=self.metrics.job_label(job), status=status).inc()

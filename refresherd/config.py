@@ -51,6 +51,8 @@ class ServerConfig:
     admin_listen: str = DEFAULT_ADMIN_LISTEN
     max_body_bytes: int = MIB
     max_batch: int = 100
+    access_log: bool = False
+    """Log one line per request (method, route, status, duration, client)."""
 
 
 @attrs.frozen
@@ -141,6 +143,7 @@ _TOML_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
 )
 _WANTED: dict[str, tuple[type | tuple[type, ...], str]] = {
     "string": (str, "a string"),
+    "boolean": (bool, "a boolean"),
     "integer": (int, "an integer"),
     "number": ((int, float), "a number"),
     "array": (list, "an array"),
@@ -275,7 +278,9 @@ class _Table:
     def get(self, key: str, wanted: str) -> Any:
         python_type, name = _WANTED[wanted]
         value = self.data[key]
-        if isinstance(value, bool) or not isinstance(value, python_type):
+        if (isinstance(value, bool) and python_type is not bool) or not isinstance(
+            value, python_type
+        ):
             raise self.error(key, f"must be {name}, not {_kind(value)}")
         return value
 
@@ -357,6 +362,8 @@ def _server(t: _Table) -> ServerConfig:
     for key in ("max_body_bytes", "max_batch"):
         if key in t:
             values[key] = t.integer(key, 1)
+    if "access_log" in t:
+        values["access_log"] = t.get("access_log", "boolean")
     return ServerConfig(**values)
 
 

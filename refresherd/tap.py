@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
@@ -42,7 +43,7 @@ from refresherd.errors import ConfigError
 from refresherd.fetchers.http import HTTPFetcher, make_http_client
 from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable
 from refresherd.interfaces import IFetcher, IStore
-from refresherd.logs import JSONLinesObserver
+from refresherd.logs import JSONLinesObserver, LazyFlushFile, LogOutput, text_observer
 from refresherd.metrics import MULTIPROCESS_DIR, metrics_for
 from refresherd.refresher import DRAIN_TIMEOUT, Job, Refresher
 from refresherd.site import LimitedSite
@@ -314,13 +315,15 @@ class RefresherdService(MultiService):
     engine: Engine
     ports: list[IListeningPort]
     sites: list[LimitedSite]
-    log_observer: ILogObserver | None = None
+    log_output: LogOutput | None = None
     on_started: Callable[[], None] = lambda: None
     worker: int | None = None
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+        if self.log_output is not None:
+            self.log_output.setServiceParent(self)
         self.engine.setServiceParent(self)
 
     def startService(self) -> None:
@@ -337,8 +340,8 @@ class RefresherdService(MultiService):
         announce(self._log, self.ports)
 
     def setServiceParent(self, parent: Any) -> None:
-        if self.log_observer is not None and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, self.log_observer)
+        if self.log_output is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_output.observer)
         MultiService.setServiceParent(self, parent)
 
     @defer.inlineCallbacks
@@ -347,6 +350,8 @@ class RefresherdService(MultiService):
         yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
         yield self.engine.stopService()
         yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
+        if self.log_output is not None:
+            self.log_output.stopService()
 
 
 @attrs.define(eq=False)
@@ -365,12 +370,14 @@ class ParentService(MultiService):
     engine: Engine
     ports: list[IListeningPort]
     sites: list[LimitedSite]
-    log_observer: ILogObserver | None = None
+    log_output: LogOutput | None = None
     on_started: Callable[[], None] = lambda: None
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+        if self.log_output is not None:
+            self.log_output.setServiceParent(self)
         self.engine.setServiceParent(self)
         self.supervisor.setServiceParent(self)
 
@@ -383,8 +390,8 @@ class ParentService(MultiService):
         )
 
     def setServiceParent(self, parent: Any) -> None:
-        if self.log_observer is not None and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, self.log_observer)
+        if self.log_output is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_output.observer)
         MultiService.setServiceParent(self, parent)
 
     @defer.inlineCallbacks
@@ -397,6 +404,8 @@ class ParentService(MultiService):
         yield self.supervisor.stopService()
         yield self.engine.stopService()
         yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
+        if self.log_output is not None:
+            self.log_output.stopService()
 
 
 def check_admin_listener(port: IListeningPort, settings: Settings, authorizer: Authorizer) -> None:
@@ -489,13 +498,25 @@ def handle_shutdown_signals(
     return signals
 
 
-def log_observer(settings: Settings) -> ILogObserver | None:
-    """The observer of C{--log-format}, with the worker's number in a worker; None: twistd's."""
+def log_output(settings: Settings, reactor: Any) -> LogOutput | None:
+    """
+    Where the process logs: C{--log-format json}; in a worker, text with the
+    worker's number; with access logging on, twistd's text with cheap
+    flushes (L{LogOutput}).  None: twistd's own text observer.
+    """
     worker = settings.worker
+    file = LazyFlushFile(sys.stdout)
+    writer: Callable[[dict[str, Any]], None]
     if settings.log_format == "json":
-        json_observer = cast(ILogObserver, JSONLinesObserver())
-        return json_observer if worker is None else WorkerLogObserver(worker.id, json_observer)
-    return None if worker is None else worker_text_observer(worker.id)
+        json_observer = JSONLinesObserver(file)  # type: ignore[arg-type]
+        writer = json_observer if worker is None else WorkerLogObserver(worker.id, json_observer)
+    elif worker is not None:
+        writer = worker_text_observer(worker.id, file)  # type: ignore[arg-type]
+    elif settings.config.server.access_log:
+        writer = text_observer(file)
+    else:
+        return None
+    return LogOutput(file, writer, reactor)
 
 
 def build_engine(
@@ -543,7 +564,7 @@ def build_service(
     )
     refresher, metrics = engine.refresher, engine.refresher.metrics
     authorizer = Authorizer.from_config(config.auth)
-    admin = AdminAPI(refresher, authorizer, metrics, reactor)
+    admin = AdminAPI(refresher, authorizer, metrics, reactor, config.server.access_log)
     admin_listen, admin_where = settings.admin_listen
     mounted = admin_listen == "none"
     public = PublicAPI(
@@ -564,7 +585,7 @@ def build_service(
             engine,
             [port],
             [public_site],
-            log_observer=log_observer(settings),
+            log_output=log_output(settings, reactor),
             on_started=lambda: start_worker(reactor, signals, lifeline),
             worker=worker.id,
         )
@@ -587,7 +608,7 @@ def build_service(
         engine,
         ports,
         sites,
-        log_observer=log_observer(settings),
+        log_output=log_output(settings, reactor),
         on_started=lambda: reactor.callWhenRunning(signals.install),
     )
 
@@ -610,7 +631,7 @@ def build_parent(
     engine = build_engine(settings, reactor, environ)
     metrics = engine.refresher.metrics
     authorizer = Authorizer.from_config(config.auth)
-    admin = AdminAPI(engine.refresher, authorizer, metrics, reactor)
+    admin = AdminAPI(engine.refresher, authorizer, metrics, reactor, config.server.access_log)
     admin_listen, admin_where = settings.admin_listen
     public = listen(reactor, settings.listen[0], settings.listen[1], HeldForWorkers(), shared=True)
     shared = hold(public)
@@ -646,7 +667,7 @@ def build_parent(
         engine,
         ports,
         sites,
-        log_observer=log_observer(settings),
+        log_output=log_output(settings, reactor),
         on_started=lambda: reactor.callWhenRunning(signals.install),
     )
 

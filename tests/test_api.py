@@ -10,6 +10,8 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import task
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.api import PublicAPI
@@ -427,3 +429,28 @@ class StrictJSONTests(APITestCase):
         for body in [b'{"x": NaN}', b"Infinity", '"é"'.encode("utf-16")]:
             d = self.request("PUT", "/v1/jobs/j?id=1", data=body, headers=headers)
             self.assertEqual(self.error_code(d, 400), "bad_json", body)
+
+
+class AccessLogTests(APITestCase):
+    def access_events(self, access_log: bool) -> list[Any]:
+        self.api.server = ServerConfig(max_batch=3, access_log=access_log)
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        headers = {"Authorization": "Bearer secret-token-123"}
+        self.answer(self.request("GET", "/healthz", headers=headers))
+        self.answer(self.request("GET", "/v1/jobs/nope?id=private-value", headers=headers))
+        return [e for e in logged if e.get("log_namespace") == "refresherd.access"]
+
+    def test_one_line_per_request_with_route_status_and_duration(self) -> None:
+        events = self.access_events(access_log=True)
+        self.assertEqual(
+            [(e["method"], e["route"], e["code"]) for e in events],
+            [("GET", "/healthz", 200), ("GET", "/v1/jobs/{job}", 404)],
+        )
+        for event in events:
+            self.assertIsInstance(event["duration"], float)
+            text = formatEvent(event) + repr(event)
+            self.assertNotIn("secret-token-123", text)
+            self.assertNotIn("private-value", text)
+
+    def test_no_access_lines_unless_asked(self) -> None:
+        self.assertEqual(self.access_events(access_log=False), [])

@@ -764,3 +764,15 @@ def test_secret_source_says_whether_to_redact() -> None:
     assert not Secret("x").redacted
     assert Secret("x", "env").redacted
     assert Secret("x", "file").redacted
+
+
+def test_access_log_is_off_unless_set_to_true() -> None:
+    assert load("").server.access_log is False
+    assert load("[server]\naccess_log = true\n").server.access_log is True
+    for value in ('"yes"', "1"):
+        message = error_of(f"[server]\naccess_log = {value}\n")
+        assert message.startswith("refresherd.toml: server.access_log: must be a boolean"), message
+
+
+def test_integers_are_still_refused_as_booleans_and_booleans_as_integers() -> None:
+    assert "must be an integer, not a boolean" in error_of("[server]\nmax_batch = true\n")

@@ -137,6 +137,28 @@ def test_json_log_format_writes_one_object_per_line(tmp_path: Path) -> None:
     assert any("public API listening on" in r["message"] for r in records)
 
 
+def test_access_log_lines_in_json_carry_route_status_and_duration(tmp_path: Path) -> None:
+    config = tmp_path / "refresherd.toml"
+    config.write_text("[server]\naccess_log = true\n" + GOOD)
+    service = start_service(config, "--log-format", "json")
+    assert service.get("/v1/jobs/square?n=3").status_code == 200
+    assert service.get("/v1/jobs/square?n=x&token=abc").status_code == 400
+    assert httpx.get(service.admin_url + "/v1/jobs", timeout=10).status_code == 200
+    assert service.stop() == 0
+    access = [
+        record
+        for record in map(json.loads, service.lines)
+        if record["namespace"] == "refresherd.access"
+    ]
+    assert [(r["method"], r["route"], r["code"]) for r in access] == [
+        ("GET", "/v1/jobs/{job}", 200),
+        ("GET", "/v1/jobs/{job}", 400),
+        ("GET", "/v1/jobs", 200),
+    ]
+    assert all(r["client"] == "127.0.0.1" and r["duration"] >= 0 for r in access)
+    assert "abc" not in "".join(service.lines)
+
+
 def test_an_admin_listener_on_every_interface_is_fine_with_an_admin_token(tmp_path: Path) -> None:
     config = tmp_path / "refresherd.toml"
     config.write_text('[auth]\nadmin_tokens = ["a-token"]\n' + GOOD)
