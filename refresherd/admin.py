@@ -28,9 +28,9 @@ from twisted.web.iweb import IRequest
 from refresherd.args import parse_query
 from refresherd.auth import ADMIN, METRICS, Authorizer, is_loopback_host
 from refresherd.config import JobConfig, Secret
-from refresherd.entry import Entry, is_json_content_type
-from refresherd.errors import BadArgs, BadJson, Forbidden, UnsupportedMediaType
-from refresherd.faces import JSON, handle_errors, header, observe, query, with_value
+from refresherd.entry import Entry, is_json_content_type, parse_json
+from refresherd.errors import BadArgs, BadJson, Forbidden, UnsupportedMediaType, one_line
+from refresherd.faces import JSON, guarded, handle_errors, header, observe, query, with_value
 from refresherd.generations import Purge
 from refresherd.metrics import Metrics
 from refresherd.refresher import Refresher
@@ -53,9 +53,9 @@ class PurgeRequest:
 def parse_purge(body: bytes) -> PurgeRequest:
     """The body of C{POST /v1/purge}; L{BadJson} or L{BadArgs} saying what is wrong."""
     try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise BadJson(f"the body is not valid JSON: {e}") from None
+        document = parse_json(body)
+    except ValueError as e:
+        raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
     if not isinstance(document, dict):
         raise BadJson('the body must be an object {"keys": [...], "jobs": [...], "tags": [...]}')
     unknown = sorted(set(document) - {"keys", "jobs", "tags", "soft"})
@@ -200,7 +200,7 @@ class AdminAPI:
     )
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return guarded(self.app.resource())
 
     def _admin(self, request: IRequest, route: str, writers_too: bool = False) -> None:
         observe(self.metrics, self.clock, request, route, self.access_log)

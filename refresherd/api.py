@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import math
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 from klein import Klein
@@ -22,8 +23,9 @@ from twisted.web.resource import IResource
 from refresherd.args import parse_query
 from refresherd.auth import Authorizer
 from refresherd.config import ServerConfig
+from refresherd.entry import parse_json
 from refresherd.errors import BadArgs, BadJson, BatchTooLarge, RefresherdError, one_line
-from refresherd.faces import JSON, handle_errors, observe, with_value
+from refresherd.faces import JSON, guarded, handle_errors, observe, with_value
 from refresherd.faces import header as _header
 from refresherd.faces import query as _query
 from refresherd.metrics import Metrics
@@ -87,12 +89,12 @@ class PublicAPI:
     app = Klein()
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return guarded(self.app.resource())
 
     def body_limit(self, method: bytes, path: bytes) -> int:
         """How large a request body may be: a PUT to a job may send up to its C{max_value_bytes}."""
         if method.upper() == b"PUT" and path.startswith(b"/v1/jobs/"):
-            name = path[len(b"/v1/jobs/") :].partition(b"?")[0].decode("latin-1")
+            name = unquote(path[len(b"/v1/jobs/") :].partition(b"?")[0].decode("latin-1"))
             job = self.refresher.jobs.get(name)
             if job is not None:
                 return job.config.max_value_bytes
@@ -141,7 +143,9 @@ class PublicAPI:
         request.setHeader(b"Content-Security-Policy", b"sandbox")
         return self._render(request, answer, raw=True)
 
-    def _render(self, request: IRequest, answer: Answer, raw: bool) -> bytes:
+    def _render(
+        self, request: IRequest, answer: Answer, raw: bool, conditional: bool = True
+    ) -> bytes:
         now = self.clock.seconds()
         request.setHeader(b"Cache-Status", cache_status(answer, now).encode("ascii"))
         entry = answer.entry
@@ -151,7 +155,7 @@ class PublicAPI:
             return answer_body(answer, now)
         request.setHeader(b"Age", str(max(0, math.floor(now - entry.fetched_at))).encode())
         request.setHeader(b"ETag", entry.etag.encode("ascii"))
-        if etag_matches(_header(request, b"If-None-Match"), entry.etag):
+        if conditional and etag_matches(_header(request, b"If-None-Match"), entry.etag):
             request.setResponseCode(304)
             return b""
         if raw:
@@ -168,7 +172,8 @@ class PublicAPI:
         content_type = request.getHeader(b"Content-Type") or b"application/octet-stream"
         body = request.content.read()
         answer = await self.refresher.put(job, args, body, content_type.decode("latin-1"))
-        return self._render(request, answer, raw=False)
+        # Never a 304: the value was written, and a PUT answers what a GET now would.
+        return self._render(request, answer, raw=False, conditional=False)
 
     @app.route("/v1/fetch", methods=["POST"])
     async def fetch_many(self, request: IRequest) -> bytes:
@@ -184,9 +189,9 @@ class PublicAPI:
 
     def _batch_items(self, body: bytes) -> list[Any]:
         try:
-            document = json.loads(body)
+            document = parse_json(body)
         except ValueError as e:
-            raise BadJson(f"the body is not valid JSON: {e}") from None
+            raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
         if not isinstance(document, dict) or not isinstance(document.get("items"), list):
             raise BadJson('the body must be an object {"items": [...]}')
         items = document["items"]

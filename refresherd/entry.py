@@ -41,12 +41,24 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def parse_json(body: bytes) -> Any:
+    """
+    The document of C{body} if it is strict JSON in UTF-8 (no NaN or
+    Infinity), else L{ValueError} saying why; nesting too deep to parse is a
+    L{ValueError} too, never a C{RecursionError}.
+    """
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def check_json_body(body: bytes) -> None:
     """
     Raise L{ValueError} unless C{body} is strict JSON in UTF-8 (no NaN or
     Infinity), so that the API can splice it into its answers as it is.
     """
-    json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    parse_json(body)
 
 
 @attrs.frozen

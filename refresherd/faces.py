@@ -16,18 +16,46 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import RequestRedirect
 
 from refresherd.entry import Entry, is_json_content_type
-from refresherd.errors import MethodNotAllowed, NotFound, RefresherdError, Unauthorized
+from refresherd.errors import BadArgs, MethodNotAllowed, NotFound, RefresherdError, Unauthorized
 from refresherd.metrics import Metrics
 
 JSON = b"application/json"
 UNMATCHED = "_unmatched"
 """The route label of requests that match no route."""
+
+
+class _Guarded(Resource):
+    """
+    A Klein app's resource behind the checks Klein would answer with a bare
+    HTML 400 and a logged traceback: a path or host name that is not UTF-8
+    once percent-decoded gets the JSON C{bad_args} object instead.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            b"/".join(request.prepath + request.postpath).decode("utf-8")  # type: ignore[attr-defined]
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return render_error(request, BadArgs("the path and host must be UTF-8"))
+        return self.inner.render(request)
+
+
+def guarded(resource: IResource) -> IResource:
+    """C{resource}, a Klein app's, answering URLs that are not UTF-8 with the error object."""
+    return _Guarded(resource)
 
 
 def header(request: IRequest, name: bytes) -> bytes | None:
@@ -127,7 +155,11 @@ def handle_errors(
         assert isinstance(error, RefresherdError)
         return render_error(request, error)
 
-    @app.handle_errors(RouteNotFound)
+    # An empty path segment ("/v1/jobs//raw") is no route: never a redirect
+    # that would name another one.
+    app.url_map.merge_slashes = False
+
+    @app.handle_errors(RouteNotFound, RequestRedirect)
     def not_found(self: Any, request: IRequest, failure: Failure) -> bytes | IResource:
         resource = fallback(self)
         if resource is not None:

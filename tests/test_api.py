@@ -454,3 +454,39 @@ class AccessLogTests(APITestCase):
 
     def test_no_access_lines_unless_asked(self) -> None:
         self.assertEqual(self.access_events(access_log=False), [])
+
+
+class HostileRequestTests(APITestCase):
+    """Requests found by schemathesis that once got a 500, HTML or the wrong answer."""
+
+    def test_json_nested_too_deeply_is_bad_json(self) -> None:
+        self.build(auth=AuthConfig(write_tokens=(Secret("w"),)))
+        deep = b"[" * 5000 + b"]" * 5000
+        write = {"Authorization": "Bearer w", "Content-Type": "application/json"}
+        d = self.request("PUT", "/v1/jobs/j?id=1", data=deep, headers=write)
+        self.assertEqual(self.error_code(d, 400), "bad_json")
+        d = self.request("POST", "/v1/fetch", data=b'{"items": ' + deep + b"}")
+        self.assertEqual(self.error_code(d, 400), "bad_json")
+
+    def test_an_empty_path_segment_matches_no_route(self) -> None:
+        for path in ("/v1/jobs//raw", "/v1/jobs/j//raw?id=1", "/v1//fetch"):
+            method = "POST" if path.endswith("fetch") else "GET"
+            self.assertEqual(self.error_code(self.request(method, path), 404), "not_found", path)
+        self.assertEqual(self.fetcher.calls, [])
+
+    def test_a_path_that_is_not_utf8_is_bad_args(self) -> None:
+        d = self.request("GET", "/v1/jobs/%FF?id=1")
+        self.assertEqual(self.error_code(d, 400), "bad_args")
+
+    def test_a_put_with_if_none_match_answers_200_with_the_value(self) -> None:
+        self.build(auth=AuthConfig(write_tokens=(Secret("w"),)))
+        headers = {"Authorization": "Bearer w", "Content-Type": "text/plain", "If-None-Match": "*"}
+        response, body = self.answer(
+            self.request("PUT", "/v1/jobs/j?id=1", data=b"hello", headers=headers)
+        )
+        self.assertEqual((response.code, body["value"]), (200, "hello"))
+
+    def test_the_put_body_limit_is_the_job_s_whatever_the_encoding_of_its_name(self) -> None:
+        self.build(max_value_bytes=5_000_000)
+        self.assertEqual(self.api.body_limit(b"PUT", b"/v1/jobs/%6A?id=1"), 5_000_000)
+        self.assertEqual(self.api.body_limit(b"PUT", b"/v1/jobs/j?id=1"), 5_000_000)

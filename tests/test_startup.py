@@ -141,10 +141,12 @@ def test_access_log_lines_in_json_carry_route_status_and_duration(tmp_path: Path
     config = tmp_path / "refresherd.toml"
     config.write_text("[server]\naccess_log = true\n" + GOOD)
     service = start_service(config, "--log-format", "json")
-    assert service.get("/v1/jobs/square?n=3").status_code == 200
-    assert service.get("/v1/jobs/square?n=x&token=abc").status_code == 400
-    assert httpx.get(service.admin_url + "/v1/jobs", timeout=10).status_code == 200
-    assert service.stop() == 0
+    try:
+        assert service.get("/v1/jobs/square?n=3").status_code == 200
+        assert service.get("/v1/jobs/square?n=x&token=abc").status_code == 400
+        assert httpx.get(service.admin_url + "/v1/jobs", timeout=10).status_code == 200
+    finally:
+        assert service.stop() == 0
     access = [
         record
         for record in map(json.loads, service.lines)
