@@ -1,0 +1,1202 @@
+"""
+The deployment files of C{deploy/} (docs/deploy.md), checked against the code
+they deploy:
+
+- every metric and label the alerting rules and the Grafana dashboard use is one
+  refresherd really exposes (built from L{refresherd.metrics.metrics_for} and read
+  back as Prometheus reads it), with the labels Prometheus gives it when it scrapes
+  as C{deploy/prometheus.yml} says (C{job} becomes C{exported_job});
+- the rules and the scrape configuration pass C{promtool}, the rules' unit tests
+  pass, and a real Prometheus scrapes a real refresherd with them;
+- the example configuration loads, and builds the whole service;
+- the systemd unit passes C{systemd-analyze verify} and its offline security check;
+- the Containerfile, which no Docker engine here can build, is checked statically,
+  its options parsed as twistd parses them, and its health check run against a
+  real refresherd.
+
+promtool and prometheus come from Debian's C{prometheus} package, systemd-analyze
+from C{systemd}; C{.ci/run} installs them.  No test here is ever skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
+from twisted.scripts.twistd import ServerOptions
+
+from refresherd.config import Config, load_config
+from refresherd.errors import ConfigError
+from refresherd.metrics import metrics_for
+from refresherd.refresher import DRAIN_TIMEOUT
+from refresherd.tap import CLOSE_TIMEOUT, Settings, build_service
+from tests.harness import start_service
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+UNIT = DEPLOY / "refresherd.service"
+CONTAINERFILE = DEPLOY / "Containerfile"
+CONFIG = DEPLOY / "refresherd.toml"
+PROMETHEUS = DEPLOY / "prometheus.yml"
+ALERTS = DEPLOY / "alerts.yml"
+ALERTS_TESTS = DEPLOY / "alerts.test.yml"
+DASHBOARD = DEPLOY / "grafana-dashboard.json"
+DOCS = ROOT / "docs" / "deploy.md"
+
+CREDENTIALS = "/run/credentials/refresherd.service/"
+"""Where systemd's LoadCredential= puts the token files the example configuration reads."""
+
+ENVIRON = {
+    "REDIS_PASSWORD": "redis-secret",
+    "RFD_READ_TOKEN": "read-token-0123456789",
+    "TIMELINE_API_AUTH": "Bearer api-secret",
+}
+"""The env: secrets of the example configuration."""
+
+SPEC_FAMILIES = (
+    "refresherd_requests_total",
+    "refresherd_fetches_total",
+    "refresherd_fetch_duration_seconds",
+    "refresherd_fetches_in_flight",
+    "refresherd_coalesced_total",
+    "refresherd_early_refreshes_total",
+    "refresherd_store_errors_total",
+    "refresherd_purged_total",
+    "refresherd_http_request_duration_seconds",
+    "refresherd_stale_served_age_seconds",
+    "refresherd_queue_depth",
+)
+"""SPEC section 9's metrics, as they are named in PromQL."""
+
+
+def tool(name: str) -> str:
+    """The path of a command the tests need; a failure, never a skip, when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run .ci/run, which installs it")
+    return path
+
+
+def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+# -- the metrics refresherd exposes, as Prometheus stores them -----------------------
+
+
+def exposed() -> dict[str, frozenset[str]]:
+    """
+    Every sample name of refresherd's C{/metrics} (C{_total}, C{_bucket},
+    C{_sum}, C{_count}, C{_created}, C{process_*}), each with its label names:
+    the metrics of one configured job, with one child of every labelled metric
+    made so that its samples appear, rendered and parsed as Prometheus parses them.
+    """
+    metrics = metrics_for(["job"])
+    for value in vars(metrics).values():
+        # A labelled metric has no samples until a child exists.
+        if isinstance(value, MetricWrapperBase) and value._labelnames:
+            value.labels(*["x"] * len(value._labelnames))
+    names: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.render().decode("utf-8")):
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
+    return {name: frozenset(labels) for name, labels in names.items()}
+
+
+def scrape_config() -> dict[str, Any]:
+    """The scrape job of deploy/prometheus.yml."""
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    (job,) = [c for c in config["scrape_configs"] if c["job_name"] == "refresherd"]
+    return dict(job)
+
+
+def target_labels(scrape: Mapping[str, Any]) -> frozenset[str]:
+    """The labels Prometheus puts on every series of a target: job, instance, static ones."""
+    labels = {"job", "instance"}
+    for static in scrape.get("static_configs", []):
+        labels.update(static.get("labels", {}))
+    return frozenset(labels)
+
+
+def stored() -> dict[str, frozenset[str]]:
+    """
+    The series names Prometheus holds after scraping refresherd with
+    deploy/prometheus.yml, with their label names: the target labels added, and
+    with C{honor_labels: false} a scraped label that collides with one of them
+    renamed C{exported_NAME} (refresherd's C{job} becomes C{exported_job}).
+    Plus C{up}, which Prometheus makes itself.
+    """
+    scrape = scrape_config()
+    target = target_labels(scrape)
+    honor = scrape.get("honor_labels", False)
+    result = {}
+    for name, labels in exposed().items():
+        renamed = {
+            label if honor or label not in target else f"exported_{label}" for label in labels
+        }
+        result[name] = frozenset(renamed | target)
+    result["up"] = target
+    return result
+
+
+def test_the_catalogue_is_refresherds() -> None:
+    """What the other tests check against is derived from the code, and complete."""
+    names = exposed()
+    assert names["refresherd_requests_total"] == {"job", "status"}
+    assert names["refresherd_fetch_duration_seconds_bucket"] == {"job", "le"}
+    assert names["refresherd_http_request_duration_seconds_count"] == {"route", "code"}
+    assert names["refresherd_store_errors_total"] == {"operation"}
+    assert names["process_cpu_seconds_total"] == frozenset()
+    for family in SPEC_FAMILIES:
+        assert family in names or f"{family}_bucket" in names, family
+    series = stored()
+    assert series["refresherd_requests_total"] == {"job", "instance", "exported_job", "status"}
+    assert series["process_open_fds"] == {"job", "instance"}
+    assert series["up"] == {"job", "instance"}
+
+
+# -- PromQL, crudely --------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+    (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
+    | (?P<range>\[[^\]]*\])
+    | (?P<duration>[0-9]+(?:ms|s|m|h|d|w|y)(?![A-Za-z0-9_:]))
+    | (?P<number>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?![A-Za-z_:]))
+    | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
+    | (?P<op>=~|!~|!=|==|<=|>=|[-+*/%^<>=(){},])
+    | (?P<space>\s+)
+    """,
+    re.VERBOSE,
+)
+AGGREGATORS = frozenset(
+    "sum min max avg group stddev stdvar count count_values bottomk topk quantile".split()
+)
+FUNCTIONS = frozenset(
+    """abs absent absent_over_time ceil changes clamp clamp_max clamp_min day_of_month
+    day_of_week day_of_year days_in_month delta deriv exp floor histogram_quantile
+    holt_winters hour idelta increase irate label_join label_replace ln log2 log10 minute
+    month predict_linear rate resets round scalar sgn sort sort_desc sqrt time timestamp
+    vector year avg_over_time min_over_time max_over_time sum_over_time count_over_time
+    quantile_over_time stddev_over_time stdvar_over_time last_over_time present_over_time""".split()
+)
+GROUPING = frozenset({"by", "without"})
+MATCHING = frozenset({"on", "ignoring", "group_left", "group_right"})
+KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset"})
+
+
+@attrs.frozen
+class Selector:
+    metric: str
+    labels: frozenset[str]
+
+
+@attrs.frozen
+class Grouping:
+    keyword: str
+    labels: frozenset[str]
+    scope: tuple[Selector, ...]
+    """The selectors the grouping applies to."""
+
+
+@attrs.frozen
+class Query:
+    """What a PromQL expression refers to."""
+
+    selectors: tuple[Selector, ...]
+    groupings: tuple[Grouping, ...]
+    aggregations: tuple[frozenset[str] | None, ...]
+    """For each aggregation, the labels it keeps (C{by}); None for C{without}."""
+    functions: frozenset[str]
+
+    @property
+    def metrics(self) -> frozenset[str]:
+        return frozenset(s.metric for s in self.selectors)
+
+    def result_labels(self, series: Mapping[str, frozenset[str]]) -> frozenset[str]:
+        """
+        The labels of the result: those every aggregation keeps, else those of
+        every selected series; C{histogram_quantile} consumes C{le}.
+        """
+        if self.aggregations:
+            kept = [labels for labels in self.aggregations if labels is not None]
+            result = frozenset.intersection(*kept) if kept else frozenset()
+        else:
+            result = frozenset.intersection(*(series[s.metric] for s in self.selectors))
+        return result - {"le"} if "histogram_quantile" in self.functions else result
+
+
+def tokens(expr: str) -> list[tuple[str, str]]:
+    result = []
+    position = 0
+    while position < len(expr):
+        match = _TOKEN.match(expr, position)
+        if match is None:
+            raise ValueError(f"cannot read {expr[position:]!r} in {expr!r}")
+        position = match.end()
+        kind = match.lastgroup
+        assert kind is not None
+        if kind != "space":
+            result.append((kind, match.group()))
+    return result
+
+
+def parse_promql(expr: str) -> Query:
+    """
+    The metrics, label matchers and groupings of C{expr}: enough PromQL for
+    the expressions of deploy/ (anything else is an error, never a silent pass).
+    """
+    toks = tokens(expr)
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for i, (kind, text) in enumerate(toks):
+        if kind == "op" and text in "({":
+            stack.append(i)
+        elif kind == "op" and text in ")}":
+            closing[stack.pop()] = i
+    if stack:
+        raise ValueError(f"unbalanced brackets in {expr!r}")
+
+    selectors: list[tuple[int, Selector]] = []
+    pending: list[tuple[str, frozenset[str], tuple[int, int]]] = []
+    aggregations: list[frozenset[str] | None] = []
+    functions: set[str] = set()
+    i = 0
+    while i < len(toks):
+        kind, text = toks[i]
+        following = toks[i + 1] if i + 1 < len(toks) else ("", "")
+        if kind == "op" and text == "{":
+            raise ValueError(f"a selector without a metric name in {expr!r}")
+        if kind != "ident":
+            i += 1
+            continue
+        if text in KEYWORDS:
+            i += 1
+        elif text in GROUPING | MATCHING:
+            if following != ("op", "("):
+                raise ValueError(f"{text} without a label list in {expr!r}")
+            end = closing[i + 1]
+            labels = frozenset(t for k, t in toks[i + 2 : end] if k == "ident")
+            if text in GROUPING:
+                previous = toks[i - 1]
+                if previous[0] == "ident" and previous[1] in AGGREGATORS:
+                    # sum by (labels) (expression)
+                    start = end + 1
+                    scope = (start, closing[start])
+                else:
+                    # sum (expression) by (labels)
+                    opening = next(o for o, c in closing.items() if c == i - 1)
+                    scope = (opening, i - 1)
+                aggregations.append(labels if text == "by" else None)
+            else:
+                scope = (0, len(toks))
+            pending.append((text, labels, scope))
+            i = end + 1
+        elif following == ("op", "("):
+            if text in AGGREGATORS:
+                # sum (expression), unless "by (labels)" follows (recorded there)
+                after = closing[i + 1] + 1
+                if after >= len(toks) or toks[after][1] not in GROUPING:
+                    aggregations.append(frozenset())
+            elif text not in FUNCTIONS:
+                raise ValueError(f"unknown function {text!r} in {expr!r}")
+            functions.add(text)
+            i += 1
+        elif following == ("ident", "by") or following == ("ident", "without"):
+            if text not in AGGREGATORS:
+                raise ValueError(f"{text} is not an aggregation in {expr!r}")
+            functions.add(text)
+            i += 1
+        else:
+            matched: set[str] = set()
+            j = i + 1
+            if following == ("op", "{"):
+                end = closing[i + 1]
+                inside = toks[i + 2 : end]
+                for n in range(0, len(inside), 4):
+                    matcher = inside[n : n + 4]
+                    if (
+                        len(matcher) < 3
+                        or matcher[0][0] != "ident"
+                        or matcher[1][1] not in ("=", "!=", "=~", "!~")
+                        or matcher[2][0] != "string"
+                        or (len(matcher) == 4 and matcher[3] != ("op", ","))
+                    ):
+                        raise ValueError(f"cannot read the matchers of {text} in {expr!r}")
+                    matched.add(matcher[0][1])
+                j = end + 1
+            selectors.append((i, Selector(text, frozenset(matched))))
+            i = j
+    groupings = tuple(
+        Grouping(keyword, labels, tuple(s for at, s in selectors if start <= at <= end))
+        for keyword, labels, (start, end) in pending
+    )
+    return Query(
+        tuple(s for _, s in selectors), groupings, tuple(aggregations), frozenset(functions)
+    )
+
+
+def check_query(expr: str, series: Mapping[str, frozenset[str]]) -> Query:
+    """C{expr} refers only to series Prometheus has, by labels they have."""
+    query = parse_promql(expr)
+    assert query.selectors, f"no metric in {expr!r}"
+    for selector in query.selectors:
+        assert selector.metric in series, f"{selector.metric} is not a metric of refresherd"
+        unknown = selector.labels - series[selector.metric]
+        assert not unknown, f"{selector.metric} has no label {sorted(unknown)} ({expr!r})"
+    for grouping in query.groupings:
+        assert grouping.scope, f"{grouping.keyword} applies to nothing in {expr!r}"
+        for selector in grouping.scope:
+            unknown = grouping.labels - series[selector.metric]
+            assert not unknown, (
+                f"{grouping.keyword} ({', '.join(sorted(grouping.labels))}): "
+                f"{selector.metric} has no label {sorted(unknown)} ({expr!r})"
+            )
+    return query
+
+
+def test_parse_promql() -> None:
+    """The crude parser finds what the checks rely on, and refuses what it cannot read."""
+    query = parse_promql(
+        'histogram_quantile(0.9, sum by (job, le) (rate(a_bucket{x="1", y=~"a|b"}[5m]))) > 3600'
+    )
+    assert query.selectors == (Selector("a_bucket", frozenset({"x", "y"})),)
+    assert [(g.keyword, g.labels) for g in query.groupings] == [("by", frozenset({"job", "le"}))]
+    assert query.groupings[0].scope == query.selectors
+    assert query.functions == {"histogram_quantile", "sum", "rate"}
+    series = {"a_bucket": frozenset({"job", "le", "x", "y", "z"})}
+    assert query.result_labels(series) == {"job"}
+
+    query = parse_promql('sum(rate(b_total{s="a"}[1m])) by (i) / sum(c) + d{e!="f"} offset 5m')
+    assert [s.metric for s in query.selectors] == ["b_total", "c", "d"]
+    assert query.groupings[0].scope == (Selector("b_total", frozenset({"s"})),)
+    series = {n: frozenset({"i", "e", "s"}) for n in ("b_total", "c", "d")}
+    assert query.result_labels(series) == frozenset()
+    assert parse_promql("up == 0").result_labels({"up": frozenset({"job"})}) == {"job"}
+    assert parse_promql("up{job='x'} == 0").selectors == (Selector("up", frozenset({"job"})),)
+
+    for bad in ("rate(x[5m]", 'nonsense(x{a="b"})', '{__name__="x"}', "x{a=b}", "x @ 5"):
+        with pytest.raises(ValueError):
+            parse_promql(bad)
+    with pytest.raises(AssertionError, match="no label"):
+        check_query("sum by (nope) (x)", {"x": frozenset({"a"})})
+    with pytest.raises(AssertionError, match="not a metric"):
+        check_query("y", {"x": frozenset()})
+
+
+TEMPLATE_LABEL = re.compile(r"\$labels\.([A-Za-z_][A-Za-z0-9_]*)")
+LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+# -- alerts.yml -------------------------------------------------------------------------
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def test_alerts_structure() -> None:
+    """The rule file layout; each alert with for:, a severity, a summary and a description."""
+    document = yaml.safe_load(ALERTS.read_text())
+    assert set(document) == {"groups"}
+    names = []
+    for group in document["groups"]:
+        assert set(group) <= {"name", "rules", "interval", "limit"}
+        assert isinstance(group["name"], str) and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+            names.append(rule["alert"])
+            assert re.fullmatch(r"Refresherd[A-Z][A-Za-z]+", rule["alert"])
+            assert isinstance(rule["expr"], str)
+            assert re.fullmatch(r"[0-9]+[smh]", rule["for"]), rule["alert"]
+            assert rule["labels"]["severity"] in ("critical", "warning", "info")
+            assert set(rule["annotations"]) == {"summary", "description"}
+            assert all(rule["annotations"].values())
+    assert len(names) == len(set(names))
+
+
+def test_alerts_cover_what_matters() -> None:
+    """Stale too long, fetch failures, store errors, a saturated origin, a process down."""
+    by_metric: dict[str, list[Query]] = {}
+    for rule in alert_rules():
+        query = parse_promql(rule["expr"])
+        for selector in query.selectors:
+            by_metric.setdefault(selector.metric, []).append(query)
+    assert "refresherd_stale_served_age_seconds_bucket" in by_metric
+    assert "refresherd_store_errors_total" in by_metric
+    assert "refresherd_queue_depth" in by_metric
+    assert "up" in by_metric
+    failures = [
+        rule["expr"] for rule in alert_rules() if "refresherd_fetches_total" in rule["expr"]
+    ]
+    assert any('outcome=~"error|timeout"' in expr for expr in failures)
+    (down,) = [rule for rule in alert_rules() if parse_promql(rule["expr"]).metrics == {"up"}]
+    assert f'job="{scrape_config()["job_name"]}"' in down["expr"]
+
+
+def test_alerts_use_real_metrics_and_labels() -> None:
+    """Every metric an alert selects exists, with every label it names, in annotations too."""
+    series = stored()
+    for rule in alert_rules():
+        query = check_query(rule["expr"], series)
+        labels = query.result_labels(series)
+        for text in rule["annotations"].values():
+            for label in TEMPLATE_LABEL.findall(text):
+                assert label in labels, f"{rule['alert']}: $labels.{label} is not in {labels}"
+
+
+def test_alerts_pass_promtool() -> None:
+    promtool = tool("promtool")
+    result = run(promtool, "check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+
+def test_alerts_unit_tests() -> None:
+    """deploy/alerts.test.yml passes, and makes every alert fire at least once."""
+    result = run(tool("promtool"), "test", "rules", ALERTS_TESTS.name, cwd=DEPLOY)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = yaml.safe_load(ALERTS_TESTS.read_text())
+    assert document["rule_files"] == [ALERTS.name]
+    fired = {
+        case["alertname"]
+        for test in document["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert fired == {rule["alert"] for rule in alert_rules()}
+
+
+# -- prometheus.yml ---------------------------------------------------------------------
+
+
+def test_prometheus_config() -> None:
+    """It scrapes the admin listener's /metrics with a bearer token file, and loads alerts.yml."""
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    assert [(DEPLOY / path).resolve() for path in config["rule_files"]] == [ALERTS]
+    scrape = scrape_config()
+    assert scrape.get("metrics_path", "/metrics") == "/metrics"
+    assert scrape.get("scheme", "http") == "http"
+    assert scrape["authorization"]["type"] == "Bearer"
+    assert scrape["authorization"]["credentials_file"].startswith("/")
+    assert "credentials" not in scrape["authorization"]
+    admin_port = endpoint_port(loaded_config().server.admin_listen)
+    for static in scrape["static_configs"]:
+        for target in static["targets"]:
+            assert target.rpartition(":")[2] == str(admin_port), target
+    result = run(tool("promtool"), "check", "config", "--syntax-only", str(PROMETHEUS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- grafana-dashboard.json -------------------------------------------------------------
+
+GRAFANA_BUILTINS = frozenset({"__rate_interval", "__interval", "__range", "__all"})
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def dashboard_queries() -> list[tuple[str, dict[str, Any]]]:
+    """(panel title, target) for every target of every panel."""
+    return [(p["title"], t) for p in dashboard()["panels"] for t in p["targets"]]
+
+
+def variable_values() -> dict[str, str]:
+    """A value for each variable: its All value, or its current one; builtins a duration."""
+    values = {name: "1m" for name in GRAFANA_BUILTINS}
+    for variable in dashboard()["templating"]["list"]:
+        if variable.get("includeAll"):
+            values[variable["name"]] = variable["allValue"]
+        else:
+            values[variable["name"]] = variable["current"]["value"]
+    return values
+
+
+def substitute(expr: str) -> str:
+    values = variable_values()
+    return VARIABLE.sub(lambda m: values[m.group(1) or m.group(2)], expr)
+
+
+def test_dashboard_structure() -> None:
+    """Importable: the DS_PROMETHEUS input, a recent schema, every panel with targets on it."""
+    board = dashboard()
+    assert board["schemaVersion"] >= 36
+    assert board["title"] and board["uid"]
+    (source,) = board["__inputs"]
+    assert source == {**source, "name": "DS_PROMETHEUS", "type": "datasource"}
+    assert source["pluginId"] == "prometheus"
+    datasource = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        assert panel["type"] in ("timeseries", "stat"), panel["title"]
+        assert panel["datasource"] == datasource, panel["title"]
+        assert panel["targets"], f"{panel['title']} has no targets"
+        refs = [target["refId"] for target in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == datasource, panel["title"]
+            assert target["expr"].strip(), panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24 and grid["w"] > 0 and grid["h"] > 0
+        mine = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not cells & mine, f"{panel['title']} overlaps another panel"
+        cells |= mine
+    for variable in board["templating"]["list"]:
+        assert variable["datasource"] == datasource, variable["name"]
+
+
+def test_dashboard_variables_are_defined() -> None:
+    defined = {v["name"] for v in dashboard()["templating"]["list"]} | GRAFANA_BUILTINS
+    texts = [target["expr"] for _, target in dashboard_queries()]
+    texts += [v["query"]["query"] for v in dashboard()["templating"]["list"]]
+    for text in texts:
+        for match in VARIABLE.finditer(text):
+            assert (match.group(1) or match.group(2)) in defined, text
+
+
+def test_dashboard_uses_real_metrics_and_labels() -> None:
+    """Every query, the variables' included; each legend names labels its query keeps."""
+    series = stored()
+    for title, target in dashboard_queries():
+        query = check_query(substitute(target["expr"]), series)
+        labels = query.result_labels(series)
+        for label in LEGEND_LABEL.findall(target.get("legendFormat", "")):
+            assert label in labels, f"{title}: legend {{{{{label}}}}} is not in {sorted(labels)}"
+    for variable in dashboard()["templating"]["list"]:
+        match = re.fullmatch(r"label_values\((.*), *([A-Za-z_]+)\)", variable["query"]["query"])
+        assert match is not None, variable["name"]
+        query = check_query(substitute(match.group(1)), series)
+        assert match.group(2) in query.result_labels(series), variable["name"]
+
+
+def test_dashboard_shows_every_metric() -> None:
+    """SPEC section 9's metrics, with what the operator asked for on each."""
+    queries = [
+        (title, parse_promql(substitute(t["expr"])), t["expr"]) for title, t in dashboard_queries()
+    ]
+    referenced = {metric for _, query, _ in queries for metric in query.metrics}
+    for family in SPEC_FAMILIES:
+        assert referenced & {family, f"{family}_bucket", f"{family}_count"}, family
+    fetch_quantiles = {
+        re.match(r"histogram_quantile\(([0-9.]+),", expr).group(1)  # type: ignore[union-attr]
+        for _, query, expr in queries
+        if "refresherd_fetch_duration_seconds_bucket" in query.metrics
+    }
+    assert fetch_quantiles == {"0.5", "0.95", "0.99"}
+    status_by = [
+        g.labels
+        for _, query, _ in queries
+        for g in query.groupings
+        if query.metrics == {"refresherd_requests_total"}
+    ]
+    assert frozenset({"status"}) in status_by
+    assert any('status="hit"' in expr for _, _, expr in queries)
+    assert any(
+        "route" in g.labels
+        for _, query, _ in queries
+        for g in query.groupings
+        if "refresherd_http_request_duration_seconds_bucket" in query.metrics
+    )
+    assert any(
+        g.labels == {"outcome"}
+        for _, query, _ in queries
+        for g in query.groupings
+        if query.metrics == {"refresherd_fetches_total"}
+    )
+
+
+def test_dashboard_queries_pass_promtool(tmp_path: Path) -> None:
+    """Every query is PromQL Prometheus accepts (as recording rules, variables filled in)."""
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{n}", "expr": substitute(target["expr"])}
+                    for n, (_, target) in enumerate(dashboard_queries())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = run(tool("promtool"), "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- a real Prometheus scraping a real refresherd -------------------------------------
+
+
+@pytest.fixture
+def scraped(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """
+    refresherd with a metrics token, scraped by Prometheus every second with
+    deploy/prometheus.yml's job (only the target and the token file changed) and
+    deploy/alerts.yml: (Prometheus's URL, refresherd's admin address).
+    """
+    prometheus = tool("prometheus")
+    token = tmp_path / "metrics.token"
+    token.write_text("metrics-token-0123456789\n")
+    config = tmp_path / "refresherd.toml"
+    config.write_text(
+        f'[auth]\nmetrics_tokens = ["file:{token}"]\n\n'
+        '[jobs.square]\nargs = ["n"]\ncallable = "refresherd.demo:slow_square"\nfresh = "30s"\n'
+    )
+    service = start_service(config)
+    log = (tmp_path / "prometheus.log").open("w")
+    process = None
+    try:
+        admin = f"127.0.0.1:{service.ports['admin']}"
+        scrape = scrape_config()
+        scrape["static_configs"] = [{"targets": [admin]}]
+        scrape["authorization"] = {**scrape["authorization"], "credentials_file": str(token)}
+        scrape["scrape_interval"] = "1s"
+        settings = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [scrape],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(settings))
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            eventually(lambda: httpx.get(f"{url}/-/ready", timeout=5).status_code == 200)
+        except (AssertionError, httpx.HTTPError):
+            pytest.fail("prometheus did not start:\n" + (tmp_path / "prometheus.log").read_text())
+        yield url, admin
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+        service.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """The first true result of C{check}, retried while it is false or raises."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (httpx.HTTPError, KeyError, IndexError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("not in time")
+        time.sleep(0.25)
+
+
+def test_prometheus_scrapes_refresherd(scraped: tuple[str, str]) -> None:
+    """
+    The token file is accepted (up is 1), refresherd's job label is stored as
+    exported_job, every alert rule evaluates, and every dashboard query runs.
+    """
+    url, admin = scraped
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert answer["status"] == "success", (expr, answer)
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    (up,) = eventually(lambda: [s for s in query("up") if s["value"][1] == "1"])
+    assert up["metric"] == {"__name__": "up", "job": "refresherd", "instance": admin}
+    (depth,) = query("refresherd_queue_depth")
+    assert depth["metric"] == {
+        "__name__": "refresherd_queue_depth",
+        "job": "refresherd",
+        "instance": admin,
+        "exported_job": "square",
+    }
+    names = set(httpx.get(f"{url}/api/v1/label/__name__/values", timeout=10).json()["data"])
+    assert {"process_cpu_seconds_total", "refresherd_fetches_in_flight"} <= names
+
+    def evaluated() -> list[dict[str, Any]]:
+        groups = httpx.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules: list[dict[str, Any]] = [rule for group in groups for rule in group["rules"]]
+        assert all(rule["health"] == "ok" for rule in rules), rules
+        return rules
+
+    assert {rule["name"] for rule in eventually(evaluated)} == {
+        rule["alert"] for rule in alert_rules()
+    }
+    for _, target in dashboard_queries():
+        query(substitute(target["expr"]))
+
+
+# -- refresherd.toml --------------------------------------------------------------------
+
+
+def secret_files() -> Callable[[str], bytes]:
+    """A read_file: the example configuration, and a token for every credential file."""
+
+    def read_file(path: str) -> bytes:
+        if path == str(CONFIG):
+            return CONFIG.read_bytes()
+        if path.startswith(CREDENTIALS) and "/" not in path[len(CREDENTIALS) :]:
+            return f"  token-{path[len(CREDENTIALS) :]}-0123456789\n".encode()
+        raise FileNotFoundError(path)
+
+    return read_file
+
+
+def loaded_config() -> Config:
+    return load_config(str(CONFIG), ENVIRON, read_file=secret_files())
+
+
+def credential_names() -> set[str]:
+    """The names of the files the example configuration reads from LoadCredential=."""
+    return set(re.findall(re.escape(f'"file:{CREDENTIALS}') + r'([^"/]+)"', CONFIG.read_text()))
+
+
+def test_config_loads() -> None:
+    """The example production configuration is valid, with its secrets where it says."""
+    config = loaded_config()
+    assert config.store.url == "redis://:env:REDIS_PASSWORD@redis.internal:6379/0"
+    env_names = set(re.findall(r'"env:([A-Za-z_][A-Za-z0-9_]*)', CONFIG.read_text()))
+    env_names |= set(re.findall(r":env:([A-Za-z_][A-Za-z0-9_]*)@", config.store.url))
+    assert env_names == set(ENVIRON)
+    for name in set(ENVIRON) - {"REDIS_PASSWORD"}:  # that one is read by the store
+        with pytest.raises(ConfigError, match=f"environment variable '{name}' is not set"):
+            environ = {k: v for k, v in ENVIRON.items() if k != name}
+            load_config(str(CONFIG), environ, read_file=secret_files())
+    auth = config.auth
+    for tokens in (auth.read_tokens, auth.write_tokens, auth.admin_tokens, auth.metrics_tokens):
+        assert tokens and all(token.source in ("env", "file") for token in tokens)
+    assert auth.admin_tokens[0].value == "token-admin-token-0123456789"
+    assert credential_names() == {"write-token", "admin-token", "metrics-token"}
+
+    kinds = {job.fetch: job for job in config.jobs.values()}
+    assert set(kinds) == {"http", "python"} and len(config.jobs) == 2
+    http = kinds["http"]
+    assert http.arg_patterns and http.tags and http.stale > 0 and http.stale_if_error > 0
+    assert http.retries > 0 and http.timeout < http.wait_timeout
+    assert http.headers["Authorization"].source == "env"
+    assert kinds["python"].callable == "myproject.reports:monthly_sales"
+
+
+@pytest.fixture
+def myproject(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example python job's module, as the operator's package would provide it."""
+    package = types.ModuleType("myproject")
+    reports = types.ModuleType("myproject.reports")
+    reports.monthly_sales = lambda year, month: {"year": year, "month": month}  # type: ignore[attr-defined]
+    package.reports = reports  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "myproject", package)
+    monkeypatch.setitem(sys.modules, "myproject.reports", reports)
+
+
+def build(
+    config: Config,
+    listen: str | None = None,
+    admin_listen: str | None = None,
+    environ: Mapping[str, str] = ENVIRON,
+) -> MemoryReactorClock:
+    """The whole service, as twistd would build it, listening on a memory reactor."""
+    settings = Settings(
+        config=config,
+        listen=(listen or config.server.listen, "--listen"),
+        admin_listen=(admin_listen or config.server.admin_listen, "--admin-listen"),
+        store=(config.store.url, f"{CONFIG}: store.url"),
+        workers=1,
+        log_format="text",
+    )
+    reactor = MemoryReactorClock()
+    build_service(settings, reactor, environ)
+    return reactor
+
+
+@pytest.mark.usefixtures("myproject")
+def test_config_builds_the_service() -> None:
+    """
+    The Redis URL (its password from the environment), the endpoints, both jobs
+    and the admin listener off loopback (allowed: admin tokens are configured),
+    as the unit and the container run them.
+    """
+    config = loaded_config()
+    reactor = build(config)
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [
+        (8080, "0.0.0.0"),
+        (8081, "0.0.0.0"),
+    ]
+    options = container_options()
+    build(config, options["listen"], options["admin-listen"])
+    with pytest.raises(ConfigError, match="environment variable 'REDIS_PASSWORD' is not set"):
+        build(config, environ={})
+    open_admin = attrs.evolve(config, auth=attrs.evolve(config.auth, admin_tokens=()))
+    with pytest.raises(ConfigError, match="may listen only on loopback"):
+        build(open_admin)
+
+
+def endpoint_port(description: str) -> int:
+    """The TCP port a server endpoint string listens on."""
+    reactor = MemoryReactorClock()
+    serverFromString(reactor, description).listen(Factory())
+    ((port, _, _, _),) = reactor.tcpServers
+    return int(port)
+
+
+# -- refresherd.service -----------------------------------------------------------------
+
+
+def unit() -> dict[str, list[tuple[str, str]]]:
+    """The sections of the unit, each a list of (key, value) in order (keys repeat)."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    lines = iter(UNIT.read_text().splitlines())
+    for line in lines:
+        line = line.strip()
+        while line.endswith("\\"):
+            line = line[:-1] + " " + next(lines).strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), [])
+            continue
+        key, _, value = line.partition("=")
+        assert current is not None, line
+        current.append((key.strip(), value.strip()))
+    return sections
+
+
+def values(section: str, key: str) -> list[str]:
+    return [v for k, v in unit()[section] if k == key]
+
+
+def value(section: str, key: str) -> str:
+    found = values(section, key)
+    assert found, f"[{section}] {key}= is missing"
+    return found[-1]
+
+
+def timespan(text: str) -> float:
+    """Seconds of a systemd time span: "30s", "2min", "1min 30s", "45"."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+    if re.fullmatch(r"[0-9]+", text):
+        return float(text)
+    parts = re.findall(r"([0-9]+)\s*([a-z]+)", text)
+    assert parts and "".join(n + u for n, u in parts) == text.replace(" ", ""), text
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def twistd_options(argv: list[str]) -> ServerOptions:
+    """twistd's options for C{argv} (after the program), as twistd parses them."""
+    options = ServerOptions()
+    options.parseOptions(argv)
+    return options
+
+
+def test_unit_runs_refresherd_in_the_foreground() -> None:
+    argv = shlex.split(value("Service", "ExecStart"))
+    assert argv[0] == "/opt/refresherd/bin/twistd"
+    options = twistd_options(argv[1:])
+    assert options["nodaemon"] and options["pidfile"] == ""
+    assert options.subCommand == "refresherd"
+    assert options.subOptions["config"] == "/etc/refresherd/refresherd.toml"
+    assert value("Service", "Type") in ("simple", "exec")
+    assert value("Install", "WantedBy") == "multi-user.target"
+
+
+def test_unit_user_restarts_and_stopping() -> None:
+    users = values("Service", "User")
+    assert values("Service", "DynamicUser") == ["yes"] or users[-1:] not in ([], ["root"], ["0"])
+    assert value("Service", "Restart") == "on-failure"
+    assert timespan(value("Service", "RestartSec")) >= 1
+    assert int(value("Unit", "StartLimitBurst")) >= 1
+    assert timespan(value("Unit", "StartLimitIntervalSec")) > 0
+    assert value("Service", "KillSignal") == "SIGTERM"
+    # The main process stops the others (the workers of --workers) itself.
+    assert value("Service", "KillMode") == "mixed"
+    # The drain, then the time answers have to reach their clients, and a margin.
+    assert timespan(value("Service", "TimeoutStopSec")) >= DRAIN_TIMEOUT + CLOSE_TIMEOUT + 5
+
+
+def test_unit_secrets() -> None:
+    """The env: secrets from an environment file, the config's credential files loaded."""
+    assert value("Service", "EnvironmentFile").lstrip("-").startswith("/etc/refresherd/")
+    loaded = {v.partition(":")[0] for v in values("Service", "LoadCredential")}
+    assert loaded == credential_names()
+
+
+def test_unit_hardening() -> None:
+    expected = {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "ProtectClock": "yes",
+        "ProtectHostname": "yes",
+        "RestrictNamespaces": "yes",
+        "RestrictRealtime": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native",
+        "CapabilityBoundingSet": "",
+    }
+    for key, wanted in expected.items():
+        assert value("Service", key) == wanted, key
+    assert set(value("Service", "RestrictAddressFamilies").split()) == {
+        "AF_INET",
+        "AF_INET6",
+        "AF_UNIX",
+    }
+    assert values("Service", "SystemCallFilter")[0] == "@system-service"
+    # The process_* metrics read /proc/stat: ProcSubset=pid would hide it.
+    assert values("Service", "ProcSubset") == []
+
+
+@pytest.fixture
+def unit_root(tmp_path: Path) -> Path:
+    """
+    A root directory for systemd-analyze: this machine's unit directory (for
+    the targets the unit depends on), the unit, and a stand-in twistd at the
+    path of ExecStart, so that the unit file itself is checked unchanged.
+    """
+    tool("systemd-analyze")
+    source = next(
+        (
+            Path(d)
+            for d in ("/usr/lib/systemd/system", "/lib/systemd/system")
+            if (Path(d) / "sysinit.target").exists()
+        ),
+        None,
+    )
+    if source is None:
+        pytest.fail("no systemd unit directory with sysinit.target: install systemd")
+    root = tmp_path / "root"
+    shutil.copytree(source, root / source.relative_to("/"), symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
+    program = root / shlex.split(value("Service", "ExecStart"))[0].lstrip("/")
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    return root
+
+
+def test_unit_verifies(unit_root: Path) -> None:
+    """systemd-analyze verify: exit status 0 and not one warning (it warns and exits 0)."""
+    result = run("systemd-analyze", "verify", f"--root={unit_root}", UNIT.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+def test_unit_security(unit_root: Path) -> None:
+    """systemd-analyze security, offline: an overall exposure of at most 2.0 (of 10)."""
+    result = run(
+        "systemd-analyze",
+        "security",
+        "--offline=yes",
+        f"--root={unit_root}",
+        "--threshold=20",
+        "--no-pager",
+        UNIT.name,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Overall exposure level for refresherd.service" in result.stdout
+
+
+# -- Containerfile ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Stage:
+    image: str
+    name: str | None
+    instructions: tuple[tuple[str, str], ...]
+
+    def all(self, instruction: str) -> list[str]:
+        return [arguments for name, arguments in self.instructions if name == instruction]
+
+
+def containerfile() -> list[Stage]:
+    """The stages of the Containerfile, ARG defaults of the global scope applied to FROM."""
+    logical: list[str] = []
+    continued = ""
+    for line in CONTAINERFILE.read_text().splitlines():
+        if line.strip().startswith("#") or (not line.strip() and not continued):
+            continue
+        if line.endswith("\\"):
+            continued += line[:-1] + " "
+            continue
+        logical.append(continued + line)
+        continued = ""
+    assert not continued, "a continuation line at the end"
+    arguments: dict[str, str] = {}
+    stages: list[Stage] = []
+    current: list[tuple[str, str]] = []
+    for text in logical:
+        instruction, _, rest = text.strip().partition(" ")
+        instruction, rest = instruction.upper(), rest.strip()
+        if instruction == "ARG" and not stages and not current:
+            name, _, default = rest.partition("=")
+            arguments[name] = default
+        elif instruction == "FROM":
+            words = rest.split()
+            image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: arguments[m[1] or m[2]], words[0])
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(image, name, ()))
+            current = []
+        else:
+            assert stages, f"{instruction} before FROM"
+            current.append((instruction, rest))
+            stages[-1] = attrs.evolve(stages[-1], instructions=tuple(current))
+    return stages
+
+
+def exec_form(text: str) -> list[str]:
+    """The JSON array of an exec-form instruction (never the shell form)."""
+    argv = json.loads(text)
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), text
+    return argv
+
+
+def container_argv() -> list[str]:
+    final = containerfile()[-1]
+    (entrypoint,) = final.all("ENTRYPOINT")
+    (cmd,) = final.all("CMD")
+    return exec_form(entrypoint) + exec_form(cmd)
+
+
+def container_options() -> Any:
+    argv = container_argv()
+    assert argv[0] == "twistd"
+    options = twistd_options(argv[1:])
+    assert options.subCommand == "refresherd"
+    return options.subOptions
+
+
+def healthcheck() -> list[str]:
+    (text,) = containerfile()[-1].all("HEALTHCHECK")
+    options, _, command = text.partition("CMD ")
+    assert re.fullmatch(r"(--[a-z-]+=[0-9a-z]+\s*)*", options), options
+    return exec_form(command)
+
+
+def test_container_stages() -> None:
+    """A build stage makes the virtualenv; the runtime stage copies only that."""
+    build_stage, *_, final = stages = containerfile()
+    assert len(stages) >= 2
+    assert all(stage.image == "python:3.11-slim" for stage in stages)
+    assert build_stage.name is not None
+    assert any("venv /opt/refresherd" in command for command in build_stage.all("RUN"))
+    copies = final.all("COPY") + final.all("ADD")
+    assert copies == [f"--from={build_stage.name} /opt/refresherd /opt/refresherd"]
+    assert any(e.startswith("PATH=/opt/refresherd/bin:") for e in final.all("ENV"))
+    ignored = (DEPLOY / "Containerfile.dockerignore").read_text().splitlines()
+    for copy in build_stage.all("COPY"):
+        *sources, _ = copy.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert f"!{source}" in ignored or f"!{source.rstrip('/')}/" in ignored, source
+
+
+def test_container_runs_as_a_user() -> None:
+    final = containerfile()[-1]
+    users = final.all("USER")
+    assert users, "no USER: the container would run as root"
+    user = users[-1].partition(":")[0]
+    assert user not in ("root", "0")
+    names = [name for name, _ in final.instructions]
+    assert names.index("ENTRYPOINT") > len(names) - 1 - names[::-1].index("USER")
+    if user.isdigit():
+        assert any(f"--uid {user}" in command for command in final.all("RUN"))
+
+
+def test_container_ports_and_command() -> None:
+    """EXPOSE 8080 8081; twistd's and the plugin's options as twistd parses them."""
+    final = containerfile()[-1]
+    assert {int(p) for e in final.all("EXPOSE") for p in e.split()} == {8080, 8081}
+    assert final.all("STOPSIGNAL") in ([], ["SIGTERM"])
+    argv = container_argv()
+    options = twistd_options(argv[1:])
+    assert options["nodaemon"] and options["pidfile"] == ""
+    plugin = options.subOptions
+    assert plugin["config"] == "/etc/refresherd/refresherd.toml"
+    assert plugin["listen"] == "tcp:8080:interface=0.0.0.0"
+    assert endpoint_port(plugin["admin-listen"]) == 8081
+    assert plugin["log-format"] in ("text", "json")
+
+
+def test_container_healthcheck_is_python() -> None:
+    argv = healthcheck()
+    assert argv[:2] == ["python", "-c"] and len(argv) == 3
+    compile(argv[2], "<healthcheck>", "exec")
+    assert not {"curl", "wget"} & set(re.findall(r"\w+", " ".join(argv)))
+    port = endpoint_port(container_options()["listen"])
+    assert f"http://127.0.0.1:{port}/healthz" in argv[2]
+
+
+def test_container_healthcheck_against_refresherd(tmp_path: Path) -> None:
+    """The health check exits 0 on a running refresherd (read tokens and all), else not."""
+    config = tmp_path / "refresherd.toml"
+    config.write_text('[auth]\nread_tokens = ["read-token-0123456789"]\n')
+    service = start_service(config)
+    code = healthcheck()[2].replace("127.0.0.1:8080", f"127.0.0.1:{service.ports['public']}")
+    try:
+        healthy = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+        assert healthy.returncode == 0, healthy.stderr
+    finally:
+        assert service.stop() == 0
+    down = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert down.returncode != 0
+
+
+# -- docs/deploy.md ---------------------------------------------------------------------
+
+
+def test_docs_describe_every_file() -> None:
+    text = DOCS.read_text()
+    for path in sorted(DEPLOY.iterdir()):
+        assert f"deploy/{path.name}" in text, path.name
