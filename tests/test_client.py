@@ -6,7 +6,11 @@ C{httpx.MockTransport} that answers as refresherd would.  No network.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
+import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -22,12 +26,16 @@ from refresherd.client import (
     BadResponse,
     BatchTooLarge,
     BodyTooLarge,
+    CircuitBreaker,
+    CircuitOpen,
     Client,
     FetchFailed,
     Forbidden,
     MethodNotAllowed,
     NotFound,
     Overloaded,
+    Pending,
+    Raw,
     RefresherdClientError,
     ServiceError,
     StoreUnavailable,
@@ -36,6 +44,7 @@ from refresherd.client import (
     Unreachable,
     UnsupportedMediaType,
     WaitTimeout,
+    answer_value,
 )
 
 TOKEN = "s3cr3t-admin-t0ken"
@@ -450,3 +459,512 @@ def test_the_client_module_imports_nothing_of_the_server() -> None:
     source = open(client_module.__file__, encoding="utf-8").read()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert not [line for line in imports if "refresherd" in line]
+
+
+# -- job arguments --------------------------------------------------------------------------
+
+
+def test_job_arguments_may_be_a_mapping_after_the_job_as_well_as_keywords() -> None:
+    client, recorder = make(httpx.Response(200, json=HIT))
+    client.get("report", {"default": "x", "args": "y", "content_type": "z"}, year=2024)
+    assert query(recorder.only) == {
+        "default": ["x"],
+        "args": ["y"],
+        "content_type": ["z"],
+        "year": ["2024"],
+    }
+
+
+def test_integer_and_uuid_argument_values_are_sent_as_their_text() -> None:
+    client, recorder = make(httpx.Response(200, json=HIT))
+    ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    client.get("user", user_id=42, ident=ident)
+    assert query(recorder.only) == {"user_id": ["42"], "ident": [str(ident)]}
+
+
+@pytest.mark.parametrize("value", [True, None, 1.5, b"bytes", ["a"]])
+def test_other_argument_values_are_refused_before_any_request(value: object) -> None:
+    client, recorder = make(httpx.Response(200, json=HIT))
+    with pytest.raises(TypeError, match="'n'"):
+        client.get("square", n=value)  # type: ignore[arg-type]
+    assert recorder.requests == []
+
+
+def test_an_argument_given_in_the_mapping_and_as_a_keyword_is_refused() -> None:
+    client, recorder = make(httpx.Response(200, json=HIT))
+    with pytest.raises(TypeError, match="twice"):
+        client.get("user", {"name": "a"}, name="b")
+    with pytest.raises(TypeError, match="after the job name"):
+        client.get("user", args={"name": "a"})  # type: ignore[arg-type]
+    assert recorder.requests == []
+
+
+# -- default ----------------------------------------------------------------------------------
+
+OUTAGES = [
+    error(503, "store_unavailable", "the store is down"),
+    error(503, "overloaded", "queue full"),
+    error(504, "wait_timeout", "no value within 5 s"),
+    error(502, "fetch_failed", "origin answered 500"),
+    httpx.Response(502, text="<html>Bad Gateway</html>"),
+]
+
+
+@pytest.mark.parametrize("answer", OUTAGES)
+def test_with_a_default_an_outage_answer_returns_the_default(answer: httpx.Response) -> None:
+    client, _ = make(answer)
+    sentinel = object()
+    assert client.get("tweets", default=sentinel) is sentinel
+    assert client.value("tweets", default=sentinel) is sentinel
+    assert client.raw("tweets", default=sentinel) is sentinel
+
+
+def test_with_a_default_an_unreachable_service_returns_the_default() -> None:
+    client, _ = make(refuse, circuit_failures=0)
+    assert client.get("tweets", default=None) is None
+    assert client.value("tweets", default=[]) == []
+    assert client.raw("tweets", default="") == ""
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "cls"),
+    [
+        ("bad_args", 400, BadArgs),
+        ("unknown_job", 404, UnknownJob),
+        ("unauthorized", 401, Unauthorized),
+        ("forbidden", 403, Forbidden),
+    ],
+)
+def test_a_4xx_raises_even_with_a_default(code: str, status: int, cls: type[ServiceError]) -> None:
+    client, _ = make(error(status, code, "a bug"))
+    for read in (client.get, client.value, client.raw):
+        with pytest.raises(cls):
+            read("tweets", default=None)
+
+
+def test_without_a_default_an_outage_raises() -> None:
+    client, _ = make(error(503, "store_unavailable", "the store is down"))
+    with pytest.raises(StoreUnavailable) as raised:
+        client.value("tweets")
+    assert raised.value.outage
+
+
+def test_get_returns_a_pending_answer_even_with_a_default() -> None:
+    pending = {"job": "slow", "key": "rfd:slow:v1:", "status": "pending"}
+    client, _ = make(httpx.Response(202, json=pending))
+    assert client.get("slow", default=None) == pending
+
+
+# -- value ----------------------------------------------------------------------------------
+
+
+def test_value_returns_the_parsed_json_the_text_or_the_bytes() -> None:
+    client, recorder = make(httpx.Response(200, json=HIT))
+    assert client.value("tweets", username="bob") == [{"id": 1, "text": "hello"}]
+    assert raw_path(recorder.only) == b"/v1/jobs/tweets"
+    recorder.answer = httpx.Response(200, json={**HIT, "content_type": "text/html", "value": "<b>"})
+    assert client.value("tweets") == "<b>"
+    data = bytes(range(256))
+    b64 = base64.b64encode(data).decode()
+    answer = {k: v for k, v in HIT.items() if k != "value"}
+    recorder.answer = httpx.Response(200, json={**answer, "value_b64": b64})
+    assert client.value("tweets") == data
+
+
+def test_value_of_a_pending_job_raises_pending_or_returns_the_default() -> None:
+    pending = {"job": "slow", "key": "rfd:slow:v1:n=1", "status": "pending"}
+    client, _ = make(httpx.Response(202, json=pending))
+    with pytest.raises(Pending) as raised:
+        client.value("slow", n=1)
+    assert (raised.value.job, raised.value.key) == ("slow", "rfd:slow:v1:n=1")
+    assert isinstance(raised.value, RefresherdClientError)
+    assert client.value("slow", n=1, default="soon") == "soon"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "value"),
+    [
+        ("text/html", "<p>"),
+        ("text/plain; charset=utf-8", "<p>"),
+        ("application/xml", "<p>"),
+        ("application/atom+xml", "<p>"),
+        ("application/x-thing; charset=utf-8", "<p>"),
+        ("application/octet-stream", b"<p>"),
+        ("image/svg", b"<p>"),
+    ],
+)
+def test_answer_value_of_text_is_text_and_of_other_types_bytes(
+    content_type: str, value: str | bytes
+) -> None:
+    assert answer_value({"status": "hit", "content_type": content_type, "value": "<p>"}) == value
+
+
+def test_answer_value_without_a_value_is_a_bad_response() -> None:
+    with pytest.raises(BadResponse):
+        answer_value({"status": "hit"})
+    with pytest.raises(BadResponse):
+        answer_value({"status": "hit", "value_b64": "not base64!"})
+
+
+# -- raw ------------------------------------------------------------------------------------
+
+
+def test_raw_gets_the_stored_body_with_its_headers() -> None:
+    snippet = "<p>café</p>".encode()
+    headers = {
+        "Content-Type": "text/html; charset=utf-8",
+        "ETag": 'W/"abc"',
+        "Cache-Status": "refresherd; hit; ttl=840",
+    }
+    client, recorder = make(httpx.Response(200, content=snippet, headers=headers))
+    raw = client.raw("sidebar", user_id=42)
+    request = recorder.only
+    assert (request.method, raw_path(request)) == ("GET", b"/v1/jobs/sidebar/raw")
+    assert query(request) == {"user_id": ["42"]}
+    assert request.headers["Accept"] == "*/*"
+    assert raw == Raw(
+        body=snippet,
+        content_type="text/html; charset=utf-8",
+        status=200,
+        etag='W/"abc"',
+        cache_status="refresherd; hit; ttl=840",
+    )
+    assert raw.text == "<p>café</p>" and not raw.pending
+
+
+def test_raw_text_decodes_with_the_charset_of_its_content_type() -> None:
+    assert Raw("é".encode("latin-1"), 'text/html; charset="ISO-8859-1"').text == "é"
+    assert Raw(b"\xff", "text/html").text == "\ufffd"
+    assert Raw("é".encode(), "text/html; charset=nonsense").text == "é"
+
+
+def test_raw_of_a_pending_job_is_a_202_raw_or_the_default() -> None:
+    pending = {"job": "sidebar", "key": "rfd:sidebar:v1:user_id=1", "status": "pending"}
+    client, _ = make(httpx.Response(202, json=pending))
+    raw = client.raw("sidebar", user_id=1)
+    assert raw.pending and raw.status == 202 and json.loads(raw.body) == pending
+    assert client.raw("sidebar", user_id=1, default=None) is None
+
+
+# -- get_many -------------------------------------------------------------------------------
+
+
+def test_get_many_posts_every_item_and_returns_answers_and_errors_in_order() -> None:
+    answers = {
+        "items": [
+            HIT,
+            {"error": {"code": "unknown_job", "message": "no job 'nope'"}},
+            {"error": {"code": "fetch_failed", "message": "origin answered 500"}},
+        ]
+    }
+    client, recorder = make(httpx.Response(200, json=answers))
+    results = client.get_many(
+        [("tweets", {"username": "bob"}), {"job": "nope", "args": {}}, "broken"]
+    )
+    request = recorder.only
+    assert (request.method, request.url.port, raw_path(request)) == ("POST", 8080, b"/v1/fetch")
+    assert json.loads(request.content) == {
+        "items": [
+            {"job": "tweets", "args": {"username": "bob"}},
+            {"job": "nope", "args": {}},
+            {"job": "broken", "args": {}},
+        ]
+    }
+    first, second, third = results
+    assert first == HIT
+    assert isinstance(second, UnknownJob) and (second.status, second.code) == (404, "unknown_job")
+    assert isinstance(third, FetchFailed) and third.status == 502 and third.outage
+
+
+def test_get_many_with_a_default_replaces_outages_but_not_mistakes() -> None:
+    answers = {
+        "items": [
+            {"error": {"code": "bad_args", "message": "missing n"}},
+            {"error": {"code": "wait_timeout", "message": "slow"}},
+        ]
+    }
+    client, _ = make(httpx.Response(200, json=answers))
+    mistake, outage = client.get_many([("a", {}), ("b", {})], default=None)
+    assert isinstance(mistake, BadArgs)
+    assert outage is None
+
+
+def test_get_many_with_a_default_on_an_unreachable_service_gives_one_per_item() -> None:
+    client, _ = make(refuse)
+    assert client.get_many([("a", {}), ("b", {})], default="-") == ["-", "-"]
+    with pytest.raises(Unreachable):
+        client.get_many([("a", {})])
+
+
+def test_get_many_raises_an_error_of_the_whole_batch_that_is_a_mistake() -> None:
+    client, _ = make(error(413, "batch_too_large", "at most 100"))
+    with pytest.raises(BatchTooLarge):
+        client.get_many([("a", {})] * 101, default=None)
+
+
+def test_get_many_of_nothing_sends_nothing() -> None:
+    client, recorder = make(httpx.Response(200, json={"items": []}))
+    assert client.get_many([]) == []
+    assert recorder.requests == []
+
+
+def test_get_many_with_an_answer_of_the_wrong_length_is_a_bad_response() -> None:
+    client, _ = make(httpx.Response(200, json={"items": [HIT]}))
+    with pytest.raises(BadResponse):
+        client.get_many([("a", {}), ("b", {})])
+
+
+@pytest.mark.parametrize("item", [42, ("a",), {"job": "a", "arg": {}}, {"args": {}}, (1, {})])
+def test_get_many_refuses_an_item_of_another_shape(item: object) -> None:
+    client, recorder = make(httpx.Response(200, json={"items": []}))
+    with pytest.raises(TypeError):
+        client.get_many([item])  # type: ignore[list-item]
+    assert recorder.requests == []
+
+
+# -- put ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "sent", "sent_type"),
+    [
+        (b"\x89PNG", None, b"\x89PNG", "application/octet-stream"),
+        (b"<p>", "text/html; charset=utf-8", b"<p>", "text/html; charset=utf-8"),
+        ("Grüße", None, "Grüße".encode(), "text/plain; charset=utf-8"),
+        ({"a": [1, "é"]}, None, '{"a": [1, "é"]}'.encode(), "application/json"),
+        ([1, 2], "application/vnd.x+json", b"[1, 2]", "application/vnd.x+json"),
+    ],
+)
+def test_put_sends_the_body_with_its_content_type_to_the_public_listener(
+    body: object, content_type: str | None, sent: bytes, sent_type: str
+) -> None:
+    client, recorder = make(httpx.Response(200, json=HIT), token=TOKEN)
+    assert client.put("motd", body, {"lang": "de"}, content_type=content_type) == HIT
+    request = recorder.only
+    assert (request.method, request.url.port, raw_path(request)) == ("PUT", 8080, b"/v1/jobs/motd")
+    assert query(request) == {"lang": ["de"]}
+    assert request.content == sent
+    assert request.headers["Content-Type"] == sent_type
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_put_refuses_a_value_that_is_not_json_before_any_request() -> None:
+    client, recorder = make(httpx.Response(200, json=HIT))
+    with pytest.raises(TypeError):
+        client.put("motd", object())
+    with pytest.raises(TypeError):
+        client.put("motd", float("nan"))
+    with pytest.raises(ValueError):
+        client.put("motd", b"x", content_type="text/plain\r\nX-Evil: 1")
+    assert recorder.requests == []
+
+
+def test_put_raises_the_services_errors() -> None:
+    client, _ = make(error(403, "forbidden", "a read token may not PUT"))
+    with pytest.raises(Forbidden):
+        client.put("motd", "hi")
+
+
+def test_refresh_takes_a_mapping_of_arguments_too() -> None:
+    pending = {"job": "r", "key": "rfd:r:v1:job=x", "status": "pending"}
+    client, recorder = make(httpx.Response(202, json=pending))
+    client.refresh("r", {"job": "x"})
+    assert query(recorder.only) == {"job": ["x"]}
+
+
+# -- circuit breaker ------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Flaky:
+    """A transport handler that refuses connections while C{down}."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.requests = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.down:
+            refuse(request)
+        return httpx.Response(200, json=HIT)
+
+
+def breaking(**kwargs: Any) -> tuple[Client, Flaky, FakeClock]:
+    clock = FakeClock()
+    flaky = Flaky()
+    client = Client(transport=httpx.MockTransport(flaky), clock=clock, **kwargs)
+    return client, flaky, clock
+
+
+def test_after_three_failures_the_circuit_opens_and_fails_at_once_without_a_request() -> None:
+    client, flaky, _ = breaking()
+    for _ in range(3):
+        with pytest.raises(Unreachable) as raised:
+            client.get("tweets")
+        assert not isinstance(raised.value, CircuitOpen)
+    assert flaky.requests == 3 and client.circuit() == "open"
+    with pytest.raises(CircuitOpen) as opened:
+        client.get("tweets")
+    assert isinstance(opened.value, Unreachable)
+    assert "circuit open" in opened.value.message
+    assert opened.value.message.startswith("cannot reach http://127.0.0.1:8080: ")
+    assert client.get("tweets", default="fallback") == "fallback"
+    assert flaky.requests == 3
+
+
+def test_after_the_cooldown_one_trial_request_closes_the_circuit() -> None:
+    client, flaky, clock = breaking(circuit_cooldown=5.0)
+    for _ in range(3):
+        client.get("tweets", default=None)
+    clock.now += 4.9
+    assert client.get("tweets", default=None) is None
+    assert flaky.requests == 3
+    clock.now += 0.1
+    flaky.down = False
+    assert client.get("tweets") == HIT
+    assert flaky.requests == 4 and client.circuit() == "closed"
+    # Closed again: a new failure counts from zero.
+    flaky.down = True
+    client.get("tweets", default=None)
+    client.get("tweets", default=None)
+    assert client.circuit() == "closed"
+
+
+def test_a_failed_trial_opens_the_circuit_for_another_cooldown() -> None:
+    client, flaky, clock = breaking(circuit_failures=2, circuit_cooldown=10.0)
+    client.get("tweets", default=None)
+    client.get("tweets", default=None)
+    clock.now += 10
+    with pytest.raises(Unreachable):
+        client.get("tweets")
+    assert flaky.requests == 3 and client.circuit() == "open"
+    clock.now += 9.9
+    with pytest.raises(CircuitOpen):
+        client.get("tweets")
+    assert flaky.requests == 3
+
+
+def test_an_error_answer_counts_as_reaching_the_service() -> None:
+    answers = iter([refuse, refuse, lambda r: error(503, "overloaded", "busy")] + [refuse] * 2)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return next(answers)(request)
+
+    client = Client(transport=httpx.MockTransport(handler))
+    for _ in range(2):
+        client.get("tweets", default=None)
+    assert client.get("tweets", default="busy") == "busy"
+    for _ in range(2):
+        client.get("tweets", default=None)
+    assert client.circuit() == "closed"
+
+
+def test_each_listener_has_its_own_circuit() -> None:
+    client, flaky, _ = breaking()
+    for _ in range(3):
+        client.get("tweets", default=None)
+    assert (client.circuit("public"), client.circuit("admin")) == ("open", "closed")
+    # The admin listener is still tried, and answers.
+    flaky.down = False
+    assert client.inspect("rfd:tweets:v1:") == HIT
+    assert flaky.requests == 4
+    with pytest.raises(CircuitOpen):
+        client.get("tweets")
+
+
+def test_a_circuit_failure_count_of_0_never_opens() -> None:
+    client, flaky, _ = breaking(circuit_failures=0)
+    for _ in range(10):
+        client.get("tweets", default=None)
+    assert flaky.requests == 10 and client.circuit() == "closed"
+
+
+def test_while_a_trial_request_runs_other_threads_fail_at_once() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            refuse(request)
+        started.set()
+        assert release.wait(10)
+        return httpx.Response(200, json=HIT)
+
+    client = Client(transport=httpx.MockTransport(handler), clock=clock)
+    for _ in range(3):
+        client.get("tweets", default=None)
+    clock.now += 5
+    results: list[object] = []
+    trial = threading.Thread(target=lambda: results.append(client.get("tweets")))
+    trial.start()
+    assert started.wait(10)
+    assert client.circuit() == "half-open"
+    with pytest.raises(CircuitOpen, match="trial"):
+        client.get("tweets")
+    release.set()
+    trial.join(10)
+    assert results == [HIT] and calls["n"] == 4 and client.circuit() == "closed"
+
+
+def test_the_circuit_opening_and_closing_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    client, flaky, clock = breaking()
+    caplog.set_level(logging.INFO, logger="refresherd.client")
+    for _ in range(4):
+        client.get("tweets", default=None)
+    clock.now += 5
+    flaky.down = False
+    client.get("tweets")
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        (
+            "WARNING",
+            "refresherd at http://127.0.0.1:8080 could not be reached 3 times in a row; "
+            "failing at once for 5 s",
+        ),
+        ("INFO", "refresherd at http://127.0.0.1:8080 answers again"),
+    ]
+
+
+def test_a_request_that_ends_in_a_bug_lets_another_trial_through() -> None:
+    breaker = CircuitBreaker(failures=1, cooldown=1.0, clock=FakeClock())
+    assert breaker.check() is None
+    assert breaker.failed() is True
+    assert breaker.check() is not None
+    breaker.clock.now += 1  # type: ignore[attr-defined]
+    assert breaker.check() is None and breaker.state == "half-open"
+    breaker.abandoned()
+    assert breaker.check() is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"failures": -1}, ValueError), ({"failures": 1.5}, TypeError), ({"cooldown": 0}, ValueError)],
+)
+def test_a_breaker_with_bad_settings_is_refused(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        CircuitBreaker(**kwargs)
+
+
+def test_a_connect_timeout_of_its_own_is_named_in_the_message() -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    client, _ = make(fail, timeout=10, connect_timeout=0.5)
+    with pytest.raises(Unreachable) as raised:
+        client.get("tweets")
+    assert raised.value.message == "cannot reach http://127.0.0.1:8080: no connection within 0.5 s"
+    with pytest.raises(ValueError, match="connect timeout"):
+        Client(connect_timeout=0)
