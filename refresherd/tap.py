@@ -462,6 +462,20 @@ class ShutdownSignals:
         signal.signal(signal.SIGTERM, self._first)
         signal.signal(signal.SIGINT, self._first)
 
+    def guard(self) -> None:
+        """
+        Handle the signals now, and again once the reactor runs and has put
+        its own handlers in place: a SIGTERM that arrives between start-up and
+        the reactor's first turn stops gracefully too, never by the default
+        action that would kill the process.
+        """
+        self.install()
+        # The reactor installs its sigTerm and sigInt when it starts (and would
+        # make the process exit by the signal): have it install these instead.
+        self.reactor.sigTerm = self._first
+        self.reactor.sigInt = self._first
+        self.reactor.callWhenRunning(self.install)
+
     def stop(self) -> None:
         """Stop gracefully, as the first signal does; a signal after this ends the process."""
         self._second_ends_all()
@@ -586,7 +600,7 @@ def build_service(
             [port],
             [public_site],
             log_output=log_output(settings, reactor),
-            on_started=lambda: start_worker(reactor, signals, lifeline),
+            on_started=lambda: start_worker(signals, lifeline),
             worker=worker.id,
         )
     sites = [public_site]
@@ -609,13 +623,13 @@ def build_service(
         ports,
         sites,
         log_output=log_output(settings, reactor),
-        on_started=lambda: reactor.callWhenRunning(signals.install),
+        on_started=signals.guard,
     )
 
 
-def start_worker(reactor: Any, signals: ShutdownSignals, lifeline: Lifeline) -> None:
-    """A worker handles the signals once the reactor runs, and tells its parent it is ready."""
-    reactor.callWhenRunning(signals.install)
+def start_worker(signals: ShutdownSignals, lifeline: Lifeline) -> None:
+    """A worker handles the signals, and tells its parent it is ready."""
+    signals.guard()
     lifeline.ready()
 
 
@@ -668,7 +682,7 @@ def build_parent(
         ports,
         sites,
         log_output=log_output(settings, reactor),
-        on_started=lambda: reactor.callWhenRunning(signals.install),
+        on_started=signals.guard,
     )
 
 

@@ -126,7 +126,7 @@ def run_twistd(
 
 
 def start_service(config: Path, *args: str, env: dict[str, str] | None = None) -> Service:
-    """Start refresherd on free ports and wait until it answers /healthz."""
+    """Start refresherd on free ports and wait until it says where both listeners are."""
     process = run_twistd(
         "--config",
         str(config),

@@ -173,3 +173,12 @@ def test_an_admin_listener_on_every_interface_is_fine_with_an_admin_token(tmp_pa
         assert httpx.get(service.admin_url + "/v1/jobs", timeout=10).status_code == 401
     finally:
         service.stop()
+
+
+def test_a_sigterm_right_after_start_up_still_stops_gracefully(tmp_path: Path) -> None:
+    """The listening lines come before the reactor runs: a SIGTERM then exits 0, not -15."""
+    config = tmp_path / "refresherd.toml"
+    config.write_text(GOOD)
+    for _ in range(3):
+        service = start_service(config)
+        assert service.stop() == 0, service.output()
