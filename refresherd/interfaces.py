@@ -62,11 +62,17 @@ class IStore(Interface):
         fetch that runs in another process use it.
         """
 
-    def read(key: str, generations):  # type: ignore[no-untyped-def]
+    caches = Attribute(
+        "True when read may answer from a near cache of this process "
+        "(refresherd.stores.near), so that a read to act on must say cached=False."
+    )
+
+    def read(key: str, generations, cached: bool = True):  # type: ignore[no-untyped-def]
         """
         What a lookup needs, in one round trip where the store allows: fire
         with C{(entry, tokens)}, the result of L{get} of C{key} and of
-        L{get_generations} of C{generations}.
+        L{get_generations} of C{generations}.  With C{cached} false, a store
+        that keeps a near cache reads the shared store itself.
         """
 
     def get_generations(keys):  # type: ignore[no-untyped-def]

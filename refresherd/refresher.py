@@ -187,6 +187,13 @@ class Refresher(Service):
         entry, marks, persist = await self._read(job, key, args)
         now = self.clock.seconds()
         decision = policy.decide(now, entry, job.config.early_refresh, self.random())
+        if decision.refresh and persist and self.store.caches and key not in self._flights:
+            # A near cache may be behind the store (a refresh that landed
+            # elsewhere): act only on what the store holds now.  (A flight of
+            # this key running here is joined whatever the store holds.)
+            entry, marks, persist = await self._read(job, key, args, cached=False)
+            now = self.clock.seconds()
+            decision = policy.decide(now, entry, job.config.early_refresh, self.random())
         pending = decision.state is policy.State.ABSENT and job.config.on_miss == "empty"
         if pending and not persist:
             raise StoreUnavailable("the store is unreachable; nothing can be queued")
@@ -210,7 +217,7 @@ class Refresher(Service):
         return generation_keys(self.namespace, job.name, render_tags(job.config.tags, args))
 
     async def _read(
-        self, job: Job, key: str, args: Mapping[str, str]
+        self, job: Job, key: str, args: Mapping[str, str], cached: bool = True
     ) -> tuple[Entry | None, tuple[str, str], bool]:
         """
         The entry of C{key} as a request should see it, purges applied, the
@@ -219,7 +226,7 @@ class Refresher(Service):
         """
         generations = self.generation_keys(job, args)
         try:
-            entry, current = await self.store.read(key, generations.all)
+            entry, current = await self.store.read(key, generations.all, cached)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return None, ("", ""), False
@@ -373,6 +380,10 @@ class Refresher(Service):
             lease = await self._lease(flight)
             if not (flight.persist and lease is None):
                 try:
+                    landed = await self._landed_meanwhile(flight) if lease is not None else None
+                    if landed is not None:
+                        self.metrics.coalesced.labels(job=job.name).inc()
+                        return landed
                     return await self._fetch_and_store(flight, lease)
                 finally:
                     if lease is not None:
@@ -381,6 +392,28 @@ class Refresher(Service):
             job.slots.release()
         self.metrics.coalesced.labels(job=job.name).inc()
         return await self._await_elsewhere(flight)
+
+    async def _landed_meanwhile(self, flight: Flight) -> Entry | None:
+        """
+        A fresh value another process wrote between this flight's read and
+        its lease (it fetched, wrote and released in that time), or None: with
+        it, no second fetch runs.  A value written before a purge this flight
+        knows of is not one.
+        """
+        try:
+            current: Entry | None = await self.store.get(flight.key)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="get").inc()
+            return None
+        if (
+            current is None
+            or current.is_failure
+            or current == flight.previous
+            or current.generations != flight.generations
+            or self.clock.seconds() >= current.fresh_until
+        ):
+            return None
+        return current
 
     async def _lease(self, flight: Flight) -> str | None:
         """The lease for a flight that writes to the store; None when held elsewhere."""
@@ -599,7 +632,7 @@ class Refresher(Service):
         job = self.job(job_name)
         args = check_args(job.config, raw_args)
         key = self.key(job, args)
-        entry, marks, persist = await self._read(job, key, args)
+        entry, marks, persist = await self._read(job, key, args, cached=False)
         if not persist:
             raise StoreUnavailable("the store is unreachable; a refresh would not be stored")
         self._flight(job, key, args, entry, persist, marks)

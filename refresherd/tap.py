@@ -49,6 +49,8 @@ from refresherd.refresher import DRAIN_TIMEOUT, Job, Refresher
 from refresherd.site import LimitedSite
 from refresherd.stores.memcached import memcached_store_from_url
 from refresherd.stores.memory import memory_store_from_url
+from refresherd.stores.near import DEFAULT_TTL as DEFAULT_NEAR_TTL
+from refresherd.stores.near import NearCache, near_options
 from refresherd.stores.redis import redis_store_from_url
 from refresherd.workers import (
     HeldForWorkers,
@@ -186,10 +188,20 @@ def make_store(
     try:
         if scheme == "memory":
             return memory_store_from_url(url, reactor)
-        if scheme == "redis":
-            return redis_store_from_url(url, namespace, reactor, environ)
-        if scheme == "memcached":
-            return memcached_store_from_url(url, namespace, reactor)
+        if scheme in ("redis", "memcached"):
+            # memcached tells no one of changes: a near cache there serves what
+            # other processes changed up to near_ttl late, so it is asked for.
+            shared_url, near_ttl, near_bytes = near_options(
+                url, DEFAULT_NEAR_TTL if scheme == "redis" else 0.0
+            )
+            store: IStore
+            if scheme == "redis":
+                store = redis_store_from_url(shared_url, namespace, reactor, environ)
+            else:
+                store = memcached_store_from_url(shared_url, namespace, reactor)
+            if near_ttl == 0:
+                return store
+            return NearCache(store, reactor, near_ttl, near_bytes)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
     raise ConfigError(

@@ -66,6 +66,7 @@ class UnreachableStore:
     store: Any
     down: bool = True
     shared: bool = True
+    caches: bool = False
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.store, name)

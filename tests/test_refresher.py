@@ -14,10 +14,11 @@ from twisted.internet.defer import CancelledError, Deferred
 
 from refresherd import errors, policy
 from refresherd.config import JobConfig
-from refresherd.entry import Entry
+from refresherd.entry import Entry, Fetched, value_entry
 from refresherd.metrics import metrics_for
 from refresherd.refresher import Answer, Job, Refresher  # noqa: F401
 from refresherd.stores.memory import MemoryStore
+from refresherd.stores.near import NearCache
 from refresherd.testing import FakeFetcher, UnreachableStore
 
 
@@ -552,3 +553,63 @@ def test_polling_a_fetch_elsewhere_backs_off_from_poll_first_to_poll_interval() 
     assert gaps[:6] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5], abs=0.011)
     d.cancel()
     d.addErrback(lambda f: None)
+
+
+def test_a_value_landed_between_the_read_and_the_lease_is_used_without_a_fetch() -> None:
+    """Another process fetched, wrote and released while this one decided: no second fetch."""
+    refresher, fetcher, clock, store = make()
+
+    class LandsFirst:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+            other = value_entry(
+                Fetched(b'"elsewhere"', "application/json"),
+                job="j",
+                args={"id": "1"},
+                tags=(),
+                now=clock.seconds(),
+                duration=0.1,
+                fresh=60.0,
+                stale=0.0,
+                stale_if_error=0.0,
+            )
+            self.inner.put(key, other, 120.0)
+            return self.inner.acquire_lease(key, ttl)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    refresher.store = LandsFirst(store)
+    answer = result(lookup(refresher))
+    assert (answer.status, answer.entry.body) == ("miss", b'"elsewhere"')
+    assert fetcher.calls == []
+    assert counter(refresher, "refresherd_coalesced_total", job="j") == 1
+    assert result(store.acquire_lease("rfd:j:v1:id=1", 10)) is not None  # released
+
+
+def test_behind_a_near_cache_a_stale_key_refreshing_here_costs_the_store_no_reads() -> None:
+    """Only a decision to start a flight re-reads the store; joining one does not."""
+    clock = task.Clock()
+    clock.advance(1_000_000)
+
+    class CountingReads(MemoryStore):
+        reads = 0
+
+        def read(self, key: str, generations: Any, cached: bool = True) -> Any:
+            CountingReads.reads += 1
+            return super().read(key, generations)
+
+    store = NearCache(CountingReads(clock), clock, ttl=1.0)
+    refresher, fetcher, _, _ = make(store=store, stale=600.0)
+    refresher.clock = clock
+    store.clock = clock
+    ask(refresher)
+    fetcher.succeed(body=b"1")
+    clock.advance(61)
+    before = CountingReads.reads
+    answers = [result(lookup(refresher)) for _ in range(50)]
+    assert {a.status for a in answers} == {"stale"}
+    assert len(fetcher.calls) == 2
+    assert CountingReads.reads - before <= 2  # one read, one re-read to act on; then none

@@ -159,6 +159,7 @@ class MemcachedStore(Service):
     @ivar connect_timeout: seconds one connection attempt may take.
     """
 
+    caches: ClassVar[bool] = False
     shared: ClassVar[bool] = True
 
     reactor: Any = attrs.field(repr=False)
@@ -297,7 +298,7 @@ class MemcachedStore(Service):
         return self._waiters.wait(key, timeout)
 
     def read(
-        self, key: str, generations: Sequence[str]
+        self, key: str, generations: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """
         See L{IStore.read}: one multi-get per server of the entry key and the

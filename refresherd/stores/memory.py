@@ -74,6 +74,7 @@ class MemoryStore:
     C{True}.  Leases do not count against C{max_bytes}.
     """
 
+    caches: ClassVar[bool] = False
     shared: ClassVar[bool] = False
 
     clock: IReactorTime
@@ -165,7 +166,7 @@ class MemoryStore:
         return self._waiters.wait(key, timeout)
 
     def read(
-        self, key: str, generations: Sequence[str]
+        self, key: str, generations: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """See L{IStore.read}."""
         return defer.succeed((self._entry(key), self._tokens(generations)))

@@ -92,6 +92,12 @@ redis.call('PUBLISH', ARGV[1], KEYS[1])
 return existed
 """
 
+_NEW_GENERATION = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], KEYS[1])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -141,6 +147,7 @@ class RedisStore(Service):
     @ivar connect_timeout: seconds one connection attempt may take.
     """
 
+    caches: ClassVar[bool] = False
     shared: ClassVar[bool] = True
 
     reactor: Any = attrs.field(repr=False)
@@ -166,6 +173,9 @@ class RedisStore(Service):
         default=attrs.Factory(lambda self: ChangeWaiters(self.reactor), takes_self=True),
     )
     _warned: set[str] = attrs.field(init=False, repr=False, factory=set)
+    _watchers: list[tuple[Callable[[str], None], Callable[[], None]]] = attrs.field(
+        init=False, repr=False, factory=list
+    )
 
     @property
     def address(self) -> str:
@@ -200,6 +210,7 @@ class RedisStore(Service):
         for d in readiness:
             d.errback(StoreUnavailable(f"the Redis store of {self.address} was stopped"))
         self._waiters.notify_all()
+        self._reset_watchers()
         closed = defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
         return closed.addCallback(lambda _: None)
 
@@ -269,7 +280,7 @@ class RedisStore(Service):
         return self._waiters.wait(key, timeout)
 
     def read(
-        self, key: str, generations: Sequence[str]
+        self, key: str, generations: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """See L{IStore.read}: one C{MGET} of the entry key and the generation keys."""
         d = self._call("get", lambda c: c.execute_command("MGET", key, *generations))
@@ -287,10 +298,25 @@ class RedisStore(Service):
         return d.addCallback(lambda values: _tokens(keys, values))
 
     def new_generation(self, key: str) -> Deferred[str]:
-        """See L{IStore.new_generation}: C{SET key token}, with no expiry."""
+        """
+        See L{IStore.new_generation}: C{SET key token}, with no expiry, and the
+        key published on the change channel (for near caches), in a script.
+        """
         token = secrets.token_hex(16)
-        d = self._call("purge", lambda c: c.execute_command("SET", key, token))
+        d = self._eval("purge", _NEW_GENERATION, [key], [token, self.channel])
         return d.addCallback(lambda _: token)
+
+    def watch(self, changed: Callable[[str], None], reset: Callable[[], None]) -> None:
+        """
+        Call C{changed} with every key that any process changes (entries,
+        generations), as the change channel tells; and C{reset} whenever the
+        channel is lost or back, since changes may have been missed meanwhile.
+        """
+        self._watchers.append((changed, reset))
+
+    def _reset_watchers(self) -> None:
+        for _, reset in self._watchers:
+            reset()
 
     def ping(self) -> Deferred[None]:
         """See L{IStore.ping}: C{PING}, within the deadline."""
@@ -379,6 +405,7 @@ class RedisStore(Service):
                 address=self.address,
             )
             self._waiters.notify_all()
+            self._reset_watchers()
         else:
             self._commands = connection
         if self._commands is not None and self._subscriber is not None:
@@ -401,6 +428,7 @@ class RedisStore(Service):
             self._log.warn("Lost the connection to Redis at {address}", address=self.address)
         elif connection is self._subscriber:
             self._subscriber = None
+            self._reset_watchers()
             self._log.warn(
                 "Lost {channel} on Redis at {address}; waiters poll until it is back",
                 channel=self.channel,
@@ -409,7 +437,10 @@ class RedisStore(Service):
 
     def _heard(self, message: bytes) -> None:
         """A change published by any process."""
-        self._waiters.notify(message.decode("utf-8", "replace"))
+        key = message.decode("utf-8", "replace")
+        self._waiters.notify(key)
+        for changed, _ in self._watchers:
+            changed(key)
 
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]

@@ -1,0 +1,280 @@
+"""
+The near cache (refresherd.stores.near): the store contract unchanged in front
+of the memory store and of a real Redis; reads served from the process within
+its bound, dropped at once by changes made here, by changes Redis tells of,
+and all at once when the change channel is lost; memory bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from refresherd.interfaces import IStore
+from refresherd.keys import entry_key, generation_key
+from refresherd.stores.memory import MemoryStore, entry_cost
+from refresherd.stores.near import DEFAULT_TTL, NearCache, near_options
+from refresherd.stores.redis import RedisStore
+from tests.store_contract import LONG_TTL, StoreContract, sample_entry
+from tests.test_store_redis import READY, RedisTestCase, redis_server, sleep  # noqa: F401
+
+KEY = entry_key("rfd", "job", 1, {"id": "1"})
+GEN = generation_key("rfd", "tag", "t", hard=True)
+
+
+class NearMemoryContractTests(StoreContract, TestCase):
+    """The store contract, unchanged, through a near cache in front of the memory store."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+
+    def make_store(self) -> IStore:
+        return NearCache(MemoryStore(self.clock), self.clock)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+class NearRedisContractTests(StoreContract, RedisTestCase):
+    """The store contract, unchanged, through a near cache in front of a real Redis."""
+
+    def make_store(self) -> Deferred[IStore]:
+        return Deferred.fromCoroutine(self._contract_store())
+
+    async def _contract_store(self) -> IStore:
+        return NearCache(await self.ready_store(), reactor)
+
+    def advance(self, seconds: float) -> Deferred[None]:
+        return sleep(seconds)
+
+
+@attrs.define(slots=False)
+class Counting:
+    """A memory store that counts the reads that reach it and can call its watchers."""
+
+    store: MemoryStore
+    reads: Counter[str] = attrs.field(factory=Counter)
+    watchers: list[Any] = attrs.field(factory=list)
+    shared = True
+    caches = False
+
+    def read(self, key: str, generations: Sequence[str], cached: bool = True) -> Deferred[Any]:
+        self.reads[key] += 1
+        return self.store.read(key, generations)
+
+    def watch(self, changed: Any, reset: Any) -> None:
+        self.watchers.append((changed, reset))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+class NearCacheTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.inner = Counting(MemoryStore(self.clock))
+        self.near = NearCache(self.inner, self.clock)
+
+    def read(self, key: str = KEY, generations: Sequence[str] = (GEN,)) -> Any:
+        return self.successResultOf(self.near.read(key, generations))
+
+    def put(self, store: Any, body: bytes) -> None:
+        self.successResultOf(store.put(KEY, sample_entry(body), LONG_TTL))
+
+    def test_reads_within_the_ttl_cost_the_store_nothing(self) -> None:
+        self.put(self.inner.store, b"1")
+        token = self.successResultOf(self.inner.store.new_generation(GEN))
+        for _ in range(5):
+            self.assertEqual(self.read(), (sample_entry(b"1"), {GEN: token}))
+            self.clock.advance(DEFAULT_TTL / 10)
+        self.assertEqual(self.inner.reads[KEY], 1)
+        self.clock.advance(DEFAULT_TTL)
+        self.read()
+        self.assertEqual(self.inner.reads[KEY], 2)
+
+    def test_absent_entries_and_tokens_are_kept_too(self) -> None:
+        self.assertEqual(self.read(), (None, {}))
+        self.assertEqual(self.read(), (None, {}))
+        self.assertEqual(self.inner.reads[KEY], 1)
+
+    def test_a_read_with_other_generation_keys_goes_to_the_store(self) -> None:
+        self.read()
+        self.read(generations=(GEN, "rfd:gen:hard:job:j"))
+        self.assertEqual(self.inner.reads[KEY], 2)
+
+    def test_an_uncached_read_goes_to_the_store_and_refreshes_what_is_kept(self) -> None:
+        self.read()
+        self.put(self.inner.store, b"elsewhere")
+        entry, _ = self.successResultOf(self.near.read(KEY, (GEN,), cached=False))
+        self.assertEqual(entry, sample_entry(b"elsewhere"))
+        self.assertEqual(self.read()[0], sample_entry(b"elsewhere"))
+        self.assertEqual(self.inner.reads[KEY], 2)
+
+    def test_writes_deletes_and_purges_through_it_are_seen_at_once(self) -> None:
+        self.read()
+        self.put(self.near, b"2")
+        self.assertEqual(self.read()[0], sample_entry(b"2"))
+        self.successResultOf(self.near.delete(KEY))
+        self.assertEqual(self.read()[0], None)
+        token = self.successResultOf(self.near.new_generation(GEN))
+        self.assertEqual(self.read()[1], {GEN: token})
+        self.assertEqual(self.inner.reads[KEY], 4)
+
+    def test_changes_the_store_tells_of_drop_their_keys_and_a_reset_drops_all(self) -> None:
+        ((changed, reset),) = self.inner.watchers
+        self.read()
+        self.put(self.inner.store, b"elsewhere")
+        self.assertEqual(self.read()[0], None)  # not told yet: within the bound
+        changed(KEY)
+        self.assertEqual(self.read()[0], sample_entry(b"elsewhere"))
+        token = self.successResultOf(self.inner.store.new_generation(GEN))
+        changed(GEN)
+        self.assertEqual(self.read()[1], {GEN: token})
+        self.put(self.inner.store, b"again")
+        reset()
+        self.assertEqual(self.read()[0], sample_entry(b"again"))
+        self.assertEqual(self.near.used_bytes, entry_cost(KEY, sample_entry(b"again")) + 100)
+
+    def test_a_read_under_way_when_its_key_changes_is_not_kept(self) -> None:
+        pending: Deferred[Any] = Deferred()
+        self.inner.read = lambda key, generations, cached=True: pending  # type: ignore[method-assign]
+        reading = self.near.read(KEY, (GEN,))
+        self.near.drop(KEY)
+        pending.callback((sample_entry(b"old"), {}))
+        self.assertEqual(self.successResultOf(reading)[0], sample_entry(b"old"))
+        self.assertEqual(self.near.used_bytes, 100)  # the token was kept, the entry not
+        cleared: Deferred[Any] = Deferred()
+        self.inner.read = lambda key, generations, cached=True: cleared  # type: ignore[method-assign]
+        reading = self.near.read(KEY, (GEN,))
+        self.near.clear()
+        cleared.callback((sample_entry(b"old"), {}))
+        self.assertEqual(self.near.used_bytes, 0)
+
+    def test_memory_is_bounded_least_recently_used_first(self) -> None:
+        entry = sample_entry(b"x" * 1000)
+        cost = entry_cost(KEY, entry)
+        self.near = NearCache(self.inner, self.clock, max_bytes=3 * cost)
+        keys = [entry_key("rfd", "job", 1, {"id": str(i)}) for i in range(1, 5)]
+        for key in keys:
+            self.successResultOf(self.inner.store.put(key, entry, LONG_TTL))
+        for key in keys[:3]:
+            self.read(key, ())
+        self.read(keys[0], ())  # the most recently used now
+        self.read(keys[3], ())  # evicts keys[1]
+        self.assertLessEqual(self.near.used_bytes, 3 * cost)
+        before = self.inner.reads.copy()
+        self.read(keys[0], ())
+        self.read(keys[2], ())
+        self.assertEqual(self.inner.reads, before)
+        self.read(keys[1], ())
+        self.assertEqual(self.inner.reads[keys[1]], 2)
+
+    def test_an_entry_larger_than_the_whole_cache_is_not_kept(self) -> None:
+        self.near = NearCache(self.inner, self.clock, max_bytes=500)
+        self.put(self.inner.store, b"x" * 1000)
+        self.read()
+        self.read()
+        self.assertEqual(self.inner.reads[KEY], 2)
+        self.assertEqual(self.near.used_bytes, 100)  # the token's slot only
+
+    def test_get_is_always_the_store_s(self) -> None:
+        self.read()
+        self.put(self.inner.store, b"elsewhere")
+        self.assertEqual(self.successResultOf(self.near.get(KEY)), sample_entry(b"elsewhere"))
+
+
+class NearRedisTests(RedisTestCase):
+    """Coherence across processes: two stores on one real Redis, a near cache on one."""
+
+    async def pair(self) -> tuple[NearCache, RedisStore]:
+        here = NearCache(await self.ready_store(), reactor)
+        there = await self.ready_store()
+        return here, there
+
+    async def eventually(
+        self, near: NearCache, wanted: Any, key: str, gens: Sequence[str]
+    ) -> float:
+        """Seconds until the near cache reads C{wanted}: they must be well under its ttl."""
+        start = time.monotonic()
+        while True:
+            got = await near.read(key, gens)
+            if got == wanted:
+                return time.monotonic() - start
+            self.assertLess(time.monotonic() - start, DEFAULT_TTL / 2, got)
+            await sleep(0.005)
+
+    async def test_a_write_and_a_purge_elsewhere_are_seen_before_the_ttl(self) -> None:
+        here, there = await self.pair()
+        key = self.unique_key(id="1")
+        gen = generation_key(key.partition(":")[0], "tag", "t", hard=True)
+        self.assertEqual(await here.read(key, [gen]), (None, {}))
+        await there.put(key, sample_entry(b"there"), LONG_TTL)
+        await self.eventually(here, (sample_entry(b"there"), {}), key, [gen])
+        token = await there.new_generation(gen)
+        await self.eventually(here, (sample_entry(b"there"), {gen: token}), key, [gen])
+        await there.delete(key)
+        await self.eventually(here, (None, {gen: token}), key, [gen])
+
+    async def test_losing_the_change_channel_drops_everything(self) -> None:
+        server = self.own_server()
+        inner = await self.ready_store(server)
+        here = NearCache(inner, reactor)
+        key = self.unique_key(id="1")
+        await inner.put(key, sample_entry(b"before"), LONG_TTL)
+        await sleep(0.1)  # the echo of the put on the change channel has come back
+        await here.read(key, [])
+        self.assertGreater(here.used_bytes, 0)
+        server.kill()
+        while inner._subscriber is not None:
+            await sleep(0.01)
+        self.assertEqual(here.used_bytes, 0)
+        server.start()
+        await inner.ready().addTimeout(READY, reactor)
+
+
+@pytest.mark.parametrize(
+    ("url", "default", "expected"),
+    [
+        ("redis://h:1/0", 1.0, ("redis://h:1/0", 1.0, 32 * 1024 * 1024)),
+        ("redis://h:1/0?near_ttl=0.25", 1.0, ("redis://h:1/0", 0.25, 32 * 1024 * 1024)),
+        (
+            "memcached://h:1?near_ttl=1&item_limit=9999",
+            0.0,
+            ("memcached://h:1?item_limit=9999", 1.0, 32 * 1024 * 1024),
+        ),
+        (
+            "memcached://h:1?item_limit=9999&near_bytes=1000",
+            0.0,
+            ("memcached://h:1?item_limit=9999", 0.0, 1000),
+        ),
+        ("redis://h:1/0?near_ttl=0", 1.0, ("redis://h:1/0", 0.0, 32 * 1024 * 1024)),
+    ],
+)
+def test_near_options(url: str, default: float, expected: tuple[str, float, int]) -> None:
+    assert near_options(url, default) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://h?near_ttl=2", "near_ttl must be a number of seconds from 0 to 1"),
+        ("redis://h?near_ttl=soon", "near_ttl must be"),
+        ("redis://h?near_ttl=-1", "near_ttl must be"),
+        ("redis://h?near_bytes=0", "near_bytes must be a positive number"),
+        ("redis://h?near_ttl=1&near_ttl=1", "gives near_ttl twice"),
+    ],
+)
+def test_near_options_refuse(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        near_options(url, 1.0)
