@@ -10,22 +10,34 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
+import re
 from typing import Any
 from urllib.parse import unquote
 
 import attrs
 from klein import Klein
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from refresherd.args import parse_query
 from refresherd.auth import Authorizer
 from refresherd.config import ServerConfig
 from refresherd.entry import parse_json
 from refresherd.errors import BadArgs, BadJson, BatchTooLarge, RefresherdError, one_line
-from refresherd.faces import JSON, guarded, handle_errors, observe, with_value
+from refresherd.faces import (
+    JSON,
+    guarded,
+    handle_errors,
+    observe,
+    render_error,
+    render_unexpected,
+    with_value,
+)
 from refresherd.faces import header as _header
 from refresherd.faces import query as _query
 from refresherd.metrics import Metrics
@@ -89,7 +101,7 @@ class PublicAPI:
     app = Klein()
 
     def resource(self) -> Any:
-        return guarded(self.app.resource())
+        return _FastValues(self, guarded(self.app.resource()))
 
     def body_limit(self, method: bytes, path: bytes) -> int:
         """How large a request body may be: a PUT to a job may send up to its C{max_value_bytes}."""
@@ -114,7 +126,7 @@ class PublicAPI:
         observe(self.metrics, self.clock, request, route, self.server.access_log)
 
     def _count(self, job: str, status: str) -> None:
-        self.metrics.requests.labels(job=self.metrics.job_label(job), status=status).inc()
+        self.metrics.count_request(job, status)
 
     async def _lookup(self, job: str, args: dict[str, Any]) -> Answer:
         try:
@@ -128,20 +140,34 @@ class PublicAPI:
     # -- routes ------------------------------------------------------------------
 
     @app.route("/v1/jobs/<job>", methods=["GET", "HEAD"])
-    async def get_value(self, request: IRequest, job: str) -> bytes:
-        self._observe(request, "/v1/jobs/{job}")
-        self.authorizer.check_read(_header(request, b"Authorization"))
-        answer = await self._lookup(job, parse_query(_query(request)))
-        return self._render(request, answer, raw=False)
+    def get_value(self, request: IRequest, job: str) -> Deferred[bytes]:
+        return self.value(request, job, raw=False)
 
     @app.route("/v1/jobs/<job>/raw", methods=["GET", "HEAD"])
-    async def get_raw(self, request: IRequest, job: str) -> bytes:
-        self._observe(request, "/v1/jobs/{job}/raw")
-        self.authorizer.check_read(_header(request, b"Authorization"))
-        answer = await self._lookup(job, parse_query(_query(request)))
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        request.setHeader(b"Content-Security-Policy", b"sandbox")
-        return self._render(request, answer, raw=True)
+    def get_raw(self, request: IRequest, job: str) -> Deferred[bytes]:
+        return self.value(request, job, raw=True)
+
+    def value(self, request: IRequest, job: str, raw: bool) -> Deferred[bytes]:
+        """
+        The answer to C{GET /v1/jobs/{job}} (or C{.../raw}): always bytes,
+        errors rendered as their error object.  It has fired already when
+        the value was at hand (the memory store, the near cache).
+        """
+        return Deferred.fromCoroutine(self._value(request, job, raw))
+
+    async def _value(self, request: IRequest, job: str, raw: bool) -> bytes:
+        self._observe(request, "/v1/jobs/{job}/raw" if raw else "/v1/jobs/{job}")
+        try:
+            self.authorizer.check_read(_header(request, b"Authorization"))
+            answer = await self._lookup(job, parse_query(_query(request)))
+        except RefresherdError as e:
+            return render_error(request, e)
+        except Exception:
+            return render_unexpected(request, Failure())
+        if raw:
+            request.setHeader(b"X-Content-Type-Options", b"nosniff")
+            request.setHeader(b"Content-Security-Policy", b"sandbox")
+        return self._render(request, answer, raw=raw)
 
     def _render(
         self, request: IRequest, answer: Answer, raw: bool, conditional: bool = True
@@ -234,3 +260,58 @@ class PublicAPI:
         self.authorizer.check_read(_header(request, b"Authorization"))
         request.setHeader(b"Content-Type", JSON)
         return OPENAPI
+
+
+_JOBS = b"/v1/jobs/"
+_RAW = b"/raw"
+_NAME = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+
+
+class _FastValues(Resource):
+    """
+    C{GET} and C{HEAD} of C{/v1/jobs/{job}} and C{/v1/jobs/{job}/raw}, the
+    requests nearly all traffic is, answered without Klein's routing and
+    Deferred chain (which cost as much as the rest of a hit): synchronously
+    when the value is at hand, with a C{Content-Length}.  Every other request,
+    and any job name Klein would have to decode, goes to the Klein resource.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: PublicAPI, other: IResource) -> None:
+        super().__init__()
+        self.api = api
+        self.other = other
+
+    def render(self, request: IRequest) -> Any:
+        path: bytes = request.path
+        if request.method in (b"GET", b"HEAD") and path.startswith(_JOBS):
+            name = path[len(_JOBS) :]
+            raw = name.endswith(_RAW)
+            if raw:
+                name = name[: -len(_RAW)]
+            if _NAME.fullmatch(name):
+                return self._answer(request, self.api.value(request, name.decode("ascii"), raw))
+        return self.other.render(request)
+
+    @staticmethod
+    def _answer(request: IRequest, answering: Deferred[bytes]) -> Any:
+        now: list[bytes] = []
+        gone: list[object] = []
+        later = False
+
+        def deliver(body: bytes) -> None:
+            if not later:
+                now.append(body)
+            elif not gone:
+                request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+                request.write(body)
+                request.finish()
+
+        answering.addCallback(deliver)
+        if now:
+            return now[0]
+        later = True
+        finishing: Any = request
+        finishing.notifyFinish().addErrback(gone.append)
+        return NOT_DONE_YET

@@ -113,7 +113,7 @@ def observe(
     def done(_: object) -> None:
         duration = clock.seconds() - start
         code = web_request.code
-        metrics.http_duration.labels(route=route, code=str(code)).observe(duration)
+        metrics.observe_http(route, code, duration)
         if access_log:
             address = web_request.getClientAddress()
             client = getattr(address, "host", None) or str(address)
@@ -147,7 +147,6 @@ def handle_errors(
     anything else logged and answered with a JSON 500, never a traceback.
     The callables take the face and give its metrics, clock and fallback.
     """
-    log = Logger()
 
     @app.handle_errors(RefresherdError)
     def refresherd_error(self: Any, request: IRequest, failure: Failure) -> bytes:
@@ -178,7 +177,15 @@ def handle_errors(
 
     @app.handle_errors(Exception)
     def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
-        log.failure("Error answering {uri}", failure, uri=request.uri)
-        request.setResponseCode(500)
-        request.setHeader(b"Content-Type", JSON)
-        return json.dumps({"error": {"code": "internal", "message": "internal error"}}).encode()
+        return render_unexpected(request, failure)
+
+
+_LOG = Logger()
+
+
+def render_unexpected(request: IRequest, failure: Failure) -> bytes:
+    """A bug: logged with its traceback, answered with a JSON 500 that shows none."""
+    _LOG.failure("Error answering {uri}", failure, uri=request.uri)
+    request.setResponseCode(500)
+    request.setHeader(b"Content-Type", JSON)
+    return json.dumps({"error": {"code": "internal", "message": "internal error"}}).encode()

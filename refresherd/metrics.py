@@ -50,6 +50,8 @@ class Metrics:
     registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
     multiprocess_dir: str | None = None
     workers_dir: str | None = None
+    _children: dict[tuple[str, Any], Any] = attrs.field(init=False, repr=False, factory=dict)
+    """Labelled children of the hot metrics, by their label values (bounded: jobs, routes)."""
     process: ProcessCollector = attrs.field(factory=lambda: ProcessCollector(registry=None))
     """This process's C{process_*} metrics (CPU, memory, file descriptors)."""
 
@@ -121,6 +123,22 @@ class Metrics:
 
     def job_label(self, job: str) -> str:
         return job if job in self.jobs else UNKNOWN_JOB
+
+    def count_request(self, job: str, status: str) -> None:
+        """One answer of C{job} with C{status} (the labelled child looked up once)."""
+        key = (self.job_label(job), status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(job=key[0], status=status)
+        child.inc()
+
+    def observe_http(self, route: str, code: int, seconds: float) -> None:
+        """One HTTP request of C{route} answered with C{code} in C{seconds}."""
+        key = (route, code)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.http_duration.labels(route=route, code=str(code))
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text format: of this process, or the sum over all workers."""

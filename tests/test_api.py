@@ -10,9 +10,13 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import task
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 
 from refresherd.api import PublicAPI
 from refresherd.auth import Authorizer
@@ -490,3 +494,48 @@ class HostileRequestTests(APITestCase):
         self.build(max_value_bytes=5_000_000)
         self.assertEqual(self.api.body_limit(b"PUT", b"/v1/jobs/%6A?id=1"), 5_000_000)
         self.assertEqual(self.api.body_limit(b"PUT", b"/v1/jobs/j?id=1"), 5_000_000)
+
+
+class FastPathTests(APITestCase):
+    """GET and HEAD of values bypass Klein; what they answer does not change."""
+
+    def dummy(self) -> DummyRequest:
+        request = DummyRequest([b"v1", b"jobs", b"j"])
+        request.path, request.uri, request.code = b"/v1/jobs/j", b"/v1/jobs/j?id=9", 200
+        return request
+
+    def test_a_miss_answered_later_has_a_content_length_and_a_hit_is_answered_at_once(
+        self,
+    ) -> None:
+        request = self.dummy()
+        self.assertEqual(self.api.resource().render(request), NOT_DONE_YET)
+        self.fetched()
+        (body,) = request.written
+        self.assertEqual(request.responseHeaders.getRawHeaders("content-length"), [str(len(body))])
+        self.assertEqual(json.loads(body)["status"], "miss")
+        self.assertTrue(request.finished)
+        hit = self.api.resource().render(self.dummy())
+        self.assertEqual(json.loads(hit)["status"], "hit")
+
+    def test_head_answers_the_headers_without_a_body(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=1")
+        self.fetched()
+        self.answer(d)
+        response = self.successResultOf(self.request("HEAD", "/v1/jobs/j/raw?id=1"))
+        body = self.successResultOf(response.content())
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertEqual(self.header(response, "x-content-type-options"), "nosniff")
+
+    def test_a_name_klein_must_decode_still_reaches_its_job(self) -> None:
+        d = self.request("GET", "/v1/jobs/%6A?id=1")
+        self.fetched()
+        response, body = self.answer(d)
+        self.assertEqual((response.code, body["job"]), (200, "j"))
+
+    def test_a_caller_gone_before_the_answer_costs_nothing(self) -> None:
+        request = self.dummy()
+        self.assertEqual(self.api.resource().render(request), NOT_DONE_YET)
+        request.processingFailed(Failure(ConnectionDone()))
+        self.fetched()
+        self.assertEqual(request.written, [])
+        self.assertEqual(len(self.fetcher.calls), 1)
