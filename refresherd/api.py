@@ -27,7 +27,7 @@ from twisted.web.server import NOT_DONE_YET
 from refresherd.args import parse_query
 from refresherd.auth import Authorizer
 from refresherd.config import ServerConfig
-from refresherd.entry import parse_json
+from refresherd.entry import Entry, is_json_content_type, parse_json
 from refresherd.errors import BadArgs, BadJson, BatchTooLarge, RefresherdError, one_line
 from refresherd.faces import (
     JSON,
@@ -87,6 +87,50 @@ def answer_body(answer: Answer, now: float) -> bytes:
     return with_value(head, entry)
 
 
+BODIES_KEPT = 4096
+"""How many answer heads L{Bodies} keeps (all are forgotten when more come)."""
+
+
+@attrs.define
+class Bodies:
+    """
+    L{answer_body}, faster for the answers nearly all traffic is, a JSON
+    value with no error: their bytes before C{age}, which change only with
+    the entry, are kept per key and status while the entry is the same.
+    """
+
+    _kept: dict[tuple[str, str], tuple[Entry, bytes]] = attrs.field(factory=dict)
+
+    def body(self, answer: Answer, now: float) -> bytes:
+        entry = answer.entry
+        if entry is None or answer.error is not None:
+            return answer_body(answer, now)
+        memo = (answer.key, answer.status)
+        kept = self._kept.get(memo)
+        if kept is None or kept[0] is not entry:
+            if not is_json_content_type(entry.content_type):
+                return answer_body(answer, now)
+            if len(self._kept) >= BODIES_KEPT:
+                self._kept.clear()
+            kept = self._kept[memo] = (entry, _head(answer, entry))
+        age = round(max(0.0, now - entry.fetched_at), 3)
+        return b"".join((kept[1], repr(age).encode("ascii"), b',"value":', entry.body or b"", b"}"))
+
+
+def _head(answer: Answer, entry: Entry) -> bytes:
+    """The bytes of L{answer_body} up to the value of C{age}."""
+    head = {
+        "job": answer.job,
+        "key": answer.key,
+        "status": answer.status,
+        "content_type": entry.content_type,
+        "fetched_at": entry.fetched_at,
+        "fresh_until": entry.fresh_until,
+        "stale_until": entry.stale_until,
+    }
+    return json.dumps(head).encode("utf-8")[:-1] + b', "age": '
+
+
 @attrs.define(slots=False)
 class PublicAPI:
     """The routes of the public listener."""
@@ -98,6 +142,7 @@ class PublicAPI:
     clock: IReactorTime
     fallback: IResource | None = None
     """Routes mounted beside these (the admin API with C{--admin-listen none})."""
+    bodies: Bodies = attrs.field(factory=Bodies)
     app = Klein()
 
     def resource(self) -> Any:
@@ -188,7 +233,7 @@ class PublicAPI:
             request.setHeader(b"Content-Type", entry.content_type.encode("latin-1"))
             return entry.body or b""
         request.setHeader(b"Content-Type", JSON)
-        return answer_body(answer, now)
+        return self.bodies.body(answer, now)
 
     @app.route("/v1/jobs/<job>", methods=["PUT"])
     async def put_value(self, request: IRequest, job: str) -> bytes:
@@ -239,7 +284,7 @@ class PublicAPI:
     def _item_body(self, answer: Answer | RefresherdError, now: float) -> bytes:
         if isinstance(answer, RefresherdError):
             return json.dumps(answer.to_json()).encode("utf-8")
-        return answer_body(answer, now)
+        return self.bodies.body(answer, now)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> bytes:

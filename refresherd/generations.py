@@ -52,6 +52,8 @@ class GenerationKeys:
 
     def marks(self, tokens: Mapping[str, str]) -> tuple[str, str]:
         """The (hard, soft) marks of the current C{tokens} (a key missing: never purged)."""
+        if not tokens:  # Nothing ever purged: most lookups.
+            return NO_MARK, NO_MARK
         return _mark(self.hard, tokens), _mark(self.soft, tokens)
 
 

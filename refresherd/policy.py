@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 
 import attrs
 
@@ -125,7 +126,7 @@ def after_failure(
     previous: Entry | None,
     *,
     job: str,
-    args: dict[str, str],
+    args: Mapping[str, str],
     error: str,
     error_ttl: float,
     rand: float,

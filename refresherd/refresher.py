@@ -57,6 +57,8 @@ from refresherd.metrics import Metrics
 from refresherd.templates import render_tags
 
 DRAIN_TIMEOUT = 10.0
+TARGETS_KEPT = 4096
+"""How many L{Target}s a refresher remembers (all are forgotten when more come)."""
 """Seconds that fetches in flight may take to finish when the service stops."""
 
 
@@ -85,6 +87,16 @@ class Job:
 
 
 @attrs.frozen
+class Target:
+    """What a job name and arguments name: the entry's key and its generation keys."""
+
+    job: Job
+    args: Mapping[str, str]
+    key: str
+    generations: GenerationKeys
+
+
+@attrs.frozen
 class Answer:
     """What a lookup answers: a value and how it was served, or C{pending}."""
 
@@ -105,7 +117,7 @@ class Flight:
 
     key: str
     job: Job
-    args: dict[str, str]
+    args: Mapping[str, str]
     previous: Entry | None
     persist: bool
     """Write the result to the store (false while the store is unreachable)."""
@@ -159,6 +171,7 @@ class Refresher(Service):
     random: Callable[[], float] = random.random
     drain_timeout: float = DRAIN_TIMEOUT
     _flights: dict[str, Flight] = attrs.field(factory=dict)
+    _targets: dict[tuple[object, ...], Target] = attrs.field(factory=dict, init=False)
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     # Service is an old-style class with class attributes; attrs leaves them alone.
@@ -174,6 +187,28 @@ class Refresher(Service):
     def key(self, job: Job, args: Mapping[str, str]) -> str:
         return entry_key(self.namespace, job.name, job.config.version, args)
 
+    def target(self, job_name: str, raw_args: Mapping[str, object]) -> Target:
+        """
+        The job, checked arguments, key and generation keys that C{job_name}
+        with C{raw_args} name: L{UnknownJob} or L{BadArgs} if they name none.
+        Remembered (at most L{TARGETS_KEPT} of them): every lookup needs them.
+        """
+        memo: tuple[object, ...] = (job_name, *raw_args.items())
+        try:
+            target = self._targets.get(memo)
+        except TypeError:  # An unhashable value (from JSON): checking will refuse it.
+            memo, target = (), None
+        if target is not None:
+            return target
+        job = self.job(job_name)
+        args = check_args(job.config, raw_args)
+        target = Target(job, args, self.key(job, args), self.generation_keys(job, args))
+        if memo:
+            if len(self._targets) >= TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[memo] = target
+        return target
+
     # -- lookups -------------------------------------------------------------
 
     async def lookup(self, job_name: str, raw_args: Mapping[str, object]) -> Answer:
@@ -181,17 +216,16 @@ class Refresher(Service):
         The answer for C{job_name} with C{raw_args}, starting a refresh when
         one is due (SPEC section 4).
         """
-        job = self.job(job_name)
-        args = check_args(job.config, raw_args)
-        key = self.key(job, args)
-        entry, marks, persist = await self._read(job, key, args)
+        target = self.target(job_name, raw_args)
+        job, args, key = target.job, target.args, target.key
+        entry, marks, persist = await self._read(target)
         now = self.clock.seconds()
         decision = policy.decide(now, entry, job.config.early_refresh, self.random())
         if decision.refresh and persist and self.store.caches and key not in self._flights:
             # A near cache may be behind the store (a refresh that landed
             # elsewhere): act only on what the store holds now.  (A flight of
             # this key running here is joined whatever the store holds.)
-            entry, marks, persist = await self._read(job, key, args, cached=False)
+            entry, marks, persist = await self._read(target, cached=False)
             now = self.clock.seconds()
             decision = policy.decide(now, entry, job.config.early_refresh, self.random())
         pending = decision.state is policy.State.ABSENT and job.config.on_miss == "empty"
@@ -217,22 +251,22 @@ class Refresher(Service):
         return generation_keys(self.namespace, job.name, render_tags(job.config.tags, args))
 
     async def _read(
-        self, job: Job, key: str, args: Mapping[str, str], cached: bool = True
+        self, target: Target, cached: bool = True
     ) -> tuple[Entry | None, tuple[str, str], bool]:
         """
-        The entry of C{key} as a request should see it, purges applied, the
+        The entry of C{target} as a request should see it, purges applied, the
         current purge marks of its job and tags, and whether the store
         answered.  The entry and the marks are read at once (one round trip).
         """
-        generations = self.generation_keys(job, args)
+        generations = target.generations
         try:
-            entry, current = await self.store.read(key, generations.all, cached)
+            entry, current = await self.store.read(target.key, generations.all, cached)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return None, ("", ""), False
         marks = generations.marks(current)
         if entry is not None:
-            entry = self._unpurged(job, entry, purge_of(entry.generations, marks))
+            entry = self._unpurged(target.job, entry, purge_of(entry.generations, marks))
         return entry, marks, True
 
     def _unpurged(self, job: Job, entry: Entry, purge: Purge | None) -> Entry | None:
@@ -279,8 +313,8 @@ class Refresher(Service):
         self, job_name: str, raw_args: Mapping[str, object], body: bytes, content_type: str
     ) -> Answer:
         """Store C{body} as the fresh value of the key now (PUT)."""
-        job = self.job(job_name)
-        args = check_args(job.config, raw_args)
+        target = self.target(job_name, raw_args)
+        job, args, key = target.job, target.args, target.key
         config = job.config
         if len(body) > config.max_value_bytes:
             raise BodyTooLarge(f"the value is larger than {config.max_value_bytes} bytes")
@@ -289,9 +323,8 @@ class Refresher(Service):
                 check_json_body(body)
             except ValueError as e:
                 raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
-        key = self.key(job, args)
         try:
-            generations = self.generation_keys(job, args)
+            generations = target.generations
             marks = generations.marks(await self.store.get_generations(generations.all))
             entry = self._new_entry(job, args, Fetched(body, content_type), 0.0, marks)
             await self.store.put(key, entry, self._ttl(entry))
@@ -307,7 +340,7 @@ class Refresher(Service):
     def _new_entry(
         self,
         job: Job,
-        args: dict[str, str],
+        args: Mapping[str, str],
         fetched: Fetched,
         duration: float,
         generations: tuple[str, str],
@@ -332,7 +365,7 @@ class Refresher(Service):
         self,
         job: Job,
         key: str,
-        args: dict[str, str],
+        args: Mapping[str, str],
         previous: Entry | None,
         persist: bool,
         generations: tuple[str, str],
@@ -629,10 +662,9 @@ class Refresher(Service):
         Start a refresh of the key of C{job_name} and C{raw_args} now, or join
         the one running; fires with the key once it has started.
         """
-        job = self.job(job_name)
-        args = check_args(job.config, raw_args)
-        key = self.key(job, args)
-        entry, marks, persist = await self._read(job, key, args, cached=False)
+        target = self.target(job_name, raw_args)
+        job, args, key = target.job, target.args, target.key
+        entry, marks, persist = await self._read(target, cached=False)
         if not persist:
             raise StoreUnavailable("the store is unreachable; a refresh would not be stored")
         self._flight(job, key, args, entry, persist, marks)

@@ -96,10 +96,17 @@ class DeadlineChannel(http.HTTPChannel):
     """An HTTP channel that gives each request a deadline to arrive whole."""
 
     _deadline: IDelayedCall | None = None
+    _host: IAddress | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.channels.add(self)
+
+    def getHost(self) -> IAddress:
+        # Asked by every request; the transport asks the kernel each time.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:

@@ -539,3 +539,42 @@ class FastPathTests(APITestCase):
         self.fetched()
         self.assertEqual(request.written, [])
         self.assertEqual(len(self.fetcher.calls), 1)
+
+
+class BodiesTests(SynchronousTestCase):
+    """L{Bodies} answers the same bytes as L{answer_body}, whatever it kept."""
+
+    def entry(self, body: bytes, content_type: str = "application/json", at: float = 100.0) -> Any:
+        from refresherd.entry import Fetched, value_entry
+
+        return value_entry(
+            Fetched(body, content_type),
+            job="j",
+            args={"id": "1"},
+            tags=(),
+            now=at,
+            duration=0.1,
+            fresh=60.0,
+            stale=600.0,
+            stale_if_error=0.0,
+        )
+
+    def test_every_answer_renders_as_answer_body_does(self) -> None:
+        from refresherd.api import Bodies, answer_body
+        from refresherd.refresher import Answer
+
+        bodies = Bodies()
+        json_value, other = self.entry(b'{"n": 1}'), self.entry(b"\xff\x00", "image/png")
+        answers = [
+            Answer("j", "rfd:j:v1:id=1", "hit", json_value),
+            Answer("j", "rfd:j:v1:id=1", "stale", json_value),
+            Answer("j", "rfd:j:v1:id=1", "stale", json_value, error="origin answered 500"),
+            Answer("j", "rfd:j:v1:id=1", "hit", self.entry(b'{"n": 2}', at=150.25)),
+            Answer("j", "rfd:j:v1:id=2", "hit", other),
+            Answer("j", "rfd:j:v1:id=3", "hit", self.entry(b"caf\xc3\xa9", "text/plain")),
+            Answer("j", "rfd:j:v1:id=4", "pending"),
+        ]
+        for now in (100.0, 100.0, 161.2345, 2000.0):
+            for answer in answers:
+                self.assertEqual(bodies.body(answer, now), answer_body(answer, now))
+        self.assertEqual(json.loads(bodies.body(answers[3], 151.0))["value"], {"n": 2})

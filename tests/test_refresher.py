@@ -613,3 +613,29 @@ def test_behind_a_near_cache_a_stale_key_refreshing_here_costs_the_store_no_read
     assert {a.status for a in answers} == {"stale"}
     assert len(fetcher.calls) == 2
     assert CountingReads.reads - before <= 2  # one read, one re-read to act on; then none
+
+
+def test_a_target_is_remembered_and_refusals_are_not() -> None:
+    refresher, _, _, _ = make()
+    first = refresher.target("j", {"id": "1"})
+    assert refresher.target("j", {"id": "1"}) is first
+    assert (first.key, first.args, first.job.name) == ("rfd:j:v1:id=1", {"id": "1"}, "j")
+    assert first.generations.all == ("rfd:gen:hard:job:j", "rfd:gen:soft:job:j")
+    for bad in ({"id": ["1"]}, {"id": 1}, {"id": "1", "x": "2"}, {}):
+        with pytest.raises(errors.BadArgs):
+            refresher.target("j", bad)
+        with pytest.raises(errors.BadArgs):  # Still refused: a refusal is never remembered.
+            refresher.target("j", bad)
+    with pytest.raises(errors.UnknownJob):
+        refresher.target("nope", {"id": "1"})
+
+
+def test_remembered_targets_are_bounded() -> None:
+    from refresherd.refresher import TARGETS_KEPT
+
+    refresher, _, _, _ = make()
+    first = refresher.target("j", {"id": "0"})
+    for n in range(1, TARGETS_KEPT + 1):
+        refresher.target("j", {"id": str(n)})
+    again = refresher.target("j", {"id": "0"})
+    assert again is not first and again == first

@@ -412,3 +412,12 @@ def test_close_connections_aborts_the_rest_after_its_timeout(server: Server) -> 
     lose(b)
     assert fired == [None]
     assert server.clock.getDelayedCalls() == []
+
+
+def test_a_channel_asks_its_transport_for_its_address_once(server: Server) -> None:
+    proto, transport = server.connect()
+    asked: list[object] = []
+    host = transport.getHost()
+    transport.getHost = lambda: asked.append(1) or host  # type: ignore[method-assign]
+    assert proto.getHost() is host and proto.getHost() is host
+    assert asked == [1]
