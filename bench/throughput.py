@@ -194,6 +194,13 @@ def start_refresherd(
     C{twistd -n refresherd} on free ports (C{--workers N} if given); once it
     serves (every worker too), the URL of its public API.
     """
+    return start_refresherd_process(stack, name, config, store, workers)[1]
+
+
+def start_refresherd_process(
+    stack: ExitStack, name: str, config: Path, store: str, workers: int | None = None
+) -> tuple[Process, str]:
+    """L{start_refresherd}, and the process."""
     argv = [TWISTD, "-n", "--pidfile=", "refresherd", "--config", str(config)]
     argv += ["--listen", "tcp:0:interface=127.0.0.1:backlog=512"]
     argv += ["--admin-listen", "tcp:0:interface=127.0.0.1", "--store", store]
@@ -209,7 +216,7 @@ def start_refresherd(
 
     text = process.wait_for(ready)
     port = next(m.group(3) for m in LISTENING.finditer(text) if m.group(1) == "public")
-    return f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
 
 
 def serving(text: str) -> bool:
