@@ -54,7 +54,7 @@ def shares(raw: str) -> tuple[int, collections.Counter[str], collections.Counter
             continue
         n = int(count)
         total += n
-        for name in set(frames):
+        for name in dict.fromkeys(frames):  # Once per stack, in stack order.
             inclusive[name] += n
         own[frames[-1]] += n
     return total, inclusive, own
