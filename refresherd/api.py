@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import math
 import re
+import weakref
 from typing import Any
 from urllib.parse import unquote
 
@@ -96,10 +97,11 @@ class Bodies:
     """
     L{answer_body}, faster for the answers nearly all traffic is, a JSON
     value with no error: their bytes before C{age}, which change only with
-    the entry, are kept per key and status while the entry is the same.
+    the entry, are kept per key and status while the entry is the same
+    (held weakly: a value the store has let go of is not kept alive here).
     """
 
-    _kept: dict[tuple[str, str], tuple[Entry, bytes]] = attrs.field(factory=dict)
+    _kept: dict[tuple[str, str], tuple[weakref.ref[Entry], bytes]] = attrs.field(factory=dict)
 
     def body(self, answer: Answer, now: float) -> bytes:
         entry = answer.entry
@@ -107,12 +109,12 @@ class Bodies:
             return answer_body(answer, now)
         memo = (answer.key, answer.status)
         kept = self._kept.get(memo)
-        if kept is None or kept[0] is not entry:
+        if kept is None or kept[0]() is not entry:
             if not is_json_content_type(entry.content_type):
                 return answer_body(answer, now)
             if len(self._kept) >= BODIES_KEPT:
                 self._kept.clear()
-            kept = self._kept[memo] = (entry, _head(answer, entry))
+            kept = self._kept[memo] = (weakref.ref(entry), _head(answer, entry))
         age = round(max(0.0, now - entry.fetched_at), 3)
         return b"".join((kept[1], repr(age).encode("ascii"), b',"value":', entry.body or b"", b"}"))
 

@@ -578,3 +578,18 @@ class BodiesTests(SynchronousTestCase):
             for answer in answers:
                 self.assertEqual(bodies.body(answer, now), answer_body(answer, now))
         self.assertEqual(json.loads(bodies.body(answers[3], 151.0))["value"], {"n": 2})
+
+    def test_a_kept_head_does_not_keep_its_entry_alive(self) -> None:
+        import gc
+        import weakref
+
+        from refresherd.api import Bodies
+        from refresherd.refresher import Answer
+
+        bodies = Bodies()
+        entry = self.entry(b'{"n": 1}')
+        bodies.body(Answer("j", "rfd:j:v1:id=1", "hit", entry), 100.0)
+        gone = weakref.ref(entry)
+        del entry
+        gc.collect()
+        self.assertIsNone(gone())
