@@ -187,34 +187,51 @@ class PublicAPI:
     # -- routes ------------------------------------------------------------------
 
     @app.route("/v1/jobs/<job>", methods=["GET", "HEAD"])
-    def get_value(self, request: IRequest, job: str) -> Deferred[bytes]:
+    def get_value(self, request: IRequest, job: str) -> bytes | Deferred[bytes]:
         return self.value(request, job, raw=False)
 
     @app.route("/v1/jobs/<job>/raw", methods=["GET", "HEAD"])
-    def get_raw(self, request: IRequest, job: str) -> Deferred[bytes]:
+    def get_raw(self, request: IRequest, job: str) -> bytes | Deferred[bytes]:
         return self.value(request, job, raw=True)
 
-    def value(self, request: IRequest, job: str, raw: bool) -> Deferred[bytes]:
+    def value(self, request: IRequest, job: str, raw: bool) -> bytes | Deferred[bytes]:
         """
-        The answer to C{GET /v1/jobs/{job}} (or C{.../raw}): always bytes,
-        errors rendered as their error object.  It has fired already when
-        the value was at hand (the memory store, the near cache).
+        The answer to C{GET /v1/jobs/{job}} (or C{.../raw}), errors rendered
+        as their error object: bytes at once when the value was at hand (the
+        memory store, the near cache) and nobody waits, else a Deferred.
         """
-        return Deferred.fromCoroutine(self._value(request, job, raw))
-
-    async def _value(self, request: IRequest, job: str, raw: bool) -> bytes:
         self._observe(request, "/v1/jobs/{job}/raw" if raw else "/v1/jobs/{job}")
         try:
             self.authorizer.check_read(_header(request, b"Authorization"))
-            answer = await self._lookup(job, parse_query(_query(request)))
+            args = parse_query(_query(request))
         except RefresherdError as e:
             return render_error(request, e)
         except Exception:
             return render_unexpected(request, Failure())
+        try:
+            answer = self.refresher.lookup_now(job, args)
+        except Exception:
+            return self._failed(request, job, Failure())
+        if isinstance(answer, Answer):
+            return self._respond(request, job, answer, raw)
+        return answer.addCallbacks(
+            lambda answer: self._respond(request, job, answer, raw),
+            lambda failure: self._failed(request, job, failure),
+        )
+
+    def _respond(self, request: IRequest, job: str, answer: Answer, raw: bool) -> bytes:
+        self._count(job, answer.status)
         if raw:
             request.setHeader(b"X-Content-Type-Options", b"nosniff")
             request.setHeader(b"Content-Security-Policy", b"sandbox")
         return self._render(request, answer, raw=raw)
+
+    def _failed(self, request: IRequest, job: str, failure: Failure) -> bytes:
+        """A lookup's failure as its answer: the error object, or a JSON 500."""
+        if isinstance(failure.value, RefresherdError):
+            self._count(job, "error")
+            return render_error(request, failure.value)
+        return render_unexpected(request, failure)
 
     def _render(
         self, request: IRequest, answer: Answer, raw: bool, conditional: bool = True
@@ -342,7 +359,9 @@ class _FastValues(Resource):
         return self.other.render(request)
 
     @staticmethod
-    def _answer(request: IRequest, answering: Deferred[bytes]) -> Any:
+    def _answer(request: IRequest, answering: bytes | Deferred[bytes]) -> Any:
+        if isinstance(answering, bytes):
+            return answering
         now: list[bytes] = []
         gone: list[object] = []
         later = False

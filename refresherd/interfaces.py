@@ -75,6 +75,14 @@ class IStore(Interface):
         that keeps a near cache reads the shared store itself.
         """
 
+    def read_at_hand(key: str, generations):  # type: ignore[no-untyped-def]
+        """
+        The C{(entry, tokens)} that L{read} would fire with, returned at once
+        when the store has them in this process with no I/O (the memory
+        store, a near cache's fresh slots); else L{None}, and the caller
+        calls L{read}.
+        """
+
     def get_generations(keys):  # type: ignore[no-untyped-def]
         """
         The current tokens of the generation keys C{keys}

@@ -96,6 +96,10 @@ class Target:
     generations: GenerationKeys
 
 
+Seen = tuple[Entry | None, tuple[str, str], policy.Decision]
+"""What a lookup read at hand: the entry, the current purge marks, and the decision."""
+
+
 @attrs.frozen
 class Answer:
     """What a lookup answers: a value and how it was served, or C{pending}."""
@@ -216,24 +220,77 @@ class Refresher(Service):
         The answer for C{job_name} with C{raw_args}, starting a refresh when
         one is due (SPEC section 4).
         """
+        return await self._lookup(self.target(job_name, raw_args))
+
+    def lookup_now(
+        self, job_name: str, raw_args: Mapping[str, object]
+    ) -> Answer | Deferred[Answer]:
+        """
+        L{lookup}, answered at once (no coroutine, no Deferred) when the store
+        has the entry at hand (L{IStore.read_at_hand}) and nobody has to wait
+        for a fetch or a read; else a Deferred of the answer.
+        """
         target = self.target(job_name, raw_args)
-        job, args, key = target.job, target.args, target.key
-        entry, marks, persist = await self._read(target)
-        now = self.clock.seconds()
-        decision = policy.decide(now, entry, job.config.early_refresh, self.random())
-        if decision.refresh and persist and self.store.caches and key not in self._flights:
-            # A near cache may be behind the store (a refresh that landed
-            # elsewhere): act only on what the store holds now.  (A flight of
-            # this key running here is joined whatever the store holds.)
+        at_hand = self.store.read_at_hand(target.key, target.generations.all)
+        if at_hand is None:
+            return Deferred.fromCoroutine(self._lookup(target))
+        entry, marks = self._seen(target, *at_hand)
+        decision = self._decide(target.job, entry)
+        if self._must_reread(target, decision, persist=True):
+            return Deferred.fromCoroutine(self._lookup(target, (entry, marks, decision)))
+        settled = self._settle(target, entry, marks, True, decision)
+        if isinstance(settled, Answer):
+            return settled
+        return Deferred.fromCoroutine(self._wait(*settled))
+
+    async def _lookup(self, target: Target, seen: Seen | None = None) -> Answer:
+        """L{lookup} of C{target}; C{seen}: its entry, marks and decision, read at hand."""
+        if seen is None:
+            entry, marks, persist = await self._read(target)
+            decision = self._decide(target.job, entry)
+        else:
+            (entry, marks, decision), persist = seen, True
+        if self._must_reread(target, decision, persist):
             entry, marks, persist = await self._read(target, cached=False)
-            now = self.clock.seconds()
-            decision = policy.decide(now, entry, job.config.early_refresh, self.random())
+            decision = self._decide(target.job, entry)
+        settled = self._settle(target, entry, marks, persist, decision)
+        if isinstance(settled, Answer):
+            return settled
+        return await self._wait(*settled)
+
+    def _decide(self, job: Job, entry: Entry | None) -> policy.Decision:
+        return policy.decide(self.clock.seconds(), entry, job.config.early_refresh, self.random())
+
+    def _must_reread(self, target: Target, decision: policy.Decision, persist: bool) -> bool:
+        """
+        A near cache may be behind the store (a refresh that landed
+        elsewhere): act only on what the store holds now.  (A flight of this
+        key running here is joined whatever the store holds.)
+        """
+        return (
+            decision.refresh and persist and self.store.caches and target.key not in self._flights
+        )
+
+    def _settle(
+        self,
+        target: Target,
+        entry: Entry | None,
+        marks: tuple[str, str],
+        persist: bool,
+        decision: policy.Decision,
+    ) -> Answer | tuple[Flight, Entry | None]:
+        """
+        What C{decision} answers, a refresh started if due: the answer, or
+        the flight to wait for and the value to fall back on.
+        """
+        job, key = target.job, target.key
         pending = decision.state is policy.State.ABSENT and job.config.on_miss == "empty"
         if pending and not persist:
             raise StoreUnavailable("the store is unreachable; nothing can be queued")
         flight = None
         if decision.refresh:
-            flight = self._flight(job, key, args, entry, persist, marks, early=decision.early)
+            args, early = target.args, decision.early
+            flight = self._flight(job, key, args, entry, persist, marks, early=early)
         if decision.state is policy.State.HIT:
             return Answer(job.name, key, "hit", entry)
         if decision.state is policy.State.STALE:
@@ -245,7 +302,7 @@ class Refresher(Service):
         assert flight is not None
         if pending:
             return Answer(job.name, key, "pending")
-        return await self._wait(flight, decision.fallback)
+        return flight, decision.fallback
 
     def generation_keys(self, job: Job, args: Mapping[str, str]) -> GenerationKeys:
         return generation_keys(self.namespace, job.name, render_tags(job.config.tags, args))
@@ -258,16 +315,21 @@ class Refresher(Service):
         current purge marks of its job and tags, and whether the store
         answered.  The entry and the marks are read at once (one round trip).
         """
-        generations = target.generations
         try:
-            entry, current = await self.store.read(target.key, generations.all, cached)
+            entry, tokens = await self.store.read(target.key, target.generations.all, cached)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return None, ("", ""), False
-        marks = generations.marks(current)
+        return (*self._seen(target, entry, tokens), True)
+
+    def _seen(
+        self, target: Target, entry: Entry | None, tokens: Mapping[str, str]
+    ) -> tuple[Entry | None, tuple[str, str]]:
+        """The entry as a request should see it, purges applied, and the current marks."""
+        marks = target.generations.marks(tokens)
         if entry is not None:
             entry = self._unpurged(target.job, entry, purge_of(entry.generations, marks))
-        return entry, marks, True
+        return entry, marks
 
     def _unpurged(self, job: Job, entry: Entry, purge: Purge | None) -> Entry | None:
         """C{entry} after a purge of its job or a tag: none (hard), or marked stale (soft)."""

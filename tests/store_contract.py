@@ -96,6 +96,12 @@ class StoreContract(_Base):
     Tests of the L{IStore} contract; see the module docstring for the hooks.
     """
 
+    at_hand: bool | None = False
+    """
+    Whether the store has what it just read at hand (L{IStore.read_at_hand});
+    L{None}: it may or may not (a near cache whose change messages race the read).
+    """
+
     def make_store(self) -> IStore | Deferred[IStore]:
         """A fresh store for one test."""
         raise NotImplementedError
@@ -482,3 +488,14 @@ class StoreContract(_Base):
         await store.put(big, large, LONG_TTL)
         self.assertEqual(await store.read(key, [never, purged]), (sample_entry(), {purged: token}))
         self.assertEqual(await store.read(big, []), (large, {}))
+
+    async def test_what_is_at_hand_is_what_a_read_answers(self) -> None:
+        store = await self.store()
+        key, purged = self.key({"id": "1"}), self.generation()
+        await store.put(key, sample_entry(), LONG_TTL)
+        await store.new_generation(purged)
+        read = await store.read(key, [purged])
+        at_hand = store.read_at_hand(key, [purged])
+        self.assertIn(at_hand, (None, read))
+        if self.at_hand is not None:
+            self.assertEqual(at_hand is not None, self.at_hand)

@@ -367,6 +367,30 @@ def base_url(service: Service, case: Any) -> str:
     return service.admin_url if "admin" in (case.operation.tags or []) else service.url
 
 
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+FRAMING = {"content-length", "transfer-encoding"}
+
+
+def not_http(case: Any) -> bool:
+    """
+    Whether the case's own headers make the request invalid HTTP: a name that
+    is not a token, or a framing header of its own beside the client's.
+    """
+    names = [str(name) for name in (case.headers or {})]
+    return any(not TOKEN.fullmatch(n) or n.lower() in FRAMING for n in names)
+
+
+def call_and_validate(case: Any, service: Service) -> None:
+    """
+    The case sent and its answer checked; twisted.web's bare 400 is allowed
+    for a request that is not valid HTTP (SPEC section 5), and only for one.
+    """
+    response = case.call(base_url=base_url(service, case))
+    if response.status_code == 400 and not response.content and not_http(case):
+        return
+    case.validate_response(response, checks=CHECKS)
+
+
 AS_ADMIN = load_schema(ADMIN)
 AS_WRITER = load_schema(WRITE)
 ANONYMOUS = load_schema(None)
@@ -376,19 +400,19 @@ FEW = settings(max_examples=30, deadline=None, suppress_health_check=list(Health
 @AS_ADMIN.parametrize()
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_service_answers_an_admin_as_documented(case: Any, service: Service) -> None:
-    case.call_and_validate(base_url=base_url(service, case), checks=CHECKS)
+    call_and_validate(case, service)
 
 
 @AS_WRITER.parametrize()
 @FEW
 def test_the_service_answers_a_writer_as_documented(case: Any, service: Service) -> None:
-    case.call_and_validate(base_url=base_url(service, case), checks=CHECKS)
+    call_and_validate(case, service)
 
 
 @ANONYMOUS.parametrize()
 @FEW
 def test_the_service_answers_anyone_as_documented(case: Any, service: Service) -> None:
-    case.call_and_validate(base_url=base_url(service, case), checks=CHECKS)
+    call_and_validate(case, service)
 
 
 # Requests schemathesis does not make by itself, each to be answered as documented

@@ -639,3 +639,57 @@ def test_remembered_targets_are_bounded() -> None:
         refresher.target("j", {"id": str(n)})
     again = refresher.target("j", {"id": "0"})
     assert again is not first and again == first
+
+
+def test_lookup_now_answers_a_hit_at_hand_at_once_and_anything_else_later() -> None:
+    refresher, fetcher, clock, _ = make(stale=100.0)
+    absent = refresher.lookup_now("j", {"id": "1"})
+    assert isinstance(absent, Deferred) and not absent.called  # a miss waits for its fetch
+    fetcher.succeed(body=b"1")
+    assert result(absent).status == "miss"
+    hit = refresher.lookup_now("j", {"id": "1"})
+    assert isinstance(hit, Answer) and (hit.status, hit.entry.body) == ("hit", b"1")
+    clock.advance(61)
+    stale = refresher.lookup_now("j", {"id": "1"})  # served at once, its refresh started
+    assert isinstance(stale, Answer) and stale.status == "stale"
+    assert len(fetcher.calls) == 2
+    with pytest.raises(errors.BadArgs):
+        refresher.lookup_now("j", {"nope": "1"})
+
+
+def test_lookup_now_draws_as_often_as_lookup() -> None:
+    """An early refresh decided at hand is not decided again (it is as likely as lookup's)."""
+    draws: list[float] = []
+    early = [False]
+
+    def rand() -> float:
+        draws.append(1e-300 if early[0] else 0.999999)  # 1e-300: an early refresh
+        return draws[-1]
+
+    store = NearCache(MemoryStore(task.Clock()), task.Clock(), ttl=1.0)
+    refresher, fetcher, clock, _ = make(store=store, early_refresh=1.0)
+    store.clock = store.store.clock = clock
+    refresher.random = rand
+    ask(refresher)
+    clock.advance(5)  # The fetch takes 5 s: XFetch's delta.
+    fetcher.succeed(body=b"1")
+    assert result(lookup(refresher)).status == "hit"  # Now in the near cache.
+    draws.clear()
+    early[0] = True
+    answer = refresher.lookup_now("j", {"id": "1"})
+    assert isinstance(answer, Deferred)  # The store is read past the near cache first.
+    assert result(answer).status == "hit"
+    assert len(draws) == 2  # one at hand, one on what the store holds (the near cache may lag)
+    assert len(fetcher.calls) == 2
+
+
+def test_lookup_now_without_a_store_at_hand_reads_it() -> None:
+    store = UnreachableStore(MemoryStore(task.Clock()), down=False)
+    refresher, fetcher, _, _ = make(store=store)
+    ask(refresher)
+    fetcher.succeed(body=b"1")
+    assert isinstance(refresher.lookup_now("j", {"id": "1"}), Answer)
+    store.down = True
+    later = refresher.lookup_now("j", {"id": "1"})
+    assert isinstance(later, Deferred)
+    ask(refresher)

@@ -26,6 +26,8 @@ from tests.store_contract import StoreContract, sample_entry
 class MemoryStoreContractTests(StoreContract, TestCase):
     """The store contract, against a L{MemoryStore} on a L{Clock}."""
 
+    at_hand = True
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)

@@ -34,6 +34,8 @@ GEN = generation_key("rfd", "tag", "t", hard=True)
 class NearMemoryContractTests(StoreContract, TestCase):
     """The store contract, unchanged, through a near cache in front of the memory store."""
 
+    at_hand = True
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
@@ -47,6 +49,8 @@ class NearMemoryContractTests(StoreContract, TestCase):
 
 class NearRedisContractTests(StoreContract, RedisTestCase):
     """The store contract, unchanged, through a near cache in front of a real Redis."""
+
+    at_hand = None
 
     def make_store(self) -> Deferred[IStore]:
         return Deferred.fromCoroutine(self._contract_store())
@@ -102,6 +106,19 @@ class NearCacheTests(SynchronousTestCase):
         self.clock.advance(DEFAULT_TTL)
         self.read()
         self.assertEqual(self.inner.reads[KEY], 2)
+
+    def test_what_is_kept_is_at_hand_until_the_ttl_or_a_change(self) -> None:
+        self.assertIsNone(self.near.read_at_hand(KEY, (GEN,)))
+        self.put(self.inner.store, b"1")
+        self.read()
+        self.assertEqual(self.near.read_at_hand(KEY, (GEN,)), (sample_entry(b"1"), {}))
+        self.assertIsNone(self.near.read_at_hand(KEY, (GEN, "rfd:gen:hard:job:j")))
+        self.clock.advance(DEFAULT_TTL)
+        self.assertIsNone(self.near.read_at_hand(KEY, (GEN,)))
+        self.read()
+        self.put(self.near, b"2")
+        self.assertIsNone(self.near.read_at_hand(KEY, (GEN,)))
+        self.assertEqual(self.inner.reads[KEY], 2)  # Being at hand costs the store nothing.
 
     def test_absent_entries_and_tokens_are_kept_too(self) -> None:
         self.assertEqual(self.read(), (None, {}))

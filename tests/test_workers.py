@@ -1040,11 +1040,19 @@ def test_the_parent_of_workers_purges_for_all_of_them(
                 assert client.get(url).json()["status"] == "hit"
             purged = client.post(running.admin_url + "/v1/purge", json={"tags": ["user:bob"]})
             assert purged.json() == {"purged": 1}
+            # A worker's near cache learns of the purge from Redis's change channel, usually
+            # at once, at the latest near_ttl (1 s) after it read: until then it may still hit.
+            late_hits, deadline = 0, time.monotonic() + 1.5
             answer = client.get(url).json()
+            while answer["status"] == "hit" and time.monotonic() < deadline:
+                late_hits += 1
+                time.sleep(0.05)
+                answer = client.get(url).json()
             assert (answer["status"], answer["value"]) == ("miss", {"fetch": 2})
             text = client.get(running.admin_url + "/metrics").text
         assert metric(text, 'refresherd_purged_total{kind="tag"}') == 1
-        assert metric(text, 'refresherd_requests_total{job="user",status="hit"}') == 10
+        hits = metric(text, 'refresherd_requests_total{job="user",status="hit"}')
+        assert hits == 10 + late_hits
         assert running.stop() == 0, running.output()
     finally:
         if running.process.poll() is None:

@@ -306,6 +306,10 @@ class MemcachedStore(Service):
         """
         return Deferred.fromCoroutine(self._read(key, generations))
 
+    def read_at_hand(self, key: str, generations: Sequence[str]) -> None:
+        """See L{IStore.read_at_hand}: never (every read is a round trip)."""
+        return None
+
     async def _read(
         self, key: str, generations: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]]:

@@ -169,7 +169,13 @@ class MemoryStore:
         self, key: str, generations: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """See L{IStore.read}."""
-        return defer.succeed((self._entry(key), self._tokens(generations)))
+        return defer.succeed(self.read_at_hand(key, generations))
+
+    def read_at_hand(
+        self, key: str, generations: Sequence[str]
+    ) -> tuple[Entry | None, dict[str, str]]:
+        """See L{IStore.read_at_hand}: always."""
+        return self._entry(key), self._tokens(generations)
 
     def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """See L{IStore.get_generations}."""

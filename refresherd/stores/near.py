@@ -138,21 +138,27 @@ class NearCache(Service):
         See L{IStore.read}: from here while fresh, else (or with C{cached}
         false) from the store, and kept.
         """
-        if not cached:
-            return Deferred.fromCoroutine(self._read(key, generations))
+        at_hand = self.read_at_hand(key, generations) if cached else None
+        if at_hand is not None:
+            return defer.succeed(at_hand)
+        return Deferred.fromCoroutine(self._read(key, generations))
+
+    def read_at_hand(
+        self, key: str, generations: Sequence[str]
+    ) -> tuple[Entry | None, dict[str, str]] | None:
+        """See L{IStore.read_at_hand}: while the entry and every token are fresh here."""
         now = self.clock.seconds()
         entry = self._fresh(key, now)
-        if entry is not _ABSENT:
-            tokens: dict[str, str] = {}
-            for name in generations:
-                token = self._fresh(name, now)
-                if token is _ABSENT:
-                    break
-                if token is not None:
-                    tokens[name] = token
-            else:
-                return defer.succeed((entry, tokens))  # type: ignore[arg-type]
-        return Deferred.fromCoroutine(self._read(key, generations))
+        if entry is _ABSENT:
+            return None
+        tokens: dict[str, str] = {}
+        for name in generations:
+            token = self._fresh(name, now)
+            if token is _ABSENT:
+                return None
+            if token is not None:
+                tokens[name] = token
+        return entry, tokens
 
     async def _read(
         self, key: str, generations: Sequence[str]

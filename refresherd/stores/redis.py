@@ -290,6 +290,10 @@ class RedisStore(Service):
 
         return d.addCallback(split)
 
+    def read_at_hand(self, key: str, generations: Sequence[str]) -> None:
+        """See L{IStore.read_at_hand}: never (every read is a round trip)."""
+        return None
+
     def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """See L{IStore.get_generations}: one C{MGET}."""
         if not keys:
