@@ -203,13 +203,10 @@ class PublicAPI:
         self._observe(request, "/v1/jobs/{job}/raw" if raw else "/v1/jobs/{job}")
         try:
             self.authorizer.check_read(_header(request, b"Authorization"))
-            args = parse_query(_query(request))
         except RefresherdError as e:
             return render_error(request, e)
-        except Exception:
-            return render_unexpected(request, Failure())
         try:
-            answer = self.refresher.lookup_now(job, args)
+            answer = self.refresher.lookup_now(job, _query(request))
         except Exception:
             return self._failed(request, job, Failure())
         if isinstance(answer, Answer):

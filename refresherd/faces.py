@@ -25,6 +25,7 @@ from werkzeug.routing import RequestRedirect
 from refresherd.entry import Entry, is_json_content_type
 from refresherd.errors import BadArgs, MethodNotAllowed, NotFound, RefresherdError, Unauthorized
 from refresherd.metrics import Metrics
+from refresherd.site import LimitedRequest
 
 JSON = b"application/json"
 UNMATCHED = "_unmatched"
@@ -110,7 +111,7 @@ def observe(
     start = clock.seconds()
     web_request: Request = request  # type: ignore[assignment]
 
-    def done(_: object) -> None:
+    def done(_: object = None) -> None:
         duration = clock.seconds() - start
         code = web_request.code
         metrics.observe_http(route, code, duration)
@@ -130,7 +131,10 @@ def observe(
                 client=client,
             )
 
-    web_request.notifyFinish().addBoth(done)
+    if isinstance(web_request, LimitedRequest):
+        web_request.when_answered = done
+    else:  # A request of another Site (tests' StubTreq).
+        web_request.notifyFinish().addBoth(done)
 
 
 def handle_errors(

@@ -56,6 +56,13 @@ class Decision:
     stale (with the error) if the fetch fails or C{wait_timeout} passes."""
 
 
+_HIT = Decision(State.HIT, refresh=False)
+_FAILED = Decision(State.FAILED, refresh=False)
+_ABSENT = Decision(State.ABSENT, refresh=True)
+_STALE = {due: Decision(State.STALE, refresh=due) for due in (False, True)}
+"""The decisions that carry nothing of their entry, made once (every request makes one)."""
+
+
 def xfetch(now: float, delta: float, beta: float, expiry: float, rand: float) -> bool:
     """
     Whether to refresh a fresh value early (Vattani, Chierichetti and
@@ -76,22 +83,21 @@ def decide(now: float, entry: Entry | None, beta: float, rand: float) -> Decisio
     with, and whether a refresh must start (SPEC section 4).
     """
     if entry is None:
-        return Decision(State.ABSENT, refresh=True)
+        return _ABSENT
     if entry.is_failure:
-        if now < entry.retry_at:
-            return Decision(State.FAILED, refresh=False)
-        return Decision(State.ABSENT, refresh=True)
+        return _FAILED if now < entry.retry_at else _ABSENT
     if now < entry.fresh_until:
-        early = now >= entry.retry_at and xfetch(now, entry.duration, beta, entry.fresh_until, rand)
-        return Decision(State.HIT, refresh=early, early=early)
+        if now >= entry.retry_at and xfetch(now, entry.duration, beta, entry.fresh_until, rand):
+            return Decision(State.HIT, refresh=True, early=True)
+        return _HIT
     due = now >= entry.retry_at
     if now < entry.stale_until:
-        return Decision(State.STALE, refresh=due)
+        return _STALE[due]
     if now < entry.error_until:
         if entry.failures:
-            return Decision(State.STALE, refresh=due)
+            return _STALE[due]
         return Decision(State.ABSENT, refresh=True, fallback=entry)
-    return Decision(State.ABSENT, refresh=True)
+    return _ABSENT
 
 
 def _doubled(base: float, times: int) -> float:

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from refresherd import policy
-from refresherd.args import check_args
+from refresherd.args import check_args, parse_query
 from refresherd.config import JobConfig
 from refresherd.entry import (
     Entry,
@@ -57,9 +57,13 @@ from refresherd.metrics import Metrics
 from refresherd.templates import render_tags
 
 DRAIN_TIMEOUT = 10.0
+"""Seconds that fetches in flight may take to finish when the service stops."""
+
+RawArgs = Mapping[str, object] | bytes
+"""A lookup's arguments as a caller gives them: a mapping, or a URL's query string."""
+
 TARGETS_KEPT = 4096
 """How many L{Target}s a refresher remembers (all are forgotten when more come)."""
-"""Seconds that fetches in flight may take to finish when the service stops."""
 
 
 class ShuttingDown(Overloaded):
@@ -191,13 +195,17 @@ class Refresher(Service):
     def key(self, job: Job, args: Mapping[str, str]) -> str:
         return entry_key(self.namespace, job.name, job.config.version, args)
 
-    def target(self, job_name: str, raw_args: Mapping[str, object]) -> Target:
+    def target(self, job_name: str, raw_args: RawArgs) -> Target:
         """
         The job, checked arguments, key and generation keys that C{job_name}
         with C{raw_args} name: L{UnknownJob} or L{BadArgs} if they name none.
         Remembered (at most L{TARGETS_KEPT} of them): every lookup needs them.
         """
-        memo: tuple[object, ...] = (job_name, *raw_args.items())
+        memo: tuple[object, ...]
+        if isinstance(raw_args, bytes):
+            memo = (job_name, raw_args)
+        else:
+            memo = (job_name, *raw_args.items())
         try:
             target = self._targets.get(memo)
         except TypeError:  # An unhashable value (from JSON): checking will refuse it.
@@ -205,7 +213,8 @@ class Refresher(Service):
         if target is not None:
             return target
         job = self.job(job_name)
-        args = check_args(job.config, raw_args)
+        given = parse_query(raw_args) if isinstance(raw_args, bytes) else raw_args
+        args = check_args(job.config, given)
         target = Target(job, args, self.key(job, args), self.generation_keys(job, args))
         if memo:
             if len(self._targets) >= TARGETS_KEPT:
@@ -215,16 +224,14 @@ class Refresher(Service):
 
     # -- lookups -------------------------------------------------------------
 
-    async def lookup(self, job_name: str, raw_args: Mapping[str, object]) -> Answer:
+    async def lookup(self, job_name: str, raw_args: RawArgs) -> Answer:
         """
         The answer for C{job_name} with C{raw_args}, starting a refresh when
         one is due (SPEC section 4).
         """
         return await self._lookup(self.target(job_name, raw_args))
 
-    def lookup_now(
-        self, job_name: str, raw_args: Mapping[str, object]
-    ) -> Answer | Deferred[Answer]:
+    def lookup_now(self, job_name: str, raw_args: RawArgs) -> Answer | Deferred[Answer]:
         """
         L{lookup}, answered at once (no coroutine, no Deferred) when the store
         has the entry at hand (L{IStore.read_at_hand}) and nobody has to wait

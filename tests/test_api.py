@@ -236,6 +236,10 @@ class ErrorTests(APITestCase):
             code = self.error_code(self.request("GET", "/v1/jobs/j" + query), 400)
             self.assertEqual(code, "bad_args", query)
         self.assertEqual(self.fetcher.calls, [])
+        errors = self.metrics.registry.get_sample_value(
+            "refresherd_requests_total", {"job": "j", "status": "error"}
+        )
+        self.assertEqual(errors, 7)  # every answer counted, malformed queries too
 
     def test_value_of_exactly_1_kib_is_accepted(self) -> None:
         self.request("GET", "/v1/jobs/j?id=" + "é" * 512)

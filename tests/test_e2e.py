@@ -106,6 +106,9 @@ def test_a_stampede_on_an_absent_key_makes_one_origin_request(run, origin: Origi
     assert origin.count("/users/hot") == 1
     metrics = httpx.get(service.admin_url + "/metrics").text
     assert 'refresherd_fetches_total{job="user",outcome="success"} 1.0' in metrics
+    # Every answer timed once, by its route: what twistd's own requests are timed by.
+    timed = 'refresherd_http_request_duration_seconds_count{code="200",route="/v1/jobs/{job}"}'
+    assert f"{timed} 200.0" in metrics
 
 
 def test_stale_if_error_serves_the_old_value_while_the_origin_fails(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]

@@ -641,6 +641,19 @@ def test_remembered_targets_are_bounded() -> None:
     assert again is not first and again == first
 
 
+def test_a_query_string_names_the_target_its_arguments_name() -> None:
+    refresher, _, _, _ = make()
+    by_query = refresher.target("j", b"id=a%20b")
+    assert by_query == refresher.target("j", {"id": "a b"})
+    assert refresher.target("j", b"id=a+b") is refresher.target("j", b"id=a+b")  # remembered
+    for bad in (b"id=1&id=2", b"id=%ff", b"", b"id=1&x=2"):
+        for _ in range(2):  # refused every time, never remembered
+            with pytest.raises(errors.BadArgs):
+                refresher.target("j", bad)
+    with pytest.raises(errors.UnknownJob):
+        refresher.target("nope", b"id=1")
+
+
 def test_lookup_now_answers_a_hit_at_hand_at_once_and_anything_else_later() -> None:
     refresher, fetcher, clock, _ = make(stale=100.0)
     absent = refresher.lookup_now("j", {"id": "1"})

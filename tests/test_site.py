@@ -236,6 +236,15 @@ def test_body_limit_is_asked_with_the_method_and_the_path_with_its_query() -> No
     assert server.limit_calls == [(b"PUT", b"/v1/jobs/j?id=7")]
 
 
+def test_a_request_without_a_body_does_not_ask_for_its_limit(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /v1/jobs/j?id=7 HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+    proto.dataReceived(post_head(0, path=b"/v1/jobs/j?id=8", method=b"PUT"))
+    assert [uri for _, uri, _ in server.resource.seen] == [b"/v1/jobs/j?id=7", b"/v1/jobs/j?id=8"]
+    assert server.limit_calls == []
+    assert not transport.disconnecting
+
+
 def test_a_route_may_get_a_larger_limit_than_another() -> None:
     def limit(method: bytes, path: bytes) -> int:
         return PUT_LIMIT if method == b"PUT" and path.startswith(b"/v1/jobs/") else LIMIT
@@ -421,3 +430,72 @@ def test_a_channel_asks_its_transport_for_its_address_once(server: Server) -> No
     transport.getHost = lambda: asked.append(1) or host  # type: ignore[method-assign]
     assert proto.getHost() is host and proto.getHost() is host
     assert asked == [1]
+
+
+# Answered: what times each request (refresherd.faces.observe)
+
+
+class Answering(Resource):
+    """A leaf that asks to be told when its request is answered; it answers, or never."""
+
+    isLeaf = True
+
+    def __init__(self, hang: bool = False) -> None:
+        super().__init__()
+        self.hang = hang
+        self.told: list[int] = []
+
+    def render(self, request: Any) -> bytes | int:
+        request.when_answered = lambda: self.told.append(request.code)
+        if self.hang:
+            return NOT_DONE_YET
+        request.setResponseCode(201)
+        return b"ok"
+
+
+def answering_server(hang: bool = False) -> tuple[Server, Answering]:
+    server = make_server()
+    resource = Answering(hang)
+    server.site.resource = resource
+    return server, resource
+
+
+def test_a_request_is_told_once_when_it_is_answered() -> None:
+    server, resource = answering_server()
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: refresherd.test\r\n\r\n" * 2)
+    assert parse_response(transport.value()).status_line == b"HTTP/1.1 201 Created"
+    assert resource.told == [201, 201]
+    lose(proto)
+    assert resource.told == [201, 201]
+
+
+def test_a_request_whose_connection_is_lost_first_is_told_then() -> None:
+    server, resource = answering_server(hang=True)
+    proto, _ = server.connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+    assert resource.told == []
+    lose(proto)
+    assert resource.told == [200]
+
+
+def test_requests_on_a_kept_alive_connection_do_not_set_a_deadline_timer_each(
+    server: Server,
+) -> None:
+    made: list[object] = []
+    call_later = server.clock.callLater
+
+    def counting(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(f)
+        return call_later(delay, f, *args, **kwargs)
+
+    server.clock.callLater = counting  # type: ignore[method-assign]
+    proto, transport = server.connect()
+    for _ in range(50):
+        proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+        server.clock.advance(1)
+    assert len(server.resource.seen) == 50
+    assert not transport.disconnecting
+    # twisted.web's idle timeout sets one timer per request; the deadlines of
+    # 50 requests in 50 s add two (one, and its successor after 30 s).
+    assert len(made) <= 50 + 1 + 2
