@@ -1,7 +1,8 @@
 """
 Hit throughput of refresherd against bare servers, in one run on this machine:
 wrk against each target in turn, the targets alternating round by round;
-median req/s and p99 per target, and the ratios the performance targets name.
+median req/s and p99 per target, and the ratios the performance targets name
+(each the median of the ratios of the rounds, with their range).
 
 - Small JSON hit, C{GET /v1/jobs/user?name=small}, wrk with 32 connections:
   refresherd on the memory store and on Redis (one process each), and with
@@ -444,25 +445,46 @@ LABELS = {
 @dataclass(frozen=True)
 class Ratio:
     name: str
-    value: float
+    rounds: list[float]
+    """The ratio in each round: of runs made within seconds of each other."""
     target: float | None
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self.rounds)
+
+
+def per_round(results: dict[str, Result], top: str, bottom: str) -> list[float]:
+    """C{top}'s rate over C{bottom}'s, round by round."""
+    return [
+        a.rate / b.rate for a, b in zip(results[top].samples, results[bottom].samples, strict=True)
+    ]
+
+
+LARGE_BARE = "bare-web-10MiB"
 
 
 def ratios(results: dict[str, Result]) -> list[Ratio]:
-    """The ratios of the medians that the performance targets name, and a few for context."""
-    rate = {name: result.rate for name, result in results.items()}
-    web, web_large = rate["bare-web"], rate["bare-web-10MiB"]
-    scaling = rate["workers-2"] / rate["workers-1"]
-    bare_scaling = rate["bare-klein-2"] / rate["bare-klein-1"]
+    """
+    The ratios that the performance targets name, and a few for context: each
+    the median of its per-round ratios (the machine's speed drifts from round
+    to round more than the targets differ within one).
+    """
+
+    def of(top: str, bottom: str) -> list[float]:
+        return per_round(results, top, bottom)
+
+    scaling, bare_scaling = of("workers-2", "workers-1"), of("bare-klein-2", "bare-klein-1")
+    relative = [a / b for a, b in zip(scaling, bare_scaling, strict=True)]
     return [
-        Ratio("bare Klein / bare twisted.web", rate["bare-klein-1"] / web, None),
-        Ratio("memory / bare twisted.web", rate["memory"] / web, 0.8),
-        Ratio("Redis / bare twisted.web", rate["redis"] / web, 0.6),
+        Ratio("bare Klein / bare twisted.web", of("bare-klein-1", "bare-web"), None),
+        Ratio("memory / bare twisted.web", of("memory", "bare-web"), 0.8),
+        Ratio("Redis / bare twisted.web", of("redis", "bare-web"), 0.6),
         Ratio("`--workers 2` / `--workers 1`", scaling, None),
         Ratio("bare Klein x2 / x1", bare_scaling, None),
-        Ratio("workers scaling / bare Klein scaling", scaling / bare_scaling, 0.9),
-        Ratio("10 MiB: Redis / bare twisted.web", rate["redis-10MiB"] / web_large, None),
-        Ratio("10 MiB: memcached / bare twisted.web", rate["memcached-10MiB"] / web_large, None),
+        Ratio("workers scaling / bare Klein scaling", relative, 0.9),
+        Ratio("10 MiB: Redis / bare twisted.web", of("redis-10MiB", LARGE_BARE), None),
+        Ratio("10 MiB: memcached / bare twisted.web", of("memcached-10MiB", LARGE_BARE), None),
     ]
 
 
@@ -522,7 +544,8 @@ def report(
         f"wrk with 1 thread, {SMALL_CONNECTIONS} "
         f"connections on the small hit and {LARGE_CONNECTIONS} on the 10 MiB value, "
         f"{args.seconds} s per run after a {WARM_UP_SECONDS} s warm-up; medians of "
-        f"{args.rounds} alternating rounds; ratios of the medians.",
+        f"{args.rounds} alternating rounds; each ratio the median of its per-round "
+        "ratios, with their range.",
         "",
         "| value | target | processes | req/s | p99 ms |",
         "|---|---|---|---|---|",
@@ -533,14 +556,15 @@ def report(
             f"| {value} | {LABELS[name]} | {result.target.processes} | {result.rate:.0f} | "
             f"{result.p99:.2f} |"
         )
-    lines += ["", "| ratio | measured | target |", "|---|---|---|"]
+    lines += ["", "| ratio | median | per round | target |", "|---|---|---|---|"]
     for ratio in ratios(results):
         if ratio.target is None:
             goal = ""
         else:
             met = "met" if ratio.value >= ratio.target else "**not met**"
             goal = f"at least {ratio.target} ({met})"
-        lines.append(f"| {ratio.name} | {ratio.value:.2f} | {goal} |")
+        spread = f"{min(ratio.rounds):.2f} to {max(ratio.rounds):.2f}"
+        lines.append(f"| {ratio.name} | {ratio.value:.2f} | {spread} | {goal} |")
     return "\n".join(lines)
 
 
