@@ -262,10 +262,28 @@ class Sample:
     """Requests per second."""
     p99: float
     """Milliseconds."""
+    stolen: float = 0.0
+    """The share of the machine's CPU time that its hypervisor took during the run."""
+
+
+def cpu_times() -> tuple[int, int]:
+    """The machine's stolen and total CPU time so far, in ticks (0, 0 where unknown)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(f) for f in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[7], sum(fields)
+
+
+def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def wrk(url: str, seconds: int, connections: int) -> Sample:
     """One wrk run (1 thread); an error if any answer was not a 2xx or any socket failed."""
+    before = cpu_times()
     out = subprocess.run(
         ["wrk", "--latency", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", url],
         capture_output=True,
@@ -281,7 +299,8 @@ def wrk(url: str, seconds: int, connections: int) -> Sample:
     if rate is None or p99 is None:
         raise RuntimeError(f"wrk {url}: unexpected output:\n{out}")
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    return Sample(float(rate.group(1)), float(p99.group(1)) * scale)
+    stolen = stolen_share(before, cpu_times())
+    return Sample(float(rate.group(1)), float(p99.group(1)) * scale, stolen)
 
 
 @dataclass
@@ -314,7 +333,7 @@ def measure(targets: list[Target], rounds: int, seconds: int) -> dict[str, Resul
             results[target.name].samples.append(sample)
             print(
                 f"bench: round {n + 1}/{rounds} {target.name}: {sample.rate:.0f} req/s, "
-                f"p99 {sample.p99:.2f} ms",
+                f"p99 {sample.p99:.2f} ms, {100 * sample.stolen:.0f}% stolen",
                 file=sys.stderr,
                 flush=True,
             )
@@ -527,6 +546,15 @@ def versions() -> str:
     )
 
 
+def stolen_note(results: dict[str, Result]) -> str:
+    """How much CPU time the hypervisor took during the runs: how noisy they were."""
+    shares = [sample.stolen for result in results.values() for sample in result.samples]
+    return (
+        f"The hypervisor took {100 * statistics.median(shares):.0f}% of the CPU time "
+        f"during the median run, {100 * max(shares):.0f}% during the worst."
+    )
+
+
 def report(
     results: dict[str, Result], args: argparse.Namespace, elapsed: float, load: float
 ) -> str:
@@ -545,7 +573,7 @@ def report(
         f"connections on the small hit and {LARGE_CONNECTIONS} on the 10 MiB value, "
         f"{args.seconds} s per run after a {WARM_UP_SECONDS} s warm-up; medians of "
         f"{args.rounds} alternating rounds; each ratio the median of its per-round "
-        "ratios, with their range.",
+        f"ratios, with their range. {stolen_note(results)}",
         "",
         "| value | target | processes | req/s | p99 ms |",
         "|---|---|---|---|---|",

@@ -1,10 +1,19 @@
-"""The arithmetic of C{bench.throughput}: ratios round by round."""
+"""The arithmetic of C{bench.throughput}: ratios round by round, and how noisy the runs were."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.throughput import LABELS, Result, Sample, Target, ratios
+from bench.throughput import (
+    LABELS,
+    Result,
+    Sample,
+    Target,
+    cpu_times,
+    ratios,
+    stolen_note,
+    stolen_share,
+)
 
 
 def results(rates: dict[str, list[float]]) -> dict[str, Result]:
@@ -36,3 +45,17 @@ def test_workers_scaling_is_compared_with_bare_klein_scaling_round_by_round() ->
     rates["bare-klein-2"] = [150.0, 100.0]
     by_name = {ratio.name: ratio for ratio in ratios(results(rates))}
     assert by_name["workers scaling / bare Klein scaling"].rounds == pytest.approx([1.0, 0.9])
+
+
+def test_the_stolen_share_is_of_the_cpu_time_that_passed() -> None:
+    assert stolen_share((10, 1000), (30, 1200)) == pytest.approx(0.1)
+    assert stolen_share((10, 1000), (10, 1000)) == 0.0
+    stolen, total = cpu_times()
+    assert 0 <= stolen <= total and total > 0  # Linux: /proc/stat
+
+
+def test_the_note_gives_the_median_and_the_worst_run() -> None:
+    runs = {"a": Result(Target("a", "u", 1, "1"), [Sample(1, 1, s) for s in (0.0, 0.02, 0.3)])}
+    assert stolen_note(runs) == (
+        "The hypervisor took 2% of the CPU time during the median run, 30% during the worst."
+    )
