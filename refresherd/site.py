@@ -22,11 +22,14 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from refresherd.errors import BodyTooLarge
+
+_log = Logger()
 
 IDLE_TIMEOUT = 60.0
 REQUEST_DEADLINE = 30.0
@@ -61,10 +64,13 @@ class LimitedRequest(server.Request):
     _refused = False
 
     def answered(self) -> None:
-        """Call L{when_answered}, once."""
+        """Call L{when_answered}, once; its failure is logged, never the request's."""
         done, self.when_answered = self.when_answered, None
         if done is not None:
-            done()
+            try:
+                done()
+            except Exception:
+                _log.failure("timing or logging a request failed")
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

@@ -479,6 +479,29 @@ def test_a_request_whose_connection_is_lost_first_is_told_then() -> None:
     assert resource.told == [200]
 
 
+def test_a_failure_to_time_a_request_is_logged_and_the_answer_still_goes_out(
+    no_logged_errors: list[dict[str, Any]],
+) -> None:
+    server = make_server()
+
+    class Failing(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            request.when_answered = lambda: 1 / 0
+            return b"ok"
+
+    server.site.resource = Failing()
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: refresherd.test\r\n\r\n" * 2)
+    first = parse_response(transport.value())
+    second = parse_response(first.rest)  # Nothing written between them.
+    assert (first.body, second.body, second.rest) == (b"ok", b"ok", b"")
+    failures = [event["log_failure"].type for event in no_logged_errors]
+    assert failures == [ZeroDivisionError, ZeroDivisionError]
+    no_logged_errors.clear()
+
+
 def test_requests_on_a_kept_alive_connection_do_not_set_a_deadline_timer_each(
     server: Server,
 ) -> None:
