@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
 from refresherd.keys import entry_key, generation_key
 from refresherd.stores.memory import MemoryStore, entry_cost
@@ -177,6 +178,59 @@ class NearCacheTests(SynchronousTestCase):
         self.near.clear()
         cleared.callback((sample_entry(b"old"), {}))
         self.assertEqual(self.near.used_bytes, 0)
+
+    def slow_store(self) -> list[Deferred[Any]]:
+        """The store's reads from now on wait: one Deferred per read that reached it."""
+        reads: list[Deferred[Any]] = []
+
+        def read(key: str, generations: Sequence[str], cached: bool = True) -> Deferred[Any]:
+            reads.append(Deferred())
+            return reads[-1]
+
+        self.inner.read = read  # type: ignore[method-assign]
+        return reads
+
+    def test_lookups_that_miss_at_once_share_one_read_of_the_store(self) -> None:
+        reads = self.slow_store()
+        waiting = [self.near.read(KEY, (GEN,)) for _ in range(3)]
+        self.assertEqual(len(reads), 1)
+        self.near.read(KEY, ())  # other generation keys: a read of its own
+        self.assertEqual(len(reads), 2)
+        reads[0].callback((sample_entry(b"1"), {GEN: "t"}))
+        answers = [self.successResultOf(d) for d in waiting]
+        self.assertEqual(answers, [(sample_entry(b"1"), {GEN: "t"})] * 3)
+        self.assertIsNot(answers[0][1], answers[1][1])  # each its own tokens
+        self.assertEqual(self.read(), (sample_entry(b"1"), {GEN: "t"}))  # kept
+        self.assertEqual(len(reads), 2)
+
+    def test_a_lookup_after_a_change_does_not_join_a_read_begun_before_it(self) -> None:
+        for change in (lambda: self.near.drop(KEY), lambda: self.near.drop(GEN), self.near.clear):
+            reads = self.slow_store()
+            before = self.near.read(KEY, (GEN,))
+            change()
+            after = self.near.read(KEY, (GEN,))
+            self.assertEqual(len(reads), 2)
+            reads[0].callback((sample_entry(b"old"), {}))
+            reads[1].callback((sample_entry(b"new"), {}))
+            self.assertEqual(self.successResultOf(before)[0], sample_entry(b"old"))
+            self.assertEqual(self.successResultOf(after)[0], sample_entry(b"new"))
+            self.near.clear()
+
+    def test_a_shared_read_that_fails_fails_every_lookup_that_joined_it(self) -> None:
+        reads = self.slow_store()
+        waiting = [self.near.read(KEY, (GEN,)) for _ in range(2)]
+        reads[0].errback(StoreUnavailable("down"))
+        for d in waiting:
+            self.failureResultOf(d, StoreUnavailable)
+        self.near.read(KEY, (GEN,))
+        self.assertEqual(len(reads), 2)  # the next lookup tries again
+
+    def test_an_uncached_read_never_joins_another(self) -> None:
+        reads = self.slow_store()
+        self.near.read(KEY, (GEN,))
+        self.near.read(KEY, (GEN,), cached=False)
+        self.near.read(KEY, (GEN,), cached=False)
+        self.assertEqual(len(reads), 3)
 
     def test_memory_is_bounded_least_recently_used_first(self) -> None:
         entry = sample_entry(b"x" * 1000)

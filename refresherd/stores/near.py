@@ -13,11 +13,13 @@ may have been missed.  Whatever the store tells or does not tell (memcached
 tells nothing), nothing is served from here more than C{ttl} seconds after
 it was read: that is the bound on how late a change made elsewhere is seen.
 
-A read that was under way when a change of one of its keys arrived is not
-kept (it may predate the change).  Only lookups go through here: L{get}
-(waiting for a fetch elsewhere, operators' reads) and everything else go to
-the store itself.  Memory is bounded by C{max_bytes}, least recently used
-first, by the same estimate as the memory store.
+Lookups that miss here at once share one read of the store, unless a change
+of one of its keys arrived since it began.  A read that was under way when a
+change of one of its keys arrived is not kept (it may predate the change).
+Only lookups go through here: L{get} (waiting for a fetch elsewhere,
+operators' reads) and everything else go to the store itself.  Memory is
+bounded by C{max_bytes}, least recently used first, by the same estimate as
+the memory store.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from twisted.application.service import IService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from refresherd.entry import Entry
@@ -81,6 +84,10 @@ class NearCache(Service):
     _reads: int = attrs.field(init=False, repr=False, default=0)
     _all_dropped_at: int = attrs.field(init=False, repr=False, default=0)
     """The count at the last L{clear}: no read begun before it is kept."""
+    _joinable: dict[tuple[str, tuple[str, ...]], list[Deferred[Any]]] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
+    """The cached reads under way that no change has touched, with who waits for each."""
 
     def __attrs_post_init__(self) -> None:
         Service.__init__(self)
@@ -115,6 +122,8 @@ class NearCache(Service):
     def drop(self, key: str) -> None:
         """Forget C{key}: it changed (here or elsewhere)."""
         self._changes += 1
+        for which in [w for w in self._joinable if w[0] == key or key in w[1]]:
+            del self._joinable[which]  # Its waiters get it; nobody else joins it.
         if self._reads:
             self._dropped_at[key] = self._changes
         slot = self._slots.pop(key, None)
@@ -124,6 +133,7 @@ class NearCache(Service):
     def clear(self) -> None:
         """Forget everything: changes may have been missed."""
         self._changes += 1
+        self._joinable.clear()
         self._slots.clear()
         self._used = 0
         self._dropped_at.clear()
@@ -138,10 +148,42 @@ class NearCache(Service):
         See L{IStore.read}: from here while fresh, else (or with C{cached}
         false) from the store, and kept.
         """
-        at_hand = self.read_at_hand(key, generations) if cached else None
+        if not cached:
+            return Deferred.fromCoroutine(self._read(key, generations))
+        at_hand = self.read_at_hand(key, generations)
         if at_hand is not None:
             return defer.succeed(at_hand)
-        return Deferred.fromCoroutine(self._read(key, generations))
+        return self._joined(key, tuple(generations))
+
+    def _joined(
+        self, key: str, generations: tuple[str, ...]
+    ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
+        """
+        The store's answer to a cached read: one read of the store however
+        many lookups miss here at once (when a hot slot expires, every request
+        for it would read the store otherwise), unless a change of one of its
+        keys came after the read began (then later lookups read again).
+        """
+        which = (key, generations)
+        joined: Deferred[tuple[Entry | None, dict[str, str]]] = Deferred()
+        waiting = self._joinable.get(which)
+        if waiting is not None:
+            waiting.append(joined)
+            return joined
+        waiting = self._joinable[which] = [joined]
+
+        def deliver(result: Any) -> None:
+            if self._joinable.get(which) is waiting:
+                del self._joinable[which]
+            for d in waiting:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    entry, tokens = result
+                    d.callback((entry, dict(tokens)))
+
+        Deferred.fromCoroutine(self._read(key, generations)).addBoth(deliver)
+        return joined
 
     def read_at_hand(
         self, key: str, generations: Sequence[str]
