@@ -205,6 +205,8 @@ class PublicAPI:
             self.authorizer.check_read(_header(request, b"Authorization"))
         except RefresherdError as e:
             return render_error(request, e)
+        except Exception:
+            return render_unexpected(request, Failure())
         try:
             answer = self.refresher.lookup_now(job, _query(request))
         except Exception:
