@@ -99,6 +99,7 @@ class Bodies:
     value with no error: their bytes before C{age}, which change only with
     the entry, are kept per key and status while the entry is the same
     (held weakly: a value the store has let go of is not kept alive here).
+    The same JSON, with C{age} written with three decimals (C{10.500}).
     """
 
     _kept: dict[tuple[str, str], tuple[weakref.ref[Entry], bytes]] = attrs.field(factory=dict)
@@ -115,8 +116,8 @@ class Bodies:
             if len(self._kept) >= BODIES_KEPT:
                 self._kept.clear()
             kept = self._kept[memo] = (weakref.ref(entry), _head(answer, entry))
-        age = round(max(0.0, now - entry.fetched_at), 3)
-        return b"".join((kept[1], repr(age).encode("ascii"), b',"value":', entry.body or b"", b"}"))
+        age = now - entry.fetched_at
+        return b'%s%.3f,"value":%s}' % (kept[1], age if age > 0 else 0.0, entry.body or b"")
 
 
 def _head(answer: Answer, entry: Entry) -> bytes:

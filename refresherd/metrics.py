@@ -11,24 +11,41 @@ worker starts): its values live in files of that directory, and C{/metrics}
 reports the sum over all workers, those that exited included (their counts
 are not lost), plus the parent's own (its admin API purges and refreshes).
 The gauges count only live workers (C{livesum}).
+
+In one process (no C{--workers}), the two metrics every request moves,
+C{refresherd_requests_total} and C{refresherd_http_request_duration_seconds},
+are tallied in plain numbers and handed to the registry when it is scraped
+(L{_Tally}): prometheus-client's own take a lock per value, and they cost a
+tenth of a hit.  In a worker, whose values must reach the shared directory,
+they are prometheus-client's.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
 
 UNKNOWN_JOB = "_unknown"
 
 _SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _AGE = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 
+
+REQUESTS = ("refresherd_requests", "Answers given, by job and status.", ("job", "status"))
+HTTP_DURATION = (
+    "refresherd_http_request_duration_seconds",
+    "Duration of HTTP requests, by route template and status code.",
+    ("route", "code"),
+)
+"""The metrics every request moves: name, help and label names."""
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 """The environment variable that puts prometheus-client in multiprocess mode."""
@@ -50,20 +67,22 @@ class Metrics:
     registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
     multiprocess_dir: str | None = None
     workers_dir: str | None = None
+    _tally: _Tally | None = attrs.field(init=False, repr=False, default=None)
+    """The hot metrics in one process; none in a worker."""
     _children: dict[tuple[str, Any], Any] = attrs.field(init=False, repr=False, factory=dict)
-    """Labelled children of the hot metrics, by their label values (bounded: jobs, routes)."""
+    """In a worker, the labelled children of the hot metrics, by their label values."""
     process: ProcessCollector = attrs.field(factory=lambda: ProcessCollector(registry=None))
     """This process's C{process_*} metrics (CPU, memory, file descriptors)."""
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
         r.register(self.process)
-        self.requests = Counter(
-            "refresherd_requests",
-            "Answers given, by job and status.",
-            ["job", "status"],
-            registry=r,
-        )
+        if self.multiprocess_dir is None:
+            self._tally = _Tally()
+            r.register(self._tally)
+        else:
+            self.requests = Counter(*REQUESTS, registry=r)
+            self.http_duration = Histogram(*HTTP_DURATION, buckets=_SECONDS, registry=r)
         self.fetches = Counter(
             "refresherd_fetches", "Fetch attempts, by outcome.", ["job", "outcome"], registry=r
         )
@@ -96,13 +115,6 @@ class Metrics:
         self.purged = Counter(
             "refresherd_purged", "Keys, jobs and tags purged.", ["kind"], registry=r
         )
-        self.http_duration = Histogram(
-            "refresherd_http_request_duration_seconds",
-            "Duration of HTTP requests, by route template and status code.",
-            ["route", "code"],
-            buckets=_SECONDS,
-            registry=r,
-        )
         self.stale_age = Histogram(
             "refresherd_stale_served_age_seconds",
             "How far past freshness the stale values served were.",
@@ -121,12 +133,14 @@ class Metrics:
             self.in_flight.labels(job=job)
             self.queue_depth.labels(job=job)
 
-    def job_label(self, job: str) -> str:
-        return job if job in self.jobs else UNKNOWN_JOB
-
     def count_request(self, job: str, status: str) -> None:
-        """One answer of C{job} with C{status} (the labelled child looked up once)."""
-        key = (self.job_label(job), status)
+        """One answer of C{job} with C{status}."""
+        key = (job if job in self.jobs else UNKNOWN_JOB, status)
+        tally = self._tally
+        if tally is not None:
+            counts = tally.requests
+            counts[key] = counts.get(key, 0) + 1
+            return
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.requests.labels(job=key[0], status=status)
@@ -135,6 +149,14 @@ class Metrics:
     def observe_http(self, route: str, code: int, seconds: float) -> None:
         """One HTTP request of C{route} answered with C{code} in C{seconds}."""
         key = (route, code)
+        tally = self._tally
+        if tally is not None:
+            counts = tally.http.get(key)
+            if counts is None:
+                counts = tally.http[key] = [0.0] * (len(_SECONDS) + 2)
+            counts[bisect.bisect_left(_SECONDS, seconds)] += 1
+            counts[-1] += seconds
+            return
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.http_duration.labels(route=route, code=str(code))
@@ -148,6 +170,38 @@ class Metrics:
         if self.workers_dir is not None:
             return render_multiprocess(self.workers_dir, also=self.registry)
         return generate_latest(self.registry)
+
+
+@attrs.define(eq=False)
+class _Tally:
+    """
+    A collector of the hot metrics counted in plain numbers (label values
+    bounded: jobs, statuses, route templates, codes).
+
+    @ivar http: per route and code, the count of each bucket of C{_SECONDS}
+        (a value falls in the first whose bound is at least it; the one after
+        the last is C{+Inf}), then the sum of the values.
+    """
+
+    requests: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    http: dict[tuple[str, int], list[float]] = attrs.field(factory=dict)
+
+    def collect(self) -> Iterator[Metric]:
+        name, documentation, labels = REQUESTS
+        requests = CounterMetricFamily(name, documentation, labels=labels)
+        for values, count in sorted(self.requests.items()):
+            requests.add_metric(values, count)
+        yield requests
+        name, documentation, labels = HTTP_DURATION
+        http = HistogramMetricFamily(name, documentation, labels=labels)
+        bounds = [floatToGoString(b) for b in (*_SECONDS, float("inf"))]
+        for (route, code), counts in sorted(self.http.items()):
+            cumulative, buckets = 0.0, []
+            for bound, observed in zip(bounds, counts[:-1], strict=True):
+                cumulative += observed
+                buckets.append((bound, cumulative))
+            http.add_metric((route, str(code)), buckets, counts[-1])
+        yield http
 
 
 def render_multiprocess(path: str, also: Any = None) -> bytes:

@@ -104,9 +104,13 @@ Seen = tuple[Entry | None, tuple[str, str], policy.Decision]
 """What a lookup read at hand: the entry, the current purge marks, and the decision."""
 
 
-@attrs.frozen
+@attrs.define
 class Answer:
-    """What a lookup answers: a value and how it was served, or C{pending}."""
+    """
+    What a lookup answers: a value and how it was served, or C{pending}.
+    (Not frozen, though nothing changes one: a frozen class costs every hit
+    three times as much to make.)
+    """
 
     job: str
     key: str
@@ -334,7 +338,7 @@ class Refresher(Service):
     ) -> tuple[Entry | None, tuple[str, str]]:
         """The entry as a request should see it, purges applied, and the current marks."""
         marks = target.generations.marks(tokens)
-        if entry is not None:
+        if entry is not None and entry.generations != marks:
             entry = self._unpurged(target.job, entry, purge_of(entry.generations, marks))
         return entry, marks
 

@@ -546,7 +546,7 @@ class FastPathTests(APITestCase):
 
 
 class BodiesTests(SynchronousTestCase):
-    """L{Bodies} answers the same bytes as L{answer_body}, whatever it kept."""
+    """L{Bodies} answers the same JSON as L{answer_body}, whatever it kept."""
 
     def entry(self, body: bytes, content_type: str = "application/json", at: float = 100.0) -> Any:
         from refresherd.entry import Fetched, value_entry
@@ -578,9 +578,13 @@ class BodiesTests(SynchronousTestCase):
             Answer("j", "rfd:j:v1:id=3", "hit", self.entry(b"caf\xc3\xa9", "text/plain")),
             Answer("j", "rfd:j:v1:id=4", "pending"),
         ]
-        for now in (100.0, 100.0, 161.2345, 2000.0):
+        for now in (100.0, 100.0, 161.2345, 161.0005, 2000.0, 99.0):
             for answer in answers:
-                self.assertEqual(bodies.body(answer, now), answer_body(answer, now))
+                kept, made = bodies.body(answer, now), answer_body(answer, now)
+                # The same members in the same order, the same values.
+                self.assertEqual(
+                    list(json.loads(kept).items()), list(json.loads(made).items()), (answer, now)
+                )
         self.assertEqual(json.loads(bodies.body(answers[3], 151.0))["value"], {"n": 2})
 
     def test_a_kept_head_does_not_keep_its_entry_alive(self) -> None:

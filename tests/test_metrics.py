@@ -11,6 +11,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import Counter as PromCounter
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet import task
@@ -20,7 +22,7 @@ from refresherd.admin import AdminAPI
 from refresherd.api import PublicAPI
 from refresherd.auth import Authorizer
 from refresherd.config import AuthConfig, JobConfig, ServerConfig
-from refresherd.metrics import metrics_for
+from refresherd.metrics import _SECONDS, HTTP_DURATION, REQUESTS, metrics_for
 from refresherd.refresher import Job, Refresher
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
@@ -237,3 +239,38 @@ class MetricsTests(SynchronousTestCase):
             text, "refresherd_http_request_duration_seconds_count", route="/v1/purge", code="200"
         )
         self.assertEqual(purges, 1)
+
+
+def test_tallied_metrics_read_as_prometheus_clients_own() -> None:
+    """
+    In one process the hot metrics are tallied in plain numbers; scraped,
+    they read exactly as prometheus-client's Counter and Histogram of the same
+    observations (less C{_created}), bucket bounds and the +Inf bucket included.
+    """
+    metrics = metrics_for(["j"])
+    registry = CollectorRegistry()
+    requests = PromCounter(*REQUESTS, registry=registry)
+    http = Histogram(*HTTP_DURATION, buckets=_SECONDS, registry=registry)
+    observations = [0.0, 0.001, 0.0011, 0.05, 0.7, 2.5, 60.0, 61.0, 1e9]
+    for route, code in [("/v1/jobs/{job}", 200), ("/v1/jobs/{job}", 404), ("/healthz", 200)]:
+        for seconds in observations:
+            metrics.observe_http(route, code, seconds)
+            http.labels(route=route, code=str(code)).observe(seconds)
+    for job, status, times in [("j", "hit", 3), ("j", "miss", 1), ("nope", "error", 2)]:
+        for _ in range(times):
+            metrics.count_request(job, status)
+        label = job if job == "j" else "_unknown"
+        requests.labels(job=label, status=status).inc(times)
+
+    def hot(text: str) -> list[tuple[str, list[tuple[str, str]], float]]:
+        return sorted(
+            (s.name, sorted(s.labels.items()), s.value)
+            for family in text_string_to_metric_families(text)
+            if family.name in {REQUESTS[0], HTTP_DURATION[0]}
+            for s in family.samples
+            if not s.name.endswith("_created")
+        )
+
+    ours = hot(metrics.render().decode())
+    assert ours == hot(generate_latest(registry).decode())
+    assert len(ours) == 3 * (len(_SECONDS) + 3) + 3  # buckets, +Inf, _count, _sum; 3 counters

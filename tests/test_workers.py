@@ -585,10 +585,11 @@ def test_a_graceful_stop_makes_the_next_signal_end_the_process() -> None:
 
 WORKER_METRICS = """
 import os, sys
-from refresherd.metrics import metrics_for
-metrics = metrics_for(["job"])
+from refresherd.metrics import MULTIPROCESS_DIR, metrics_for
+metrics = metrics_for(["job"], multiprocess_dir=os.environ[MULTIPROCESS_DIR])
 for _ in range(int(sys.argv[1])):
-    metrics.requests.labels(job="job", status="hit").inc()
+    metrics.count_request("job", "hit")
+metrics.observe_http("/healthz", 200, 0.002)
 metrics.in_flight.labels(job="job").set(2)
 metrics.fetch_duration.labels(job="job").observe(0.2)
 print(os.getpid())
@@ -614,6 +615,8 @@ def test_metrics_report_the_sum_over_every_worker(tmp_path: Path) -> None:
     assert 'refresherd_requests_total{job="job",status="hit"} 7.0' in text
     assert 'refresherd_fetches_in_flight{job="job"} 4.0' in text
     assert 'refresherd_fetch_duration_seconds_count{job="job"} 2.0' in text
+    healthz = '{code="200",le="0.005",route="/healthz"} 2.0'
+    assert f"refresherd_http_request_duration_seconds_bucket{healthz}" in text
     metrics = metrics_for(["job"], multiprocess_dir=directory)
     rendered = metrics.render().decode()
     assert "process_cpu_seconds_total " in rendered  # the worker's own process
@@ -635,7 +638,9 @@ def test_the_parent_reports_the_workers_sum_plus_its_own(tmp_path: Path) -> None
     subprocess.run([sys.executable, "-c", WORKER_METRICS, "3"], env=env, check=True)
     parent = metrics_for(["job"])
     parent.workers_dir = directory
-    parent.requests.labels(job="job", status="hit").inc(2)
+    parent.count_request("job", "hit")
+    parent.count_request("job", "hit")
+    parent.observe_http("/v1/purge", 200, 0.02)
     parent.purged.labels(kind="tag").inc()
     parent.fetch_duration.labels(job="job").observe(0.3)
     text = parent.render().decode()
@@ -644,6 +649,8 @@ def test_the_parent_reports_the_workers_sum_plus_its_own(tmp_path: Path) -> None
     assert 'refresherd_fetch_duration_seconds_count{job="job"} 2.0' in text
     assert 'refresherd_fetch_duration_seconds_bucket{job="job",le="0.25"} 1.0' in text
     assert 'refresherd_fetches_in_flight{job="job"} 2.0' in text
+    purges = 'refresherd_http_request_duration_seconds_count{code="200",route="/v1/purge"}'
+    assert f"{purges} 1.0" in text  # the parent's own, tallied
     assert "_created" not in text
 
 

@@ -182,7 +182,10 @@ class MemoryStore:
         return defer.succeed(self._tokens(keys))
 
     def _tokens(self, keys: Sequence[str]) -> dict[str, str]:
-        return {k: self._generations[k] for k in keys if k in self._generations}
+        generations = self._generations
+        if not generations:  # Nothing ever purged: most reads.
+            return {}
+        return {k: generations[k] for k in keys if k in generations}
 
     def new_generation(self, key: str) -> Deferred[str]:
         """
