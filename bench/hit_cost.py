@@ -17,7 +17,11 @@ Run from the repository root after C{bash .ci/run}:
 
     .venv/bin/python -m bench.hit_cost [--rounds 9] [--requests 20000]
 
-It writes its results into docs/benchmarks.md between its markers.
+It writes its results into docs/benchmarks.md between its markers.  It
+also prices the parts of refresherd's own work: each round times the hit as it
+is and with one part replaced by its result computed beforehand (the lookup's
+answer, the body's bytes) or by nothing (the request's timing, the answer's
+count); a part's cost is the median of the per-round differences.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from twisted.web.server import Site
 from bench.bare_server import Answer, Fixed, QuietSite
 from bench.shared_stores import write_section
 from bench.throughput import CONFIG, SMALL_PATH, machine, origin_server, versions
+from refresherd.api import Bodies, PublicAPI
+from refresherd.metrics import Metrics
+from refresherd.refresher import Refresher
 from refresherd.tap import Options, build
 
 START, END = "<!-- bench:hit_cost:start -->", "<!-- bench:hit_cost:end -->"
@@ -149,6 +156,50 @@ def measure(bare: Channel, refresherd: Channel, rounds: int, requests: int) -> R
     return result
 
 
+Part = tuple[str, type, str, Any]
+"""A part of a hit: what it is, and the class attribute that stands in for it."""
+
+
+def parts(site: Any) -> list[Part]:
+    """The parts of refresherd's own work on the hit C{site} answers, each made free."""
+    api = site.resource.api
+    query = SMALL_PATH.partition("?")[2].encode("ascii")
+    answer = api.refresher.lookup_now("user", query)
+    body = api.bodies.body(answer, 0.0)
+    return [
+        (
+            "the lookup: arguments, store read, purge marks, policy decision",
+            Refresher,
+            "lookup_now",
+            lambda self, job, raw: answer,
+        ),
+        ("timing the request (metrics, access log)", PublicAPI, "_observe", lambda *a: None),
+        ("counting the answer", Metrics, "count_request", lambda *a: None),
+        ("the answer's JSON around the kept head", Bodies, "body", lambda *a: body),
+    ]
+
+
+def price(channel: Channel, part: Part, rounds: int, requests: int) -> list[float]:
+    """Per round, the µs per hit of C{channel} as it is less those with C{part} made free."""
+    _, cls, name, stand_in = part
+    original = cls.__dict__[name]
+    differences = []
+    for _ in range(rounds):
+        whole = channel.time(requests)
+        setattr(cls, name, stand_in)
+        try:
+            differences.append(whole - channel.time(requests))
+        finally:
+            setattr(cls, name, original)
+    return differences
+
+
+def parts_report(costs: dict[str, list[float]]) -> str:
+    lines = ["| part of refresherd's own work | µs per hit |", "|---|---|"]
+    lines += [f"| {name} | {statistics.median(c):.1f} |" for name, c in costs.items()]
+    return "\n".join(lines)
+
+
 def report(result: Result, args: argparse.Namespace) -> str:
     ratios = result.ratios
     bare, refresherd = statistics.median(result.bare), statistics.median(result.refresherd)
@@ -179,9 +230,13 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         refresherd = await hit_channel(reactor, Path(tmp), origin.url)
         bare = bare_channel(refresherd.ask())
         result = measure(bare, refresherd, args.rounds, args.requests)
+        costs = {
+            part[0]: price(refresherd, part, args.rounds, args.requests // 4)
+            for part in parts(refresherd.protocol.factory)
+        }
         for channel in (bare, refresherd):  # The in-memory transport never tells it.
             channel.protocol.connectionLost(Failure(ConnectionDone()))
-    text = report(result, args)
+    text = report(result, args) + "\n\n" + parts_report(costs)
     print(text)
     if args.write:
         write_section(START, END, HEADING, text)

@@ -30,10 +30,10 @@ ADMINS = frozenset({ADMIN})
 class Authorizer:
     tokens: tuple[tuple[bytes, str], ...]
     """Every configured token with its class."""
-    _reads_open: bool = attrs.field(init=False, repr=False, eq=False)
-    """No read token is configured (asked by every read)."""
+    reads_open: bool = attrs.field(init=False, repr=False, eq=False)
+    """No read token is configured: reads need none (asked by every read)."""
 
-    @_reads_open.default
+    @reads_open.default
     def _no_read_token(self) -> bool:
         return not self.configured([READ])
 
@@ -76,7 +76,7 @@ class Authorizer:
 
     def check_read(self, authorization: bytes | None) -> None:
         """Read endpoints are open unless read tokens are configured."""
-        if not self._reads_open:
+        if not self.reads_open:
             self.require(authorization, READERS)
 
     def check_write(self, authorization: bytes | None) -> None:

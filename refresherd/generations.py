@@ -45,9 +45,11 @@ class GenerationKeys:
 
     hard: tuple[str, ...]
     soft: tuple[str, ...]
+    all: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    """The hard keys, then the soft ones (read with every entry)."""
 
-    @property
-    def all(self) -> tuple[str, ...]:
+    @all.default
+    def _both(self) -> tuple[str, ...]:
         return self.hard + self.soft
 
     def marks(self, tokens: Mapping[str, str]) -> tuple[str, str]:

@@ -56,7 +56,8 @@ class Decision:
     stale (with the error) if the fetch fails or C{wait_timeout} passes."""
 
 
-_HIT = Decision(State.HIT, refresh=False)
+HIT = Decision(State.HIT, refresh=False)
+"""A fresh value, nothing to start: what nearly every lookup decides."""
 _FAILED = Decision(State.FAILED, refresh=False)
 _ABSENT = Decision(State.ABSENT, refresh=True)
 _STALE = {due: Decision(State.STALE, refresh=due) for due in (False, True)}
@@ -89,7 +90,7 @@ def decide(now: float, entry: Entry | None, beta: float, rand: float) -> Decisio
     if now < entry.fresh_until:
         if now >= entry.retry_at and xfetch(now, entry.duration, beta, entry.fresh_until, rand):
             return Decision(State.HIT, refresh=True, early=True)
-        return _HIT
+        return HIT
     due = now >= entry.retry_at
     if now < entry.stale_until:
         return _STALE[due]

@@ -26,3 +26,29 @@ def test_the_ratio_is_the_median_of_the_rounds_and_the_difference_of_the_medians
     assert "| refresherd, memory store | 75.0 |" in text
     assert "| refresherd's own work (the difference) | 35.0 |" in text
     assert "| bare / refresherd | 0.75 | 0.50 to 0.80 |" in text
+
+
+def test_a_part_costs_the_median_of_its_rounds_and_is_put_back() -> None:
+    from bench.hit_cost import parts_report, price
+
+    class Slow:
+        def work(self) -> float:
+            return 5.0
+
+    times = iter([12.0, 7.0, 11.0, 9.0, 15.0, 10.0])  # whole, then free, per round
+
+    class FakeChannel:
+        def time(self, requests: int) -> float:
+            assert Slow().work() == (5.0 if len(seen) % 2 == 0 else 0.0)
+            seen.append(requests)
+            return next(times)
+
+    seen: list[int] = []
+    costs = price(FakeChannel(), ("work", Slow, "work", lambda self: 0.0), 3, 100)  # type: ignore[arg-type]
+    assert costs == [5.0, 2.0, 5.0]
+    assert seen == [100] * 6
+    assert Slow().work() == 5.0  # put back
+    assert (
+        parts_report({"work": costs})
+        == "| part of refresherd's own work | µs per hit |\n|---|---|\n| work | 5.0 |"
+    )
