@@ -173,16 +173,13 @@ class PublicAPI:
     def _observe(self, request: IRequest, route: str) -> None:
         observe(self.metrics, self.clock, request, route, self.server.access_log)
 
-    def _count(self, job: str, status: str) -> None:
-        self.metrics.count_request(job, status)
-
     async def _lookup(self, job: str, args: dict[str, Any]) -> Answer:
         try:
             answer = await self.refresher.lookup(job, args)
         except RefresherdError:
-            self._count(job, "error")
+            self.metrics.count_request(job, "error")
             raise
-        self._count(job, answer.status)
+        self.metrics.count_request(job, answer.status)
         return answer
 
     # -- routes ------------------------------------------------------------------
@@ -230,7 +227,7 @@ class PublicAPI:
     def _failed(self, request: IRequest, job: str, failure: Failure) -> bytes:
         """A lookup's failure as its answer: the error object, or a JSON 500."""
         if isinstance(failure.value, RefresherdError):
-            self._count(job, "error")
+            self.metrics.count_request(job, "error")
             return render_error(request, failure.value)
         return render_unexpected(request, failure)
 

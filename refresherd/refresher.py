@@ -249,7 +249,7 @@ class Refresher(Service):
         decision = self._decide(target.job, entry)
         if decision is policy.HIT:  # Nearly every lookup.
             return Answer(target.job.name, target.key, "hit", entry)
-        if decision.refresh and self._must_reread(target, decision, persist=True):
+        if self._must_reread(target, decision, persist=True):
             return Deferred.fromCoroutine(self._lookup(target, (entry, marks, decision)))
         settled = self._settle(target, entry, marks, True, decision)
         if isinstance(settled, Answer):
