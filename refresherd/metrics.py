@@ -12,12 +12,13 @@ reports the sum over all workers, those that exited included (their counts
 are not lost), plus the parent's own (its admin API purges and refreshes).
 The gauges count only live workers (C{livesum}).
 
-In one process (no C{--workers}), the two metrics every request moves,
-C{refresherd_requests_total} and C{refresherd_http_request_duration_seconds},
-are tallied in plain numbers and handed to the registry when it is scraped
-(L{_Tally}): prometheus-client's own take a lock per value, and they cost a
-tenth of a hit.  In a worker, whose values must reach the shared directory,
-they are prometheus-client's.
+The two metrics every request moves, C{refresherd_requests_total} and
+C{refresherd_http_request_duration_seconds}, are tallied in plain numbers
+(L{_Tally}): prometheus-client's own take a lock per value and, in a worker,
+write to its file each time, a tenth of a hit.  In one process the tallies
+are handed to the registry when it is scraped; in a worker, L{Metrics.flush}
+adds them to prometheus-client's values in the shared directory, every
+L{FLUSH_INTERVAL} seconds and when the worker stops.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ HTTP_DURATION = (
 )
 """The metrics every request moves: name, help and label names."""
 
+FLUSH_INTERVAL = 1.0
+"""In a worker, seconds between writes of the hot metrics' tallies to the shared directory."""
+
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 """The environment variable that puts prometheus-client in multiprocess mode."""
 
@@ -67,10 +71,8 @@ class Metrics:
     registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
     multiprocess_dir: str | None = None
     workers_dir: str | None = None
-    _tally: _Tally | None = attrs.field(init=False, repr=False, default=None)
-    """The hot metrics in one process; none in a worker."""
-    _children: dict[tuple[str, Any], Any] = attrs.field(init=False, repr=False, factory=dict)
-    """In a worker, the labelled children of the hot metrics, by their label values."""
+    _tally: _Tally = attrs.field(init=False, repr=False, factory=lambda: _Tally())
+    """The hot metrics: all of them in one process; in a worker, those not flushed yet."""
     process: ProcessCollector = attrs.field(factory=lambda: ProcessCollector(registry=None))
     """This process's C{process_*} metrics (CPU, memory, file descriptors)."""
 
@@ -78,7 +80,6 @@ class Metrics:
         r = self.registry
         r.register(self.process)
         if self.multiprocess_dir is None:
-            self._tally = _Tally()
             r.register(self._tally)
         else:
             self.requests = Counter(*REQUESTS, registry=r)
@@ -136,36 +137,43 @@ class Metrics:
     def count_request(self, job: str, status: str) -> None:
         """One answer of C{job} with C{status}."""
         key = (job if job in self.jobs else UNKNOWN_JOB, status)
-        tally = self._tally
-        if tally is not None:
-            counts = tally.requests
-            counts[key] = counts.get(key, 0) + 1
-            return
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.requests.labels(job=key[0], status=status)
-        child.inc()
+        counts = self._tally.requests
+        counts[key] = counts.get(key, 0) + 1
 
     def observe_http(self, route: str, code: int, seconds: float) -> None:
         """One HTTP request of C{route} answered with C{code} in C{seconds}."""
         key = (route, code)
-        tally = self._tally
-        if tally is not None:
-            counts = tally.http.get(key)
-            if counts is None:
-                counts = tally.http[key] = [0.0] * (len(_SECONDS) + 2)
-            counts[bisect.bisect_left(_SECONDS, seconds)] += 1
-            counts[-1] += seconds
+        counts = self._tally.http.get(key)
+        if counts is None:
+            counts = self._tally.http[key] = [0.0] * (len(_SECONDS) + 2)
+        counts[bisect.bisect_left(_SECONDS, seconds)] += 1
+        counts[-1] += seconds
+
+    def flush(self) -> None:
+        """
+        In a worker, add the tallies of the hot metrics to this process's
+        values in the shared directory, and start them again from zero
+        (elsewhere nothing: the registry reads the tallies themselves).
+        """
+        if self.multiprocess_dir is None:
             return
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.http_duration.labels(route=route, code=str(code))
-        child.observe(seconds)
+        tally, self._tally = self._tally, _Tally()
+        for (job, status), count in tally.requests.items():
+            self.requests.labels(job=job, status=status).inc(count)
+        for (route, code), counts in tally.http.items():
+            child = self.http_duration.labels(route=route, code=str(code))
+            # The histogram's own values, each a bucket's count (not cumulative)
+            # and the sum, as its observe() adds to them, many at once.
+            for value, observed in zip(child._buckets, counts[:-1], strict=True):
+                if observed:
+                    value.inc(observed)
+            child._sum.inc(counts[-1])
 
     def render(self) -> bytes:
         """The Prometheus text format: of this process, or the sum over all workers."""
         if self.multiprocess_dir is not None:
-            # This worker's values are in the directory already; its process's are not.
+            # This worker's values are in the directory (once flushed); its process's are not.
+            self.flush()
             return render_multiprocess(self.multiprocess_dir, also=self.process)
         if self.workers_dir is not None:
             return render_multiprocess(self.workers_dir, also=self.registry)

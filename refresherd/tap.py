@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ReactorNotRunning
@@ -44,7 +44,7 @@ from refresherd.fetchers.http import HTTPFetcher, make_http_client
 from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable
 from refresherd.interfaces import IFetcher, IStore
 from refresherd.logs import JSONLinesObserver, LazyFlushFile, LogOutput, text_observer
-from refresherd.metrics import MULTIPROCESS_DIR, metrics_for
+from refresherd.metrics import FLUSH_INTERVAL, MULTIPROCESS_DIR, metrics_for
 from refresherd.refresher import DRAIN_TIMEOUT, Job, Refresher
 from refresherd.site import LimitedSite
 from refresherd.stores.memcached import memcached_store_from_url
@@ -321,7 +321,9 @@ class RefresherdService(MultiService):
     closes the connections once their answers are out.
 
     @ivar worker: in a worker of C{--workers}, its number: it then announces
-        that it serves the inherited socket rather than where it listens.
+        that it serves the inherited socket rather than where it listens, and
+        writes its tallied metrics to the shared directory every
+        L{FLUSH_INTERVAL} seconds and once more when it has stopped.
     """
 
     engine: Engine
@@ -331,6 +333,7 @@ class RefresherdService(MultiService):
     on_started: Callable[[], None] = lambda: None
     worker: int | None = None
     _log: Logger = attrs.field(factory=Logger, init=False)
+    _flushing: task.LoopingCall | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
@@ -342,6 +345,10 @@ class RefresherdService(MultiService):
         MultiService.startService(self)
         self.on_started()
         if self.worker is not None:
+            refresher = self.engine.refresher
+            self._flushing = task.LoopingCall(refresher.metrics.flush)
+            self._flushing.clock = refresher.clock
+            self._flushing.start(FLUSH_INTERVAL, now=False)
             self._log.info(
                 "refresherd: worker {worker} (pid {pid}) serving the public API on {address}",
                 worker=self.worker,
@@ -362,6 +369,10 @@ class RefresherdService(MultiService):
         yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
         yield self.engine.stopService()
         yield defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
+        if self._flushing is not None:
+            if self._flushing.running:
+                self._flushing.stop()
+            self.engine.refresher.metrics.flush()  # the answers given while stopping
         if self.log_output is not None:
             self.log_output.stopService()
 

@@ -48,7 +48,9 @@ from twisted.python.failure import Failure
 
 from refresherd import tap, workers
 from refresherd.errors import ConfigError
-from refresherd.metrics import MULTIPROCESS_DIR, metrics_for, render_multiprocess
+from refresherd.metrics import FLUSH_INTERVAL, MULTIPROCESS_DIR, metrics_for, render_multiprocess
+from refresherd.refresher import Refresher
+from refresherd.stores.memory import MemoryStore
 from refresherd.workers import (
     LIFELINE_FD,
     PUBLIC_FD,
@@ -592,8 +594,117 @@ for _ in range(int(sys.argv[1])):
 metrics.observe_http("/healthz", 200, 0.002)
 metrics.in_flight.labels(job="job").set(2)
 metrics.fetch_duration.labels(job="job").observe(0.2)
+metrics.flush()  # as a worker does every second and when it stops
 print(os.getpid())
 """
+
+
+def run_with_metrics_dir(script: str, directory: Path, *args: str) -> str:
+    """What C{script} prints, run in an interpreter whose metrics live in C{directory}."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env={**os.environ, MULTIPROCESS_DIR: str(directory)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+TALLIED = """
+import os
+from refresherd.metrics import MULTIPROCESS_DIR, metrics_for, render_multiprocess
+directory = os.environ[MULTIPROCESS_DIR]
+metrics = metrics_for(["job"], multiprocess_dir=directory)
+for seconds in (0.0004, 0.002, 0.002, 0.3, 75.0):
+    metrics.observe_http("/v1/jobs/{job}", 200, seconds)
+    metrics.count_request("job", "hit")
+metrics.observe_http("/healthz", 503, 0.01)
+metrics.count_request("nope", "error")
+assert b"refresherd_requests_total{" not in render_multiprocess(directory)  # not flushed yet
+metrics.flush()
+metrics.flush()  # nothing new: nothing added twice
+"""
+
+OBSERVED = """
+import os
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from refresherd.metrics import HTTP_DURATION, REQUESTS, _SECONDS
+registry = CollectorRegistry()
+requests = Counter(*REQUESTS, registry=registry)
+http = Histogram(*HTTP_DURATION, buckets=_SECONDS, registry=registry)
+for seconds in (0.0004, 0.002, 0.002, 0.3, 75.0):
+    http.labels(route="/v1/jobs/{job}", code="200").observe(seconds)
+    requests.labels(job="job", status="hit").inc()
+http.labels(route="/healthz", code="503").observe(0.01)
+requests.labels(job="_unknown", status="error").inc()
+"""
+
+
+def test_a_worker_flushes_its_tallies_as_prometheus_client_would_have_written_them(
+    tmp_path: Path,
+) -> None:
+    """The hot metrics, tallied and flushed, read back as prometheus-client's own."""
+    tallied, observed = tmp_path / "tallied", tmp_path / "observed"
+    tallied.mkdir()
+    observed.mkdir()
+    run_with_metrics_dir(TALLIED, tallied)
+    run_with_metrics_dir(OBSERVED, observed)
+    text = render_multiprocess(str(tallied)).decode()
+    assert 'refresherd_requests_total{job="job",status="hit"} 5.0' in text
+    bucket = 'refresherd_http_request_duration_seconds_bucket{code="200",le="0.005",'
+    assert bucket + 'route="/v1/jobs/{job}"} 3.0' in text
+
+    def hot(text: str) -> list[str]:
+        """The lines of the two hot metrics (families come in the order of their files)."""
+        return sorted(s for s in text.splitlines() if "_requests" in s or "_http_" in s)
+
+    assert hot(text) == hot(render_multiprocess(str(observed)).decode())
+    # HELP and TYPE of each; two answers counted; two routes of 15 buckets, a sum, a count
+    assert len(hot(text)) == 2 * 2 + 2 + 2 * (15 + 2)
+
+
+def test_a_worker_service_flushes_its_metrics_every_interval_and_when_stopped(
+    tmp_path: Path,
+) -> None:
+    """
+    In this process prometheus-client keeps the values in memory (the
+    directory is read when it is imported), which shows when they were written.
+    """
+    clock = MemoryReactorClock()
+    metrics = metrics_for(["job"], multiprocess_dir=str(tmp_path))
+    refresher = Refresher(MemoryStore(clock), {}, clock, "rfd", metrics)
+    port = clock.listenTCP(0, Factory())
+    engine = tap.Engine(refresher, tap.ThreadPools())
+    service = tap.RefresherdService(engine, [port], [], worker=1)
+    service.startService()
+    written = metrics.requests.labels(job="job", status="hit")
+    metrics.count_request("job", "hit")
+    clock.advance(FLUSH_INTERVAL - 0.001)
+    assert written._value.get() == 0
+    clock.advance(0.001)
+    assert written._value.get() == 1
+    metrics.count_request("job", "hit")
+    metrics.count_request("job", "hit")
+    stopped = service.stopService()
+    assert stopped.called
+    assert written._value.get() == 3
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_worker_renders_its_tallies_flushed(tmp_path: Path) -> None:
+    """A worker's own C{/metrics} (with the admin API mounted) includes what it has not flushed."""
+    script = """
+from refresherd.metrics import MULTIPROCESS_DIR, metrics_for
+import os
+metrics = metrics_for(["job"], multiprocess_dir=os.environ[MULTIPROCESS_DIR])
+metrics.count_request("job", "hit")
+print(metrics.render().decode())
+metrics.count_request("job", "hit")
+print(metrics.render().decode())
+"""
+    first, second = run_with_metrics_dir(script, tmp_path).split("# HELP process_", 1)
+    assert 'refresherd_requests_total{job="job",status="hit"} 1.0' in first
+    assert 'refresherd_requests_total{job="job",status="hit"} 2.0' in second
 
 
 def test_metrics_report_the_sum_over_every_worker(tmp_path: Path) -> None:
@@ -818,6 +929,22 @@ def ask_until_both_answer(url: str) -> tuple[set[int], int]:
     return seen, asked
 
 
+def counted_within_flush(url: str, series: str, expected: float) -> str:
+    """
+    The text of C{url}'s C{/metrics} once C{series} is C{expected}, which the
+    workers' tallies reach within their flush interval (plus a margin for a busy
+    machine); the answers were counted when the clients had them.
+    """
+    texts: list[str] = []
+
+    def counted() -> bool:
+        texts.append(httpx.get(url + "/metrics", timeout=10).text)
+        return metric(texts[-1], series) == expected
+
+    wait_until(counted, timeout=FLUSH_INTERVAL + 2.0)
+    return texts[-1]
+
+
 def test_two_workers_share_one_port_and_metrics_sum_over_both(
     service: Callable[..., Running], tmp_path: Path
 ) -> None:
@@ -827,12 +954,7 @@ def test_two_workers_share_one_port_and_metrics_sum_over_both(
     seen, asked = ask_until_both_answer(running.url)
     assert seen == set(pids.values())
 
-    def counted() -> float:
-        text = httpx.get(running.admin_url + "/metrics", timeout=10).text
-        return metric(text, 'refresherd_requests_total{job="pid"')
-
-    wait_until(lambda: counted() == asked)
-    text = httpx.get(running.admin_url + "/metrics", timeout=10).text
+    text = counted_within_flush(running.admin_url, 'refresherd_requests_total{job="pid"', asked)
     assert metric(text, "refresherd_requests_total") == asked
     assert 'refresherd_fetches_in_flight{job="pid"} 0.0' in text
     assert [p.name for p in tmp_path.glob("refresherd-metrics-*")] != []
@@ -936,8 +1058,7 @@ def test_admin_routes_on_the_public_listener_sum_over_the_workers(
     running = service(admin="none")
     seen, asked = ask_until_both_answer(running.url)
     assert len(seen) == 2
-    text = httpx.get(running.url + "/metrics", timeout=10).text
-    assert metric(text, 'refresherd_requests_total{job="pid"') == asked
+    counted_within_flush(running.url, 'refresherd_requests_total{job="pid"', asked)
     assert running.stop() == 0
 
 
@@ -1022,8 +1143,7 @@ def test_two_workers_on_a_shared_store_fetch_a_stampeded_key_once(
             answers = list(pool.map(ask, range(200)))
         assert answers.count("miss") + answers.count("hit") == 200
         assert origin.count("/users/hot") == 1
-        text = httpx.get(running.admin_url + "/metrics", timeout=10).text
-        assert metric(text, 'refresherd_requests_total{job="user"') == 200
+        counted_within_flush(running.admin_url, 'refresherd_requests_total{job="user"', 200)
         assert running.stop() == 0, running.output()
     finally:
         if running.process.poll() is None:
@@ -1056,10 +1176,9 @@ def test_the_parent_of_workers_purges_for_all_of_them(
                 time.sleep(0.05)
                 answer = client.get(url).json()
             assert (answer["status"], answer["value"]) == ("miss", {"fetch": 2})
-            text = client.get(running.admin_url + "/metrics").text
+        hits = 'refresherd_requests_total{job="user",status="hit"}'
+        text = counted_within_flush(running.admin_url, hits, 10 + late_hits)
         assert metric(text, 'refresherd_purged_total{kind="tag"}') == 1
-        hits = metric(text, 'refresherd_requests_total{job="user",status="hit"}')
-        assert hits == 10 + late_hits
         assert running.stop() == 0, running.output()
     finally:
         if running.process.poll() is None:
