@@ -18,8 +18,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web import http
+from twisted.web.http import datetimeToString
+from twisted.web.resource import EncodingResourceWrapper, Resource
+from twisted.web.server import NOT_DONE_YET, GzipEncoderFactory, Request, Site
 
 from refresherd.site import IDLE_TIMEOUT, REQUEST_DEADLINE, DeadlineChannel, LimitedSite
 
@@ -423,12 +425,13 @@ def test_close_connections_aborts_the_rest_after_its_timeout(server: Server) -> 
     assert server.clock.getDelayedCalls() == []
 
 
-def test_a_channel_asks_its_transport_for_its_address_once(server: Server) -> None:
+@pytest.mark.parametrize("which", ["getHost", "getPeer"])
+def test_a_channel_asks_its_transport_for_each_address_once(server: Server, which: str) -> None:
     proto, transport = server.connect()
     asked: list[object] = []
-    host = transport.getHost()
-    transport.getHost = lambda: asked.append(1) or host  # type: ignore[method-assign]
-    assert proto.getHost() is host and proto.getHost() is host
+    address = getattr(transport, which)()
+    setattr(transport, which, lambda: asked.append(1) or address)
+    assert getattr(proto, which)() is address and getattr(proto, which)() is address
     assert asked == [1]
 
 
@@ -522,3 +525,122 @@ def test_requests_on_a_kept_alive_connection_do_not_set_a_deadline_timer_each(
     # twisted.web's idle timeout sets one timer per request; the deadlines of
     # 50 requests in 50 s add two (one, and its successor after 30 s).
     assert len(made) <= 50 + 1 + 2
+
+
+# twisted.web's own work, less what refresherd does not need
+
+
+class Echo(Resource):
+    """A leaf that answers what twisted.web made of the request, as JSON."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        if request.postpath[-1:] == [b"boom"]:
+            raise RuntimeError("boom")
+        request.setHeader(b"Content-Type", b"application/json")
+        seen = {
+            "method": request.method,
+            "uri": request.uri,
+            "path": request.path,
+            "args": sorted((k, v) for k, v in request.args.items()),
+            "prepath": request.prepath,
+            "postpath": request.postpath,
+            "sitepath": request.sitepath,
+            "body": request.content.read(),
+            "root": request.site.resource is self,
+        }
+        return json.dumps(seen, default=bytes.decode).encode()
+
+
+def tree() -> Resource:
+    """A root with a child: twisted.web looks the child up."""
+    root = Resource()
+    root.putChild(b"echo", Echo())
+    return root
+
+
+def answers(site: Any, request: bytes) -> list[bytes]:
+    """What C{site} writes back to C{request} on a new connection, Date aside."""
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(request)
+    lines = transport.value().split(b"\r\n")
+    return [line for line in lines if not line.startswith(b"Date: ")]
+
+
+REQUESTS = [
+    b"GET /echo/a%20b/c?x=1&x=2&y=&z HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /echo? HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"HEAD /echo/x?q=%41 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /echo?a=1 HTTP/1.1\r\nHost: h\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\nb=2",
+    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /echo/boom HTTP/1.1\r\nHost: h\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("request_bytes", REQUESTS)
+@pytest.mark.parametrize("root", [Echo, tree], ids=["leaf", "tree"])
+def test_requests_are_what_twisted_web_makes_of_them(
+    request_bytes: bytes, root: Callable[[], Resource], no_logged_errors: list[Any]
+) -> None:
+    """The shortcuts of LimitedRequest change nothing that a resource or client sees."""
+    plain = answers(Site(root(), reactor=Clock()), request_bytes)
+    limited = answers(LimitedSite(root(), lambda m, p: 100, reactor=Clock()), request_bytes)
+    assert limited == plain
+    assert plain[0].startswith(b"HTTP/1.1 ")
+    if b"boom" in request_bytes:  # both logged the resource's failure
+        assert len(no_logged_errors) == 2
+        no_logged_errors.clear()
+
+
+def test_only_a_plain_leaf_root_takes_the_short_way() -> None:
+    assert LimitedSite(Echo(), lambda m, p: 0, reactor=Clock()).plain_leaf
+    assert not LimitedSite(tree(), lambda m, p: 0, reactor=Clock()).plain_leaf
+    wrapped = EncodingResourceWrapper(Echo(), [GzipEncoderFactory()])
+    assert not LimitedSite(wrapped, lambda m, p: 0, reactor=Clock()).plain_leaf
+    gzip = b"GET /echo HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n"
+    assert b"Content-Encoding: gzip" in answers(
+        LimitedSite(wrapped, lambda m, p: 0, reactor=Clock()), gzip
+    )
+
+
+def test_the_date_header_is_formatted_once_a_second_on_the_sites_clock(server: Server) -> None:
+    server.clock.advance(1_796_300_000.25)
+    proto, transport = server.connect()
+
+    def date() -> bytes:
+        transport.clear()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        return parse_response(transport.value()).headers[b"date"]
+
+    first = date()
+    assert first == datetimeToString(1_796_300_000) == b"Thu, 03 Dec 2026 12:13:20 GMT"
+    formatted: list[float] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(http, "datetimeToString", lambda s: formatted.append(s) or b"new")
+        server.clock.advance(0.7)
+        assert date() == first  # the same second
+        server.clock.advance(0.1)
+        assert date() == b"new"
+        assert date() == b"new"
+    assert formatted == [1_796_300_001]
+
+
+def test_a_get_parses_its_query_only_when_args_are_read(server: Server) -> None:
+    kept: list[Any] = []
+    server.resource.render = lambda request: kept.append(request) or b"ok"  # type: ignore[method-assign]
+    proto, transport = server.connect()
+    parsed: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(http, "parse_qs", lambda q, *a: parsed.append(q) or {b"a": [b"1"]})
+        proto.dataReceived(b"GET /?a=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert parse_response(transport.value()).body == b"ok"
+        assert parsed == []
+        assert kept[0].args == {b"a": [b"1"]}
+        assert kept[0].args == {b"a": [b"1"]}
+    assert parsed == [b"a=1"]
