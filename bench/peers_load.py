@@ -10,6 +10,7 @@ with two times per request instead of one:
   C{proxy_cache_background_update} holds it until its background refresh ends).
 
 A request that fails (refused, reset, timed out) counts with status 0.
+The garbage collector is off while it measures, as in L{bench.load}.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from urllib.parse import urlsplit
 
 import attrs
+
+from bench.load import measuring
 
 TIMEOUT = 60.0
 
@@ -86,7 +89,7 @@ async def _burst(urls: list[str], timeout: float) -> list[Shot]:
 
 def burst(urls: list[str], timeout: float = TIMEOUT) -> list[Shot]:
     """One GET to each URL, all at once."""
-    return asyncio.run(_burst(urls, timeout))
+    return measuring(_burst(urls, timeout))
 
 
 async def _window(
@@ -116,4 +119,4 @@ def window(
     URLs at once, a wave every C{interval} seconds; the trigger's shot and the
     waves' shots.
     """
-    return asyncio.run(_window(trigger, waves, interval, lead, timeout))
+    return measuring(_window(trigger, waves, interval, lead, timeout))
