@@ -385,9 +385,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def quantile(run: Run, q: float) -> float:
+    """The C{q} quantile of the run's answered latency."""
+    return percentile(answered(run.shots), q)
+
+
 def median_of(runs: list[Run], q: float) -> float:
     """The median over the runs of each run's C{q} quantile of answered latency."""
-    return statistics.median(percentile(answered(run.shots), q) for run in runs)
+    return statistics.median(quantile(run, q) for run in runs)
 
 
 def counts(runs: list[Run]) -> str:
@@ -566,10 +571,7 @@ def report(
         hits, during = [h for h, _ in pairs], [d for _, d in pairs]
         # The two windows of a round run back to back: each round's ratio
         # compares like with like when the machine drifts between rounds.
-        ratios = [
-            percentile(answered(d.shots), 0.99) / percentile(answered(h.shots), 0.99)
-            for h, d in pairs
-        ]
+        ratios = [quantile(d, 0.99) / quantile(h, 0.99) for h, d in pairs]
         ratio = statistics.median(ratios)
         triggers = [run.trigger for run in during if run.trigger is not None]
         trigger_answered = statistics.median(t.answered for t in triggers)
