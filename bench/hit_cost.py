@@ -1,7 +1,7 @@
 """
 What one hit costs refresherd in CPU time, with no socket and no load
 generator sharing the cores: the service as twistd builds it
-(L{refresherd.tap.build}, the memory store, the configuration of
+(L{refresherd.run.build.build}, the memory store, the configuration of
 L{bench.throughput}), one connection of its public site on an in-memory
 transport, fed C{GET /v1/jobs/user?name=small} over and over (keep-alive);
 against the bare twisted.web Resource of L{bench.bare_server} answering the
@@ -45,10 +45,12 @@ from twisted.web.server import Site
 from bench.bare_server import Answer, Fixed, QuietSite
 from bench.shared_stores import write_section
 from bench.throughput import CONFIG, SMALL_PATH, machine, origin_server, versions
-from refresherd.api import Bodies, PublicAPI
+from refresherd.core.refresher import Refresher
+from refresherd.http.answers import Bodies
+from refresherd.http.fastpath import Values
 from refresherd.metrics import Metrics
-from refresherd.refresher import Refresher
-from refresherd.tap import Options, build
+from refresherd.run.build import build
+from refresherd.run.tap import Options
 
 START, END = "<!-- bench:hit_cost:start -->", "<!-- bench:hit_cost:end -->"
 HEADING = "The cost of a hit, in process"
@@ -162,18 +164,18 @@ Part = tuple[str, type, str, Any]
 
 def parts(site: Any) -> list[Part]:
     """The parts of refresherd's own work on the hit C{site} answers, each made free."""
-    api = site.resource.api
+    values = site.resource.values
     query = SMALL_PATH.partition("?")[2].encode("ascii")
-    answer = api.refresher.lookup_now("user", query)
-    body = api.bodies.body(answer, 0.0)
+    answer = values.refresher.lookup(values.targets.target("user", query))
+    body = values.bodies.body(answer, 0.0)
     return [
         (
-            "the lookup: arguments, store read, purge marks, policy decision",
+            "the lookup: store read, purge marks, policy decision",
             Refresher,
-            "lookup_now",
-            lambda self, job, raw: answer,
+            "lookup",
+            lambda self, target: answer,
         ),
-        ("timing the request (metrics, access log)", PublicAPI, "_observe", lambda *a: None),
+        ("timing the request (metrics, access log)", Values, "_observe", lambda *a: None),
         ("counting the answer", Metrics, "count_request", lambda *a: None),
         ("the answer's JSON around the kept head", Bodies, "body", lambda *a: body),
     ]

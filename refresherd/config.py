@@ -17,8 +17,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
+from refresherd.core.templates import (
+    PLACEHOLDER,
+    check_url_template,
+    json_placeholders,
+    placeholders,
+)
 from refresherd.errors import ConfigError, one_line
-from refresherd.templates import PLACEHOLDER, check_url_template, json_placeholders, placeholders
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"

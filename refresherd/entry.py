@@ -93,7 +93,7 @@ class Entry:
     generations: tuple[str, str] = ("", "")
     """
     The hard and soft purge marks of the job and tags when the fetch began
-    (L{refresherd.generations}): a purge of the job or a tag changes the
+    (L{refresherd.core.marks}): a purge of the job or a tag changes the
     current mark, and the entry then reads as purged.
     """
 

@@ -86,7 +86,7 @@ class IStore(Interface):
     def get_generations(keys):  # type: ignore[no-untyped-def]
         """
         The current tokens of the generation keys C{keys}
-        (L{refresherd.generations}): a mapping of each key that holds one to
+        (L{refresherd.core.marks}): a mapping of each key that holds one to
         its token; a key never purged is left out.
         """
 

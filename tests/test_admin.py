@@ -16,13 +16,13 @@ from treq.testing import StubTreq
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from refresherd.admin import AdminAPI, describe_job, parse_purge, redact_url
-from refresherd.api import PublicAPI
-from refresherd.auth import Authorizer
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
+from refresherd.core.refresher import Job, Refresher
 from refresherd.errors import BadArgs, BadJson
+from refresherd.http.admin import AdminAPI, describe_job, parse_purge, redact_url
+from refresherd.http.auth import Authorizer
+from refresherd.http.public import PublicAPI
 from refresherd.metrics import metrics_for
-from refresherd.refresher import Job, Refresher
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
 

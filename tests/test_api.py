@@ -18,11 +18,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from refresherd.api import PublicAPI
-from refresherd.auth import Authorizer
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
+from refresherd.core.refresher import Job, Refresher
+from refresherd.http.auth import Authorizer
+from refresherd.http.public import PublicAPI
 from refresherd.metrics import metrics_for
-from refresherd.refresher import Job, Refresher
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
 
@@ -441,7 +441,9 @@ class StrictJSONTests(APITestCase):
 
 class AccessLogTests(APITestCase):
     def access_events(self, access_log: bool) -> list[Any]:
-        self.api.server = ServerConfig(max_batch=3, access_log=access_log)
+        server = ServerConfig(max_batch=3, access_log=access_log)
+        self.api = PublicAPI(self.refresher, self.api.authorizer, server, self.metrics, self.clock)
+        self.stub = StubTreq(self.api.resource())
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         headers = {"Authorization": "Bearer secret-token-123"}
         self.answer(self.request("GET", "/healthz", headers=headers))
@@ -564,8 +566,8 @@ class BodiesTests(SynchronousTestCase):
         )
 
     def test_every_answer_renders_as_answer_body_does(self) -> None:
-        from refresherd.api import Bodies, answer_body
-        from refresherd.refresher import Answer
+        from refresherd.core.refresher import Answer
+        from refresherd.http.answers import Bodies, answer_body
 
         bodies = Bodies()
         json_value, other = self.entry(b'{"n": 1}'), self.entry(b"\xff\x00", "image/png")
@@ -591,8 +593,8 @@ class BodiesTests(SynchronousTestCase):
         import gc
         import weakref
 
-        from refresherd.api import Bodies
-        from refresherd.refresher import Answer
+        from refresherd.core.refresher import Answer
+        from refresherd.http.answers import Bodies
 
         bodies = Bodies()
         entry = self.entry(b'{"n": 1}')

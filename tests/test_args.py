@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refresherd.args import check_args, parse_query
 from refresherd.config import JobConfig
+from refresherd.core.args import check_args
 from refresherd.errors import BadArgs
+from refresherd.http.query import parse_query
 
 # parse_query
 

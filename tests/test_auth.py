@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from refresherd.auth import ADMIN, READ, READERS, WRITE, WRITERS, Authorizer
 from refresherd.config import AuthConfig, Secret
 from refresherd.errors import Forbidden, Unauthorized
+from refresherd.http.auth import ADMIN, READ, READERS, WRITE, WRITERS, Authorizer
 
 ALL = Authorizer(
     (
@@ -178,7 +178,7 @@ def test_readers_and_writers_are_the_classes_the_spec_names() -> None:
 
 @pytest.fixture
 def compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[bytes, bytes]]]:
-    """Every pair given to C{hmac.compare_digest} by refresherd.auth."""
+    """Every pair given to C{hmac.compare_digest} by refresherd.http.auth."""
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -186,7 +186,7 @@ def compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[bytes, byte
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("refresherd.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("refresherd.http.auth.hmac.compare_digest", counting)
     yield calls
 
 

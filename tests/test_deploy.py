@@ -44,10 +44,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.scripts.twistd import ServerOptions
 
 from refresherd.config import Config, load_config
+from refresherd.core.refresher import DRAIN_TIMEOUT
 from refresherd.errors import ConfigError
 from refresherd.metrics import metrics_for
-from refresherd.refresher import DRAIN_TIMEOUT
-from refresherd.tap import CLOSE_TIMEOUT, Settings, build_service
+from refresherd.run.build import build_service
+from refresherd.run.services import CLOSE_TIMEOUT
+from refresherd.run.settings import Setting, Settings
 from tests.harness import start_service
 from tests.redis_server import free_port
 
@@ -842,9 +844,9 @@ def build(
     """The whole service, as twistd would build it, listening on a memory reactor."""
     settings = Settings(
         config=config,
-        listen=(listen or config.server.listen, "--listen"),
-        admin_listen=(admin_listen or config.server.admin_listen, "--admin-listen"),
-        store=(config.store.url, f"{CONFIG}: store.url"),
+        listen=Setting(listen or config.server.listen, "--listen"),
+        admin_listen=Setting(admin_listen or config.server.admin_listen, "--admin-listen"),
+        store=Setting(config.store.url, f"{CONFIG}: store.url"),
         workers=1,
         log_format="text",
     )

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from refresherd.keys import entry_key
-from refresherd.stores.memcached_ring import Ring
+from refresherd.stores.memcached.ring import Ring
 from tests.harness import Origin, Service, start_service
 from tests.memcached_server import MemcachedServer
 

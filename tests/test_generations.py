@@ -1,4 +1,4 @@
-"""Purge marks (refresherd.generations): pure, so checked as properties."""
+"""Purge marks (refresherd.core.marks): pure, so checked as properties."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refresherd.generations import NO_MARK, Purge, generation_keys, purge_of
+from refresherd.core.marks import NO_MARK, Purge, generation_keys, purge_of
 
 tokens = st.text(alphabet="0123456789abcdef", min_size=1, max_size=32)
 

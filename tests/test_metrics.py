@@ -18,12 +18,12 @@ from treq.testing import StubTreq
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from refresherd.admin import AdminAPI
-from refresherd.api import PublicAPI
-from refresherd.auth import Authorizer
 from refresherd.config import AuthConfig, JobConfig, ServerConfig
+from refresherd.core.refresher import Job, Refresher
+from refresherd.http.admin import AdminAPI
+from refresherd.http.auth import Authorizer
+from refresherd.http.public import PublicAPI
 from refresherd.metrics import _SECONDS, HTTP_DURATION, REQUESTS, metrics_for
-from refresherd.refresher import Job, Refresher
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
 

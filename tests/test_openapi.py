@@ -26,8 +26,8 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from refresherd.admin import AdminAPI
-from refresherd.api import PublicAPI
+from refresherd.http.admin import AdminAPI
+from refresherd.http.public import PublicAPI
 from tests.harness import Service, start_origin, start_service
 
 DOCUMENT_FILE = Path(__file__).resolve().parent.parent / "refresherd" / "openapi.json"

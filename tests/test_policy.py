@@ -1,5 +1,5 @@
 """
-Tests for L{refresherd.policy}: the refresh decision (SPEC section 4), XFetch
+Tests for L{refresherd.core.policy}: the refresh decision (SPEC section 4), XFetch
 early refresh, backoff, lease lifetimes and what is remembered after a failed
 fetch.  Expected values are computed here from the SPEC, independently of the
 code under test.
@@ -14,8 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from refresherd.entry import Entry, Fetched, value_entry
-from refresherd.policy import (
+from refresherd.core.policy import (
     ATTEMPT_BACKOFF_BASE,
     ATTEMPT_BACKOFF_CAP,
     REFRESH_BACKOFF_CAP,
@@ -28,6 +27,7 @@ from refresherd.policy import (
     soft_purged,
     xfetch,
 )
+from refresherd.entry import Entry, Fetched, value_entry
 
 # A value fetched at T0 taking DURATION seconds, fresh for FRESH, then stale for
 # STALE, then (while refreshes fail) servable until FRESH + STALE_IF_ERROR.

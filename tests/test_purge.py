@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 
 from refresherd import errors
 from refresherd.config import JobConfig
-from refresherd.generations import Purge
+from refresherd.core.marks import Purge
+from refresherd.core.refresher import Answer, Job, Refresher
 from refresherd.metrics import metrics_for
-from refresherd.refresher import Answer, Job, Refresher
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
 from tests.test_refresher import counter, result
@@ -61,7 +61,8 @@ class World:
 
     def lookup(self, job: str = "user", **args: str) -> Deferred[Answer]:
         args = args or {"id": "1", "team": "red"}
-        return Deferred.fromCoroutine(self.refresher.lookup(job, args))
+        refresher = self.refresher
+        return defer.maybeDeferred(lambda: refresher.lookup(refresher.target(job, args)))
 
     def fetched(self, job: str = "user", body: bytes = b'"v1"') -> None:
         self.fetchers[job].succeed(body=body)
@@ -132,7 +133,7 @@ def test_a_soft_purged_value_stays_servable_for_one_refresh_even_with_stale_0() 
 
 def test_a_soft_purge_of_an_absent_key_does_nothing() -> None:
     world = World()
-    key = world.refresher.key(world.refresher.jobs["user"], BOB)
+    key = world.refresher.target("user", BOB).key
     assert world.purge(keys=[key], soft=True) == 1
     assert result(world.store.get(key)) is None
 
@@ -216,7 +217,9 @@ def test_a_put_after_a_purge_is_not_purged() -> None:
     world = World()
     world.cached(**BOB)
     world.purge(tags=["team:red"])
-    put = Deferred.fromCoroutine(world.refresher.put("user", BOB, b'"put"', "application/json"))
+    put = Deferred.fromCoroutine(
+        world.refresher.put(world.refresher.target("user", BOB), b'"put"', "application/json")
+    )
     assert result(put).status == "hit"
     answer = result(world.lookup(**BOB))
     assert (answer.status, answer.entry.body) == ("hit", b'"put"')
@@ -259,7 +262,7 @@ def test_inspect_shows_the_entry_and_the_purge_that_hit_it() -> None:
     assert result(Deferred.fromCoroutine(world.refresher.inspect(key)))[1] is Purge.SOFT
     world.purge(jobs=["user"])
     assert result(Deferred.fromCoroutine(world.refresher.inspect(key)))[1] is Purge.HARD
-    missing = world.refresher.key(world.refresher.jobs["user"], ANN)
+    missing = world.refresher.target("user", ANN).key
     assert isinstance(
         result(Deferred.fromCoroutine(world.refresher.inspect(missing))), errors.NotFound
     )
@@ -269,7 +272,12 @@ def test_refresh_starts_one_fetch_even_of_a_fresh_value() -> None:
     world = World()
     key = world.cached(**BOB).key
     for _ in range(3):
-        assert result(Deferred.fromCoroutine(world.refresher.refresh("user", BOB))) == key
+        assert (
+            result(
+                Deferred.fromCoroutine(world.refresher.refresh(world.refresher.target("user", BOB)))
+            )
+            == key
+        )
     assert world.calls() == 2
     world.fetched(body=b'"v2"')
     assert result(world.lookup(**BOB)).entry.body == b'"v2"'

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.defer import CancelledError, Deferred
 
-from refresherd import errors, policy
+from refresherd import errors
 from refresherd.config import JobConfig
+from refresherd.core import policy
+from refresherd.core.refresher import Answer, Job, Refresher  # noqa: F401
 from refresherd.entry import Entry, Fetched, value_entry
+from refresherd.http.fastpath import QueryTargets
 from refresherd.metrics import metrics_for
-from refresherd.refresher import Answer, Job, Refresher  # noqa: F401
 from refresherd.stores.memory import MemoryStore
 from refresherd.stores.near import NearCache
 from refresherd.testing import FakeFetcher, UnreachableStore
@@ -38,7 +41,18 @@ def make(
 
 
 def lookup(refresher: Refresher, id: str = "1") -> Deferred[Answer]:
-    return Deferred.fromCoroutine(refresher.lookup("j", {"id": id}))
+    return lookup_of(refresher, "j", {"id": id})
+
+
+def lookup_of(refresher: Refresher, job: str, args: dict[str, Any]) -> Deferred[Answer]:
+    """The lookup of C{job} with C{args} as a Deferred, however it answers."""
+    return defer.maybeDeferred(lambda: refresher.lookup(refresher.target(job, args)))
+
+
+def put_value(refresher: Refresher, body: bytes, content_type: str) -> Deferred[Answer]:
+    return Deferred.fromCoroutine(
+        refresher.put(refresher.target("j", {"id": "1"}), body, content_type)
+    )
 
 
 def ask(refresher: Refresher, id: str = "1") -> None:
@@ -271,7 +285,7 @@ def test_early_refresh_off_with_beta_zero() -> None:
 def test_a_put_during_a_fetch_is_not_overwritten_by_it() -> None:
     refresher, fetcher, _, _ = make()
     d = lookup(refresher)
-    put = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"put", "text/plain"))
+    put = put_value(refresher, b"put", "text/plain")
     assert result(put).status == "hit"
     fetcher.succeed(body=b"fetched")
     assert result(d).entry.body == b"put"
@@ -280,9 +294,9 @@ def test_a_put_during_a_fetch_is_not_overwritten_by_it() -> None:
 
 def test_put_refuses_too_large_and_bad_json() -> None:
     refresher, _, _, _ = make(max_value_bytes=4)
-    too_large = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"12345", "text/plain"))
+    too_large = put_value(refresher, b"12345", "text/plain")
     assert isinstance(result(too_large), errors.BodyTooLarge)
-    bad = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"{x", "application/json"))
+    bad = put_value(refresher, b"{x", "application/json")
     assert isinstance(result(bad), errors.BadJson)
 
 
@@ -323,7 +337,7 @@ def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key(
     error = result(lookup(refresher))
     assert isinstance(error, errors.FetchFailed)
     assert error.message == "RuntimeError: boom"
-    assert refresher._flights == {}
+    assert refresher.flights.running == {}
     assert [e["log_failure"].value.args for e in no_logged_errors] == [("boom\nsecond line",)]
     no_logged_errors.clear()
 
@@ -346,16 +360,14 @@ def test_unreachable_store_refuses_on_miss_empty_and_put() -> None:
     )
     assert isinstance(result(lookup(refresher)), errors.StoreUnavailable)
     assert fetcher.calls == []  # no fetch for nobody
-    put = Deferred.fromCoroutine(refresher.put("j", {"id": "1"}, b"x", "text/plain"))
+    put = put_value(refresher, b"x", "text/plain")
     assert isinstance(result(put), errors.StoreUnavailable)
 
 
 def test_unknown_job_and_bad_args() -> None:
     refresher, _, _, _ = make()
-    assert isinstance(
-        result(Deferred.fromCoroutine(refresher.lookup("nope", {}))), errors.UnknownJob
-    )
-    assert isinstance(result(Deferred.fromCoroutine(refresher.lookup("j", {}))), errors.BadArgs)
+    assert isinstance(result(lookup_of(refresher, "nope", {})), errors.UnknownJob)
+    assert isinstance(result(lookup_of(refresher, "j", {})), errors.BadArgs)
 
 
 def test_stop_waits_for_fetches_in_flight_and_answers_their_callers() -> None:
@@ -378,7 +390,7 @@ def test_stop_cancels_fetches_after_the_drain_timeout() -> None:
     assert stopped.called
     assert fetcher.calls[0].cancelled
     assert isinstance(result(d), errors.Overloaded)
-    assert refresher._flights == {}
+    assert refresher.flights.running == {}
     assert clock.getDelayedCalls() == []
 
 
@@ -581,7 +593,7 @@ def test_a_value_landed_between_the_read_and_the_lease_is_used_without_a_fetch()
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-    refresher.store = LandsFirst(store)
+    refresher = attrs.evolve(refresher, store=LandsFirst(store))
     answer = result(lookup(refresher))
     assert (answer.status, answer.entry.body) == ("miss", b'"elsewhere"')
     assert fetcher.calls == []
@@ -620,7 +632,7 @@ def test_a_target_is_remembered_and_refusals_are_not() -> None:
     first = refresher.target("j", {"id": "1"})
     assert refresher.target("j", {"id": "1"}) is first
     assert (first.key, first.args, first.job.name) == ("rfd:j:v1:id=1", {"id": "1"}, "j")
-    assert first.generations.all == ("rfd:gen:hard:job:j", "rfd:gen:soft:job:j")
+    assert first.generation_keys.all == ("rfd:gen:hard:job:j", "rfd:gen:soft:job:j")
     for bad in ({"id": ["1"]}, {"id": 1}, {"id": "1", "x": "2"}, {}):
         with pytest.raises(errors.BadArgs):
             refresher.target("j", bad)
@@ -631,7 +643,7 @@ def test_a_target_is_remembered_and_refusals_are_not() -> None:
 
 
 def test_remembered_targets_are_bounded() -> None:
-    from refresherd.refresher import TARGETS_KEPT
+    from refresherd.core.jobs import TARGETS_KEPT
 
     refresher, _, _, _ = make()
     first = refresher.target("j", {"id": "0"})
@@ -643,35 +655,50 @@ def test_remembered_targets_are_bounded() -> None:
 
 def test_a_query_string_names_the_target_its_arguments_name() -> None:
     refresher, _, _, _ = make()
-    by_query = refresher.target("j", b"id=a%20b")
+    targets = QueryTargets(refresher)
+    by_query = targets.target("j", b"id=a%20b")
     assert by_query == refresher.target("j", {"id": "a b"})
-    assert refresher.target("j", b"id=a+b") is refresher.target("j", b"id=a+b")  # remembered
+    assert targets.target("j", b"id=a+b") is targets.target("j", b"id=a+b")  # remembered
     for bad in (b"id=1&id=2", b"id=%ff", b"", b"id=1&x=2"):
         for _ in range(2):  # refused every time, never remembered
             with pytest.raises(errors.BadArgs):
-                refresher.target("j", bad)
+                targets.target("j", bad)
     with pytest.raises(errors.UnknownJob):
-        refresher.target("nope", b"id=1")
+        targets.target("nope", b"id=1")
 
 
-def test_lookup_now_answers_a_hit_at_hand_at_once_and_anything_else_later() -> None:
+def test_remembered_query_strings_are_bounded() -> None:
+    from refresherd.http.fastpath import TARGETS_KEPT
+
+    refresher, _, _, _ = make()
+    targets = QueryTargets(refresher)
+    first = targets.target("j", b"id=0")
+    for n in range(1, TARGETS_KEPT + 1):
+        targets.target("j", b"id=%d" % n)
+    assert targets.target("j", b"id=0") is not first
+
+
+def test_a_lookup_answers_a_hit_at_hand_at_once_and_anything_else_later() -> None:
     refresher, fetcher, clock, _ = make(stale=100.0)
-    absent = refresher.lookup_now("j", {"id": "1"})
+    target = refresher.target("j", {"id": "1"})
+    absent = refresher.lookup(target)
     assert isinstance(absent, Deferred) and not absent.called  # a miss waits for its fetch
     fetcher.succeed(body=b"1")
     assert result(absent).status == "miss"
-    hit = refresher.lookup_now("j", {"id": "1"})
+    hit = refresher.lookup(target)
     assert isinstance(hit, Answer) and (hit.status, hit.entry.body) == ("hit", b"1")
     clock.advance(61)
-    stale = refresher.lookup_now("j", {"id": "1"})  # served at once, its refresh started
+    stale = refresher.lookup(
+        refresher.target("j", {"id": "1"})
+    )  # served at once, its refresh started
     assert isinstance(stale, Answer) and stale.status == "stale"
     assert len(fetcher.calls) == 2
     with pytest.raises(errors.BadArgs):
-        refresher.lookup_now("j", {"nope": "1"})
+        refresher.target("j", {"nope": "1"})
 
 
-def test_lookup_now_draws_as_often_as_lookup() -> None:
-    """An early refresh decided at hand is not decided again (it is as likely as lookup's)."""
+def test_a_lookup_at_hand_draws_as_often_as_one_that_reads() -> None:
+    """An early refresh decided at hand is not decided again (it is as likely as after a read)."""
     draws: list[float] = []
     early = [False]
 
@@ -689,20 +716,20 @@ def test_lookup_now_draws_as_often_as_lookup() -> None:
     assert result(lookup(refresher)).status == "hit"  # Now in the near cache.
     draws.clear()
     early[0] = True
-    answer = refresher.lookup_now("j", {"id": "1"})
+    answer = refresher.lookup(refresher.target("j", {"id": "1"}))
     assert isinstance(answer, Deferred)  # The store is read past the near cache first.
     assert result(answer).status == "hit"
     assert len(draws) == 2  # one at hand, one on what the store holds (the near cache may lag)
     assert len(fetcher.calls) == 2
 
 
-def test_lookup_now_without_a_store_at_hand_reads_it() -> None:
+def test_a_lookup_without_a_store_at_hand_reads_it() -> None:
     store = UnreachableStore(MemoryStore(task.Clock()), down=False)
     refresher, fetcher, _, _ = make(store=store)
     ask(refresher)
     fetcher.succeed(body=b"1")
-    assert isinstance(refresher.lookup_now("j", {"id": "1"}), Answer)
+    assert isinstance(refresher.lookup(refresher.target("j", {"id": "1"})), Answer)
     store.down = True
-    later = refresher.lookup_now("j", {"id": "1"})
+    later = refresher.lookup(refresher.target("j", {"id": "1"}))
     assert isinstance(later, Deferred)
     ask(refresher)

@@ -1,5 +1,5 @@
 """
-The HTTP server's limits (refresherd.site), driven without sockets: the
+The HTTP server's limits (refresherd.http.site), driven without sockets: the
 channel built by L{LimitedSite} on a L{task.Clock}, connected to a
 L{StringTransport}, fed request bytes, and judged by the bytes it writes back
 and whether it closes or aborts the connection.
@@ -23,7 +23,7 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import EncodingResourceWrapper, Resource
 from twisted.web.server import NOT_DONE_YET, GzipEncoderFactory, Request, Site
 
-from refresherd.site import IDLE_TIMEOUT, REQUEST_DEADLINE, DeadlineChannel, LimitedSite
+from refresherd.http.site import IDLE_TIMEOUT, REQUEST_DEADLINE, DeadlineChannel, LimitedSite
 
 LIMIT = 10
 PUT_LIMIT = 100
@@ -435,7 +435,7 @@ def test_a_channel_asks_its_transport_for_each_address_once(server: Server, whic
     assert asked == [1]
 
 
-# Answered: what times each request (refresherd.faces.observe)
+# Answered: what times each request (refresherd.http.common.observe)
 
 
 class Answering(Resource):

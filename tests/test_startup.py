@@ -135,6 +135,32 @@ def test_json_log_format_writes_one_object_per_line(tmp_path: Path) -> None:
     records = [json.loads(line) for line in service.lines]
     assert all({"time", "level", "namespace", "message"} <= set(r) for r in records)
     assert any("public API listening on" in r["message"] for r in records)
+    summary = [r for r in records if r["message"].startswith("refresherd 0.1.0:")]
+    assert len(summary) == 1, records
+    assert summary[0]["message"] == (
+        f"refresherd 0.1.0: 1 job(s) from {config} (square); store memory://"
+    )
+    assert summary[0]["level"] == "info"
+
+
+def test_start_up_without_jobs_says_so_and_names_the_store(tmp_path: Path) -> None:
+    """
+    A configuration without jobs: it serves, and a warning says there are
+    none; the store is named without its password.
+    """
+    config = tmp_path / "refresherd.toml"
+    config.write_text("")
+    service = start_service(config, "--log-format", "json", "--store", "redis://:pw@127.0.0.1:1/3")
+    assert service.stop() == 0
+    records = [json.loads(line) for line in service.lines]
+    messages = [(r["level"], r["message"]) for r in records]
+    assert (
+        "info",
+        f"refresherd 0.1.0: 0 job(s) from {config} (none); store redis://127.0.0.1:1/3",
+    ) in messages
+    warnings = [m for level, m in messages if level == "warn"]
+    assert len(warnings) == 1 and warnings[0].startswith("refresherd: no jobs are configured")
+    assert not any("pw" in m for _, m in messages)
 
 
 def test_access_log_lines_in_json_carry_route_status_and_duration(tmp_path: Path) -> None:

@@ -31,14 +31,7 @@ from refresherd.entry import decode, encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
 from refresherd.keys import entry_key
-from refresherd.stores.memcached import (
-    DEFAULT_ITEM_LIMIT,
-    MemcachedStore,
-    _Connection,
-    _OutOfStep,
-    memcached_store_from_url,
-)
-from refresherd.stores.memcached_layout import (
+from refresherd.stores.memcached.layout import (
     MIN_ITEM_LIMIT,
     check_key,
     chunk_key,
@@ -48,7 +41,14 @@ from refresherd.stores.memcached_layout import (
     parse_manifest,
     split,
 )
-from refresherd.stores.memcached_ring import Ring, key_point
+from refresherd.stores.memcached.ring import Ring, key_point
+from refresherd.stores.memcached.store import (
+    DEFAULT_ITEM_LIMIT,
+    MemcachedStore,
+    _Connection,
+    _OutOfStep,
+    memcached_store_from_url,
+)
 from tests.memcached_server import MemcachedServer
 from tests.store_contract import LONG_TTL, StoreContract, sample_entry
 

@@ -1,5 +1,5 @@
 """
-Templates (refresherd.templates): argument values fill placeholders of job
+Templates (refresherd.core.templates): argument values fill placeholders of job
 URLs, JSON bodies and tags, and never change their structure.
 """
 
@@ -13,8 +13,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from refresherd.errors import BadArgs
-from refresherd.templates import (
+from refresherd.core.templates import (
     check_url_template,
     json_placeholders,
     placeholders,
@@ -22,6 +21,7 @@ from refresherd.templates import (
     render_tags,
     render_url,
 )
+from refresherd.errors import BadArgs
 
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 

@@ -5,11 +5,9 @@ Unit tests first (options, the shared-store check, the workers' command line,
 socket adoption, the lifeline, supervision on a fake reactor, metrics summed
 over processes), then C{twistd -n refresherd --workers 2} end to end.
 
-Until the Redis store is wired into C{tap.make_store}, the end-to-end tests
-run the workers on the memory store through the test-only switch
-C{REFRESHERD_ALLOW_WORKERS_WITH_MEMORY=1} (each worker then has a cache of its
-own, which lets a job returning C{os.getpid()} tell the workers apart); the
-last test runs them on a real Redis.
+The end-to-end tests run the workers on a real Redis (flushed before each
+test); a job returning the fetching process's pid, asked with a new argument
+each time, tells the workers apart.
 """
 
 from __future__ import annotations
@@ -46,50 +44,51 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from refresherd import tap, workers
+from refresherd.core.refresher import Refresher
 from refresherd.errors import ConfigError
 from refresherd.metrics import FLUSH_INTERVAL, MULTIPROCESS_DIR, metrics_for, render_multiprocess
-from refresherd.refresher import Refresher
-from refresherd.stores.memory import MemoryStore
-from refresherd.workers import (
+from refresherd.run.build import listen, twistd_reactor, worker_plugin_options
+from refresherd.run.services import Engine, RefresherdService, ThreadPools
+from refresherd.run.settings import Settings, require_shared_store, settings_from
+from refresherd.run.signals import ShutdownSignals
+from refresherd.run.workers.lifeline import connect_lifeline
+from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
+from refresherd.run.workers.options import (
     LIFELINE_FD,
     PUBLIC_FD,
-    InheritedUNIXPort,
-    SharedSocket,
-    Supervisor,
-    WorkerLogObserver,
     WorkerOptions,
-    adopt,
-    connect_lifeline,
-    describe_exit,
-    shareable,
     worker_arguments,
     worker_options,
-    worker_text_observer,
 )
+from refresherd.run.workers.options import TWISTD as TWISTD_PROGRAM
+from refresherd.run.workers.sockets import InheritedUNIXPort, SharedSocket, adopt, shareable
+from refresherd.run.workers.supervisor import (
+    MAX_RESTART_DELAY,
+    RESTART_DELAY,
+    STABLE_AFTER,
+    Supervisor,
+    describe_exit,
+)
+from refresherd.stores.memory import MemoryStore
 from tests.harness import LISTENING, TWISTD, Origin, run_twistd, wait_until
 from tests.memcached_server import MemcachedServer
 from tests.redis_server import RedisServer
 
-ALLOW = {tap.ALLOW_MEMORY_WORKERS: "1"}
-
 # -- the shared-store check ------------------------------------------------------
 
 
-def settings(tmp_path: Path, **options: str) -> tap.Settings:
+def settings(tmp_path: Path, **options: str) -> Settings:
     config = tmp_path / "refresherd.toml"
     config.write_text("")
-    return tap.settings_from({"config": str(config), **options}, {})
+    return settings_from({"config": str(config), **options}, {})
 
 
 @pytest.mark.parametrize("workers", ["2", "8"])
 def test_workers_with_the_memory_store_are_refused(tmp_path: Path, workers: str) -> None:
     with pytest.raises(ConfigError, match=f"--workers {workers}: needs a shared store"):
-        tap.require_shared_store(settings(tmp_path, workers=workers), {})
+        require_shared_store(settings(tmp_path, workers=workers))
     with pytest.raises(ConfigError):
-        tap.require_shared_store(
-            settings(tmp_path, workers=workers, store="memory://?max_bytes=1000"), {}
-        )
+        require_shared_store(settings(tmp_path, workers=workers, store="memory://?max_bytes=1000"))
 
 
 @pytest.mark.parametrize(
@@ -98,17 +97,11 @@ def test_workers_with_the_memory_store_are_refused(tmp_path: Path, workers: str)
 def test_workers_with_any_other_store_go_on_to_the_store_factory(
     tmp_path: Path, store: str
 ) -> None:
-    tap.require_shared_store(settings(tmp_path, workers="2", store=store), {})
+    require_shared_store(settings(tmp_path, workers="2", store=store))
 
 
 def test_one_worker_is_fine_with_the_memory_store(tmp_path: Path) -> None:
-    tap.require_shared_store(settings(tmp_path, workers="1"), {})
-
-
-def test_the_test_only_switch_lets_memory_through(tmp_path: Path) -> None:
-    tap.require_shared_store(settings(tmp_path, workers="2"), ALLOW)
-    with pytest.raises(ConfigError):
-        tap.require_shared_store(settings(tmp_path, workers="2"), {tap.ALLOW_MEMORY_WORKERS: "0"})
+    require_shared_store(settings(tmp_path, workers="1"))
 
 
 # -- internal options and the workers' command line ------------------------------
@@ -166,18 +159,18 @@ def test_workers_get_the_parents_options_with_an_absolute_config(
         }
     )
     options.parent = TwistdOptions(reactor="asyncio")
-    plugin = tap.worker_plugin_options(options, tap.settings_from(options, {}))
+    plugin = worker_plugin_options(options, settings_from(options, {}))
     assert plugin == [
         f"--config={tmp_path / 'mine.toml'}",
         "--listen=tcp:8080",
         "--store=redis://h:1/0",
         "--log-format=json",
     ]
-    arguments = worker_arguments(3, "unix", plugin, tap.twistd_reactor(options))
+    arguments = worker_arguments(3, "unix", plugin, twistd_reactor(options))
     assert arguments == [
         "-P",
         "-c",
-        workers.TWISTD,
+        TWISTD_PROGRAM,
         "-n",
         "--pidfile=",
         "--reactor=asyncio",
@@ -195,11 +188,11 @@ def test_workers_read_the_default_config_file_the_parent_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert tap.worker_plugin_options({}, tap.settings_from({}, {})) == []
+    assert worker_plugin_options({}, settings_from({}, {})) == []
     (tmp_path / "refresherd.toml").write_text("")
-    plugin = tap.worker_plugin_options({}, tap.settings_from({}, {}))
+    plugin = worker_plugin_options({}, settings_from({}, {}))
     assert plugin == [f"--config={tmp_path / 'refresherd.toml'}"]
-    assert tap.twistd_reactor({}) is None
+    assert twistd_reactor({}) is None
 
 
 def test_only_tcp_and_unix_endpoints_are_shared(tmp_path: Path) -> None:
@@ -213,9 +206,7 @@ def test_only_tcp_and_unix_endpoints_are_shared(tmp_path: Path) -> None:
 def test_a_shared_endpoint_that_cannot_be_shared_is_refused() -> None:
     pem = Path(twisted.test.__file__).parent / "server.pem"
     with pytest.raises(ConfigError, match="--listen: --workers shares only TCP and UNIX"):
-        tap.listen(
-            MemoryReactorClock(), f"ssl:0:privateKey={pem}", "--listen", Factory(), shared=True
-        )
+        listen(MemoryReactorClock(), f"ssl:0:privateKey={pem}", "--listen", Factory(), shared=True)
 
 
 # -- a worker's side: the socket, the lifeline, its logs -------------------------
@@ -310,11 +301,11 @@ def test_worker_logs_name_the_worker() -> None:
         "log_format": "hello {who}",
         "who": "you",
         "log_level": LogLevel.info,
-        "log_namespace": "refresherd.tap",
+        "log_namespace": "refresherd.run.tap",
         "log_time": 0.0,
     }
     worker_text_observer(3, Out())(event)  # type: ignore[arg-type]
-    assert out == ["1970-01-01T00:00:00+0000 [worker 3 refresherd.tap#info] hello you\n"]
+    assert out == ["1970-01-01T00:00:00+0000 [worker 3 refresherd.run.tap#info] hello you\n"]
     seen: list[dict[str, Any]] = []
     WorkerLogObserver(3, seen.append)(event)
     assert seen == [{**event, "worker": 3}]
@@ -425,10 +416,10 @@ def test_a_worker_that_exits_is_started_again(supervised: Supervised) -> None:
     supervisor, reactor = supervised.supervisor, supervised.reactor
     supervisor.startService()
     supervised.connect()
-    reactor.advance(workers.STABLE_AFTER)
+    reactor.advance(STABLE_AFTER)
     reactor.processes[0].exit(signal=9)
     assert supervisor.pids == {2: 1001}
-    reactor.advance(workers.RESTART_DELAY)
+    reactor.advance(RESTART_DELAY)
     assert [p.args for p in reactor.processes[2:]] == [["worker", "1"]]
     assert supervisor.pids == {1: 1002, 2: 1001}
 
@@ -448,7 +439,7 @@ def test_a_worker_that_keeps_exiting_is_started_again_ever_later(
         worker_1 = reactor.processes[-1]
         assert worker_1.args == ["worker", "1"]
     assert delays[:4] == [0.4, 0.8, 1.6, 3.2]
-    assert delays[-1] == workers.MAX_RESTART_DELAY
+    assert delays[-1] == MAX_RESTART_DELAY
 
 
 def test_the_metrics_of_a_worker_that_exited_are_marked_dead(supervised: Supervised) -> None:
@@ -574,7 +565,8 @@ def signal_handlers() -> Iterator[None]:
 def test_a_graceful_stop_makes_the_next_signal_end_the_process() -> None:
     reactor = MemoryReactorClock()
     reactor.running = True
-    signals = tap.handle_shutdown_signals(reactor)
+    signals = ShutdownSignals(reactor)
+    signals.install()
     assert signal.getsignal(signal.SIGTERM) == signals._first
     signals.stop()
     assert reactor.hasStopped
@@ -674,8 +666,8 @@ def test_a_worker_service_flushes_its_metrics_every_interval_and_when_stopped(
     metrics = metrics_for(["job"], multiprocess_dir=str(tmp_path))
     refresher = Refresher(MemoryStore(clock), {}, clock, "rfd", metrics)
     port = clock.listenTCP(0, Factory())
-    engine = tap.Engine(refresher, tap.ThreadPools())
-    service = tap.RefresherdService(engine, [port], [], worker=1)
+    engine = Engine(refresher, ThreadPools())
+    service = RefresherdService(engine, [port], [], worker=1)
     service.startService()
     written = metrics.requests.labels(job="job", status="hit")
     metrics.count_request("job", "hit")
@@ -771,8 +763,9 @@ SERVING = re.compile(r"refresherd: worker (\d+) \(pid (\d+)\) serving the public
 
 CONFIG = """
 [jobs.pid]
+args = ["n"]
 fetch = "python"
-callable = "os:getpid"
+callable = "tests.jobs:pid"
 fresh = "1h"
 
 [jobs.slow]
@@ -837,11 +830,15 @@ def start(
     env: dict[str, str] | None = None,
     count: int = 2,
     twistd: tuple[str, ...] = (),
+    store: str | None = None,
 ) -> Running:
     """
-    C{twistd [twistd] -n refresherd --workers count ...}, its metrics
-    directory in C{tmp_path}; returns once every worker serves.
+    C{twistd [twistd] -n refresherd --workers count ...}, on C{store} when
+    given, its metrics directory in C{tmp_path}; returns once every worker
+    serves.  The workers can import C{tests.jobs}.
     """
+    if store is not None:
+        args = ("--store", store, *args)
     process = subprocess.Popen(
         [TWISTD, *twistd, "-n", "--pidfile=", "refresherd", "--config"]
         + [str(tmp_path / "refresherd.toml"), "--workers", str(count)]
@@ -850,7 +847,7 @@ def start(
         stderr=subprocess.STDOUT,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "TMPDIR": str(tmp_path), **(env if env is not None else ALLOW)},
+        env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": ROOT, **(env or {})},
     )
     running = Running(process)
 
@@ -878,13 +875,30 @@ def alive(pid: int) -> bool:
         return False
 
 
+ROOT = str(Path(__file__).resolve().parent.parent)
+"""The repository, where the workers find C{tests.jobs}."""
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A real redis-server for the workers of this module to share."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture
-def service(tmp_path: Path, origin: Origin) -> Iterator[Callable[..., Running]]:
+def service(tmp_path: Path, origin: Origin, redis: RedisServer) -> Iterator[Callable[..., Running]]:
+    """Starts C{--workers} on the module's Redis, emptied first."""
     (tmp_path / "refresherd.toml").write_text(CONFIG.format(origin=origin.url))
+    redis.command("FLUSHALL")
     started: list[Running] = []
 
     def run(*args: str, **kwargs: Any) -> Running:
-        running = start(tmp_path, *args, **kwargs)
+        running = start(tmp_path, *args, store=redis.url(), **kwargs)
         started.append(running)
         return running
 
@@ -917,14 +931,14 @@ def ask_until_both_answer(url: str) -> tuple[set[int], int]:
     seen: set[int] = set()
     asked = 0
 
-    def ask(_: int) -> int:
-        response = httpx.get(url + "/v1/jobs/pid", timeout=30)
+    def ask(n: int) -> int:
+        response = httpx.get(url + f"/v1/jobs/pid?n={n}", timeout=30)
         assert response.status_code == 200, response.text
         return int(response.json()["value"])
 
     with ThreadPoolExecutor(16) as pool:
         while len(seen) < 2 and asked < 2000:
-            seen.update(pool.map(ask, range(64)))
+            seen.update(pool.map(ask, range(asked, asked + 64)))
             asked += 64
     return seen, asked
 
@@ -1038,11 +1052,12 @@ def test_workers_share_a_unix_socket_left_as_configured(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10) as client:
         seen: set[int] = set()
-        for _ in range(50):
+        for round in range(50):
             with ThreadPoolExecutor(8) as pool:
                 seen.update(
                     pool.map(
-                        lambda _: client.get("http://x/v1/jobs/pid").json()["value"], range(16)
+                        lambda n: client.get(f"http://x/v1/jobs/pid?n={n}").json()["value"],
+                        range(16 * round, 16 * (round + 1)),
                     )
                 )
             if len(seen) == 2:
@@ -1067,7 +1082,7 @@ def test_workers_run_the_parents_reactor_and_log_format_with_their_number(
 ) -> None:
     running = service("--log-format", "json", twistd=("--reactor", "asyncio"))
     pids = running.wait_for_workers(2)
-    assert httpx.get(running.url + "/v1/jobs/pid", timeout=10).status_code == 200
+    assert httpx.get(running.url + "/v1/jobs/pid?n=1", timeout=10).status_code == 200
     assert running.stop() == 0
     records = [json.loads(line) for line in running.output().splitlines()]
     serving = [r for r in records if "serving the public API" in r["message"]]
@@ -1077,6 +1092,10 @@ def test_workers_run_the_parents_reactor_and_log_format_with_their_number(
         [(n, "twisted.internet.asyncioreactor.AsyncioSelectorReactor") for n in (None, 1, 2)],
         key=str,
     )
+
+
+ANY_REDIS = ("--store", "redis://127.0.0.1:1/0")
+"""A shared store for start-up checks: building the store connects to nothing."""
 
 
 def start_up_error(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -1094,7 +1113,7 @@ def start_up_error(tmp_path: Path, *args: str, env: dict[str, str] | None = None
 
 def test_workers_on_an_endpoint_that_cannot_be_shared_stop_start_up(tmp_path: Path) -> None:
     pem = Path(twisted.test.__file__).parent / "server.pem"
-    line = start_up_error(tmp_path, "--listen", f"ssl:0:privateKey={pem}", env=ALLOW)
+    line = start_up_error(tmp_path, "--listen", f"ssl:0:privateKey={pem}", *ANY_REDIS)
     assert line.startswith("refresherd: --listen: --workers shares only TCP and UNIX endpoints")
 
 
@@ -1103,7 +1122,7 @@ def test_workers_on_a_port_in_use_stop_start_up(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        line = start_up_error(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", env=ALLOW)
+        line = start_up_error(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", *ANY_REDIS)
     assert line.startswith(f"refresherd: --listen: cannot listen on 'tcp:{port}:")
 
 
@@ -1130,7 +1149,7 @@ def test_two_workers_on_a_shared_store_fetch_a_stampeded_key_once(
     """
     (tmp_path / "refresherd.toml").write_text(SHARED_CONFIG.format(origin=origin.url))
     origin.set("/users/hot", delay=1.0)
-    running = start(tmp_path, "--store", shared_store.url(), env={})
+    running = start(tmp_path, store=shared_store.url())
     try:
 
         def ask(_: int) -> str:
@@ -1158,7 +1177,7 @@ def test_the_parent_of_workers_purges_for_all_of_them(
         SHARED_CONFIG.format(origin=origin.url) + 'tags = ["user:{name}"]\n'
     )
     origin.set("/users/bob", body=b'{"fetch": {n}}')
-    running = start(tmp_path, "--store", shared_store.url(), env={})
+    running = start(tmp_path, store=shared_store.url())
     try:
         with httpx.Client(timeout=30) as client:
             url = running.url + "/v1/jobs/user?name=bob"

@@ -7,7 +7,7 @@ C{fetch} kind of SPEC section 3:
   - C{"python"}: L{refresherd.fetchers.python.PythonFetcher}, which takes a
     thread pool of the job's own (L{refresherd.fetchers.python.make_threadpool}).
 
-Only the twistd wiring (C{refresherd.tap}) builds them; the refresher sees
+Only the twistd wiring (C{refresherd.run.tap}) builds them; the refresher sees
 C{IFetcher} only.
 """
 

@@ -63,11 +63,11 @@ from zope.interface import implementer
 
 from refresherd import __version__
 from refresherd.config import JobConfig
+from refresherd.core.templates import render_json, render_url
 from refresherd.entry import Fetched, check_json_body, is_json_content_type
 from refresherd.errors import FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
-from refresherd.templates import render_json, render_url
 
 SIGNATURE_HEADER = "X-Refresherd-Signature"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"

@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 refresherd = ServiceMaker(
     "refresherd",
-    "refresherd.tap",
+    "refresherd.run.tap",
     "A cache-refresh service: stale-while-revalidate with single-flight over HTTP.",
     "refresherd",
 )

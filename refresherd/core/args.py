@@ -1,43 +1,19 @@
 """
-Arguments of a request, checked against their job at the edge.
-
-Query strings are decoded as HTML forms decode them (C{+} is a space); a
-repeated argument, bytes that are not UTF-8, a missing or unknown argument, a
-value over 1 KiB, a value that does not fully match its C{arg_patterns} entry,
-and C{.} or C{..} where the value lands in a URL are all C{bad_args}.
+Arguments of a lookup, checked against their job: a missing or unknown
+argument, a value over 1 KiB, a value that does not fully match its
+C{arg_patterns} entry, and C{.} or C{..} where the value lands in a URL are
+all C{bad_args}.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import unquote_to_bytes
 
 from refresherd.config import JobConfig
+from refresherd.core.templates import placeholders
 from refresherd.errors import BadArgs
-from refresherd.templates import placeholders
 
 MAX_VALUE_BYTES = 1024
-
-
-def _form_decode(part: bytes) -> str:
-    return unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
-
-
-def parse_query(query: bytes) -> dict[str, str]:
-    """The arguments of a query string, each given once."""
-    args: dict[str, str] = {}
-    for pair in query.split(b"&"):
-        if not pair:
-            continue
-        name, _, value = pair.partition(b"=")
-        try:
-            key, text = _form_decode(name), _form_decode(value)
-        except UnicodeDecodeError:
-            raise BadArgs("the query string is not UTF-8") from None
-        if key in args:
-            raise BadArgs(f"argument {key!r} is given more than once")
-        args[key] = text
-    return args
 
 
 def check_args(job: JobConfig, args: Mapping[str, object]) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """
-What the two HTTP faces (L{refresherd.api}, L{refresherd.admin}) share: the
+What the two HTTP faces (L{refresherd.http.public}, L{refresherd.http.admin}) share: the
 error object, the JSON of a stored value, request timing, and the handlers
 Klein calls for errors, unknown routes and methods.
 """
@@ -24,8 +24,8 @@ from werkzeug.routing import RequestRedirect
 
 from refresherd.entry import Entry, is_json_content_type
 from refresherd.errors import BadArgs, MethodNotAllowed, NotFound, RefresherdError, Unauthorized
+from refresherd.http.site import LimitedRequest
 from refresherd.metrics import Metrics
-from refresherd.site import LimitedRequest
 
 JSON = b"application/json"
 UNMATCHED = "_unmatched"

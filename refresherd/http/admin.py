@@ -25,15 +25,15 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from refresherd.args import parse_query
-from refresherd.auth import ADMIN, METRICS, Authorizer, is_loopback_host
 from refresherd.config import JobConfig, Secret
+from refresherd.core.marks import Purge
+from refresherd.core.refresher import Refresher
 from refresherd.entry import Entry, is_json_content_type, parse_json
 from refresherd.errors import BadArgs, BadJson, Forbidden, UnsupportedMediaType, one_line
-from refresherd.faces import JSON, guarded, handle_errors, header, observe, query, with_value
-from refresherd.generations import Purge
+from refresherd.http.auth import ADMIN, METRICS, Authorizer, is_loopback_host
+from refresherd.http.common import JSON, guarded, handle_errors, header, observe, query, with_value
+from refresherd.http.query import parse_query
 from refresherd.metrics import Metrics
-from refresherd.refresher import Refresher
 
 REDACTED = "<redacted>"
 
@@ -260,7 +260,7 @@ class AdminAPI:
     async def refresh(self, request: IRequest, job: str) -> bytes:
         self._admin(request, "/v1/jobs/{job}/refresh")
         self._post(request)
-        key = await self.refresher.refresh(job, parse_query(query(request)))
+        key = await self.refresher.refresh(self.refresher.target(job, parse_query(query(request))))
         request.setResponseCode(202)
         request.setHeader(b"Content-Type", JSON)
         return json.dumps({"job": job, "key": key, "status": "pending"}).encode()

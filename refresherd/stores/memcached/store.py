@@ -3,14 +3,14 @@ The shared store on a pool of memcached servers
 (C{memcached://host:port[,host:port...][?item_limit=N]}).
 
 The layout other programs read is documented in C{docs/memcached.md}, and
-built by L{refresherd.stores.memcached_layout}:
+built by L{refresherd.stores.memcached.layout}:
 
     K                                    ->  encode(entry), or a manifest of chunks
     {ns}:chunk:{generation}:{i}:{rest}   ->  chunk i of a value too large for one item
     {ns}:lease:{rest}                    ->  the token of the fetch that holds K's lease
 
 Each key lives on the server that consistent hashing gives it
-(L{refresherd.stores.memcached_ring}), or on the next one round the ring while
+(L{refresherd.stores.memcached.ring}), or on the next one round the ring while
 that server is down.  Each server has one connection, a
 L{twisted.protocols.memcache.MemCacheProtocol} kept up by a L{ClientService}.
 Every key is checked before it is sent, every reply is checked against the
@@ -47,7 +47,7 @@ from zope.interface import implementer
 from refresherd.entry import Entry, EntryFormatError, decode, encode
 from refresherd.errors import StoreUnavailable, one_line
 from refresherd.interfaces import IStore
-from refresherd.stores.memcached_layout import (
+from refresherd.stores.memcached.layout import (
     CHUNK_MARGIN,
     MAX_ITEM_LIMIT,
     MIN_ITEM_LIMIT,
@@ -60,7 +60,7 @@ from refresherd.stores.memcached_layout import (
     parse_manifest,
     split,
 )
-from refresherd.stores.memcached_ring import Ring
+from refresherd.stores.memcached.ring import Ring
 from refresherd.stores.waiters import ChangeWaiters
 
 T = TypeVar("T")

@@ -65,7 +65,7 @@ class LimitedRequest(server.Request):
 
     @ivar when_answered: called once, when the request is answered (finished)
         or its connection is lost first; what times and logs it
-        (L{refresherd.faces.observe}) without a Deferred of C{notifyFinish}.
+        (L{refresherd.http.common.observe}) without a Deferred of C{notifyFinish}.
     """
 
     when_answered: Callable[[], None] | None = None

@@ -1,0 +1,1 @@
+"""The refresh engine: lookups, flights, attempts, and the pure decisions beneath them."""

@@ -1,0 +1,79 @@
+"""
+The attempts of one fetch: each under the job's C{timeout}, up to
+C{retries + 1} of them with backoff between, each counted and timed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from refresherd.core import policy
+from refresherd.core.jobs import Job
+from refresherd.entry import Fetched
+from refresherd.errors import FetchError, FetchTimeout, one_line
+from refresherd.metrics import Metrics
+
+
+@attrs.define
+class Attempts:
+    """Runs a job's fetcher until it succeeds or its attempts run out."""
+
+    clock: IReactorTime
+    metrics: Metrics
+    random: Callable[[], float] = random.random
+    _log: Logger = attrs.field(factory=Logger, init=False)
+
+    async def fetch(self, job: Job, args: Mapping[str, str]) -> tuple[Fetched, float]:
+        """
+        The first success of up to C{retries + 1} attempts and how long it
+        took; else the last attempt's L{FetchError}.  Cancelling abandons the
+        attempt running.
+        """
+        config = job.config
+        error: FetchError = FetchError("no attempt made")
+        for attempt in range(config.retries + 1):
+            if attempt:
+                pause = policy.backoff(
+                    attempt - 1,
+                    policy.ATTEMPT_BACKOFF_BASE,
+                    policy.ATTEMPT_BACKOFF_CAP,
+                    self.random(),
+                )
+                await task.deferLater(self.clock, pause)
+            start = self.clock.seconds()
+            self.metrics.in_flight.labels(job=job.name).inc()
+            outcome = None
+            try:
+                d = defer.maybeDeferred(job.fetcher.fetch, args)
+                d.addTimeout(config.timeout, self.clock)
+                fetched: Fetched = await d
+                outcome = "success"
+                return fetched, self.clock.seconds() - start
+            except defer.TimeoutError:
+                outcome = "timeout"
+                error = FetchTimeout(f"the fetch took longer than {config.timeout:g}s")
+            except FetchError as e:
+                outcome = "error"
+                error = e
+            except CancelledError:
+                outcome = "error"
+                raise
+            except Exception as e:
+                outcome = "error"
+                self._log.failure("Fetcher of job {job} raised", job=job.name)
+                error = FetchError(one_line(f"{type(e).__name__}: {e}".splitlines()[0]))
+            finally:
+                self.metrics.in_flight.labels(job=job.name).dec()
+                if outcome is not None:  # None: the coroutine was closed, nothing happened
+                    self.metrics.fetches.labels(job=job.name, outcome=outcome).inc()
+                    self.metrics.fetch_duration.labels(job=job.name).observe(
+                        self.clock.seconds() - start
+                    )
+        raise error

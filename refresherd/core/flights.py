@@ -1,0 +1,313 @@
+"""
+Single-flight: at most one fetch per key.
+
+In this process, every request that needs a key while its fetch runs joins
+that L{Flight}.  Among every process sharing the store, the store's lease
+makes the fetch one: a flight first takes a slot among the job's
+C{concurrency} (queueing at most C{max_queue}), then the lease, then makes its
+attempts (L{refresherd.core.attempts}), and writes the result fenced by its
+lease, so a write that lost its lease (to a PUT, a purge, or a holder after
+expiry) never lands.  A process that finds the lease taken waits for the store
+to change instead of fetching.  Callers wait on their own Deferreds, so a
+caller that disconnects or times out never cancels the fetch for the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from refresherd.core import policy
+from refresherd.core.attempts import Attempts
+from refresherd.core.jobs import Target
+from refresherd.entry import Entry
+from refresherd.errors import FetchError, FetchFailed, Overloaded, StoreUnavailable
+from refresherd.interfaces import IStore
+from refresherd.metrics import Metrics
+
+
+class ShuttingDown(Overloaded):
+    """The service stopped before the fetch finished."""
+
+
+def store_ttl(entry: Entry, now: float) -> float:
+    """How long the store keeps C{entry}: its last window, plus a margin for clock skew."""
+    return entry.expires_at - now + policy.STORE_MARGIN
+
+
+@attrs.define(eq=False)
+class Flight:
+    """One fetch of one key, and the callers waiting for it."""
+
+    target: Target
+    previous: Entry | None
+    """The entry the lookup that started the flight saw (none: absent)."""
+    persist: bool
+    """Write the result to the store (false while the store is unreachable)."""
+    marks: tuple[str, str] = ("", "")
+    """The purge marks of the job and tags when the flight began, for what it writes."""
+    _waiters: list[Deferred[Entry]] = attrs.field(factory=list, init=False)
+    _outcome: Entry | Exception | None = attrs.field(default=None, init=False)
+    running: Deferred[None] | None = attrs.field(default=None, init=False)
+
+    @property
+    def key(self) -> str:
+        return self.target.key
+
+    def wait(self) -> Deferred[Entry]:
+        """The flight's entry for one caller; cancelling it leaves the flight alone."""
+        if self._outcome is not None:
+            return self._fired(self._outcome)
+
+        def forget(d: Deferred[Entry]) -> None:
+            if d in self._waiters:
+                self._waiters.remove(d)
+
+        waiter: Deferred[Entry] = Deferred(forget)
+        self._waiters.append(waiter)
+        return waiter
+
+    @staticmethod
+    def _fired(outcome: Entry | Exception) -> Deferred[Entry]:
+        if isinstance(outcome, Entry):
+            return defer.succeed(outcome)
+        return defer.fail(outcome)
+
+    def finish(self, outcome: Entry | Exception) -> None:
+        """Give C{outcome} (an entry or an error) to every caller, now and later."""
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Entry):
+                waiter.callback(outcome)
+            else:
+                waiter.errback(outcome)
+
+
+@attrs.define(eq=False)
+class Flights:
+    """The flights of one process: started, joined, run, and drained when it stops."""
+
+    store: IStore
+    clock: IReactorTime
+    metrics: Metrics
+    random: Callable[[], float]
+    attempts: Attempts
+    running: dict[str, Flight] = attrs.field(factory=dict, init=False)
+    """The flight of each key being fetched."""
+    _log: Logger = attrs.field(factory=Logger, init=False)
+
+    def start(
+        self,
+        target: Target,
+        previous: Entry | None,
+        persist: bool,
+        marks: tuple[str, str],
+        early: bool = False,
+    ) -> Flight:
+        """The flight of C{target}'s key: the one running, or a new one."""
+        job = target.job
+        flight = self.running.get(target.key)
+        if flight is not None:
+            self.metrics.coalesced.labels(job=job.name).inc()
+            return flight
+        flight = Flight(target, previous, persist, marks)
+        self.running[target.key] = flight
+        if early:
+            self.metrics.early_refreshes.labels(job=job.name).inc()
+        flight.running = Deferred.fromCoroutine(self._fly(flight))
+        return flight
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Let the flights running finish for up to C{timeout} seconds, then
+        cancel the rest; their callers are answered either way.
+        """
+        running = [f.running for f in self.running.values() if f.running is not None]
+        if not running:
+            return defer.succeed(None)
+        everything: Deferred[Any] = defer.DeferredList(running, consumeErrors=True)
+        timer = self.clock.callLater(timeout, everything.cancel)
+
+        def done(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            for flight in list(self.running.values()):
+                if flight.running is not None:
+                    flight.running.cancel()
+
+        everything.addBoth(done)
+        return everything
+
+    async def _fly(self, flight: Flight) -> None:
+        outcome: Entry | Exception
+        try:
+            outcome = await self._run(flight)
+        except (FetchError, FetchFailed, Overloaded, StoreUnavailable) as e:
+            outcome = e
+        except CancelledError:
+            outcome = ShuttingDown("refresherd is shutting down; try again")
+        except Exception as e:
+            self._log.failure("Unexpected error refreshing {key}", key=flight.key)
+            outcome = FetchError(f"internal error: {type(e).__name__}")
+        finally:
+            del self.running[flight.key]
+        flight.finish(outcome)
+
+    async def _run(self, flight: Flight) -> Entry:
+        job = flight.target.job
+        config = job.config
+        if job.slots.tokens == 0 and job.queued >= config.max_queue:
+            raise Overloaded(f"job {job.name!r} has {config.max_queue} fetches waiting")
+        depth = self.metrics.queue_depth.labels(job=job.name)
+        depth.inc()
+        try:
+            await job.slots.acquire()
+        finally:
+            depth.dec()
+        try:
+            lease = await self._lease(flight)
+            if not (flight.persist and lease is None):
+                try:
+                    landed = await self._landed_meanwhile(flight) if lease is not None else None
+                    if landed is not None:
+                        self.metrics.coalesced.labels(job=job.name).inc()
+                        return landed
+                    return await self._fetch_and_store(flight, lease)
+                finally:
+                    if lease is not None:
+                        await self._release(flight.key, lease)
+        finally:
+            job.slots.release()
+        self.metrics.coalesced.labels(job=job.name).inc()
+        return await self._await_elsewhere(flight)
+
+    async def _landed_meanwhile(self, flight: Flight) -> Entry | None:
+        """
+        A fresh value another process wrote between this flight's read and
+        its lease (it fetched, wrote and released in that time), or None: with
+        it, no second fetch runs.  A value written before a purge this flight
+        knows of is not one.
+        """
+        try:
+            current: Entry | None = await self.store.get(flight.key)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="get").inc()
+            return None
+        if (
+            current is None
+            or current.is_failure
+            or current == flight.previous
+            or current.generations != flight.marks
+            or self.clock.seconds() >= current.fresh_until
+        ):
+            return None
+        return current
+
+    async def _lease(self, flight: Flight) -> str | None:
+        """The lease for a flight that writes to the store; None when held elsewhere."""
+        if not flight.persist:
+            return None
+        config = flight.target.job.config
+        try:
+            lease: str | None = await self.store.acquire_lease(
+                flight.key, policy.lease_ttl(config.timeout, config.retries)
+            )
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="lease").inc()
+            flight.persist = False
+            return None
+        return lease
+
+    async def _release(self, key: str, lease: str) -> None:
+        try:
+            await self.store.release_lease(key, lease)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="lease").inc()
+
+    async def _fetch_and_store(self, flight: Flight, lease: str | None) -> Entry:
+        target = flight.target
+        try:
+            fetched, duration = await self.attempts.fetch(target.job, target.args)
+        except FetchError as e:
+            self._log.warn(
+                "Fetch of {key} for job {job} failed: {reason}{detail}",
+                key=flight.key,
+                job=target.job.name,
+                reason=str(e),
+                detail=f"\n{e.detail}" if e.detail else "",
+            )
+            if flight.persist:
+                await self._remember_failure(flight, lease, str(e))
+            raise
+        now = self.clock.seconds()
+        entry = target.new_entry(fetched, now, duration, flight.marks)
+        if not flight.persist:
+            return entry
+        try:
+            written = await self.store.put(flight.key, entry, store_ttl(entry, now), lease=lease)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="put").inc()
+            flight.persist = False
+            return entry
+        if not written:
+            # A PUT, a purge or another holder wrote since this fetch began:
+            # theirs stands, and it is what the callers get.
+            current = await self.store.get(flight.key)
+            if current is not None and not current.is_failure:
+                return current
+        return entry
+
+    async def _remember_failure(self, flight: Flight, lease: str | None, error: str) -> None:
+        target = flight.target
+        config = target.job.config
+        now = self.clock.seconds()
+        failed = policy.after_failure(
+            now,
+            flight.previous,
+            job=target.job.name,
+            args=target.args,
+            error=error,
+            error_ttl=config.error_ttl,
+            rand=self.random(),
+        )
+        if failed is None:
+            return
+        # Marked with the current purges: a purge that made this refresh is spent.
+        failed = attrs.evolve(failed, generations=flight.marks)
+        try:
+            await self.store.put(flight.key, failed, store_ttl(failed, now), lease=lease)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="put").inc()
+
+    async def _await_elsewhere(self, flight: Flight) -> Entry:
+        """
+        Another process holds the lease: wait for the store to change, and
+        answer with what that fetch wrote.  Between waits the store is read
+        again, every C{POLL_FIRST} seconds doubling up to C{POLL_INTERVAL}, for
+        a store with no notifications (memcached) or a notice that was lost.
+        """
+        config = flight.target.job.config
+        deadline = self.clock.seconds() + policy.lease_ttl(config.timeout, config.retries)
+        pause = policy.POLL_FIRST
+        while (remaining := deadline - self.clock.seconds()) > 0:
+            await self.store.wait_for_change(flight.key, min(remaining, pause))
+            pause = min(2 * pause, policy.POLL_INTERVAL)
+            current = await self.store.get(flight.key)
+            if current is None or current == flight.previous:
+                continue
+            previous = flight.previous
+            if current.is_failure or (
+                previous is not None
+                and current.etag == previous.etag
+                and current.failures > previous.failures
+            ):
+                raise FetchError(current.last_error or "the fetch elsewhere failed")
+            return current
+        raise FetchError("the fetch running elsewhere did not finish in time")

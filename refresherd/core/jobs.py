@@ -1,0 +1,116 @@
+"""
+Jobs and what a lookup names: a configured job with its fetcher, and the
+target of a job name and arguments (the entry's key and its generation keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+from twisted.internet import defer
+
+from refresherd.config import JobConfig
+from refresherd.core.args import check_args
+from refresherd.core.marks import GenerationKeys, generation_keys
+from refresherd.core.templates import render_tags
+from refresherd.entry import Entry, Fetched, value_entry
+from refresherd.errors import UnknownJob
+from refresherd.interfaces import IFetcher
+from refresherd.keys import entry_key
+
+TARGETS_KEPT = 4096
+"""How many L{Target}s L{Targets} remembers (all are forgotten when more come)."""
+
+
+@attrs.define
+class Job:
+    """A configured job with what runs it: its fetcher and its C{concurrency} slots."""
+
+    config: JobConfig
+    fetcher: IFetcher
+    slots: defer.DeferredSemaphore = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.slots = defer.DeferredSemaphore(self.config.concurrency)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def queued(self) -> int:
+        return len(self.slots.waiting)
+
+
+@attrs.frozen
+class Target:
+    """What a job name and arguments name: the entry's key and its generation keys."""
+
+    job: Job
+    args: Mapping[str, str]
+    key: str
+    generation_keys: GenerationKeys
+
+    def new_entry(
+        self, fetched: Fetched, now: float, duration: float, marks: tuple[str, str]
+    ) -> Entry:
+        """The entry of a value fetched (or put) for this target at C{now}, with purge C{marks}."""
+        config = self.job.config
+        return value_entry(
+            fetched,
+            job=self.job.name,
+            args=self.args,
+            tags=render_tags(config.tags, self.args),
+            now=now,
+            duration=duration,
+            fresh=config.fresh,
+            stale=config.stale,
+            stale_if_error=config.stale_if_error,
+            generations=marks,
+        )
+
+
+@attrs.define
+class Targets:
+    """
+    The jobs of one namespace, and the targets their names and arguments
+    name, remembered (at most L{TARGETS_KEPT}): every lookup needs one.
+    """
+
+    jobs: Mapping[str, Job]
+    namespace: str
+    _kept: dict[tuple[object, ...], Target] = attrs.field(factory=dict, init=False)
+
+    def job(self, name: str) -> Job:
+        """The job named C{name}, or L{UnknownJob}."""
+        try:
+            return self.jobs[name]
+        except KeyError:
+            raise UnknownJob(f"no job named {name!r}") from None
+
+    def target(self, job_name: str, given: Mapping[str, object]) -> Target:
+        """
+        The target of C{job_name} with the arguments C{given}: L{UnknownJob}
+        or L{BadArgs} if they name none (never remembered).
+        """
+        memo = (job_name, *given.items())
+        try:
+            target = self._kept.get(memo)
+        except TypeError:  # An unhashable value (from JSON): checking will refuse it.
+            memo, target = (), None
+        if target is not None:
+            return target
+        target = self._resolve(job_name, given)
+        if memo:
+            if len(self._kept) >= TARGETS_KEPT:
+                self._kept.clear()
+            self._kept[memo] = target
+        return target
+
+    def _resolve(self, job_name: str, given: Mapping[str, object]) -> Target:
+        job = self.job(job_name)
+        args = check_args(job.config, given)
+        key = entry_key(self.namespace, job.name, job.config.version, args)
+        tags = render_tags(job.config.tags, args)
+        return Target(job, args, key, generation_keys(self.namespace, job.name, tags))

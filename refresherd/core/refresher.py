@@ -1,0 +1,343 @@
+"""
+The refresher, the front of the engine: lookups, puts, purges, inspection and
+refreshes on demand.
+
+A lookup reads its target's entry and the purge tokens of its job and tags
+from the store, applies any purge, and asks L{policy.decide} what to answer
+and whether to refresh (docs/README.md, "What it does").  A refresh or a miss
+runs as a flight (L{refresherd.core.flights}): one per key, however many
+callers and processes ask.  When the store holds the entry in this process
+(L{IStore.read_at_hand}) and nobody has to wait, the answer is given at once,
+with no Deferred: that is nearly every request.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from refresherd.core import policy
+from refresherd.core.attempts import Attempts
+from refresherd.core.flights import Flight, Flights, store_ttl
+from refresherd.core.jobs import Job, Target, Targets
+from refresherd.core.marks import Purge, generation_keys, purge_of
+from refresherd.entry import Entry, Fetched, check_json_body, is_json_content_type
+from refresherd.errors import (
+    BadArgs,
+    BadJson,
+    BodyTooLarge,
+    FetchError,
+    FetchFailed,
+    NotFound,
+    Overloaded,
+    StoreUnavailable,
+    WaitTimeout,
+    one_line,
+)
+from refresherd.interfaces import IStore
+from refresherd.keys import check_entry_key, generation_key
+from refresherd.metrics import Metrics
+
+DRAIN_TIMEOUT = 10.0
+"""Seconds that fetches in flight may take to finish when the service stops."""
+
+NO_MARKS = ("", "")
+"""The purge marks of a job and tags none of whose generation keys was ever written."""
+
+
+@attrs.define
+class Answer:
+    """
+    What a lookup answers: a value and how it was served, or C{pending}.
+    (Not frozen, though nothing changes one: a frozen class costs every hit
+    three times as much to make.)
+    """
+
+    job: str
+    key: str
+    status: str
+    """C{hit}, C{stale}, C{miss} or C{pending}."""
+    entry: Entry | None = None
+    error: str | None = None
+    """Why a stale value is served: the refreshes failing, or the wait running out."""
+    stored: bool = True
+    """For a miss: whether the value was written to the store."""
+
+
+@attrs.define(eq=False)
+class Refresher(Service):
+    """Answers lookups and puts, and runs the fetches behind them."""
+
+    store: IStore
+    jobs: Mapping[str, Job]
+    clock: IReactorTime
+    namespace: str
+    metrics: Metrics
+    random: Callable[[], float] = random.random
+    drain_timeout: float = DRAIN_TIMEOUT
+    targets: Targets = attrs.field(init=False)
+    flights: Flights = attrs.field(init=False)
+    _log: Logger = attrs.field(factory=Logger, init=False)
+
+    # Service is an old-style class with class attributes; attrs leaves them alone.
+    def __attrs_post_init__(self) -> None:
+        Service.__init__(self)
+        self.targets = Targets(self.jobs, self.namespace)
+        attempts = Attempts(self.clock, self.metrics, self.random)
+        self.flights = Flights(self.store, self.clock, self.metrics, self.random, attempts)
+
+    def target(self, job_name: str, args: Mapping[str, object]) -> Target:
+        """What C{job_name} with C{args} names: L{UnknownJob} or L{BadArgs} if nothing."""
+        return self.targets.target(job_name, args)
+
+    # -- lookups -------------------------------------------------------------
+
+    def lookup(self, target: Target) -> Answer | Deferred[Answer]:
+        """
+        The answer for C{target}, a refresh started when one is due: at once
+        when the store has the entry at hand and nobody has to wait for a
+        fetch or a read; else a Deferred of it.  Errors a caller can cause
+        (L{refresherd.errors.RefresherdError}) are raised or failed with.
+        """
+        at_hand = self.store.read_at_hand(target.key, target.generation_keys.all)
+        if at_hand is None:
+            return Deferred.fromCoroutine(self._read_and_decide(target))
+        entry, marks = self._seen(target, *at_hand)
+        decision = self._decide(target.job, entry)
+        if decision is policy.HIT:  # Nearly every lookup.
+            return Answer(target.job.name, target.key, "hit", entry)
+        if self._must_reread(target, decision, persist=True):
+            return Deferred.fromCoroutine(self._read_and_decide(target, cached=False))
+        return self._settle(target, entry, marks, True, decision)
+
+    async def _read_and_decide(self, target: Target, cached: bool = True) -> Answer:
+        """L{lookup} of an entry that was not at hand: read it (again, if C{cached} is false)."""
+        entry, marks, persist = await self._read(target, cached)
+        decision = self._decide(target.job, entry)
+        if cached and self._must_reread(target, decision, persist):
+            entry, marks, persist = await self._read(target, cached=False)
+            decision = self._decide(target.job, entry)
+        settled = self._settle(target, entry, marks, persist, decision)
+        return settled if isinstance(settled, Answer) else await settled
+
+    def _decide(self, job: Job, entry: Entry | None) -> policy.Decision:
+        return policy.decide(self.clock.seconds(), entry, job.config.early_refresh, self.random())
+
+    def _must_reread(self, target: Target, decision: policy.Decision, persist: bool) -> bool:
+        """
+        A near cache may be behind the store (a refresh that landed
+        elsewhere): act only on what the store holds now.  (A flight of this
+        key running here is joined whatever the store holds.)
+        """
+        return (
+            decision.refresh
+            and persist
+            and self.store.caches
+            and target.key not in self.flights.running
+        )
+
+    def _settle(
+        self,
+        target: Target,
+        entry: Entry | None,
+        marks: tuple[str, str],
+        persist: bool,
+        decision: policy.Decision,
+    ) -> Answer | Deferred[Answer]:
+        """What C{decision} answers, a refresh started if due: an answer, or one to wait for."""
+        job, key = target.job, target.key
+        pending = decision.state is policy.State.ABSENT and job.config.on_miss == "empty"
+        if pending and not persist:
+            raise StoreUnavailable("the store is unreachable; nothing can be queued")
+        flight = None
+        if decision.refresh:
+            flight = self.flights.start(target, entry, persist, marks, early=decision.early)
+        if decision.state is policy.State.HIT:
+            return Answer(job.name, key, "hit", entry)
+        if decision.state is policy.State.STALE:
+            assert entry is not None
+            return self._stale(target, entry, entry.last_error)
+        if decision.state is policy.State.FAILED:
+            assert entry is not None
+            raise FetchFailed(entry.last_error or "the last fetch failed")
+        assert flight is not None
+        if pending:
+            return Answer(job.name, key, "pending")
+        return Deferred.fromCoroutine(self._wait(flight, decision.fallback))
+
+    async def _read(
+        self, target: Target, cached: bool = True
+    ) -> tuple[Entry | None, tuple[str, str], bool]:
+        """
+        The entry of C{target} as a request should see it, purges applied, the
+        current purge marks of its job and tags, and whether the store
+        answered.  The entry and the tokens are read at once (one round trip).
+        """
+        try:
+            entry, tokens = await self.store.read(target.key, target.generation_keys.all, cached)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="get").inc()
+            return None, NO_MARKS, False
+        return (*self._seen(target, entry, tokens), True)
+
+    def _seen(
+        self, target: Target, entry: Entry | None, tokens: Mapping[str, str]
+    ) -> tuple[Entry | None, tuple[str, str]]:
+        """The entry as a request should see it, purges applied, and the current marks."""
+        marks = target.generation_keys.marks(tokens)
+        if entry is not None and entry.generations != marks:
+            entry = self._unpurged(target.job, entry, purge_of(entry.generations, marks))
+        return entry, marks
+
+    def _unpurged(self, job: Job, entry: Entry, purge: Purge | None) -> Entry | None:
+        """C{entry} after a purge of its job or a tag: none (hard), or marked stale (soft)."""
+        if purge is None:
+            return entry
+        if purge is Purge.HARD or entry.is_failure:
+            return None
+        return policy.soft_purged(entry, self.clock.seconds(), self._grace(job))
+
+    @staticmethod
+    def _grace(job: Job) -> float:
+        """How long a soft-purged value stays servable at least: one refresh's lease."""
+        return policy.lease_ttl(job.config.timeout, job.config.retries)
+
+    def _stale(self, target: Target, entry: Entry, error: str | None) -> Answer:
+        self.metrics.stale_age.labels(job=target.job.name).observe(
+            max(0.0, self.clock.seconds() - entry.fresh_until)
+        )
+        return Answer(target.job.name, target.key, "stale", entry, error=error)
+
+    async def _wait(self, flight: Flight, fallback: Entry | None) -> Answer:
+        target = flight.target
+        config = target.job.config
+        waiter = flight.wait()
+        waiter.addTimeout(config.wait_timeout, self.clock)
+        try:
+            entry = await waiter
+        except defer.TimeoutError:
+            message = f"no value within wait_timeout ({config.wait_timeout:g}s)"
+            if fallback is not None:
+                return self._stale(target, fallback, message)
+            raise WaitTimeout(message + "; the fetch goes on") from None
+        except (FetchError, FetchFailed, Overloaded) as e:
+            if fallback is not None:
+                return self._stale(target, fallback, str(e))
+            if isinstance(e, FetchError):
+                raise FetchFailed(str(e)) from None
+            raise
+        return Answer(target.job.name, target.key, "miss", entry, stored=flight.persist)
+
+    # -- writes --------------------------------------------------------------
+
+    async def put(self, target: Target, body: bytes, content_type: str) -> Answer:
+        """Store C{body} as the fresh value of C{target} now (PUT)."""
+        config = target.job.config
+        if len(body) > config.max_value_bytes:
+            raise BodyTooLarge(f"the value is larger than {config.max_value_bytes} bytes")
+        if is_json_content_type(content_type):
+            try:
+                check_json_body(body)
+            except ValueError as e:
+                raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
+        try:
+            keys = target.generation_keys
+            marks = keys.marks(await self.store.get_generations(keys.all))
+            now = self.clock.seconds()
+            entry = target.new_entry(Fetched(body, content_type), now, 0.0, marks)
+            await self.store.put(target.key, entry, store_ttl(entry, now))
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="put").inc()
+            raise
+        return Answer(target.job.name, target.key, "hit", entry)
+
+    # -- operators -----------------------------------------------------------
+
+    def check_key(self, key: str) -> str:
+        """C{key} if it names an entry of this namespace; L{BadArgs} otherwise."""
+        try:
+            return check_entry_key(key, self.namespace)
+        except ValueError as e:
+            raise BadArgs(str(e)) from None
+
+    async def purge(self, keys: list[str], jobs: list[str], tags: list[str], soft: bool) -> int:
+        """
+        Purge entries by key, and every entry of C{jobs} and of C{tags}, in
+        every process sharing the store: removed, or with C{soft} marked stale
+        so that the next request is answered with the old value while one
+        refresh regenerates it.  Fires with how many keys, jobs and tags were
+        named.  Nothing is done unless every key and job is valid.
+        """
+        keys = [self.check_key(key) for key in keys]
+        for name in jobs:
+            self.targets.job(name)
+        named = [
+            generation_key(self.namespace, kind, name, hard=not soft)
+            for kind, names in (("job", jobs), ("tag", tags))
+            for name in names
+        ]
+        writes = [Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys]
+        writes += [self.store.new_generation(key) for key in named]
+        try:
+            await defer.gatherResults(writes, consumeErrors=True)
+        except defer.FirstError as e:
+            if e.subFailure.check(StoreUnavailable):
+                self.metrics.store_errors.labels(operation="purge").inc()
+            e.subFailure.raiseException()
+        for kind, given in (("key", keys), ("job", jobs), ("tag", tags)):
+            if given:
+                self.metrics.purged.labels(kind=kind).inc(len(given))
+        return len(keys) + len(jobs) + len(tags)
+
+    async def _purge_key(self, key: str, soft: bool) -> None:
+        if not soft:
+            await self.store.delete(key)
+            return
+        entry = await self.store.get(key)
+        if entry is None:
+            return
+        job = self.jobs.get(entry.job)
+        if entry.is_failure or job is None:
+            # Nothing to serve meanwhile, or nothing to regenerate it with.
+            await self.store.delete(key)
+            return
+        now = self.clock.seconds()
+        marked = policy.soft_purged(entry, now, self._grace(job))
+        if marked is not entry:
+            # Unfenced: a fetch that began before the purge cannot overwrite it.
+            await self.store.put(key, marked, store_ttl(marked, now))
+
+    async def inspect(self, key: str) -> tuple[Entry, Purge | None]:
+        """The entry of C{key} as it is stored, and whether a purge of its job or a tag hit it."""
+        key = self.check_key(key)
+        entry: Entry | None = await self.store.get(key)
+        if entry is None:
+            raise NotFound(f"no entry {key!r}")
+        keys = generation_keys(self.namespace, entry.job, entry.tags)
+        tokens = await self.store.get_generations(keys.all)
+        return entry, purge_of(entry.generations, keys.marks(tokens))
+
+    async def refresh(self, target: Target) -> str:
+        """Start a refresh of C{target} now, or join the one running; fires with its key."""
+        entry, marks, persist = await self._read(target, cached=False)
+        if not persist:
+            raise StoreUnavailable("the store is unreachable; a refresh would not be stored")
+        self.flights.start(target, entry, persist, marks)
+        return target.key
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Let the fetches in flight finish for up to C{drain_timeout} seconds,
+        then cancel the rest; their callers are answered either way.
+        """
+        Service.stopService(self)
+        return self.flights.drain(self.drain_timeout)

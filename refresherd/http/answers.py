@@ -1,0 +1,136 @@
+"""
+An answer as HTTP: its JSON object (with the stored value spliced in), its
+C{Cache-Status}, C{Age} and C{ETag}, and a 304 for a matching C{If-None-Match}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import weakref
+from typing import Any
+
+import attrs
+from twisted.web.iweb import IRequest
+
+from refresherd.core.refresher import Answer
+from refresherd.entry import Entry, is_json_content_type
+from refresherd.errors import one_line
+from refresherd.http.common import JSON, header, with_value
+
+
+def cache_status(answer: Answer, now: float) -> bytes:
+    """The RFC 9211 C{Cache-Status} of an answer."""
+    entry = answer.entry
+    if answer.status == "pending" or entry is None:
+        return b"refresherd; fwd=miss"
+    if answer.status == "miss":
+        return b"refresherd; fwd=miss; stored" if answer.stored else b"refresherd; fwd=miss"
+    return b"refresherd; hit; ttl=%d" % math.floor(entry.fresh_until - now)
+
+
+def etag_matches(if_none_match: bytes | None, etag: str) -> bool:
+    """Weak comparison of C{If-None-Match} with the current ETag."""
+    if not if_none_match:
+        return False
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.decode("latin-1").split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
+def answer_body(answer: Answer, now: float) -> bytes:
+    """The JSON object of an answer.  A JSON value is spliced in as stored."""
+    head: dict[str, Any] = {"job": answer.job, "key": answer.key, "status": answer.status}
+    entry = answer.entry
+    if entry is None:
+        return json.dumps(head).encode("utf-8")
+    head.update(
+        content_type=entry.content_type,
+        fetched_at=entry.fetched_at,
+        fresh_until=entry.fresh_until,
+        stale_until=entry.stale_until,
+        age=round(max(0.0, now - entry.fetched_at), 3),
+    )
+    if answer.error is not None:
+        head["error"] = one_line(answer.error)
+    return with_value(head, entry)
+
+
+BODIES_KEPT = 4096
+"""How many answer heads L{Bodies} keeps (all are forgotten when more come)."""
+
+
+@attrs.define
+class Bodies:
+    """
+    L{answer_body}, faster for the answers nearly all traffic is, a JSON
+    value with no error: their bytes before C{age}, which change only with
+    the entry, are kept per key and status while the entry is the same
+    (held weakly: a value the store has let go of is not kept alive here).
+    The same JSON, with C{age} written with three decimals (C{10.500}).
+    """
+
+    _kept: dict[tuple[str, str], tuple[weakref.ref[Entry], bytes]] = attrs.field(factory=dict)
+
+    def body(self, answer: Answer, now: float) -> bytes:
+        entry = answer.entry
+        if entry is None or answer.error is not None:
+            return answer_body(answer, now)
+        memo = (answer.key, answer.status)
+        kept = self._kept.get(memo)
+        if kept is None or kept[0]() is not entry:
+            if not is_json_content_type(entry.content_type):
+                return answer_body(answer, now)
+            if len(self._kept) >= BODIES_KEPT:
+                self._kept.clear()
+            kept = self._kept[memo] = (weakref.ref(entry), _head(answer, entry))
+        age = now - entry.fetched_at
+        return b'%s%.3f,"value":%s}' % (kept[1], age if age > 0 else 0.0, entry.body or b"")
+
+
+def _head(answer: Answer, entry: Entry) -> bytes:
+    """The bytes of L{answer_body} up to the value of C{age}."""
+    head = {
+        "job": answer.job,
+        "key": answer.key,
+        "status": answer.status,
+        "content_type": entry.content_type,
+        "fetched_at": entry.fetched_at,
+        "fresh_until": entry.fresh_until,
+        "stale_until": entry.stale_until,
+    }
+    return json.dumps(head).encode("utf-8")[:-1] + b', "age": '
+
+
+def render_answer(
+    request: IRequest,
+    answer: Answer,
+    raw: bool,
+    now: float,
+    bodies: Bodies,
+    conditional: bool = True,
+) -> bytes:
+    """
+    The body of C{answer} with its status and headers set on C{request}: the
+    JSON object, or with C{raw} the value as stored (with its own content
+    type); with C{conditional}, a 304 when C{If-None-Match} matches.
+    """
+    request.setHeader(b"Cache-Status", cache_status(answer, now))
+    entry = answer.entry
+    if entry is None:
+        request.setResponseCode(202)
+        request.setHeader(b"Content-Type", JSON)
+        return answer_body(answer, now)
+    request.setHeader(b"Age", b"%d" % max(0, math.floor(now - entry.fetched_at)))
+    request.setHeader(b"ETag", entry.etag.encode("ascii"))
+    if conditional and etag_matches(header(request, b"If-None-Match"), entry.etag):
+        request.setResponseCode(304)
+        return b""
+    if raw:
+        request.setHeader(b"Content-Type", entry.content_type.encode("latin-1"))
+        return entry.body or b""
+    request.setHeader(b"Content-Type", JSON)
+    return bodies.body(answer, now)

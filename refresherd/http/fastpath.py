@@ -1,0 +1,166 @@
+"""
+C{GET} and C{HEAD} of C{/v1/jobs/{job}} and C{/v1/jobs/{job}/raw}, the
+requests nearly all traffic is, answered without Klein's routing and Deferred
+chain (which cost as much as the rest of a hit): synchronously when the value
+is at hand, with a C{Content-Length}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from refresherd.core.jobs import Target
+from refresherd.core.refresher import Answer, Refresher
+from refresherd.errors import RefresherdError
+from refresherd.http.answers import Bodies, render_answer
+from refresherd.http.auth import Authorizer
+from refresherd.http.common import header, observe, query, render_error, render_unexpected
+from refresherd.http.query import parse_query
+from refresherd.metrics import Metrics
+
+TARGETS_KEPT = 4096
+"""How many query strings L{QueryTargets} remembers (all are forgotten when more come)."""
+
+
+@attrs.define
+class QueryTargets:
+    """
+    The target of a job name and a URL's query string, remembered by the
+    query's bytes (at most L{TARGETS_KEPT}), so that a hit parses nothing:
+    L{UnknownJob} or L{BadArgs} if they name none (never remembered).
+    """
+
+    refresher: Refresher
+    _kept: dict[tuple[str, bytes], Target] = attrs.field(factory=dict, init=False)
+
+    def target(self, job_name: str, raw_query: bytes) -> Target:
+        memo = (job_name, raw_query)
+        target = self._kept.get(memo)
+        if target is None:
+            target = self.refresher.target(job_name, parse_query(raw_query))
+            if len(self._kept) >= TARGETS_KEPT:
+                self._kept.clear()
+            self._kept[memo] = target
+        return target
+
+
+@attrs.define
+class Values:
+    """The answers to C{GET}/C{HEAD} of a value, on whichever route they came."""
+
+    refresher: Refresher
+    authorizer: Authorizer
+    metrics: Metrics
+    clock: IReactorTime
+    access_log: bool = False
+    bodies: Bodies = attrs.field(factory=Bodies)
+    targets: QueryTargets = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.targets = QueryTargets(self.refresher)
+
+    def value(self, request: IRequest, job: str, raw: bool) -> bytes | Deferred[bytes]:
+        """
+        The answer to C{GET /v1/jobs/{job}} (or C{.../raw}), errors rendered
+        as their error object: bytes at once when the value was at hand (the
+        memory store, the near cache) and nobody waits, else a Deferred.
+        """
+        self._observe(request, "/v1/jobs/{job}/raw" if raw else "/v1/jobs/{job}")
+        if not self.authorizer.reads_open:  # (else no header to read)
+            try:
+                self.authorizer.check_read(header(request, b"Authorization"))
+            except RefresherdError as e:
+                return render_error(request, e)
+            except Exception:
+                return render_unexpected(request, Failure())
+        try:
+            answer = self.refresher.lookup(self.targets.target(job, query(request)))
+        except Exception:
+            return self._failed(request, job, Failure())
+        if isinstance(answer, Answer):
+            return self._respond(request, job, answer, raw)
+        return answer.addCallbacks(
+            lambda answer: self._respond(request, job, answer, raw),
+            lambda failure: self._failed(request, job, failure),
+        )
+
+    def _observe(self, request: IRequest, route: str) -> None:
+        observe(self.metrics, self.clock, request, route, self.access_log)
+
+    def _respond(self, request: IRequest, job: str, answer: Answer, raw: bool) -> bytes:
+        self.metrics.count_request(job, answer.status)
+        if raw:
+            request.setHeader(b"X-Content-Type-Options", b"nosniff")
+            request.setHeader(b"Content-Security-Policy", b"sandbox")
+        return render_answer(request, answer, raw, self.clock.seconds(), self.bodies)
+
+    def _failed(self, request: IRequest, job: str, failure: Failure) -> bytes:
+        """A lookup's failure as its answer: the error object, or a JSON 500."""
+        if isinstance(failure.value, RefresherdError):
+            self.metrics.count_request(job, "error")
+            return render_error(request, failure.value)
+        return render_unexpected(request, failure)
+
+
+_JOBS = b"/v1/jobs/"
+_RAW = b"/raw"
+_NAME = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+
+
+class FastValues(Resource):
+    """
+    The root resource of the public listener: L{Values} answers C{GET} and
+    C{HEAD} of a value itself; every other request, and any job name Klein
+    would have to decode, goes to C{other} (the Klein resource).
+    """
+
+    isLeaf = True
+
+    def __init__(self, values: Values, other: IResource) -> None:
+        super().__init__()
+        self.values = values
+        self.other = other
+
+    def render(self, request: IRequest) -> Any:
+        path: bytes = request.path
+        if request.method in (b"GET", b"HEAD") and path.startswith(_JOBS):
+            name = path[len(_JOBS) :]
+            raw = name.endswith(_RAW)
+            if raw:
+                name = name[: -len(_RAW)]
+            if _NAME.fullmatch(name):
+                return self._answer(request, self.values.value(request, name.decode("ascii"), raw))
+        return self.other.render(request)
+
+    @staticmethod
+    def _answer(request: IRequest, answering: bytes | Deferred[bytes]) -> Any:
+        if isinstance(answering, bytes):
+            return answering
+        now: list[bytes] = []
+        gone: list[object] = []
+        later = False
+
+        def deliver(body: bytes) -> None:
+            if not later:
+                now.append(body)
+            elif not gone:
+                request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+                request.write(body)
+                request.finish()
+
+        answering.addCallback(deliver)
+        if now:
+            return now[0]
+        later = True
+        finishing: Any = request
+        finishing.notifyFinish().addErrback(gone.append)
+        return NOT_DONE_YET

@@ -1,0 +1,1 @@
+"""Start-up: options, settings, wiring, the running services, signals and --workers."""

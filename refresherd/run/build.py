@@ -1,0 +1,347 @@
+"""
+The service twistd runs, built from the settings: a single process, the
+parent of C{--workers}, or one of its workers.  Everything that can be wrong
+(the configuration, an option, an endpoint, a port in use) is found here and
+raised as one L{ConfigError}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.address import UNIXAddress
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.python.failure import Failure
+
+from refresherd import __version__
+from refresherd.core.refresher import DRAIN_TIMEOUT
+from refresherd.errors import ConfigError
+from refresherd.http.admin import AdminAPI
+from refresherd.http.auth import Authorizer, is_loopback_ip
+from refresherd.http.public import PublicAPI
+from refresherd.http.site import LimitedSite
+from refresherd.logs import JSONLinesObserver, LazyFlushFile, LogOutput, text_observer
+from refresherd.metrics import MULTIPROCESS_DIR
+from refresherd.run.services import (
+    CLOSE_TIMEOUT,
+    Engine,
+    ParentService,
+    RefresherdService,
+    describe,
+)
+from refresherd.run.settings import Settings, require_shared_store, settings_from
+from refresherd.run.signals import ShutdownSignals
+from refresherd.run.wiring import build_engine, describe_store, make_store
+from refresherd.run.workers.lifeline import Lifeline, connect_lifeline
+from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
+from refresherd.run.workers.options import worker_arguments
+from refresherd.run.workers.sockets import HeldForWorkers, adopt, hold, release, shareable
+from refresherd.run.workers.supervisor import Supervisor
+
+
+def build(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> IService:
+    """
+    The service twistd runs: a single process, the parent of C{--workers},
+    or one of its workers.
+    """
+    settings = settings_from(options, environ)
+    if settings.worker is None:
+        require_shared_store(settings)
+        if settings.workers > 1:
+            return build_parent(options, settings, reactor, environ)
+    return build_service(settings, reactor, environ)
+
+
+def engine_for(
+    settings: Settings,
+    reactor: Any,
+    environ: Mapping[str, str],
+    multiprocess_dir: str | None = None,
+) -> Engine:
+    """The engine of C{settings}: their store, jobs and refresher."""
+    config = settings.config
+    store = make_store(
+        settings.store.value, settings.store.where, reactor, config.store.namespace, environ
+    )
+    return build_engine(
+        config.jobs, config.source, store, config.store.namespace, reactor, multiprocess_dir
+    )
+
+
+def summary(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """
+    The lines a process logs at start, before where it listens: the version,
+    the configuration file, the jobs and the store; a warning when there are
+    no jobs.
+    """
+    config = settings.config
+    names = sorted(config.jobs)
+    source = config.source
+    if source == "<defaults>":
+        source = "no configuration file (no --config, no ./refresherd.toml)"
+    lines = [
+        (
+            "refresherd {version}: {count} job(s) from {source} ({jobs}); store {store}",
+            {
+                "version": __version__,
+                "count": len(names),
+                "source": source,
+                "jobs": ", ".join(names) or "none",
+                "store": describe_store(settings.store.value),
+            },
+        )
+    ]
+    if not names:
+        lines.append(
+            (
+                "!refresherd: no jobs are configured: every value request will answer "
+                "unknown_job; give --config or put a refresherd.toml in the working directory",
+                {},
+            )
+        )
+    return lines
+
+
+def build_service(
+    settings: Settings, reactor: Any, environ: Mapping[str, str]
+) -> RefresherdService:
+    """A process that serves the API: on its own, or as one of the workers."""
+    config = settings.config
+    worker = settings.worker
+    engine = engine_for(
+        settings, reactor, environ, environ.get(MULTIPROCESS_DIR) if worker is not None else None
+    )
+    refresher, metrics = engine.refresher, engine.refresher.metrics
+    authorizer = Authorizer.from_config(config.auth)
+    admin = AdminAPI(refresher, authorizer, metrics, reactor, config.server.access_log)
+    public = PublicAPI(
+        refresher,
+        authorizer,
+        config.server,
+        metrics,
+        reactor,
+        fallback=admin.resource() if settings.admin_mounted else None,
+    )
+    public_site = LimitedSite(public.resource(), public.body_limit, reactor)
+    signals = ShutdownSignals(reactor)
+    if worker is not None:
+        # The parent listens, serves the admin API and checked both endpoints.
+        lifeline = connect_lifeline(reactor, worker.lifeline, signals.stop)
+        port = adopt(reactor, worker.fd, worker.family, public_site)
+        return RefresherdService(
+            engine,
+            [port],
+            [public_site],
+            log_output=log_output(settings, reactor),
+            on_started=lambda: start_worker(signals, lifeline),
+            worker=worker.id,
+        )
+    ports = [listen(reactor, settings.listen.value, settings.listen.where, public_site)]
+    sites = [public_site]
+    try:
+        ports += admin_listener(settings, admin, authorizer, reactor, sites, ports[0])
+    except ConfigError:
+        for port in ports:
+            port.stopListening()
+        raise
+    return RefresherdService(
+        engine,
+        ports,
+        sites,
+        log_output=log_output(settings, reactor),
+        on_started=signals.guard,
+        summary=summary(settings),
+    )
+
+
+def start_worker(signals: ShutdownSignals, lifeline: Lifeline) -> None:
+    """A worker handles the signals, and tells its parent it is ready."""
+    signals.guard()
+    lifeline.ready()
+
+
+def build_parent(
+    options: Mapping[str, Any], settings: Settings, reactor: Any, environ: Mapping[str, str]
+) -> ParentService:
+    """
+    The parent of C{--workers}.  It builds what every worker will build, so
+    that a mistake is one line at start-up here rather than workers that fail
+    one after the other, and keeps it for the admin API it serves.
+    """
+    config = settings.config
+    engine = engine_for(settings, reactor, environ)
+    metrics = engine.refresher.metrics
+    authorizer = Authorizer.from_config(config.auth)
+    admin = AdminAPI(engine.refresher, authorizer, metrics, reactor, config.server.access_log)
+    public = listen(
+        reactor, settings.listen.value, settings.listen.where, HeldForWorkers(), shared=True
+    )
+    shared = hold(public)
+    ports = [public]
+    sites: list[LimitedSite] = []
+    try:
+        ports += admin_listener(settings, admin, authorizer, reactor, sites, public)
+    except ConfigError:
+        release(public)
+        raise
+    plugin_options = worker_plugin_options(options, settings)
+    reactor_name = twistd_reactor(options)
+    supervisor = Supervisor(
+        reactor,
+        settings.workers,
+        shared,
+        lambda n: worker_arguments(n, shared.family, plugin_options, reactor_name),
+        environ,
+        metrics,
+        stop_timeout=DRAIN_TIMEOUT + CLOSE_TIMEOUT + 15,
+    )
+    signals = ShutdownSignals(reactor, at_once=supervisor.kill)
+    return ParentService(
+        engine,
+        ports,
+        sites,
+        log_output=log_output(settings, reactor),
+        on_started=signals.guard,
+        summary=summary(settings),
+        supervisor=supervisor,
+    )
+
+
+def admin_listener(
+    settings: Settings,
+    admin: AdminAPI,
+    authorizer: Authorizer,
+    reactor: Any,
+    sites: list[LimitedSite],
+    public: IListeningPort,
+) -> list[IListeningPort]:
+    """
+    The admin API's own listener (none with C{--admin-listen none}, where the
+    public listener serves it), its site added to C{sites}, once it is known
+    that the listener serving the admin API may: L{check_admin_listener}.
+    C{public}: the public listener, which serves the admin API when it is mounted.
+    """
+    if settings.admin_mounted:
+        port = public
+        ports: list[IListeningPort] = []
+    else:
+        max_body = settings.config.server.max_body_bytes
+        site = LimitedSite(admin.resource(), lambda method, path: max_body, reactor)
+        sites.append(site)
+        port = listen(reactor, settings.admin_listen.value, settings.admin_listen.where, site)
+        ports = [port]
+    try:
+        check_admin_listener(port, settings, authorizer)
+    except ConfigError:
+        for opened in ports:
+            opened.stopListening()
+        raise
+    return ports
+
+
+def listen(
+    reactor: Any,
+    description: str,
+    where: str,
+    factory: IProtocolFactory,
+    *,
+    shared: bool = False,
+) -> IListeningPort:
+    """
+    Listen on an endpoint now, so that a bad endpoint or a port in use stops
+    start-up.  A C{shared} endpoint (the public listener of C{--workers})
+    must be one whose socket workers can adopt: TCP or UNIX.
+    """
+    try:
+        endpoint = serverFromString(reactor, description)
+    except Exception as e:
+        raise ConfigError(f"{where}: not a valid endpoint {description!r}: {e}") from None
+    if shared and not shareable(endpoint):
+        raise ConfigError(
+            f"{where}: --workers shares only TCP and UNIX endpoints, not {description!r}"
+        )
+    result: list[Any] = []
+    endpoint.listen(factory).addBoth(result.append)
+    if not result:
+        raise ConfigError(f"{where}: endpoint {description!r} does not listen at once")
+    if isinstance(result[0], Failure):
+        message = " ".join(str(result[0].value).split())
+        raise ConfigError(f"{where}: cannot listen on {description!r}: {message}")
+    port: IListeningPort = result[0]
+    return port
+
+
+def check_admin_listener(port: IListeningPort, settings: Settings, authorizer: Authorizer) -> None:
+    """
+    With no admin token configured the admin routes are open, so they may be
+    served only where nobody else can connect: a loopback address or a UNIX
+    socket.  C{port} is the listener that serves them.
+    """
+    if not authorizer.admin_open:
+        return
+    address: Any = port.getHost()
+    if isinstance(address, UNIXAddress) or is_loopback_ip(getattr(address, "host", "")):
+        return
+    mounted = settings.admin_mounted
+    where = settings.listen.where if mounted else settings.admin_listen.where
+    what = "the public listener, which serves the admin API (--admin-listen none)"
+    raise ConfigError(
+        f"{where}: with no admin token configured, the admin API may listen only on "
+        f"loopback (127.0.0.0/8, ::1 or a UNIX socket), not on {describe(port)}"
+        + (f" ({what})" if mounted else "")
+        + "; set auth.admin_tokens"
+    )
+
+
+def log_output(settings: Settings, reactor: Any) -> LogOutput | None:
+    """
+    Where the process logs: C{--log-format json}; in a worker, text with the
+    worker's number; with access logging on, twistd's text with cheap
+    flushes (L{LogOutput}).  None: twistd's own text observer.
+    """
+    worker = settings.worker
+    file = LazyFlushFile(sys.stdout)
+    writer: Callable[[dict[str, Any]], None]
+    if settings.log_format == "json":
+        json_observer = JSONLinesObserver(file)  # type: ignore[arg-type]
+        writer = json_observer if worker is None else WorkerLogObserver(worker.id, json_observer)
+    elif worker is not None:
+        writer = worker_text_observer(worker.id, file)  # type: ignore[arg-type]
+    elif settings.config.server.access_log:
+        writer = text_observer(file)
+    else:
+        return None
+    return LogOutput(file, writer, reactor)
+
+
+PASSED_TO_WORKERS = ("listen", "admin-listen", "store", "log-format")
+"""The plugin options a worker gets as they were given to the parent (C{--config} made absolute)."""
+
+
+def worker_plugin_options(options: Mapping[str, Any], settings: Settings) -> list[str]:
+    """
+    The parent's plugin options for its workers, so that a worker reads the
+    same configuration file with the same overrides (and, for C{--config}
+    not given, the file the parent read, or none).
+    """
+    given = [f"--{name}={options[name]}" for name in PASSED_TO_WORKERS if options.get(name)]
+    config = options.get("config")
+    if config is None and settings.config.source != "<defaults>":
+        config = settings.config.source
+    if config is not None:
+        given.insert(0, f"--config={os.path.abspath(config)}")
+    return given
+
+
+def twistd_reactor(options: Mapping[str, Any]) -> str | None:
+    """The reactor given to twistd (C{--reactor}), for the workers to run the same."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    name = parent.get("reactor")
+    return str(name) if name else None

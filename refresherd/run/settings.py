@@ -1,0 +1,87 @@
+"""
+The settings a process runs with: the configuration file with the command
+line applied, each setting with where it came from (for one-line errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from refresherd.config import Config, load_config
+from refresherd.errors import ConfigError
+from refresherd.run.workers.options import WorkerOptions, worker_options
+
+
+@attrs.frozen
+class Setting:
+    """One setting's text and where it came from (an option, or the file and its key)."""
+
+    value: str
+    where: str
+
+
+@attrs.frozen
+class Settings:
+    """The configuration with the command line applied."""
+
+    config: Config
+    listen: Setting
+    admin_listen: Setting
+    store: Setting
+    workers: int
+    log_format: str
+    worker: WorkerOptions | None = None
+    """In a worker process, what its parent told it."""
+
+    @property
+    def admin_mounted(self) -> bool:
+        """Whether the admin API is served on the public listener (C{--admin-listen none})."""
+        return self.admin_listen.value == "none"
+
+
+def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """The settings of twistd's C{options}: L{ConfigError} naming the first mistake."""
+    config = load_config(options.get("config"), environ)
+    source = config.source
+
+    def pick(option: str, key: str, value: str) -> Setting:
+        given = options.get(option)
+        return (
+            Setting(given, f"--{option}")
+            if given is not None
+            else Setting(value, f"{source}: {key}")
+        )
+
+    workers_text = options.get("workers") or "1"
+    if not workers_text.isdigit() or int(workers_text) < 1:
+        raise ConfigError(f"--workers: not a positive whole number: {workers_text!r}")
+    log_format = options.get("log-format") or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format: must be 'text' or 'json', not {log_format!r}")
+    return Settings(
+        config=config,
+        listen=pick("listen", "server.listen", config.server.listen),
+        admin_listen=pick("admin-listen", "server.admin_listen", config.server.admin_listen),
+        store=pick("store", "store.url", config.store.url),
+        workers=int(workers_text),
+        log_format=log_format,
+        worker=worker_options(options),
+    )
+
+
+def require_shared_store(settings: Settings) -> None:
+    """
+    C{--workers} with more than one worker needs a store the workers share:
+    with C{memory://} each would hold a cache of its own, and a value would
+    be fetched once per worker.  Every other scheme goes on to the store
+    factory, which knows whether it exists.
+    """
+    if settings.workers <= 1 or settings.store.value.partition("://")[0] != "memory":
+        return
+    raise ConfigError(
+        f"--workers {settings.workers}: needs a shared store; with memory:// each worker "
+        "would hold its own cache"
+    )

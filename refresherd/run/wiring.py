@@ -1,0 +1,123 @@
+"""
+What the engine is built from: a store by the scheme of its URL, a fetcher by
+the kind of its job (one table each), and the engine on them.  This is where
+a new store or fetch kind is plugged in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from refresherd.config import JobConfig
+from refresherd.core.refresher import Job, Refresher
+from refresherd.errors import ConfigError
+from refresherd.fetchers.http import HTTPFetcher, make_http_client
+from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable
+from refresherd.interfaces import IFetcher, IStore
+from refresherd.metrics import metrics_for
+from refresherd.run.services import Engine, ThreadPools
+from refresherd.stores.memcached.store import memcached_store_from_url
+from refresherd.stores.memory import memory_store_from_url
+from refresherd.stores.near import DEFAULT_TTL as DEFAULT_NEAR_TTL
+from refresherd.stores.near import NearCache, near_options
+from refresherd.stores.redis import redis_store_from_url
+
+StoreFactory = Callable[[str, Any, str, Mapping[str, str]], IStore]
+"""Given a URL (near-cache options taken out), the reactor, the namespace and the environment."""
+
+
+def _memory(url: str, reactor: Any, namespace: str, environ: Mapping[str, str]) -> IStore:
+    return memory_store_from_url(url, reactor)
+
+
+def _redis(url: str, reactor: Any, namespace: str, environ: Mapping[str, str]) -> IStore:
+    return redis_store_from_url(url, namespace, reactor, environ)
+
+
+def _memcached(url: str, reactor: Any, namespace: str, environ: Mapping[str, str]) -> IStore:
+    return memcached_store_from_url(url, namespace, reactor)
+
+
+STORES: dict[str, tuple[StoreFactory, float | None]] = {
+    "memory": (_memory, None),
+    "redis": (_redis, DEFAULT_NEAR_TTL),
+    # memcached tells no one of changes: a near cache there serves what other
+    # processes changed up to near_ttl late, so it is off unless asked for.
+    "memcached": (_memcached, 0.0),
+}
+"""Each store scheme: its factory, and its default near_ttl (None: no near cache possible)."""
+
+
+def make_store(
+    url: str, where: str, reactor: Any, namespace: str, environ: Mapping[str, str]
+) -> IStore:
+    """
+    The store of a C{--store} URL, not started: building one does no I/O, so
+    the parent of C{--workers} can check the URL and throw the store away.
+    """
+    scheme = url.partition("://")[0]
+    if scheme not in STORES:
+        *others, last = [f"{name}://" for name in STORES]
+        known = f"{', '.join(others)} or {last}"
+        raise ConfigError(f"{where}: unknown store {url.partition(':')[0]!r}; use {known}")
+    factory, default_near_ttl = STORES[scheme]
+    try:
+        if default_near_ttl is None:
+            return factory(url, reactor, namespace, environ)
+        shared_url, near_ttl, near_bytes = near_options(url, default_near_ttl)
+        store = factory(shared_url, reactor, namespace, environ)
+        if near_ttl == 0:
+            return store
+        return NearCache(store, reactor, near_ttl, near_bytes)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def describe_store(url: str) -> str:
+    """A store URL for a log line: its scheme, hosts and path, never a password or option."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+FetcherFactory = Callable[[JobConfig, str, Any, ThreadPools, Any], IFetcher]
+"""Given the job, where it is configured, the reactor, the thread pools and the HTTP client."""
+
+
+def _http(job: JobConfig, where: str, reactor: Any, pools: ThreadPools, client: Any) -> IFetcher:
+    return HTTPFetcher(job, client, reactor)
+
+
+def _python(job: JobConfig, where: str, reactor: Any, pools: ThreadPools, client: Any) -> IFetcher:
+    try:
+        function = resolve_callable(job.callable or "")
+    except ValueError as e:
+        raise ConfigError(f"{where}: jobs.{job.name}.callable: {e}") from None
+    pool = make_threadpool(job)
+    pools.pools.append(pool)
+    return PythonFetcher(job, reactor, pool, function)
+
+
+FETCHERS: dict[str, FetcherFactory] = {"http": _http, "python": _python}
+"""Each fetch kind (a job's C{fetch}) and the factory of its fetcher."""
+
+
+def build_engine(
+    config_jobs: Mapping[str, JobConfig],
+    source: str,
+    store: IStore,
+    namespace: str,
+    reactor: Any,
+    multiprocess_dir: str | None = None,
+) -> Engine:
+    """The jobs and the refresher on C{store}, with their thread pools and metrics."""
+    pools = ThreadPools()
+    client = make_http_client(reactor)
+    jobs = {
+        name: Job(job, FETCHERS[job.fetch](job, source, reactor, pools, client))
+        for name, job in config_jobs.items()
+    }
+    metrics = metrics_for(jobs, multiprocess_dir)
+    refresher = Refresher(store, jobs, reactor, namespace, metrics)
+    return Engine(refresher, pools)

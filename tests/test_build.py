@@ -1,0 +1,80 @@
+"""
+What a process says when it starts (L{refresherd.run.build.summary}) and the
+store table (L{refresherd.run.wiring}): pure, no process, no socket.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from refresherd.config import Config, load_config
+from refresherd.errors import ConfigError
+from refresherd.run.build import summary
+from refresherd.run.settings import Setting, Settings
+from refresherd.run.wiring import STORES, describe_store, make_store
+from refresherd.stores.memory import MemoryStore
+from refresherd.stores.near import NearCache
+
+JOBS = b"""
+[jobs.b]
+url = "http://h/"
+fresh = "1m"
+
+[jobs.a]
+url = "http://h/"
+fresh = "1m"
+"""
+
+
+def settings_of(config: Config, store: str = "memory://") -> Settings:
+    return Settings(
+        config=config,
+        listen=Setting("tcp:0", "--listen"),
+        admin_listen=Setting("none", "--admin-listen"),
+        store=Setting(store, "--store"),
+        workers=1,
+        log_format="text",
+    )
+
+
+def test_the_summary_names_the_version_file_jobs_and_store() -> None:
+    config = load_config(
+        "refresherd.toml",
+        {},
+        read_file=lambda path: JOBS,
+    )
+    [(text, fields)] = summary(settings_of(config, "redis://user:secret@h:6379/2?near_ttl=1"))
+    assert text.format(**fields) == (
+        "refresherd 0.1.0: 2 job(s) from refresherd.toml (a, b); store redis://h:6379/2"
+    )
+
+
+def test_no_jobs_and_no_file_are_said_with_a_warning() -> None:
+    [(text, fields), (warning, _)] = summary(settings_of(Config(source="<defaults>")))
+    assert text.format(**fields) == (
+        "refresherd 0.1.0: 0 job(s) from no configuration file (no --config, no "
+        "./refresherd.toml) (none); store memory://"
+    )
+    assert warning.startswith("!refresherd: no jobs are configured")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("memory://?max_bytes=10", "memory://"),
+        ("redis://:env:PW@10.0.0.1:6379/0", "redis://10.0.0.1:6379/0"),
+        ("memcached://a:11211,b:11211?item_limit=1000", "memcached://a:11211,b:11211"),
+    ],
+)
+def test_a_store_is_described_without_secrets_or_options(url: str, shown: str) -> None:
+    assert describe_store(url) == shown
+
+
+def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
+    reactor = MemoryReactorClock()
+    assert sorted(STORES) == ["memcached", "memory", "redis"]
+    assert isinstance(make_store("memory://", "--store", reactor, "rfd", {}), MemoryStore)
+    assert isinstance(make_store("redis://127.0.0.1:1/0", "--store", reactor, "rfd", {}), NearCache)
+    with pytest.raises(ConfigError, match=r"^--store: unknown store 'couch'; use memory://, "):
+        make_store("couch://x", "--store", reactor, "rfd", {})
