@@ -1,6 +1,6 @@
 """
-A small synchronous client of refresherd (SPEC sections 5 and 10), for web
-applications of any framework, scripts and C{refresherctl}.
+A small synchronous client of refresherd (docs/clients.md, "The Python
+client"), for web applications of any framework, scripts and C{refresherctl}.
 
     from refresherd.client import Client
 
@@ -15,7 +15,7 @@ It speaks to both listeners over one pooled C{httpx.Client} (safe to share
 between threads) with a timeout on every request, sends the bearer token when
 it has one, and turns every failure into a L{RefresherdClientError}:
 L{Unreachable} when the service cannot be reached or does not answer in time,
-a L{ServiceError} subclass per error code of SPEC section 5 when it answers
+a L{ServiceError} subclass per error code (docs/README.md, "Errors") when it answers
 with an error object.
 
 Reads (L{Client.get}, L{Client.get_many}, L{Client.raw}, L{Client.value})
@@ -173,9 +173,9 @@ class BadResponse(RefresherdClientError):
 class ServiceError(RefresherdClientError):
     """
     refresherd answered with an error: C{status} is the HTTP status, C{code}
-    the error code of SPEC section 5 (or C{http_<status>} when the answer was
-    not refresherd's error object, say from a proxy in front of it) and
-    C{message} the server's own one-line explanation.
+    the error code (docs/README.md, "Errors"; or C{http_<status>} when the
+    answer was not refresherd's error object, say from a proxy in front of it)
+    and C{message} the server's own one-line explanation.
     """
 
     code: str = ""
@@ -302,7 +302,7 @@ ERRORS: Mapping[str, type[ServiceError]] = {
         BatchTooLarge,
     )
 }
-"""The L{ServiceError} subclass of each error code of SPEC section 5."""
+"""The L{ServiceError} subclass of each error code (docs/README.md, "Errors")."""
 
 STATUSES: Mapping[str, int] = {
     "unknown_job": 404,
@@ -320,7 +320,10 @@ STATUSES: Mapping[str, int] = {
     "unsupported_media_type": 415,
     "batch_too_large": 413,
 }
-"""The HTTP status of each error code of SPEC section 5 (an item of a batch has only its code)."""
+"""
+The HTTP status of each error code (docs/README.md, "Errors"); an item of a
+batch has only its code.
+"""
 
 
 def _error_object(document: Any, status: int | None) -> ServiceError | None:

@@ -1,5 +1,5 @@
 """
-The configuration: TOML (SPEC section 3) parsed and validated completely at
+The configuration: TOML (docs/configuration.md) parsed and validated completely at
 start-up into frozen values.  Any mistake is a L{ConfigError} with one line
 naming the file, the key and what is wrong.
 """
@@ -76,7 +76,10 @@ class AuthConfig:
 
 @attrs.frozen
 class JobConfig:
-    """One job, every field of SPEC section 3 with its default filled in."""
+    """
+    One job: every key of docs/configuration.md ("`[jobs.NAME]`", "HTTP jobs",
+    "Python jobs"), with its default filled in.
+    """
 
     name: str
     fresh: float

@@ -1,5 +1,5 @@
 """
-C{refresherctl}, the operator's command line (SPEC section 7), on
+C{refresherctl}, the operator's command line (docs/admin.md, "`refresherctl`"), on
 L{refresherd.client}.
 
     refresherctl [--url URL] [--public-url URL] [--token TOKEN] [--json] [--timeout S] COMMAND ...

@@ -2,7 +2,7 @@
 Errors that reach users.
 
 Every error a client can see is a L{RefresherdError} subclass carrying its HTTP
-status and the error code of SPEC section 5; one handler in the HTTP face turns
+status and its error code (docs/README.md, "Errors"); one handler in the HTTP face turns
 them into C{{"error": {"code": ..., "message": ...}}}.  L{ConfigError} is what
 stops start-up, with one line naming the file, the key and what is wrong.
 """

@@ -1,5 +1,5 @@
 """
-The store key scheme of SPEC section 8, in one place.
+The store key scheme (docs/store-format.md, "Keys"), in one place.
 
     {namespace}:{job}:v{version}:{args}
 

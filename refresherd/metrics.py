@@ -1,5 +1,6 @@
 """
-The Prometheus metrics of SPEC section 9, on a registry of their own.
+The Prometheus metrics (docs/README.md, "`GET /metrics` (admin listener)"), on
+a registry of their own.
 
 Label values come only from the configuration and route templates, never
 from keys or argument values: a job that is not configured counts as

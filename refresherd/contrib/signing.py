@@ -1,8 +1,9 @@
 """
-Checking C{X-Refresherd-Signature} (SPEC section 3), for an application that
-refresherd calls back: a C{fetch = "http"} job whose origin is the
-application itself sets C{sign = "env:SECRET"}, and the application answers
-only requests that carry a fresh signature it has not seen before.
+Checking C{X-Refresherd-Signature} (docs/configuration.md, "Signed requests
+(`sign`)"), for an application that refresherd calls back: a C{fetch =
+"http"} job whose origin is the application itself sets C{sign =
+"env:SECRET"}, and the application answers only requests that carry a fresh
+signature it has not seen before.
 
     X-Refresherd-Signature: t=<unix seconds>,n=<16 random hex>,v1=<hex>
 

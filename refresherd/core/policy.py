@@ -81,7 +81,8 @@ def xfetch(now: float, delta: float, beta: float, expiry: float, rand: float) ->
 def decide(now: float, entry: Entry | None, beta: float, rand: float) -> Decision:
     """
     What a request that finds C{entry} (or nothing) at C{now} is answered
-    with, and whether a refresh must start (SPEC section 4).
+    with, and whether a refresh must start (docs/README.md, "Semantics";
+    docs/store-format.md, "Deciding hit, stale or absent").
     """
     if entry is None:
         return _ABSENT

@@ -1,6 +1,6 @@
 """
 The implementations of L{refresherd.interfaces.IFetcher}, one module per
-C{fetch} kind of SPEC section 3:
+C{fetch} kind (docs/configuration.md, "`fetch`: how it is inferred"):
 
   - C{"http"}: L{refresherd.fetchers.http.HTTPFetcher}, which takes an HTTP
     client shared by every HTTP job (L{refresherd.fetchers.http.make_http_client});

@@ -1,5 +1,6 @@
 """
-The C{fetch = "http"} fetcher: one request to the job's URL (SPEC section 3).
+The C{fetch = "http"} fetcher: one request to the job's URL
+(docs/configuration.md, "HTTP jobs").
 
 The URL template is filled with the percent-encoded arguments, the request
 carries the job's headers, a JSON body for C{POST} jobs and, for C{sign} jobs,
@@ -91,10 +92,11 @@ class Requester(typing.Protocol):
 
 def sign_request(secret: bytes, t: int, nonce: str, method: str, path_qs: str, body: bytes) -> str:
     """
-    The value of the C{X-Refresherd-Signature} header (SPEC section 3) of a
-    request sent at unix time C{t} with nonce C{nonce} (16 hex characters),
-    method C{method}, path and query C{path_qs} exactly as sent (for example
-    C{"/users/bob%2F1/tweets?page=2"}) and body C{body}.
+    The value of the C{X-Refresherd-Signature} header (docs/configuration.md,
+    "Signed requests (`sign`)") of a request sent at unix time C{t} with nonce
+    C{nonce} (16 hex characters), method C{method}, path and query C{path_qs}
+    exactly as sent (for example C{"/users/bob%2F1/tweets?page=2"}) and body
+    C{body}.
 
     An application checks a request by recomputing this from what it received
     and comparing with L{hmac.compare_digest}.

@@ -21,7 +21,7 @@ Where the function runs:
     at most C{concurrency} threads) and returns a plain value.  It may block;
     it must not touch the reactor or return a L{Deferred}.
 
-The result becomes the stored value (SPEC section 3): C{bytes} as
+The result becomes the stored value (docs/configuration.md, "Python jobs"): C{bytes} as
 C{application/octet-stream}, C{str} as C{text/plain; charset=utf-8}, anything
 else as its compact JSON encoding, C{application/json}.  A result that does
 not encode (NaN, sets, objects...) or is larger than C{max_value_bytes} is a

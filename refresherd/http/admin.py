@@ -1,5 +1,5 @@
 """
-The admin API (SPEC section 5): purges, entries, the configured jobs,
+The admin API (docs/admin.md): purges, entries, the configured jobs,
 refreshes on demand, and C{/metrics}; on the admin listener, or mounted on the
 public one with C{--admin-listen none}.
 

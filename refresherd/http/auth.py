@@ -1,5 +1,5 @@
 """
-Bearer tokens (SPEC section 6).
+Bearer tokens (docs/README.md, "Authentication"; docs/admin.md, "Who may call it").
 
 Four classes of token: read, write, admin and metrics.  A presented token is
 compared with every configured token in constant time (C{hmac.compare_digest},

@@ -69,7 +69,7 @@ def query(request: IRequest) -> bytes:
 
 
 def render_error(request: IRequest, error: RefresherdError) -> bytes:
-    """The error object of SPEC section 5, with its status and headers."""
+    """The error object (docs/README.md, "Errors"), with its status and headers."""
     request.setResponseCode(error.status)
     request.setHeader(b"Content-Type", JSON)
     if isinstance(error, Unauthorized):

@@ -41,7 +41,10 @@ from refresherd.interfaces import IStore
 from refresherd.stores.memory import entry_cost
 
 DEFAULT_TTL = 1.0
-"""Seconds a read is served from the near cache at most: SPEC's bound for purges elsewhere."""
+"""
+Seconds a read is served from the near cache at most: the longest a purge made
+elsewhere goes unseen (docs/redis.md, "The near cache").
+"""
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 TOKEN_COST = 100
 """What a cached generation token counts against C{max_bytes}."""

@@ -1,5 +1,5 @@
 """
-The Django integration of refresherd (SPEC section 10).  Django is an
+The Django integration of refresherd (docs/clients.md, "Django").  Django is an
 optional extra: C{pip install "refresherd[django]"}.
 
 Add C{"refresherd.contrib.django"} to C{INSTALLED_APPS} and configure

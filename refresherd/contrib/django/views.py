@@ -3,13 +3,13 @@ The view refresherd calls back for a C{fetch = "http"} job with C{sign}:
 mount it with C{path("refresherd/", include("refresherd.contrib.django.urls"))}
 and point the job's C{url} at C{https://app.example/refresherd/NAME?arg={arg}}.
 
-Each call is checked as SPEC section 3 says (L{refresherd.contrib.signing}):
-a signature over the request target exactly as sent, made with
-C{REFRESHERD["SECRET"]}, whose C{t} is within 300 s of the application's
-clock and whose nonce was not seen before (nonces are kept in the cache
-C{REFRESHERD["NONCE_CACHE"]} with C{cache.add}, so that every process of the
-application sees them: use a cache that they share).  A bad, stale or
-replayed signature is 403; then an unregistered name is 404; then the
+Each call is checked (L{refresherd.contrib.signing}; docs/configuration.md,
+"Signed requests (`sign`)"): a signature over the request target exactly as
+sent, made with C{REFRESHERD["SECRET"]}, whose C{t} is within 300 s of the
+application's clock and whose nonce was not seen before (nonces are kept in
+the cache C{REFRESHERD["NONCE_CACHE"]} with C{cache.add}, so that every
+process of the application sees them: use a cache that they share).  A bad,
+stale or replayed signature is 403; then an unregistered name is 404; then the
 registered function runs with the query arguments as keyword arguments (and,
 for a C{method = "POST"} job, the members of its JSON object body), and its
 result is the answer (L{refresherd.contrib.django.callbacks}).  Arguments
