@@ -31,6 +31,7 @@ import attrs
 import click
 import httpx
 
+from refresherd import __version__
 from refresherd.client import (
     DEFAULT_ADMIN_URL,
     DEFAULT_TIMEOUT,
@@ -211,7 +212,21 @@ _SETTINGS: dict[str, Any] = {"help_option_names": []}
 """The help option is one of L{_COMMON_OPTIONS}, so that it writes to the run's stdout."""
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        _state(ctx).stdout.write(f"{PROG} {__version__}\n")
+        ctx.exit(0)
+
+
 @click.group(name=PROG, context_settings=_SETTINGS, no_args_is_help=False)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @_common
 def cli() -> None:
     """Operate a refresherd: purge, inspect, refresh and list its jobs."""

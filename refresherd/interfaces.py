@@ -6,7 +6,17 @@ or a new kind of fetch plugs in without touching the refresh logic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from refresherd.entry import Entry, Fetched
+
+Tokens = dict[str, str]
+"""The purge tokens of generation keys: each key that holds one, to its token."""
 
 
 class IStore(Interface):
@@ -22,13 +32,13 @@ class IStore(Interface):
         "must watch the store for a fetch running elsewhere."
     )
 
-    def get(key: str):  # type: ignore[no-untyped-def]
+    def get(key: str) -> Deferred[Entry | None]:
         """
         The L{refresherd.entry.Entry} of C{key}, or L{None} if there is none
         (never written, expired, evicted, purged, or unreadable).
         """
 
-    def put(key: str, entry, ttl: float, lease: str | None = None):  # type: ignore[no-untyped-def]
+    def put(key: str, entry: Entry, ttl: float, lease: str | None = None) -> Deferred[bool]:
         """
         Keep C{entry} under C{key} for C{ttl} seconds; fire with C{True} if
         written.
@@ -39,23 +49,23 @@ class IStore(Interface):
         started before it can never overwrite it.
         """
 
-    def delete(key: str):  # type: ignore[no-untyped-def]
+    def delete(key: str) -> Deferred[bool]:
         """
         Forget C{key} and break any lease on it; fire with C{True} if an entry
         was there.
         """
 
-    def acquire_lease(key: str, ttl: float):  # type: ignore[no-untyped-def]
+    def acquire_lease(key: str, ttl: float) -> Deferred[str | None]:
         """
         Mark a fetch of C{key} as running for at most C{ttl} seconds.  Fire
         with a token that names this holder, or L{None} when another holder
         has it.
         """
 
-    def release_lease(key: str, token: str):  # type: ignore[no-untyped-def]
+    def release_lease(key: str, token: str) -> Deferred[None]:
         """Release the lease on C{key} if C{token} still holds it."""
 
-    def wait_for_change(key: str, timeout: float):  # type: ignore[no-untyped-def]
+    def wait_for_change(key: str, timeout: float) -> Deferred[None]:
         """
         Fire (with L{None}) when C{key} is next written or deleted, or when
         C{timeout} seconds have passed, whichever comes first.  Waiters for a
@@ -67,7 +77,9 @@ class IStore(Interface):
         "(refresherd.stores.near), so that a read to act on must say cached=False."
     )
 
-    def read(key: str, generations, cached: bool = True):  # type: ignore[no-untyped-def]
+    def read(
+        key: str, generations: Sequence[str], cached: bool = True
+    ) -> Deferred[tuple[Entry | None, Tokens]]:
         """
         What a lookup needs, in one round trip where the store allows: fire
         with C{(entry, tokens)}, the result of L{get} of C{key} and of
@@ -75,7 +87,7 @@ class IStore(Interface):
         that keeps a near cache reads the shared store itself.
         """
 
-    def read_at_hand(key: str, generations):  # type: ignore[no-untyped-def]
+    def read_at_hand(key: str, generations: Sequence[str]) -> tuple[Entry | None, Tokens] | None:
         """
         The C{(entry, tokens)} that L{read} would fire with, returned at once
         when the store has them in this process with no I/O (the memory
@@ -83,21 +95,21 @@ class IStore(Interface):
         calls L{read}.
         """
 
-    def get_generations(keys):  # type: ignore[no-untyped-def]
+    def get_generations(keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """
         The current tokens of the generation keys C{keys}
         (L{refresherd.core.marks}): a mapping of each key that holds one to
         its token; a key never purged is left out.
         """
 
-    def new_generation(key: str):  # type: ignore[no-untyped-def]
+    def new_generation(key: str) -> Deferred[str]:
         """
         Write a new random token under the generation key C{key}, with no
         expiry, so that every entry marked with the old one reads as purged.
         Fire with the token.
         """
 
-    def ping():  # type: ignore[no-untyped-def]
+    def ping() -> Deferred[None]:
         """Fire when the store answers, fail with StoreUnavailable when not."""
 
 
@@ -107,7 +119,7 @@ class IFetcher(Interface):
     owns timeouts, retries, backoff and concurrency.
     """
 
-    def fetch(args):  # type: ignore[no-untyped-def]
+    def fetch(args: Mapping[str, str]) -> Deferred[Fetched]:
         """
         Fetch the value for C{args} (a mapping of the job's argument names to
         strings).  Fire with a L{refresherd.entry.Fetched}, or fail with

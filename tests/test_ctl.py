@@ -608,6 +608,13 @@ def test_a_service_that_does_not_answer_in_time_exits_1() -> None:
     assert_one_error_line(result, "refresherctl: no answer from http://127.0.0.1:8080 within 2 s")
 
 
+def test_version_exits_0_and_prints_it_on_stdout_without_asking_the_service() -> None:
+    fake = FakeRefresherd()
+    result = ctl(["--version"], fake)
+    assert (result.code, result.out, result.err) == (0, "refresherctl 0.1.0\n", "")
+    assert fake.requests == []
+
+
 def test_help_exits_0_and_prints_on_stdout() -> None:
     top = ctl(["--help"])
     assert top.code == 0 and top.err == ""

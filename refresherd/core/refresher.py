@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 from twisted.application.service import Service
@@ -283,7 +284,9 @@ class Refresher(Service):
             for kind, names in (("job", jobs), ("tag", tags))
             for name in names
         ]
-        writes = [Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys]
+        writes: list[Deferred[Any]] = [
+            Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys
+        ]
         writes += [self.store.new_generation(key) for key in named]
         try:
             await defer.gatherResults(writes, consumeErrors=True)
