@@ -690,4 +690,4 @@ def test_the_ctl_module_imports_only_the_client_of_refresherd() -> None:
     source = open(ctl_module.__file__, encoding="utf-8").read()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     ours = [line for line in imports if "refresherd" in line]
-    assert ours == ["from refresherd.client import ("]
+    assert ours == ["from refresherd import __version__", "from refresherd.client import ("]
