@@ -4,11 +4,12 @@ The C{fetch = "http"} fetcher: one request to the job's URL
 
 The URL template is filled with the percent-encoded arguments, the request
 carries the job's headers, a JSON body for C{POST} jobs and, for C{sign} jobs,
-an C{X-Refresherd-Signature} header (L{sign_request}).  The answer is a
-success only when its status is 2xx: redirects are never followed.  The body
-is streamed and refused as soon as it grows past the job's C{max_value_bytes}
-(or when its C{Content-Length} announces more), and a JSON content type with a
-body that does not parse is a failure.
+an C{X-Refresherd-Signature} header (L{refresherd.signing.sign}, imported here
+as L{sign_request}).  The answer is a success only when its status is 2xx:
+redirects are never followed.  The body is streamed and refused as soon as it
+grows past the job's C{max_value_bytes} (or when its C{Content-Length}
+announces more), and a JSON content type with a body that does not parse is a
+failure.
 
 Cancelling the L{Deferred} of L{HTTPFetcher.fetch} closes the connection, in
 whichever phase the request is (connecting, waiting for headers or reading the
@@ -20,8 +21,6 @@ value or the signing secret.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import typing
@@ -69,8 +68,9 @@ from refresherd.entry import Fetched, check_json_body, is_json_content_type
 from refresherd.errors import FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
+from refresherd.signing import SIGNATURE_HEADER
+from refresherd.signing import sign as sign_request
 
-SIGNATURE_HEADER = "X-Refresherd-Signature"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 USER_AGENT = f"refresherd/{__version__}"
 _WRAPPERS = (
@@ -88,22 +88,6 @@ class Requester(typing.Protocol):
     """
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Deferred[Any]: ...
-
-
-def sign_request(secret: bytes, t: int, nonce: str, method: str, path_qs: str, body: bytes) -> str:
-    """
-    The value of the C{X-Refresherd-Signature} header (docs/configuration.md,
-    "Signed requests (`sign`)") of a request sent at unix time C{t} with nonce
-    C{nonce} (16 hex characters), method C{method}, path and query C{path_qs}
-    exactly as sent (for example C{"/users/bob%2F1/tweets?page=2"}) and body
-    C{body}.
-
-    An application checks a request by recomputing this from what it received
-    and comparing with L{hmac.compare_digest}.
-    """
-    message = f"{t}\n{nonce}\n{method.upper()}\n{path_qs}\n".encode() + body
-    digest = hmac.new(secret, message, hashlib.sha256).hexdigest()
-    return f"t={t},n={nonce},v1={digest}"
 
 
 def make_http_client(
