@@ -111,7 +111,8 @@ def resolve_callable(spec: str) -> Callable[..., Any]:
             raise ValueError(f"callable {spec!r}: {part!r} not found") from None
     if not callable(target):
         raise ValueError(f"callable {spec!r} is not callable")
-    return target
+    function: Callable[..., Any] = target
+    return function
 
 
 def make_threadpool(job: JobConfig) -> ThreadPool:
@@ -122,7 +123,7 @@ def make_threadpool(job: JobConfig) -> ThreadPool:
     and stops it.
     """
     pool = ThreadPool(minthreads=0, maxthreads=job.concurrency, name=f"refresherd-job-{job.name}")
-    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[misc,assignment]
+    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
     return pool
 
 
@@ -245,7 +246,8 @@ def _call_in_reactor(
             result = Deferred.fromFuture(as_task(result, loop))
     if isinstance(result, Deferred):
         return result.addErrback(lambda f: Failure(_Raised(f)))
-    return result
+    value: object = result
+    return value
 
 
 def asyncio_loop(reactor: object) -> asyncio.AbstractEventLoop | None:

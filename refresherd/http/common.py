@@ -47,7 +47,7 @@ class _Guarded(Resource):
 
     def render(self, request: IRequest) -> Any:
         try:
-            b"/".join(request.prepath + request.postpath).decode("utf-8")  # type: ignore[attr-defined]
+            b"/".join(request.prepath + request.postpath).decode("utf-8")
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
             return render_error(request, BadArgs("the path and host must be UTF-8"))
@@ -60,12 +60,14 @@ def guarded(resource: IResource) -> IResource:
 
 
 def header(request: IRequest, name: bytes) -> bytes | None:
-    value = request.getHeader(name)
+    value: bytes | str | None = request.getHeader(name)
     return value.encode("latin-1") if isinstance(value, str) else value
 
 
 def query(request: IRequest) -> bytes:
-    return request.uri.partition(b"?")[2]
+    """The query string of C{request}'s URI, undecoded (empty without one)."""
+    uri: bytes = request.uri
+    return uri.partition(b"?")[2]
 
 
 def render_error(request: IRequest, error: RefresherdError) -> bytes:

@@ -139,7 +139,7 @@ class PublicAPI:
             raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
         if not isinstance(document, dict) or not isinstance(document.get("items"), list):
             raise BadJson('the body must be an object {"items": [...]}')
-        items = document["items"]
+        items: list[Any] = document["items"]
         if len(items) > self.server.max_batch:
             raise BatchTooLarge(f"a batch may hold at most {self.server.max_batch} items")
         return items

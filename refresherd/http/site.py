@@ -75,7 +75,7 @@ class LimitedRequest(server.Request):
     _args: dict[bytes, list[bytes]] | None = None
 
     @property
-    def args(self) -> dict[bytes, list[bytes]]:  # type: ignore[override]
+    def args(self) -> dict[bytes, list[bytes]]:
         """twisted.web's C{args}: for a C{GET} or C{HEAD}, the query parsed when first read."""
         if self._args is None:
             query = self.uri.partition(b"?")[2]
@@ -265,7 +265,8 @@ class LimitedSite(server.Site):
     def buildProtocol(self, addr: IAddress) -> DeadlineChannel | None:  # type: ignore[override]
         if len(self.channels) >= self.max_connections:
             return None
-        return super().buildProtocol(addr)  # type: ignore[return-value]
+        channel: DeadlineChannel | None = super().buildProtocol(addr)
+        return channel
 
     def channel_closed(self, channel: DeadlineChannel) -> None:
         self.channels.discard(channel)

@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from refresherd.config import JobConfig
-from refresherd.core.refresher import Job, Refresher
+from refresherd.core.jobs import Job
+from refresherd.core.refresher import Refresher
 from refresherd.errors import ConfigError
 from refresherd.fetchers.http import HTTPFetcher, make_http_client
 from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable

@@ -279,7 +279,7 @@ class Supervisor(Service):
         now = self.reactor.seconds()
         stable = worker.ready_at is not None and now - worker.ready_at >= self.stable_after
         worker.failures = 0 if stable else worker.failures + 1
-        delay = min(self.restart_delay * 2 ** min(worker.failures, 16), self.max_restart_delay)
+        delay = min(self.restart_delay * 2.0 ** min(worker.failures, 16), self.max_restart_delay)
         worker.restart = self.reactor.callLater(delay, self._spawn, worker)
         return delay
 
