@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -456,9 +457,17 @@ def test_timeouts_and_lost_connections_are_unreachable_with_one_line(
 
 
 def test_the_client_module_imports_nothing_of_the_server() -> None:
-    source = open(client_module.__file__, encoding="utf-8").read()
-    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert not [line for line in imports if "refresherd" in line]
+    # Every module of refresherd.client imports only its siblings of refresherd, and
+    # them by absolute name (a relative import would slip past this test).
+    package = Path(client_module.__file__).parent
+    modules = sorted(package.rglob("*.py"))
+    assert [module.name for module in modules if module.name != "__init__.py"]
+    for module in modules:
+        source = module.read_text(encoding="utf-8")
+        imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+        assert not [line for line in imports if line.startswith("from .")], module.name
+        ours = [line for line in imports if "refresherd" in line]
+        assert all(line.startswith("from refresherd.client.") for line in ours), (module.name, ours)
 
 
 # -- job arguments --------------------------------------------------------------------------

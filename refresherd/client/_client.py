@@ -1,54 +1,39 @@
 """
-A small synchronous client of refresherd (docs/clients.md, "The Python
-client"), for web applications of any framework, scripts and C{refresherctl}.
-
-    from refresherd.client import Client
-
-    client = Client("http://127.0.0.1:8080", token="...", timeout=2.0)
-    answer = client.get("tweets", username="bob")      # the value with its metadata
-    tweets = client.value("tweets", username="bob", default=[])
-    sidebar = client.raw("sidebar", user_id=42)         # the stored body itself
-    client.put("motd", "Hello")                         # needs a write token
-    client.purge(tags=["user:42"], soft=True)           # a write token may purge tags
-
-It speaks to both listeners over one pooled C{httpx.Client} (safe to share
-between threads) with a timeout on every request, sends the bearer token when
-it has one, and turns every failure into a L{RefresherdClientError}:
-L{Unreachable} when the service cannot be reached or does not answer in time,
-a L{ServiceError} subclass per error code (docs/README.md, "Errors") when it answers
-with an error object.
-
-Reads (L{Client.get}, L{Client.get_many}, L{Client.raw}, L{Client.value})
-take a C{default}: given, it is returned instead of raising when refresherd
-is down (unreachable, or answering 5xx), so that a page renders without it.
-Errors of 4xx (an unknown job, bad arguments, a bad token) always raise: they
-are bugs, not outages.  A short circuit breaker per listener makes a client
-that failed to reach refresherd several times in a row fail at once for a few
-seconds, so that a service that is down does not add a timeout to every page.
-
-This module is the client side: it imports nothing of the server.  It logs
-with the standard library's C{logging} (logger C{refresherd.client}), since it
-runs inside applications that are not Twisted programs.
+L{Client}, the synchronous client of both listeners, and its request helpers:
+job arguments, batch items, PUT bodies, defaults that cover an outage.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
-import attrs
 import httpx
+
+from refresherd.client.answers import Raw, answer_value
+from refresherd.client.breaker import (
+    DEFAULT_CIRCUIT_COOLDOWN,
+    DEFAULT_CIRCUIT_FAILURES,
+    CircuitBreaker,
+)
+from refresherd.client.errors import (
+    BadResponse,
+    CircuitOpen,
+    ServiceError,
+    Unreachable,
+    _error_object,
+    _one_line,
+    service_error,
+)
+from refresherd.client.urls import check_base_url, display_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 """The public listener of a refresherd started with its defaults."""
@@ -57,16 +42,11 @@ DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 DEFAULT_TIMEOUT = 10.0
 """Seconds a request may take: more than a job's default C{wait_timeout}, so that a slow
 miss ends in the service's own 504 rather than in the client's timeout."""
-DEFAULT_CIRCUIT_FAILURES = 3
-"""Failures to reach a listener in a row after which the circuit opens."""
-DEFAULT_CIRCUIT_COOLDOWN = 5.0
-"""Seconds an open circuit fails at once before one trial request is let through."""
 
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 _OCTETS = "application/octet-stream"
-MAX_MESSAGE = 300
 
 log = logging.getLogger("refresherd.client")
 
@@ -85,453 +65,6 @@ class _Missing(enum.Enum):
 
 
 _NO_DEFAULT = _Missing.MISSING
-
-
-def _one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    """C{text} on one line (white space runs folded), cut to C{limit} characters."""
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
-
-
-def check_base_url(url: str) -> str:
-    """
-    C{url} without its trailing slashes if it is an C{http://} or C{https://}
-    URL with a host and neither query nor fragment, else L{ValueError}.
-    """
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # a bad port raises here
-    except ValueError:
-        raise ValueError(f"not a valid URL: {url!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http:// or https:// URL with a host: {url!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"a base URL has no query or fragment: {url!r}")
-    return url.rstrip("/")
-
-
-def display_url(url: str) -> str:
-    """C{url} as it may be shown: without credentials."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class RefresherdClientError(Exception):
-    """
-    The root of every error this client raises: the service could not be
-    reached, or it answered with an error.  C{message} is one line for a user.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class Unreachable(RefresherdClientError):
-    """
-    refresherd could not be reached at C{url} (connection refused, unknown
-    host, connection lost) or did not answer within the client's timeout.
-    """
-
-    def __init__(self, url: str, message: str) -> None:
-        super().__init__(message)
-        self.url = url
-
-
-class CircuitOpen(Unreachable):
-    """
-    The client did not even try: its last requests to C{url} all failed to
-    reach it, so it fails at once until its cooldown has passed.
-    """
-
-
-class Pending(RefresherdClientError):
-    """
-    The job has no value yet for these arguments (C{on_miss = "empty"}): it is
-    being fetched in the background.  Raised by L{Client.value} without a
-    C{default}.
-    """
-
-    def __init__(self, job: str, key: str) -> None:
-        super().__init__(f"pending: no value yet for {key or job}; it is being fetched")
-        self.job = job
-        self.key = key
-
-
-class BadResponse(RefresherdClientError):
-    """The service answered with success but not with the JSON it should have."""
-
-
-class ServiceError(RefresherdClientError):
-    """
-    refresherd answered with an error: C{status} is the HTTP status, C{code}
-    the error code (docs/README.md, "Errors"; or C{http_<status>} when the
-    answer was not refresherd's error object, say from a proxy in front of it)
-    and C{message} the server's own one-line explanation.
-    """
-
-    code: str = ""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-    @property
-    def outage(self) -> bool:
-        """
-        True for a 5xx (C{fetch_failed}, C{wait_timeout}, C{store_unavailable},
-        C{overloaded}, or a proxy's 5xx): the service or its origin is down
-        or busy, which a caller's C{default} covers.  A 4xx is the caller's
-        mistake and always raises.
-        """
-        return self.status >= 500
-
-
-class UnknownJob(ServiceError):
-    """No job of that name is configured."""
-
-    code = "unknown_job"
-
-
-class BadArgs(ServiceError):
-    """The arguments are missing, unknown, repeated, too long or do not match their pattern."""
-
-    code = "bad_args"
-
-
-class BadJson(ServiceError):
-    """The request body is not the JSON the route takes."""
-
-    code = "bad_json"
-
-
-class BodyTooLarge(ServiceError):
-    """The request body is larger than the service accepts."""
-
-    code = "body_too_large"
-
-
-class Unauthorized(ServiceError):
-    """No token was given, or the service does not know it."""
-
-    code = "unauthorized"
-
-
-class Forbidden(ServiceError):
-    """The token is known but its class may not do this."""
-
-    code = "forbidden"
-
-
-class FetchFailed(ServiceError):
-    """The origin failed and no value can be served."""
-
-    code = "fetch_failed"
-
-
-class WaitTimeout(ServiceError):
-    """The value was not fetched within the job's C{wait_timeout}; the fetch goes on."""
-
-    code = "wait_timeout"
-
-
-class StoreUnavailable(ServiceError):
-    """The service's shared store cannot be reached."""
-
-    code = "store_unavailable"
-
-
-class Overloaded(ServiceError):
-    """The job's fetch queue is full; try again later."""
-
-    code = "overloaded"
-
-
-class NotFound(ServiceError):
-    """No such route, or no such entry."""
-
-    code = "not_found"
-
-
-class MethodNotAllowed(ServiceError):
-    """The route exists, but not with this method."""
-
-    code = "method_not_allowed"
-
-
-class UnsupportedMediaType(ServiceError):
-    """The request body has a content type the route does not take."""
-
-    code = "unsupported_media_type"
-
-
-class BatchTooLarge(ServiceError):
-    """A batch names more items than the service's C{max_batch}."""
-
-    code = "batch_too_large"
-
-
-ERRORS: Mapping[str, type[ServiceError]] = {
-    cls.code: cls
-    for cls in (
-        UnknownJob,
-        BadArgs,
-        BadJson,
-        BodyTooLarge,
-        Unauthorized,
-        Forbidden,
-        FetchFailed,
-        WaitTimeout,
-        StoreUnavailable,
-        Overloaded,
-        NotFound,
-        MethodNotAllowed,
-        UnsupportedMediaType,
-        BatchTooLarge,
-    )
-}
-"""The L{ServiceError} subclass of each error code (docs/README.md, "Errors")."""
-
-STATUSES: Mapping[str, int] = {
-    "unknown_job": 404,
-    "bad_args": 400,
-    "bad_json": 400,
-    "body_too_large": 413,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "fetch_failed": 502,
-    "wait_timeout": 504,
-    "store_unavailable": 503,
-    "overloaded": 503,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "unsupported_media_type": 415,
-    "batch_too_large": 413,
-}
-"""
-The HTTP status of each error code (docs/README.md, "Errors"); an item of a
-batch has only its code.
-"""
-
-
-def _error_object(document: Any, status: int | None) -> ServiceError | None:
-    """The L{ServiceError} of C{{"error": {"code", "message"}}}, else L{None}."""
-    error = document.get("error") if isinstance(document, dict) else None
-    if (
-        isinstance(error, dict)
-        and isinstance(error.get("code"), str)
-        and isinstance(error.get("message"), str)
-    ):
-        code = _one_line(error["code"], 64)
-        if status is None:
-            status = STATUSES.get(code, 500)
-        return ERRORS.get(code, ServiceError)(status, code, _one_line(error["message"]))
-    return None
-
-
-def service_error(response: httpx.Response) -> ServiceError:
-    """
-    The L{ServiceError} of an error answer: the subclass of its code when the
-    body is refresherd's error object, else a L{ServiceError} of code
-    C{http_<status>}.
-    """
-    status = response.status_code
-    try:
-        document = json.loads(response.content)
-    except ValueError:
-        document = None
-    error = _error_object(document, status)
-    if error is not None:
-        return error
-    reason = response.reason_phrase or "error"
-    return ServiceError(status, f"http_{status}", f"the service answered {status} {reason}")
-
-
-# -- values -------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Raw:
-    """
-    An answer of C{GET /v1/jobs/{job}/raw}: the stored body itself, with its
-    stored content type (C{status} 200), or, for a job that fetches in the
-    background on a miss, the pending answer (C{status} 202; C{body} is then
-    the JSON C{{"job", "key", "status": "pending"}}).  C{etag} and
-    C{cache_status} are the answer's C{ETag} and C{Cache-Status} headers.
-    """
-
-    body: bytes
-    content_type: str
-    status: int = 200
-    etag: str | None = None
-    cache_status: str | None = None
-
-    @property
-    def pending(self) -> bool:
-        """True when there is no value yet: it is being fetched in the background."""
-        return self.status == 202
-
-    @property
-    def charset(self) -> str:
-        """The C{charset} parameter of the content type, C{utf-8} when it has none."""
-        for parameter in self.content_type.split(";")[1:]:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "charset" and value.strip():
-                return value.strip().strip('"')
-        return "utf-8"
-
-    @property
-    def text(self) -> str:
-        """The body decoded with its charset (UTF-8 when unknown), bad bytes replaced."""
-        try:
-            return self.body.decode(self.charset, errors="replace")
-        except LookupError:
-            return self.body.decode("utf-8", errors="replace")
-
-
-_TEXT_TYPES = re.compile(
-    r"text/.*|application/(json|xml|javascript|ecmascript|x-www-form-urlencoded)|"
-    r"application/.*\+(json|xml)"
-)
-
-
-def is_text_type(content_type: str) -> bool:
-    """
-    True for a content type whose values are text: C{text/*}, JSON, XML,
-    JavaScript, or any type with a C{charset} parameter.
-    """
-    media, _, parameters = content_type.partition(";")
-    if _TEXT_TYPES.fullmatch(media.strip().lower()):
-        return True
-    return any(p.split("=", 1)[0].strip().lower() == "charset" for p in parameters.split(";"))
-
-
-def answer_value(answer: Mapping[str, Any]) -> Any:
-    """
-    The value of an answer of C{GET /v1/jobs/{job}} (or of an item of a
-    batch): the parsed JSON when its content type is JSON, the text of a text
-    type (L{is_text_type}), else the bytes (the service sends a body that is
-    UTF-8 as text whatever its type, and any other as C{value_b64}).
-    L{Pending} for a pending answer, L{BadResponse} for one without a value.
-    """
-    if answer.get("status") == "pending":
-        raise Pending(str(answer.get("job", "")), str(answer.get("key", "")))
-    if "value_b64" in answer:
-        try:
-            return base64.b64decode(str(answer["value_b64"]), validate=True)
-        except binascii.Error:
-            raise BadResponse("the answer's value_b64 is not base64") from None
-    if "value" not in answer:
-        raise BadResponse("the answer has no value")
-    value = answer["value"]
-    content_type = str(answer.get("content_type") or "")
-    if isinstance(value, str) and content_type and not is_text_type(content_type):
-        return value.encode("utf-8")
-    return value
-
-
-# -- the circuit breaker ------------------------------------------------------------------
-
-
-@attrs.define
-class CircuitBreaker:
-    """
-    Counts the failures to reach one listener.  After C{failures} of them in a
-    row the circuit is open: L{check} refuses every request for C{cooldown}
-    seconds, then lets one trial request through (half open), whose outcome
-    closes the circuit or opens it for another C{cooldown}.  Any answer of the
-    service, an error answer included, counts as reaching it.  C{failures} 0
-    turns the breaker off.  Thread-safe; C{clock} gives monotonic seconds.
-    """
-
-    failures: int = DEFAULT_CIRCUIT_FAILURES
-    cooldown: float = DEFAULT_CIRCUIT_COOLDOWN
-    clock: Callable[[], float] = time.monotonic
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
-    _failed: int = attrs.field(default=0, init=False)
-    _open_until: float | None = attrs.field(default=None, init=False)
-    _trial: bool = attrs.field(default=False, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        if isinstance(self.failures, bool) or not isinstance(self.failures, int):
-            raise TypeError("failures must be an integer")
-        if self.failures < 0:
-            raise ValueError(f"failures must be 0 (no breaker) or more, not {self.failures}")
-        if not self.cooldown > 0:
-            raise ValueError(
-                f"the cooldown must be a positive number of seconds, not {self.cooldown!r}"
-            )
-
-    @property
-    def state(self) -> str:
-        """C{"closed"}, C{"open"} or C{"half-open"} (a trial request is under way)."""
-        with self._lock:
-            if self._open_until is None:
-                return "closed"
-            return "half-open" if self._trial else "open"
-
-    def check(self) -> str | None:
-        """
-        L{None} when a request may be sent now, which must then be followed by
-        exactly one of L{succeeded}, L{failed} or L{abandoned}; else why not,
-        in words for a message.
-        """
-        if self.failures == 0:
-            return None
-        with self._lock:
-            if self._open_until is None:
-                return None
-            if self._trial:
-                return f"circuit open after {self._failed} failures in a row; a trial is under way"
-            left = self._open_until - self.clock()
-            if left > 0:
-                return (
-                    f"circuit open after {self._failed} failures in a row; next try in {left:.1f} s"
-                )
-            self._trial = True
-            return None
-
-    def succeeded(self) -> bool:
-        """The service answered: close the circuit.  True if it was open."""
-        with self._lock:
-            was_open = self._open_until is not None
-            self._failed = 0
-            self._open_until = None
-            self._trial = False
-            return was_open
-
-    def failed(self) -> bool:
-        """The service could not be reached: count it.  True if the circuit opens now."""
-        if self.failures == 0:
-            return False
-        with self._lock:
-            self._trial = False
-            self._failed += 1
-            if self._failed < self.failures:
-                return False
-            opens = self._open_until is None
-            self._open_until = self.clock() + self.cooldown
-            return opens
-
-    def abandoned(self) -> None:
-        """The request ended neither way (a bug, an interrupt): let another trial through."""
-        with self._lock:
-            self._trial = False
-
-
-# -- the client ---------------------------------------------------------------------------
 
 
 class Client:

@@ -1,0 +1,124 @@
+"""
+A small synchronous client of refresherd (docs/clients.md, "The Python
+client"), for web applications of any framework, scripts and C{refresherctl}.
+
+    from refresherd.client import Client
+
+    client = Client("http://127.0.0.1:8080", token="...", timeout=2.0)
+    answer = client.get("tweets", username="bob")      # the value with its metadata
+    tweets = client.value("tweets", username="bob", default=[])
+    sidebar = client.raw("sidebar", user_id=42)         # the stored body itself
+    client.put("motd", "Hello")                         # needs a write token
+    client.purge(tags=["user:42"], soft=True)           # a write token may purge tags
+
+It speaks to both listeners over one pooled C{httpx.Client} (safe to share
+between threads) with a timeout on every request, sends the bearer token when
+it has one, and turns every failure into a L{RefresherdClientError}:
+L{Unreachable} when the service cannot be reached or does not answer in time,
+a L{ServiceError} subclass per error code (docs/README.md, "Errors") when it answers
+with an error object.
+
+Reads (L{Client.get}, L{Client.get_many}, L{Client.raw}, L{Client.value})
+take a C{default}: given, it is returned instead of raising when refresherd
+is down (unreachable, or answering 5xx), so that a page renders without it.
+Errors of 4xx (an unknown job, bad arguments, a bad token) always raise: they
+are bugs, not outages.  A short circuit breaker per listener makes a client
+that failed to reach refresherd several times in a row fail at once for a few
+seconds, so that a service that is down does not add a timeout to every page.
+
+This package is the client side: it imports nothing of the server.  It logs
+with the standard library's C{logging} (logger C{refresherd.client}), since it
+runs inside applications that are not Twisted programs.
+
+Its modules, one a job (import their names from the package itself):
+L{refresherd.client.urls} checks base URLs, L{refresherd.client.errors} has
+the error classes and reads the service's error object,
+L{refresherd.client.answers} decodes answers and values,
+L{refresherd.client.breaker} is the circuit breaker, and
+C{refresherd.client._client} the L{Client} and its request helpers.
+"""
+
+from refresherd.client._client import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    ArgValue,
+    BatchItem,
+    Client,
+    JobArgs,
+)
+from refresherd.client.answers import Raw, answer_value, is_text_type
+from refresherd.client.breaker import (
+    DEFAULT_CIRCUIT_COOLDOWN,
+    DEFAULT_CIRCUIT_FAILURES,
+    CircuitBreaker,
+)
+from refresherd.client.errors import (
+    ERRORS,
+    MAX_MESSAGE,
+    STATUSES,
+    BadArgs,
+    BadJson,
+    BadResponse,
+    BatchTooLarge,
+    BodyTooLarge,
+    CircuitOpen,
+    FetchFailed,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    Pending,
+    RefresherdClientError,
+    ServiceError,
+    StoreUnavailable,
+    Unauthorized,
+    UnknownJob,
+    Unreachable,
+    UnsupportedMediaType,
+    WaitTimeout,
+    service_error,
+)
+from refresherd.client.urls import check_base_url, display_url
+
+__all__ = [
+    "ArgValue",
+    "BadArgs",
+    "BadJson",
+    "BadResponse",
+    "BatchItem",
+    "BatchTooLarge",
+    "BodyTooLarge",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "Client",
+    "DEFAULT_ADMIN_URL",
+    "DEFAULT_CIRCUIT_COOLDOWN",
+    "DEFAULT_CIRCUIT_FAILURES",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "ERRORS",
+    "FetchFailed",
+    "Forbidden",
+    "JobArgs",
+    "MAX_MESSAGE",
+    "MethodNotAllowed",
+    "NotFound",
+    "Overloaded",
+    "Pending",
+    "Raw",
+    "RefresherdClientError",
+    "STATUSES",
+    "ServiceError",
+    "StoreUnavailable",
+    "Unauthorized",
+    "UnknownJob",
+    "Unreachable",
+    "UnsupportedMediaType",
+    "WaitTimeout",
+    "answer_value",
+    "check_base_url",
+    "display_url",
+    "is_text_type",
+    "service_error",
+]
