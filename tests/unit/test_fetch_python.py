@@ -5,7 +5,7 @@ C{@reactor_call}), how its result is stored, how its failures read, and that
 a cancelled fetch drops a late result quietly.
 
 The jobs' functions are defined in this module and named as
-C{tests.test_fetch_python:<name>}.
+C{tests.unit.test_fetch_python:<name>}.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from refresherd.fetchers.python import (
 from refresherd.interfaces import IFetcher
 
 global_reactor: Any = _reactor
-HERE = "tests.test_fetch_python"
+HERE = "tests.unit.test_fetch_python"
 
 # The jobs' functions.
 
@@ -247,7 +247,7 @@ def test_resolve_callable_finds_functions_and_dotted_attributes() -> None:
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("tests.test_fetch_python", "must be written 'package.module:function'"),
+        ("tests.unit.test_fetch_python", "must be written 'package.module:function'"),
         (":where", "must be written 'package.module:function'"),
         (f"{HERE}:", "must be written 'package.module:function'"),
         (f"{HERE}:a:b", "must be written 'package.module:function'"),

@@ -19,7 +19,7 @@ from refresherd.core.refresher import Answer, Job, Refresher
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
-from tests.test_refresher import counter, result
+from tests.unit.test_refresher import counter, result
 
 
 class World:

@@ -298,7 +298,7 @@ def test_a_stopped_service_gives_the_default_and_then_fails_at_once(tmp_path: Pa
 
 # -- examples/appengine: plain HTTP, no client library ---------------------------------------
 
-APPENGINE = Path(__file__).parent.parent / "examples" / "appengine" / "main.py"
+APPENGINE = Path(__file__).resolve().parents[2] / "examples" / "appengine" / "main.py"
 
 
 def appengine_app() -> ModuleType:

@@ -58,7 +58,7 @@ def test_purge_of_compares_hard_first() -> None:
 @functools.cache
 def _documented_marks() -> Any:
     """The reference code of docs/store-format.md, as printed there."""
-    page = (Path(__file__).parent.parent / "docs" / "store-format.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "store-format.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "def marks" in b)
     namespace: dict[str, Any] = {}
     exec(block, namespace)
