@@ -25,7 +25,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from refresherd.config import JobConfig
@@ -180,15 +179,6 @@ def make_job(function: str, **overrides: Any) -> JobConfig:
     }
     fields.update(overrides)
     return JobConfig(**fields)
-
-
-def result(d: Deferred[Any]) -> Any:
-    """What a Deferred that has fired fired with (the exception if it failed)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    value = out[0]
-    return value.value if isinstance(value, Failure) else value
 
 
 @pytest.mark.parametrize(

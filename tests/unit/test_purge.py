@@ -19,7 +19,8 @@ from refresherd.core.refresher import Answer, Job, Refresher
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
-from tests.unit.test_refresher import counter, result
+from tests.deferreds import failure, outcome, result
+from tests.unit.test_refresher import counter
 
 
 class World:
@@ -83,10 +84,7 @@ class World:
         soft: bool = False,
     ) -> Any:
         d = Deferred.fromCoroutine(self.refresher.purge(keys or [], jobs or [], tags or [], soft))
-        outcome = result(d)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        return outcome(d)
 
     def calls(self, job: str = "user") -> int:
         return len(self.fetchers[job].calls)
@@ -264,7 +262,7 @@ def test_inspect_shows_the_entry_and_the_purge_that_hit_it() -> None:
     assert result(Deferred.fromCoroutine(world.refresher.inspect(key)))[1] is Purge.HARD
     missing = world.refresher.target("user", ANN).key
     assert isinstance(
-        result(Deferred.fromCoroutine(world.refresher.inspect(missing))), errors.NotFound
+        failure(Deferred.fromCoroutine(world.refresher.inspect(missing))), errors.NotFound
     )
 
 

@@ -23,6 +23,7 @@ from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.stores.near import NearCache
 from refresherd.testing import FakeFetcher, UnreachableStore
+from tests.deferreds import failure, result
 
 
 def make(
@@ -58,15 +59,6 @@ def put_value(refresher: Refresher, body: bytes, content_type: str) -> Deferred[
 def ask(refresher: Refresher, id: str = "1") -> None:
     """A lookup whose answer the test does not look at (an error included)."""
     lookup(refresher, id).addErrback(lambda failure: None)
-
-
-def result(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that has fired, or the exception it failed with."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    value = out[0]
-    return value.value if hasattr(value, "value") and hasattr(value, "trap") else value
 
 
 def counter(refresher: Refresher, name: str, **labels: str) -> float:
@@ -125,7 +117,7 @@ def test_wait_timeout_answers_504_and_the_fetch_goes_on() -> None:
     refresher, fetcher, clock, _ = make(wait_timeout=5.0, timeout=30.0)
     d = lookup(refresher)
     clock.advance(5)
-    assert isinstance(result(d), errors.WaitTimeout)
+    assert isinstance(failure(d), errors.WaitTimeout)
     assert not fetcher.calls[0].cancelled
     fetcher.succeed(body=b"late")
     assert result(lookup(refresher)).status == "hit"
@@ -135,7 +127,7 @@ def test_a_caller_cancelling_does_not_cancel_the_fetch_for_others() -> None:
     refresher, fetcher, _, _ = make()
     first, second = lookup(refresher), lookup(refresher)
     first.cancel()
-    assert isinstance(result(first), CancelledError)
+    assert isinstance(failure(first), CancelledError)
     assert not fetcher.calls[0].cancelled
     fetcher.succeed()
     assert result(second).status == "miss"
@@ -145,10 +137,10 @@ def test_failed_miss_is_502_and_remembered_for_error_ttl() -> None:
     refresher, fetcher, clock, _ = make(error_ttl=5.0)
     d = lookup(refresher)
     fetcher.fail(reason="origin answered 500")
-    error = result(d)
+    error = failure(d)
     assert isinstance(error, errors.FetchFailed)
     assert "origin answered 500" in error.message
-    again = result(lookup(refresher))
+    again = failure(lookup(refresher))
     assert isinstance(again, errors.FetchFailed)
     assert len(fetcher.calls) == 1
     clock.advance(5)
@@ -189,7 +181,7 @@ def test_an_attempt_past_timeout_is_cancelled_and_counted() -> None:
     d = lookup(refresher)
     clock.advance(2)
     assert fetcher.calls[0].cancelled
-    error = result(d)
+    error = failure(d)
     assert isinstance(error, errors.FetchFailed)
     assert "longer than 2s" in error.message
     assert counter(refresher, "refresherd_fetches_total", job="j", outcome="timeout") == 1
@@ -247,7 +239,7 @@ def test_queue_beyond_max_queue_is_overloaded() -> None:
         lookup(refresher, "2"),
         lookup(refresher, "3"),
     )
-    assert isinstance(result(refused), errors.Overloaded)
+    assert isinstance(failure(refused), errors.Overloaded)
     assert len(fetcher.calls) == 1
     assert counter(refresher, "refresherd_queue_depth", job="j") == 1
     fetcher.succeed()
@@ -295,9 +287,9 @@ def test_a_put_during_a_fetch_is_not_overwritten_by_it() -> None:
 def test_put_refuses_too_large_and_bad_json() -> None:
     refresher, _, _, _ = make(max_value_bytes=4)
     too_large = put_value(refresher, b"12345", "text/plain")
-    assert isinstance(result(too_large), errors.BodyTooLarge)
+    assert isinstance(failure(too_large), errors.BodyTooLarge)
     bad = put_value(refresher, b"{x", "application/json")
-    assert isinstance(result(bad), errors.BadJson)
+    assert isinstance(failure(bad), errors.BadJson)
 
 
 def test_a_fetch_running_elsewhere_is_joined_through_the_store() -> None:
@@ -334,7 +326,7 @@ def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key(
             raise RuntimeError("boom\nsecond line")
 
     refresher.jobs["j"].fetcher = Broken()
-    error = result(lookup(refresher))
+    error = failure(lookup(refresher))
     assert isinstance(error, errors.FetchFailed)
     assert error.message == "RuntimeError: boom"
     assert refresher.flights.running == {}
@@ -358,16 +350,16 @@ def test_unreachable_store_refuses_on_miss_empty_and_put() -> None:
     refresher, fetcher, _, _ = make(
         store=UnreachableStore(MemoryStore(task.Clock())), on_miss="empty"
     )
-    assert isinstance(result(lookup(refresher)), errors.StoreUnavailable)
+    assert isinstance(failure(lookup(refresher)), errors.StoreUnavailable)
     assert fetcher.calls == []  # no fetch for nobody
     put = put_value(refresher, b"x", "text/plain")
-    assert isinstance(result(put), errors.StoreUnavailable)
+    assert isinstance(failure(put), errors.StoreUnavailable)
 
 
 def test_unknown_job_and_bad_args() -> None:
     refresher, _, _, _ = make()
-    assert isinstance(result(lookup_of(refresher, "nope", {})), errors.UnknownJob)
-    assert isinstance(result(lookup_of(refresher, "j", {})), errors.BadArgs)
+    assert isinstance(failure(lookup_of(refresher, "nope", {})), errors.UnknownJob)
+    assert isinstance(failure(lookup_of(refresher, "j", {})), errors.BadArgs)
 
 
 def test_stop_waits_for_fetches_in_flight_and_answers_their_callers() -> None:
@@ -389,7 +381,7 @@ def test_stop_cancels_fetches_after_the_drain_timeout() -> None:
     clock.advance(refresher.drain_timeout)
     assert stopped.called
     assert fetcher.calls[0].cancelled
-    assert isinstance(result(d), errors.Overloaded)
+    assert isinstance(failure(d), errors.Overloaded)
     assert refresher.flights.running == {}
     assert clock.getDelayedCalls() == []
 
