@@ -1,9 +1,9 @@
 """
 The HTTP fetcher (SPEC section 3): what it sends (URL, headers, body,
 signature), what counts as a success, the byte cap, and that cancelling a
-fetch closes its connection.  Most tests run against an in-memory
-twisted.web resource through treq's StubTreq; the last class runs against a
-real server on 127.0.0.1 with the production client.
+fetch closes its connection; against an in-memory twisted.web resource
+through treq's StubTreq (the production client on a real server:
+tests/integration/test_fetch_http.py).
 """
 
 from __future__ import annotations
@@ -12,113 +12,30 @@ import gzip
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
 import pytest
-from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet import reactor as _reactor
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.task import Clock, deferLater
-from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http import HTTPChannel
-from twisted.web.iweb import IAgent, IResponse
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
-from zope.interface import implementer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.web.server import NOT_DONE_YET, Request
 
-from refresherd.config import JobConfig, Secret
+from refresherd.config import Secret
 from refresherd.entry import Fetched, is_json_content_type
 from refresherd.errors import BadArgs, FetchError
 from refresherd.fetchers.http import (
     SIGNATURE_HEADER,
     HTTPFetcher,
     Requester,
-    make_http_client,
     sign_request,
 )
 from refresherd.interfaces import IFetcher
+from tests.deferreds import failure, result
+from tests.stub_origin import Handler, Origin, Seen, answer, make_job, pending
 
-global_reactor: Any = _reactor
 SECRET = "s3cret-signing-key"
 HEADER_SECRET = "Bearer very-secret-token"
-
-Handler = Callable[[Request], bytes | int]
-
-
-def make_job(**overrides: Any) -> JobConfig:
-    fields: dict[str, Any] = {
-        "name": "items",
-        "fresh": 60.0,
-        "fetch": "http",
-        "args": ("id",),
-        "url": "http://origin.test/items/{id}",
-    }
-    fields.update(overrides)
-    return JobConfig(**fields)
-
-
-@attrs.define
-class Seen:
-    """One request as the origin received it."""
-
-    method: bytes
-    uri: bytes
-    headers: dict[bytes, list[bytes]]
-    body: bytes
-    host: bytes | None
-
-
-class Origin(Resource):
-    """An origin answering every path with C{handler}, recording what it saw."""
-
-    isLeaf = True
-
-    def __init__(self, handler: Handler) -> None:
-        super().__init__()
-        self.handler = handler
-        self.seen: list[Seen] = []
-        self.lost: list[Failure] = []
-        self.requests: list[Request] = []
-
-    def render(self, request: Request) -> bytes | int:
-        assert request.content is not None
-        self.seen.append(
-            Seen(
-                method=request.method,
-                uri=request.uri,
-                headers={k.lower(): list(v) for k, v in request.requestHeaders.getAllRawHeaders()},
-                body=request.content.read(),
-                host=request.getHeader(b"host"),
-            )
-        )
-        self.requests.append(request)
-        request.notifyFinish().addErrback(self.lost.append)
-        return self.handler(request)
-
-
-def answer(
-    code: int = 200, body: bytes = b"ok", content_type: bytes | None = b"text/plain"
-) -> Handler:
-    def handler(request: Request) -> bytes:
-        request.setResponseCode(code)
-        if content_type is None:
-            request.defaultContentType = None
-        else:
-            request.setHeader(b"content-type", content_type)
-        return body
-
-    return handler
-
-
-def pending(request: Request) -> int:
-    """A handler that answers later, through C{origin.requests}."""
-    return NOT_DONE_YET
 
 
 def stub_fetcher(
@@ -135,15 +52,6 @@ def stub_fetcher(
     return fetcher, origin, stub
 
 
-def result(d: Deferred[Any]) -> Any:
-    """What a Deferred that has fired fired with (the exception if it failed)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    value = out[0]
-    return value.value if isinstance(value, Failure) else value
-
-
 def fetched(d: Deferred[Fetched]) -> Fetched:
     value = result(d)
     assert isinstance(value, Fetched), value
@@ -151,7 +59,7 @@ def fetched(d: Deferred[Fetched]) -> Fetched:
 
 
 def fetch_error(d: Deferred[Fetched]) -> str:
-    value = result(d)
+    value = failure(d)
     assert isinstance(value, FetchError), value
     message = str(value)
     assert "\n" not in message
@@ -452,7 +360,7 @@ def test_cancelling_before_the_answer_closes_the_connection() -> None:
     d = fetcher.fetch({"id": "1"})
     assert not d.called
     d.cancel()
-    assert isinstance(result(d), CancelledError)
+    assert isinstance(failure(d), CancelledError)
     stub.flush()
     assert len(origin.lost) == 1
 
@@ -465,7 +373,7 @@ def test_cancelling_while_the_body_streams_closes_the_connection() -> None:
     stub.flush()
     assert not d.called
     d.cancel()
-    assert isinstance(result(d), CancelledError)
+    assert isinstance(failure(d), CancelledError)
     stub.flush()
     assert len(origin.lost) == 1
     request.write(b"more")  # the origin goes on writing into a closed connection
@@ -477,181 +385,3 @@ def test_cancelling_after_success_changes_nothing() -> None:
     d = fetcher.fetch({"id": "1"})
     d.cancel()
     assert fetched(d).body == b"ok"
-
-
-# A real server on 127.0.0.1, the production client.
-
-
-class TrackingChannel(HTTPChannel):
-    """A server connection that tells when it has closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        self.closed.callback(None)
-
-
-class TrackingSite(Site):
-    """A Site that knows when each of its connections has closed."""
-
-    protocol = TrackingChannel  # type: ignore[assignment]
-
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource)
-        self.closed: list[Deferred[None]] = []
-
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
-        assert isinstance(protocol, TrackingChannel)
-        self.closed.append(protocol.closed)
-        return protocol
-
-
-@implementer(IAgent)
-@attrs.define
-class ResponseWatcher:
-    """An agent that tells when the headers of an answer arrived."""
-
-    agent: IAgent
-    arrived: list[Deferred[None]] = attrs.field(factory=list)
-
-    def request(
-        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
-    ) -> Deferred[IResponse]:
-        arrived: Deferred[None] = Deferred()
-        self.arrived.append(arrived)
-
-        def got(response: IResponse) -> IResponse:
-            arrived.callback(None)
-            return response
-
-        return self.agent.request(method, uri, headers, bodyProducer).addCallback(got)
-
-
-class RealNetworkTests(TestCase):
-    """The production client against a real twisted.web server."""
-
-    def serve(self, resource: Resource) -> str:
-        self.site = site = TrackingSite(resource)
-        port = global_reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.pool = HTTPConnectionPool(global_reactor, persistent=True)
-
-        async def cleanup() -> None:
-            # Let the client finish with its last answer (it may still be
-            # parsing it: a test can end inside the callback that fired it).
-            await deferLater(global_reactor, 0)
-            await self.pool.closeCachedConnections()
-            await port.stopListening()
-            await gatherResults(site.closed)
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-        return f"http://127.0.0.1:{port.getHost().port}"
-
-    def fetcher(self, url: str, client: Any = None, **job: Any) -> HTTPFetcher:
-        client = client or make_http_client(global_reactor, pool=self.pool, connect_timeout=5)
-        return HTTPFetcher(make_job(url=url, **job), client, global_reactor)
-
-    async def test_fetches_over_a_persistent_connection(self) -> None:
-        origin = Origin(answer(200, b'{"a": 1}', b"application/json"))
-        base = self.serve(origin)
-        fetcher = self.fetcher(base + "/items/{id}")
-        first = await fetcher.fetch({"id": "1"})
-        second = await fetcher.fetch({"id": "2"})
-        assert first == second == Fetched(b'{"a": 1}', "application/json")
-        assert [s.uri for s in origin.seen] == [b"/items/1", b"/items/2"]
-        assert len(self.site.closed) == 1, "the connection was not reused"
-
-    async def test_the_production_client_does_not_follow_redirects(self) -> None:
-        def handler(request: Request) -> bytes:
-            if request.path == b"/target":
-                return b"followed"
-            request.setResponseCode(302)
-            request.setHeader(b"location", b"/target")
-            return b"moved"
-
-        origin = Origin(handler)
-        base = self.serve(origin)
-        with pytest.raises(FetchError) as raised:
-            await self.fetcher(base + "/items/{id}").fetch({"id": "1"})
-        assert str(raised.value) == "origin answered 302 (redirects are not followed)"
-        assert [s.uri for s in origin.seen] == [b"/items/1"]
-
-    async def test_cancelling_mid_body_closes_the_connection(self) -> None:
-        origin = Origin(pending)
-        base = self.serve(origin)
-        watcher = ResponseWatcher(Agent(global_reactor, pool=self.pool))
-        fetcher = self.fetcher(base + "/items/{id}", client=_client(watcher))
-        d = fetcher.fetch({"id": "1"})
-        while not origin.requests:
-            await deferLater(global_reactor, 0.001)
-        [request] = origin.requests
-        request.write(b"the first part of a body that never ends")
-        await watcher.arrived[0]
-        await deferLater(global_reactor, 0)  # the body is being read now
-        assert not d.called
-        d.cancel()
-        assert isinstance(result(d), CancelledError)
-        [closed] = self.site.closed
-        closed.addTimeout(5, global_reactor)
-        await closed
-        assert len(origin.lost) == 1
-
-    async def test_a_close_delimited_body_over_the_cap_is_cut_off(self) -> None:
-        sent: list[int] = []
-        closed: Deferred[None] = Deferred()
-
-        class Firehose(Protocol):
-            def dataReceived(self, data: bytes) -> None:
-                assert self.transport is not None
-                if b"\r\n\r\n" in data and not sent:
-                    self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
-                    self.pump()
-
-            def pump(self) -> None:
-                if closed.called:
-                    return
-                assert self.transport is not None
-                self.transport.write(b"x" * 65536)
-                sent.append(65536)
-                if len(sent) < 1000:
-                    global_reactor.callLater(0, self.pump)
-
-            def connectionLost(self, reason: Failure = connectionDone) -> None:
-                closed.callback(None)
-
-        port = global_reactor.listenTCP(0, Factory.forProtocol(Firehose), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        pool = HTTPConnectionPool(global_reactor, persistent=False)
-        fetcher = self.fetcher(
-            f"http://127.0.0.1:{port.getHost().port}/{{id}}",
-            client=make_http_client(global_reactor, pool=pool),
-            max_value_bytes=200_000,
-        )
-        with pytest.raises(FetchError) as raised:
-            await fetcher.fetch({"id": "1"})
-        assert str(raised.value) == "body larger than 200000 bytes"
-        closed.addTimeout(5, global_reactor)
-        await closed
-        await deferLater(global_reactor, 0)  # the last pump call
-        assert len(sent) < 1000
-
-    async def test_connection_refused_is_one_clear_line(self) -> None:
-        port = global_reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-        number = port.getHost().port
-        await port.stopListening()
-        pool = HTTPConnectionPool(global_reactor, persistent=False)
-        fetcher = self.fetcher(
-            f"http://127.0.0.1:{number}/{{id}}", client=make_http_client(global_reactor, pool=pool)
-        )
-        with pytest.raises(FetchError) as raised:
-            await fetcher.fetch({"id": "1"})
-        message = str(raised.value)
-        assert message.startswith("connection refused: "), message
-        assert "\n" not in message
-
-
-def _client(agent: IAgent) -> Requester:
-    return HTTPClient(agent)
