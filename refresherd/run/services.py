@@ -140,15 +140,13 @@ class _Process(MultiService):
                 "refresherd: {name} listening on {address}", name=name, address=describe(port)
             )
 
-    def _close(self) -> Any:
-        """Close the connections once their answers are out, then the log output."""
-        closed = defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
+    def _close_connections(self) -> Any:
+        """Close the connections once their answers are out (or after L{CLOSE_TIMEOUT})."""
+        return defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
 
-        def log_stopped(_: object) -> None:
-            if self.log_output is not None:
-                self.log_output.stopService()
-
-        return closed.addCallback(log_stopped)
+    def _stop_logging(self) -> None:
+        if self.log_output is not None:
+            self.log_output.stopService()
 
 
 @attrs.define(eq=False)
@@ -188,12 +186,12 @@ class RefresherdService(_Process):
         Service.stopService(self)
         yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
         yield self.engine.stopService()
+        yield self._close_connections()
         if self._flushing is not None:
             if self._flushing.running:
                 self._flushing.stop()
-        yield self._close()
-        if self._flushing is not None:
             self.engine.refresher.metrics.flush()  # the answers given while stopping
+        self._stop_logging()
 
 
 @attrs.define(eq=False)
@@ -230,4 +228,5 @@ class ParentService(_Process):
         )
         yield self.supervisor.stopService()
         yield self.engine.stopService()
-        yield self._close()
+        yield self._close_connections()
+        self._stop_logging()
