@@ -2,12 +2,8 @@
 A real C{memcached} for tests: started on a free loopback port, stopped,
 killed, paused or restarted on the same port, always cleaned up.
 
-    server = MemcachedServer(item_limit="2m")
-    server.start()
-    try:
+    with MemcachedServer(item_limit="2m") as server:  # started, and cleaned up after
         server.set(b"k", b"v")
-    finally:
-        server.cleanup()
 
 Its C{get}, C{set}, C{delete}, C{stats} and C{metadump} are a tiny blocking
 client, for checking what is really in memcached (raw bytes, expiry times,
@@ -128,6 +124,14 @@ class MemcachedServer:
         self.start()
 
     cleanup = stop
+
+    def __enter__(self) -> MemcachedServer:
+        """The server, started; cleaned up when the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
 
     # -- a tiny blocking client ----------------------------------------------
 

@@ -2,12 +2,8 @@
 A real C{redis-server} for tests: started on a free loopback port, stopped,
 killed, paused or restarted on the same port, always cleaned up.
 
-    server = RedisServer(password="pw")
-    server.start()
-    try:
+    with RedisServer(password="pw") as server:  # started, and cleaned up after
         server.command("SET", "k", b"v")
-    finally:
-        server.stop()
 
 L{RedisServer.command} is a tiny blocking RESP client, for checking what is
 really in Redis (raw bytes, TTLs) without going through the store under test.
@@ -129,6 +125,14 @@ class RedisServer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def __enter__(self) -> RedisServer:
+        """The server, started; cleaned up when the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
 
     def command(self, *args: str | bytes | int, db: int = 0) -> Reply:
         """Run one command on a fresh connection (after AUTH and SELECT) and return its reply."""

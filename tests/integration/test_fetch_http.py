@@ -26,11 +26,7 @@ from zope.interface import implementer
 
 from refresherd.entry import Fetched
 from refresherd.errors import FetchError
-from refresherd.fetchers.http import (
-    HTTPFetcher,
-    Requester,
-    make_http_client,
-)
+from refresherd.fetchers.http import HTTPFetcher, Requester, make_http_client
 from tests.stub_origin import Origin, answer, make_job, pending
 
 global_reactor: Any = _reactor

@@ -24,12 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from refresherd.config import Secret
 from refresherd.entry import Fetched, is_json_content_type
 from refresherd.errors import BadArgs, FetchError
-from refresherd.fetchers.http import (
-    SIGNATURE_HEADER,
-    HTTPFetcher,
-    Requester,
-    sign_request,
-)
+from refresherd.fetchers.http import SIGNATURE_HEADER, HTTPFetcher, Requester, sign_request
 from refresherd.interfaces import IFetcher
 from tests.deferreds import failure, result
 from tests.stub_origin import Handler, Origin, Seen, answer, make_job, pending

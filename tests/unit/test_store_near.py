@@ -1,66 +1,32 @@
 """
-The near cache (refresherd.stores.near): the store contract unchanged in front
-of the memory store and of a real Redis; reads served from the process within
-its bound, dropped at once by changes made here, by changes Redis tells of,
-and all at once when the change channel is lost; memory bounded.
+The near cache (refresherd.stores.near) on a fake clock: reads served from
+the process within its bound, dropped at once by changes made here, by
+changes the store tells of, and all at once when the change channel is lost;
+memory bounded; its URL options.  The store contract through it:
+tests/contract/test_store_near.py; in front of a real Redis:
+tests/integration/test_store_near.py.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import pytest
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.errors import StoreUnavailable
-from refresherd.interfaces import IStore
 from refresherd.keys import entry_key, generation_key
 from refresherd.stores.memory import MemoryStore, entry_cost
 from refresherd.stores.near import DEFAULT_TTL, NearCache, near_options
-from refresherd.stores.redis import RedisStore
-from tests.store_contract import LONG_TTL, StoreContract, sample_entry
-from tests.test_store_redis import READY, RedisTestCase, redis_server, sleep  # noqa: F401
+from tests.store_contract import LONG_TTL, sample_entry
 
 KEY = entry_key("rfd", "job", 1, {"id": "1"})
 GEN = generation_key("rfd", "tag", "t", hard=True)
-
-
-class NearMemoryContractTests(StoreContract, TestCase):
-    """The store contract, unchanged, through a near cache in front of the memory store."""
-
-    at_hand = True
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-
-    def make_store(self) -> IStore:
-        return NearCache(MemoryStore(self.clock), self.clock)
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-
-
-class NearRedisContractTests(StoreContract, RedisTestCase):
-    """The store contract, unchanged, through a near cache in front of a real Redis."""
-
-    at_hand = None
-
-    def make_store(self) -> Deferred[IStore]:
-        return Deferred.fromCoroutine(self._contract_store())
-
-    async def _contract_store(self) -> IStore:
-        return NearCache(await self.ready_store(), reactor)
-
-    def advance(self, seconds: float) -> Deferred[None]:
-        return sleep(seconds)
 
 
 @attrs.define(slots=False)
@@ -263,55 +229,6 @@ class NearCacheTests(SynchronousTestCase):
         self.read()
         self.put(self.inner.store, b"elsewhere")
         self.assertEqual(self.successResultOf(self.near.get(KEY)), sample_entry(b"elsewhere"))
-
-
-class NearRedisTests(RedisTestCase):
-    """Coherence across processes: two stores on one real Redis, a near cache on one."""
-
-    async def pair(self) -> tuple[NearCache, RedisStore]:
-        here = NearCache(await self.ready_store(), reactor)
-        there = await self.ready_store()
-        return here, there
-
-    async def eventually(
-        self, near: NearCache, wanted: Any, key: str, gens: Sequence[str]
-    ) -> float:
-        """Seconds until the near cache reads C{wanted}: they must be well under its ttl."""
-        start = time.monotonic()
-        while True:
-            got = await near.read(key, gens)
-            if got == wanted:
-                return time.monotonic() - start
-            self.assertLess(time.monotonic() - start, DEFAULT_TTL / 2, got)
-            await sleep(0.005)
-
-    async def test_a_write_and_a_purge_elsewhere_are_seen_before_the_ttl(self) -> None:
-        here, there = await self.pair()
-        key = self.unique_key(id="1")
-        gen = generation_key(key.partition(":")[0], "tag", "t", hard=True)
-        self.assertEqual(await here.read(key, [gen]), (None, {}))
-        await there.put(key, sample_entry(b"there"), LONG_TTL)
-        await self.eventually(here, (sample_entry(b"there"), {}), key, [gen])
-        token = await there.new_generation(gen)
-        await self.eventually(here, (sample_entry(b"there"), {gen: token}), key, [gen])
-        await there.delete(key)
-        await self.eventually(here, (None, {gen: token}), key, [gen])
-
-    async def test_losing_the_change_channel_drops_everything(self) -> None:
-        server = self.own_server()
-        inner = await self.ready_store(server)
-        here = NearCache(inner, reactor)
-        key = self.unique_key(id="1")
-        await inner.put(key, sample_entry(b"before"), LONG_TTL)
-        await sleep(0.1)  # the echo of the put on the change channel has come back
-        await here.read(key, [])
-        self.assertGreater(here.used_bytes, 0)
-        server.kill()
-        while inner._subscriber is not None:
-            await sleep(0.01)
-        self.assertEqual(here.used_bytes, 0)
-        server.start()
-        await inner.ready().addTimeout(READY, reactor)
 
 
 @pytest.mark.parametrize(

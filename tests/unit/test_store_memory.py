@@ -1,6 +1,7 @@
 """
-The memory store: the store contract on a fake clock, then what is its own
-(LRU and byte accounting, exact expiry, no timers left behind, its URL).
+The memory store's own ways, checked exactly on a fake clock: LRU and byte
+accounting, exact expiry, no timers left behind, its URL (the store contract on
+it: tests/contract/test_store_memory.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.stores.memory import (
     DEFAULT_MAX_BYTES,
@@ -20,34 +21,7 @@ from refresherd.stores.memory import (
     entry_cost,
     memory_store_from_url,
 )
-from tests.store_contract import StoreContract, sample_entry
-
-
-class MemoryStoreContractTests(StoreContract, TestCase):
-    """The store contract, against a L{MemoryStore} on a L{Clock}."""
-
-    at_hand = True
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-
-    def make_store(self) -> MemoryStore:
-        return MemoryStore(self.clock)
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-
-    def tearDown(self) -> None:
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-
-def result(d: Deferred[Any]) -> Any:
-    """The result of C{d}, which has fired already (as memory store results do)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, f"{d!r} has not fired"
-    return results[0]
+from tests.store_contract import sample_entry
 
 
 class MemoryStoreTests(SynchronousTestCase):

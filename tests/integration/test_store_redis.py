@@ -2,94 +2,28 @@
 The Redis store against a real C{redis-server} that the tests start: the
 store contract unchanged, then what is Redis's own (the layout other programs
 read, pub/sub between processes, passwords and databases, outages, a full
-Redis), then its URL.
+Redis).  Its URL: tests/unit/test_store_redis.py.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import TestCase
 
 from refresherd.entry import encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
 from refresherd.keys import MAX_KEY_BYTES, entry_key
-from refresherd.stores.redis import (
-    DEFAULT_PORT,
-    RedisStore,
-    lease_key,
-    redis_store_from_url,
-)
-from tests.redis_server import RedisReplyError, RedisServer
+from refresherd.stores.redis import RedisStore, lease_key, redis_store_from_url
+from tests.redis_server import RedisReplyError
+from tests.redis_stores import NAMESPACE, READY, RedisTestCase, sleep
 from tests.store_contract import LONG_TTL, NOTICE, StoreContract, sample_entry
-
-NAMESPACE = "rfdtest"
-READY = 5.0
-"""Seconds a store may take to connect and subscribe, after a start or a restart."""
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """One server for the tests that neither stop it nor fill it."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    return task.deferLater(reactor, seconds)
-
-
-class RedisTestCase(TestCase):
-    """Starts stores on a real server, and stops them (and any own server) after the test."""
-
-    server: RedisServer
-    logged_errors: list[dict[str, Any]]
-
-    @pytest.fixture(autouse=True)
-    def _fixtures(self, redis_server: RedisServer, no_logged_errors: list[dict[str, Any]]) -> None:
-        self.server = redis_server
-        self.logged_errors = no_logged_errors
-
-    def own_server(self, *args: str, password: str | None = None) -> RedisServer:
-        """A server of this test's own, to stop, kill or fill."""
-        server = RedisServer(args, password=password)
-        self.addCleanup(server.cleanup)
-        server.start()
-        return server
-
-    def new_store(self, server: RedisServer | None = None, **options: Any) -> RedisStore:
-        """A started store, stopped after the test; it may still be connecting."""
-        server = server or self.server
-        options.setdefault("namespace", NAMESPACE)
-        store = RedisStore(reactor, server.host, server.port, **options)
-        return self.started(store)
-
-    def started(self, store: RedisStore) -> RedisStore:
-        store.startService()
-        self.addCleanup(store.stopService)
-        return store
-
-    async def ready_store(self, server: RedisServer | None = None, **options: Any) -> RedisStore:
-        """A started store, connected and listening for changes."""
-        store = self.new_store(server, **options)
-        await store.ready().addTimeout(READY, reactor)
-        return store
-
-    def unique_key(self, **args: str) -> str:
-        return entry_key(f"{NAMESPACE}-{self.id().rsplit('.', 1)[-1][:40]}", "job", 1, args)
 
 
 class RedisStoreContractTests(StoreContract, RedisTestCase):
@@ -412,69 +346,3 @@ class RedisOutageTests(RedisTestCase):
         store = RedisStore(reactor, self.server.host, self.server.port)
         with self.assertRaises(StoreUnavailable):
             await store.ping()
-
-
-@pytest.mark.parametrize(
-    ("url", "environ", "expected"),
-    [
-        ("redis://127.0.0.1:6380/2", {}, ("127.0.0.1", 6380, 2, None)),
-        ("redis://localhost", {}, ("localhost", DEFAULT_PORT, 0, None)),
-        ("redis://localhost/", {}, ("localhost", DEFAULT_PORT, 0, None)),
-        ("redis://localhost:6379", {}, ("localhost", 6379, 0, None)),
-        ("REDIS://Redis.Example:1/15", {}, ("redis.example", 1, 15, None)),
-        ("redis://[::1]:6379/0", {}, ("::1", 6379, 0, None)),
-        ("redis://:pw@host:6379/0", {}, ("host", 6379, 0, "pw")),
-        ("redis://:pw:2@host:6379/0", {}, ("host", 6379, 0, "pw:2")),
-        ("redis://:p%40ss%2Fw%3Ard@host/3", {}, ("host", DEFAULT_PORT, 3, "p@ss/w:rd")),
-        ("redis://:env:RFD_PW@host:6379/0", {"RFD_PW": "from env"}, ("host", 6379, 0, "from env")),
-    ],
-)
-def test_redis_store_from_url(
-    url: str, environ: dict[str, str], expected: tuple[str, int, int, str | None]
-) -> None:
-    store = redis_store_from_url(url, "ns", reactor, environ)
-    assert (store.host, store.port, store.db, store.password) == expected
-    assert store.namespace == "ns"
-    assert store.reactor is reactor
-    assert "pw" not in repr(store) and "env" not in repr(store)
-
-
-SECRET = "s3cr3t"
-
-
-@pytest.mark.parametrize(
-    ("url", "environ", "message"),
-    [
-        ("rediss://host:6379/0", {}, "must start with redis://"),
-        ("memcached://host:11211", {}, "must start with redis://"),
-        (f"http://:{SECRET}@host", {}, "must start with redis://"),
-        ("redis://", {}, "has no host"),
-        (f"redis://:{SECRET}@:6379/0", {}, "has no host"),
-        ("redis://host:port/0", {}, "needs a port from 1 to 65535"),
-        ("redis://host:0/0", {}, "needs a port from 1 to 65535"),
-        ("redis://host:65536/0", {}, "needs a port from 1 to 65535"),
-        (f"redis://:{SECRET}@host:x{SECRET}/0", {}, "needs a port from 1 to 65535"),
-        ("redis://host:6379/db0", {}, "path must be a database number"),
-        ("redis://host:6379/0/1", {}, "path must be a database number"),
-        ("redis://host:6379/-1", {}, "path must be a database number"),
-        (f"redis://:se/{SECRET}@host:6379/0", {}, "percent-encode any of : / ? # @"),
-        ("redis://host:6379/0?timeout=1", {}, "takes no query or fragment"),
-        (f"redis://:se#{SECRET}@host:6379/0", {}, "percent-encode any of : / ? # @"),
-        (f"redis://:se?{SECRET}@host:6379/0", {}, "percent-encode any of : / ? # @"),
-        (f"redis://:{SECRET}@host:6379/0#x", {}, "takes no query or fragment"),
-        (f"redis://{SECRET}@host:6379/0", {}, "takes a password only"),
-        (f"redis://user:{SECRET}@host:6379/0", {}, "takes a password only"),
-        ("redis://:@host:6379/0", {}, "has an empty password"),
-        ("redis://:env:RFD_PW@host:6379/0", {}, "environment variable 'RFD_PW' is not set"),
-        ("redis://:env:RFD_PW@host:6379/0", {"RFD_PW": ""}, "'RFD_PW' is empty"),
-        ("redis://:env:@host:6379/0", {}, '"env:" needs the name of an environment variable'),
-        (f"redis://:env:{SECRET}-x@host/0", {}, '"env:" needs the name'),
-    ],
-)
-def test_redis_store_from_url_refuses(url: str, environ: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)) as raised:
-        redis_store_from_url(url, "ns", reactor, environ)
-    text = str(raised.value)
-    assert "\n" not in text
-    assert SECRET not in text
-    assert raised.value.__cause__ is None

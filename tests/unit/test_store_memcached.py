@@ -1,0 +1,282 @@
+"""
+The memcached store without a server: replies out of step with the requests
+on a fake connection, the layout's pure functions, the ring (ketama), the
+URL (the store on real memcached processes:
+tests/integration/test_store_memcached.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import re
+from typing import Any
+
+import pytest
+from twisted.application.service import Service
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.memcache import ServerError
+from twisted.trial.unittest import SynchronousTestCase
+
+from refresherd.keys import entry_key
+from refresherd.stores.memcached.layout import (
+    MIN_ITEM_LIMIT,
+    check_key,
+    chunk_key,
+    exptime,
+    lease_key,
+    parse_manifest,
+    split,
+)
+from refresherd.stores.memcached.ring import Ring, key_point
+from refresherd.stores.memcached.store import (
+    DEFAULT_ITEM_LIMIT,
+    MemcachedStore,
+    _Connection,
+    _OutOfStep,
+    memcached_store_from_url,
+)
+from tests.memcached_keys import BAD_KEYS
+
+MIB = 1024 * 1024
+
+
+class ConnectionTests(SynchronousTestCase):
+    """Replies out of step with the requests drop the connection (no server needed)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = MemcachedStore(self.clock, (("127.0.0.1", 11211),))
+        Service.startService(self.store)  # running, without connecting
+        self.server = self.store._pool[0]
+        self.transport = StringTransport()
+        self.connection = _Connection(self.store, self.server)
+        self.connection.makeConnection(self.transport)
+        self.assertEqual(self.transport.value(), b"stats settings\r\n")
+        self.connection.dataReceived(b"STAT item_size_max 2097152\r\nSTAT other x\r\nEND\r\n")
+        self.assertIs(self.server.connection, self.connection)
+        self.assertEqual(self.server.item_size_max, 2 * MIB)
+        self.transport.clear()
+
+    def assertDropped(self, *ds: Deferred[Any]) -> None:
+        for d in ds:
+            self.failureResultOf(d, _OutOfStep)
+        self.assertTrue(self.transport.disconnected)
+        self.assertTrue(self.connection.broken)
+
+    def test_client_error_fails_every_pending_request_and_drops_the_connection(self) -> None:
+        first, second = self.connection.get(b"a"), self.connection.get(b"b")
+        self.connection.dataReceived(b"CLIENT_ERROR bad command line format\r\n")
+        self.assertDropped(first, second)
+        # What comes after is never paired with anything.
+        self.connection.dataReceived(b"VALUE b 0 1\r\nx\r\nEND\r\n")
+        self.assertEqual(self.transport.value(), b"get a\r\nget b\r\n")
+
+    def test_error_drops_the_connection(self) -> None:
+        d = self.connection.set(b"a", b"x")
+        self.connection.dataReceived(b"ERROR\r\n")
+        self.assertDropped(d)
+
+    def test_a_reply_of_another_command_drops_the_connection(self) -> None:
+        d = self.connection.get(b"a")
+        self.connection.dataReceived(b"STORED\r\n")
+        self.assertDropped(d)
+
+    def test_a_value_of_another_key_drops_the_connection(self) -> None:
+        d = self.connection.get(b"a")
+        self.connection.dataReceived(b"VALUE z 0 1\r\nx\r\nEND\r\n")
+        self.assertDropped(d)
+
+    def test_a_number_drops_the_connection(self) -> None:
+        d = self.connection.delete(b"a")
+        self.connection.dataReceived(b"42\r\n")
+        self.assertDropped(d)
+
+    def test_a_reply_to_nothing_drops_the_connection(self) -> None:
+        self.connection.dataReceived(b"END\r\n")
+        self.assertTrue(self.transport.disconnected)
+
+    def test_server_error_to_a_set_fails_that_set_only(self) -> None:
+        stored, got = self.connection.set(b"a", b"x"), self.connection.get(b"a")
+        self.connection.dataReceived(b"SERVER_ERROR out of memory storing object\r\nEND\r\n")
+        self.failureResultOf(stored, ServerError)
+        self.assertEqual(self.successResultOf(got), (0, None))
+        self.assertFalse(self.transport.disconnected)
+
+    def test_server_error_to_a_get_drops_the_connection(self) -> None:
+        d = self.connection.get(b"a")
+        self.connection.dataReceived(b"SERVER_ERROR out of memory writing get response\r\n")
+        self.assertDropped(d)
+
+
+class LayoutFunctionTests(SynchronousTestCase):
+    """The pure functions of memcached_layout."""
+
+    def test_check_key_takes_printable_ascii_up_to_250_bytes(self) -> None:
+        self.assertEqual(check_key("rfd:a:v1:x=%20"), b"rfd:a:v1:x=%20")
+        self.assertEqual(len(check_key("k" * 250)), 250)
+        for key in BAD_KEYS:
+            with self.assertRaises(ValueError) as raised:
+                check_key(key)
+            self.assertNotIn("\n", str(raised.exception))
+
+    def test_derived_keys_insert_their_kind_after_the_namespace(self) -> None:
+        key = "rfd:tweets:v1:username=bob"
+        self.assertEqual(lease_key(key), "rfd:lease:tweets:v1:username=bob")
+        self.assertEqual(
+            chunk_key(key, "ab" * 16, 3), f"rfd:chunk:{'ab' * 16}:3:tweets:v1:username=bob"
+        )
+
+    def test_derived_keys_over_250_bytes_hash_the_rest(self) -> None:
+        key = "rfd:" + "x" * 246
+        rest = "x" * 246
+        digest = hashlib.sha256(rest.encode()).hexdigest()
+        self.assertEqual(lease_key(key), f"rfd:lease:#{digest}")
+        self.assertEqual(chunk_key(key, "0" * 32, 12), f"rfd:chunk:{'0' * 32}:12:#{digest}")
+        longest = entry_key("n" * 64, "j" * 64, 10**9, {"q": "x" * 300})
+        for derived in (lease_key(longest), chunk_key(longest, "f" * 32, 99_999)):
+            self.assertLessEqual(len(check_key(derived)), 250)
+
+    def test_exptime_rounds_up_adds_a_tick_and_goes_absolute_after_30_days(self) -> None:
+        now = 1_700_000_000.5
+        self.assertEqual(exptime(1.0, now), 2)
+        self.assertEqual(exptime(0.001, now), 2)
+        self.assertEqual(exptime(59.5, now), 61)
+        self.assertEqual(exptime(2_591_999, now), 2_592_000)
+        self.assertEqual(exptime(2_592_000, now), 1_700_000_001 + 2_592_001)
+        self.assertEqual(exptime(40 * 86_400.5, now), 1_700_000_001 + 3_456_021)
+
+    def test_manifest_round_trips_and_refuses_anything_else(self) -> None:
+        manifest, chunks = split(b"x" * 10_000, MIN_ITEM_LIMIT)
+        self.assertEqual(len(chunks), 4)
+        self.assertEqual(b"".join(chunks), b"x" * 10_000)
+        self.assertEqual(parse_manifest(manifest.to_bytes()), manifest)
+        self.assertIsNone(manifest.check(b"x" * 10_000))
+        self.assertIsNotNone(manifest.check(b"x" * 9_999 + b"y"))
+        self.assertIsNotNone(manifest.check(b"x" * 9_999))
+        for bad in [
+            manifest.to_bytes()[:-1],
+            manifest.to_bytes().replace(b"manifest 1", b"manifest 2"),
+            manifest.to_bytes().upper(),
+            manifest.to_bytes() + b"x",
+            b"manifest 1 x 1 1 x\n",
+        ]:
+            with self.assertRaises(ValueError):
+                parse_manifest(bad)
+
+
+class RingTests(SynchronousTestCase):
+    """Ketama: keys spread evenly, and a new server takes about its share only."""
+
+    KEYS = [f"rfd:job:v1:id={i}".encode() for i in range(20_000)]
+
+    def owners(self, names: list[str]) -> list[str]:
+        ring = Ring([(name, name) for name in names])
+        return [ring.server(key) for key in self.KEYS]
+
+    def test_keys_spread_roughly_evenly(self) -> None:
+        names = [f"10.0.0.{i}:11211" for i in range(1, 5)]
+        owners = self.owners(names)
+        for name in names:
+            share = owners.count(name) / len(owners)
+            self.assertTrue(0.18 < share < 0.32, (name, share))
+
+    def test_adding_a_server_moves_about_one_in_n_plus_one_keys_all_to_it(self) -> None:
+        names = [f"10.0.0.{i}:11211" for i in range(1, 4)]
+        before, after = self.owners(names), self.owners([*names, "10.0.0.9:11211"])
+        moved = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+        self.assertTrue(0.17 < len(moved) / len(self.KEYS) < 0.33, len(moved))
+        self.assertTrue(all(b == "10.0.0.9:11211" for _, b in moved))
+
+    def test_walk_gives_every_server_once_starting_with_the_owner(self) -> None:
+        ring = Ring([(f"h{i}:1", i) for i in range(5)])
+        for key in self.KEYS[:100]:
+            order = list(ring.walk(key))
+            self.assertEqual(sorted(order), list(range(5)))
+            self.assertEqual(order[0], ring.server(key))
+
+    def test_the_ring_is_the_one_docs_memcached_md_describes(self) -> None:
+        """The worked example of docs/memcached.md, and its reference code, agree with Ring."""
+        names = ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"]
+        self.assertEqual(key_point(b"rfd:tweets:v1:username=bob"), 471098131)
+        self.assertEqual(
+            Ring([(n, n) for n in names]).server(b"rfd:tweets:v1:username=bob"), names[1]
+        )
+
+        # The reference implementation of docs/memcached.md, as printed there.
+        points = sorted(
+            (int.from_bytes(digest[j : j + 4], "little"), name)
+            for name in names
+            for i in range(40)
+            for digest in [hashlib.md5(f"{name}-{i}".encode()).digest()]
+            for j in range(0, 16, 4)
+        )
+
+        def server_of(key: bytes) -> str:
+            point = int.from_bytes(hashlib.md5(key).digest()[:4], "little")
+            return points[bisect.bisect_left(points, (point, "")) % len(points)][1]
+
+        self.assertEqual([server_of(key) for key in self.KEYS], self.owners(names))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("memcached://127.0.0.1:11211", ((("127.0.0.1", 11211),), DEFAULT_ITEM_LIMIT)),
+        ("memcached://cache", ((("cache", 11211),), DEFAULT_ITEM_LIMIT)),
+        ("memcached://cache/", ((("cache", 11211),), DEFAULT_ITEM_LIMIT)),
+        ("MEMCACHED://Cache.Example:1", ((("cache.example", 1),), DEFAULT_ITEM_LIMIT)),
+        (
+            "memcached://a:11211,b:11212,[::1]:11213?item_limit=2097152",
+            ((("a", 11211), ("b", 11212), ("::1", 11213)), 2 * MIB),
+        ),
+        ("memcached://a:1?item_limit=4096", ((("a", 1),), 4096)),
+    ],
+)
+def test_memcached_store_from_url(
+    url: str, expected: tuple[tuple[tuple[str, int], ...], int]
+) -> None:
+    store = memcached_store_from_url(url, "ns", reactor)
+    assert (store.servers, store.item_limit) == expected
+    assert store.namespace == "ns"
+    assert store.reactor is reactor
+    assert not store.running
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://host:6379/0", "must start with memcached://"),
+        ("memcached://", "names no server"),
+        ("memcached://?item_limit=4096", "names no server"),
+        ("memcached://a:1,,b:2", "has an empty server in its list"),
+        ("memcached://a:1,", "has an empty server in its list"),
+        ("memcached://a:port", "needs a port from 1 to 65535"),
+        ("memcached://a:0", "needs a port from 1 to 65535"),
+        ("memcached://a:65536", "needs a port from 1 to 65535"),
+        ("memcached://a:", "needs a port from 1 to 65535"),
+        ("memcached://a:-1", "needs a port from 1 to 65535"),
+        ("memcached://::1:11211", "is not a host name or address"),
+        ("memcached://[::1", "is not [IPv6 address]:port"),
+        ("memcached://[::1]x", "is not [IPv6 address]:port"),
+        ("memcached://a b:1", "is not a host name or address"),
+        ("memcached://user:pw@a:1", "takes no user name or password"),
+        ("memcached://a:1/0", "takes no path"),
+        ("memcached://a:1#x", "takes no fragment"),
+        ("memcached://a:1,a:1", "names a:1 twice"),
+        ("memcached://a:1?timeout=1", "unknown parameter 'timeout'"),
+        ("memcached://a:1?item_limit=1", "item_limit must be a number of bytes from 4096"),
+        ("memcached://a:1?item_limit=2m", "item_limit must be a number of bytes"),
+        ("memcached://a:1?item_limit=", "item_limit must be a number of bytes"),
+        ("memcached://a:1?item_limit=1073741825", "item_limit must be a number of bytes"),
+        ("memcached://a:1?item_limit=4096&item_limit=4096", "item_limit is given twice"),
+    ],
+)
+def test_memcached_store_from_url_refuses(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        memcached_store_from_url(url, "ns", reactor)
+    assert "\n" not in str(raised.value)
+    assert raised.value.__cause__ is None
