@@ -11,8 +11,8 @@ C{connect_ex}, starting a process and C{time.sleep} fail the test.
 Every test fails if it logs an error (a failure or an unhandled error in a
 Deferred) that it did not expect: errors must never pass unseen.
 
-A test that takes C{shared_store} runs once on a real redis-server and once on
-a real memcached, each started for its module.
+Real servers are fixtures of tests/integration/conftest.py and
+tests/e2e/conftest.py only: a unit or contract test cannot ask for them.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ from typing import Any
 
 import pytest
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-
-from tests.harness import Origin, start_origin
-from tests.memcached_server import MemcachedServer
-from tests.redis_server import RedisServer
 
 TESTS = Path(__file__).parent
 KINDS = ("unit", "contract", "integration", "e2e")
@@ -139,22 +135,3 @@ def no_logged_errors(request: pytest.FixtureRequest) -> Iterator[list[dict[str, 
     globalLogPublisher.removeObserver(observe)
     if errors:
         pytest.fail("errors were logged:\n" + "\n".join(formatEvent(e) for e in errors))
-
-
-@pytest.fixture(scope="module", params=["redis", "memcached"])
-def shared_store(request: pytest.FixtureRequest) -> Iterator[RedisServer | MemcachedServer]:
-    """A real server of each shared store in turn, on a free loopback port."""
-    server = RedisServer() if request.param == "redis" else MemcachedServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    """An origin HTTP server on a free loopback port, counting its requests per path."""
-    origin = start_origin()
-    yield origin
-    origin.server.shutdown()
