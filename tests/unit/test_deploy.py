@@ -1,47 +1,37 @@
 """
 The deployment files of C{deploy/} (docs/deploy.md), checked against the code
-they deploy:
+they deploy, without running anything:
 
 - every metric and label the alerting rules and the Grafana dashboard use is one
   refresherd really exposes (built from L{refresherd.metrics.metrics_for} and read
   back as Prometheus reads it), with the labels Prometheus gives it when it scrapes
   as C{deploy/prometheus.yml} says (C{job} becomes C{exported_job});
-- the rules and the scrape configuration pass C{promtool}, the rules' unit tests
-  pass, and a real Prometheus scrapes a real refresherd with them;
-- the example configuration loads, and builds the whole service;
-- the systemd unit passes C{systemd-analyze verify} and its offline security check;
-- the Containerfile, which no Docker engine here can build, is checked statically,
-  its options parsed as twistd parses them, and its health check run against a
-  real refresherd.
+- the example configuration loads, and builds the whole service (on a memory
+  reactor);
+- the systemd unit and the Containerfile (which no Docker engine here can
+  build) are checked statically, their options parsed as twistd parses them.
 
-promtool and prometheus come from Debian's C{prometheus} package, systemd-analyze
-from C{systemd}; C{.ci/run} installs them.  No test here is ever skipped.
+The same files checked by C{promtool} and C{systemd-analyze}:
+tests/integration/test_deploy.py; a real Prometheus scraping a real
+refresherd, and the container's health check against a real refresherd:
+tests/e2e/test_deploy.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 import types
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import httpx
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
-from twisted.scripts.twistd import ServerOptions
 
 from refresherd.config import Config, load_config
 from refresherd.core.refresher import DRAIN_TIMEOUT
@@ -50,29 +40,32 @@ from refresherd.metrics import metrics_for
 from refresherd.run.build import build_service
 from refresherd.run.services import CLOSE_TIMEOUT
 from refresherd.run.settings import Setting, Settings
-from tests.harness import start_service
-from tests.redis_server import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
-UNIT = DEPLOY / "refresherd.service"
-CONTAINERFILE = DEPLOY / "Containerfile"
-CONFIG = DEPLOY / "refresherd.toml"
-PROMETHEUS = DEPLOY / "prometheus.yml"
-ALERTS = DEPLOY / "alerts.yml"
-ALERTS_TESTS = DEPLOY / "alerts.test.yml"
-DASHBOARD = DEPLOY / "grafana-dashboard.json"
-DOCS = ROOT / "docs" / "deploy.md"
-
-CREDENTIALS = "/run/credentials/refresherd.service/"
-"""Where systemd's LoadCredential= puts the token files the example configuration reads."""
-
-ENVIRON = {
-    "REDIS_PASSWORD": "redis-secret",
-    "RFD_READ_TOKEN": "read-token-0123456789",
-    "TIMELINE_API_AUTH": "Bearer api-secret",
-}
-"""The env: secrets of the example configuration."""
+from tests.deploy_files import (
+    ALERTS,
+    CONFIG,
+    CREDENTIALS,
+    DEPLOY,
+    DOCS,
+    ENVIRON,
+    GRAFANA_BUILTINS,
+    ROOT,
+    VARIABLE,
+    alert_rules,
+    container_argv,
+    container_options,
+    containerfile,
+    dashboard,
+    dashboard_queries,
+    endpoint_port,
+    healthcheck,
+    loaded_config,
+    scrape_config,
+    secret_files,
+    substitute,
+    twistd_options,
+    value,
+    values,
+)
 
 SPEC_FAMILIES = (
     "refresherd_requests_total",
@@ -90,18 +83,6 @@ SPEC_FAMILIES = (
 """SPEC section 9's metrics, as they are named in PromQL."""
 
 
-def tool(name: str) -> str:
-    """The path of a command the tests need; a failure, never a skip, when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: run .ci/run, which installs it")
-    return path
-
-
-def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
 # -- the metrics refresherd exposes, as Prometheus stores them -----------------------
 
 
@@ -113,10 +94,10 @@ def exposed() -> dict[str, frozenset[str]]:
     made so that its samples appear, rendered and parsed as Prometheus parses them.
     """
     metrics = metrics_for(["job"])
-    for value in vars(metrics).values():
+    for metric in vars(metrics).values():
         # A labelled metric has no samples until a child exists.
-        if isinstance(value, MetricWrapperBase) and value._labelnames:
-            value.labels(*["x"] * len(value._labelnames))
+        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+            metric.labels(*["x"] * len(metric._labelnames))
     metrics.count_request("job", "hit")  # the two tallied in plain numbers
     metrics.observe_http("/healthz", 200, 0.001)
     names: dict[str, set[str]] = {}
@@ -124,13 +105,6 @@ def exposed() -> dict[str, frozenset[str]]:
         for sample in family.samples:
             names.setdefault(sample.name, set()).update(sample.labels)
     return {name: frozenset(labels) for name, labels in names.items()}
-
-
-def scrape_config() -> dict[str, Any]:
-    """The scrape job of deploy/prometheus.yml."""
-    config = yaml.safe_load(PROMETHEUS.read_text())
-    (job,) = [c for c in config["scrape_configs"] if c["job_name"] == "refresherd"]
-    return dict(job)
 
 
 def target_labels(scrape: Mapping[str, Any]) -> frozenset[str]:
@@ -414,11 +388,6 @@ LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 # -- alerts.yml -------------------------------------------------------------------------
 
 
-def alert_rules() -> list[dict[str, Any]]:
-    document = yaml.safe_load(ALERTS.read_text())
-    return [rule for group in document["groups"] for rule in group["rules"]]
-
-
 def test_alerts_structure() -> None:
     """The rule file layout; each alert with for:, a severity, a summary and a description."""
     document = yaml.safe_load(ALERTS.read_text())
@@ -469,79 +438,7 @@ def test_alerts_use_real_metrics_and_labels() -> None:
                 assert label in labels, f"{rule['alert']}: $labels.{label} is not in {labels}"
 
 
-def test_alerts_pass_promtool() -> None:
-    promtool = tool("promtool")
-    result = run(promtool, "check", "rules", str(ALERTS))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
-
-
-def test_alerts_unit_tests() -> None:
-    """deploy/alerts.test.yml passes, and makes every alert fire at least once."""
-    result = run(tool("promtool"), "test", "rules", ALERTS_TESTS.name, cwd=DEPLOY)
-    assert result.returncode == 0, result.stdout + result.stderr
-    document = yaml.safe_load(ALERTS_TESTS.read_text())
-    assert document["rule_files"] == [ALERTS.name]
-    fired = {
-        case["alertname"]
-        for test in document["tests"]
-        for case in test["alert_rule_test"]
-        if case["exp_alerts"]
-    }
-    assert fired == {rule["alert"] for rule in alert_rules()}
-
-
-# -- prometheus.yml ---------------------------------------------------------------------
-
-
-def test_prometheus_config() -> None:
-    """It scrapes the admin listener's /metrics with a bearer token file, and loads alerts.yml."""
-    config = yaml.safe_load(PROMETHEUS.read_text())
-    assert [(DEPLOY / path).resolve() for path in config["rule_files"]] == [ALERTS]
-    scrape = scrape_config()
-    assert scrape.get("metrics_path", "/metrics") == "/metrics"
-    assert scrape.get("scheme", "http") == "http"
-    assert scrape["authorization"]["type"] == "Bearer"
-    assert scrape["authorization"]["credentials_file"].startswith("/")
-    assert "credentials" not in scrape["authorization"]
-    admin_port = endpoint_port(loaded_config().server.admin_listen)
-    for static in scrape["static_configs"]:
-        for target in static["targets"]:
-            assert target.rpartition(":")[2] == str(admin_port), target
-    result = run(tool("promtool"), "check", "config", "--syntax-only", str(PROMETHEUS))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 # -- grafana-dashboard.json -------------------------------------------------------------
-
-GRAFANA_BUILTINS = frozenset({"__rate_interval", "__interval", "__range", "__all"})
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def dashboard() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return loaded
-
-
-def dashboard_queries() -> list[tuple[str, dict[str, Any]]]:
-    """(panel title, target) for every target of every panel."""
-    return [(p["title"], t) for p in dashboard()["panels"] for t in p["targets"]]
-
-
-def variable_values() -> dict[str, str]:
-    """A value for each variable: its All value, or its current one; builtins a duration."""
-    values = {name: "1m" for name in GRAFANA_BUILTINS}
-    for variable in dashboard()["templating"]["list"]:
-        if variable.get("includeAll"):
-            values[variable["name"]] = variable["allValue"]
-        else:
-            values[variable["name"]] = variable["current"]["value"]
-    return values
-
-
-def substitute(expr: str) -> str:
-    values = variable_values()
-    return VARIABLE.sub(lambda m: values[m.group(1) or m.group(2)], expr)
 
 
 def test_dashboard_structure() -> None:
@@ -638,159 +535,7 @@ def test_dashboard_shows_every_metric() -> None:
     )
 
 
-def test_dashboard_queries_pass_promtool(tmp_path: Path) -> None:
-    """Every query is PromQL Prometheus accepts (as recording rules, variables filled in)."""
-    rules = {
-        "groups": [
-            {
-                "name": "dashboard",
-                "rules": [
-                    {"record": f"dashboard:query{n}", "expr": substitute(target["expr"])}
-                    for n, (_, target) in enumerate(dashboard_queries())
-                ],
-            }
-        ]
-    }
-    path = tmp_path / "dashboard-rules.yml"
-    path.write_text(yaml.safe_dump(rules))
-    result = run(tool("promtool"), "check", "rules", str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-# -- a real Prometheus scraping a real refresherd -------------------------------------
-
-
-@pytest.fixture
-def scraped(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """
-    refresherd with a metrics token, scraped by Prometheus every second with
-    deploy/prometheus.yml's job (only the target and the token file changed) and
-    deploy/alerts.yml: (Prometheus's URL, refresherd's admin address).
-    """
-    prometheus = tool("prometheus")
-    token = tmp_path / "metrics.token"
-    token.write_text("metrics-token-0123456789\n")
-    config = tmp_path / "refresherd.toml"
-    config.write_text(
-        f'[auth]\nmetrics_tokens = ["file:{token}"]\n\n'
-        '[jobs.square]\nargs = ["n"]\ncallable = "refresherd.demo:slow_square"\nfresh = "30s"\n'
-    )
-    service = start_service(config)
-    log = (tmp_path / "prometheus.log").open("w")
-    process = None
-    try:
-        admin = f"127.0.0.1:{service.ports['admin']}"
-        scrape = scrape_config()
-        scrape["static_configs"] = [{"targets": [admin]}]
-        scrape["authorization"] = {**scrape["authorization"], "credentials_file": str(token)}
-        scrape["scrape_interval"] = "1s"
-        settings = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [scrape],
-        }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(settings))
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                prometheus,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            eventually(lambda: httpx.get(f"{url}/-/ready", timeout=5).status_code == 200)
-        except (AssertionError, httpx.HTTPError):
-            pytest.fail("prometheus did not start:\n" + (tmp_path / "prometheus.log").read_text())
-        yield url, admin
-    finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
-        service.stop()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """The first true result of C{check}, retried while it is false or raises."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (httpx.HTTPError, KeyError, IndexError, AssertionError):
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError("not in time")
-        time.sleep(0.25)
-
-
-def test_prometheus_scrapes_refresherd(scraped: tuple[str, str]) -> None:
-    """
-    The token file is accepted (up is 1), refresherd's job label is stored as
-    exported_job, every alert rule evaluates, and every dashboard query runs.
-    """
-    url, admin = scraped
-
-    def query(expr: str) -> list[dict[str, Any]]:
-        answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
-        assert answer["status"] == "success", (expr, answer)
-        result: list[dict[str, Any]] = answer["data"]["result"]
-        return result
-
-    (up,) = eventually(lambda: [s for s in query("up") if s["value"][1] == "1"])
-    assert up["metric"] == {"__name__": "up", "job": "refresherd", "instance": admin}
-    (depth,) = query("refresherd_queue_depth")
-    assert depth["metric"] == {
-        "__name__": "refresherd_queue_depth",
-        "job": "refresherd",
-        "instance": admin,
-        "exported_job": "square",
-    }
-    names = set(httpx.get(f"{url}/api/v1/label/__name__/values", timeout=10).json()["data"])
-    assert {"process_cpu_seconds_total", "refresherd_fetches_in_flight"} <= names
-
-    def evaluated() -> list[dict[str, Any]]:
-        groups = httpx.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
-        rules: list[dict[str, Any]] = [rule for group in groups for rule in group["rules"]]
-        assert all(rule["health"] == "ok" for rule in rules), rules
-        return rules
-
-    assert {rule["name"] for rule in eventually(evaluated)} == {
-        rule["alert"] for rule in alert_rules()
-    }
-    for _, target in dashboard_queries():
-        query(substitute(target["expr"]))
-
-
 # -- refresherd.toml --------------------------------------------------------------------
-
-
-def secret_files() -> Callable[[str], bytes]:
-    """A read_file: the example configuration, and a token for every credential file."""
-
-    def read_file(path: str) -> bytes:
-        if path == str(CONFIG):
-            return CONFIG.read_bytes()
-        if path.startswith(CREDENTIALS) and "/" not in path[len(CREDENTIALS) :]:
-            return f"  token-{path[len(CREDENTIALS) :]}-0123456789\n".encode()
-        raise FileNotFoundError(path)
-
-    return read_file
-
-
-def loaded_config() -> Config:
-    return load_config(str(CONFIG), ENVIRON, read_file=secret_files())
 
 
 def credential_names() -> set[str]:
@@ -877,45 +622,7 @@ def test_config_builds_the_service() -> None:
         build(open_admin)
 
 
-def endpoint_port(description: str) -> int:
-    """The TCP port a server endpoint string listens on."""
-    reactor = MemoryReactorClock()
-    serverFromString(reactor, description).listen(Factory())
-    ((port, _, _, _),) = reactor.tcpServers
-    return int(port)
-
-
 # -- refresherd.service -----------------------------------------------------------------
-
-
-def unit() -> dict[str, list[tuple[str, str]]]:
-    """The sections of the unit, each a list of (key, value) in order (keys repeat)."""
-    sections: dict[str, list[tuple[str, str]]] = {}
-    current = None
-    lines = iter(UNIT.read_text().splitlines())
-    for line in lines:
-        line = line.strip()
-        while line.endswith("\\"):
-            line = line[:-1] + " " + next(lines).strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            current = sections.setdefault(line.strip("[]"), [])
-            continue
-        key, _, value = line.partition("=")
-        assert current is not None, line
-        current.append((key.strip(), value.strip()))
-    return sections
-
-
-def values(section: str, key: str) -> list[str]:
-    return [v for k, v in unit()[section] if k == key]
-
-
-def value(section: str, key: str) -> str:
-    found = values(section, key)
-    assert found, f"[{section}] {key}= is missing"
-    return found[-1]
 
 
 def timespan(text: str) -> float:
@@ -926,13 +633,6 @@ def timespan(text: str) -> float:
     parts = re.findall(r"([0-9]+)\s*([a-z]+)", text)
     assert parts and "".join(n + u for n, u in parts) == text.replace(" ", ""), text
     return sum(int(n) * units[u] for n, u in parts)
-
-
-def twistd_options(argv: list[str]) -> ServerOptions:
-    """twistd's options for C{argv} (after the program), as twistd parses them."""
-    options = ServerOptions()
-    options.parseOptions(argv)
-    return options
 
 
 def test_unit_runs_refresherd_in_the_foreground() -> None:
@@ -1000,132 +700,7 @@ def test_unit_hardening() -> None:
     assert values("Service", "ProcSubset") == []
 
 
-@pytest.fixture
-def unit_root(tmp_path: Path) -> Path:
-    """
-    A root directory for systemd-analyze: this machine's unit directory (for
-    the targets the unit depends on), the unit, and a stand-in twistd at the
-    path of ExecStart, so that the unit file itself is checked unchanged.
-    """
-    tool("systemd-analyze")
-    source = next(
-        (
-            Path(d)
-            for d in ("/usr/lib/systemd/system", "/lib/systemd/system")
-            if (Path(d) / "sysinit.target").exists()
-        ),
-        None,
-    )
-    if source is None:
-        pytest.fail("no systemd unit directory with sysinit.target: install systemd")
-    root = tmp_path / "root"
-    shutil.copytree(source, root / source.relative_to("/"), symlinks=True)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    program = root / shlex.split(value("Service", "ExecStart"))[0].lstrip("/")
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\n")
-    program.chmod(0o755)
-    return root
-
-
-def test_unit_verifies(unit_root: Path) -> None:
-    """systemd-analyze verify: exit status 0 and not one warning (it warns and exits 0)."""
-    result = run("systemd-analyze", "verify", f"--root={unit_root}", UNIT.name)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout + result.stderr == ""
-
-
-def test_unit_security(unit_root: Path) -> None:
-    """systemd-analyze security, offline: an overall exposure of at most 2.0 (of 10)."""
-    result = run(
-        "systemd-analyze",
-        "security",
-        "--offline=yes",
-        f"--root={unit_root}",
-        "--threshold=20",
-        "--no-pager",
-        UNIT.name,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Overall exposure level for refresherd.service" in result.stdout
-
-
 # -- Containerfile ----------------------------------------------------------------------
-
-
-@attrs.frozen
-class Stage:
-    image: str
-    name: str | None
-    instructions: tuple[tuple[str, str], ...]
-
-    def all(self, instruction: str) -> list[str]:
-        return [arguments for name, arguments in self.instructions if name == instruction]
-
-
-def containerfile() -> list[Stage]:
-    """The stages of the Containerfile, ARG defaults of the global scope applied to FROM."""
-    logical: list[str] = []
-    continued = ""
-    for line in CONTAINERFILE.read_text().splitlines():
-        if line.strip().startswith("#") or (not line.strip() and not continued):
-            continue
-        if line.endswith("\\"):
-            continued += line[:-1] + " "
-            continue
-        logical.append(continued + line)
-        continued = ""
-    assert not continued, "a continuation line at the end"
-    arguments: dict[str, str] = {}
-    stages: list[Stage] = []
-    current: list[tuple[str, str]] = []
-    for text in logical:
-        instruction, _, rest = text.strip().partition(" ")
-        instruction, rest = instruction.upper(), rest.strip()
-        if instruction == "ARG" and not stages and not current:
-            name, _, default = rest.partition("=")
-            arguments[name] = default
-        elif instruction == "FROM":
-            words = rest.split()
-            image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: arguments[m[1] or m[2]], words[0])
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(image, name, ()))
-            current = []
-        else:
-            assert stages, f"{instruction} before FROM"
-            current.append((instruction, rest))
-            stages[-1] = attrs.evolve(stages[-1], instructions=tuple(current))
-    return stages
-
-
-def exec_form(text: str) -> list[str]:
-    """The JSON array of an exec-form instruction (never the shell form)."""
-    argv = json.loads(text)
-    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), text
-    return argv
-
-
-def container_argv() -> list[str]:
-    final = containerfile()[-1]
-    (entrypoint,) = final.all("ENTRYPOINT")
-    (cmd,) = final.all("CMD")
-    return exec_form(entrypoint) + exec_form(cmd)
-
-
-def container_options() -> Any:
-    argv = container_argv()
-    assert argv[0] == "twistd"
-    options = twistd_options(argv[1:])
-    assert options.subCommand == "refresherd"
-    return options.subOptions
-
-
-def healthcheck() -> list[str]:
-    (text,) = containerfile()[-1].all("HEALTHCHECK")
-    options, _, command = text.partition("CMD ")
-    assert re.fullmatch(r"(--[a-z-]+=[0-9a-z]+\s*)*", options), options
-    return exec_form(command)
 
 
 def test_container_stages() -> None:
@@ -1180,21 +755,6 @@ def test_container_healthcheck_is_python() -> None:
     assert not {"curl", "wget"} & set(re.findall(r"\w+", " ".join(argv)))
     port = endpoint_port(container_options()["listen"])
     assert f"http://127.0.0.1:{port}/healthz" in argv[2]
-
-
-def test_container_healthcheck_against_refresherd(tmp_path: Path) -> None:
-    """The health check exits 0 on a running refresherd (read tokens and all), else not."""
-    config = tmp_path / "refresherd.toml"
-    config.write_text('[auth]\nread_tokens = ["read-token-0123456789"]\n')
-    service = start_service(config)
-    code = healthcheck()[2].replace("127.0.0.1:8080", f"127.0.0.1:{service.ports['public']}")
-    try:
-        healthy = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
-        assert healthy.returncode == 0, healthy.stderr
-    finally:
-        assert service.stop() == 0
-    down = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
-    assert down.returncode != 0
 
 
 # -- docs/deploy.md ---------------------------------------------------------------------
