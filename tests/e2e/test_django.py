@@ -1,18 +1,15 @@
 """
-L{refresherd.contrib.django} with Django's test machinery inside pytest
-(pytest-django): the test project C{tests/django_project} runs on
+L{refresherd.contrib.django} end to end, with Django's test machinery inside
+pytest (pytest-django): the test project C{tests/django_project} runs on
 pytest-django's live server, and a live C{twistd -n refresherd} calls it back
-for its signed C{fetch = "http"} jobs.  The unit tests at the end need
-neither.
+for its signed C{fetch = "http"} jobs; and the examples (examples/django_site
+as its README runs it, examples/appengine's configuration) with a live
+refresherd.
 """
 
 from __future__ import annotations
 
-import ast
-import datetime
-import decimal
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,41 +17,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# The test project; the live server on the same loopback address as refresherd.
-os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django_project.settings"
-os.environ.setdefault("DJANGO_LIVE_TEST_SERVER_ADDRESS", "127.0.0.1")
+from tests.django_setup import setup_django
 
-import django  # noqa: E402
-
-django.setup()
+setup_django()
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
-from django.core import checks  # noqa: E402
 from django.core.cache import cache  # noqa: E402
-from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.db import transaction  # noqa: E402
-from django.http import HttpResponse  # noqa: E402
-from django.template import Context, Template, TemplateSyntaxError  # noqa: E402
+from django.template import Context, Template  # noqa: E402
 from django.test import Client as DjangoClient  # noqa: E402
-from django.test import RequestFactory  # noqa: E402
 
 from refresherd.client import Client, FetchFailed, UnknownJob  # noqa: E402
-from refresherd.contrib.django import callback, get_client, register, unregister  # noqa: E402
-from refresherd.contrib.django.callbacks import Callback, registered  # noqa: E402
-from refresherd.contrib.django.conf import load_settings  # noqa: E402
-from refresherd.contrib.django.invalidation import instance_tags  # noqa: E402
-from refresherd.contrib.django.views import render, request_target  # noqa: E402
-from refresherd.contrib.signing import (  # noqa: E402
-    BadSignature,
-    NonceMemory,
-    check_signature,
-    sign,
-)
 from refresherd.fetchers.http import sign_request  # noqa: E402
 from tests.django_project.models import Profile  # noqa: E402
 from tests.django_project.refreshers import CALLS  # noqa: E402
 from tests.harness import Service, start_service, wait_until  # noqa: E402
+from tests.redis_server import free_port  # noqa: E402
 
 SECRET = "callback-secret-0123"
 READ = "read-token-0123"
@@ -301,222 +280,13 @@ def test_the_view_answers_404_400_and_405_only_to_good_signatures(
     assert httpx.put(live_server.url + "/refresherd/echo").status_code == 405
 
 
-# -- without refresherd --------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_the_tag_renders_its_fallback_when_refresherd_is_unreachable(settings: Any) -> None:
-    port = closed_port()
-    settings.REFRESHERD = {"URL": f"http://127.0.0.1:{port}", "TIMEOUT": 2}
-    template = Template(
-        '{% load refresherd %}{% refreshed "sidebar" user_id=n %}<i>{{ n }}</i>{% endrefreshed %}'
-    )
-    for _ in range(5):
-        assert template.render(Context({"n": 3})) == "<i>3</i>"
-    assert get_client().circuit() == "open"
-
-
-def test_the_client_is_rebuilt_when_the_setting_changes(settings: Any) -> None:
-    settings.REFRESHERD = {"URL": "http://127.0.0.1:1"}
-    first = get_client()
-    assert get_client() is first and first.url == "http://127.0.0.1:1"
-    settings.REFRESHERD = {"URL": "http://127.0.0.1:2", "TOKEN": WRITE}
-    assert get_client().url == "http://127.0.0.1:2"
-
-
-@pytest.mark.parametrize(
-    ("given", "message"),
-    [
-        ({"URLS": "x"}, "unknown key 'URLS'"),
-        ({"URL": "ftp://x"}, "http"),
-        ({"TIMEOUT": 0}, "TIMEOUT"),
-        ({"TIMEOUT": "2"}, "TIMEOUT"),
-        ({"TOKEN": "two words"}, "printable ASCII"),
-        ({"SECRET": ""}, "SECRET"),
-        ({"SECRET": []}, "SECRET"),
-        ({"CIRCUIT_FAILURES": -1}, "CIRCUIT_FAILURES"),
-    ],
-)
-def test_bad_settings_are_improperly_configured_and_fail_the_system_check(
-    settings: Any, given: dict[str, Any], message: str
-) -> None:
-    settings.REFRESHERD = given
-    with pytest.raises(ImproperlyConfigured, match=message) as raised:
-        load_settings()
-    assert "two words" not in str(raised.value)
-    errors = [e for e in checks.run_checks() if e.id == "refresherd.E001"]
-    assert len(errors) == 1 and message in errors[0].msg
-
-
-def test_good_settings_pass_the_system_check(settings: Any) -> None:
-    settings.REFRESHERD = {"URL": "http://127.0.0.1:8080", "SECRET": ["new", "old"]}
-    assert load_settings().secrets == ("new", "old")
-    assert not [e for e in checks.run_checks() if e.id == "refresherd.E001"]
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "{% refreshed %}{% endrefreshed %}",
-        '{% refreshed "a" b %}{% endrefreshed %}',
-        '{% refreshed "a" x=1 %}',
-    ],
-)
-def test_the_tag_refuses_bad_syntax(source: str) -> None:
-    with pytest.raises(TemplateSyntaxError):
-        Template("{% load refresherd %}" + source)
-
-
-# -- the request target -------------------------------------------------------------------
-
-
-def test_the_target_keeps_the_raw_query_and_rebuilds_a_plain_path() -> None:
-    request = RequestFactory().get("/refresherd/echo?q=a%20b%2Fc%26d&lang=fr")
-    assert request_target(request) == "/refresherd/echo?q=a%20b%2Fc%26d&lang=fr"
-    assert request_target(RequestFactory().get("/refresherd/names")) == "/refresherd/names"
-    assert request_target(RequestFactory().get("/caf%C3%A9/x~y")) == "/caf%C3%A9/x~y"
-
-
-def test_the_target_is_the_raw_uri_when_the_server_gives_it() -> None:
-    raw = "/refresherd/echo%2Fx?q=%7E"
-    request = RequestFactory().get("/refresherd/echo/x?q=~", RAW_URI=raw)
-    assert request_target(request) == raw
-    request = RequestFactory().get("/x", REQUEST_URI="http://app.example/refresherd/a%2Fb?q=1")
-    assert request_target(request) == "/refresherd/a%2Fb?q=1"
-
-
-def test_the_target_of_an_asgi_request_is_its_raw_path() -> None:
-    request = RequestFactory().get("/refresherd/a/b")
-    request.scope = {"raw_path": b"/refresherd/a%2Fb", "query_string": b"q=%20"}  # type: ignore[attr-defined]
-    assert request_target(request) == "/refresherd/a%2Fb?q=%20"
-
-
-# -- signatures ---------------------------------------------------------------------------
-
-
-def test_a_signature_made_as_refresherd_makes_it_is_accepted_once() -> None:
-    now = 1767225600
-    header = sign_request(b"s3cret", now, "3f9a0c5d7e21b48a", "POST", "/p?x=%20", b"{}")
-    assert sign("s3cret", now, "3f9a0c5d7e21b48a", "post", "/p?x=%20", b"{}") == header
-    memory = NonceMemory(clock=lambda: now)
-    signature = check_signature(
-        ["old", "s3cret"], header, "POST", "/p?x=%20", b"{}", memory.remember, now=now + 299
-    )
-    assert (signature.t, signature.nonce) == (now, "3f9a0c5d7e21b48a")
-    with pytest.raises(BadSignature, match="replay"):
-        check_signature(["s3cret"], header, "POST", "/p?x=%20", b"{}", memory.remember, now=now)
-
-
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        ({"header": None}, "no X-Refresherd-Signature"),
-        ({"header": "t=1,n=00,v1=00"}, "malformed"),
-        ({"now": 1767225600 + 301}, "more than 300 s"),
-        ({"now": 1767225600 - 301}, "more than 300 s"),
-        ({"method": "GET"}, "does not match"),
-        ({"target": "/p?x=+"}, "does not match"),
-        ({"body": b"{ }"}, "does not match"),
-        ({"secrets": ["other"]}, "does not match"),
-        ({"secrets": []}, "no secret"),
-    ],
-)
-def test_a_signature_that_does_not_match_the_request_is_refused(
-    change: dict[str, Any], reason: str
-) -> None:
-    now = 1767225600
-    call: dict[str, Any] = {
-        "secrets": ["s3cret"],
-        "header": sign_request(b"s3cret", now, "3f9a0c5d7e21b48a", "POST", "/p?x=%20", b"{}"),
-        "method": "POST",
-        "target": "/p?x=%20",
-        "body": b"{}",
-        "remember": NonceMemory(clock=lambda: now).remember,
-        "now": now,
-    }
-    call.update(change)
-    with pytest.raises(BadSignature, match=reason):
-        check_signature(**call)
-
-
-def test_the_nonce_memory_forgets_nonces_past_the_window() -> None:
-    clock = [1000.0]
-    memory = NonceMemory(clock=lambda: clock[0])
-    assert memory.remember("a" * 16, 1000)
-    assert not memory.remember("a" * 16, 1000)
-    clock[0] += 301
-    assert memory.remember("a" * 16, 1301)
-
-
-# -- callbacks and tags -------------------------------------------------------------------
-
-
-def test_a_name_has_one_function_and_a_valid_name() -> None:
-    def first() -> str:
-        return "1"
-
-    def second() -> str:
-        return "2"
-
-    try:
-        register("unit-test", first)
-        register("unit-test", first)
-        with pytest.raises(ValueError, match="already registered"):
-            register("unit-test", second)
-        assert registered("unit-test") == Callback("unit-test", first)
-    finally:
-        unregister("unit-test")
-    with pytest.raises(ValueError, match="callback name"):
-        callback("a/b")(first)
-    assert registered("a/b") is None
-
-
-def test_results_become_answers_with_their_content_types() -> None:
-    html = Callback("x", str, "text/html; charset=utf-8")
-    plain = Callback("x", str)
-    assert render(html, "<p>é</p>")["Content-Type"] == "text/html; charset=utf-8"
-    assert render(html, "<p>é</p>").content == "<p>é</p>".encode()
-    assert render(plain, "hi")["Content-Type"] == "text/plain; charset=utf-8"
-    assert render(plain, b"\xff")["Content-Type"] == "application/octet-stream"
-    data = {"when": datetime.date(2026, 1, 2), "amount": decimal.Decimal("1.50")}
-    answer = render(plain, data)
-    assert answer["Content-Type"] == "application/json"
-    assert answer.content == b'{"when": "2026-01-02", "amount": "1.50"}'
-    response = HttpResponse(b"as is", status=201)
-    assert render(plain, response) is response
-    with pytest.raises(ValueError):
-        render(plain, float("nan"))
-
-
-def test_instance_tags_come_from_templates_or_a_function() -> None:
-    profile = Profile(pk=5, name="Ada")
-    assert instance_tags(["user:{pk}", "name:{name}"], profile) == ["user:5", "name:Ada"]
-    assert instance_tags(lambda p: [f"u{p.pk}"], profile) == ["u5"]
-    with pytest.raises(TypeError):
-        instance_tags(lambda p: [""], profile)
-
-
-def test_the_tag_arguments_reach_refresherd_as_text(settings: Any, tmp_path: Path) -> None:
-    # No refresherd: the request fails at once, and the fallback is rendered.
-    settings.REFRESHERD = {"URL": f"http://127.0.0.1:{closed_port()}", "CIRCUIT_FAILURES": 0}
-    template = Template("{% load refresherd %}{% refreshed job n=n %}none{% endrefreshed %}")
-    assert template.render(Context({"job": "sidebar", "n": 1})) == "none"
-    with pytest.raises(ValueError, match="None"):
-        template.render(Context({"job": "sidebar", "n": None}))
-
-
 # -- examples/django_site, as its README runs it -------------------------------------------
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "django_site"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_site"
 
 
 def test_the_example_site_runs_with_its_refresherd_config(tmp_path: Path) -> None:
-    django_port = closed_port()
+    django_port = free_port()
     site = f"http://127.0.0.1:{django_port}"
     config = tmp_path / "refresherd.toml"
     config.write_text(
@@ -585,7 +355,7 @@ def test_the_example_site_runs_with_its_refresherd_config(tmp_path: Path) -> Non
 
 
 def test_the_appengine_example_config_starts(tmp_path: Path) -> None:
-    config = Path(__file__).parent.parent / "examples" / "appengine" / "refresherd.toml"
+    config = Path(__file__).resolve().parents[2] / "examples" / "appengine" / "refresherd.toml"
     service = start_service(config, env={"RFD_READ": "example-read-token"})
     try:
         assert service.get("/healthz").status_code == 200
@@ -594,22 +364,3 @@ def test_the_appengine_example_config_starts(tmp_path: Path) -> None:
         assert [job["name"] for job in jobs] == ["banner", "rates"]
     finally:
         service.stop()
-
-
-def test_the_contrib_modules_import_nothing_of_the_server() -> None:
-    contrib = Path(__file__).parent.parent / "refresherd" / "contrib"
-    for module in contrib.rglob("*.py"):
-        tree = ast.parse(module.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                if name.split(".")[0] == "refresherd":
-                    # refresherd.signing is shared and pure: tests/unit/test_signing.py
-                    assert name in ("refresherd.client", "refresherd.signing") or name.startswith(
-                        "refresherd.contrib"
-                    ), f"{module.name} imports {name}"
