@@ -1,5 +1,5 @@
 """
-Python jobs that use asyncio, for C{tests.test_fetch_python_asyncio}; named as
+Python jobs that use asyncio, for C{tests.e2e.test_fetch_python_asyncio}; named as
 C{tests.asyncio_jobs:<name>}.  They need twistd's asyncio reactor.
 """
 
