@@ -1,4 +1,8 @@
-"""The arithmetic of C{bench.hit_cost}: responses taken apart, ratios round by round."""
+"""
+The arithmetic of C{bench.hit_cost}: responses taken apart, ratios round by
+round (the machine and the versions a report names are faked: they run
+commands; the real ones: tests/integration/test_bench_hit_cost.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 
 import pytest
 
+from bench import hit_cost
 from bench.hit_cost import Result, report, split
 
 
@@ -18,10 +23,17 @@ def test_a_response_is_split_into_status_headers_and_body() -> None:
     )
 
 
-def test_the_ratio_is_the_median_of_the_rounds_and_the_difference_of_the_medians() -> None:
+def test_the_ratio_is_the_median_of_the_rounds_and_the_difference_of_the_medians(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hit_cost, "machine", lambda: "a machine")
+    monkeypatch.setattr(hit_cost, "versions", lambda: "some versions")
     result = Result(bare=[30.0, 60.0, 40.0], refresherd=[40.0, 75.0, 80.0])
     assert result.ratios == pytest.approx([0.75, 0.8, 0.5])
     text = report(result, argparse.Namespace(rounds=3, requests=10))
+    assert (
+        " on a machine; some versions; `python -m bench.hit_cost --rounds 3 --requests 10`" in text
+    )
     assert "| bare twisted.web Resource | 40.0 |" in text
     assert "| refresherd, memory store | 75.0 |" in text
     assert "| refresherd's own work (the difference) | 35.0 |" in text
