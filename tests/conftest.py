@@ -1,6 +1,7 @@
 """
 A test's kind is its directory: tests/unit, tests/contract, tests/integration,
-tests/e2e; each test gets the marker of its kind, and the fast kinds run first.
+tests/e2e; each test gets the marker of its kind (a test anywhere else under
+tests/ is an error), and the fast kinds run first.
 
     .venv/bin/python -m pytest -m "not e2e and not integration"
 
@@ -46,7 +47,15 @@ def kind_of(path: Path) -> str | None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks every test with its kind, and runs the fast kinds first."""
+    """
+    Marks every test with its kind, and runs the fast kinds first; a test
+    elsewhere under tests/ is a usage error: it would run unmarked, unguarded.
+    """
+    strays = [i.nodeid for i in items if kind_of(i.path) is None and i.path.is_relative_to(TESTS)]
+    if strays:
+        raise pytest.UsageError(
+            f"tests outside tests/{{{','.join(KINDS)}}}/, so of no kind: {', '.join(strays)}"
+        )
     for item in items:
         kind = kind_of(item.path)
         if kind is not None:

@@ -6,14 +6,9 @@ the module; each test uses values of its own.
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 import time
-import wsgiref.util
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
 
@@ -29,6 +24,7 @@ from refresherd.client import (
     UnknownJob,
     Unreachable,
 )
+from tests.appengine_example import appengine_app, call
 from tests.harness import Origin, Service, start_origin, start_service, wait_until
 
 READ = "read-token-0123"
@@ -298,24 +294,6 @@ def test_a_stopped_service_gives_the_default_and_then_fails_at_once(tmp_path: Pa
 
 # -- examples/appengine: plain HTTP, no client library ---------------------------------------
 
-APPENGINE = Path(__file__).resolve().parents[2] / "examples" / "appengine" / "main.py"
-
-
-def appengine_app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("appengine_example_main", APPENGINE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def call(app: Any, path: str, query: str = "") -> tuple[str, str]:
-    environ: dict[str, Any] = {"PATH_INFO": path, "QUERY_STRING": query}
-    wsgiref.util.setup_testing_defaults(environ)
-    started: list[str] = []
-    body = b"".join(app(environ, lambda status, headers: started.append(status)))
-    return started[0], body.decode()
-
 
 def test_the_appengine_example_reads_json_and_raw_values_over_plain_http(
     service: Service, origin_server: Origin, monkeypatch: pytest.MonkeyPatch
@@ -337,18 +315,3 @@ def test_the_appengine_example_reads_json_and_raw_values_over_plain_http(
     # A bad argument is a bug, not an outage.
     with pytest.raises(RuntimeError, match="400 bad_args"):
         call(app, "/", "base=euro")
-
-
-def test_the_appengine_example_falls_back_when_refresherd_is_down(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("REFRESHERD_URL", f"http://127.0.0.1:{port}")
-    app = appengine_app().app
-    assert call(app, "/", "base=EUR") == (
-        "200 OK",
-        "<p>The rates are not available right now.</p>",
-    )
-    assert call(app, "/banner") == ("200 OK", "<p>Welcome!</p>")
