@@ -540,13 +540,6 @@ class MemcachedPoolTests(MemcachedTestCase):
         with self.assertRaises(StoreUnavailable):
             await store.ping()
 
-    async def test_calls_before_start_fail_at_once(self) -> None:
-        store = MemcachedStore(reactor, ((self.server.host, self.server.port),))
-        with self.assertRaises(StoreUnavailable):
-            await store.ping()
-        with self.assertRaises(StoreUnavailable):
-            await store.get(self.unique_key(id="1"))
-
     async def test_stop_fires_waiters_and_leaves_no_delayed_call(self) -> None:
         await sleep(0)  # trial's own timeout is scheduled by now
         before = set(reactor.getDelayedCalls())

@@ -19,7 +19,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from refresherd.entry import encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
-from refresherd.keys import MAX_KEY_BYTES, entry_key
+from refresherd.keys import entry_key
 from refresherd.stores.redis import RedisStore, lease_key, redis_store_from_url
 from tests.redis_server import RedisReplyError
 from tests.redis_stores import NAMESPACE, READY, RedisTestCase, sleep
@@ -73,18 +73,6 @@ class RedisLayoutTests(RedisTestCase):
         self.assertTrue(29_000 < pttl <= 30_000, pttl)
         await store.release_lease(key, token)
         self.assertIsNone(self.server.command("GET", where))
-
-    def test_lease_key_names(self) -> None:
-        self.assertEqual(
-            lease_key("rfd:tweets:v1:username=bob"), "rfd:lease:tweets:v1:username=bob"
-        )
-        self.assertEqual(lease_key("rfd:report:v1:"), "rfd:lease:report:v1:")
-        longest = entry_key("n" * 64, "j" * 64, 10**9, {"q": "x" * 300})
-        self.assertIn(":#", longest)
-        self.assertLessEqual(len(lease_key(longest)), 250)
-        unhashed = entry_key("n", "j", 1, {"q": "x" * (MAX_KEY_BYTES - 9)})
-        self.assertEqual(len(unhashed), MAX_KEY_BYTES)
-        self.assertLessEqual(len(lease_key(unhashed)), 250)
 
     async def test_every_change_publishes_its_key_on_the_namespace_channel(self) -> None:
         store = await self.ready_store()
@@ -341,8 +329,3 @@ class RedisOutageTests(RedisTestCase):
             await store.put(key, sample_entry(), LONG_TTL)
         self.assertIsNone(await store.get(key))
         await store.ping()
-
-    async def test_calls_before_start_fail_at_once(self) -> None:
-        store = RedisStore(reactor, self.server.host, self.server.port)
-        with self.assertRaises(StoreUnavailable):
-            await store.ping()

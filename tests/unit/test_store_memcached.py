@@ -1,7 +1,7 @@
 """
-The memcached store without a server: replies out of step with the requests
-on a fake connection, the layout's pure functions, the ring (ketama), the
-URL (the store on real memcached processes:
+The memcached store without a server: calls before it starts, replies out of
+step with the requests on a fake connection, the layout's pure functions, the
+ring (ketama), the URL (the store on real memcached processes:
 tests/integration/test_store_memcached.py).
 """
 
@@ -19,8 +19,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.memcache import ServerError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from refresherd.errors import StoreUnavailable
 from refresherd.keys import entry_key
 from refresherd.stores.memcached.layout import (
     MIN_ITEM_LIMIT,
@@ -42,6 +43,17 @@ from refresherd.stores.memcached.store import (
 from tests.memcached_keys import BAD_KEYS
 
 MIB = 1024 * 1024
+
+
+class CallsBeforeStartTests(TestCase):
+    """A store not started connects to nothing."""
+
+    async def test_calls_before_start_fail_at_once(self) -> None:
+        store = MemcachedStore(reactor, (("127.0.0.1", 11211),))
+        with self.assertRaises(StoreUnavailable):
+            await store.ping()
+        with self.assertRaises(StoreUnavailable):
+            await store.get(entry_key("rfdtest", "job", 1, {"id": "1"}))
 
 
 class ConnectionTests(SynchronousTestCase):

@@ -1,6 +1,7 @@
 """
-The Redis store's URL: what it configures, and what it refuses in one line
-that never shows the password (the store itself, on a real Redis:
+The Redis store without a server: the names of its lease keys, calls before
+it starts, and its URL: what it configures, and what it refuses in one line
+that never shows the password (the store on a real Redis:
 tests/integration/test_store_redis.py).
 """
 
@@ -10,8 +11,32 @@ import re
 
 import pytest
 from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
 
-from refresherd.stores.redis import DEFAULT_PORT, redis_store_from_url
+from refresherd.errors import StoreUnavailable
+from refresherd.keys import MAX_KEY_BYTES, entry_key
+from refresherd.stores.redis import DEFAULT_PORT, RedisStore, lease_key, redis_store_from_url
+
+
+class RedisStoreTests(TestCase):
+    """What the store does before it connects to anything."""
+
+    def test_lease_key_names(self) -> None:
+        self.assertEqual(
+            lease_key("rfd:tweets:v1:username=bob"), "rfd:lease:tweets:v1:username=bob"
+        )
+        self.assertEqual(lease_key("rfd:report:v1:"), "rfd:lease:report:v1:")
+        longest = entry_key("n" * 64, "j" * 64, 10**9, {"q": "x" * 300})
+        self.assertIn(":#", longest)
+        self.assertLessEqual(len(lease_key(longest)), 250)
+        unhashed = entry_key("n", "j", 1, {"q": "x" * (MAX_KEY_BYTES - 9)})
+        self.assertEqual(len(unhashed), MAX_KEY_BYTES)
+        self.assertLessEqual(len(lease_key(unhashed)), 250)
+
+    async def test_calls_before_start_fail_at_once(self) -> None:
+        store = RedisStore(reactor, "127.0.0.1", DEFAULT_PORT)
+        with self.assertRaises(StoreUnavailable):
+            await store.ping()
 
 
 @pytest.mark.parametrize(
