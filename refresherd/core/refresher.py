@@ -76,12 +76,15 @@ class Answer:
 class Refresher(Service):
     """Answers lookups and puts, and runs the fetches behind them."""
 
-    store: IStore
-    jobs: Mapping[str, Job]
-    clock: IReactorTime
-    namespace: str
-    metrics: Metrics
-    random: Callable[[], float] = random.random
+    # What the flights were built on cannot change under them.
+    store: IStore = attrs.field(on_setattr=attrs.setters.frozen)
+    jobs: Mapping[str, Job] = attrs.field(on_setattr=attrs.setters.frozen)
+    clock: IReactorTime = attrs.field(on_setattr=attrs.setters.frozen)
+    namespace: str = attrs.field(on_setattr=attrs.setters.frozen)
+    metrics: Metrics = attrs.field(on_setattr=attrs.setters.frozen)
+    random: Callable[[], float] = attrs.field(
+        default=random.random, on_setattr=attrs.setters.frozen
+    )
     drain_timeout: float = DRAIN_TIMEOUT
     targets: Targets = attrs.field(init=False)
     flights: Flights = attrs.field(init=False)

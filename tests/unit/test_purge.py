@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
@@ -245,7 +246,7 @@ def test_a_purge_with_a_bad_key_or_unknown_job_does_nothing() -> None:
 
 def test_a_purge_with_the_store_unreachable_is_store_unavailable() -> None:
     world = World()
-    world.refresher.store = UnreachableStore(world.store)
+    world.refresher = attrs.evolve(world.refresher, store=UnreachableStore(world.store))
     with pytest.raises(errors.StoreUnavailable):
         world.purge(tags=["team:red"])
     assert counter(world.refresher, "refresherd_store_errors_total", operation="purge") == 1

@@ -6,6 +6,7 @@ queues, early refresh, fenced writes and shutdown; all on task.Clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -27,16 +28,27 @@ from tests.deferreds import failure, result
 
 
 def make(
-    store: Any = None, rand: float = 0.999999, **policy: Any
+    store: Any = None,
+    rand: float = 0.999999,
+    clock: task.Clock | None = None,
+    random: Callable[[], float] | None = None,
+    **policy: Any,
 ) -> tuple[Refresher, FakeFetcher, task.Clock, Any]:
-    clock = task.Clock()
-    clock.advance(1_000_000)
+    """A refresher of job C{j} on C{store} and C{clock} (made, at 1e6 s, when not given)."""
+    if clock is None:
+        clock = task.Clock()
+        clock.advance(1_000_000)
     store = store if store is not None else MemoryStore(clock)
     fetcher = FakeFetcher()
     policy.setdefault("fresh", 60.0)
     config = JobConfig(name="j", fetch="python", args=("id",), callable="x:y", **policy)
     refresher = Refresher(
-        store, {"j": Job(config, fetcher)}, clock, "rfd", metrics_for(["j"]), random=lambda: rand
+        store,
+        {"j": Job(config, fetcher)},
+        clock,
+        "rfd",
+        metrics_for(["j"]),
+        random=random if random is not None else lambda: rand,
     )
     return refresher, fetcher, clock, store
 
@@ -435,8 +447,7 @@ def test_a_lost_change_notice_costs_at_most_one_poll() -> None:
         def wait_for_change(self, key: str, timeout: float) -> Deferred[None]:
             return task.deferLater(clock, timeout)
 
-    refresher, fetcher, _, _ = make(store=Deaf(), wait_timeout=30.0)
-    refresher.clock = clock
+    refresher, fetcher, _, _ = make(store=Deaf(), clock=clock, wait_timeout=30.0)
     key = "rfd:j:v1:id=1"
     token = result(inner.acquire_lease(key, 60))
     d = lookup(refresher)
@@ -501,8 +512,7 @@ def test_a_refused_lease_serves_stale_and_fetches_once_locally() -> None:
     """Out of memory: stale values are still served, and a miss is one local fetch, unstored."""
     clock = task.Clock()
     store = LeaseRefused(MemoryStore(clock))
-    refresher, fetcher, _, _ = make(store=store, stale=600.0)
-    refresher.clock = clock
+    refresher, fetcher, _, _ = make(store=store, clock=clock, stale=600.0)
     clock.advance(1_000_000)
     now = clock.seconds()
     old = Entry(
@@ -546,8 +556,7 @@ def test_polling_a_fetch_elsewhere_backs_off_from_poll_first_to_poll_interval() 
             reads.append(clock.seconds())
             return inner.get(key)
 
-    refresher, fetcher, _, _ = make(store=Counting(), wait_timeout=30.0)
-    refresher.clock = clock
+    refresher, fetcher, _, _ = make(store=Counting(), clock=clock, wait_timeout=30.0)
     inner.acquire_lease("rfd:j:v1:id=1", 60)
     d = lookup(refresher)
     reads.clear()
@@ -606,8 +615,7 @@ def test_behind_a_near_cache_a_stale_key_refreshing_here_costs_the_store_no_read
             return super().read(key, generations)
 
     store = NearCache(CountingReads(clock), clock, ttl=1.0)
-    refresher, fetcher, _, _ = make(store=store, stale=600.0)
-    refresher.clock = clock
+    refresher, fetcher, _, _ = make(store=store, clock=clock, stale=600.0)
     store.clock = clock
     ask(refresher)
     fetcher.succeed(body=b"1")
@@ -699,9 +707,8 @@ def test_a_lookup_at_hand_draws_as_often_as_one_that_reads() -> None:
         return draws[-1]
 
     store = NearCache(MemoryStore(task.Clock()), task.Clock(), ttl=1.0)
-    refresher, fetcher, clock, _ = make(store=store, early_refresh=1.0)
+    refresher, fetcher, clock, _ = make(store=store, random=rand, early_refresh=1.0)
     store.clock = store.store.clock = clock
-    refresher.random = rand
     ask(refresher)
     clock.advance(5)  # The fetch takes 5 s: XFetch's delta.
     fetcher.succeed(body=b"1")
