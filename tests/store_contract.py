@@ -122,7 +122,7 @@ class StoreContract(_Base):
             await result
 
     def key(self, args: Mapping[str, str] | None = None, job: str = "job") -> str:
-        """A key of the SPEC scheme, unique to this test and call."""
+        """A key of docs/store-format.md's scheme, unique to this test and call."""
         namespace = "rfdtest-" + uuid.uuid4().hex[:12]
         return entry_key(namespace, job, 1, {"id": "1"} if args is None else args)
 

@@ -1,7 +1,7 @@
 """
 Python jobs whose coroutines use asyncio, end to end: C{twistd -r asyncio -n
 refresherd} runs one, and plain C{twistd -n refresherd} answers with the
-error that asks for the asyncio reactor (SPEC section 3).  The shim and the
+error that asks for the asyncio reactor (docs/configuration.md, "Python jobs").  The shim and the
 fetcher on a loop of the test's own: tests/unit/test_fetch_python_asyncio.py.
 """
 

@@ -76,7 +76,7 @@ SEEDED = {
     "rfd:user:v1:name=bob": ("/v1/jobs/user?name=bob", "text/plain", b"hello"),
     "rfd:user:v1:name=alice": ("/v1/jobs/user?name=alice", "image/png", b"\x89PNG\xff"),
 }
-INSPECTED = [*SEEDED, "rfd:user:v1:name=broken", "rfd:user:v1:name=nobody"]
+LOOKED_UP = [*SEEDED, "rfd:user:v1:name=broken", "rfd:user:v1:name=nobody"]
 PURGED = ["rfd:square:v1:n=1", "rfd:square:v1:n=2", "rfd:user:v1:name=slow"]
 
 
@@ -182,7 +182,7 @@ def plausible(context: Any, case: Any) -> st.SearchStrategy[Any]:
             if case.method.upper() in ("GET", "HEAD") and draw(st.booleans()):
                 case.headers = {**(case.headers or {}), "If-None-Match": "*"}
         elif path == "/v1/entries/{key}":
-            case.path_parameters = {"key": quote(draw(st.sampled_from(INSPECTED)), safe="")}
+            case.path_parameters = {"key": quote(draw(st.sampled_from(LOOKED_UP)), safe="")}
             case.query = draw(st.sampled_from([{}, {"value": "1"}, {"value": "0"}]))
         elif path == "/v1/fetch":
             items = st.sampled_from(sorted(VALID_ARGS)).flatmap(
@@ -222,7 +222,7 @@ def not_http(case: Any) -> bool:
 def call_and_validate(case: Any, service: Service) -> None:
     """
     The case sent and its answer checked; twisted.web's bare 400 is allowed
-    for a request that is not valid HTTP (SPEC section 5), and only for one.
+    for a request that is not valid HTTP (docs/README.md, "Errors"), and only for one.
     """
     response = case.call(base_url=base_url(service, case))
     if response.status_code == 400 and not response.content and not_http(case):

@@ -1,5 +1,5 @@
 """
-The admin API (SPEC sections 5 and 6) in memory: StubTreq against the Klein
+The admin API (docs/admin.md) in memory: StubTreq against the Klein
 resource, a memory store, fake fetchers and task.Clock.  Every route with
 every kind of token, the protections of an open admin API, and what
 C{GET /v1/jobs} must never show.

@@ -1,5 +1,5 @@
 """
-The public HTTP API (SPEC section 5) in memory: StubTreq against the Klein
+The public HTTP API (docs/README.md) in memory: StubTreq against the Klein
 resource, a memory store, a fake fetcher and task.Clock.
 """
 

@@ -1,6 +1,7 @@
 """
-Request arguments (SPEC section 5): query strings decoded as HTML forms
-decode them, then checked against the job that takes them.
+Request arguments (docs/README.md, "Answers"; docs/configuration.md,
+"`arg_patterns`"): query strings decoded as HTML forms decode them, then
+checked against the job that takes them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """
-Bearer tokens (SPEC section 6): who may read, write, administer and scrape.
+Bearer tokens (docs/README.md, "Authentication"; docs/configuration.md, "`[auth]`"):
+who may read, write, administer and scrape.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def test_missing_malformed_other_scheme_or_unknown_token_is_unauthorized(
         ALL.require(header, frozenset({READ, WRITE, ADMIN, "metrics"}))
 
 
-def test_unauthorized_and_forbidden_carry_their_spec_codes() -> None:
+def test_unauthorized_and_forbidden_carry_their_documented_codes() -> None:
     with pytest.raises(Unauthorized) as unauthorized:
         ALL.require(None, READERS)
     assert (unauthorized.value.status, unauthorized.value.code) == (401, "unauthorized")
@@ -168,7 +169,7 @@ def test_writes_need_a_known_token_when_writes_are_enabled(header: bytes | None)
         ALL.check_write(header)
 
 
-def test_readers_and_writers_are_the_classes_the_spec_names() -> None:
+def test_readers_and_writers_are_the_documented_classes() -> None:
     assert frozenset({"read", "write", "admin"}) == READERS
     assert frozenset({"write", "admin"}) == WRITERS
 

@@ -333,7 +333,8 @@ def test_close_closes_the_pooled_connections() -> None:
 
 # -- errors ---------------------------------------------------------------------------------
 
-SPEC_CODES = [
+ERROR_CODES = [
+    # The codes of docs/README.md, "Errors", and the classes of docs/clients.md, "Errors".
     ("unknown_job", 404, UnknownJob),
     ("bad_args", 400, BadArgs),
     ("bad_json", 400, BadJson),
@@ -351,7 +352,7 @@ SPEC_CODES = [
 ]
 
 
-@pytest.mark.parametrize(("code", "status", "cls"), SPEC_CODES)
+@pytest.mark.parametrize(("code", "status", "cls"), ERROR_CODES)
 def test_each_error_code_raises_its_own_class(
     code: str, status: int, cls: type[ServiceError]
 ) -> None:
@@ -365,8 +366,8 @@ def test_each_error_code_raises_its_own_class(
     assert str(e) == f"{code}: what went wrong ({code})"
 
 
-def test_every_spec_code_has_a_class() -> None:
-    assert {code: cls for code, _, cls in SPEC_CODES} == dict(ERRORS)
+def test_every_documented_code_has_a_class() -> None:
+    assert {code: cls for code, _, cls in ERROR_CODES} == dict(ERRORS)
 
 
 def test_an_unknown_error_code_is_a_plain_service_error() -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{refresherd.config}: the TOML configuration of SPEC section 3.
+Tests for L{refresherd.config}: the TOML configuration of docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from refresherd.errors import ConfigError
 
 FILE = "refresherd.toml"
 
-SPEC_EXAMPLE = """
+# Every table, and every key of a job, set once.
+FULL_EXAMPLE = """
 [server]
 listen = "tcp:8080:interface=127.0.0.1"
 admin_listen = "tcp:8081:interface=127.0.0.1"
@@ -126,9 +127,9 @@ def job(extra: str, base: str = HTTP_JOB) -> str:
 # The full example and defaults
 
 
-def test_spec_example_parses_with_its_values() -> None:
+def test_full_example_parses_with_its_values() -> None:
     config = load(
-        SPEC_EXAMPLE,
+        FULL_EXAMPLE,
         environ={"RFD_READ": "read-token"},
         files={"/etc/refresherd/admin.token": "admin-token\n"},
     )

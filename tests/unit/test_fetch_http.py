@@ -1,9 +1,9 @@
 """
-The HTTP fetcher (SPEC section 3): what it sends (URL, headers, body,
-signature), what counts as a success, the byte cap, and that cancelling a
-fetch closes its connection; against an in-memory twisted.web resource
-through treq's StubTreq (the production client on a real server:
-tests/integration/test_fetch_http.py).
+The HTTP fetcher (docs/configuration.md, "HTTP jobs" and "What counts as a
+failed fetch"): what it sends (URL, headers, body, signature), what counts as
+a success, the byte cap, and that cancelling a fetch closes its connection;
+against an in-memory twisted.web resource through treq's StubTreq (the
+production client on a real server: tests/integration/test_fetch_http.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """
-The python fetcher (SPEC section 3): where the job's function runs (the job's
-thread pool, or the reactor thread for coroutine functions and
-C{@reactor_call}), how its result is stored, how its failures read, and that
+The python fetcher (docs/configuration.md, "Python jobs"): where the job's
+function runs (the job's thread pool, or the reactor thread for coroutine
+functions and C{@reactor_call}), how its result is stored, how its failures read, and that
 a cancelled fetch drops a late result quietly.
 
 The jobs' functions are defined in this module and named as

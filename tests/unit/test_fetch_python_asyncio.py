@@ -1,6 +1,6 @@
 """
-Python jobs whose coroutines use asyncio (SPEC section 3: "asyncio coroutines
-need twistd's asyncio reactor").
+Python jobs whose coroutines use asyncio (docs/configuration.md, "Python jobs":
+awaiting asyncio needs twistd's asyncio reactor).
 
 Under Twisted's asyncio reactor a coroutine runs as a real asyncio Task
 (L{as_task}) that may await Deferreds and asyncio futures alike.  These tests

@@ -1,5 +1,5 @@
 """
-The store key scheme of SPEC section 8, checked against values computed here
+The store key scheme (docs/store-format.md, "Keys"), checked against values computed here
 by hand (and by an independent reimplementation for the properties).
 """
 
@@ -18,7 +18,7 @@ UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 
 def reference_key(namespace: str, job: str, version: int, args: dict[str, str]) -> str:
-    """SPEC section 8, written out again byte by byte."""
+    """The key of docs/store-format.md, "Keys", written out again byte by byte."""
     pairs = []
     for name in sorted(args):
         value = "".join(

@@ -1,8 +1,8 @@
 """
-The metrics of SPEC section 9, read from C{/metrics} as Prometheus reads them:
-exactly the names, types and labels of the SPEC table (plus the process
-collector), and counts that agree with known traffic driven through the API
-on task.Clock.
+The metrics of docs/README.md, "`GET /metrics` (admin listener)", read from
+C{/metrics} as Prometheus reads them: exactly the names, types and labels of
+that table (plus the process collector), and counts that agree with known
+traffic driven through the API on task.Clock.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from refresherd.metrics import _SECONDS, HTTP_DURATION, REQUESTS, metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
 
-SPEC = {
+DOCUMENTED = {
     "refresherd_requests": ("counter", {"job", "status"}),
     "refresherd_fetches": ("counter", {"job", "outcome"}),
     "refresherd_fetch_duration_seconds": ("histogram", {"job"}),
@@ -40,7 +40,7 @@ SPEC = {
     "refresherd_stale_served_age_seconds": ("histogram", {"job"}),
     "refresherd_queue_depth": ("gauge", {"job"}),
 }
-"""SPEC section 9: each family (counters without C{_total}), its type and its labels."""
+"""docs/README.md's metrics: each family (counters without C{_total}), its type and its labels."""
 
 BASE = "http://127.0.0.1:8081"
 
@@ -127,11 +127,11 @@ class MetricsTests(SynchronousTestCase):
         self.admin.flush()
         return self.successResultOf(self.successResultOf(d).text())
 
-    def test_exactly_the_spec_metrics_with_their_types_and_labels(self) -> None:
+    def test_exactly_the_documented_metrics_with_their_types_and_labels(self) -> None:
         found = families(self.metrics_text())
         ours = {name: family for name, family in found.items() if name.startswith("refresherd_")}
-        self.assertEqual(set(ours), set(SPEC))
-        for name, (kind, labels) in SPEC.items():
+        self.assertEqual(set(ours), set(DOCUMENTED))
+        for name, (kind, labels) in DOCUMENTED.items():
             self.assertEqual(ours[name].type, kind, name)
             for s in ours[name].samples:
                 self.assertEqual(set(s.labels) - {"le"}, labels, (name, s))

@@ -1,8 +1,9 @@
 """
-Tests for L{refresherd.core.policy}: the refresh decision (SPEC section 4), XFetch
-early refresh, backoff, lease lifetimes and what is remembered after a failed
-fetch.  Expected values are computed here from the SPEC, independently of the
-code under test.
+Tests for L{refresherd.core.policy}: the refresh decision (docs/README.md,
+"Semantics"), XFetch early refresh (docs/configuration.md, "`early_refresh`:
+XFetch"), backoff and lease lifetimes (docs/configuration.md, "Retries, backoff
+and leases") and what is remembered after a failed fetch.  Expected values are
+computed here from those pages, independently of the code under test.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def after(x: float) -> float:
 
 
 # ---------------------------------------------------------------------------
-# decide: the SPEC section 4 table, row by row
+# decide: the table of docs/README.md, "Semantics", row by row
 
 
 def test_absent_key_is_fetched() -> None:
@@ -324,7 +325,10 @@ def instants_for(draw: st.DrawFn, entry: Entry) -> float:
 
 
 def expected_state(now: float, entry: Entry) -> tuple[State, bool, Entry | None]:
-    """The SPEC section 4 table, except the XFetch coin: (state, refresh, fallback)."""
+    """
+    The table of docs/README.md, "Semantics", except the XFetch coin:
+    (state, refresh, fallback).
+    """
     if entry.body is None:
         if now < entry.retry_at:
             return State.FAILED, False, None

@@ -1,7 +1,9 @@
 """
-Purges (SPEC sections 4 and 5) in one process on task.Clock: by key, by job and
-by tag, hard and soft, with fetches in flight, and the refreshes operators
-start; the same logic runs on every store through the generation contract.
+Purges (docs/admin.md, "`POST /v1/purge`" and "How purges by job and tag work")
+in one process on task.Clock: by key, by job and by tag, hard and soft, with
+fetches in flight, and the refreshes operators start (docs/admin.md,
+"`POST /v1/jobs/{job}/refresh?{args}`"); the same logic runs on every store
+through the generation contract.
 """
 
 from __future__ import annotations

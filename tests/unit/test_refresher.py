@@ -1,5 +1,5 @@
 """
-The refresher's semantics (SPEC section 4) for one process: hit, stale, miss,
+The refresher's semantics (docs/README.md, "Semantics") for one process: hit, stale, miss,
 pending, single-flight, retries, timeouts, error memory, stale-if-error,
 queues, early refresh, fenced writes and shutdown; all on task.Clock.
 """
