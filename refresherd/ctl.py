@@ -291,7 +291,7 @@ def get(ctx: click.Context, job: str, pairs: tuple[str, ...]) -> None:
     arguments = _arguments(ctx, pairs)
     state = _state(ctx)
     with state.client(ctx) as client:
-        answer = client.get(job, **arguments)
+        answer = client.get(job, arguments)
     if state.json:
         state.print_json(answer)
     else:
@@ -391,7 +391,7 @@ def refresh(ctx: click.Context, job: str, pairs: tuple[str, ...]) -> None:
     arguments = _arguments(ctx, pairs)
     state = _state(ctx)
     with state.client(ctx) as client:
-        answer = client.refresh(job, **arguments)
+        answer = client.refresh(job, arguments)
     if state.json:
         state.print_json(answer)
     else:

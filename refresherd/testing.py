@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from refresherd.entry import Fetched
 from refresherd.errors import FetchError, StoreUnavailable
-from refresherd.interfaces import IFetcher
+from refresherd.interfaces import IFetcher, IStore
 
 
 @attrs.define
@@ -56,11 +56,13 @@ class FakeFetcher:
         return [c for c in self.calls if not c.result.called]
 
 
+@implementer(IStore)
 @attrs.define
 class UnreachableStore:
     """
     Wraps a store and, while C{down} is true, fails every call with
-    L{StoreUnavailable}, as a store whose server is gone does.
+    L{StoreUnavailable}, as a store whose server is gone does.  It provides
+    L{IStore} through the store it wraps.
     """
 
     store: Any

@@ -154,15 +154,17 @@ class Client:
 
     # -- public listener ----------------------------------------------------------------
 
-    @overload
-    def get(
-        self, job: str, args: JobArgs | None = None, /, **kwargs: ArgValue
-    ) -> dict[str, Any]: ...
-
+    # The overload with C{default} comes first: else C{default="x"} would match
+    # C{**kwargs} of the other, as if it were a job argument.
     @overload
     def get(
         self, job: str, args: JobArgs | None = None, /, *, default: T, **kwargs: ArgValue
     ) -> dict[str, Any] | T: ...
+
+    @overload
+    def get(
+        self, job: str, args: JobArgs | None = None, /, **kwargs: ArgValue
+    ) -> dict[str, Any]: ...
 
     def get(
         self,
@@ -237,12 +239,12 @@ class Client:
             return [default] * len(batch)
 
     @overload
-    def raw(self, job: str, args: JobArgs | None = None, /, **kwargs: ArgValue) -> Raw: ...
-
-    @overload
     def raw(
         self, job: str, args: JobArgs | None = None, /, *, default: T, **kwargs: ArgValue
     ) -> Raw | T: ...
+
+    @overload
+    def raw(self, job: str, args: JobArgs | None = None, /, **kwargs: ArgValue) -> Raw: ...
 
     def raw(
         self,

@@ -70,7 +70,9 @@ class FakeRefresherd:
     every request instead.
     """
 
-    def __init__(self, answer: httpx.Response | Callable[[httpx.Request], Any] | None = None):
+    def __init__(
+        self, answer: httpx.Response | Callable[[httpx.Request], httpx.Response] | None = None
+    ) -> None:
         self.answer = answer
         self.requests: list[httpx.Request] = []
 
@@ -233,6 +235,14 @@ def test_get_passes_values_with_equals_signs_and_spaces_intact() -> None:
     fake = FakeRefresherd(httpx.Response(200, json=answer("s", "k", "text/plain", value="x")))
     assert ctl(["get", "search", "q=a=b c+d", "empty="], fake).code == 0
     assert query(fake.only) == {"q": ["a=b c+d"], "empty": [""]}
+
+
+@pytest.mark.parametrize("command", ["get", "refresh"])
+def test_an_argument_named_like_a_client_parameter_is_sent_as_an_argument(command: str) -> None:
+    """C{default=x} is the job's argument C{default}, not the client's fallback."""
+    fake = FakeRefresherd()
+    assert ctl([command, "tweets", "default=x", "args=y"], fake).code == 0
+    assert query(fake.only) == {"default": ["x"], "args": ["y"]}
 
 
 def test_get_prints_a_text_value_as_is() -> None:
