@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import provider
 
 TESTS = Path(__file__).parent
 KINDS = ("unit", "contract", "integration", "e2e")
@@ -132,6 +133,7 @@ def no_logged_errors(request: pytest.FixtureRequest) -> Iterator[list[dict[str, 
     """Collects error events; a test that expects some empties the list it gets."""
     errors: list[dict[str, Any]] = []
 
+    @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
         if event.get("log_failure") is not None or event.get("log_level") in (
             LogLevel.error,

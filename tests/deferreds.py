@@ -5,22 +5,43 @@ TestCases (those use C{self.successResultOf} and C{self.failureResultOf}).
     answer = result(lookup(refresher))          # fails the test if it failed
     error = failure(lookup(refresher), BadArgs)  # fails the test if it succeeded
     count = outcome(purge(...))                  # raises what it failed with
+
+and, for what answers at once or later (a value or a Deferred of it), that
+answer as a Deferred, as C{maybeDeferred} makes it:
+
+    d = as_deferred(lambda: refresher.lookup(target))
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
 
-def _fired(d: Deferred[Any]) -> Any:
+def as_deferred(f: Callable[[], T | Deferred[T]]) -> Deferred[T]:
+    """
+    What C{f()} answers, as a Deferred: its value, the Deferred it returned,
+    or the failure of what it raised (C{maybeDeferred}, typed for C{f}s that
+    answer either at once or later).
+    """
+    try:
+        answer = f()
+    except BaseException:
+        return fail()
+    if isinstance(answer, Deferred):
+        return answer
+    return succeed(answer)
+
+
+def _fired(d: Deferred[T]) -> T | Failure:
     """What C{d} fired with (a L{Failure} if it failed); the failure is handled."""
-    out: list[Any] = []
+    out: list[T | Failure] = []
     d.addBoth(out.append)
     if not out:
         pytest.fail(f"{d!r} has not fired")
@@ -42,6 +63,7 @@ def failure(d: Deferred[Any], *types: type[BaseException]) -> BaseException:
         pytest.fail(f"{d!r} did not fail: it fired with {value!r}")
     if types and not value.check(*types):
         pytest.fail(f"{d!r} failed with {value.value!r}, not {types}:\n{value.getTraceback()}")
+    assert value.value is not None, "a Failure always holds its exception"
     return value.value
 
 

@@ -23,7 +23,7 @@ import yaml
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
-from twisted.scripts.twistd import ServerOptions
+from twisted.scripts._twistd_unix import ServerOptions  # twisted.scripts.twistd's, on POSIX
 
 from refresherd.config import Config, load_config
 
@@ -200,8 +200,8 @@ def containerfile() -> list[Stage]:
         elif instruction == "FROM":
             words = rest.split()
             image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: arguments[m[1] or m[2]], words[0])
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(image, name, ()))
+            stage = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(image, stage, ()))
             current = []
         else:
             assert stages, f"{instruction} before FROM"

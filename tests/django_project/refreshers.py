@@ -24,7 +24,8 @@ def _called(name: str) -> None:
 def sidebar(user_id: str) -> str:
     _called("sidebar")
     profile = Profile.objects.filter(pk=int(user_id)).first()
-    return render_to_string("django_project/sidebar.html", {"profile": profile})
+    html: str = render_to_string("django_project/sidebar.html", {"profile": profile})
+    return html
 
 
 @callback("echo")

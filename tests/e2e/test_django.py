@@ -29,7 +29,7 @@ from django.template import Context, Template  # noqa: E402
 from django.test import Client as DjangoClient  # noqa: E402
 
 from refresherd.client import Client, FetchFailed, UnknownJob  # noqa: E402
-from refresherd.fetchers.http import sign_request  # noqa: E402
+from refresherd.signing import sign as sign_request  # noqa: E402  (the fetcher's signer)
 from tests.django_project.models import Profile  # noqa: E402
 from tests.django_project.refreshers import CALLS  # noqa: E402
 from tests.harness import Service, start_service, wait_until  # noqa: E402
@@ -314,7 +314,7 @@ def test_the_example_site_runs_with_its_refresherd_config(tmp_path: Path) -> Non
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout + done.stderr
 
-    server: subprocess.Popen[str] | None = None
+    server: subprocess.Popen[bytes] | None = None
     try:
         manage("check", "--fail-level", "WARNING")
         manage("makemigrations", "--check", "--dry-run")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -56,8 +57,14 @@ def write_config(tmp_path: Path, origin: Origin, **job: object) -> Path:
     return path
 
 
+class Run(Protocol):
+    """Start refresherd with job C{user}'s settings (C{fresh}, C{stale}, ...) given."""
+
+    def __call__(self, **job: object) -> Service: ...
+
+
 @pytest.fixture
-def run(tmp_path: Path, origin: Origin) -> Iterator[object]:
+def run(tmp_path: Path, origin: Origin) -> Iterator[Run]:
     started: list[Service] = []
 
     def run(**job: object) -> Service:
@@ -75,7 +82,7 @@ def status(response: httpx.Response) -> str:
     return str(response.json()["status"])
 
 
-def test_miss_hit_stale_hit_lifecycle(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]
+def test_miss_hit_stale_hit_lifecycle(run: Run, origin: Origin) -> None:
     origin.set("/users/bob", body=b'{"fetch": {n}}')
     service = run(fresh="1s", stale="1h")
     first = service.get("/v1/jobs/user?name=bob")
@@ -92,7 +99,7 @@ def test_miss_hit_stale_hit_lifecycle(run, origin: Origin) -> None:  # type: ign
     assert origin.count("/users/bob") == 2
 
 
-def test_a_stampede_on_an_absent_key_makes_one_origin_request(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_stampede_on_an_absent_key_makes_one_origin_request(run: Run, origin: Origin) -> None:
     origin.set("/users/hot", delay=1.0)
     service = run()
 
@@ -111,7 +118,9 @@ def test_a_stampede_on_an_absent_key_makes_one_origin_request(run, origin: Origi
     assert f"{timed} 200.0" in metrics
 
 
-def test_stale_if_error_serves_the_old_value_while_the_origin_fails(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]
+def test_stale_if_error_serves_the_old_value_while_the_origin_fails(
+    run: Run, origin: Origin
+) -> None:
     service = run(fresh="1s", stale="0s", stale_if_error="1h")
     assert status(service.get("/v1/jobs/user?name=eve")) == "miss"
     origin.set("/users/eve", status=503, body=b"down")
@@ -122,7 +131,7 @@ def test_stale_if_error_serves_the_old_value_while_the_origin_fails(run, origin:
     assert origin.count("/users/eve") == 2
 
 
-def test_a_failed_miss_is_remembered_for_error_ttl(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_miss_is_remembered_for_error_ttl(run: Run, origin: Origin) -> None:
     origin.set("/users/gone", status=500)
     service = run(error_ttl="1h")
     for _ in range(3):
@@ -132,7 +141,7 @@ def test_a_failed_miss_is_remembered_for_error_ttl(run, origin: Origin) -> None:
     assert origin.count("/users/gone") == 1
 
 
-def test_on_miss_empty_answers_202_then_serves_the_value(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]
+def test_on_miss_empty_answers_202_then_serves_the_value(run: Run, origin: Origin) -> None:
     origin.set("/users/amy", delay=0.3)
     service = run(on_miss="empty")
     first = service.get("/v1/jobs/user?name=amy")
@@ -142,7 +151,7 @@ def test_on_miss_empty_answers_202_then_serves_the_value(run, origin: Origin) ->
     assert origin.count("/users/amy") == 1
 
 
-def test_early_refresh_keeps_a_hot_key_fresh(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]
+def test_early_refresh_keeps_a_hot_key_fresh(run: Run, origin: Origin) -> None:
     origin.set("/users/hot", delay=0.1)
     service = run(fresh="2s", stale="1h", early_refresh=30)
     seen = []
@@ -157,7 +166,7 @@ def test_early_refresh_keeps_a_hot_key_fresh(run, origin: Origin) -> None:  # ty
     assert 'refresherd_early_refreshes_total{job="user"}' in metrics
 
 
-def test_python_job_and_raw_endpoint(run) -> None:  # type: ignore[no-untyped-def]
+def test_python_job_and_raw_endpoint(run: Run) -> None:
     service = run()
     answer = service.get("/v1/jobs/square?n=12")
     assert answer.json()["value"]["square"] == 144
@@ -167,7 +176,7 @@ def test_python_job_and_raw_endpoint(run) -> None:  # type: ignore[no-untyped-de
     assert raw.headers["etag"] == answer.headers["etag"]
 
 
-def test_bad_requests_get_json_errors_never_500(run) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_get_json_errors_never_500(run: Run) -> None:
     service = run()
     cases = [
         ("GET", "/v1/jobs/nope", None, 404, "unknown_job"),
@@ -187,7 +196,7 @@ def test_bad_requests_get_json_errors_never_500(run) -> None:  # type: ignore[no
         assert response.json()["error"]["code"] == error
 
 
-def test_a_body_announced_too_large_is_refused_before_it_is_sent(run) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_announced_too_large_is_refused_before_it_is_sent(run: Run) -> None:
     service = run()
     with socket.create_connection(("127.0.0.1", service.ports["public"]), timeout=10) as s:
         s.sendall(
@@ -199,7 +208,9 @@ def test_a_body_announced_too_large_is_refused_before_it_is_sent(run) -> None:  
     assert b'"body_too_large"' in reply
 
 
-def test_sigterm_answers_the_requests_waiting_on_a_fetch_then_exits_0(run, origin: Origin) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_answers_the_requests_waiting_on_a_fetch_then_exits_0(
+    run: Run, origin: Origin
+) -> None:
     origin.set("/users/slow", delay=1.0)
     service = run()
     with ThreadPoolExecutor(1) as pool:

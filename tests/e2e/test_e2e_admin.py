@@ -79,7 +79,9 @@ def purge(service: Service, headers: dict[str, str] = ADMIN, **body: object) -> 
     return httpx.post(service.admin_url + "/v1/purge", json=body, headers=headers, timeout=10)
 
 
-def test_a_key_purged_through_one_process_is_a_miss_in_the_other(pair, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_key_purged_through_one_process_is_a_miss_in_the_other(
+    pair: tuple[Service, Service], origin: Origin
+) -> None:
     one, two = pair
     origin.set("/users/bob", body=b'{"fetch": {n}}')
     assert value(one, "/v1/jobs/user?name=bob") == ("miss", {"fetch": 1})
@@ -90,7 +92,9 @@ def test_a_key_purged_through_one_process_is_a_miss_in_the_other(pair, origin) -
     assert origin.count("/users/bob") == 2
 
 
-def test_a_tag_purged_through_one_process_reaches_every_entry_in_the_other(pair, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_tag_purged_through_one_process_reaches_every_entry_in_the_other(
+    pair: tuple[Service, Service], origin: Origin
+) -> None:
     one, two = pair
     for name in ("ann", "cy"):
         origin.set(f"/users/{name}", body=b'{"fetch": {n}}')
@@ -103,7 +107,9 @@ def test_a_tag_purged_through_one_process_reaches_every_entry_in_the_other(pair,
     assert value(two, "/v1/jobs/team?team=red") == ("hit", {"fetch": 1})
 
 
-def test_a_soft_purge_answers_stale_then_refreshes_once(pair, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_soft_purge_answers_stale_then_refreshes_once(
+    pair: tuple[Service, Service], origin: Origin
+) -> None:
     one, two = pair
     origin.set("/users/dee", body=b'{"fetch": {n}}', delay=0.5)
     assert value(one, "/v1/jobs/user?name=dee") == ("miss", {"fetch": 1})
@@ -116,7 +122,9 @@ def test_a_soft_purge_answers_stale_then_refreshes_once(pair, origin) -> None:  
     assert origin.count("/users/dee") == 2
 
 
-def test_a_job_purged_through_one_process_and_its_entry_inspected(pair, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_purged_through_one_process_and_its_entry_inspected(
+    pair: tuple[Service, Service], origin: Origin
+) -> None:
     one, two = pair
     origin.set("/teams/blue", body=b'{"fetch": {n}}')
     assert value(one, "/v1/jobs/team?team=blue")[0] == "miss"
@@ -138,7 +146,9 @@ def test_a_job_purged_through_one_process_and_its_entry_inspected(pair, origin) 
     assert value(two, "/v1/jobs/team?team=blue") == ("miss", {"fetch": 2})
 
 
-def test_secrets_never_appear_in_answers_or_logs(pair, origin) -> None:  # type: ignore[no-untyped-def]
+def test_secrets_never_appear_in_answers_or_logs(
+    pair: tuple[Service, Service], origin: Origin
+) -> None:
     one, two = pair
     jobs = httpx.get(one.admin_url + "/v1/jobs", headers=ADMIN, timeout=10)
     assert jobs.status_code == 200
@@ -167,7 +177,9 @@ def refresherctl(service: Service | None, *args: str) -> subprocess.CompletedPro
     )
 
 
-def test_refresherctl_purges_inspects_refreshes_and_lists(pair, origin) -> None:  # type: ignore[no-untyped-def]
+def test_refresherctl_purges_inspects_refreshes_and_lists(
+    pair: tuple[Service, Service], origin: Origin
+) -> None:
     one, two = pair
     origin.set("/users/fay", body=b'{"fetch": {n}}')
     got = refresherctl(one, "get", "user", "name=fay")
@@ -191,7 +203,7 @@ def test_refresherctl_purges_inspects_refreshes_and_lists(pair, origin) -> None:
             assert secret not in text
 
 
-def test_refresherctl_exit_codes(pair) -> None:  # type: ignore[no-untyped-def]
+def test_refresherctl_exit_codes(pair: tuple[Service, Service]) -> None:
     one, _ = pair
     unknown = refresherctl(one, "refresh", "nope")
     assert (unknown.returncode, unknown.stdout) == (1, "")

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -50,8 +51,14 @@ def pool() -> Iterator[list[MemcachedServer]]:
             server.cleanup()
 
 
+class Start(Protocol):
+    """Start C{count} refresherd processes on the memcached servers given."""
+
+    def __call__(self, servers: list[MemcachedServer], count: int = 2) -> list[Service]: ...
+
+
 @pytest.fixture
-def start(tmp_path: Path, origin: Origin) -> Iterator[object]:
+def start(tmp_path: Path, origin: Origin) -> Iterator[Start]:
     """Start refresherd processes on the memcached servers given."""
     started: list[Service] = []
 
@@ -74,7 +81,9 @@ def server_of(name: str, servers: list[MemcachedServer]) -> MemcachedServer:
     return Ring([(server.address, server) for server in servers]).server(key.encode())
 
 
-def test_a_pool_keeps_answering_while_one_server_is_killed(start, pool, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_pool_keeps_answering_while_one_server_is_killed(
+    start: Start, pool: list[MemcachedServer], origin: Origin
+) -> None:
     """
     Two processes on three servers, asked in turn for 40 keys, three rounds:
     one server is killed after the first round.  Every request is answered
@@ -118,7 +127,9 @@ def test_a_pool_keeps_answering_while_one_server_is_killed(start, pool, origin) 
     assert one.get("/readyz").status_code == 200
 
 
-def test_a_5_mib_value_fetched_by_one_process_is_read_whole_by_another(start, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_5_mib_value_fetched_by_one_process_is_read_whole_by_another(
+    start: Start, origin: Origin
+) -> None:
     """
     A value five times memcached's item limit, fetched through one process,
     is stored in chunks and read back byte for byte through the other.

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -33,10 +34,18 @@ early_refresh = 0
 """
 
 
+class Cluster(Protocol):
+    """Start C{count} refresherd processes on the shared store, with job C{user} so set."""
+
+    def __call__(
+        self, count: int = 2, fresh: str = "1m", wait_timeout: str = "10s"
+    ) -> list[Service]: ...
+
+
 @pytest.fixture
 def cluster(
     tmp_path: Path, origin: Origin, shared_store: RedisServer | MemcachedServer
-) -> Iterator[object]:
+) -> Iterator[Cluster]:
     """Start refresherd processes on the shared store."""
     started: list[Service] = []
 
@@ -61,7 +70,9 @@ def stampede(services: list[Service], path: str, clients: int = 200) -> list[htt
         )
 
 
-def test_a_stampede_across_two_processes_makes_one_origin_request(cluster, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_stampede_across_two_processes_makes_one_origin_request(
+    cluster: Cluster, origin: Origin
+) -> None:
     services = cluster()
     origin.set("/users/hot", delay=1.0, body=b'{"fetch": {n}}')
     answers = stampede(services, "/v1/jobs/user?name=hot")
@@ -78,7 +89,9 @@ def test_a_stampede_across_two_processes_makes_one_origin_request(cluster, origi
     assert coalesced == len(misses) - 1  # every miss but the one that fetched joined it
 
 
-def test_a_stale_key_asked_through_two_processes_is_refreshed_once(cluster, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_stale_key_asked_through_two_processes_is_refreshed_once(
+    cluster: Cluster, origin: Origin
+) -> None:
     # Fresh for 3 s: the refreshed value stays fresh until the stampede is over.
     services = cluster(fresh="3s")
     origin.set("/users/bob", delay=0.5, body=b'{"fetch": {n}}')
@@ -95,7 +108,9 @@ def test_a_stale_key_asked_through_two_processes_is_refreshed_once(cluster, orig
         assert (answer["status"], answer["value"]) == ("hit", {"fetch": 2})
 
 
-def test_a_put_through_one_process_fences_a_fetch_running_in_the_other(cluster, origin) -> None:  # type: ignore[no-untyped-def]
+def test_a_put_through_one_process_fences_a_fetch_running_in_the_other(
+    cluster: Cluster, origin: Origin
+) -> None:
     one, two = cluster()
     origin.set("/users/ann", delay=1.5, body=b'"from the origin"')
     with ThreadPoolExecutor(1) as pool:
@@ -113,7 +128,9 @@ def test_a_put_through_one_process_fences_a_fetch_running_in_the_other(cluster, 
         assert service.get("/v1/jobs/user?name=ann").json()["value"] == "put"
 
 
-def test_store_down_and_back_no_hang_and_readyz_flips(cluster, origin, shared_store) -> None:  # type: ignore[no-untyped-def]
+def test_store_down_and_back_no_hang_and_readyz_flips(
+    cluster: Cluster, origin: Origin, shared_store: RedisServer | MemcachedServer
+) -> None:
     (service,) = cluster(count=1, wait_timeout="3s")
     assert service.get("/readyz").status_code == 200
     shared_store.kill()

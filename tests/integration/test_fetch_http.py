@@ -47,6 +47,8 @@ class TrackingChannel(HTTPChannel):
 class TrackingSite(Site):
     """A Site that knows when each of its connections has closed."""
 
+    # A channel class where Site's annotation names its generic-channel factory, as
+    # refresherd.http.site's LimitedSite does.
     protocol = TrackingChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Resource) -> None:

@@ -12,12 +12,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from treq.testing import StubTreq
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
-from refresherd.core.refresher import Job, Refresher
+from refresherd.core.jobs import Job
+from refresherd.core.refresher import Refresher
 from refresherd.errors import BadArgs, BadJson
 from refresherd.http.admin import AdminAPI, describe_job, parse_purge, redact_url
 from refresherd.http.auth import Authorizer
@@ -25,6 +25,7 @@ from refresherd.http.public import PublicAPI
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
+from tests.stub_treq import StubTreq
 
 LOOPBACK = "http://127.0.0.1:8081"
 TOKENS = AuthConfig(
@@ -128,7 +129,7 @@ class AdminTestCase(SynchronousTestCase):
 class AuthTests(AdminTestCase):
     """Each admin route: no token 401, a token of the wrong class 403, the right one 200."""
 
-    ROUTES = [
+    ROUTES: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/v1/purge", {"json": {"jobs": ["user"]}}),
         ("GET", "/v1/entries/rfd%3Auser%3Av1%3Aid%3D1", {}),
         ("GET", "/v1/jobs", {}),

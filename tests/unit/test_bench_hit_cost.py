@@ -56,6 +56,7 @@ def test_a_part_costs_the_median_of_its_rounds_and_is_put_back() -> None:
             return next(times)
 
     seen: list[int] = []
+    # A FakeChannel in place of bench's Channel: it times nothing, it answers what it is given.
     costs = price(FakeChannel(), ("work", Slow, "work", lambda self: 0.0), 3, 100)  # type: ignore[arg-type]
     assert costs == [5.0, 2.0, 5.0]
     assert seen == [100] * 6

@@ -499,6 +499,13 @@ def test_dashboard_uses_real_metrics_and_labels() -> None:
         assert match.group(2) in query.result_labels(series), variable["name"]
 
 
+def quantile(expr: str) -> str:
+    """The quantile of a C{histogram_quantile(q, ...)} expression."""
+    found = re.match(r"histogram_quantile\(([0-9.]+),", expr)
+    assert found, expr
+    return found[1]
+
+
 def test_dashboard_shows_every_metric() -> None:
     """docs/README.md's metrics, with what the operator asked for on each."""
     queries = [
@@ -508,7 +515,7 @@ def test_dashboard_shows_every_metric() -> None:
     for family in DOCUMENTED_FAMILIES:
         assert referenced & {family, f"{family}_bucket", f"{family}_count"}, family
     fetch_quantiles = {
-        re.match(r"histogram_quantile\(([0-9.]+),", expr).group(1)  # type: ignore[union-attr]
+        quantile(expr)
         for _, query, expr in queries
         if "refresherd_fetch_duration_seconds_bucket" in query.metrics
     }
@@ -574,8 +581,13 @@ def myproject(monkeypatch: pytest.MonkeyPatch) -> None:
     """The example python job's module, as the operator's package would provide it."""
     package = types.ModuleType("myproject")
     reports = types.ModuleType("myproject.reports")
-    reports.monthly_sales = lambda year, month: {"year": year, "month": month}  # type: ignore[attr-defined]
-    package.reports = reports  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        reports,
+        "monthly_sales",
+        lambda year, month: {"year": year, "month": month},
+        raising=False,
+    )
+    monkeypatch.setattr(package, "reports", reports, raising=False)
     monkeypatch.setitem(sys.modules, "myproject", package)
     monkeypatch.setitem(sys.modules, "myproject.reports", reports)
 

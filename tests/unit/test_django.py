@@ -36,7 +36,7 @@ from refresherd.contrib.signing import (  # noqa: E402
     check_signature,
     sign,
 )
-from refresherd.fetchers.http import sign_request  # noqa: E402
+from refresherd.signing import sign as sign_request  # noqa: E402  (the fetcher's signer)
 from tests.django_project.models import Profile  # noqa: E402
 
 # -- settings and the tag's syntax ---------------------------------------------------------
@@ -113,7 +113,7 @@ def test_the_target_is_the_raw_uri_when_the_server_gives_it() -> None:
 
 def test_the_target_of_an_asgi_request_is_its_raw_path() -> None:
     request = RequestFactory().get("/refresherd/a/b")
-    request.scope = {"raw_path": b"/refresherd/a%2Fb", "query_string": b"q=%20"}  # type: ignore[attr-defined]
+    request.scope = {"raw_path": b"/refresherd/a%2Fb", "query_string": b"q=%20"}
     assert request_target(request) == "/refresherd/a%2Fb?q=%20"
 
 

@@ -12,11 +12,10 @@ import gzip
 import hashlib
 import hmac
 import json
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import pytest
-from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET, Request
@@ -24,10 +23,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 from refresherd.config import Secret
 from refresherd.entry import Fetched, is_json_content_type
 from refresherd.errors import BadArgs, FetchError
-from refresherd.fetchers.http import SIGNATURE_HEADER, HTTPFetcher, Requester, sign_request
+from refresherd.fetchers.http import HTTPFetcher
 from refresherd.interfaces import IFetcher
+from refresherd.signing import SIGNATURE_HEADER
+from refresherd.signing import sign as sign_request  # the fetcher's signer
 from tests.deferreds import failure, result
 from tests.stub_origin import Handler, Origin, Seen, answer, make_job, pending
+from tests.stub_treq import StubTreq
 
 SECRET = "s3cret-signing-key"
 HEADER_SECRET = "Bearer very-secret-token"
@@ -40,7 +42,7 @@ def stub_fetcher(
     stub = StubTreq(origin)
     fetcher = HTTPFetcher(
         make_job(**job),
-        cast(Requester, stub),
+        stub,
         clock or Clock(),
         random_bytes=lambda n: bytes(range(n)),
     )
@@ -234,7 +236,7 @@ def test_each_signed_request_has_a_new_nonce() -> None:
     origin = Origin(answer())
     fetcher = HTTPFetcher(
         make_job(sign=Secret(SECRET)),
-        cast(Requester, StubTreq(origin)),
+        StubTreq(origin),
         Clock(),
         random_bytes=lambda n: next(nonces),
     )

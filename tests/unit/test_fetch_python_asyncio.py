@@ -90,7 +90,7 @@ def test_a_failed_deferred_raises_in_the_coroutine(
         try:
             await later(loop, KeyError("caught"))
         except KeyError as e:
-            caught = e.args[0]
+            caught: str = e.args[0]
         await fail(ValueError("uncaught"))
         return caught
 

@@ -33,6 +33,7 @@ def output() -> tuple[LogOutput, CountingFlushes, Clock, Logger]:
     clock.advance(1000)
     out = CountingFlushes()
     file = LazyFlushFile(out, monotonic=clock.seconds)
+    # A LazyFlushFile is a text file, but not an IO[str]: refresherd.run.build passes it so too.
     log_output = LogOutput(file, JSONLinesObserver(file), clock)  # type: ignore[arg-type]
     log = Logger(namespace="t", observer=LogPublisher(log_output.observer))
     return log_output, out, clock, log

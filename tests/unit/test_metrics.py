@@ -14,18 +14,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 from prometheus_client.parser import text_string_to_metric_families
-from treq.testing import StubTreq
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.config import AuthConfig, JobConfig, ServerConfig
-from refresherd.core.refresher import Job, Refresher
+from refresherd.core.jobs import Job
+from refresherd.core.refresher import Refresher
 from refresherd.http.admin import AdminAPI
 from refresherd.http.auth import Authorizer
 from refresherd.http.public import PublicAPI
 from refresherd.metrics import _SECONDS, HTTP_DURATION, REQUESTS, metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
+from tests.stub_treq import StubTreq
 
 DOCUMENTED = {
     "refresherd_requests": ("counter", {"job", "status"}),

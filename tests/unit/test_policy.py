@@ -723,7 +723,9 @@ def test_lease_ttl_of_a_fast_job_is_short() -> None:
 # after_failure
 
 
-def fail(now: float, previous: Entry | None, *, error_ttl: float = 5.0, rand: float = 0.5):
+def fail(
+    now: float, previous: Entry | None, *, error_ttl: float = 5.0, rand: float = 0.5
+) -> Entry | None:
     return after_failure(
         now,
         previous,

@@ -12,18 +12,19 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from refresherd import errors
 from refresherd.config import JobConfig
+from refresherd.core.jobs import Job
 from refresherd.core.marks import Purge
-from refresherd.core.refresher import Answer, Job, Refresher
+from refresherd.core.refresher import Answer, Refresher
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
-from tests.deferreds import failure, outcome, result
-from tests.unit.test_refresher import counter
+from tests.deferreds import as_deferred, failure, outcome, result
+from tests.unit.test_refresher import body_of, counter
 
 
 class World:
@@ -66,13 +67,13 @@ class World:
     def lookup(self, job: str = "user", **args: str) -> Deferred[Answer]:
         args = args or {"id": "1", "team": "red"}
         refresher = self.refresher
-        return defer.maybeDeferred(lambda: refresher.lookup(refresher.target(job, args)))
+        return as_deferred(lambda: refresher.lookup(refresher.target(job, args)))
 
     def fetched(self, job: str = "user", body: bytes = b'"v1"') -> None:
         self.fetchers[job].succeed(body=body)
 
-    def cached(self, job: str = "user", body: bytes = b'"v1"', **args: str) -> Answer:
-        """Look up and fetch, so that the value is in the store."""
+    def cached(self, job: str = "user", body: bytes = b'"v1"', /, **args: str) -> Answer:
+        """Look up and fetch, so that the value is in the store (C{args} may be named anything)."""
         d = self.lookup(job, **args)
         self.fetched(job, body)
         answer: Answer = result(d)
@@ -105,7 +106,7 @@ def test_a_hard_purge_of_a_key_makes_the_next_request_a_miss() -> None:
     assert not d.called and world.calls() == 2
     world.fetched(body=b'"v2"')
     answer = result(d)
-    assert (answer.status, answer.entry.body) == ("miss", b'"v2"')
+    assert (answer.status, body_of(answer)) == ("miss", b'"v2"')
 
 
 def test_a_soft_purge_of_a_key_serves_the_old_value_while_one_refresh_runs() -> None:
@@ -113,11 +114,11 @@ def test_a_soft_purge_of_a_key_serves_the_old_value_while_one_refresh_runs() -> 
     key = world.cached(**BOB).key
     assert world.purge(keys=[key], soft=True) == 1
     answers = [result(world.lookup(**BOB)) for _ in range(20)]
-    assert {(a.status, a.entry.body) for a in answers} == {("stale", b'"v1"')}
+    assert {(a.status, body_of(a)) for a in answers} == {("stale", b'"v1"')}
     assert world.calls() == 2
     world.fetched(body=b'"v2"')
     fresh = result(world.lookup(**BOB))
-    assert (fresh.status, fresh.entry.body) == ("hit", b'"v2"')
+    assert (fresh.status, body_of(fresh)) == ("hit", b'"v2"')
     assert world.calls() == 2
 
 
@@ -128,7 +129,7 @@ def test_a_soft_purged_value_stays_servable_for_one_refresh_even_with_stale_0() 
     world.purge(keys=[key], soft=True)
     world.clock.advance(5)  # past its own freshness, not past one refresh's lease
     answer = result(world.lookup(**BOB))
-    assert (answer.status, answer.entry.body) == ("stale", b'"v1"')
+    assert (answer.status, body_of(answer)) == ("stale", b'"v1"')
     assert world.calls() == 2
 
 
@@ -164,7 +165,7 @@ def test_a_soft_purge_of_a_tag_serves_stale_and_refreshes_each_entry_once() -> N
     assert world.calls() == 3
     world.fetched(body=b'"v2"')
     answer = result(world.lookup(**BOB))
-    assert (answer.status, answer.entry.body) == ("hit", b'"v2"')
+    assert (answer.status, body_of(answer)) == ("hit", b'"v2"')
     assert world.calls() == 3
 
 
@@ -194,11 +195,11 @@ def test_a_value_fetched_before_a_tag_purge_is_purged_when_it_lands() -> None:
     waiting = world.lookup(**BOB)
     world.purge(tags=["user:bob"])
     world.fetched(body=b'"before the purge"')
-    assert result(waiting).entry.body == b'"before the purge"'  # asked before the purge
+    assert body_of(result(waiting)) == b'"before the purge"'  # asked before the purge
     again = world.lookup(**BOB)
     assert not again.called and world.calls() == 2
     world.fetched(body=b'"after"')
-    assert result(again).entry.body == b'"after"'
+    assert body_of(result(again)) == b'"after"'
     assert result(world.lookup(**BOB)).status == "hit"
 
 
@@ -210,7 +211,7 @@ def test_a_fetch_running_during_a_soft_purge_of_its_key_cannot_overwrite_it() ->
     world.purge(keys=[key], soft=True)
     world.fetched(body=b'"began before the purge"')
     answer = result(world.lookup(**BOB))
-    assert (answer.status, answer.entry.body) == ("stale", b'"v1"')
+    assert (answer.status, body_of(answer)) == ("stale", b'"v1"')
     assert world.calls() == 3  # the purge's own refresh
 
 
@@ -223,7 +224,7 @@ def test_a_put_after_a_purge_is_not_purged() -> None:
     )
     assert result(put).status == "hit"
     answer = result(world.lookup(**BOB))
-    assert (answer.status, answer.entry.body) == ("hit", b'"put"')
+    assert (answer.status, body_of(answer)) == ("hit", b'"put"')
 
 
 def test_failing_refreshes_after_a_soft_purge_do_not_keep_the_value_for_ever() -> None:
@@ -281,4 +282,4 @@ def test_refresh_starts_one_fetch_even_of_a_fresh_value() -> None:
         )
     assert world.calls() == 2
     world.fetched(body=b'"v2"')
-    assert result(world.lookup(**BOB)).entry.body == b'"v2"'
+    assert body_of(result(world.lookup(**BOB))) == b'"v2"'

@@ -11,20 +11,23 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred
+from zope.interface import implementer
 
 from refresherd import errors
 from refresherd.config import JobConfig
 from refresherd.core import policy
-from refresherd.core.refresher import Answer, Job, Refresher  # noqa: F401
+from refresherd.core.jobs import Job
+from refresherd.core.refresher import Answer, Refresher
 from refresherd.entry import Entry, Fetched, value_entry
 from refresherd.http.fastpath import QueryTargets
+from refresherd.interfaces import IStore
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.stores.near import NearCache
 from refresherd.testing import FakeFetcher, UnreachableStore
-from tests.deferreds import failure, result
+from tests.deferreds import as_deferred, failure, result
 
 
 def make(
@@ -59,7 +62,7 @@ def lookup(refresher: Refresher, id: str = "1") -> Deferred[Answer]:
 
 def lookup_of(refresher: Refresher, job: str, args: dict[str, Any]) -> Deferred[Answer]:
     """The lookup of C{job} with C{args} as a Deferred, however it answers."""
-    return defer.maybeDeferred(lambda: refresher.lookup(refresher.target(job, args)))
+    return as_deferred(lambda: refresher.lookup(refresher.target(job, args)))
 
 
 def put_value(refresher: Refresher, body: bytes, content_type: str) -> Deferred[Answer]:
@@ -71,6 +74,12 @@ def put_value(refresher: Refresher, body: bytes, content_type: str) -> Deferred[
 def ask(refresher: Refresher, id: str = "1") -> None:
     """A lookup whose answer the test does not look at (an error included)."""
     lookup(refresher, id).addErrback(lambda failure: None)
+
+
+def body_of(answer: Answer) -> bytes | None:
+    """The body of the entry C{answer} serves; it must serve one."""
+    assert answer.entry is not None, answer
+    return answer.entry.body
 
 
 def counter(refresher: Refresher, name: str, **labels: str) -> float:
@@ -85,7 +94,7 @@ def test_miss_waits_for_the_fetch_then_hits_without_fetching() -> None:
     assert fetcher.calls[0].args == {"id": "1"}
     fetcher.succeed(body=b'{"a": 1}')
     answer = result(d)
-    assert (answer.status, answer.entry.body, answer.key) == ("miss", b'{"a": 1}', "rfd:j:v1:id=1")
+    assert (answer.status, body_of(answer), answer.key) == ("miss", b'{"a": 1}', "rfd:j:v1:id=1")
     clock.advance(30)
     assert result(lookup(refresher)).status == "hit"
     assert len(fetcher.calls) == 1
@@ -107,11 +116,11 @@ def test_stale_value_is_served_at_once_and_refreshed_once() -> None:
     clock.advance(61)
     answers = [result(lookup(refresher)) for _ in range(50)]
     assert {a.status for a in answers} == {"stale"}
-    assert {a.entry.body for a in answers} == {b"1"}
+    assert {body_of(a) for a in answers} == {b"1"}
     assert len(fetcher.calls) == 2
     fetcher.succeed(body=b"2")
     fresh = result(lookup(refresher))
-    assert (fresh.status, fresh.entry.body) == ("hit", b"2")
+    assert (fresh.status, body_of(fresh)) == ("hit", b"2")
 
 
 def test_past_every_window_is_a_miss() -> None:
@@ -209,8 +218,8 @@ def test_stale_if_error_serves_the_old_value_with_the_error() -> None:
     assert not d.called
     fetcher.fail(reason="origin answered 503")
     answer = result(d)
-    assert (answer.status, answer.entry.body) == ("stale", b"old")
-    assert "503" in answer.error
+    assert (answer.status, body_of(answer)) == ("stale", b"old")
+    assert answer.error is not None and "503" in answer.error
     # Now refreshes are failing: stale at once, no new fetch until the backoff ends.
     again = result(lookup(refresher))
     assert (again.status, again.error) == ("stale", "origin answered 503")
@@ -220,7 +229,7 @@ def test_stale_if_error_serves_the_old_value_with_the_error() -> None:
     assert len(fetcher.calls) == 3
     fetcher.succeed(body=b"new")
     fresh = result(lookup(refresher))
-    assert (fresh.status, fresh.entry.body, fresh.error) == ("hit", b"new", None)
+    assert (fresh.status, body_of(fresh), fresh.error) == ("hit", b"new", None)
 
 
 def test_stale_if_error_fallback_on_wait_timeout() -> None:
@@ -231,8 +240,8 @@ def test_stale_if_error_fallback_on_wait_timeout() -> None:
     d = lookup(refresher)
     clock.advance(1)
     answer = result(d)
-    assert (answer.status, answer.entry.body) == ("stale", b"old")
-    assert "wait_timeout" in answer.error
+    assert (answer.status, body_of(answer)) == ("stale", b"old")
+    assert answer.error is not None and "wait_timeout" in answer.error
 
 
 def test_on_miss_empty_answers_pending_and_fetches_in_background() -> None:
@@ -292,8 +301,8 @@ def test_a_put_during_a_fetch_is_not_overwritten_by_it() -> None:
     put = put_value(refresher, b"put", "text/plain")
     assert result(put).status == "hit"
     fetcher.succeed(body=b"fetched")
-    assert result(d).entry.body == b"put"
-    assert result(lookup(refresher)).entry.body == b"put"
+    assert body_of(result(d)) == b"put"
+    assert body_of(result(lookup(refresher))) == b"put"
 
 
 def test_put_refuses_too_large_and_bad_json() -> None:
@@ -324,7 +333,7 @@ def test_a_fetch_running_elsewhere_is_joined_through_the_store() -> None:
     )
     store.put("rfd:j:v1:id=1", entry, 60, lease=token)
     answer = result(d)
-    assert (answer.status, answer.entry.body) == ("miss", b"from elsewhere")
+    assert (answer.status, body_of(answer)) == ("miss", b"from elsewhere")
     assert counter(refresher, "refresherd_coalesced_total", job="j") == 1
 
 
@@ -409,15 +418,16 @@ def test_background_refresh_failure_keeps_serving_stale(failures: int) -> None:
         assert answer.status == "stale"
         fetcher.fail(reason="down")
     answer = result(lookup(refresher))
-    assert (answer.status, answer.entry.body, answer.error) == ("stale", b"v", "down")
+    assert (answer.status, body_of(answer), answer.error) == ("stale", b"v", "down")
 
 
 def test_a_failed_fetch_is_logged_once_with_its_detail() -> None:
     """One warning per failed fetch, after its last attempt, with the job's traceback."""
+    from twisted.internet.testing import EventLoggingObserver
     from twisted.logger import LogLevel, globalLogPublisher
 
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    events = EventLoggingObserver()
+    globalLogPublisher.addObserver(events)
     try:
         refresher, fetcher, clock, _ = make(retries=1, error_ttl=0.0, wait_timeout=60.0)
         ask(refresher)
@@ -425,7 +435,7 @@ def test_a_failed_fetch_is_logged_once_with_its_detail() -> None:
         clock.advance(1)
         fetcher.calls[1].result.errback(errors.FetchError("second", detail="Traceback two"))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(events)
     warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
     assert [(e["job"], e["reason"]) for e in warnings] == [("j", "second")]
     assert "Traceback two" in warnings[0]["detail"]
@@ -458,7 +468,7 @@ def test_a_lost_change_notice_costs_at_most_one_poll() -> None:
     inner.put(key, entry, 60, lease=token)
     assert not d.called
     clock.advance(policy.POLL_INTERVAL)
-    assert result(d).entry.body == b"elsewhere"
+    assert body_of(result(d)) == b"elsewhere"
     assert fetcher.calls == []
 
 
@@ -480,10 +490,10 @@ def test_a_holder_paused_past_its_lease_cannot_overwrite_a_newer_value() -> None
     answer_b = lookup(b)
     assert len(fetcher_b.calls) == 1
     fetcher_b.succeed(body=b'"newer"')
-    assert result(answer_b).entry.body == b'"newer"'
+    assert body_of(result(answer_b)) == b'"newer"'
     fetcher_a.succeed(body=b'"older"')  # A wakes up with its old answer
-    assert result(answer_a).entry.body == b'"newer"'
-    assert result(lookup(b)).entry.body == b'"newer"'
+    assert body_of(result(answer_a)) == b'"newer"'
+    assert body_of(result(lookup(b))) == b'"newer"'
 
 
 class LeaseRefused:
@@ -572,8 +582,9 @@ def test_a_value_landed_between_the_read_and_the_lease_is_used_without_a_fetch()
     """Another process fetched, wrote and released while this one decided: no second fetch."""
     refresher, fetcher, clock, store = make()
 
+    @implementer(IStore)
     class LandsFirst:
-        def __init__(self, inner: Any) -> None:
+        def __init__(self, inner: IStore) -> None:
             self.inner = inner
 
         def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
@@ -596,7 +607,7 @@ def test_a_value_landed_between_the_read_and_the_lease_is_used_without_a_fetch()
 
     refresher = attrs.evolve(refresher, store=LandsFirst(store))
     answer = result(lookup(refresher))
-    assert (answer.status, answer.entry.body) == ("miss", b'"elsewhere"')
+    assert (answer.status, body_of(answer)) == ("miss", b'"elsewhere"')
     assert fetcher.calls == []
     assert counter(refresher, "refresherd_coalesced_total", job="j") == 1
     assert result(store.acquire_lease("rfd:j:v1:id=1", 10)) is not None  # released
@@ -686,7 +697,7 @@ def test_a_lookup_answers_a_hit_at_hand_at_once_and_anything_else_later() -> Non
     fetcher.succeed(body=b"1")
     assert result(absent).status == "miss"
     hit = refresher.lookup(target)
-    assert isinstance(hit, Answer) and (hit.status, hit.entry.body) == ("hit", b"1")
+    assert isinstance(hit, Answer) and (hit.status, body_of(hit)) == ("hit", b"1")
     clock.advance(61)
     stale = refresher.lookup(
         refresher.target("j", {"id": "1"})

@@ -15,6 +15,7 @@ import attrs
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -430,7 +431,12 @@ def test_a_channel_asks_its_transport_for_each_address_once(server: Server, whic
     proto, transport = server.connect()
     asked: list[object] = []
     address = getattr(transport, which)()
-    setattr(transport, which, lambda: asked.append(1) or address)
+
+    def counted() -> object:
+        asked.append(1)
+        return address
+
+    setattr(transport, which, counted)
     assert getattr(proto, which)() is address and getattr(proto, which)() is address
     assert asked == [1]
 
@@ -506,16 +512,18 @@ def test_a_failure_to_time_a_request_is_logged_and_the_answer_still_goes_out(
 
 
 def test_requests_on_a_kept_alive_connection_do_not_set_a_deadline_timer_each(
-    server: Server,
+    server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made: list[object] = []
     call_later = server.clock.callLater
 
-    def counting(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+    def counting(
+        delay: float, f: Callable[..., object], *args: object, **kwargs: object
+    ) -> IDelayedCall:
         made.append(f)
         return call_later(delay, f, *args, **kwargs)
 
-    server.clock.callLater = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(server.clock, "callLater", counting)
     proto, transport = server.connect()
     for _ in range(50):
         proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
@@ -621,8 +629,13 @@ def test_the_date_header_is_formatted_once_a_second_on_the_sites_clock(server: S
     first = date()
     assert first == datetimeToString(1_796_300_000) == b"Thu, 03 Dec 2026 12:13:20 GMT"
     formatted: list[float] = []
+
+    def counted(seconds: float) -> bytes:
+        formatted.append(seconds)
+        return b"new"
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(http, "datetimeToString", lambda s: formatted.append(s) or b"new")
+        patch.setattr(http, "datetimeToString", counted)
         server.clock.advance(0.7)
         assert date() == first  # the same second
         server.clock.advance(0.1)
@@ -631,13 +644,25 @@ def test_the_date_header_is_formatted_once_a_second_on_the_sites_clock(server: S
     assert formatted == [1_796_300_001]
 
 
-def test_a_get_parses_its_query_only_when_args_are_read(server: Server) -> None:
+def test_a_get_parses_its_query_only_when_args_are_read(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kept: list[Any] = []
-    server.resource.render = lambda request: kept.append(request) or b"ok"  # type: ignore[method-assign]
+
+    def render(request: Any) -> bytes:
+        kept.append(request)
+        return b"ok"
+
+    monkeypatch.setattr(server.resource, "render", render)
     proto, transport = server.connect()
     parsed: list[bytes] = []
+
+    def parse_qs(query: bytes, *args: object) -> dict[bytes, list[bytes]]:
+        parsed.append(query)
+        return {b"a": [b"1"]}
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(http, "parse_qs", lambda q, *a: parsed.append(q) or {b"a": [b"1"]})
+        patch.setattr(http, "parse_qs", parse_qs)
         proto.dataReceived(b"GET /?a=1 HTTP/1.1\r\nHost: h\r\n\r\n")
         assert parse_response(transport.value()).body == b"ok"
         assert parsed == []

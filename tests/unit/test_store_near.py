@@ -132,14 +132,14 @@ class NearCacheTests(SynchronousTestCase):
 
     def test_a_read_under_way_when_its_key_changes_is_not_kept(self) -> None:
         pending: Deferred[Any] = Deferred()
-        self.inner.read = lambda key, generations, cached=True: pending  # type: ignore[method-assign]
+        self.patch(self.inner, "read", lambda key, generations, cached=True: pending)
         reading = self.near.read(KEY, (GEN,))
         self.near.drop(KEY)
         pending.callback((sample_entry(b"old"), {}))
         self.assertEqual(self.successResultOf(reading)[0], sample_entry(b"old"))
         self.assertEqual(self.near.used_bytes, 100)  # the token was kept, the entry not
         cleared: Deferred[Any] = Deferred()
-        self.inner.read = lambda key, generations, cached=True: cleared  # type: ignore[method-assign]
+        self.patch(self.inner, "read", lambda key, generations, cached=True: cleared)
         reading = self.near.read(KEY, (GEN,))
         self.near.clear()
         cleared.callback((sample_entry(b"old"), {}))
@@ -153,7 +153,7 @@ class NearCacheTests(SynchronousTestCase):
             reads.append(Deferred())
             return reads[-1]
 
-        self.inner.read = read  # type: ignore[method-assign]
+        self.patch(self.inner, "read", read)
         return reads
 
     def test_lookups_that_miss_at_once_share_one_read_of_the_store(self) -> None:

@@ -9,6 +9,7 @@ processes: tests/integration/test_workers.py; C{twistd -n refresherd
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -185,7 +186,7 @@ def test_only_tcp_and_unix_endpoints_are_shared(tmp_path: Path) -> None:
     assert shareable(TCP4ServerEndpoint(reactor, 0))
     assert shareable(TCP6ServerEndpoint(reactor, 0))
     assert shareable(UNIXServerEndpoint(reactor, str(tmp_path / "s")))
-    assert not shareable(SSL4ServerEndpoint(reactor, 0, None))  # type: ignore[arg-type]
+    assert not shareable(SSL4ServerEndpoint(reactor, 0, None))
 
 
 def test_a_shared_endpoint_that_cannot_be_shared_is_refused() -> None:
@@ -227,12 +228,10 @@ def test_the_lifeline_says_ready_and_its_loss_stops_the_worker() -> None:
 def test_worker_logs_name_the_worker() -> None:
     out: list[str] = []
 
-    class Out:
-        def write(self, text: str) -> None:
+    class Out(io.StringIO):
+        def write(self, text: str) -> int:
             out.append(text)
-
-        def flush(self) -> None:
-            pass
+            return len(text)
 
     event = {
         "log_format": "hello {who}",
@@ -241,7 +240,7 @@ def test_worker_logs_name_the_worker() -> None:
         "log_namespace": "refresherd.run.tap",
         "log_time": 0.0,
     }
-    worker_text_observer(3, Out())(event)  # type: ignore[arg-type]
+    worker_text_observer(3, Out())(event)
     assert out == ["1970-01-01T00:00:00+0000 [worker 3 refresherd.run.tap#info] hello you\n"]
     seen: list[dict[str, Any]] = []
     WorkerLogObserver(3, seen.append)(event)
@@ -455,7 +454,9 @@ def test_kill_ends_every_worker_at_once(supervised: Supervised) -> None:
 
 
 def test_a_worker_that_cannot_be_spawned_is_tried_again(
-    supervised: Supervised, no_logged_errors: list[dict[str, Any]]
+    supervised: Supervised,
+    no_logged_errors: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     supervisor, reactor = supervised.supervisor, supervised.reactor
     spawn = reactor.spawnProcess
@@ -466,7 +467,7 @@ def test_a_worker_that_cannot_be_spawned_is_tried_again(
             raise failures.pop()
         return spawn(*args, **kwargs)
 
-    reactor.spawnProcess = failing  # type: ignore[method-assign]
+    monkeypatch.setattr(reactor, "spawnProcess", failing)
     supervisor.startService()
     assert [e["log_failure"].value.args for e in no_logged_errors] == [("no such interpreter",)]
     no_logged_errors.clear()
