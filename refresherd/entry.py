@@ -90,11 +90,12 @@ class Entry:
     last_error: str | None = None
     retry_at: float = 0.0
     """No refresh starts before this: backoff while refreshes fail, C{error_ttl} for a failure."""
-    generations: tuple[str, str] = ("", "")
+    marks: tuple[str, str] = ("", "")
     """
     The hard and soft purge marks of the job and tags when the fetch began
     (L{refresherd.core.marks}): a purge of the job or a tag changes the
-    current mark, and the entry then reads as purged.
+    current mark, and the entry then reads as purged.  Stored as the field
+    C{generations} (docs/store-format.md).
     """
 
     @property
@@ -123,7 +124,7 @@ def value_entry(
     fresh: float,
     stale: float,
     stale_if_error: float,
-    generations: tuple[str, str] = ("", ""),
+    marks: tuple[str, str] = ("", ""),
 ) -> Entry:
     """A new entry for a value fetched (or put) at C{now}."""
     fresh_until = now + fresh
@@ -139,7 +140,7 @@ def value_entry(
         args=dict(args),
         tags=tags,
         etag=make_etag(fetched.body, now),
-        generations=generations,
+        marks=marks,
     )
 
 
@@ -167,7 +168,7 @@ def encode(entry: Entry) -> bytes:
         value = getattr(entry, name)
         meta[name] = list(value) if name == "tags" else value
     meta["args"] = dict(entry.args)
-    meta["generations"] = list(entry.generations)
+    meta["generations"] = list(entry.marks)
     head = json.dumps(meta, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return head.encode("ascii") + b"\n" + (entry.body or b"")
 
@@ -210,7 +211,7 @@ def decode(data: bytes) -> Entry:
         raise EntryFormatError("bad metadata: 'generations' is not two strings")
     return Entry(
         body=body if meta["has_body"] else None,
-        generations=(generations[0], generations[1]),
+        marks=(generations[0], generations[1]),
         **fields,
     )
 

@@ -78,16 +78,18 @@ class IStore(Interface):
     )
 
     def read(
-        key: str, generations: Sequence[str], cached: bool = True
+        key: str, generation_keys: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, Tokens]]:
         """
         What a lookup needs, in one round trip where the store allows: fire
         with C{(entry, tokens)}, the result of L{get} of C{key} and of
-        L{get_generations} of C{generations}.  With C{cached} false, a store
+        L{get_purge_tokens} of C{generation_keys}.  With C{cached} false, a store
         that keeps a near cache reads the shared store itself.
         """
 
-    def read_at_hand(key: str, generations: Sequence[str]) -> tuple[Entry | None, Tokens] | None:
+    def read_at_hand(
+        key: str, generation_keys: Sequence[str]
+    ) -> tuple[Entry | None, Tokens] | None:
         """
         The C{(entry, tokens)} that L{read} would fire with, returned at once
         when the store has them in this process with no I/O (the memory
@@ -95,14 +97,14 @@ class IStore(Interface):
         calls L{read}.
         """
 
-    def get_generations(keys: Sequence[str]) -> Deferred[dict[str, str]]:
+    def get_purge_tokens(keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """
         The current tokens of the generation keys C{keys}
         (L{refresherd.core.marks}): a mapping of each key that holds one to
         its token; a key never purged is left out.
         """
 
-    def new_generation(key: str) -> Deferred[str]:
+    def new_purge_token(key: str) -> Deferred[str]:
         """
         Write a new random token under the generation key C{key}, with no
         expiry, so that every entry marked with the old one reads as purged.

@@ -70,9 +70,9 @@ class UnreachableStore:
     shared: bool = True
     caches: bool = False
 
-    def read_at_hand(self, key: str, generations: Any) -> Any:
+    def read_at_hand(self, key: str, generation_keys: Any) -> Any:
         """Nothing at hand while down (a read would fail), else what the store has."""
-        return None if self.down else self.store.read_at_hand(key, generations)
+        return None if self.down else self.store.read_at_hand(key, generation_keys)
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.store, name)

@@ -73,7 +73,7 @@ def sample_entry(body: bytes | None = b'{"tweets": []}', **changes: Any) -> Entr
         failures=2,
         last_error="origin answered 503 Service Unavailable",
         retry_at=1_700_000_075.5,
-        generations=("0123456789abcdef0123456789abcdef", ""),
+        marks=("0123456789abcdef0123456789abcdef", ""),
     )
     fields.update(changes)
     return Entry(**fields)
@@ -451,37 +451,37 @@ class StoreContract(_Base):
 
     async def test_generations_never_written_are_left_out(self) -> None:
         store = await self.store()
-        self.assertEqual(await store.get_generations([self.generation(), self.generation()]), {})
-        self.assertEqual(await store.get_generations([]), {})
+        self.assertEqual(await store.get_purge_tokens([self.generation(), self.generation()]), {})
+        self.assertEqual(await store.get_purge_tokens([]), {})
 
     async def test_new_generation_replaces_the_token_every_time(self) -> None:
         store = await self.store()
         key, other, never = self.generation(), self.generation("ann"), self.generation("cy")
-        first = await store.new_generation(key)
-        await store.new_generation(other)
-        self.assertEqual(await store.get_generations([key, never]), {key: first})
-        second = await store.new_generation(key)
+        first = await store.new_purge_token(key)
+        await store.new_purge_token(other)
+        self.assertEqual(await store.get_purge_tokens([key, never]), {key: first})
+        second = await store.new_purge_token(key)
         self.assertNotEqual(second, first)
-        self.assertEqual(await store.get_generations([never, key]), {key: second})
+        self.assertEqual(await store.get_purge_tokens([never, key]), {key: second})
 
     async def test_generations_do_not_expire(self) -> None:
         store = await self.store()
         key = self.generation()
-        token = await store.new_generation(key)
+        token = await store.new_purge_token(key)
         await self.wait(PAST_SHORT_TTL)
-        self.assertEqual(await store.get_generations([key]), {key: token})
+        self.assertEqual(await store.get_purge_tokens([key]), {key: token})
 
     async def test_many_generations_in_one_call(self) -> None:
         store = await self.store()
         keys = [self.generation(str(i), hard=i % 2 == 0) for i in range(40)]
-        tokens = {key: await store.new_generation(key) for key in keys[::3]}
-        self.assertEqual(await store.get_generations(keys), tokens)
+        tokens = {key: await store.new_purge_token(key) for key in keys[::3]}
+        self.assertEqual(await store.get_purge_tokens(keys), tokens)
 
     async def test_read_is_get_and_get_generations_at_once(self) -> None:
         store = await self.store()
         key, big = self.key({"id": "1"}), self.key({"id": "2"})
         purged, never = self.generation(), self.generation("ann")
-        token = await store.new_generation(purged)
+        token = await store.new_purge_token(purged)
         self.assertEqual(await store.read(key, [purged, never]), (None, {purged: token}))
         await store.put(key, sample_entry(), LONG_TTL)
         large = sample_entry(os.urandom(3 * 1024 * 1024))
@@ -493,7 +493,7 @@ class StoreContract(_Base):
         store = await self.store()
         key, purged = self.key({"id": "1"}), self.generation()
         await store.put(key, sample_entry(), LONG_TTL)
-        await store.new_generation(purged)
+        await store.new_purge_token(purged)
         read = await store.read(key, [purged])
         at_hand = store.read_at_hand(key, [purged])
         self.assertIn(at_hand, (None, read))

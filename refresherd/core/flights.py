@@ -204,7 +204,7 @@ class Flights:
             current is None
             or current.is_failure
             or current == flight.previous
-            or current.generations != flight.marks
+            or current.marks != flight.marks
             or self.clock.seconds() >= current.fresh_until
         ):
             return None
@@ -280,7 +280,7 @@ class Flights:
         if failed is None:
             return
         # Marked with the current purges: a purge that made this refresh is spent.
-        failed = attrs.evolve(failed, generations=flight.marks)
+        failed = attrs.evolve(failed, marks=flight.marks)
         try:
             await self.store.put(flight.key, failed, store_ttl(failed, now), lease=lease)
         except StoreUnavailable:

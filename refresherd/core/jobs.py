@@ -67,7 +67,7 @@ class Target:
             fresh=config.fresh,
             stale=config.stale,
             stale_if_error=config.stale_if_error,
-            generations=marks,
+            marks=marks,
         )
 
 

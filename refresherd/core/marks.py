@@ -1,11 +1,16 @@
 """
-Purges by job and by tag without scanning the store: generations, as pure
-functions.
+Purges by job and by tag without scanning the store, as pure functions.
 
-Each job and each tag has two generation keys in the store (L{keys.generation_key}),
-a hard one and a soft one, each holding a random token that a purge replaces
-(and absent until the first purge).  An entry records, in C{generations}, two
-marks: digests of the tokens of its job's and tags' hard keys and of their soft
+Three names, each for one thing:
+
+- a B{generation key}: a key in the store (L{keys.generation_key}), two per job
+  and per tag, a hard one and a soft one;
+- a B{purge token}: the random value a generation key holds, replaced by each
+  purge (and absent until the first purge);
+- a B{purge mark}: a digest of the tokens of an entry's generation keys.
+
+An entry records (L{refresherd.entry.Entry.marks}, stored as the field
+C{generations}) two marks: digests of the tokens of its job's and tags' hard keys and of their soft
 keys as they were when its fetch began.  A read fetches the current tokens
 beside the entry (in the same round trip) and compares marks: a hard mark that
 differs means the entry was purged (it reads as absent), a soft one that it was

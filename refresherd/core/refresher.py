@@ -196,8 +196,8 @@ class Refresher(Service):
     ) -> tuple[Entry | None, tuple[str, str]]:
         """The entry as a request should see it, purges applied, and the current marks."""
         marks = target.generation_keys.marks(tokens)
-        if entry is not None and entry.generations != marks:
-            entry = self._unpurged(target.job, entry, purge_of(entry.generations, marks))
+        if entry is not None and entry.marks != marks:
+            entry = self._unpurged(target.job, entry, purge_of(entry.marks, marks))
         return entry, marks
 
     def _unpurged(self, job: Job, entry: Entry, purge: Purge | None) -> Entry | None:
@@ -253,7 +253,7 @@ class Refresher(Service):
                 raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
         try:
             keys = target.generation_keys
-            marks = keys.marks(await self.store.get_generations(keys.all))
+            marks = keys.marks(await self.store.get_purge_tokens(keys.all))
             now = self.clock.seconds()
             entry = target.new_entry(Fetched(body, content_type), now, 0.0, marks)
             await self.store.put(target.key, entry, store_ttl(entry, now))
@@ -290,7 +290,7 @@ class Refresher(Service):
         writes: list[Deferred[Any]] = [
             Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys
         ]
-        writes += [self.store.new_generation(key) for key in named]
+        writes += [self.store.new_purge_token(key) for key in named]
         try:
             await defer.gatherResults(writes, consumeErrors=True)
         except defer.FirstError as e:
@@ -327,8 +327,8 @@ class Refresher(Service):
         if entry is None:
             raise NotFound(f"no entry {key!r}")
         keys = generation_keys(self.namespace, entry.job, entry.tags)
-        tokens = await self.store.get_generations(keys.all)
-        return entry, purge_of(entry.generations, keys.marks(tokens))
+        tokens = await self.store.get_purge_tokens(keys.all)
+        return entry, purge_of(entry.marks, keys.marks(tokens))
 
     async def refresh(self, target: Target) -> str:
         """Start a refresh of C{target} now, or join the one running; fires with its key."""

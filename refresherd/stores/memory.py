@@ -85,7 +85,7 @@ class MemoryStore:
     """A heap of (expiry, key), so expired entries go without waiting to be read."""
     _leases: dict[str, tuple[str, float]] = attrs.field(init=False, repr=False, factory=dict)
     _lease_sweep_at: int = attrs.field(init=False, repr=False, default=_LEASE_SWEEP_MIN)
-    _generations: dict[str, str] = attrs.field(init=False, repr=False, factory=dict)
+    _purge_tokens: dict[str, str] = attrs.field(init=False, repr=False, factory=dict)
     _waiters: ChangeWaiters = attrs.field(
         init=False,
         repr=False,
@@ -166,33 +166,33 @@ class MemoryStore:
         return self._waiters.wait(key, timeout)
 
     def read(
-        self, key: str, generations: Sequence[str], cached: bool = True
+        self, key: str, generation_keys: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """See L{IStore.read}."""
-        return defer.succeed(self.read_at_hand(key, generations))
+        return defer.succeed(self.read_at_hand(key, generation_keys))
 
     def read_at_hand(
-        self, key: str, generations: Sequence[str]
+        self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]]:
         """See L{IStore.read_at_hand}: always."""
-        return self._entry(key), self._tokens(generations)
+        return self._entry(key), self._tokens(generation_keys)
 
-    def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
-        """See L{IStore.get_generations}."""
+    def get_purge_tokens(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
+        """See L{IStore.get_purge_tokens}."""
         return defer.succeed(self._tokens(keys))
 
     def _tokens(self, keys: Sequence[str]) -> dict[str, str]:
-        generations = self._generations
-        if not generations:  # Nothing ever purged: most reads.
+        tokens = self._purge_tokens
+        if not tokens:  # Nothing ever purged: most reads.
             return {}
-        return {k: generations[k] for k in keys if k in generations}
+        return {k: tokens[k] for k in keys if k in tokens}
 
-    def new_generation(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str) -> Deferred[str]:
         """
-        See L{IStore.new_generation}.  Generations do not count against
+        See L{IStore.new_purge_token}.  Generations do not count against
         C{max_bytes}: there is one per job or tag ever purged.
         """
-        token = self._generations[key] = secrets.token_hex(16)
+        token = self._purge_tokens[key] = secrets.token_hex(16)
         return defer.succeed(token)
 
     def ping(self) -> Deferred[None]:

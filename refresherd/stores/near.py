@@ -145,21 +145,21 @@ class NearCache(Service):
     # -- IStore: lookups -----------------------------------------------------
 
     def read(
-        self, key: str, generations: Sequence[str], cached: bool = True
+        self, key: str, generation_keys: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """
         See L{IStore.read}: from here while fresh, else (or with C{cached}
         false) from the store, and kept.
         """
         if not cached:
-            return Deferred.fromCoroutine(self._read(key, generations))
-        at_hand = self.read_at_hand(key, generations)
+            return Deferred.fromCoroutine(self._read(key, generation_keys))
+        at_hand = self.read_at_hand(key, generation_keys)
         if at_hand is not None:
             return defer.succeed(at_hand)
-        return self._joined(key, tuple(generations))
+        return self._joined(key, tuple(generation_keys))
 
     def _joined(
-        self, key: str, generations: tuple[str, ...]
+        self, key: str, generation_keys: tuple[str, ...]
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """
         The store's answer to a cached read: one read of the store however
@@ -167,7 +167,7 @@ class NearCache(Service):
         for it would read the store otherwise), unless a change of one of its
         keys came after the read began (then later lookups read again).
         """
-        which = (key, generations)
+        which = (key, generation_keys)
         joined: Deferred[tuple[Entry | None, dict[str, str]]] = Deferred()
         waiting = self._joinable.get(which)
         if waiting is not None:
@@ -185,11 +185,11 @@ class NearCache(Service):
                     entry, tokens = result
                     d.callback((entry, dict(tokens)))
 
-        Deferred.fromCoroutine(self._read(key, generations)).addBoth(deliver)
+        Deferred.fromCoroutine(self._read(key, generation_keys)).addBoth(deliver)
         return joined
 
     def read_at_hand(
-        self, key: str, generations: Sequence[str]
+        self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]] | None:
         """See L{IStore.read_at_hand}: while the entry and every token are fresh here."""
         now = self.clock.seconds()
@@ -197,7 +197,7 @@ class NearCache(Service):
         if entry is _ABSENT:
             return None
         tokens: dict[str, str] = {}
-        for name in generations:
+        for name in generation_keys:
             token = self._fresh(name, now)
             if token is _ABSENT:
                 return None
@@ -206,18 +206,18 @@ class NearCache(Service):
         return entry, tokens
 
     async def _read(
-        self, key: str, generations: Sequence[str]
+        self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]]:
         began = self._changes
         self._reads += 1
         try:
-            entry, tokens = await self.store.read(key, generations)
+            entry, tokens = await self.store.read(key, generation_keys)
         finally:
             self._reads -= 1
         until = self.clock.seconds() + self.ttl
         if self._all_dropped_at <= began:
             self._keep(key, entry, until, began, entry_cost(key, entry) if entry else TOKEN_COST)
-            for name in generations:
+            for name in generation_keys:
                 self._keep(name, tokens.get(name), until, began, TOKEN_COST)
         if not self._reads:
             self._dropped_at.clear()
@@ -248,8 +248,8 @@ class NearCache(Service):
         """See L{IStore.get}: always the store's own answer."""
         return self.store.get(key)  # type: ignore[no-any-return]
 
-    def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
-        return self.store.get_generations(keys)  # type: ignore[no-any-return]
+    def get_purge_tokens(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
+        return self.store.get_purge_tokens(keys)  # type: ignore[no-any-return]
 
     def put(self, key: str, entry: Entry, ttl: float, lease: str | None = None) -> Deferred[bool]:
         self.drop(key)
@@ -259,9 +259,9 @@ class NearCache(Service):
         self.drop(key)
         return self._dropping(key, self.store.delete(key))
 
-    def new_generation(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str) -> Deferred[str]:
         self.drop(key)
-        return self._dropping(key, self.store.new_generation(key))
+        return self._dropping(key, self.store.new_purge_token(key))
 
     def _dropping(self, key: str, d: Deferred[Any]) -> Deferred[Any]:
         """C{d}, dropping C{key} again once the store has changed it, whatever the outcome."""

@@ -280,30 +280,30 @@ class RedisStore(Service):
         return self._waiters.wait(key, timeout)
 
     def read(
-        self, key: str, generations: Sequence[str], cached: bool = True
+        self, key: str, generation_keys: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """See L{IStore.read}: one C{MGET} of the entry key and the generation keys."""
-        d = self._call("get", lambda c: c.execute_command("MGET", key, *generations))
+        d = self._call("get", lambda c: c.execute_command("MGET", key, *generation_keys))
 
         def split(values: list[bytes | None]) -> tuple[Entry | None, dict[str, str]]:
-            return self._decoded(values[0], key), _tokens(generations, values[1:])
+            return self._decoded(values[0], key), _tokens(generation_keys, values[1:])
 
         return d.addCallback(split)
 
-    def read_at_hand(self, key: str, generations: Sequence[str]) -> None:
+    def read_at_hand(self, key: str, generation_keys: Sequence[str]) -> None:
         """See L{IStore.read_at_hand}: never (every read is a round trip)."""
         return None
 
-    def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
-        """See L{IStore.get_generations}: one C{MGET}."""
+    def get_purge_tokens(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
+        """See L{IStore.get_purge_tokens}: one C{MGET}."""
         if not keys:
             return defer.succeed({})
-        d = self._call("generations", lambda c: c.execute_command("MGET", *keys))
+        d = self._call("purge tokens", lambda c: c.execute_command("MGET", *keys))
         return d.addCallback(lambda values: _tokens(keys, values))
 
-    def new_generation(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str) -> Deferred[str]:
         """
-        See L{IStore.new_generation}: C{SET key token}, with no expiry, and the
+        See L{IStore.new_purge_token}: C{SET key token}, with no expiry, and the
         key published on the change channel (for near caches), in a script.
         """
         token = secrets.token_hex(16)
@@ -313,7 +313,7 @@ class RedisStore(Service):
     def watch(self, changed: Callable[[str], None], reset: Callable[[], None]) -> None:
         """
         Call C{changed} with every key that any process changes (entries,
-        generations), as the change channel tells; and C{reset} whenever the
+        generation keys), as the change channel tells; and C{reset} whenever the
         channel is lost or back, since changes may have been missed meanwhile.
         """
         self._watchers.append((changed, reset))

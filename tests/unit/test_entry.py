@@ -48,7 +48,7 @@ entries = st.builds(
     failures=st.integers(min_value=0, max_value=2**40),
     last_error=st.none() | texts,
     retry_at=times,
-    generations=st.tuples(texts, texts),
+    marks=st.tuples(texts, texts),
 )
 
 
@@ -286,7 +286,7 @@ def test_is_json_content_type(content_type: str, expected: bool) -> None:
 
 def test_an_entry_without_generations_reads_as_never_purged() -> None:
     """Entries written before purges by job and tag existed carry no marks: none seen."""
-    data = encode(an_entry(generations=("h", "s")))
+    data = encode(an_entry(marks=("h", "s")))
     meta = meta_of(data)
     assert meta["generations"] == ["h", "s"]
     del meta["generations"]

@@ -621,9 +621,9 @@ def test_behind_a_near_cache_a_stale_key_refreshing_here_costs_the_store_no_read
     class CountingReads(MemoryStore):
         reads = 0
 
-        def read(self, key: str, generations: Any, cached: bool = True) -> Any:
+        def read(self, key: str, generation_keys: Any, cached: bool = True) -> Any:
             CountingReads.reads += 1
-            return super().read(key, generations)
+            return super().read(key, generation_keys)
 
     store = NearCache(CountingReads(clock), clock, ttl=1.0)
     refresher, fetcher, _, _ = make(store=store, clock=clock, stale=600.0)

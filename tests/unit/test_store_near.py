@@ -39,9 +39,9 @@ class Counting:
     shared = True
     caches = False
 
-    def read(self, key: str, generations: Sequence[str], cached: bool = True) -> Deferred[Any]:
+    def read(self, key: str, generation_keys: Sequence[str], cached: bool = True) -> Deferred[Any]:
         self.reads[key] += 1
-        return self.store.read(key, generations)
+        return self.store.read(key, generation_keys)
 
     def watch(self, changed: Any, reset: Any) -> None:
         self.watchers.append((changed, reset))
@@ -57,15 +57,15 @@ class NearCacheTests(SynchronousTestCase):
         self.inner = Counting(MemoryStore(self.clock))
         self.near = NearCache(self.inner, self.clock)
 
-    def read(self, key: str = KEY, generations: Sequence[str] = (GEN,)) -> Any:
-        return self.successResultOf(self.near.read(key, generations))
+    def read(self, key: str = KEY, generation_keys: Sequence[str] = (GEN,)) -> Any:
+        return self.successResultOf(self.near.read(key, generation_keys))
 
     def put(self, store: Any, body: bytes) -> None:
         self.successResultOf(store.put(KEY, sample_entry(body), LONG_TTL))
 
     def test_reads_within_the_ttl_cost_the_store_nothing(self) -> None:
         self.put(self.inner.store, b"1")
-        token = self.successResultOf(self.inner.store.new_generation(GEN))
+        token = self.successResultOf(self.inner.store.new_purge_token(GEN))
         for _ in range(5):
             self.assertEqual(self.read(), (sample_entry(b"1"), {GEN: token}))
             self.clock.advance(DEFAULT_TTL / 10)
@@ -94,7 +94,7 @@ class NearCacheTests(SynchronousTestCase):
 
     def test_a_read_with_other_generation_keys_goes_to_the_store(self) -> None:
         self.read()
-        self.read(generations=(GEN, "rfd:gen:hard:job:j"))
+        self.read(generation_keys=(GEN, "rfd:gen:hard:job:j"))
         self.assertEqual(self.inner.reads[KEY], 2)
 
     def test_an_uncached_read_goes_to_the_store_and_refreshes_what_is_kept(self) -> None:
@@ -111,7 +111,7 @@ class NearCacheTests(SynchronousTestCase):
         self.assertEqual(self.read()[0], sample_entry(b"2"))
         self.successResultOf(self.near.delete(KEY))
         self.assertEqual(self.read()[0], None)
-        token = self.successResultOf(self.near.new_generation(GEN))
+        token = self.successResultOf(self.near.new_purge_token(GEN))
         self.assertEqual(self.read()[1], {GEN: token})
         self.assertEqual(self.inner.reads[KEY], 4)
 
@@ -122,7 +122,7 @@ class NearCacheTests(SynchronousTestCase):
         self.assertEqual(self.read()[0], None)  # not told yet: within the bound
         changed(KEY)
         self.assertEqual(self.read()[0], sample_entry(b"elsewhere"))
-        token = self.successResultOf(self.inner.store.new_generation(GEN))
+        token = self.successResultOf(self.inner.store.new_purge_token(GEN))
         changed(GEN)
         self.assertEqual(self.read()[1], {GEN: token})
         self.put(self.inner.store, b"again")
@@ -132,14 +132,14 @@ class NearCacheTests(SynchronousTestCase):
 
     def test_a_read_under_way_when_its_key_changes_is_not_kept(self) -> None:
         pending: Deferred[Any] = Deferred()
-        self.patch(self.inner, "read", lambda key, generations, cached=True: pending)
+        self.patch(self.inner, "read", lambda key, generation_keys, cached=True: pending)
         reading = self.near.read(KEY, (GEN,))
         self.near.drop(KEY)
         pending.callback((sample_entry(b"old"), {}))
         self.assertEqual(self.successResultOf(reading)[0], sample_entry(b"old"))
         self.assertEqual(self.near.used_bytes, 100)  # the token was kept, the entry not
         cleared: Deferred[Any] = Deferred()
-        self.patch(self.inner, "read", lambda key, generations, cached=True: cleared)
+        self.patch(self.inner, "read", lambda key, generation_keys, cached=True: cleared)
         reading = self.near.read(KEY, (GEN,))
         self.near.clear()
         cleared.callback((sample_entry(b"old"), {}))
@@ -149,7 +149,7 @@ class NearCacheTests(SynchronousTestCase):
         """The store's reads from now on wait: one Deferred per read that reached it."""
         reads: list[Deferred[Any]] = []
 
-        def read(key: str, generations: Sequence[str], cached: bool = True) -> Deferred[Any]:
+        def read(key: str, generation_keys: Sequence[str], cached: bool = True) -> Deferred[Any]:
             reads.append(Deferred())
             return reads[-1]
 

@@ -298,39 +298,39 @@ class MemcachedStore(Service):
         return self._waiters.wait(key, timeout)
 
     def read(
-        self, key: str, generations: Sequence[str], cached: bool = True
+        self, key: str, generation_keys: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, dict[str, str]]]:
         """
         See L{IStore.read}: one multi-get per server of the entry key and the
         generation keys, then the chunks of a large value.
         """
-        return Deferred.fromCoroutine(self._read(key, generations))
+        return Deferred.fromCoroutine(self._read(key, generation_keys))
 
-    def read_at_hand(self, key: str, generations: Sequence[str]) -> None:
+    def read_at_hand(self, key: str, generation_keys: Sequence[str]) -> None:
         """See L{IStore.read_at_hand}: never (every read is a round trip)."""
         return None
 
     async def _read(
-        self, key: str, generations: Sequence[str]
+        self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]]:
         deadline = self._deadline()
         try:
-            found = await self._get_many([key, *generations], deadline)
+            found = await self._get_many([key, *generation_keys], deadline)
         except _Lost:
             # A connection went under the multi-get: the entry alone is read
             # again, on the next server if need be.
             entry = await self._get(key)
-            return entry, await self._generations(generations)
+            return entry, await self._purge_tokens(generation_keys)
         entry = await self._entry(key, found.pop(key, None), deadline)
         return entry, {name: value.decode("ascii", "replace") for name, value in found.items()}
 
-    def get_generations(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
-        """See L{IStore.get_generations}: one multi-get per server."""
-        return Deferred.fromCoroutine(self._generations(keys))
+    def get_purge_tokens(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
+        """See L{IStore.get_purge_tokens}: one multi-get per server."""
+        return Deferred.fromCoroutine(self._purge_tokens(keys))
 
-    def new_generation(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str) -> Deferred[str]:
         """
-        See L{IStore.new_generation}: C{set} with no expiry (memcached may still
+        See L{IStore.new_purge_token}: C{set} with no expiry (memcached may still
         evict it when full, which reads as one more purge).
         """
         return Deferred.fromCoroutine(self._new_generation(key))
@@ -402,7 +402,7 @@ class MemcachedStore(Service):
                     found[k.decode("ascii")] = value
         return found
 
-    async def _generations(self, keys: Sequence[str]) -> dict[str, str]:
+    async def _purge_tokens(self, keys: Sequence[str]) -> dict[str, str]:
         found = await self._get_many(keys, self._deadline())
         return {key: value.decode("ascii", "replace") for key, value in found.items()}
 
