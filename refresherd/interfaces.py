@@ -72,11 +72,6 @@ class IStore(Interface):
         fetch that runs in another process use it.
         """
 
-    caches = Attribute(
-        "True when read may answer from a near cache of this process "
-        "(refresherd.stores.near), so that a read to act on must say cached=False."
-    )
-
     def read(
         key: str, generation_keys: Sequence[str], cached: bool = True
     ) -> Deferred[tuple[Entry | None, Tokens]]:
@@ -84,17 +79,8 @@ class IStore(Interface):
         What a lookup needs, in one round trip where the store allows: fire
         with C{(entry, tokens)}, the result of L{get} of C{key} and of
         L{get_purge_tokens} of C{generation_keys}.  With C{cached} false, a store
-        that keeps a near cache reads the shared store itself.
-        """
-
-    def read_at_hand(
-        key: str, generation_keys: Sequence[str]
-    ) -> tuple[Entry | None, Tokens] | None:
-        """
-        The C{(entry, tokens)} that L{read} would fire with, returned at once
-        when the store has them in this process with no I/O (the memory
-        store, a near cache's fresh slots); else L{None}, and the caller
-        calls L{read}.
+        that may answer from what it holds in this process (L{IReadsAtHand}
+        with C{lags}) reads the shared store itself.
         """
 
     def get_purge_tokens(keys: Sequence[str]) -> Deferred[dict[str, str]]:
@@ -113,6 +99,29 @@ class IStore(Interface):
 
     def ping() -> Deferred[None]:
         """Fire when the store answers, fail with StoreUnavailable when not."""
+
+
+class IReadsAtHand(Interface):
+    """
+    A store that may hold what a read needs in this process (the memory
+    store, a near cache) and answer it with no I/O: how a hit skips every
+    Deferred.  Optional: a store without it is always read with L{IStore.read}.
+    """
+
+    lags = Attribute(
+        "True when what it holds may be behind the shared store (a near cache: up to "
+        "its near_ttl): a read to act on, such as one that would start a refresh, "
+        "is made again with read(..., cached=False)."
+    )
+
+    def read_at_hand(
+        key: str, generation_keys: Sequence[str]
+    ) -> tuple[Entry | None, Tokens] | None:
+        """
+        The C{(entry, tokens)} that L{IStore.read} would fire with, returned at
+        once when the store has them here; else L{None}, and the caller calls
+        L{IStore.read}.
+        """
 
 
 class IFetcher(Interface):

@@ -11,11 +11,11 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from refresherd.entry import Fetched
 from refresherd.errors import FetchError, StoreUnavailable
-from refresherd.interfaces import IFetcher, IStore
+from refresherd.interfaces import IFetcher, IReadsAtHand, IStore
 
 
 @attrs.define
@@ -57,18 +57,25 @@ class FakeFetcher:
 
 
 @implementer(IStore)
-@attrs.define
+@attrs.define(slots=False)  # so that it can also provide IReadsAtHand
 class UnreachableStore:
     """
     Wraps a store and, while C{down} is true, fails every call with
     L{StoreUnavailable}, as a store whose server is gone does.  It provides
-    L{IStore} through the store it wraps.
+    L{IStore} through the store it wraps, and L{IReadsAtHand} when that does.
     """
 
     store: Any
     down: bool = True
     shared: bool = True
-    caches: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if IReadsAtHand.providedBy(self.store):
+            alsoProvides(self, IReadsAtHand)
+
+    @property
+    def lags(self) -> bool:
+        return bool(getattr(self.store, "lags", False))
 
     def read_at_hand(self, key: str, generation_keys: Any) -> Any:
         """Nothing at hand while down (a read would fail), else what the store has."""

@@ -7,14 +7,14 @@ from the store, applies any purge, and asks L{policy.decide} what to answer
 and whether to refresh (docs/README.md, "What it does").  A refresh or a miss
 runs as a flight (L{refresherd.core.flights}): one per key, however many
 callers and processes ask.  When the store holds the entry in this process
-(L{IStore.read_at_hand}) and nobody has to wait, the answer is given at once,
+(L{IReadsAtHand}) and nobody has to wait, the answer is given at once,
 with no Deferred: that is nearly every request.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -42,7 +42,7 @@ from refresherd.errors import (
     WaitTimeout,
     one_line,
 )
-from refresherd.interfaces import IStore
+from refresherd.interfaces import IReadsAtHand, IStore, Tokens
 from refresherd.keys import check_entry_key, generation_key
 from refresherd.metrics import Metrics
 
@@ -88,6 +88,12 @@ class Refresher(Service):
     drain_timeout: float = DRAIN_TIMEOUT
     targets: Targets = attrs.field(init=False)
     flights: Flights = attrs.field(init=False)
+    _at_hand: Callable[[str, Sequence[str]], tuple[Entry | None, Tokens] | None] | None = (
+        attrs.field(init=False, default=None)
+    )
+    """The store's L{IReadsAtHand.read_at_hand}, if it has one."""
+    _lags: bool = attrs.field(init=False, default=False)
+    """Whether what the store has at hand may be behind it (L{IReadsAtHand.lags})."""
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     # Service is an old-style class with class attributes; attrs leaves them alone.
@@ -96,6 +102,9 @@ class Refresher(Service):
         self.targets = Targets(self.jobs, self.namespace)
         attempts = Attempts(self.clock, self.metrics, self.random)
         self.flights = Flights(self.store, self.clock, self.metrics, self.random, attempts)
+        if IReadsAtHand.providedBy(self.store):
+            self._at_hand = self.store.read_at_hand
+            self._lags = bool(self.store.lags)
 
     def target(self, job_name: str, args: Mapping[str, object]) -> Target:
         """What C{job_name} with C{args} names: L{UnknownJob} or L{BadArgs} if nothing."""
@@ -110,7 +119,7 @@ class Refresher(Service):
         fetch or a read; else a Deferred of it.  Errors a caller can cause
         (L{refresherd.errors.RefresherdError}) are raised or failed with.
         """
-        at_hand = self.store.read_at_hand(target.key, target.generation_keys.all)
+        at_hand = self._at_hand and self._at_hand(target.key, target.generation_keys.all)
         if at_hand is None:
             return Deferred.fromCoroutine(self._read_and_decide(target))
         entry, marks = self._seen(target, *at_hand)
@@ -136,15 +145,13 @@ class Refresher(Service):
 
     def _must_reread(self, target: Target, decision: policy.Decision, persist: bool) -> bool:
         """
-        A near cache may be behind the store (a refresh that landed
-        elsewhere): act only on what the store holds now.  (A flight of this
-        key running here is joined whatever the store holds.)
+        What the store has at hand may be behind it (a near cache, which has
+        not yet heard of a refresh that landed elsewhere): act only on what the
+        store holds now.  (A flight of this key running here is joined
+        whatever the store holds.)
         """
         return (
-            decision.refresh
-            and persist
-            and self.store.caches
-            and target.key not in self.flights.running
+            decision.refresh and persist and self._lags and target.key not in self.flights.running
         )
 
     def _settle(

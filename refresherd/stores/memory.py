@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from refresherd.entry import Entry
-from refresherd.interfaces import IStore
+from refresherd.interfaces import IReadsAtHand, IStore
 from refresherd.stores.waiters import ChangeWaiters
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -62,7 +62,7 @@ class _Slot:
     cost: int
 
 
-@implementer(IStore)
+@implementer(IStore, IReadsAtHand)
 @attrs.define(eq=False)
 class MemoryStore:
     """
@@ -74,7 +74,7 @@ class MemoryStore:
     C{True}.  Leases do not count against C{max_bytes}.
     """
 
-    caches: ClassVar[bool] = False
+    lags: ClassVar[bool] = False
     shared: ClassVar[bool] = False
 
     clock: IReactorTime
@@ -174,7 +174,7 @@ class MemoryStore:
     def read_at_hand(
         self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]]:
-        """See L{IStore.read_at_hand}: always."""
+        """See L{IReadsAtHand.read_at_hand}: always."""
         return self._entry(key), self._tokens(generation_keys)
 
     def get_purge_tokens(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from refresherd.entry import Entry
-from refresherd.interfaces import IStore
+from refresherd.interfaces import IReadsAtHand, IStore
 from refresherd.stores.memory import entry_cost
 
 DEFAULT_TTL = 1.0
@@ -60,7 +60,7 @@ class _Slot:
     cost: int
 
 
-@implementer(IStore, IService)
+@implementer(IStore, IReadsAtHand, IService)
 @attrs.define(eq=False)
 class NearCache(Service):
     """
@@ -72,7 +72,7 @@ class NearCache(Service):
     @ivar clock: gives the time that C{ttl} counts.
     """
 
-    caches: ClassVar[bool] = True
+    lags: ClassVar[bool] = True
 
     store: Any
     clock: IReactorTime
@@ -191,7 +191,7 @@ class NearCache(Service):
     def read_at_hand(
         self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Entry | None, dict[str, str]] | None:
-        """See L{IStore.read_at_hand}: while the entry and every token are fresh here."""
+        """See L{IReadsAtHand.read_at_hand}: while the entry and every token are fresh here."""
         now = self.clock.seconds()
         entry = self._fresh(key, now)
         if entry is _ABSENT:

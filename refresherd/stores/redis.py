@@ -147,7 +147,6 @@ class RedisStore(Service):
     @ivar connect_timeout: seconds one connection attempt may take.
     """
 
-    caches: ClassVar[bool] = False
     shared: ClassVar[bool] = True
 
     reactor: Any = attrs.field(repr=False)
@@ -289,10 +288,6 @@ class RedisStore(Service):
             return self._decoded(values[0], key), _tokens(generation_keys, values[1:])
 
         return d.addCallback(split)
-
-    def read_at_hand(self, key: str, generation_keys: Sequence[str]) -> None:
-        """See L{IStore.read_at_hand}: never (every read is a round trip)."""
-        return None
 
     def get_purge_tokens(self, keys: Sequence[str]) -> Deferred[dict[str, str]]:
         """See L{IStore.get_purge_tokens}: one C{MGET}."""

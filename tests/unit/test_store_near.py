@@ -37,7 +37,6 @@ class Counting:
     reads: Counter[str] = attrs.field(factory=Counter)
     watchers: list[Any] = attrs.field(factory=list)
     shared = True
-    caches = False
 
     def read(self, key: str, generation_keys: Sequence[str], cached: bool = True) -> Deferred[Any]:
         self.reads[key] += 1

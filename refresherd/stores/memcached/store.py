@@ -159,7 +159,6 @@ class MemcachedStore(Service):
     @ivar connect_timeout: seconds one connection attempt may take.
     """
 
-    caches: ClassVar[bool] = False
     shared: ClassVar[bool] = True
 
     reactor: Any = attrs.field(repr=False)
@@ -305,10 +304,6 @@ class MemcachedStore(Service):
         generation keys, then the chunks of a large value.
         """
         return Deferred.fromCoroutine(self._read(key, generation_keys))
-
-    def read_at_hand(self, key: str, generation_keys: Sequence[str]) -> None:
-        """See L{IStore.read_at_hand}: never (every read is a round trip)."""
-        return None
 
     async def _read(
         self, key: str, generation_keys: Sequence[str]
