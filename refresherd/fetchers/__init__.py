@@ -7,7 +7,7 @@ C{fetch} kind (docs/configuration.md, "`fetch`: how it is inferred"):
   - C{"python"}: L{refresherd.fetchers.python.PythonFetcher}, which takes a
     thread pool of the job's own (L{refresherd.fetchers.python.make_threadpool}).
 
-Only the twistd wiring (C{refresherd.run.tap}) builds them; the refresher sees
+Only the wiring (C{refresherd.run.wiring}) builds them; the refresher sees
 C{IFetcher} only.
 """
 

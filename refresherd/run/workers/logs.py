@@ -29,7 +29,7 @@ class WorkerLogObserver:
 def worker_text_observer(worker: int, out: IO[str] | None = None) -> ILogObserver:
     """
     twistd's text format with the worker named in the system field:
-    C{2026-01-01T00:00:00+0000 [worker 1 refresherd.run.tap#info] message}.
+    C{2026-01-01T00:00:00+0000 [worker 1 refresherd.run.services#info] message}.
     """
 
     def format_event(event: LogEvent) -> str | None:
