@@ -38,7 +38,22 @@ from zope.interface import implementer
 FLUSH_INTERVAL = 0.5
 """Seconds a line written to standard output may wait to be flushed, at most."""
 
-_SKIP = {"log_format", "log_logger", "log_source", "log_time", "log_level", "log_namespace"}
+_SKIP = {
+    "log_format",
+    "log_logger",
+    "log_source",
+    "log_time",
+    "log_level",
+    "log_namespace",
+    # What twistd's bridge from twisted.python.log adds to every event: its message is in
+    # "message" already, and log_legacy is an object whose repr holds a memory address.
+    "format",
+    "log_legacy",
+    "log_text",
+    "log_system",
+    "system",
+    "isError",
+}
 
 
 @implementer(ILogObserver)

@@ -10,7 +10,7 @@ import json
 import math
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher
 
 from refresherd.logs import FLUSH_INTERVAL, JSONLinesObserver, LazyFlushFile, LogOutput
 
@@ -49,6 +49,34 @@ def test_json_lines_have_the_event_fields_and_survive_what_json_cannot_hold() ->
     assert (record["level"], record["namespace"]) == ("info", "refresherd.test")
     assert record["thing"].startswith("<object object")
     assert record["ratio"] == "nan"
+
+
+def test_json_lines_leave_out_what_the_legacy_log_bridge_adds() -> None:
+    """twistd's bridge adds format, log_legacy (an object's repr), system and isError."""
+    out = io.StringIO()
+    JSONLinesObserver(out)(
+        {
+            "log_format": "listening on {address}",
+            "log_namespace": "refresherd.test",
+            "log_level": LogLevel.info,
+            "log_time": 1_800_000_000.0,
+            "address": "127.0.0.1:8080",
+            "format": "%(log_legacy)s",
+            "log_legacy": object(),
+            "log_text": "x",
+            "log_system": "-",
+            "system": "-",
+            "isError": 0,
+        }
+    )
+    record = json.loads(out.getvalue())
+    assert record.pop("time")
+    assert record == {
+        "level": "info",
+        "namespace": "refresherd.test",
+        "message": "listening on 127.0.0.1:8080",
+        "address": "127.0.0.1:8080",
+    }
 
 
 def test_info_lines_are_flushed_at_most_once_an_interval() -> None:
