@@ -203,11 +203,13 @@ class AdminAPI:
         return guarded(self.app.resource())
 
     def _admin(self, request: IRequest, route: str, writers_too: bool = False) -> None:
+        """
+        What every admin route needs: a token that may use it, and, with no
+        admin token configured, a loopback C{Host} (or a UNIX socket), so that
+        a web page on another name (DNS rebinding) can neither read nor write.
+        """
         observe(self.metrics, self.clock, request, route, self.access_log)
         self.authorizer.check_admin(header(request, b"Authorization"), writers_too)
-
-    def _post(self, request: IRequest) -> None:
-        """What every admin POST needs, so that a web page cannot forge one."""
         if (
             self.authorizer.admin_open
             and not isinstance(request.getHost(), UNIXAddress)
@@ -216,6 +218,9 @@ class AdminAPI:
             raise Forbidden(
                 "with no admin token configured, admin requests need a loopback Host header"
             )
+
+    def _post(self, request: IRequest) -> None:
+        """What every admin POST needs besides, so that a web page cannot forge one."""
         content_type = (header(request, b"Content-Type") or b"").decode("latin-1")
         if not is_json_content_type(content_type):
             raise UnsupportedMediaType("admin requests need Content-Type: application/json")

@@ -173,7 +173,7 @@ class AuthTests(AdminTestCase):
 
 
 class OpenAdminTests(AdminTestCase):
-    """No admin token: routes are open, but POSTs need a loopback Host and JSON."""
+    """No admin token: routes are open, but need a loopback Host, and POSTs JSON."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -202,6 +202,17 @@ class OpenAdminTests(AdminTestCase):
         self.assertEqual(
             self.metrics.registry.get_sample_value("refresherd_purged_total", {"kind": "tag"}), 5
         )
+
+    def test_gets_with_a_host_that_is_not_loopback_are_forbidden(self) -> None:
+        """A page on another name that resolves to 127.0.0.1 (DNS rebinding) cannot read."""
+        key = self.cached()
+        for path in (f"/v1/entries/{key}?value=1", "/v1/jobs"):
+            for host in ("evil.example", "evil.example:8081", "127.0.0.1.evil.example"):
+                code = self.error(403, "GET", path, headers={"Host": host})
+                self.assertEqual(code, "forbidden", (path, host))
+            for host in ("localhost:8081", "127.0.0.1", "[::1]:8081"):
+                response, _ = self.request("GET", path, headers={"Host": host})
+                self.assertEqual(response.code, 200, (path, host))
 
     def test_a_cross_site_form_post_is_refused(self) -> None:
         """A browser form can send text/plain or form data, never application/json."""
