@@ -19,13 +19,21 @@ from klein import Klein
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from refresherd.config import ServerConfig
 from refresherd.core.refresher import Answer, Refresher
 from refresherd.entry import parse_json
-from refresherd.errors import BadArgs, BadJson, BatchTooLarge, RefresherdError, one_line
+from refresherd.errors import (
+    BadArgs,
+    BadJson,
+    BatchTooLarge,
+    RefresherdError,
+    StoreUnavailable,
+    one_line,
+)
 from refresherd.http.answers import render_answer
 from refresherd.http.auth import Authorizer
 from refresherd.http.common import (
@@ -39,6 +47,8 @@ from refresherd.http.common import (
 from refresherd.http.fastpath import FastValues, Values
 from refresherd.http.query import parse_query
 from refresherd.metrics import Metrics
+
+_log = Logger()
 
 OPENAPI = importlib.resources.files("refresherd").joinpath("openapi.json").read_bytes()
 """The OpenAPI 3 description of the whole API, public and admin (C{refresherd/openapi.json})."""
@@ -169,7 +179,12 @@ class PublicAPI:
     @app.route("/readyz", methods=["GET", "HEAD"])
     async def readyz(self, request: IRequest) -> bytes:
         self._observe(request, "/readyz")
-        await self.refresher.store.ping()
+        try:
+            await self.refresher.store.ping()
+        except StoreUnavailable as e:
+            # The reason names hosts, ports and the server's own words: for the log only.
+            _log.warn("/readyz: the store does not answer: {reason}", reason=str(e))
+            raise StoreUnavailable("the store does not answer") from None
         request.setHeader(b"Content-Type", JSON)
         return b'{"status":"ready"}'
 

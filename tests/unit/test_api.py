@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
@@ -20,6 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
+from refresherd.errors import StoreUnavailable
 from refresherd.http.auth import Authorizer
 from refresherd.http.public import PublicAPI
 from refresherd.metrics import metrics_for
@@ -277,6 +278,23 @@ class ErrorTests(APITestCase):
         d = self.request("GET", "/v1/jobs/j?id=1")
         self.clock.advance(5)
         self.assertEqual(self.error_code(d, 504), "wait_timeout")
+
+    def test_readyz_tells_callers_nothing_of_the_store_but_logs_why(self) -> None:
+        """The store's own words (host, port, WRONGPASS) go to the log, not to a caller."""
+        store = UnreachableStore(MemoryStore(self.clock), down=False)
+        reason = "redis 10.1.2.3:6379 refused PING: WRONGPASS invalid username-password pair"
+        self.patch(store, "ping", lambda: defer.fail(StoreUnavailable(reason)))
+        self.build(store=store)
+        logged = EventLoggingObserver()
+        globalLogPublisher.addObserver(logged)
+        self.addCleanup(globalLogPublisher.removeObserver, logged)
+        response, body = self.answer(self.request("GET", "/readyz"))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(
+            body,
+            {"error": {"code": "store_unavailable", "message": "the store does not answer"}},
+        )
+        self.assertIn(reason, [e.get("reason") for e in logged])
 
     def test_overloaded(self) -> None:
         self.build(concurrency=1, max_queue=0)
