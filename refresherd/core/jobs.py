@@ -101,14 +101,15 @@ class Targets:
             memo, target = (), None
         if target is not None:
             return target
-        target = self._resolve(job_name, given)
+        target = self.resolve(job_name, given)
         if memo:
             if len(self._kept) >= TARGETS_KEPT:
                 self._kept.clear()
             self._kept[memo] = target
         return target
 
-    def _resolve(self, job_name: str, given: Mapping[str, object]) -> Target:
+    def resolve(self, job_name: str, given: Mapping[str, object]) -> Target:
+        """L{target}, not remembered (for a caller that remembers targets its own way)."""
         job = self.job(job_name)
         args = check_args(job.config, given)
         key = entry_key(self.namespace, job.name, job.config.version, args)

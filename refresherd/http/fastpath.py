@@ -46,7 +46,7 @@ class QueryTargets:
         memo = (job_name, raw_query)
         target = self._kept.get(memo)
         if target is None:
-            target = self.refresher.target(job_name, parse_query(raw_query))
+            target = self.refresher.targets.resolve(job_name, parse_query(raw_query))
             if len(self._kept) >= TARGETS_KEPT:
                 self._kept.clear()
             self._kept[memo] = target
