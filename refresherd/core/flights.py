@@ -8,14 +8,20 @@ C{concurrency} (queueing at most C{max_queue}), then the lease, then makes its
 attempts (L{refresherd.core.attempts}), and writes the result fenced by its
 lease, so a write that lost its lease (to a PUT, a purge, or a holder after
 expiry) never lands.  A process that finds the lease taken waits for the store
-to change instead of fetching.  Callers wait on their own Deferreds, so a
-caller that disconnects or times out never cancels the fetch for the others.
+to change instead of fetching, and takes the lease over when it is free again
+with no new value (its holder died, froze past the lease, or gave up).
+Callers wait on their own Deferreds, so a caller that disconnects or times out
+never cancels the fetch for the others.  When the process stops, a flight is
+aborted only where that is safe (waiting for a slot, fetching, waiting on the
+store): a lease it took is always released, never left behind.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet import defer
@@ -27,9 +33,16 @@ from refresherd.core import policy
 from refresherd.core.attempts import Attempts
 from refresherd.core.jobs import Target
 from refresherd.entry import Entry
-from refresherd.errors import FetchError, FetchFailed, Overloaded, StoreUnavailable
+from refresherd.errors import FetchError, FetchFailed, Overloaded, StoreUnavailable, WaitTimeout
 from refresherd.interfaces import IStore
 from refresherd.metrics import Metrics
+
+T = TypeVar("T")
+
+ABORT_TIMEOUT = 5.0
+"""When the drain's time is up, how long aborted flights may take to release
+their leases (store operations are not cut: a cut lease SET would leave the
+lease behind) before the stop goes on without them."""
 
 
 class ShuttingDown(Overloaded):
@@ -55,6 +68,8 @@ class Flight:
     _waiters: list[Deferred[Entry]] = attrs.field(factory=list, init=False)
     _outcome: Entry | Exception | None = attrs.field(default=None, init=False)
     running: Deferred[None] | None = attrs.field(default=None, init=False)
+    aborted: bool = attrs.field(default=False, init=False)
+    _abortable: Deferred[Any] | None = attrs.field(default=None, init=False)
 
     @property
     def key(self) -> str:
@@ -79,6 +94,25 @@ class Flight:
             return defer.succeed(outcome)
         return defer.fail(outcome)
 
+    async def abortable(self, start: Callable[[], Deferred[T]]) -> T:
+        """
+        What C{start()} gives: a step that L{abort} may cut (waiting for a
+        slot, a fetch, waiting on the store), never a store write or a lease.
+        """
+        if self.aborted:
+            raise CancelledError()
+        d = self._abortable = start()
+        try:
+            return await d
+        finally:
+            self._abortable = None
+
+    def abort(self) -> None:
+        """Cut the step running and refuse the next (L{abortable})."""
+        self.aborted = True
+        if self._abortable is not None:
+            self._abortable.cancel()
+
     def finish(self, outcome: Entry | Exception) -> None:
         """Give C{outcome} (an entry or an error) to every caller, now and later."""
         self._outcome = outcome
@@ -101,6 +135,9 @@ class Flights:
     attempts: Attempts
     running: dict[str, Flight] = attrs.field(factory=dict, init=False)
     """The flight of each key being fetched."""
+    stopping: bool = attrs.field(default=False, init=False)
+    """The drain's time is up: no flight starts any more."""
+    _idle: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     def start(
@@ -118,6 +155,9 @@ class Flights:
             self.metrics.coalesced.labels(job=job.name).inc()
             return flight
         flight = Flight(target, previous, persist, marks)
+        if self.stopping:
+            flight.finish(ShuttingDown("refresherd is shutting down; try again"))
+            return flight
         self.running[target.key] = flight
         if early:
             self.metrics.early_refreshes.labels(job=job.name).inc()
@@ -126,30 +166,37 @@ class Flights:
 
     def drain(self, timeout: float) -> Deferred[None]:
         """
-        Let the flights running finish for up to C{timeout} seconds, then
-        cancel the rest; their callers are answered either way.
+        Let the flights running, and those that start meanwhile, finish for up
+        to C{timeout} seconds; then start no more and abort the rest, waiting up
+        to L{ABORT_TIMEOUT} for them to release their leases.  Their callers
+        are answered either way.
         """
-        running = [f.running for f in self.running.values() if f.running is not None]
-        if not running:
-            return defer.succeed(None)
-        everything: Deferred[Any] = defer.DeferredList(running, consumeErrors=True)
-        timer = self.clock.callLater(timeout, everything.cancel)
+        return Deferred.fromCoroutine(self._drain(timeout))
 
-        def done(result: object) -> None:
-            if timer.active():
-                timer.cancel()
-            for flight in list(self.running.values()):
-                if flight.running is not None:
-                    flight.running.cancel()
+    async def _drain(self, timeout: float) -> None:
+        await self._until_idle(timeout)
+        self.stopping = True
+        for flight in list(self.running.values()):
+            flight.abort()
+        await self._until_idle(ABORT_TIMEOUT)
 
-        everything.addBoth(done)
-        return everything
+    async def _until_idle(self, timeout: float) -> None:
+        """Until no flight runs, for up to C{timeout} seconds."""
+        if not self.running:
+            return
+        idle: Deferred[None] = Deferred(lambda d: self._idle.remove(d))
+        self._idle.append(idle)
+        idle.addTimeout(timeout, self.clock)
+        try:
+            await idle
+        except defer.TimeoutError:
+            pass
 
     async def _fly(self, flight: Flight) -> None:
         outcome: Entry | Exception
         try:
             outcome = await self._run(flight)
-        except (FetchError, FetchFailed, Overloaded, StoreUnavailable) as e:
+        except (FetchError, FetchFailed, Overloaded, StoreUnavailable, WaitTimeout) as e:
             outcome = e
         except CancelledError:
             outcome = ShuttingDown("refresherd is shutting down; try again")
@@ -158,35 +205,79 @@ class Flights:
             outcome = FetchError(f"internal error: {type(e).__name__}")
         finally:
             del self.running[flight.key]
+            if not self.running:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
         flight.finish(outcome)
 
     async def _run(self, flight: Flight) -> Entry:
+        """
+        Fetch with the lease; or, while another process holds it, wait for
+        what that fetch writes, and take the lease over should it come free
+        with nothing new written (up to two lease lifetimes in all).
+        """
+        config = flight.target.job.config
+        lease: str | None = None
+        deadline = 0.0
+        for turn in itertools.count():
+            entry = await self._turn(flight, lease)
+            if entry is not None:
+                return entry
+            if turn == 0:
+                self.metrics.coalesced.labels(job=flight.target.job.name).inc()
+                ttl = policy.lease_ttl(config.timeout, config.retries)
+                deadline = self.clock.seconds() + 2 * ttl
+            waited = await self._await_elsewhere(flight, deadline)
+            if isinstance(waited, Entry):
+                return waited
+            lease = waited
+            self._log.info(
+                "Took over the fetch of {key}: its lease came free with no new value",
+                key=flight.key,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _turn(self, flight: Flight, lease: str | None) -> Entry | None:
+        """
+        With one of the job's C{concurrency} slots: the lease (unless taken
+        over already), then what landed meanwhile or the fetch; None when
+        another process holds the lease.
+        """
         job = flight.target.job
-        config = job.config
-        if job.slots.tokens == 0 and job.queued >= config.max_queue:
-            raise Overloaded(f"job {job.name!r} has {config.max_queue} fetches waiting")
+        try:
+            await self._slot(flight)
+        except BaseException:
+            if lease is not None:
+                await self._release(flight.key, lease)
+            raise
+        try:
+            if lease is None:
+                lease = await self._lease(flight)
+                if flight.persist and lease is None:
+                    return None
+            try:
+                landed = await self._landed_meanwhile(flight) if lease is not None else None
+                if landed is not None:
+                    self.metrics.coalesced.labels(job=job.name).inc()
+                    return landed
+                return await self._fetch_and_store(flight, lease)
+            finally:
+                if lease is not None:
+                    await self._release(flight.key, lease)
+        finally:
+            job.slots.release()
+
+    async def _slot(self, flight: Flight) -> None:
+        job = flight.target.job
+        if job.slots.tokens == 0 and job.queued >= job.config.max_queue:
+            raise Overloaded(f"job {job.name!r} has {job.config.max_queue} fetches waiting")
         depth = self.metrics.queue_depth.labels(job=job.name)
         depth.inc()
         try:
-            await job.slots.acquire()
+            await flight.abortable(job.slots.acquire)
         finally:
             depth.dec()
-        try:
-            lease = await self._lease(flight)
-            if not (flight.persist and lease is None):
-                try:
-                    landed = await self._landed_meanwhile(flight) if lease is not None else None
-                    if landed is not None:
-                        self.metrics.coalesced.labels(job=job.name).inc()
-                        return landed
-                    return await self._fetch_and_store(flight, lease)
-                finally:
-                    if lease is not None:
-                        await self._release(flight.key, lease)
-        finally:
-            job.slots.release()
-        self.metrics.coalesced.labels(job=job.name).inc()
-        return await self._await_elsewhere(flight)
 
     async def _landed_meanwhile(self, flight: Flight) -> Entry | None:
         """
@@ -234,7 +325,9 @@ class Flights:
     async def _fetch_and_store(self, flight: Flight, lease: str | None) -> Entry:
         target = flight.target
         try:
-            fetched, duration = await self.attempts.fetch(target.job, target.args)
+            fetched, duration = await flight.abortable(
+                lambda: Deferred.fromCoroutine(self.attempts.fetch(target.job, target.args))
+            )
         except FetchError as e:
             self._log.warn(
                 "Fetch of {key} for job {job} failed: {reason}{detail}",
@@ -286,28 +379,33 @@ class Flights:
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="put").inc()
 
-    async def _await_elsewhere(self, flight: Flight) -> Entry:
+    async def _await_elsewhere(self, flight: Flight, deadline: float) -> Entry | str | None:
         """
         Another process holds the lease: wait for the store to change, and
         answer with what that fetch wrote.  Between waits the store is read
         again, every C{POLL_FIRST} seconds doubling up to C{POLL_INTERVAL}, for
-        a store with no notifications (memcached) or a notice that was lost.
+        a store with no notifications (memcached) or a notice that was lost;
+        when nothing new was written, the lease is asked for again: a lease
+        that came free (its holder died, froze past its lifetime or gave up
+        without writing) is taken over, and its token returned (None: the
+        store became unreachable, fetch without storing).
         """
-        config = flight.target.job.config
-        deadline = self.clock.seconds() + policy.lease_ttl(config.timeout, config.retries)
         pause = policy.POLL_FIRST
         while (remaining := deadline - self.clock.seconds()) > 0:
-            await self.store.wait_for_change(flight.key, min(remaining, pause))
+            wait = min(remaining, pause)
+            await flight.abortable(functools.partial(self.store.wait_for_change, flight.key, wait))
             pause = min(2 * pause, policy.POLL_INTERVAL)
             current = await self.store.get(flight.key)
-            if current is None or current == flight.previous:
-                continue
-            previous = flight.previous
-            if current.is_failure or (
-                previous is not None
-                and current.etag == previous.etag
-                and current.failures > previous.failures
-            ):
-                raise FetchError(current.last_error or "the fetch elsewhere failed")
-            return current
-        raise FetchError("the fetch running elsewhere did not finish in time")
+            if current is not None and current != flight.previous:
+                previous = flight.previous
+                if current.is_failure or (
+                    previous is not None
+                    and current.etag == previous.etag
+                    and current.failures > previous.failures
+                ):
+                    raise FetchError(current.last_error or "the fetch elsewhere failed")
+                return current
+            lease = await self._lease(flight)
+            if lease is not None or not flight.persist:
+                return lease
+        raise WaitTimeout("the fetch running in another process did not finish in time")

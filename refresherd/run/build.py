@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.python.failure import Failure
 
 from refresherd import __version__
+from refresherd.core.flights import ABORT_TIMEOUT
 from refresherd.core.refresher import DRAIN_TIMEOUT
 from refresherd.errors import ConfigError
 from refresherd.http.admin import AdminAPI
@@ -198,7 +199,7 @@ def build_parent(
         lambda n: worker_arguments(n, shared.family, plugin_options, reactor_name),
         environ,
         metrics,
-        stop_timeout=DRAIN_TIMEOUT + CLOSE_TIMEOUT + 15,
+        stop_timeout=DRAIN_TIMEOUT + ABORT_TIMEOUT + CLOSE_TIMEOUT + 10,
     )
     signals = ShutdownSignals(reactor, at_once=supervisor.kill)
     return ParentService(

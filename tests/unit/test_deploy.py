@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 
 from refresherd.config import Config, load_config
+from refresherd.core.flights import ABORT_TIMEOUT
 from refresherd.core.refresher import DRAIN_TIMEOUT
 from refresherd.errors import ConfigError
 from refresherd.metrics import metrics_for
@@ -668,8 +669,10 @@ def test_unit_user_restarts_and_stopping() -> None:
     assert value("Service", "KillSignal") == "SIGTERM"
     # The main process stops the others (the workers of --workers) itself.
     assert value("Service", "KillMode") == "mixed"
-    # The drain, then the time answers have to reach their clients, and a margin.
-    assert timespan(value("Service", "TimeoutStopSec")) >= DRAIN_TIMEOUT + CLOSE_TIMEOUT + 5
+    # The drain, the aborted fetches releasing their leases, then the time answers have to
+    # reach their clients, and a margin.
+    stopping = DRAIN_TIMEOUT + ABORT_TIMEOUT + CLOSE_TIMEOUT
+    assert timespan(value("Service", "TimeoutStopSec")) >= stopping + 5
 
 
 def test_unit_secrets() -> None:

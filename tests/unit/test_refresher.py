@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from refresherd import errors
 from refresherd.config import JobConfig
-from refresherd.core import policy
+from refresherd.core import flights, policy
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Answer, Refresher
 from refresherd.entry import Entry, Fetched, value_entry
@@ -405,6 +405,133 @@ def test_stop_cancels_fetches_after_the_drain_timeout() -> None:
     assert isinstance(failure(d), errors.Overloaded)
     assert refresher.flights.running == {}
     assert clock.getDelayedCalls() == []
+
+
+def test_stop_waits_for_fetches_that_start_during_the_drain_and_then_starts_none() -> None:
+    """Requests on kept-alive connections after the stop began are fetched and answered."""
+    refresher, fetcher, clock, store = make(timeout=60.0, wait_timeout=60.0)
+    refresher.startService()
+    first = lookup(refresher, "1")
+    stopped = refresher.stopService()
+    clock.advance(1)
+    second = lookup(refresher, "2")
+    assert len(fetcher.calls) == 2
+    fetcher.succeed(0)
+    assert result(first).status == "miss"
+    assert not stopped.called  # the second fetch is still running
+    fetcher.succeed(1)
+    assert result(second).status == "miss"
+    assert stopped.called
+    late = lookup(refresher, "3")
+    assert isinstance(failure(late), errors.Overloaded)
+    assert len(fetcher.calls) == 2  # no fetch starts once the drain is over
+
+
+class SlowLeases:
+    """The memory store, but each lease SET is answered only when the test says."""
+
+    shared = True
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.pending: list[tuple[str, float, Deferred[str | None]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+        d: Deferred[str | None] = Deferred()
+        self.pending.append((key, ttl, d))
+        return d
+
+    def answer(self) -> None:
+        key, ttl, d = self.pending.pop(0)
+        d.callback(result(self.store.acquire_lease(key, ttl)))
+
+
+def test_a_stop_during_a_lease_set_releases_the_lease_it_was_given() -> None:
+    """The drain's time runs out while the lease SET is on its way: the lease is not left."""
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    store = SlowLeases(MemoryStore(clock))
+    refresher, fetcher, _, _ = make(store=store, clock=clock, timeout=60.0, wait_timeout=60.0)
+    refresher.startService()
+    d = lookup(refresher)
+    stopped = refresher.stopService()
+    clock.advance(refresher.drain_timeout)
+    assert not stopped.called  # the SET is still on its way: it is not cut
+    store.answer()
+    assert stopped.called
+    assert fetcher.calls == []  # aborted: no fetch starts
+    assert isinstance(failure(d), errors.Overloaded)
+    assert result(store.store.acquire_lease("rfd:j:v1:id=1", 10)) is not None  # released
+
+
+def test_a_stop_gives_up_on_a_lease_set_that_never_answers() -> None:
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    store = SlowLeases(MemoryStore(clock))
+    refresher, _, _, _ = make(store=store, clock=clock, timeout=60.0, wait_timeout=60.0)
+    refresher.startService()
+    lookup(refresher).addErrback(lambda f: None)
+    stopped = refresher.stopService()
+    clock.advance(refresher.drain_timeout)
+    clock.advance(flights.ABORT_TIMEOUT)
+    assert stopped.called
+
+
+def test_a_waiter_takes_the_lease_over_when_its_holder_dies() -> None:
+    """The holder died with the lease (it expires, nothing written): the waiter fetches."""
+    refresher, fetcher, clock, store = make(timeout=5.0, retries=0, wait_timeout=60.0)
+    key = "rfd:j:v1:id=1"
+    ttl = policy.lease_ttl(5.0, 0)
+    assert result(store.acquire_lease(key, ttl)) is not None  # the holder's, never released
+    d = lookup(refresher)
+    clock.pump([0.05] * int((ttl - 0.1) / 0.05))
+    assert fetcher.calls == []  # the holder may still write
+    clock.pump([0.05] * int((policy.POLL_INTERVAL + 0.1) / 0.05))
+    assert len(fetcher.calls) == 1  # within a lease lifetime and a poll
+    fetcher.succeed(body=b'"mine"')
+    assert body_of(result(d)) == b'"mine"'
+    assert result(lookup(refresher)).status == "hit"
+    assert result(store.acquire_lease(key, 10)) is not None  # released
+
+
+def test_a_waiter_takes_the_lease_over_when_its_holder_gives_up_without_writing() -> None:
+    refresher, fetcher, clock, store = make(wait_timeout=60.0)
+    key = "rfd:j:v1:id=1"
+    token = result(store.acquire_lease(key, 60))
+    d = lookup(refresher)
+    clock.advance(1)
+    store.release_lease(key, token)
+    clock.pump([0.05] * int(policy.POLL_INTERVAL / 0.05 + 1))
+    assert len(fetcher.calls) == 1
+    fetcher.succeed(body=b'"mine"')
+    assert body_of(result(d)) == b'"mine"'
+
+
+def test_a_lease_that_never_comes_free_ends_the_wait_after_two_lifetimes() -> None:
+    clock = task.Clock()
+    clock.advance(1_000_000)
+
+    class Held(SlowLeases):
+        def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+            from twisted.internet import defer
+
+            return defer.succeed(None)
+
+    refresher, fetcher, _, _ = make(
+        store=Held(MemoryStore(clock)), clock=clock, timeout=5.0, retries=0, wait_timeout=600.0
+    )
+    d = lookup(refresher)
+    ttl = policy.lease_ttl(5.0, 0)
+    clock.pump([0.5] * int(2 * ttl / 0.5 - 1))
+    assert not d.called
+    clock.pump([0.5] * 2)
+    error = failure(d)
+    assert isinstance(error, errors.WaitTimeout)
+    assert "another process" in error.message
+    assert fetcher.calls == []
 
 
 @pytest.mark.parametrize("failures", [1, 3])
