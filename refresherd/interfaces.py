@@ -47,6 +47,12 @@ class IStore(Interface):
         C{key} is still held, and fires C{False} otherwise.  Without, the write
         is unconditional and breaks any lease on C{key}, so that a fetch which
         started before it can never overwrite it.
+
+        An entry that carries purge marks keeps the generation keys of its job
+        and tags that exist (L{refresherd.core.marks.renewed}) for C{ttl} plus
+        L{refresherd.core.marks.GENERATION_MARGIN} at least, so that none
+        expires while the entry lives (a store that evicts them anyway, such
+        as memcached, may leave them alone).
         """
 
     def delete(key: str) -> Deferred[bool]:
@@ -90,11 +96,12 @@ class IStore(Interface):
         its token; a key never purged is left out.
         """
 
-    def new_purge_token(key: str) -> Deferred[str]:
+    def new_purge_token(key: str, ttl: float) -> Deferred[str]:
         """
-        Write a new random token under the generation key C{key}, with no
-        expiry, so that every entry marked with the old one reads as purged.
-        Fire with the token.
+        Write a new random token under the generation key C{key}, so that
+        every entry marked with the old one reads as purged; it expires after
+        C{ttl} seconds (which must outlive every entry written before), unless
+        a L{put} renews it.  Fire with the token.
         """
 
     def ping() -> Deferred[None]:

@@ -97,6 +97,8 @@ class StoreContract(_Base):
     """
 
     at_hand: bool | None = False
+    generations_expire: bool = True
+    """Whether generation keys expire (memcached's do not: it evicts them when full)."""
     """
     Whether the store has what it just read at hand (L{IReadsAtHand.read_at_hand});
     L{None}: it may or may not (a near cache whose change messages race the read).
@@ -457,31 +459,47 @@ class StoreContract(_Base):
     async def test_new_generation_replaces_the_token_every_time(self) -> None:
         store = await self.store()
         key, other, never = self.generation(), self.generation("ann"), self.generation("cy")
-        first = await store.new_purge_token(key)
-        await store.new_purge_token(other)
+        first = await store.new_purge_token(key, LONG_TTL)
+        await store.new_purge_token(other, LONG_TTL)
         self.assertEqual(await store.get_purge_tokens([key, never]), {key: first})
-        second = await store.new_purge_token(key)
+        second = await store.new_purge_token(key, LONG_TTL)
         self.assertNotEqual(second, first)
         self.assertEqual(await store.get_purge_tokens([never, key]), {key: second})
 
-    async def test_generations_do_not_expire(self) -> None:
+    async def test_generations_expire_unless_a_marked_entry_renews_them(self) -> None:
         store = await self.store()
-        key = self.generation()
-        token = await store.new_purge_token(key)
+        key = self.key(job="tweets")  # sample_entry()'s job, and it carries a mark
+        namespace = key.partition(":")[0]
+        kept = generation_key(namespace, "job", "tweets", hard=True)
+        tag = generation_key(namespace, "tag", "timeline", hard=False)
+        lone = self.generation()
+        tokens = {g: await store.new_purge_token(g, SHORT_TTL) for g in (kept, tag, lone)}
+        await store.put(key, sample_entry(), LONG_TTL)
         await self.wait(PAST_SHORT_TTL)
-        self.assertEqual(await store.get_purge_tokens([key]), {key: token})
+        expected = tokens if not self.generations_expire else {kept: tokens[kept], tag: tokens[tag]}
+        self.assertEqual(await store.get_purge_tokens([kept, tag, lone]), expected)
+
+    async def test_an_unmarked_entry_renews_no_generation(self) -> None:
+        store = await self.store()
+        key = self.key(job="tweets")
+        kept = generation_key(key.partition(":")[0], "job", "tweets", hard=True)
+        token = await store.new_purge_token(kept, SHORT_TTL)
+        await store.put(key, sample_entry(marks=("", "")), LONG_TTL)
+        await self.wait(PAST_SHORT_TTL)
+        expected = {} if self.generations_expire else {kept: token}
+        self.assertEqual(await store.get_purge_tokens([kept]), expected)
 
     async def test_many_generations_in_one_call(self) -> None:
         store = await self.store()
         keys = [self.generation(str(i), hard=i % 2 == 0) for i in range(40)]
-        tokens = {key: await store.new_purge_token(key) for key in keys[::3]}
+        tokens = {key: await store.new_purge_token(key, LONG_TTL) for key in keys[::3]}
         self.assertEqual(await store.get_purge_tokens(keys), tokens)
 
     async def test_read_is_get_and_get_generations_at_once(self) -> None:
         store = await self.store()
         key, big = self.key({"id": "1"}), self.key({"id": "2"})
         purged, never = self.generation(), self.generation("ann")
-        token = await store.new_purge_token(purged)
+        token = await store.new_purge_token(purged, LONG_TTL)
         self.assertEqual(await store.read(key, [purged, never]), (None, {purged: token}))
         await store.put(key, sample_entry(), LONG_TTL)
         large = sample_entry(os.urandom(3 * 1024 * 1024))
@@ -493,7 +511,7 @@ class StoreContract(_Base):
         store = await self.store()
         key, purged = self.key({"id": "1"}), self.generation()
         await store.put(key, sample_entry(), LONG_TTL)
-        await store.new_purge_token(purged)
+        await store.new_purge_token(purged, LONG_TTL)
         read = await store.read(key, [purged])
         at_hand = store.read_at_hand(key, [purged]) if IReadsAtHand.providedBy(store) else None
         self.assertIn(at_hand, (None, read))

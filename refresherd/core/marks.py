@@ -36,6 +36,11 @@ from refresherd.keys import generation_key
 NO_MARK = ""
 """The mark of keys none of which was ever purged."""
 
+GENERATION_MARGIN = 3600.0
+"""How much longer than the entries that may carry its mark a generation key
+lives: a token lost while such an entry lives would read as one more purge,
+and one lost while an entry written before it lives as a purge undone."""
+
 
 class Purge(enum.Enum):
     HARD = "hard"
@@ -75,6 +80,24 @@ def generation_keys(namespace: str, job: str, tags: tuple[str, ...]) -> Generati
         tuple(generation_key(namespace, kind, name, hard=True) for kind, name in names),
         tuple(generation_key(namespace, kind, name, hard=False) for kind, name in names),
     )
+
+
+def renewed(
+    entry_key: str, job: str, tags: tuple[str, ...], marks: tuple[str, str]
+) -> tuple[str, ...]:
+    """
+    The generation keys whose expiry a write of an entry with C{marks} must
+    push out (those of its job and tags; none when no purge ever marked it).
+    The namespace is C{entry_key}'s, the text before its first colon.
+    """
+    if marks == (NO_MARK, NO_MARK):
+        return ()
+    return generation_keys(entry_key.partition(":")[0], job, tags).all
+
+
+def generation_ttl(longest_lifetime: float) -> float:
+    """How long a purge's token lives: past every entry that may exist when it is written."""
+    return longest_lifetime + GENERATION_MARGIN
 
 
 def _mark(keys: tuple[str, ...], tokens: Mapping[str, str]) -> str:

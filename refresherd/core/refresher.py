@@ -28,7 +28,7 @@ from refresherd.core import policy
 from refresherd.core.attempts import Attempts
 from refresherd.core.flights import Flight, Flights, store_ttl
 from refresherd.core.jobs import Job, Target, Targets
-from refresherd.core.marks import Purge, generation_keys, purge_of
+from refresherd.core.marks import Purge, generation_keys, generation_ttl, purge_of
 from refresherd.entry import Entry, Fetched, check_json_body, is_json_content_type
 from refresherd.errors import (
     BadArgs,
@@ -297,7 +297,8 @@ class Refresher(Service):
         writes: list[Deferred[Any]] = [
             Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys
         ]
-        writes += [self.store.new_purge_token(key) for key in named]
+        ttl = generation_ttl(self._longest_lifetime())
+        writes += [self.store.new_purge_token(key, ttl) for key in named]
         try:
             await defer.gatherResults(writes, consumeErrors=True)
         except defer.FirstError as e:
@@ -308,6 +309,18 @@ class Refresher(Service):
             if given:
                 self.metrics.purged.labels(kind=kind).inc(len(given))
         return len(keys) + len(jobs) + len(tags)
+
+    def _longest_lifetime(self) -> float:
+        """How long the store may keep an entry of any job: its windows, a soft purge's
+        grace and the margin for clocks."""
+        return max(
+            (
+                c.fresh + max(c.stale, c.stale_if_error) + self._grace(job) + policy.STORE_MARGIN
+                for job in self.jobs.values()
+                for c in (job.config,)
+            ),
+            default=policy.STORE_MARGIN,
+        )
 
     async def _purge_key(self, key: str, soft: bool) -> None:
         if not soft:

@@ -29,7 +29,14 @@ from refresherd.config import JobConfig, Secret
 from refresherd.core.marks import Purge
 from refresherd.core.refresher import Refresher
 from refresherd.entry import Entry, is_json_content_type, parse_json
-from refresherd.errors import BadArgs, BadJson, Forbidden, UnsupportedMediaType, one_line
+from refresherd.errors import (
+    BadArgs,
+    BadJson,
+    BatchTooLarge,
+    Forbidden,
+    UnsupportedMediaType,
+    one_line,
+)
 from refresherd.http.auth import ADMIN, METRICS, Authorizer, is_loopback_host
 from refresherd.http.common import JSON, guarded, handle_errors, header, observe, query, with_value
 from refresherd.http.query import parse_query
@@ -40,6 +47,8 @@ REDACTED = "<redacted>"
 _SENSITIVE = re.compile(r"auth|cookie|token|secret|key|passw|session|signature", re.IGNORECASE)
 _ONLY_PLACEHOLDERS = re.compile(r"(\{[A-Za-z_][A-Za-z0-9_]*\})+")
 MAX_TAG_BYTES = 1024
+MAX_PURGE_NAMES = 1000
+"""The keys, jobs and tags one purge may name in all (each is a write to the store)."""
 
 
 @attrs.frozen
@@ -67,6 +76,12 @@ def parse_purge(body: bytes) -> PurgeRequest:
         if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
             raise BadJson(f"{name} must be an array of non-empty strings")
         lists[name] = tuple(dict.fromkeys(items))
+    named = sum(len(names) for names in lists.values())
+    if named > MAX_PURGE_NAMES:
+        raise BatchTooLarge(
+            f"a purge names at most {MAX_PURGE_NAMES} keys, jobs and tags in all; "
+            f"this one names {named}: send several"
+        )
     soft = document.get("soft", False)
     if not isinstance(soft, bool):
         raise BadJson("soft must be true or false")

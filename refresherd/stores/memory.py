@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from refresherd.core.marks import GENERATION_MARGIN, renewed
 from refresherd.entry import Entry
 from refresherd.interfaces import IReadsAtHand, IStore
 from refresherd.stores.waiters import ChangeWaiters
@@ -85,7 +86,9 @@ class MemoryStore:
     """A heap of (expiry, key), so expired entries go without waiting to be read."""
     _leases: dict[str, tuple[str, float]] = attrs.field(init=False, repr=False, factory=dict)
     _lease_sweep_at: int = attrs.field(init=False, repr=False, default=_LEASE_SWEEP_MIN)
-    _purge_tokens: dict[str, str] = attrs.field(init=False, repr=False, factory=dict)
+    _purge_tokens: dict[str, tuple[str, float]] = attrs.field(init=False, repr=False, factory=dict)
+    """Each generation key's token and when it expires."""
+    _token_sweep_at: int = attrs.field(init=False, repr=False, default=_LEASE_SWEEP_MIN)
     _waiters: ChangeWaiters = attrs.field(
         init=False,
         repr=False,
@@ -130,6 +133,8 @@ class MemoryStore:
             while self._used > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
                 self._used -= evicted.cost
+            if self._purge_tokens:
+                self._renew(renewed(key, entry.job, entry.tags, entry.marks), now + ttl)
         self._waiters.notify(key)
         return defer.succeed(written)
 
@@ -185,15 +190,34 @@ class MemoryStore:
         tokens = self._purge_tokens
         if not tokens:  # Nothing ever purged: most reads.
             return {}
-        return {k: tokens[k] for k in keys if k in tokens}
+        now = self.clock.seconds()
+        found = {}
+        for k in keys:
+            held = tokens.get(k)
+            if held is not None and held[1] > now:
+                found[k] = held[0]
+        return found
 
-    def new_purge_token(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str, ttl: float) -> Deferred[str]:
         """
         See L{IStore.new_purge_token}.  Generations do not count against
-        C{max_bytes}: there is one per job or tag ever purged.
+        C{max_bytes}: there is one per job or tag purged within their lifetime.
         """
-        token = self._purge_tokens[key] = secrets.token_hex(16)
+        now = self.clock.seconds()
+        if len(self._purge_tokens) >= self._token_sweep_at:
+            self._purge_tokens = {k: v for k, v in self._purge_tokens.items() if v[1] > now}
+            self._token_sweep_at = max(_LEASE_SWEEP_MIN, 2 * len(self._purge_tokens))
+        token = secrets.token_hex(16)
+        self._purge_tokens[key] = (token, now + ttl)
         return defer.succeed(token)
+
+    def _renew(self, keys: Sequence[str], until: float) -> None:
+        """Keep the generation keys C{keys} that exist until C{until} and GENERATION_MARGIN."""
+        now, until = self.clock.seconds(), until + GENERATION_MARGIN
+        for k in keys:
+            held = self._purge_tokens.get(k)
+            if held is not None and now < held[1] < until:
+                self._purge_tokens[k] = (held[0], until)
 
     def ping(self) -> Deferred[None]:
         """See L{IStore.ping}: memory always answers."""

@@ -259,9 +259,9 @@ class NearCache(Service):
         self.drop(key)
         return self._dropping(key, self.store.delete(key))
 
-    def new_purge_token(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str, ttl: float) -> Deferred[str]:
         self.drop(key)
-        return self._dropping(key, self.store.new_purge_token(key))
+        return self._dropping(key, self.store.new_purge_token(key, ttl))
 
     def _dropping(self, key: str, d: Deferred[Any]) -> Deferred[Any]:
         """C{d}, dropping C{key} again once the store has changed it, whatever the outcome."""

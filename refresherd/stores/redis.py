@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from refresherd.core.marks import GENERATION_MARGIN, renewed
 from refresherd.entry import Entry, EntryFormatError, decode, encode
 from refresherd.errors import StoreUnavailable, one_line
 from refresherd.interfaces import IStore
@@ -59,31 +60,54 @@ RECONNECT_MAX_DELAY = 1.0
 
 _WARNED_KEYS_MAX = 1024
 
-# Every script takes the entry key and its lease key as KEYS, and the change
-# channel as its last argument.  A ttl of 0 ms deletes the entry.
-_PUT = """
+# Every script takes the entry key and its lease key as KEYS; the change
+# channel is the fourth argument of the puts and the last one of the others.
+# A ttl of 0 ms deletes the entry.
+# The puts take the generation keys the entry renews (core.marks.renewed) as
+# further KEYS, and how long they must live at least (ms) as ARGV[3]: one that
+# exists and would expire sooner lives that long.
+_RENEW = """
+for i = 3, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  if left > 0 and left < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  end
+end
+"""
+
+_PUT = (
+    """
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+"""
+    + _RENEW
+    + """
 else
   redis.call('DEL', KEYS[1])
 end
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[3], KEYS[1])
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1
 """
+)
 
-_PUT_FENCED = """
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then
+_PUT_FENCED = (
+    """
+if redis.call('GET', KEYS[2]) ~= ARGV[5] then
   return 0
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+"""
+    + _RENEW
+    + """
 else
   redis.call('DEL', KEYS[1])
 end
 redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1
 """
+)
 
 _DELETE = """
 local existed = redis.call('DEL', KEYS[1])
@@ -93,8 +117,8 @@ return existed
 """
 
 _NEW_GENERATION = """
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], KEYS[1])
 return 1
 """
 
@@ -240,11 +264,12 @@ class RedisStore(Service):
         """
         ms = _milliseconds(ttl) if ttl > 0 else 0
         value = encode(entry) if ms else b""
-        keys = [key, lease_key(key)]
+        keys = [key, lease_key(key), *renewed(key, entry.job, entry.tags, entry.marks)]
+        renew = _milliseconds(ttl + GENERATION_MARGIN)
         if lease is None:
-            d = self._eval("put", _PUT, keys, [value, ms, self.channel])
+            d = self._eval("put", _PUT, keys, [value, ms, renew, self.channel])
         else:
-            d = self._eval("put", _PUT_FENCED, keys, [value, ms, lease, self.channel])
+            d = self._eval("put", _PUT_FENCED, keys, [value, ms, renew, self.channel, lease])
         return d.addCallback(self._put_done, key)
 
     def delete(self, key: str) -> Deferred[bool]:
@@ -296,13 +321,14 @@ class RedisStore(Service):
         d = self._call("purge tokens", lambda c: c.execute_command("MGET", *keys))
         return d.addCallback(lambda values: _tokens(keys, values))
 
-    def new_purge_token(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str, ttl: float) -> Deferred[str]:
         """
-        See L{IStore.new_purge_token}: C{SET key token}, with no expiry, and the
-        key published on the change channel (for near caches), in a script.
+        See L{IStore.new_purge_token}: C{SET key token PX ttl}, and the key
+        published on the change channel (for near caches), in a script.
         """
         token = secrets.token_hex(16)
-        d = self._eval("purge", _NEW_GENERATION, [key], [token, self.channel])
+        ms = _milliseconds(ttl)
+        d = self._eval("purge", _NEW_GENERATION, [key], [token, ms, self.channel])
         return d.addCallback(lambda _: token)
 
     def watch(self, changed: Callable[[str], None], reset: Callable[[], None]) -> None:

@@ -63,7 +63,7 @@ class NearRedisTests(RedisTestCase):
         self.assertEqual(await here.read(key, [gen]), (None, {}))
         await there.put(key, sample_entry(b"there"), LONG_TTL)
         await self.eventually(here, (sample_entry(b"there"), {}), key, [gen])
-        token = await there.new_purge_token(gen)
+        token = await there.new_purge_token(gen, 3600)
         await self.eventually(here, (sample_entry(b"there"), {gen: token}), key, [gen])
         await there.delete(key)
         await self.eventually(here, (None, {gen: token}), key, [gen])

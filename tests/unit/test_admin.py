@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
-from refresherd.errors import BadArgs, BadJson
+from refresherd.errors import BadArgs, BadJson, BatchTooLarge
 from refresherd.http.admin import AdminAPI, describe_job, parse_purge, redact_url
 from refresherd.http.auth import Authorizer
 from refresherd.http.public import PublicAPI
@@ -459,3 +459,16 @@ def test_parse_purge_takes_the_four_fields_and_drops_repeats() -> None:
         parse_purge(b'{"keys": [], "soft": true}')
     with pytest.raises(BadJson):
         parse_purge(b"\xff")
+
+
+def test_a_purge_names_at_most_a_thousand_keys_jobs_and_tags() -> None:
+    def names(n: int, prefix: str) -> list[str]:
+        return [f"{prefix}{i}" for i in range(n)]
+
+    body = {"keys": names(400, "k"), "jobs": names(100, "j"), "tags": names(500, "t") * 2}
+    assert len(parse_purge(json.dumps(body).encode()).tags) == 500  # repeats count once
+    body["tags"].append("one more")
+    with pytest.raises(BatchTooLarge) as raised:
+        parse_purge(json.dumps(body).encode())
+    assert (raised.value.status, raised.value.code) == (413, "batch_too_large")
+    assert "names 1001" in raised.value.message

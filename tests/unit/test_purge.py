@@ -17,9 +17,11 @@ from twisted.internet.defer import Deferred
 
 from refresherd import errors
 from refresherd.config import JobConfig
+from refresherd.core import marks, policy
 from refresherd.core.jobs import Job
 from refresherd.core.marks import Purge
 from refresherd.core.refresher import Answer, Refresher
+from refresherd.keys import generation_key
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher, UnreachableStore
@@ -283,3 +285,28 @@ def test_refresh_starts_one_fetch_even_of_a_fresh_value() -> None:
     assert world.calls() == 2
     world.fetched(body=b'"v2"')
     assert body_of(result(world.lookup(**BOB))) == b'"v2"'
+
+
+def test_a_purge_expires_once_no_entry_it_marks_or_predates_can_live() -> None:
+    """
+    A generation key lives past every entry written before its purge (else they would read as
+    unpurged), and each entry written with its mark pushes its expiry out (else that entry would
+    read as purged once more); then it expires, so purges of many tags do not pile up.
+    """
+    world = World()
+    config = world.refresher.jobs["user"].config
+    generation = generation_key("rfd", "job", "user", hard=True)
+    world.cached(**BOB)
+    world.purge(jobs=["user"])
+    grace = policy.lease_ttl(config.timeout, config.retries)
+    ttl = 60 + 600 + grace + policy.STORE_MARGIN + marks.GENERATION_MARGIN
+    world.clock.advance(ttl - 100)
+    assert result(world.store.get_purge_tokens([generation]))  # still there
+    ann = world.cached(**ANN)  # marked with the purge's token
+    world.clock.advance(200)  # past the purge's own expiry
+    assert result(world.store.get_purge_tokens([generation]))  # renewed by ann's write
+    assert result(world.lookup(**ANN)).status == "stale"  # not purged once more
+    assert world.calls() == 3  # bob, ann, ann's refresh now it is stale
+    stored = ann.entry.expires_at + policy.STORE_MARGIN if ann.entry else 0.0
+    world.clock.advance(stored + marks.GENERATION_MARGIN - world.clock.seconds() + 1)
+    assert result(world.store.get_purge_tokens([generation])) == {}

@@ -64,7 +64,7 @@ class NearCacheTests(SynchronousTestCase):
 
     def test_reads_within_the_ttl_cost_the_store_nothing(self) -> None:
         self.put(self.inner.store, b"1")
-        token = self.successResultOf(self.inner.store.new_purge_token(GEN))
+        token = self.successResultOf(self.inner.store.new_purge_token(GEN, 3600))
         for _ in range(5):
             self.assertEqual(self.read(), (sample_entry(b"1"), {GEN: token}))
             self.clock.advance(DEFAULT_TTL / 10)
@@ -110,7 +110,7 @@ class NearCacheTests(SynchronousTestCase):
         self.assertEqual(self.read()[0], sample_entry(b"2"))
         self.successResultOf(self.near.delete(KEY))
         self.assertEqual(self.read()[0], None)
-        token = self.successResultOf(self.near.new_purge_token(GEN))
+        token = self.successResultOf(self.near.new_purge_token(GEN, 3600))
         self.assertEqual(self.read()[1], {GEN: token})
         self.assertEqual(self.inner.reads[KEY], 4)
 
@@ -121,7 +121,7 @@ class NearCacheTests(SynchronousTestCase):
         self.assertEqual(self.read()[0], None)  # not told yet: within the bound
         changed(KEY)
         self.assertEqual(self.read()[0], sample_entry(b"elsewhere"))
-        token = self.successResultOf(self.inner.store.new_purge_token(GEN))
+        token = self.successResultOf(self.inner.store.new_purge_token(GEN, 3600))
         changed(GEN)
         self.assertEqual(self.read()[1], {GEN: token})
         self.put(self.inner.store, b"again")

@@ -323,10 +323,11 @@ class MemcachedStore(Service):
         """See L{IStore.get_purge_tokens}: one multi-get per server."""
         return Deferred.fromCoroutine(self._purge_tokens(keys))
 
-    def new_purge_token(self, key: str) -> Deferred[str]:
+    def new_purge_token(self, key: str, ttl: float) -> Deferred[str]:
         """
-        See L{IStore.new_purge_token}: C{set} with no expiry (memcached may still
-        evict it when full, which reads as one more purge).
+        See L{IStore.new_purge_token}: C{set} with no expiry, C{ttl} unused:
+        memcached evicts the least recently used keys when full anyway (which
+        reads as one more purge), and has no way to push an expiry out safely.
         """
         return Deferred.fromCoroutine(self._new_generation(key))
 
