@@ -9,6 +9,8 @@ stops start-up, with one line naming the file, the key and what is wrong.
 
 from __future__ import annotations
 
+import re
+
 MAX_MESSAGE = 300
 
 
@@ -129,14 +131,51 @@ class ConfigError(Exception):
 
 class FetchError(Exception):
     """
-    One fetch attempt failed.  The message is one line saying why, shown to
-    callers as the C{error} of a stale answer or the message of C{fetch_failed}.
-    C{detail} (a traceback of the job's own code, say) goes to the log only.
+    One fetch attempt failed.  The message is one line saying why: logged,
+    stored as the entry's C{last_error} (the admin API shows it), and shown to
+    callers only as L{public_reason} makes it.  C{detail} (a traceback of the
+    job's own code, say) goes to the log only.
     """
 
     def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.detail = detail
+
+
+NEEDS_ASYNCIO = (
+    "the coroutine awaited asyncio, which needs twistd's asyncio reactor (twistd -r asyncio)"
+)
+"""Why a python job's coroutine failed under another reactor (an operator's mistake)."""
+
+_SHOWN = re.compile(
+    re.escape(NEEDS_ASYNCIO) + r"|origin answered [0-9]{3}( \(redirects are not followed\))?"
+    r"|the fetch took longer than [0-9.e+]+s"
+    r"|(body|result) larger than [0-9]+ bytes"
+    r"|connection closed before the answer was complete"
+)
+_SHOWN_BEFORE_COLON = {
+    "connection refused": "the origin refused the connection",
+    "connection timed out": "the connection to the origin timed out",
+    "cannot connect": "cannot connect to the origin",
+    "connection lost while reading the body": "the connection to the origin was lost",
+    "body is not valid JSON": "the origin's body is not valid JSON",
+    "result is not valid text": "the job's result is not valid text",
+    "result is not JSON-encodable": "the job's result is not JSON-encodable",
+}
+UNSHOWN_REASON = "the fetch failed (the reason is in refresherd's log)"
+
+
+def public_reason(reason: str) -> str:
+    """
+    What callers are told of a failed fetch whose reason (as logged and stored)
+    is C{reason}: the reasons that name no host and no text of the origin's or
+    the job's own (a status code, a timeout, a size), or their kind; anything
+    else (a python job's exception, a DNS error naming a host) says only that
+    the fetch failed.  Stored entries are read through it too, whoever wrote them.
+    """
+    if _SHOWN.fullmatch(reason):
+        return reason
+    return _SHOWN_BEFORE_COLON.get(reason.partition(":")[0], UNSHOWN_REASON)
 
 
 class FetchTimeout(FetchError):

@@ -41,6 +41,7 @@ from refresherd.errors import (
     StoreUnavailable,
     WaitTimeout,
     one_line,
+    public_reason,
 )
 from refresherd.interfaces import IReadsAtHand, IStore, Tokens
 from refresherd.keys import check_entry_key, generation_key
@@ -174,10 +175,11 @@ class Refresher(Service):
             return Answer(job.name, key, "hit", entry)
         if decision.state is policy.State.STALE:
             assert entry is not None
-            return self._stale(target, entry, entry.last_error)
+            error = public_reason(entry.last_error) if entry.last_error else None
+            return self._stale(target, entry, error)
         if decision.state is policy.State.FAILED:
             assert entry is not None
-            raise FetchFailed(entry.last_error or "the last fetch failed")
+            raise FetchFailed(public_reason(entry.last_error or ""))
         assert flight is not None
         if pending:
             return Answer(job.name, key, "pending")
@@ -239,10 +241,11 @@ class Refresher(Service):
                 return self._stale(target, fallback, message)
             raise WaitTimeout(message + "; the fetch goes on") from None
         except (FetchError, FetchFailed, Overloaded) as e:
+            reason = public_reason(str(e)) if isinstance(e, FetchError) else str(e)
             if fallback is not None:
-                return self._stale(target, fallback, str(e))
+                return self._stale(target, fallback, reason)
             if isinstance(e, FetchError):
-                raise FetchFailed(str(e)) from None
+                raise FetchFailed(reason) from None
             raise
         return Answer(target.job.name, target.key, "miss", entry, stored=flight.persist)
 

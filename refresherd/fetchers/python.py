@@ -58,16 +58,13 @@ from zope.interface import implementer
 
 from refresherd.config import JobConfig
 from refresherd.entry import Fetched
-from refresherd.errors import FetchError, one_line
+from refresherd.errors import NEEDS_ASYNCIO, FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 _REACTOR_CALL = "__refresherd_reactor_call__"
-_NEEDS_ASYNCIO = (
-    "the coroutine awaited asyncio, which needs twistd's asyncio reactor (twistd -r asyncio)"
-)
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -310,11 +307,11 @@ async def _relay(coro: Coroutine[Any, Any, _T], on_asyncio: bool) -> _T:
         except RuntimeError as e:
             # What asyncio.get_running_loop() (asyncio.sleep...) raises outside a loop.
             if not on_asyncio and str(e) == "no running event loop":
-                raise FetchError(_NEEDS_ASYNCIO) from None
+                raise FetchError(NEEDS_ASYNCIO) from None
             raise
         if not on_asyncio and asyncio.isfuture(awaited):
             coro.close()
-            raise FetchError(_NEEDS_ASYNCIO)
+            raise FetchError(NEEDS_ASYNCIO)
         sent, error = None, None
         try:
             if on_asyncio and isinstance(awaited, Deferred):

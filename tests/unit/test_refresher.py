@@ -349,7 +349,7 @@ def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key(
     refresher.jobs["j"].fetcher = Broken()
     error = failure(lookup(refresher))
     assert isinstance(error, errors.FetchFailed)
-    assert error.message == "RuntimeError: boom"
+    assert error.message == errors.UNSHOWN_REASON  # the job's own words stay in the log
     assert refresher.flights.running == {}
     assert [e["log_failure"].value.args for e in no_logged_errors] == [("boom\nsecond line",)]
     no_logged_errors.clear()
@@ -534,6 +534,51 @@ def test_a_lease_that_never_comes_free_ends_the_wait_after_two_lifetimes() -> No
     assert fetcher.calls == []
 
 
+HOST = "origin.internal"
+
+
+@pytest.mark.parametrize(
+    ("reason", "told"),
+    [
+        ("origin answered 500", "origin answered 500"),
+        ("the fetch took longer than 2.5s", "the fetch took longer than 2.5s"),
+        ("body larger than 1048576 bytes", "body larger than 1048576 bytes"),
+        (
+            f"connection refused: 111: Connection refused ({HOST}:8080)",
+            "the origin refused the connection",
+        ),
+        (f"connection timed out: {HOST}:8080", "the connection to the origin timed out"),
+        (f"DNS lookup failed: {HOST}", errors.UNSHOWN_REASON),
+        (f"request failed: TLS handshake with {HOST} failed", errors.UNSHOWN_REASON),
+        (
+            "body is not valid JSON: Expecting value: line 1 column 1",
+            "the origin's body is not valid JSON",
+        ),
+        (f"KeyError: 'password for {HOST}'", errors.UNSHOWN_REASON),
+        ("origin answered 500 from " + HOST, errors.UNSHOWN_REASON),
+    ],
+)
+def test_callers_are_told_a_failures_kind_and_the_admin_api_its_reason(
+    reason: str, told: str
+) -> None:
+    """Host names and a job's own exception text reach the log and the admin API only."""
+    refresher_, fetcher, clock, _ = make(stale=3600.0, error_ttl=30.0)
+    d = lookup(refresher_, "1")
+    fetcher.fail(reason=reason)
+    for error in (failure(d), failure(lookup(refresher_, "1"))):  # waiting, then remembered
+        assert isinstance(error, errors.FetchFailed)
+        assert error.message == told
+    stored, _ = result(Deferred.fromCoroutine(refresher_.inspect("rfd:j:v1:id=1")))
+    assert stored.last_error == reason  # GET /v1/entries/{key} shows it whole
+    ask(refresher_, "2")
+    fetcher.succeed(body=b"v")
+    clock.advance(400)
+    ask(refresher_, "2")
+    fetcher.fail(reason=reason)
+    answer = result(lookup(refresher_, "2"))
+    assert (answer.status, answer.error) == ("stale", told)  # the error of a stale answer
+
+
 @pytest.mark.parametrize("failures", [1, 3])
 def test_background_refresh_failure_keeps_serving_stale(failures: int) -> None:
     refresher, fetcher, clock, _ = make(stale=3600.0, error_ttl=1.0)
@@ -543,9 +588,9 @@ def test_background_refresh_failure_keeps_serving_stale(failures: int) -> None:
         clock.advance(400)
         answer = result(lookup(refresher))
         assert answer.status == "stale"
-        fetcher.fail(reason="down")
+        fetcher.fail(reason="origin answered 503")
     answer = result(lookup(refresher))
-    assert (answer.status, body_of(answer), answer.error) == ("stale", b"v", "down")
+    assert (answer.status, body_of(answer), answer.error) == ("stale", b"v", "origin answered 503")
 
 
 def test_a_failed_fetch_is_logged_once_with_its_detail() -> None:
