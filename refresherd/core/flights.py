@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from refresherd.core import policy
 from refresherd.core.attempts import Attempts
 from refresherd.core.jobs import Target
+from refresherd.core.outage import Outage
 from refresherd.entry import Entry
 from refresherd.errors import FetchError, FetchFailed, Overloaded, StoreUnavailable, WaitTimeout
 from refresherd.interfaces import IStore
@@ -133,6 +134,8 @@ class Flights:
     metrics: Metrics
     random: Callable[[], float]
     attempts: Attempts
+    outage: Outage
+    """Where what is fetched while the store does not answer is kept."""
     running: dict[str, Flight] = attrs.field(factory=dict, init=False)
     """The flight of each key being fetched."""
     stopping: bool = attrs.field(default=False, init=False)
@@ -342,12 +345,14 @@ class Flights:
         now = self.clock.seconds()
         entry = target.new_entry(fetched, now, duration, flight.marks)
         if not flight.persist:
+            self.outage.keep(flight.key, entry)
             return entry
         try:
             written = await self.store.put(flight.key, entry, store_ttl(entry, now), lease=lease)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="put").inc()
             flight.persist = False
+            self.outage.keep(flight.key, entry)
             return entry
         if not written:
             # A PUT, a purge or another holder wrote since this fetch began:

@@ -29,6 +29,7 @@ from refresherd.core.attempts import Attempts
 from refresherd.core.flights import Flight, Flights, store_ttl
 from refresherd.core.jobs import Job, Target, Targets
 from refresherd.core.marks import Purge, generation_keys, generation_ttl, purge_of
+from refresherd.core.outage import Outage
 from refresherd.entry import Entry, Fetched, check_json_body, is_json_content_type
 from refresherd.errors import (
     BadArgs,
@@ -87,6 +88,11 @@ class Refresher(Service):
         default=random.random, on_setattr=attrs.setters.frozen
     )
     drain_timeout: float = DRAIN_TIMEOUT
+    outage: Outage = attrs.field(
+        default=attrs.Factory(lambda self: Outage(self.clock), takes_self=True),
+        on_setattr=attrs.setters.frozen,
+    )
+    """The values fetched while the store does not answer."""
     targets: Targets = attrs.field(init=False)
     flights: Flights = attrs.field(init=False)
     _at_hand: Callable[[str, Sequence[str]], tuple[Entry | None, Tokens] | None] | None = (
@@ -102,7 +108,9 @@ class Refresher(Service):
         Service.__init__(self)
         self.targets = Targets(self.jobs, self.namespace)
         attempts = Attempts(self.clock, self.metrics, self.random)
-        self.flights = Flights(self.store, self.clock, self.metrics, self.random, attempts)
+        self.flights = Flights(
+            self.store, self.clock, self.metrics, self.random, attempts, self.outage
+        )
         if IReadsAtHand.providedBy(self.store):
             self._at_hand = self.store.read_at_hand
             self._lags = bool(self.store.lags)
@@ -197,7 +205,9 @@ class Refresher(Service):
             entry, tokens = await self.store.read(target.key, target.generation_keys.all, cached)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
-            return None, NO_MARKS, False
+            return self.outage.get(target.key), NO_MARKS, False
+        if self.outage.holding:
+            self.outage.clear()
         return (*self._seen(target, entry, tokens), True)
 
     def _seen(

@@ -37,7 +37,7 @@ from refresherd.run.services import (
 )
 from refresherd.run.settings import Settings, require_shared_store, settings_from
 from refresherd.run.signals import ShutdownSignals
-from refresherd.run.wiring import build_engine, describe_store, make_store
+from refresherd.run.wiring import build_engine, describe_store, make_store, outage_bytes
 from refresherd.run.workers.lifeline import Lifeline, connect_lifeline
 from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
 from refresherd.run.workers.options import worker_arguments
@@ -70,7 +70,13 @@ def engine_for(
         settings.store.value, settings.store.where, reactor, config.store.namespace, environ
     )
     return build_engine(
-        config.jobs, config.source, store, config.store.namespace, reactor, multiprocess_dir
+        config.jobs,
+        config.source,
+        store,
+        config.store.namespace,
+        reactor,
+        multiprocess_dir,
+        outage_bytes(settings.store.value),
     )
 
 

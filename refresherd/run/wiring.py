@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
+from refresherd.core.outage import DEFAULT_OUTAGE_BYTES, Outage
 from refresherd.core.refresher import Refresher
 from refresherd.errors import ConfigError
 from refresherd.fetchers.http import HTTPFetcher, make_http_client
@@ -67,6 +68,7 @@ def make_store(
     try:
         if default_near_ttl is None:
             return factory(url, reactor, namespace, environ)
+        url, _ = outage_option(url)
         shared_url, near_ttl, near_bytes = near_options(url, default_near_ttl)
         store = factory(shared_url, reactor, namespace, environ)
         if near_ttl == 0:
@@ -74,6 +76,31 @@ def make_store(
         return NearCache(store, reactor, near_ttl, near_bytes)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def outage_option(url: str) -> tuple[str, int]:
+    """
+    C{url} without its C{outage_bytes} parameter, and its value: what the values
+    fetched while a shared store does not answer may take in this process
+    (a number of bytes, 0 keeps none; default L{DEFAULT_OUTAGE_BYTES}).
+    L{ValueError} with a one-line message when it is not such a number.
+    """
+    base, _, query = url.partition("?")
+    params = query.split("&") if query else []
+    given = [p.partition("=")[2] for p in params if p.partition("=")[0] == "outage_bytes"]
+    if len(given) > 1:
+        raise ValueError("the store URL gives outage_bytes twice")
+    if given and not (given[0].isascii() and given[0].isdigit() and len(given[0]) <= 15):
+        raise ValueError(f"outage_bytes must be a number of bytes, not {given[0][:40]!r}")
+    rest = "&".join(p for p in params if p.partition("=")[0] != "outage_bytes")
+    return (base + "?" + rest if rest else base), int(given[0]) if given else DEFAULT_OUTAGE_BYTES
+
+
+def outage_bytes(url: str) -> int:
+    """The C{outage_bytes} of a store URL already checked by L{make_store} (0: memory://)."""
+    if STORES.get(url.partition("://")[0], (None, None))[1] is None:
+        return 0
+    return outage_option(url)[1]
 
 
 def describe_store(url: str) -> str:
@@ -111,8 +138,12 @@ def build_engine(
     namespace: str,
     reactor: Any,
     multiprocess_dir: str | None = None,
+    outage_bytes: int = DEFAULT_OUTAGE_BYTES,
 ) -> Engine:
-    """The jobs and the refresher on C{store}, with their thread pools and metrics."""
+    """
+    The jobs and the refresher on C{store}, with their thread pools and metrics,
+    keeping up to C{outage_bytes} of values while C{store} does not answer.
+    """
     pools = ThreadPools()
     client = make_http_client(reactor)
     jobs = {
@@ -120,5 +151,7 @@ def build_engine(
         for name, job in config_jobs.items()
     }
     metrics = metrics_for(jobs, multiprocess_dir)
-    refresher = Refresher(store, jobs, reactor, namespace, metrics)
+    refresher = Refresher(
+        store, jobs, reactor, namespace, metrics, outage=Outage(reactor, outage_bytes)
+    )
     return Engine(refresher, pools)

@@ -155,3 +155,22 @@ def test_store_down_and_back_no_hang_and_readyz_flips(
     wait_until(lambda: service.get("/readyz").status_code == 200, timeout=15)
     assert service.get("/v1/jobs/user?name=back").json()["status"] == "miss"
     assert service.get("/v1/jobs/user?name=back").json()["status"] == "hit"
+
+
+def test_values_fetched_during_an_outage_are_kept_in_the_process_until_the_store_is_back(
+    cluster: Cluster, origin: Origin, shared_store: RedisServer | MemcachedServer
+) -> None:
+    """An outage does not make every request an origin fetch; the store's return drops them."""
+    (service,) = cluster(count=1, wait_timeout="3s")
+    shared_store.kill()
+    try:
+        wait_until(lambda: service.get("/readyz").status_code == 503, timeout=10)
+        statuses = [service.get("/v1/jobs/user?name=out").json()["status"] for _ in range(5)]
+        assert statuses == ["miss", "hit", "hit", "hit", "hit"]
+        assert origin.count("/users/out") == 1
+    finally:
+        shared_store.start()
+    wait_until(lambda: service.get("/readyz").status_code == 200, timeout=15)
+    answer = service.get("/v1/jobs/user?name=out").json()
+    assert answer["status"] == "miss"  # read from the store again, where it never was
+    assert origin.count("/users/out") == 2

@@ -9,10 +9,11 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from refresherd.config import Config, load_config
+from refresherd.core.outage import DEFAULT_OUTAGE_BYTES
 from refresherd.errors import ConfigError
 from refresherd.run.build import summary
 from refresherd.run.settings import Setting, Settings
-from refresherd.run.wiring import STORES, describe_store, make_store
+from refresherd.run.wiring import STORES, describe_store, make_store, outage_bytes
 from refresherd.stores.memory import MemoryStore
 from refresherd.stores.near import NearCache
 
@@ -78,3 +79,29 @@ def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
     assert isinstance(make_store("redis://127.0.0.1:1/0", "--store", reactor, "rfd", {}), NearCache)
     with pytest.raises(ConfigError, match=r"^--store: unknown store 'couch'; use memory://, "):
         make_store("couch://x", "--store", reactor, "rfd", {})
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("redis://127.0.0.1:1/0", DEFAULT_OUTAGE_BYTES),
+        ("redis://127.0.0.1:1/0?outage_bytes=1000&near_ttl=0.5", 1000),
+        ("memcached://127.0.0.1:1?outage_bytes=0", 0),
+        ("memory://", 0),
+    ],
+)
+def test_outage_bytes_is_a_store_url_option_of_shared_stores(url: str, kept: int) -> None:
+    make_store(url, "--store", MemoryReactorClock(), "rfd", {})  # accepted, not passed on
+    assert outage_bytes(url) == kept
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "1e6", "12345678901234567", ""])
+def test_outage_bytes_must_be_a_number_of_bytes(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--store: outage_bytes must be a number of bytes"):
+        make_store(
+            f"redis://127.0.0.1:1/0?outage_bytes={value}",
+            "--store",
+            MemoryReactorClock(),
+            "rfd",
+            {},
+        )

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from refresherd import errors
 from refresherd.config import JobConfig
-from refresherd.core import flights, policy
+from refresherd.core import flights, outage, policy
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Answer, Refresher
 from refresherd.entry import Entry, Fetched, value_entry
@@ -915,3 +915,89 @@ def test_a_lookup_without_a_store_at_hand_reads_it() -> None:
     later = refresher.lookup(refresher.target("j", {"id": "1"}))
     assert isinstance(later, Deferred)
     ask(refresher)
+
+
+def test_values_fetched_during_an_outage_are_served_from_the_process_for_30_s_at_most() -> None:
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    store = UnreachableStore(MemoryStore(clock))
+    refresher, fetcher, _, _ = make(store=store, clock=clock, fresh=60.0, stale=600.0)
+    first = lookup(refresher)
+    fetcher.succeed(body=b'"v1"')
+    missed = result(first)
+    assert (missed.status, missed.stored) == ("miss", False)
+    clock.advance(outage.KEPT_AT_MOST - 1)
+    assert (result(lookup(refresher)).status, len(fetcher.calls)) == ("hit", 1)
+    clock.advance(1)  # never stale: a purge made elsewhere cannot reach it
+    again = lookup(refresher)
+    assert len(fetcher.calls) == 2
+    fetcher.succeed(body=b'"v2"')
+    assert body_of(result(again)) == b'"v2"'
+
+
+def test_a_value_kept_during_an_outage_lives_no_longer_than_its_fresh() -> None:
+    clock = task.Clock()
+    store = UnreachableStore(MemoryStore(clock))
+    refresher, fetcher, _, _ = make(store=store, clock=clock, fresh=5.0)
+    ask(refresher)
+    fetcher.succeed()
+    clock.advance(5)
+    ask(refresher)
+    assert len(fetcher.calls) == 2
+
+
+class Remote:
+    """The memory store as a remote store is: nothing at hand, every read a round trip."""
+
+    shared = True
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "read_at_hand":  # zope's __provides__ included
+            raise AttributeError(name)
+        return getattr(self.store, name)
+
+
+def test_what_was_kept_during_an_outage_is_dropped_when_the_store_answers() -> None:
+    clock = task.Clock()
+    store = UnreachableStore(Remote(MemoryStore(clock)))
+    refresher, fetcher, _, _ = make(store=store, clock=clock)
+    ask(refresher)
+    fetcher.succeed(body=b'"during"')
+    store.down = False
+    answer = lookup(refresher)
+    assert len(fetcher.calls) == 2  # the store's truth: it has no value
+    fetcher.succeed(body=b'"after"')
+    after = result(answer)
+    assert (after.status, body_of(after)) == ("miss", b'"after"')
+    assert not refresher.outage.holding
+    store.down = True
+    ask(refresher)
+    assert len(fetcher.calls) == 3  # the value kept during the first outage is gone
+
+
+def test_the_values_kept_during_an_outage_are_bounded_in_bytes() -> None:
+    clock = task.Clock()
+    kept = outage.Outage(clock, max_bytes=3000)
+    for i in range(10):
+        kept.keep(
+            f"k{i}",
+            value_entry(
+                Fetched(b"x" * 1000, "text/plain"),
+                job="j",
+                args={"id": str(i)},
+                tags=(),
+                now=clock.seconds(),
+                duration=0.1,
+                fresh=60.0,
+                stale=0.0,
+                stale_if_error=0.0,
+            ),
+        )
+    present = [i for i in range(10) if kept.get(f"k{i}") is not None]
+    assert present == [8, 9]  # least recently used first
+    off = outage.Outage(clock, max_bytes=0)
+    off.keep("k", kept.get("k9"))  # type: ignore[arg-type]
+    assert off.get("k") is None and not off.holding
