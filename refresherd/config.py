@@ -109,6 +109,8 @@ class JobConfig:
     version: int = 1
     early_refresh: float = 1.0
     max_value_bytes: int = 32 * MIB
+    writable: bool = False
+    """PUT may write this job's values (with a write or admin token)."""
 
 
 @attrs.frozen
@@ -438,6 +440,8 @@ def _job(t: _Table, name: str) -> JobConfig:
         values["early_refresh"] = t.number("early_refresh", 0)
     if "on_miss" in t:
         values["on_miss"] = t.choice("on_miss", ("wait", "empty"))
+    if "writable" in t:
+        values["writable"] = t.get("writable", "boolean")
     return JobConfig(**values)
 
 

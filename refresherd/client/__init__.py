@@ -8,7 +8,7 @@ client"), for web applications of any framework, scripts and C{refresherctl}.
     answer = client.get("tweets", username="bob")      # the value with its metadata
     tweets = client.value("tweets", username="bob", default=[])
     sidebar = client.raw("sidebar", user_id=42)         # the stored body itself
-    client.put("motd", "Hello")                         # needs a write token
+    client.put("motd", "Hello")                         # a write token; motd: writable = true
     client.purge(tags=["user:42"], soft=True)           # a write token may purge tags
 
 It speaks to both listeners over one pooled C{httpx.Client} (safe to share

@@ -318,7 +318,8 @@ class Client:
     ) -> dict[str, Any]:
         """
         Store C{body} as the value of C{job} with C{args}, fresh now
-        (C{PUT /v1/jobs/{job}}, a write token): C{bytes} as given
+        (C{PUT /v1/jobs/{job}}, a write token, a job with C{writable = true}:
+        L{Forbidden} otherwise): C{bytes} as given
         (C{application/octet-stream} unless C{content_type} says otherwise),
         a C{str} as UTF-8 (C{text/plain; charset=utf-8}), anything else
         JSON-encoded (C{application/json}).  The answer a L{get} now gives.

@@ -189,6 +189,7 @@ def describe_job(job: JobConfig) -> dict[str, Any]:
         "version",
         "early_refresh",
         "max_value_bytes",
+        "writable",
     ):
         shown[name] = getattr(job, name)
     shown["tags"] = list(job.tags)

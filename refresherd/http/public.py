@@ -30,6 +30,7 @@ from refresherd.errors import (
     BadArgs,
     BadJson,
     BatchTooLarge,
+    Forbidden,
     RefresherdError,
     StoreUnavailable,
     one_line,
@@ -122,6 +123,11 @@ class PublicAPI:
     async def put_value(self, request: IRequest, job: str) -> bytes:
         self._observe(request, "/v1/jobs/{job}")
         self.authorizer.check_write(header(request, b"Authorization"))
+        configured = self.refresher.jobs.get(job)
+        if configured is not None and not configured.config.writable:
+            raise Forbidden(
+                f"job {job!r} is not writable: set writable = true in [jobs.{job}] to allow PUT"
+            )
         target = self.refresher.target(job, parse_query(query(request)))
         content_type = request.getHeader(b"Content-Type") or b"application/octet-stream"
         body = request.content.read()

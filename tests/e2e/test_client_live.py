@@ -63,6 +63,7 @@ error_ttl = "1s"
 args = ["lang"]
 url = "{origin}/motd/{{lang}}"
 fresh = "1h"
+writable = true
 
 # The jobs of examples/appengine, on the test origin.
 [jobs.rates]
@@ -202,6 +203,13 @@ def test_put_needs_a_write_token(reader: Client) -> None:
     with pytest.raises(Forbidden) as raised:
         reader.put("motd", "hi", lang="en")
     assert raised.value.status == 403
+
+
+def test_put_to_a_job_that_is_not_writable_is_forbidden(writer: Client) -> None:
+    with pytest.raises(Forbidden, match=r"'user' is not writable: set writable = true"):
+        writer.put("user", "forged", name="eve")
+    with pytest.raises(UnknownJob):
+        writer.put("nope", "x")
 
 
 def test_a_hard_purge_by_key_makes_the_next_get_a_miss(

@@ -122,6 +122,7 @@ def rfd(refresherd: Service, settings: Any) -> Iterator[Service]:
         "TOKEN": WRITE,
         "SECRET": SECRET,
         "TIMEOUT": 10,
+        "TRUSTED_HTML_JOBS": ["sidebar"],
     }
     with Client(refresherd.url, refresherd.admin_url, token=ADMIN) as admin:
         admin.purge(jobs=JOBS)
@@ -194,6 +195,12 @@ def test_a_delete_soft_purges_the_tag_too(rfd: Service, reader: Client) -> None:
     assert reader.get("sidebar", user_id=10)["status"] == "stale"
     wait_until(lambda: "No such user." in reader.value("sidebar", user_id=10))
     assert CALLS["sidebar"] == 2
+
+
+def test_the_tag_escapes_the_value_of_a_job_not_trusted_as_html(rfd: Service) -> None:
+    template = Template('{% load refresherd %}{% refreshed "echo" q=q %}-{% endrefreshed %}')
+    html = template.render(Context({"q": "<b>x</b>"}))
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>" not in html
 
 
 def test_the_tag_raises_for_an_unknown_job(rfd: Service) -> None:

@@ -31,6 +31,7 @@ stale = "1h"
 wait_timeout = "{wait_timeout}"
 timeout = "10s"
 early_refresh = 0
+writable = true
 """
 
 

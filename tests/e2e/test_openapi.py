@@ -49,6 +49,7 @@ on_miss = "empty"
 fresh = "2s"
 stale = "1m"
 early_refresh = 0
+writable = true
 
 [jobs.user]
 args = ["name"]
@@ -59,6 +60,7 @@ stale = "1m"
 wait_timeout = "300ms"
 timeout = "2s"
 error_ttl = "1s"
+writable = true
 """
 
 # Jobs and arguments of CONFIG, and the keys they make: a generated case is

@@ -431,11 +431,14 @@ def test_jobs_are_described_with_every_secret_redacted() -> None:
     assert shown["body"] == {"id": "{id}", "password": "<redacted>", "n": 3}
     assert shown["sign"] == "<redacted>"
     assert (shown["fresh"], shown["args"], shown["method"]) == (60.0, ["id"], "POST")
+    assert shown["writable"] is False
 
 
 def test_a_python_job_shows_its_callable() -> None:
-    shown = describe_job(JobConfig(name="p", fetch="python", callable="m:f", fresh=1.0))
-    assert (shown["callable"], shown["fetch"]) == ("m:f", "python")
+    shown = describe_job(
+        JobConfig(name="p", fetch="python", callable="m:f", fresh=1.0, writable=True)
+    )
+    assert (shown["callable"], shown["fetch"], shown["writable"]) == ("m:f", "python", True)
     assert "url" not in shown
 
 

@@ -41,6 +41,7 @@ class APITestCase(SynchronousTestCase):
         self.fetcher = FakeFetcher()
         policy.setdefault("fresh", 60.0)
         policy.setdefault("stale", 600.0)
+        policy.setdefault("writable", True)
         jobs = {
             "j": JobConfig(
                 name="j",
@@ -420,6 +421,34 @@ class AuthAndPutTests(APITestCase):
             self.assertEqual(self.error_code(d, status), code)
         d = self.request("PUT", "/v1/jobs/nope", data=b"1", headers=write)
         self.assertEqual(self.error_code(d, 404), "unknown_job")
+
+    def test_a_put_to_a_job_that_is_not_writable_is_forbidden_naming_the_job_and_the_key(
+        self,
+    ) -> None:
+        self.build(auth=self.tokens(), writable=False)
+        write = {"Authorization": "Bearer w-token", "Content-Type": "application/json"}
+        # Refused before the arguments and the body are looked at: bad ones change nothing.
+        for path, data in [("/v1/jobs/j?id=1", b"1"), ("/v1/jobs/j?bogus=1", b"{x")]:
+            response, body = self.answer(self.request("PUT", path, data=data, headers=write))
+            self.assertEqual((response.code, body["error"]["code"]), (403, "forbidden"))
+            self.assertIn("'j'", body["error"]["message"])
+            self.assertIn("writable = true", body["error"]["message"])
+        self.assertEqual(self.store.used_bytes, 0)
+        # The token is checked first: none is 401, a read token is refused as such.
+        d = self.request("PUT", "/v1/jobs/j?id=1", data=b"1")
+        self.assertEqual(self.error_code(d, 401), "unauthorized")
+        read = {"Authorization": "Bearer r-token"}
+        response, body = self.answer(
+            self.request("PUT", "/v1/jobs/j?id=1", data=b"1", headers=read)
+        )
+        self.assertEqual(response.code, 403)
+        self.assertNotIn("writable", body["error"]["message"])
+
+    def test_a_job_is_not_writable_unless_configured_so(self) -> None:
+        self.build(auth=self.tokens())
+        write = {"Authorization": "Bearer w-token"}
+        d = self.request("PUT", "/v1/jobs/noargs", data=b"1", headers=write)
+        self.assertEqual(self.error_code(d, 403), "forbidden")
 
 
 class HealthTests(APITestCase):

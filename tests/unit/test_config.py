@@ -67,6 +67,7 @@ tags = ["user:{username}"]
 version = 1
 early_refresh = 1.0
 max_value_bytes = 33554432
+writable = true
 
 [jobs.report]
 args = ["year"]
@@ -169,6 +170,7 @@ def test_full_example_parses_with_its_values() -> None:
         version=1,
         early_refresh=1.0,
         max_value_bytes=33554432,
+        writable=True,
     )
     report = config.jobs["report"]
     assert report == JobConfig(
@@ -193,6 +195,7 @@ def test_minimal_job_gets_every_default() -> None:
     assert (p.on_miss, p.wait_timeout, p.timeout) == ("wait", 5.0, 10.0)
     assert (p.retries, p.concurrency, p.max_queue) == (0, 8, 100)
     assert (p.tags, p.version, p.early_refresh, p.max_value_bytes) == ((), 1, 1.0, 32 * MIB)
+    assert p.writable is False
 
 
 def test_empty_file_gives_defaults_with_its_source() -> None:
@@ -283,6 +286,8 @@ def test_unknown_key_anywhere_is_an_error(text: str, expected: str) -> None:
         (job("early_refresh = true"), "jobs.j.early_refresh: must be a number, not a boolean"),
         (job("early_refresh = nan"), "jobs.j.early_refresh: must be a number of at least 0"),
         (job("on_miss = 'later'"), 'jobs.j.on_miss: must be "wait" or "empty", not \'later\''),
+        (job("writable = 'yes'"), "jobs.j.writable: must be a boolean, not a string"),
+        (job("writable = 1"), "jobs.j.writable: must be a boolean, not an integer"),
         (job("tags = 'x'"), "jobs.j.tags: must be an array, not a string"),
         (job("tags = [1]"), "jobs.j.tags[0]: must be a string, not an integer"),
         ("[jobs.j]\nargs = 'a'\nfresh = 1\ncallable = 'm:f'\n", "jobs.j.args: must be an array"),

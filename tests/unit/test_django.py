@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import datetime
 import decimal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,21 @@ from tests.django_setup import setup_django
 
 setup_django()
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 from django.core import checks  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.http import HttpResponse  # noqa: E402
-from django.template import Template, TemplateSyntaxError  # noqa: E402
+from django.template import Context, Template, TemplateSyntaxError  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
+from django.utils.html import escape  # noqa: E402
 
+from refresherd.client import Client  # noqa: E402
 from refresherd.contrib.django import callback, get_client, register, unregister  # noqa: E402
 from refresherd.contrib.django.callbacks import Callback, registered  # noqa: E402
 from refresherd.contrib.django.conf import load_settings  # noqa: E402
 from refresherd.contrib.django.invalidation import instance_tags  # noqa: E402
+from refresherd.contrib.django.templatetags import refresherd as refreshed_tag  # noqa: E402
 from refresherd.contrib.django.views import render, request_target  # noqa: E402
 from refresherd.contrib.signing import (  # noqa: E402
     BadSignature,
@@ -61,6 +66,9 @@ def test_the_client_is_rebuilt_when_the_setting_changes(settings: Any) -> None:
         ({"SECRET": ""}, "SECRET"),
         ({"SECRET": []}, "SECRET"),
         ({"CIRCUIT_FAILURES": -1}, "CIRCUIT_FAILURES"),
+        ({"TRUSTED_HTML_JOBS": "sidebar"}, "must be a list of job names"),
+        ({"TRUSTED_HTML_JOBS": [""]}, "must be a list of job names"),
+        ({"TRUSTED_HTML_JOBS": [1]}, "must be a list of job names"),
     ],
 )
 def test_bad_settings_are_improperly_configured_and_fail_the_system_check(
@@ -75,9 +83,55 @@ def test_bad_settings_are_improperly_configured_and_fail_the_system_check(
 
 
 def test_good_settings_pass_the_system_check(settings: Any) -> None:
-    settings.REFRESHERD = {"URL": "http://127.0.0.1:8080", "SECRET": ["new", "old"]}
+    settings.REFRESHERD = {
+        "URL": "http://127.0.0.1:8080",
+        "SECRET": ["new", "old"],
+        "TRUSTED_HTML_JOBS": ["sidebar"],
+    }
     assert load_settings().secrets == ("new", "old")
+    assert load_settings().trusted_html_jobs == frozenset({"sidebar"})
     assert not [e for e in checks.run_checks() if e.id == "refresherd.E001"]
+
+
+def nonce_cache_checks() -> list[tuple[str, int]]:
+    """The ids and levels of the system check's messages about the nonce cache."""
+    return [
+        (message.id, message.level)
+        for message in checks.run_checks()
+        if message.id in ("refresherd.E002", "refresherd.E003", "refresherd.W001")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        ("django.core.cache.backends.dummy.DummyCache", [("refresherd.E003", checks.ERROR)]),
+        ("django.core.cache.backends.locmem.LocMemCache", [("refresherd.W001", checks.WARNING)]),
+        ("django.core.cache.backends.db.DatabaseCache", []),
+        ("django.core.cache.backends.redis.RedisCache", []),
+    ],
+)
+def test_a_nonce_cache_that_does_not_stop_replays_in_every_process_fails_the_system_check(
+    settings: Any, backend: str, expected: list[tuple[str, int]]
+) -> None:
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "nonces": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:1/0"},
+    }
+    settings.REFRESHERD = {"SECRET": "s3cret", "NONCE_CACHE": "nonces"}
+    assert nonce_cache_checks() == expected
+
+
+def test_a_nonce_cache_that_is_not_configured_fails_the_system_check(settings: Any) -> None:
+    settings.REFRESHERD = {"SECRET": "s3cret", "NONCE_CACHE": "nonces"}
+    assert nonce_cache_checks() == [("refresherd.E002", checks.ERROR)]
+
+
+def test_the_nonce_cache_is_not_checked_without_callbacks(settings: Any) -> None:
+    """With no SECRET no callback is accepted: a per-process cache protects nothing less."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+    settings.REFRESHERD = {"URL": "http://127.0.0.1:8080"}
+    assert nonce_cache_checks() == []
 
 
 @pytest.mark.parametrize(
@@ -91,6 +145,48 @@ def test_good_settings_pass_the_system_check(settings: Any) -> None:
 def test_the_tag_refuses_bad_syntax(source: str) -> None:
     with pytest.raises(TemplateSyntaxError):
         Template("{% load refresherd %}" + source)
+
+
+SNIPPET = '<b>hi</b><script>alert("x")</script>'
+
+
+@pytest.fixture
+def stored_snippet(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The tag's client answers every raw request with C{SNIPPET} as HTML; the paths asked."""
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        headers = {"Content-Type": "text/html; charset=utf-8"}
+        return httpx.Response(200, content=SNIPPET.encode(), headers=headers)
+
+    client = Client("http://refresherd.test", transport=httpx.MockTransport(answer))
+    monkeypatch.setattr(refreshed_tag, "get_client", lambda: client)
+    yield asked
+    client.close()
+
+
+def render_tag(job: str, autoescape: bool = True) -> str:
+    template = Template("{% load refresherd %}{% refreshed job %}-{% endrefreshed %}")
+    return str(template.render(Context({"job": job}, autoescape=autoescape)))
+
+
+def test_the_tag_escapes_a_snippet_unless_its_job_is_trusted_html(
+    settings: Any, stored_snippet: list[str]
+) -> None:
+    settings.REFRESHERD = {"TRUSTED_HTML_JOBS": ["sidebar"]}
+    assert render_tag("motd") == escape(SNIPPET)
+    assert render_tag("sidebar") == SNIPPET
+    assert stored_snippet == ["/v1/jobs/motd/raw", "/v1/jobs/sidebar/raw"]
+    settings.REFRESHERD = {}
+    assert render_tag("sidebar") == escape(SNIPPET)
+
+
+def test_the_tag_follows_autoescape_off_as_a_variable_does(
+    settings: Any, stored_snippet: list[str]
+) -> None:
+    settings.REFRESHERD = {}
+    assert render_tag("motd", autoescape=False) == SNIPPET
 
 
 # -- the request target -------------------------------------------------------------------

@@ -59,8 +59,11 @@ DATABASES = {
 
 # The nonces of refresherd's signatures are remembered in this cache: with
 # several processes (gunicorn workers), use one they share (Redis, memcached,
-# the database cache).
+# the database cache).  runserver is one process, so a local-memory cache
+# protects it, and its warning (refresherd.W001) is silenced here; remove that
+# line with the cache in production.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+SILENCED_SYSTEM_CHECKS = ["refresherd.W001"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
@@ -75,6 +78,10 @@ REFRESHERD = {
     "SECRET": os.environ.get("RFD_SECRET", "dev-secret"),  # the jobs' `sign`
     "TIMEOUT": 2.0,
     "CONNECT_TIMEOUT": 0.5,
+    # The sidebar is this site's own HTML (blog/refreshers.py), and no job is
+    # writable in refresherd.toml: the tag inserts it as it is.  Any other job's
+    # value the tag escapes.
+    "TRUSTED_HTML_JOBS": ["sidebar"],
 }
 
 LOGGING = {

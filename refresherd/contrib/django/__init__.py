@@ -10,12 +10,14 @@ Add C{"refresherd.contrib.django"} to C{INSTALLED_APPS} and configure
         "TOKEN": os.environ["RFD_WRITE_TOKEN"], # a write token: reads, PUT, purges of tags
         "TIMEOUT": 2.0,                        # seconds per request
         "SECRET": os.environ["RFD_SECRET"],    # the jobs' `sign` secret
+        "TRUSTED_HTML_JOBS": ["sidebar"],      # the tag inserts these as HTML
     }
 
 Then:
 
   - C{{% load refresherd %}{% refreshed "sidebar" user_id=user.id %}fallback{% endrefreshed %}}
-    renders the pre-generated snippet of a job (L{templatetags.refresherd});
+    renders the pre-generated snippet of a job, escaped unless the job is
+    trusted HTML (L{templatetags.refresherd});
   - C{path("refresherd/", include("refresherd.contrib.django.urls"))} is the
     view refresherd calls back for C{fetch = "http"} jobs with C{sign}; it
     runs the functions registered with L{callback}, kept by convention in a

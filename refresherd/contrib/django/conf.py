@@ -11,6 +11,7 @@ C{settings.REFRESHERD}, and the one L{Client} of the process built on it.
         "NONCE_CACHE": "default",            # the cache alias that remembers the nonces seen
         "CIRCUIT_FAILURES": 3,               # failures in a row that open the circuit (0: never)
         "CIRCUIT_COOLDOWN": 5.0,             # seconds the open circuit fails at once
+        "TRUSTED_HTML_JOBS": [],             # jobs whose raw body the tag inserts as HTML
     }
 
 Every key is optional; an unknown key, or a value of the wrong kind, is
@@ -51,6 +52,7 @@ KEYS = (
     "NONCE_CACHE",
     "CIRCUIT_FAILURES",
     "CIRCUIT_COOLDOWN",
+    "TRUSTED_HTML_JOBS",
 )
 
 
@@ -67,6 +69,8 @@ class RefresherdSettings:
     nonce_cache: str = "default"
     circuit_failures: int = DEFAULT_CIRCUIT_FAILURES
     circuit_cooldown: float = DEFAULT_CIRCUIT_COOLDOWN
+    trusted_html_jobs: frozenset[str] = frozenset()
+    """The jobs whose raw body the C{refreshed} tag inserts as HTML, unescaped."""
 
     def client(self) -> Client:
         """A new client on these settings."""
@@ -125,6 +129,15 @@ def load_settings() -> RefresherdSettings:
         if not isinstance(secrets, list | tuple) or not secrets:
             raise ImproperlyConfigured(f"{SETTING}['SECRET'] must be a string or a list of them")
         values["secrets"] = tuple(_string("SECRET", s) for s in secrets)
+    trusted = given.get("TRUSTED_HTML_JOBS")
+    if trusted is not None:
+        if not isinstance(trusted, list | tuple | set | frozenset) or not all(
+            isinstance(job, str) and job for job in trusted
+        ):
+            raise ImproperlyConfigured(
+                f"{SETTING}['TRUSTED_HTML_JOBS'] must be a list of job names, such as [\"sidebar\"]"
+            )
+        values["trusted_html_jobs"] = frozenset(trusted)
     result = RefresherdSettings(**values)
     try:
         # The client checks its URLs and token; never the token in the message.

@@ -8,8 +8,9 @@ Each call is checked (L{refresherd.contrib.signing}; docs/configuration.md,
 sent, made with C{REFRESHERD["SECRET"]}, whose C{t} is within 300 s of the
 application's clock and whose nonce was not seen before (nonces are kept in
 the cache C{REFRESHERD["NONCE_CACHE"]} with C{cache.add}, so that every
-process of the application sees them: use a cache that they share).  A bad,
-stale or replayed signature is 403; then an unregistered name is 404; then the
+process of the application sees them: use a cache that they share, as the
+system checks of L{refresherd.contrib.django.apps} say).  A bad, stale or
+replayed signature is 403; then an unregistered name is 404; then the
 registered function runs with the query arguments as keyword arguments (and,
 for a C{method = "POST"} job, the members of its JSON object body), and its
 result is the answer (L{refresherd.contrib.django.callbacks}).  Arguments

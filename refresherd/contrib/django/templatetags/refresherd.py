@@ -11,10 +11,13 @@ when there is no snippet yet (202: the job has C{on_miss = "empty"} and is
 fetching it) or refresherd is down (unreachable, 5xx).  An unknown job or
 bad arguments (4xx) raise: those are bugs.
 
-The body is inserted as it is, not escaped: it is the application's own
-pre-rendered HTML.  Use the tag only with jobs whose content the application
-trusts (built by its own code, never a third party's), and escape user data
-when the snippet is built.
+The body is text, escaped as a variable is (unless C{{% autoescape off %}}),
+unless the job is one of C{REFRESHERD["TRUSTED_HTML_JOBS"]}: then it is
+inserted as it is, as the application's own pre-rendered HTML.  List only
+jobs whose values nobody else can write: built by the application's own code
+(a callback that escapes user data, as Django's templates do), never a third
+party's URL, and not C{writable} in refresherd unless every holder of a write
+token may write the page.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 from django import template
 from django.template.base import FilterExpression, NodeList
 from django.template.defaulttags import token_kwargs
+from django.utils.html import conditional_escape
 from django.utils.safestring import mark_safe
 
-from refresherd.contrib.django.conf import get_client
+from refresherd.contrib.django.conf import get_client, get_settings
 
 register = template.Library()
 
@@ -52,7 +56,9 @@ class RefreshedNode(template.Node):
         raw = get_client().raw(job, arguments, default=None)
         if raw is None:
             return str(self.fallback.render(context))
-        return mark_safe(raw.text)
+        if job in get_settings().trusted_html_jobs:
+            return mark_safe(raw.text)
+        return conditional_escape(raw.text) if context.autoescape else raw.text
 
 
 @register.tag("refreshed")
