@@ -58,6 +58,12 @@ class ServerConfig:
     max_batch: int = 100
     access_log: bool = False
     """Log one line per request (method, route, status, duration, client)."""
+    max_connections: int = 1024
+    """Open connections per listener and process; at the cap the longest idle one makes room."""
+    max_connections_per_address: int = 0
+    """Open connections per client address, per listener and process; 0: no bound."""
+    head_timeout: float = 10.0
+    """Seconds a request's head may take: from the connection's start, or its first byte."""
 
 
 @attrs.frozen
@@ -369,9 +375,13 @@ def _server(t: _Table) -> ServerConfig:
     for key in ("listen", "admin_listen"):
         if key in t:
             values[key] = t.get(key, "string")
-    for key in ("max_body_bytes", "max_batch"):
+    for key in ("max_body_bytes", "max_batch", "max_connections"):
         if key in t:
             values[key] = t.integer(key, 1)
+    if "max_connections_per_address" in t:
+        values["max_connections_per_address"] = t.integer("max_connections_per_address", 0)
+    if "head_timeout" in t:
+        values["head_timeout"] = t.duration("head_timeout", positive=True)
     if "access_log" in t:
         values["access_log"] = t.get("access_log", "boolean")
     return ServerConfig(**values)

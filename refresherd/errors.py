@@ -62,6 +62,18 @@ class BodyTooLarge(RefresherdError):
     status, code = 413, "body_too_large"
 
 
+class UriTooLong(RefresherdError):
+    """The request line (method, path and query) is longer than the server reads."""
+
+    status, code = 414, "uri_too_long"
+
+
+class HeadersTooLarge(RefresherdError):
+    """The request's headers are more, or larger, than the server reads."""
+
+    status, code = 431, "headers_too_large"
+
+
 class BatchTooLarge(RefresherdError):
     """A batch request names more items than C{max_batch}."""
 

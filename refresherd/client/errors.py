@@ -122,6 +122,18 @@ class BodyTooLarge(ServiceError):
     code = "body_too_large"
 
 
+class UriTooLong(ServiceError):
+    """The request line (path and query) is longer than the service reads."""
+
+    code = "uri_too_long"
+
+
+class HeadersTooLarge(ServiceError):
+    """The request's headers are more, or larger, than the service reads."""
+
+    code = "headers_too_large"
+
+
 class Unauthorized(ServiceError):
     """No token was given, or the service does not know it."""
 
@@ -199,6 +211,8 @@ ERRORS: Mapping[str, type[ServiceError]] = {
         MethodNotAllowed,
         UnsupportedMediaType,
         BatchTooLarge,
+        UriTooLong,
+        HeadersTooLarge,
     )
 }
 """The L{ServiceError} subclass of each error code (docs/README.md, "Errors")."""
@@ -218,6 +232,8 @@ STATUSES: Mapping[str, int] = {
     "method_not_allowed": 405,
     "unsupported_media_type": 415,
     "batch_too_large": 413,
+    "uri_too_long": 414,
+    "headers_too_large": 431,
 }
 """
 The HTTP status of each error code (docs/README.md, "Errors"); an item of a

@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Iterable
 
 import attrs
+from twisted.web.http_headers import Headers
 
 from refresherd.config import AuthConfig
 from refresherd.errors import Forbidden, Unauthorized
@@ -84,6 +85,16 @@ class Authorizer:
         if not self.configured(WRITERS):
             raise Forbidden("writes are disabled: no write or admin token is configured")
         self.require(authorization, WRITERS)
+
+    def check_head(self, method: bytes, headers: Headers) -> None:
+        """
+        What a request's head decides before its body is read
+        (L{refresherd.http.site}): a PUT, which may send its job's
+        C{max_value_bytes}, needs a write token first.  Its route checks again.
+        """
+        if method.upper() == b"PUT":
+            values = headers.getRawHeaders(b"authorization")
+            self.check_write(values[-1] if values else None)
 
     @property
     def admin_open(self) -> bool:

@@ -1,15 +1,32 @@
 """
 The HTTP server under the API: twisted.web's Site with the limits a public
-service needs.
+service needs.  A request refused here gets its error object at once and the
+connection closed, since what it still sends is not read.
 
+- A request with a body has its head checked before a byte of the body is
+  read (C{check_head}: on the public listener, a PUT needs a write token).
 - Request bodies are capped while they arrive, not after spooling: a body
-  announced or grown past its route's limit gets a 413 error object at once
-  and the connection is closed.
-- A request must arrive whole (headers and body) within C{REQUEST_DEADLINE}
-  seconds; twisted.web's idle timeout alone resets on every byte, so a client
-  trickling one byte a second would hold a connection for ever.
+  announced or grown past its route's limit gets a 413 error object.
+- A request line over C{MAX_LINE} bytes gets 414 C{uri_too_long}; a head over
+  C{MAX_HEAD} bytes (request line and headers) or with more than
+  C{MAX_HEADERS} headers gets 431 C{headers_too_large}.  (twisted.web's own
+  limits: it closes the first without an answer and gives the others a bare
+  400.)
+- A request's head must arrive whole within C{head_timeout} seconds: of the
+  connection's start for its first request, of its first byte for a later
+  one on a kept-alive connection (whose wait in between is bounded by
+  C{IDLE_TIMEOUT} and by the cap below).  The whole request must arrive
+  within C{REQUEST_DEADLINE} seconds of its first byte; twisted.web's idle
+  timeout alone resets on every byte, so a client trickling one byte a
+  second would hold a connection for ever.
 - Connections idle for C{IDLE_TIMEOUT} seconds are closed.
-- At most C{MAX_CONNECTIONS} connections are open at once; more are refused.
+- At most C{max_connections} connections are open at once.  At the cap a new
+  one is let in by closing the connection idle longest (no request under
+  way: silent since it connected, or kept alive since its last answer), else
+  the one whose request head has been arriving longest; only when every
+  connection has a whole head in is the new one refused.  With
+  C{max_connections_per_address}, a client address holding that many
+  connections is refused more.
 
 It also takes off twisted.web's own work per request what refresherd does
 not need (a hit is mostly that work): the C{Date} header is formatted once a
@@ -32,15 +49,29 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 from twisted.web.resource import EncodingResourceWrapper, IResource
 
-from refresherd.errors import BodyTooLarge
+from refresherd.errors import (
+    BodyTooLarge,
+    HeadersTooLarge,
+    RefresherdError,
+    Unauthorized,
+    UriTooLong,
+)
 
 _log = Logger()
 
 IDLE_TIMEOUT = 60.0
 REQUEST_DEADLINE = 30.0
+HEAD_TIMEOUT = 10.0
 MAX_CONNECTIONS = 1024
+MAX_LINE = http.HTTPChannel.MAX_LENGTH
+"""The longest request line (and header line) read: twisted.web's, 16384 bytes."""
+MAX_HEAD = http.HTTPChannel.totalHeadersSize
+"""The largest head read, request line and header lines together: twisted.web's, 16384 bytes."""
+MAX_HEADERS = http.HTTPChannel.maxHeaders
+"""The most headers read: twisted.web's, 500."""
 
 _NO_FORM = (b"GET", b"HEAD")
 """Methods whose requests carry no form for twisted.web to parse into C{args}."""
@@ -48,15 +79,34 @@ _NO_FORM = (b"GET", b"HEAD")
 BodyLimit = Callable[[bytes, bytes], int]
 """Given a request's method and path (with query), the largest body it may send."""
 
+HeadCheck = Callable[[bytes, Headers], None]
+"""
+Given the method and headers of a request with a body, raise a
+L{RefresherdError} to refuse it before the body is read.
+"""
 
-def _too_large_response(limit: int) -> bytes:
-    body = json.dumps(BodyTooLarge(f"the request body is larger than {limit} bytes").to_json())
-    return (
-        b"HTTP/1.1 413 Content Too Large\r\n"
-        b"Content-Type: application/json\r\n"
-        b"Connection: close\r\n"
-        b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body.encode("ascii")
-    )
+_REASONS = {
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def error_response(error: RefresherdError) -> bytes:
+    """A whole answer with C{error}'s object, for a request refused before any resource saw it."""
+    body = json.dumps(error.to_json()).encode("utf-8")
+    reason = _REASONS.get(error.status) or http.RESPONSES.get(error.status, b"Error")
+    head = [
+        b"HTTP/1.1 %d %s" % (error.status, reason),
+        b"Content-Type: application/json",
+        b"Connection: close",
+        b"Content-Length: %d" % len(body),
+    ]
+    if isinstance(error, Unauthorized):
+        head.append(b"WWW-Authenticate: Bearer")
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 class LimitedRequest(server.Request):
@@ -102,12 +152,16 @@ class LimitedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         if length != 0:  # A body is coming (None: chunked, of unknown length).
             channel: Any = self.channel
-            limit = channel.site.body_limit(
-                getattr(channel, "_command", b""), getattr(channel, "_path", b"")
-            )
-            self._limit = limit
-            if length is not None and length > limit:
-                self._refuse()
+            site: LimitedSite = channel.site
+            method, path = getattr(channel, "_command", b""), getattr(channel, "_path", b"")
+            try:
+                if site.check_head is not None:
+                    site.check_head(method, self.requestHeaders)
+                self._limit = site.body_limit(method, path)
+                if length is not None and length > self._limit:
+                    raise BodyTooLarge(f"the request body is larger than {self._limit} bytes")
+            except RefresherdError as error:
+                self._refuse(error)
                 return
         super().gotLength(length)
 
@@ -116,17 +170,16 @@ class LimitedRequest(server.Request):
             return
         self._received += len(data)
         if self._limit is not None and self._received > self._limit:
-            self._refuse()
+            self._refuse(BodyTooLarge(f"the request body is larger than {self._limit} bytes"))
             return
         super().handleContentChunk(data)
 
-    def _refuse(self) -> None:
+    def _refuse(self, error: RefresherdError) -> None:
         self._refused = True
         # No "100 Continue" after the refusal: twisted.web would send one next.
         self.requestHeaders.removeHeader(b"expect")
-        transport: Any = self.channel.transport
-        transport.write(_too_large_response(self._limit or 0))
-        transport.loseConnection()
+        channel: DeadlineChannel = self.channel  # type: ignore[assignment]
+        channel.refuse(error)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
@@ -168,24 +221,33 @@ def _transport(channel: http.HTTPChannel) -> Any:
 
 class DeadlineChannel(http.HTTPChannel):
     """
-    An HTTP channel that gives each request a deadline to arrive whole.
+    An HTTP channel that gives each request's head and whole a deadline, tells
+    its site when it is idle, and answers the limits of the head with their
+    error objects.
 
-    A request's start is noted, not timed: one timer per connection, left
-    running while requests come and go, wakes at the earliest moment the
-    current request could be late and either aborts the connection or sleeps
-    until the current request's own deadline.  (A timer set and cancelled per
-    request cost several percent of a hit.)
+    Deadlines are noted, not timed: one timer per connection, left running
+    while requests come and go, wakes at the earliest moment the current
+    request could be late and either aborts the connection or sleeps until
+    the next moment it could be.  (A timer set and cancelled per request cost
+    several percent of a hit.)
     """
 
+    address: str | None = None
+    """The client's address, when its site bounds the connections of each."""
     _started: float | None = None
     """When the first byte of the request arriving now came; none between requests."""
-    _deadline: IDelayedCall | None = None
+    _head_due: float | None = None
+    """When the head of the request arriving (or awaited, on a new connection) is late."""
+    _timer: IDelayedCall | None = None
     _host: IAddress | None = None
     _peer: IAddress | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.factory.channels.add(self)
+        site: LimitedSite = self.factory
+        self._head_due = site.reactor.seconds() + site.head_timeout
+        self._timer = self.callLater(site.head_timeout, self._check_deadlines)
+        site.opened(self)
 
     def getHost(self) -> IAddress:
         # Asked by every request; the transport asks the kernel each time.
@@ -201,37 +263,81 @@ class DeadlineChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._started is None and not self._handlingRequest:
-            self._started = self.factory.reactor.seconds()
-            if self._deadline is None:
-                self._deadline = self.callLater(REQUEST_DEADLINE, self._checkDeadline)
+            site: LimitedSite = self.factory
+            now = self._started = site.reactor.seconds()
+            if self._head_due is None:
+                self._head_due = due = now + site.head_timeout
+                if self._timer is None:
+                    self._timer = self.callLater(site.head_timeout, self._check_deadlines)
+                elif self._timer.getTime() > due:
+                    self._timer.reset(site.head_timeout)
+            site.head_arriving(self)
         super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._head_due = None
+        self.factory.head_arrived(self)
+        super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         self._started = None
         super().allContentReceived()
 
-    def _checkDeadline(self) -> None:
-        self._deadline = None
-        if self._started is None:
+    def requestDone(self, request: http.Request) -> None:
+        super().requestDone(request)
+        # Idle unless it closes, or a request that came meanwhile has begun.
+        if self.persistent and self._started is None and not self._handlingRequest:
+            self.factory.idle(self)
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        due = self._head_due
+        if self._started is not None:
+            whole = self._started + REQUEST_DEADLINE
+            due = whole if due is None else min(due, whole)
+        if due is None:
             return
-        late = self._started + REQUEST_DEADLINE - self.factory.reactor.seconds()
+        late = due - self.factory.reactor.seconds()
         if late > 0:
-            self._deadline = self.callLater(late, self._checkDeadline)
+            self._timer = self.callLater(late, self._check_deadlines)
         else:
             _transport(self).abortConnection()
 
+    def refuse(self, error: RefresherdError) -> None:
+        """Answer C{error}'s object and close: the rest of the request is not read."""
+        transport = _transport(self)
+        transport.write(error_response(error))
+        transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # twisted.web closes the connection without a word.
+        if hasattr(self, "_command"):  # The request line was read: a header's line.
+            self.refuse(HeadersTooLarge(f"the request head is larger than {MAX_HEAD} bytes"))
+        else:
+            self.refuse(UriTooLong(f"the request line is longer than {MAX_LINE} bytes"))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's bare 400 for whatever it cannot read; a head over its
+        # limits (each counted before this is called) gets its error object.
+        if self._receivedHeaderSize > MAX_HEAD:
+            self.refuse(HeadersTooLarge(f"the request head is larger than {MAX_HEAD} bytes"))
+        elif self._receivedHeaderCount > MAX_HEADERS:
+            self.refuse(HeadersTooLarge(f"the request has more than {MAX_HEADERS} headers"))
+        else:
+            super()._respondToBadRequestAndDisconnect()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._started = None
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        self._started = self._head_due = None
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
         self.factory.channel_closed(self)
         super().connectionLost(reason)
 
 
 class LimitedSite(server.Site):
-    """A Site with body limits, request deadlines and a connection cap."""
+    """A Site with head checks, body limits, request deadlines and connection bounds."""
 
     protocol = DeadlineChannel  # type: ignore[assignment]
     requestFactory = LimitedRequest
@@ -241,7 +347,11 @@ class LimitedSite(server.Site):
         resource: IResource,
         body_limit: BodyLimit,
         reactor: IReactorTime,
+        *,
+        check_head: HeadCheck | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_address: int = 0,
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
         super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=reactor)
         self.plain_leaf = bool(getattr(resource, "isLeaf", False)) and not isinstance(
@@ -250,8 +360,18 @@ class LimitedSite(server.Site):
         """Whether the root resource answers every request itself, with no encoder."""
         self._date: tuple[int, bytes] = (-1, b"")
         self.body_limit = body_limit
+        self.check_head = check_head
         self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        """0: no bound."""
+        self.head_timeout = head_timeout
         self.channels: set[DeadlineChannel] = set()
+        self._idle: dict[DeadlineChannel, None] = {}
+        """Connections with no request under way, the longest idle first."""
+        self._heads: dict[DeadlineChannel, None] = {}
+        """Connections whose request head is arriving, the longest arriving first."""
+        self._per_address: dict[str, int] = {}
+        """Open connections of each client address (with C{max_connections_per_address})."""
         self._closed: Deferred[None] | None = None
         self.noisy = False
 
@@ -263,13 +383,66 @@ class LimitedSite(server.Site):
         return self._date[1]
 
     def buildProtocol(self, addr: IAddress) -> DeadlineChannel | None:  # type: ignore[override]
-        if len(self.channels) >= self.max_connections:
+        address = getattr(addr, "host", None) if self.max_connections_per_address else None
+        if address is not None and self._per_address.get(address, 0) >= (
+            self.max_connections_per_address
+        ):
             return None
-        channel: DeadlineChannel | None = super().buildProtocol(addr)
+        if len(self.channels) >= self.max_connections and not self._make_room():
+            return None
+        channel: DeadlineChannel = super().buildProtocol(addr)
+        channel.address = address
         return channel
 
-    def channel_closed(self, channel: DeadlineChannel) -> None:
+    def _make_room(self) -> bool:
+        """
+        Close the connection idle longest, else the one whose head has been
+        arriving longest; C{False} when every connection has a head in.
+        """
+        for waiting in (self._idle, self._heads):
+            for channel in waiting:
+                self._forget(channel)
+                _transport(channel).loseConnection()
+                return True
+        return False
+
+    def opened(self, channel: DeadlineChannel) -> None:
+        """A connection is made: idle until its first byte."""
+        self.channels.add(channel)
+        self._idle[channel] = None
+        if channel.address is not None:
+            self._per_address[channel.address] = self._per_address.get(channel.address, 0) + 1
+
+    def head_arriving(self, channel: DeadlineChannel) -> None:
+        """The first byte of a request came on C{channel}."""
+        if channel in self._idle:
+            del self._idle[channel]
+            self._heads[channel] = None
+
+    def head_arrived(self, channel: DeadlineChannel) -> None:
+        """The head of a request on C{channel} is in: it is under way until answered."""
+        self._heads.pop(channel, None)
+
+    def idle(self, channel: DeadlineChannel) -> None:
+        """C{channel}'s request is answered, and it is kept alive for the next."""
+        if channel in self.channels:
+            self._idle[channel] = None
+
+    def _forget(self, channel: DeadlineChannel) -> None:
+        if channel not in self.channels:
+            return
         self.channels.discard(channel)
+        self._idle.pop(channel, None)
+        self._heads.pop(channel, None)
+        if channel.address is not None:
+            left = self._per_address[channel.address] - 1
+            if left:
+                self._per_address[channel.address] = left
+            else:
+                del self._per_address[channel.address]
+
+    def channel_closed(self, channel: DeadlineChannel) -> None:
+        self._forget(channel)
         if not self.channels and self._closed is not None:
             closed, self._closed = self._closed, None
             closed.callback(None)

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.python.failure import Failure
 
 from refresherd import __version__
+from refresherd.config import ServerConfig
 from refresherd.core.flights import ABORT_TIMEOUT
 from refresherd.core.refresher import DRAIN_TIMEOUT
 from refresherd.errors import ConfigError
@@ -134,7 +135,13 @@ def build_service(
         reactor,
         fallback=admin.resource() if settings.admin_mounted else None,
     )
-    public_site = LimitedSite(public.resource(), public.body_limit, reactor)
+    public_site = LimitedSite(
+        public.resource(),
+        public.body_limit,
+        reactor,
+        check_head=authorizer.check_head,
+        **connection_limits(config.server),
+    )
     signals = ShutdownSignals(reactor)
     if worker is not None:
         # The parent listens, serves the admin API and checked both endpoints.
@@ -237,8 +244,14 @@ def admin_listener(
         port = public
         ports: list[IListeningPort] = []
     else:
-        max_body = settings.config.server.max_body_bytes
-        site = LimitedSite(admin.resource(), lambda method, path: max_body, reactor)
+        server = settings.config.server
+        max_body = server.max_body_bytes
+        site = LimitedSite(
+            admin.resource(),
+            lambda method, path: max_body,
+            reactor,
+            **connection_limits(server),
+        )
         sites.append(site)
         port = listen(reactor, settings.admin_listen.value, settings.admin_listen.where, site)
         ports = [port]
@@ -249,6 +262,15 @@ def admin_listener(
             opened.stopListening()
         raise
     return ports
+
+
+def connection_limits(server: ServerConfig) -> dict[str, Any]:
+    """The bounds of each listener's connections (C{[server]}), as L{LimitedSite} takes them."""
+    return {
+        "max_connections": server.max_connections,
+        "max_connections_per_address": server.max_connections_per_address,
+        "head_timeout": server.head_timeout,
+    }
 
 
 def listen(

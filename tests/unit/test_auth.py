@@ -9,6 +9,7 @@ import hmac
 from collections.abc import Iterator
 
 import pytest
+from twisted.web.http_headers import Headers
 
 from refresherd.config import AuthConfig, Secret
 from refresherd.errors import Forbidden, Unauthorized
@@ -257,3 +258,37 @@ def test_a_token_configured_in_two_classes_has_both() -> None:
     authorizer.require(bearer("both"), frozenset({"metrics"}))
     with pytest.raises(Forbidden):
         authorizer.require(bearer("both"), frozenset({ADMIN}))
+
+
+# What a request's head decides before its body is read (refresherd.http.site)
+
+
+def head(*authorization: bytes) -> Headers:
+    return Headers({b"Authorization": list(authorization)} if authorization else {})
+
+
+@pytest.mark.parametrize("method", [b"PUT", b"put", b"Put"])
+def test_a_put_head_needs_a_write_token_whatever_the_case_of_its_method(method: bytes) -> None:
+    with pytest.raises(Unauthorized):
+        ALL.check_head(method, head())
+    with pytest.raises(Forbidden):
+        ALL.check_head(method, head(bearer("r-token")))
+    ALL.check_head(method, head(bearer("w-token")))
+    ALL.check_head(method, head(bearer("a-token")))
+
+
+def test_a_put_head_is_forbidden_when_writes_are_off() -> None:
+    with pytest.raises(Forbidden):
+        Authorizer(((b"r-token", "read"),)).check_head(b"PUT", head(bearer("r-token")))
+
+
+def test_a_put_head_is_judged_by_its_last_authorization_as_its_route_judges_it() -> None:
+    with pytest.raises(Unauthorized):
+        ALL.check_head(b"PUT", head(bearer("w-token"), bearer("nope")))
+    ALL.check_head(b"PUT", head(bearer("nope"), bearer("w-token")))
+
+
+@pytest.mark.parametrize("method", [b"POST", b"GET", b"DELETE", b"PATCH"])
+def test_a_head_of_another_method_is_left_to_its_route(method: bytes) -> None:
+    ALL.check_head(method, head())
+    ALL.check_head(method, head(bearer("nope")))

@@ -782,3 +782,43 @@ def test_access_log_is_off_unless_set_to_true() -> None:
 
 def test_integers_are_still_refused_as_booleans_and_booleans_as_integers() -> None:
     assert "must be an integer, not a boolean" in error_of("[server]\nmax_batch = true\n")
+
+
+def test_the_connection_bounds_default_to_1024_no_bound_per_address_and_a_10_s_head() -> None:
+    server = load("").server
+    assert (server.max_connections, server.max_connections_per_address) == (1024, 0)
+    assert server.head_timeout == 10.0
+
+
+def test_the_connection_bounds_are_read_from_server() -> None:
+    server = load(
+        '[server]\nmax_connections = 64\nmax_connections_per_address = 8\nhead_timeout = "2500ms"\n'
+    ).server
+    assert (server.max_connections, server.max_connections_per_address) == (64, 8)
+    assert server.head_timeout == 2.5
+    assert load("[server]\nhead_timeout = 3\n").server.head_timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_connections = 0", "server.max_connections: must be at least 1, not 0"),
+        ("max_connections = '9'", "server.max_connections: must be an integer, not a string"),
+        (
+            "max_connections_per_address = -1",
+            "server.max_connections_per_address: must be at least 0, not -1",
+        ),
+        (
+            "max_connections_per_address = 2.0",
+            "server.max_connections_per_address: must be an integer, not a float",
+        ),
+        ("head_timeout = '0s'", "server.head_timeout: must be more than 0 seconds, not '0s'"),
+        ("head_timeout = '10'", "server.head_timeout: not a duration: '10'"),
+        ("head_timeout = -1", "server.head_timeout: a duration may not be negative: -1"),
+        ("max_conections = 5", "server: unknown key 'max_conections' (did you mean"),
+    ],
+)
+def test_a_bad_connection_bound_stops_start_up_with_one_line(text: str, expected: str) -> None:
+    message = error_of(f"[server]\n{text}\n")
+    assert message.startswith(f"refresherd.toml: {expected}"), message
+    assert "\n" not in message

@@ -21,10 +21,22 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers
 from twisted.web.resource import EncodingResourceWrapper, Resource
 from twisted.web.server import NOT_DONE_YET, GzipEncoderFactory, Request, Site
 
-from refresherd.http.site import IDLE_TIMEOUT, REQUEST_DEADLINE, DeadlineChannel, LimitedSite
+from refresherd.errors import Forbidden, Unauthorized
+from refresherd.http.site import (
+    HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_LINE,
+    REQUEST_DEADLINE,
+    DeadlineChannel,
+    HeadCheck,
+    LimitedSite,
+)
 
 LIMIT = 10
 PUT_LIMIT = 100
@@ -67,12 +79,12 @@ class Server:
     limit_calls: list[tuple[bytes, bytes]]
     port: int = 40000
 
-    def build(self) -> DeadlineChannel | None:
+    def build(self, host: str = "127.0.0.1") -> DeadlineChannel | None:
         self.port += 1
-        return self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", self.port))
+        return self.site.buildProtocol(IPv4Address("TCP", host, self.port))
 
-    def connect(self) -> tuple[DeadlineChannel, AbortableTransport]:
-        proto = self.build()
+    def connect(self, host: str = "127.0.0.1") -> tuple[DeadlineChannel, AbortableTransport]:
+        proto = self.build(host)
         assert proto is not None
         transport = AbortableTransport()
         proto.makeConnection(transport)
@@ -80,7 +92,10 @@ class Server:
 
 
 def make_server(
-    max_connections: int = 16, body_limit: Callable[[bytes, bytes], int] | None = None
+    max_connections: int = 16,
+    body_limit: Callable[[bytes, bytes], int] | None = None,
+    check_head: HeadCheck | None = None,
+    **limits: Any,
 ) -> Server:
     clock = Clock()
     resource = RecordingResource()
@@ -92,7 +107,14 @@ def make_server(
             return body_limit(method, path)
         return LIMIT
 
-    site = LimitedSite(resource, limit, reactor=clock, max_connections=max_connections)
+    site = LimitedSite(
+        resource,
+        limit,
+        reactor=clock,
+        check_head=check_head,
+        max_connections=max_connections,
+        **limits,
+    )
     return Server(clock, resource, site, calls)
 
 
@@ -128,14 +150,22 @@ def parse_response(data: bytes) -> Response:
     return Response(status_line, headers, after[:length], after[length:])
 
 
-def assert_too_large(transport: AbortableTransport) -> None:
+def assert_refused(transport: AbortableTransport, status: bytes, code: str) -> Response:
+    """The one answer written: C{status} with C{code}'s error object; the connection closes."""
     response = parse_response(transport.value())
-    assert response.status_line.startswith(b"HTTP/1.1 413 ")
+    assert response.status_line.startswith(b"HTTP/1.1 " + status + b" ")
     assert response.headers[b"content-type"] == b"application/json"
+    assert response.headers[b"connection"] == b"close"
     error = json.loads(response.body)["error"]
-    assert error["code"] == "body_too_large"
+    assert error["code"] == code
     assert isinstance(error["message"], str) and error["message"]
+    assert response.rest == b""
     assert transport.disconnecting
+    return response
+
+
+def assert_too_large(transport: AbortableTransport) -> None:
+    assert_refused(transport, b"413", "body_too_large")
 
 
 def post_head(length: int, path: bytes = b"/v1/fetch", method: bytes = b"POST") -> bytes:
@@ -275,19 +305,208 @@ def test_the_limit_applies_to_each_request_on_a_kept_alive_connection(server: Se
     assert server.resource.seen == [(b"POST", b"/v1/fetch", b"abcd")]
 
 
-# The request deadline
+# Checks of a request's head before its body is read
 
 
-def test_headers_trickling_in_are_aborted_at_the_deadline(server: Server) -> None:
+def refuse_puts(method: bytes, headers: Headers) -> None:
+    """A head check as the public listener's: a PUT needs C{Authorization: Bearer w}."""
+    if method == b"PUT":
+        token = headers.getRawHeaders(b"authorization")
+        if token is None:
+            raise Unauthorized("a valid bearer token is required")
+        if token != [b"Bearer w"]:
+            raise Forbidden("a read token may not do this")
+
+
+def put_head(length: int, *headers: bytes) -> bytes:
+    return (
+        post_head(length, path=b"/v1/jobs/j?id=1", method=b"PUT")[:-2]
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"\r\n"
+    )
+
+
+def test_a_put_without_a_token_gets_401_before_its_body_and_its_limit() -> None:
+    server = make_server(check_head=refuse_puts)
+    proto, transport = server.connect()
+    proto.dataReceived(put_head(32 * 1024 * 1024))
+    response = assert_refused(transport, b"401", "unauthorized")
+    assert response.headers[b"www-authenticate"] == b"Bearer"
+    assert server.limit_calls == []
+    assert server.resource.seen == []
+    proto.dataReceived(b"x" * 100_000)  # What still comes is neither kept nor answered.
+    assert parse_response(transport.value()).rest == b""
+    assert server.resource.seen == []
+
+
+def test_a_put_with_a_token_that_may_not_write_gets_403_before_its_body() -> None:
+    server = make_server(check_head=refuse_puts)
+    proto, transport = server.connect()
+    proto.dataReceived(put_head(5, b"Authorization: Bearer r"))
+    assert_refused(transport, b"403", "forbidden")
+    assert server.resource.seen == []
+
+
+def test_a_chunked_put_without_a_token_is_refused_at_its_head() -> None:
+    server = make_server(check_head=refuse_puts)
+    proto, transport = server.connect()
+    proto.dataReceived(
+        b"PUT /v1/jobs/j?id=1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    assert_refused(transport, b"401", "unauthorized")
+
+
+def test_a_put_refused_at_its_head_is_not_told_to_continue() -> None:
+    server = make_server(check_head=refuse_puts)
+    proto, transport = server.connect()
+    proto.dataReceived(put_head(5, b"Expect: 100-continue"))
+    assert not transport.value().startswith(b"HTTP/1.1 100")
+    assert_refused(transport, b"401", "unauthorized")
+
+
+def test_a_put_whose_head_passes_is_limited_and_reaches_the_resource() -> None:
+    server = make_server(check_head=refuse_puts)
+    proto, transport = server.connect()
+    proto.dataReceived(put_head(3, b"Authorization: Bearer w") + b"abc")
+    assert server.resource.seen == [(b"PUT", b"/v1/jobs/j?id=1", b"abc")]
+    assert not transport.disconnecting
+    transport.clear()
+    proto.dataReceived(put_head(LIMIT + 1, b"Authorization: Bearer w"))
+    assert_too_large(transport)
+
+
+def test_the_head_check_is_not_asked_about_a_request_without_a_body() -> None:
+    asked: list[bytes] = []
+    server = make_server(check_head=lambda method, headers: asked.append(method))
+    proto, _ = server.connect()
+    proto.dataReceived(b"GET /v1/jobs/j?id=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    proto.dataReceived(post_head(0, path=b"/v1/jobs/j?id=1", method=b"PUT"))
+    proto.dataReceived(post_head(2) + b"ab")
+    assert asked == [b"POST"]
+    assert len(server.resource.seen) == 3
+
+
+# The limits of a request's head
+
+
+def test_a_request_line_over_the_limit_gets_414_without_reaching_the_resource(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    target = b"/v1/jobs/j?id=" + b"1" * MAX_LINE
+    proto.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert_refused(transport, b"414", "uri_too_long")
+    assert server.resource.seen == []
+
+
+def test_a_request_line_is_refused_as_soon_as_it_passes_the_limit(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /v1/jobs/j?id=" + b"1" * (MAX_LINE - 100))
+    assert transport.value() == b""
+    proto.dataReceived(b"1" * 200)  # No end of line yet.
+    assert_refused(transport, b"414", "uri_too_long")
+
+
+def test_a_request_line_of_exactly_the_limit_is_read(server: Server) -> None:
+    proto, transport = server.connect()
+    start, end = b"GET /x?id=", b" HTTP/1.1"
+    line = start + b"1" * (MAX_LINE - len(start) - len(end)) + end
+    assert len(line) == MAX_LINE
+    proto.dataReceived(line + b"\r\n\r\n")
+    assert parse_response(transport.value()).body == b"ok"
+
+
+def test_a_request_line_over_the_limit_on_a_kept_alive_connection_gets_414(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    transport.clear()
+    proto.dataReceived(b"GET /" + b"a" * MAX_LINE + b" HTTP/1.1\r\n\r\n")
+    assert_refused(transport, b"414", "uri_too_long")
+    assert [uri for _, uri, _ in server.resource.seen] == [b"/a"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [b"X-Long: " + b"a" * MAX_LINE],  # one line over the limit
+        [b"X-%d: " % i + b"a" * 1000 for i in range(MAX_HEAD // 1000 + 1)],  # all of them
+        [b"X-%d: a" % i for i in range(MAX_HEADERS + 1)],  # too many
+    ],
+    ids=["a-long-line", "a-large-head", "too-many"],
+)
+def test_headers_over_the_limits_get_431_without_reaching_the_resource(
+    server: Server, headers: list[bytes]
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n")
+    assert_refused(transport, b"431", "headers_too_large")
+    assert server.resource.seen == []
+
+
+def test_the_most_headers_read_reach_the_resource(server: Server) -> None:
+    proto, transport = server.connect()
+    headers = b"".join(b"X-%d: a\r\n" % i for i in range(MAX_HEADERS))
+    proto.dataReceived(b"GET /a HTTP/1.1\r\n" + headers + b"\r\n")
+    assert parse_response(transport.value()).body == b"ok"
+
+
+def test_a_request_twisted_web_cannot_read_still_gets_its_bare_400(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nNo colon here\r\n\r\n")
+    assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n"
+    assert transport.disconnecting
+
+
+# The head timeout and the request deadline
+
+
+def test_a_silent_connection_is_aborted_at_the_head_timeout(server: Server) -> None:
+    proto, transport = server.connect()
+    server.clock.advance(HEAD_TIMEOUT - 0.01)
+    assert not transport.disconnecting
+    server.clock.advance(0.01)
+    assert transport.aborted
+
+
+def test_the_first_head_counts_from_the_connections_start(server: Server) -> None:
+    proto, transport = server.connect()
+    server.clock.advance(HEAD_TIMEOUT - 1)
+    proto.dataReceived(b"GET /a HTTP/1.1\r\n")
+    server.clock.advance(1)
+    assert transport.aborted
+    assert server.resource.seen == []
+
+
+def test_a_head_in_time_leaves_its_body_the_request_deadline(server: Server) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(post_head(LIMIT))
+    server.clock.advance(REQUEST_DEADLINE - 0.01)
+    assert not transport.disconnecting
+    server.clock.advance(0.01)
+    assert transport.aborted
+
+
+def test_headers_trickling_in_are_aborted_at_the_head_timeout(server: Server) -> None:
     proto, transport = server.connect()
     proto.dataReceived(b"GET /v1/jobs/j?id=1 HTTP/1.1\r\nHost: refresherd.test\r\nX-Slow: ")
-    for _ in range(int(REQUEST_DEADLINE) - 1):
+    for _ in range(int(HEAD_TIMEOUT) - 1):
         server.clock.advance(1)
         proto.dataReceived(b"a")
         assert not transport.disconnecting
     server.clock.advance(1)
     assert transport.aborted
     assert server.resource.seen == []
+
+
+def test_the_head_timeout_is_the_sites() -> None:
+    server = make_server(head_timeout=2.5)
+    proto, transport = server.connect()
+    server.clock.advance(2.49)
+    assert not transport.disconnecting
+    server.clock.advance(0.01)
+    assert transport.aborted
 
 
 def test_a_body_trickling_in_is_aborted_at_the_deadline_even_though_bytes_keep_coming(
@@ -304,17 +523,7 @@ def test_a_body_trickling_in_is_aborted_at_the_deadline_even_though_bytes_keep_c
     assert server.resource.seen == []
 
 
-def test_the_deadline_counts_from_the_first_byte_of_a_request(server: Server) -> None:
-    proto, transport = server.connect()
-    server.clock.advance(REQUEST_DEADLINE - 1)
-    proto.dataReceived(b"GET / HT")
-    server.clock.advance(REQUEST_DEADLINE - 1)
-    assert not transport.disconnecting
-    server.clock.advance(1)
-    assert transport.aborted
-
-
-def test_a_complete_request_clears_its_deadline(server: Server) -> None:
+def test_a_complete_request_clears_its_deadlines(server: Server) -> None:
     server.resource.hang = True
     proto, transport = server.connect()
     proto.dataReceived(b"GET /slow HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
@@ -324,19 +533,48 @@ def test_a_complete_request_clears_its_deadline(server: Server) -> None:
     assert not transport.aborted
 
 
+def test_a_later_head_on_a_kept_alive_connection_counts_from_its_first_byte(
+    server: Server,
+) -> None:
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /one HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+    server.clock.advance(IDLE_TIMEOUT - 5)  # Idle: no head is awaited.
+    assert not transport.disconnecting
+    proto.dataReceived(b"GET /two HTTP/1.1\r\n")
+    server.clock.advance(HEAD_TIMEOUT - 0.01)
+    assert not transport.disconnecting
+    server.clock.advance(0.01)
+    assert transport.aborted
+    assert [uri for _, uri, _ in server.resource.seen] == [b"/one"]
+
+
 def test_each_request_on_a_kept_alive_connection_gets_a_fresh_deadline(
     server: Server,
 ) -> None:
     proto, transport = server.connect()
     proto.dataReceived(b"GET /one HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
-    assert [uri for _, uri, _ in server.resource.seen] == [b"/one"]
     server.clock.advance(REQUEST_DEADLINE - 5)
-    proto.dataReceived(b"GET /two HTTP/1.1\r\n")
+    proto.dataReceived(post_head(LIMIT))
     server.clock.advance(REQUEST_DEADLINE - 1)
     assert not transport.disconnecting
     server.clock.advance(1)
     assert transport.aborted
     assert [uri for _, uri, _ in server.resource.seen] == [b"/one"]
+
+
+def test_a_head_after_a_slow_body_is_still_timed_from_its_first_byte(server: Server) -> None:
+    """The timer left for the first request's whole deadline is brought forward."""
+    proto, transport = server.connect()
+    proto.dataReceived(post_head(2) + b"a")
+    server.clock.advance(15)
+    proto.dataReceived(b"b")  # Answered at 15 s; its deadline's timer is set for 30 s.
+    assert len(server.resource.seen) == 1
+    server.clock.advance(1)
+    proto.dataReceived(b"GET /two HTTP/1.1\r\n")
+    server.clock.advance(HEAD_TIMEOUT - 0.01)
+    assert not transport.disconnecting
+    server.clock.advance(0.01)
+    assert transport.aborted
 
 
 def test_a_lost_connection_leaves_no_deadline_or_timeout_behind(server: Server) -> None:
@@ -350,8 +588,9 @@ def test_a_lost_connection_leaves_no_deadline_or_timeout_behind(server: Server) 
 # The idle timeout (twisted.web's own, on the injected reactor)
 
 
-def test_an_idle_connection_is_closed_after_the_idle_timeout(server: Server) -> None:
+def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(server: Server) -> None:
     proto, transport = server.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
     server.clock.advance(IDLE_TIMEOUT - 0.01)
     assert not transport.disconnecting
     server.clock.advance(0.01)
@@ -361,9 +600,10 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(server: Server) -> 
 
 def test_the_idle_timeout_restarts_after_a_finished_request(server: Server) -> None:
     proto, transport = server.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
     server.clock.advance(IDLE_TIMEOUT / 2)
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
-    assert len(server.resource.seen) == 1
+    assert len(server.resource.seen) == 2
     server.clock.advance(IDLE_TIMEOUT - 0.01)
     assert not transport.disconnecting
     server.clock.advance(0.01)
@@ -373,17 +613,101 @@ def test_the_idle_timeout_restarts_after_a_finished_request(server: Server) -> N
 # The connection cap
 
 
-def test_connections_past_the_cap_are_refused_until_one_is_lost() -> None:
-    server = make_server(max_connections=2)
-    first, _ = server.connect()
+def answered(proto: DeadlineChannel) -> None:
+    proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
+
+
+def test_at_the_cap_the_connection_idle_longest_is_closed_for_a_new_one() -> None:
+    server = make_server(max_connections=3)
+    silent, silent_transport = server.connect()  # idle since 0 s
+    server.clock.advance(1)
+    kept, kept_transport = server.connect()
+    server.clock.advance(1)
+    answered(kept)  # idle since 2 s
+    server.clock.advance(1)
+    newer, newer_transport = server.connect()  # idle since 3 s
+    assert len(server.site.channels) == 3
+
     server.connect()
+    assert silent_transport.disconnecting and not silent_transport.aborted
+    assert not kept_transport.disconnecting and not newer_transport.disconnecting
+    server.connect()
+    assert kept_transport.disconnecting and not newer_transport.disconnecting
+    assert len(server.site.channels) == 3
+    lose(silent)  # The reactor's word that it is gone changes no count.
+    lose(kept)
+    assert len(server.site.channels) == 3
+
+
+def test_at_the_cap_without_an_idle_one_the_longest_arriving_head_is_closed() -> None:
+    server = make_server(max_connections=2)
+    server.resource.hang = True
+    slow, slow_transport = server.connect()
+    slow.dataReceived(b"GET /a HTTP/1.1\r\n")
+    busy, busy_transport = server.connect()
+    answered(busy)  # under way: the resource has not answered
+    server.clock.advance(1)
+    server.connect()
+    assert slow_transport.disconnecting
+    assert not busy_transport.disconnecting
+
+
+def test_at_the_cap_with_every_request_under_way_a_new_one_is_refused_until_one_is_answered() -> (
+    None
+):
+    server = make_server(max_connections=2)
+    server.resource.hang = True
+    first, first_transport = server.connect()
+    answered(first)
+    second, second_transport = server.connect()
+    answered(second)
     assert server.build() is None
+    assert not first_transport.disconnecting and not second_transport.disconnecting
+    server.resource.pending[1].finish()  # the second is kept alive, idle
+    assert second_transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    third, third_transport = server.connect()
+    assert second_transport.disconnecting and not first_transport.disconnecting
+    server.resource.hang = False
+    answered(third)
+    assert parse_response(third_transport.value()).body == b"ok"
+
+
+def test_a_connection_lost_frees_its_place_at_the_cap() -> None:
+    server = make_server(max_connections=1)
+    server.resource.hang = True
+    first, _ = server.connect()
+    answered(first)
     assert server.build() is None
     lose(first)
-    third, third_transport = server.connect()
-    third.dataReceived(b"GET /x HTTP/1.1\r\nHost: refresherd.test\r\n\r\n")
-    assert parse_response(third_transport.value()).body == b"ok"
-    assert server.build() is None
+    assert server.build() is not None
+
+
+def test_a_client_address_at_its_bound_is_refused_and_others_are_not() -> None:
+    server = make_server(max_connections_per_address=2)
+    a1, _ = server.connect("10.0.0.1")
+    a2, a2_transport = server.connect("10.0.0.1")
+    assert server.build("10.0.0.1") is None
+    assert not a2_transport.disconnecting  # Refused: nothing of its own is closed for it.
+    server.connect("10.0.0.2")
+    server.connect("::1")
+    lose(a1)
+    server.connect("10.0.0.1")
+    assert server.build("10.0.0.1") is None
+
+
+def test_an_address_has_no_bound_by_default(server: Server) -> None:
+    for _ in range(16):
+        server.connect("10.0.0.1")
+    assert len(server.site.channels) == 16
+
+
+def test_an_address_closed_to_make_room_frees_its_place_under_its_bound() -> None:
+    server = make_server(max_connections=2, max_connections_per_address=1)
+    server.connect("10.0.0.1")
+    server.clock.advance(1)
+    server.connect("10.0.0.2")
+    server.connect("10.0.0.3")  # closes 10.0.0.1's, idle longest
+    assert server.build("10.0.0.1") is not None
 
 
 # Closing connections at shutdown
@@ -531,8 +855,8 @@ def test_requests_on_a_kept_alive_connection_do_not_set_a_deadline_timer_each(
     assert len(server.resource.seen) == 50
     assert not transport.disconnecting
     # twisted.web's idle timeout sets one timer per request; the deadlines of
-    # 50 requests in 50 s add two (one, and its successor after 30 s).
-    assert len(made) <= 50 + 1 + 2
+    # 50 requests in 50 s add one per head timeout, and the connection's first.
+    assert len(made) <= 50 + 1 + 50 / HEAD_TIMEOUT + 1
 
 
 # twisted.web's own work, less what refresherd does not need
