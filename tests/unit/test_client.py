@@ -32,6 +32,7 @@ from refresherd.client import (
     Client,
     FetchFailed,
     Forbidden,
+    HeadersTooLarge,
     MethodNotAllowed,
     NotFound,
     Overloaded,
@@ -44,6 +45,7 @@ from refresherd.client import (
     UnknownJob,
     Unreachable,
     UnsupportedMediaType,
+    UriTooLong,
     WaitTimeout,
     answer_value,
 )
@@ -349,6 +351,8 @@ ERROR_CODES = [
     ("method_not_allowed", 405, MethodNotAllowed),
     ("unsupported_media_type", 415, UnsupportedMediaType),
     ("batch_too_large", 413, BatchTooLarge),
+    ("uri_too_long", 414, UriTooLong),
+    ("headers_too_large", 431, HeadersTooLarge),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -17,6 +18,8 @@ import schemathesis
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
+from refresherd.client import ERRORS, STATUSES
+from refresherd.errors import RefresherdError
 from refresherd.http.admin import AdminAPI
 from refresherd.http.public import PublicAPI
 from tests.openapi_document import DOCUMENT, RAW
@@ -172,3 +175,26 @@ def test_the_paths_and_methods_are_exactly_the_routes() -> None:
     assert sorted(documented - (public | admin)) == []
     # The admin listener's routes, and only they, are tagged "admin".
     assert documented_routes("admin") == admin
+
+
+def every_error() -> Iterator[type[RefresherdError]]:
+    """Every class of L{refresherd.errors} a client can be answered with."""
+    waiting = [RefresherdError]
+    while waiting:
+        cls = waiting.pop()
+        waiting.extend(cls.__subclasses__())
+        yield cls
+
+
+def test_every_error_code_is_in_the_document_the_docs_and_the_client() -> None:
+    codes = {cls.code: cls.status for cls in every_error()}
+    assert codes.pop("internal") == 500
+    documented = DOCUMENT["components"]["schemas"]["ErrorCode"]
+    assert set(documented["enum"]) == set(codes) | {"internal"}
+    for code, status in codes.items():
+        assert f"`{code}` {status}" in documented["description"], code
+    table = (Path(__file__).parents[2] / "docs" / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", table, re.MULTILINE))
+    assert {code: int(status) for code, status in rows.items()} == codes
+    assert dict(STATUSES) == codes
+    assert set(ERRORS) == set(codes)
