@@ -38,6 +38,7 @@ the query itself); the client's address is made once per connection.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -221,32 +222,46 @@ def _transport(channel: http.HTTPChannel) -> Any:
 
 class DeadlineChannel(http.HTTPChannel):
     """
-    An HTTP channel that gives each request's head and whole a deadline, tells
-    its site when it is idle, and answers the limits of the head with their
-    error objects.
+    An HTTP channel that gives each request's head and whole a deadline, keeps
+    its place among its site's idle connections and arriving heads, and
+    answers the limits of the head with their error objects.
 
     Deadlines are noted, not timed: one timer per connection, left running
     while requests come and go, wakes at the earliest moment the current
     request could be late and either aborts the connection or sleeps until
     the next moment it could be.  (A timer set and cancelled per request cost
-    several percent of a hit.)
+    several percent of a hit.)  It takes itself out of its site's idle
+    connections, into its arriving heads, as a request begins.
     """
 
     address: str | None = None
     """The client's address, when its site bounds the connections of each."""
     _started: float | None = None
     """When the first byte of the request arriving now came; none between requests."""
-    _head_due: float | None = None
-    """When the head of the request arriving (or awaited, on a new connection) is late."""
+    _head_from: float | None = None
+    """
+    Whence the head of the request arriving is timed: the connection's start
+    for the first request, its first byte for a later one; none once a
+    request has arrived whole, until the next one's first byte.
+    """
+    _head_timeout: float
     _timer: IDelayedCall | None = None
+    _wake_at = math.inf
+    """When L{_timer} fires (infinity: not set)."""
+    _idle: dict[DeadlineChannel, None]
+    """L{LimitedSite.idle}."""
+    _heads: dict[DeadlineChannel, None]
+    """L{LimitedSite.heads}."""
     _host: IAddress | None = None
     _peer: IAddress | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         site: LimitedSite = self.factory
-        self._head_due = site.reactor.seconds() + site.head_timeout
-        self._timer = self.callLater(site.head_timeout, self._check_deadlines)
+        self._head_timeout = site.head_timeout
+        self._idle, self._heads = site.idle, site.heads
+        self._head_from = site.reactor.seconds()
+        self._wake(self._head_from, self._head_timeout)
         site.opened(self)
 
     def getHost(self) -> IAddress:
@@ -263,43 +278,45 @@ class DeadlineChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._started is None and not self._handlingRequest:
-            site: LimitedSite = self.factory
-            now = self._started = site.reactor.seconds()
-            if self._head_due is None:
-                self._head_due = due = now + site.head_timeout
-                if self._timer is None:
-                    self._timer = self.callLater(site.head_timeout, self._check_deadlines)
-                elif self._timer.getTime() > due:
-                    self._timer.reset(site.head_timeout)
-            site.head_arriving(self)
+            now = self._started = self.factory.reactor.seconds()
+            if self._head_from is None:
+                self._head_from = now
+            due = self._head_from + self._head_timeout
+            if due < self._wake_at:
+                self._wake(now, due - now)
+            self._idle.pop(self, None)
+            self._heads[self] = None
         super().dataReceived(data)
 
-    def allHeadersReceived(self) -> None:
-        self._head_due = None
-        self.factory.head_arrived(self)
-        super().allHeadersReceived()
-
     def allContentReceived(self) -> None:
-        self._started = None
+        self._started = self._head_from = None
         super().allContentReceived()
 
-    def requestDone(self, request: http.Request) -> None:
-        super().requestDone(request)
-        # Idle unless it closes, or a request that came meanwhile has begun.
-        if self.persistent and self._started is None and not self._handlingRequest:
-            self.factory.idle(self)
+    @property
+    def head_arriving(self) -> bool:
+        """Whether a request's head is awaited or arriving (on a new connection: from its start)."""
+        return bool(self.line_mode) and not self._handlingRequest and self._head_from is not None
+
+    def _wake(self, now: float, delay: float) -> None:
+        """Have the timer fire C{delay} seconds from C{now}."""
+        if self._timer is None:
+            self._timer = self.callLater(delay, self._check_deadlines)
+        else:
+            self._timer.reset(delay)
+        self._wake_at = now + delay
 
     def _check_deadlines(self) -> None:
-        self._timer = None
-        due = self._head_due
+        self._timer, self._wake_at = None, math.inf
+        due = math.inf
+        if self._head_from is not None and self.head_arriving:
+            due = self._head_from + self._head_timeout
         if self._started is not None:
-            whole = self._started + REQUEST_DEADLINE
-            due = whole if due is None else min(due, whole)
-        if due is None:
+            due = min(due, self._started + REQUEST_DEADLINE)
+        if due == math.inf:
             return
-        late = due - self.factory.reactor.seconds()
-        if late > 0:
-            self._timer = self.callLater(late, self._check_deadlines)
+        now = self.factory.reactor.seconds()
+        if due > now:
+            self._wake(now, due - now)
         else:
             _transport(self).abortConnection()
 
@@ -327,11 +344,11 @@ class DeadlineChannel(http.HTTPChannel):
             super()._respondToBadRequestAndDisconnect()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._started = self._head_due = None
+        self._started = self._head_from = None
         if self._timer is not None:
             if self._timer.active():
                 self._timer.cancel()
-            self._timer = None
+            self._timer, self._wake_at = None, math.inf
         self.factory.channel_closed(self)
         super().connectionLost(reason)
 
@@ -366,10 +383,13 @@ class LimitedSite(server.Site):
         """0: no bound."""
         self.head_timeout = head_timeout
         self.channels: set[DeadlineChannel] = set()
-        self._idle: dict[DeadlineChannel, None] = {}
-        """Connections with no request under way, the longest idle first."""
-        self._heads: dict[DeadlineChannel, None] = {}
-        """Connections whose request head is arriving, the longest arriving first."""
+        self.idle: dict[DeadlineChannel, None] = {}
+        """Connections with no request under way, the longest idle first (kept by each)."""
+        self.heads: dict[DeadlineChannel, None] = {}
+        """
+        Connections whose request has begun, the first to begin first (kept by
+        each, and here: one whose head is in is dropped when L{_make_room} meets it).
+        """
         self._per_address: dict[str, int] = {}
         """Open connections of each client address (with C{max_connections_per_address})."""
         self._closed: Deferred[None] | None = None
@@ -399,47 +419,37 @@ class LimitedSite(server.Site):
         Close the connection idle longest, else the one whose head has been
         arriving longest; C{False} when every connection has a head in.
         """
-        for waiting in (self._idle, self._heads):
-            for channel in waiting:
-                self._forget(channel)
-                _transport(channel).loseConnection()
-                return True
+        for waiting in (self.idle, self.heads):
+            while waiting:
+                channel = next(iter(waiting))
+                if waiting is self.heads and not channel.head_arriving:
+                    del waiting[channel]  # Its head is in; its next request comes back.
+                elif self._forget(channel):
+                    _transport(channel).loseConnection()
+                    return True
         return False
 
     def opened(self, channel: DeadlineChannel) -> None:
         """A connection is made: idle until its first byte."""
         self.channels.add(channel)
-        self._idle[channel] = None
+        self.idle[channel] = None
         if channel.address is not None:
             self._per_address[channel.address] = self._per_address.get(channel.address, 0) + 1
 
-    def head_arriving(self, channel: DeadlineChannel) -> None:
-        """The first byte of a request came on C{channel}."""
-        if channel in self._idle:
-            del self._idle[channel]
-            self._heads[channel] = None
-
-    def head_arrived(self, channel: DeadlineChannel) -> None:
-        """The head of a request on C{channel} is in: it is under way until answered."""
-        self._heads.pop(channel, None)
-
-    def idle(self, channel: DeadlineChannel) -> None:
-        """C{channel}'s request is answered, and it is kept alive for the next."""
-        if channel in self.channels:
-            self._idle[channel] = None
-
-    def _forget(self, channel: DeadlineChannel) -> None:
+    def _forget(self, channel: DeadlineChannel) -> bool:
+        """Count C{channel} no more; C{False} if it was not counted."""
+        self.idle.pop(channel, None)
+        self.heads.pop(channel, None)
         if channel not in self.channels:
-            return
+            return False
         self.channels.discard(channel)
-        self._idle.pop(channel, None)
-        self._heads.pop(channel, None)
         if channel.address is not None:
             left = self._per_address[channel.address] - 1
             if left:
                 self._per_address[channel.address] = left
             else:
                 del self._per_address[channel.address]
+        return True
 
     def channel_closed(self, channel: DeadlineChannel) -> None:
         self._forget(channel)
@@ -472,9 +482,15 @@ class LimitedSite(server.Site):
 
     def log(self, request: http.Request) -> None:
         """
-        Called by every request as it finishes: its L{LimitedRequest.answered}.
-        (No line of twisted.web's own here: it would cost a write per request;
-        refresherd's access log is written by what L{LimitedRequest.when_answered} calls.)
+        Called by every request as it finishes: its L{LimitedRequest.answered},
+        and its connection, if kept alive, is idle (until a request already
+        sent on it begins, at once).  (No line of twisted.web's own here: it
+        would cost a write per request; refresherd's access log is written by
+        what L{LimitedRequest.when_answered} calls.)
         """
         if isinstance(request, LimitedRequest):
             request.answered()
+        channel: DeadlineChannel = request.channel  # type: ignore[assignment]
+        if channel.persistent:  # Idle, unless a request that came meanwhile begins now.
+            self.heads.pop(channel, None)
+            self.idle[channel] = None

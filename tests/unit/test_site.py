@@ -640,16 +640,40 @@ def test_at_the_cap_the_connection_idle_longest_is_closed_for_a_new_one() -> Non
 
 
 def test_at_the_cap_without_an_idle_one_the_longest_arriving_head_is_closed() -> None:
-    server = make_server(max_connections=2)
+    server = make_server(max_connections=3)
     server.resource.hang = True
+    busy, busy_transport = server.connect()
+    answered(busy)  # Begun first, but under way: the resource has not answered.
+    server.clock.advance(1)
     slow, slow_transport = server.connect()
     slow.dataReceived(b"GET /a HTTP/1.1\r\n")
-    busy, busy_transport = server.connect()
-    answered(busy)  # under way: the resource has not answered
     server.clock.advance(1)
+    slower, slower_transport = server.connect()
+    slower.dataReceived(b"GET /b HTTP/1.1\r\n")
     server.connect()
     assert slow_transport.disconnecting
-    assert not busy_transport.disconnecting
+    assert not busy_transport.disconnecting and not slower_transport.disconnecting
+
+
+def test_pipelined_requests_leave_their_connection_idle_once_answered() -> None:
+    server = make_server(max_connections=2)
+    server.resource.hang = True
+    busy, busy_transport = server.connect()
+    answered(busy)
+    server.resource.hang = False
+    pipelined, pipelined_transport = server.connect()
+    pipelined.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n" * 3)
+    assert len(server.resource.seen) == 4
+    server.connect()
+    assert pipelined_transport.disconnecting and not busy_transport.disconnecting
+
+
+def test_a_connection_that_closes_after_its_answer_is_not_counted_idle() -> None:
+    server = make_server(max_connections=2)
+    closing, closing_transport = server.connect()
+    closing.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert closing_transport.disconnecting
+    assert closing not in server.site.idle
 
 
 def test_at_the_cap_with_every_request_under_way_a_new_one_is_refused_until_one_is_answered() -> (
