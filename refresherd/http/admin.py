@@ -146,7 +146,7 @@ def redact_url(url: str, secret: bool = False) -> str:
 
 def _redact_text(text: str) -> str:
     """L{REDACTED} unless C{text} (of a URL) is empty or just placeholders."""
-    return text if not text or _ONLY_PLACEHOLDERS.fullmatch(unquote(text)) else REDACTED
+    return text if not text or _ONLY_PLACEHOLDERS.fullmatch(text) else REDACTED
 
 
 def _header_value(name: str, secret: Secret) -> str:
