@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
+from refresherd.core.patterns import ArgPattern, compile_pattern
 from refresherd.core.templates import (
     PLACEHOLDER,
     check_url_template,
@@ -91,9 +92,13 @@ class JobConfig:
     fresh: float
     fetch: str
     args: tuple[str, ...] = ()
-    arg_patterns: Mapping[str, re.Pattern[str]] = attrs.field(factory=dict)
+    arg_patterns: Mapping[str, ArgPattern] = attrs.field(factory=dict)
     # fetch = "http"
     url: str | None = None
+    url_secret: bool = False
+    """The URL was given as C{env:} or C{file:}: its path and query are not shown."""
+    path_slash: bool = False
+    """Arguments in the URL's path may be empty or hold C{/} and C{\\}."""
     method: str = "GET"
     headers: Mapping[str, Secret] = attrs.field(factory=dict)
     body: Any = None
@@ -142,7 +147,7 @@ _RESERVED_HEADERS = frozenset(
 )
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_HTTP_ONLY = ("url", "method", "headers", "body", "sign")
+_HTTP_ONLY = ("url", "method", "headers", "body", "sign", "path_slash")
 _POSITIVE_DURATIONS = ("fresh", "timeout", "wait_timeout")
 _DURATIONS = ("stale", "stale_if_error", "error_ttl", *_POSITIVE_DURATIONS)
 _INT_MINIMUMS = {"retries": 0, "concurrency": 1, "max_queue": 0, "version": 1, "max_value_bytes": 1}
@@ -425,7 +430,7 @@ def _jobs(t: _Table) -> dict[str, JobConfig]:
 
 
 def _job(t: _Table, name: str) -> JobConfig:
-    t.only(_fields(JobConfig) - {"name"})
+    t.only(_fields(JobConfig) - {"name", "url_secret"})
     if "fresh" not in t:
         raise t.error(None, "missing required key 'fresh'")
     args = _args(t)
@@ -485,8 +490,13 @@ def _http(t: _Table, args: tuple[str, ...]) -> dict[str, Any]:
         raise t.error("callable", "not allowed for an http job")
     if "url" not in t:
         raise t.error(None, "missing required key 'url' (an http job)")
-    url: str = t.get("url", "string")
-    values: dict[str, Any] = {"url": t.check("url", _url, url, args)}
+    url = t.secret("url", t.get("url", "string"))
+    values: dict[str, Any] = {
+        "url": t.check("url", _url, url.value, args),
+        "url_secret": url.redacted,
+    }
+    if "path_slash" in t:
+        values["path_slash"] = t.get("path_slash", "boolean")
     if "method" in t:
         method = t.get("method", "string").upper()
         if method not in ("GET", "POST"):
@@ -592,18 +602,11 @@ def _headers(t: _Table) -> dict[str, Secret]:
     return headers
 
 
-def _arg_patterns(t: _Table, args: tuple[str, ...]) -> dict[str, re.Pattern[str]]:
+def _arg_patterns(t: _Table, args: tuple[str, ...]) -> dict[str, ArgPattern]:
     patterns = {}
     for name in t.data:
         if name not in args:
             raise t.error(name, f"not one of the job's args {list(args)}")
         pattern: str = t.get(name, "string")
-        patterns[name] = t.check(name, _regex, pattern)
+        patterns[name] = t.check(name, compile_pattern, pattern)
     return patterns
-
-
-def _regex(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"not a valid regular expression: {e}") from None

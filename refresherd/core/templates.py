@@ -5,8 +5,10 @@ The operator writes templates; callers only supply argument values, which are
 substituted, never interpreted: in a URL they are percent-encoded whole (a C{/}
 becomes C{%2F}) and only allowed in the path and the query, and a value of
 C{.} or C{..} is refused, so a caller cannot steer a fetch to another host or
-path.  In a JSON body they fill string leaves of the parsed template, so they
-cannot change its structure.
+path.  (L{refresherd.core.args} also refuses C{/}, C{\\} and empty values in
+the path unless the job sets C{path_slash}, for origins that decode C{%2F}
+before routing.)  In a JSON body they fill string leaves of the parsed
+template, so they cannot change its structure.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from refresherd.errors import BadArgs
 
@@ -24,6 +26,11 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def placeholders(template: str) -> list[str]:
     """The names of the placeholders in C{template}, in order."""
     return PLACEHOLDER.findall(template)
+
+
+def path_placeholders(url: str) -> list[str]:
+    """The names of the placeholders in the path of the URL template C{url}."""
+    return placeholders(urlsplit(url).path)
 
 
 def json_placeholders(template: Any) -> list[str]:

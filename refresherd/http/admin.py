@@ -44,7 +44,10 @@ from refresherd.metrics import Metrics
 
 REDACTED = "<redacted>"
 
-_SENSITIVE = re.compile(r"auth|cookie|token|secret|key|passw|session|signature", re.IGNORECASE)
+SHOWN_HEADERS = frozenset(
+    {"accept", "accept-encoding", "accept-language", "content-type", "user-agent"}
+)
+"""The headers whose literal values C{GET /v1/jobs} shows; every other value is redacted."""
 _ONLY_PLACEHOLDERS = re.compile(r"(\{[A-Za-z_][A-Za-z0-9_]*\})+")
 MAX_TAG_BYTES = 1024
 MAX_PURGE_NAMES = 1000
@@ -118,26 +121,37 @@ def entry_json(key: str, entry: Entry, purge: Purge | None, value: bool) -> byte
     return json.dumps(head).encode("utf-8")
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, secret: bool = False) -> str:
     """
     C{url} without its secrets: credentials become L{REDACTED}, and so does
-    every query value that is not just placeholders.
+    every query value that is not just placeholders; for a C{secret} URL
+    (given as C{env:} or C{file:}) every path segment and the fragment too.
     """
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = REDACTED + "@" + netloc.rpartition("@")[2]
+    path, fragment = parts.path, parts.fragment
+    if secret:
+        path = "/".join(_redact_text(segment) for segment in path.split("/"))
+        fragment = fragment and REDACTED
     pairs = []
     for pair in parts.query.split("&") if parts.query else []:
         name, equals, value = pair.partition("=")
-        if equals and not _ONLY_PLACEHOLDERS.fullmatch(unquote(value)):
-            value = REDACTED
+        if equals:
+            value = _redact_text(value)
         pairs.append(name + equals + value)
-    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+    return urlunsplit((parts.scheme, netloc, path, "&".join(pairs), fragment))
+
+
+def _redact_text(text: str) -> str:
+    """L{REDACTED} unless C{text} (of a URL) is empty or just placeholders."""
+    return text if not text or _ONLY_PLACEHOLDERS.fullmatch(text) else REDACTED
 
 
 def _header_value(name: str, secret: Secret) -> str:
-    return REDACTED if secret.redacted or _SENSITIVE.search(name) else secret.value
+    shown = not secret.redacted and name.lower() in SHOWN_HEADERS
+    return secret.value if shown else REDACTED
 
 
 def _redact_body(template: Any) -> Any:
@@ -154,20 +168,21 @@ def _redact_body(template: Any) -> Any:
 def describe_job(job: JobConfig) -> dict[str, Any]:
     """
     A job as C{GET /v1/jobs} shows it, secrets redacted: the signing secret,
-    header values given as C{env:} or C{file:} or whose name looks like a
-    credential, credentials and query values in the URL, and the literal
-    strings of a body template.
+    header values (but the literals of L{SHOWN_HEADERS}), credentials and
+    query values in the URL (and its path, given as C{env:} or C{file:}), and
+    the literal strings of a body template.
     """
     shown: dict[str, Any] = {
         "name": job.name,
         "fetch": job.fetch,
         "args": list(job.args),
-        "arg_patterns": {name: p.pattern for name, p in job.arg_patterns.items()},
+        "arg_patterns": {name: p.text for name, p in job.arg_patterns.items()},
     }
     if job.fetch == "http":
         assert job.url is not None
         shown.update(
-            url=redact_url(job.url),
+            url=redact_url(job.url, job.url_secret),
+            path_slash=job.path_slash,
             method=job.method,
             headers={name: _header_value(name, value) for name, value in job.headers.items()},
             body=_redact_body(job.body),

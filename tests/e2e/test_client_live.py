@@ -59,6 +59,12 @@ url = "{origin}/broken"
 fresh = "1h"
 error_ttl = "1s"
 
+[jobs.file]
+args = ["path"]
+url = "{origin}/files/{{path}}"
+path_slash = true
+fresh = "1h"
+
 [jobs.motd]
 args = ["lang"]
 url = "{origin}/motd/{{lang}}"
@@ -140,9 +146,24 @@ def test_get_is_a_miss_then_a_hit_with_the_value_and_its_metadata(
 def test_argument_values_needing_percent_encoding_reach_the_origin_intact(
     reader: Client, origin_server: Origin
 ) -> None:
-    origin_server.set("/users/%C3%A9%20b%2Fc%26d%3D", body=b'"found"')
-    assert reader.value("user", name="é b/c&d=") == "found"
-    assert origin_server.count("/users/%C3%A9%20b%2Fc%26d%3D") == 1
+    origin_server.set("/users/%C3%A9%20b%3Fc%26d%3D%23", body=b'"found"')
+    assert reader.value("user", name="é b?c&d=#") == "found"
+    assert origin_server.count("/users/%C3%A9%20b%3Fc%26d%3D%23") == 1
+
+
+@pytest.mark.parametrize("name", ["../../admin", "a/b", "a\\b", ""])
+def test_a_path_argument_with_a_slash_or_empty_is_bad_args_and_fetches_nothing(
+    reader: Client, origin_server: Origin, name: str
+) -> None:
+    with pytest.raises(BadArgs, match="fills a URL path segment"):
+        reader.get("user", {"name": name})
+    assert origin_server.count("/users/..%2F..%2Fadmin") == 0
+
+
+def test_a_job_with_path_slash_sends_a_slash_as_2f(reader: Client, origin_server: Origin) -> None:
+    origin_server.set("/files/docs%2Fa%20b.md", body=b'"doc"')
+    assert reader.value("file", path="docs/a b.md") == "doc"
+    assert origin_server.count("/files/docs%2Fa%20b.md") == 1
 
 
 def test_get_many_returns_answers_and_item_errors_in_order(

@@ -29,6 +29,10 @@ SECRETS = {
     "RFD_SIGN": "signing-secret-0123456789",
 }
 QUERY_SECRET = "query-secret-0123456789"
+PASS_SECRET = "pass-secret-0123456789"
+PATH_SECRET = "path-secret-0123456789"
+TEAMS = f"/{PATH_SECRET}/teams"
+"""The path of the team job's URL, given as env:RFD_TEAM_URL."""
 
 CONFIG = """
 [auth]
@@ -38,7 +42,7 @@ admin_tokens = ["env:RFD_ADMIN"]
 [jobs.user]
 args = ["name"]
 url = "{origin}/users/{{name}}?api_key={query_secret}"
-headers = {{ "X-Api-Key" = "env:RFD_HEADER" }}
+headers = {{ "X-Api-Key" = "env:RFD_HEADER", "X-Api-Pass" = "{pass_secret}" }}
 sign = "env:RFD_SIGN"
 tags = ["user:{{name}}", "everyone"]
 fresh = "1h"
@@ -47,7 +51,7 @@ early_refresh = 0
 
 [jobs.team]
 args = ["team"]
-url = "{origin}/teams/{{team}}"
+url = "env:RFD_TEAM_URL"
 fresh = "1h"
 early_refresh = 0
 """
@@ -61,8 +65,11 @@ def pair(
     tmp_path: Path, origin: Origin, shared_store: RedisServer | MemcachedServer
 ) -> Iterator[tuple[Service, Service]]:
     config = tmp_path / "refresherd.toml"
-    config.write_text(CONFIG.format(origin=origin.url, query_secret=QUERY_SECRET))
-    services = [start_service(config, "--store", shared_store.url(), env=SECRETS) for _ in range(2)]
+    config.write_text(
+        CONFIG.format(origin=origin.url, query_secret=QUERY_SECRET, pass_secret=PASS_SECRET)
+    )
+    env = {**SECRETS, "RFD_TEAM_URL": origin.url + TEAMS + "/{team}"}
+    services = [start_service(config, "--store", shared_store.url(), env=env) for _ in range(2)]
     yield services[0], services[1]
     for service in services:
         service.stop()
@@ -99,7 +106,7 @@ def test_a_tag_purged_through_one_process_reaches_every_entry_in_the_other(
     for name in ("ann", "cy"):
         origin.set(f"/users/{name}", body=b'{"fetch": {n}}')
         assert value(one, f"/v1/jobs/user?name={name}")[0] == "miss"
-    origin.set("/teams/red", body=b'{"fetch": {n}}')
+    origin.set(TEAMS + "/red", body=b'{"fetch": {n}}')
     assert value(one, "/v1/jobs/team?team=red")[0] == "miss"
     assert purge(one, WRITE, tags=["everyone"]).json() == {"purged": 1}
     for name in ("ann", "cy"):
@@ -126,7 +133,7 @@ def test_a_job_purged_through_one_process_and_its_entry_inspected(
     pair: tuple[Service, Service], origin: Origin
 ) -> None:
     one, two = pair
-    origin.set("/teams/blue", body=b'{"fetch": {n}}')
+    origin.set(TEAMS + "/blue", body=b'{"fetch": {n}}')
     assert value(one, "/v1/jobs/team?team=blue")[0] == "miss"
     entry = httpx.get(
         two.admin_url + "/v1/entries/" + quote("rfd:team:v1:team=blue", safe=""),
@@ -152,14 +159,16 @@ def test_secrets_never_appear_in_answers_or_logs(
     one, two = pair
     jobs = httpx.get(one.admin_url + "/v1/jobs", headers=ADMIN, timeout=10)
     assert jobs.status_code == 200
-    assert {job["name"] for job in jobs.json()["jobs"]} == {"user", "team"}
+    shown = {job["name"]: job for job in jobs.json()["jobs"]}
+    assert shown["team"]["url"] == origin.url + "/<redacted>/<redacted>/{team}"
+    assert shown["user"]["headers"] == {"X-Api-Key": "<redacted>", "X-Api-Pass": "<redacted>"}
     origin.set("/users/eve", status=500)
     one.get("/v1/jobs/user?name=eve")  # a failed fetch is logged
     httpx.get(one.admin_url + "/v1/jobs", headers={"Authorization": "Bearer wrong"}, timeout=10)
     purge(one, WRITE, jobs=["user"])  # refused, and logged as nothing secret
     one.stop()
     for text in (jobs.text, one.output()):
-        for secret in [*SECRETS.values(), QUERY_SECRET]:
+        for secret in [*SECRETS.values(), QUERY_SECRET, PASS_SECRET, PATH_SECRET]:
             assert secret not in text
 
 
@@ -199,7 +208,7 @@ def test_refresherctl_purges_inspects_refreshes_and_lists(
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["NAME", "team", "user"]
     as_json = refresherctl(one, "jobs", "--json")
     for text in (listed.stdout, listed.stderr, as_json.stdout):
-        for secret in [*SECRETS.values(), QUERY_SECRET]:
+        for secret in [*SECRETS.values(), QUERY_SECRET, PASS_SECRET, PATH_SECRET]:
             assert secret not in text
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 import pytest
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
@@ -392,6 +393,9 @@ SECRET_JOB = JobConfig(
     args=("id",),
     headers={
         "Accept": Secret("application/json"),
+        "user-agent": Secret("refresherd-test"),
+        "X-Api-Pass": Secret("LITERAL-PASS"),
+        "X-Tenant": Secret("LITERAL-TENANT"),
         "X-Api-Key": Secret("LITERAL-KEY"),
         "X-From-Env": Secret("ENV-VALUE", "env"),
         "X-From-File": Secret("FILE-VALUE", "file"),
@@ -405,6 +409,8 @@ SECRETS = [
     "hunter2",
     "KEY123",
     "LITERAL-KEY",
+    "LITERAL-PASS",
+    "LITERAL-TENANT",
     "ENV-VALUE",
     "FILE-VALUE",
     "LITERAL-AUTH",
@@ -423,6 +429,9 @@ def test_jobs_are_described_with_every_secret_redacted() -> None:
     )
     assert shown["headers"] == {
         "Accept": "application/json",
+        "user-agent": "refresherd-test",
+        "X-Api-Pass": "<redacted>",
+        "X-Tenant": "<redacted>",
         "X-Api-Key": "<redacted>",
         "X-From-Env": "<redacted>",
         "X-From-File": "<redacted>",
@@ -432,6 +441,37 @@ def test_jobs_are_described_with_every_secret_redacted() -> None:
     assert shown["sign"] == "<redacted>"
     assert (shown["fresh"], shown["args"], shown["method"]) == (60.0, ["id"], "POST")
     assert shown["writable"] is False
+
+
+@pytest.mark.parametrize(
+    "name", ["Accept", "Accept-Encoding", "Accept-Language", "Content-Type", "USER-AGENT"]
+)
+def test_only_harmless_headers_show_their_literal_values(name: str) -> None:
+    shown = describe_job(
+        attrs.evolve(SECRET_JOB, headers={name: Secret("v"), "X-Other": Secret("v")})
+    )
+    assert shown["headers"] == {name: "v", "X-Other": "<redacted>"}
+    hidden = attrs.evolve(SECRET_JOB, headers={name: Secret("v", "env")})
+    assert describe_job(hidden)["headers"] == {name: "<redacted>"}
+
+
+def test_a_url_given_as_env_or_file_shows_no_path_segment_but_placeholders() -> None:
+    job = attrs.evolve(
+        SECRET_JOB,
+        url="https://hooks.example/services/T0/S3CRET/{id}/x{id}?k=QV&id={id}#FRAG",
+        url_secret=True,
+    )
+    shown = describe_job(job)
+    assert shown["url"] == (
+        "https://hooks.example/<redacted>/<redacted>/<redacted>/{id}/<redacted>"
+        "?k=<redacted>&id={id}#<redacted>"
+    )
+    for secret in ("services", "T0", "S3CRET", "QV", "FRAG"):
+        assert secret not in json.dumps(shown)
+    literal = describe_job(attrs.evolve(job, url_secret=False))["url"]
+    assert (
+        literal == "https://hooks.example/services/T0/S3CRET/{id}/x{id}?k=<redacted>&id={id}#FRAG"
+    )
 
 
 def test_a_python_job_shows_its_callable() -> None:
@@ -449,10 +489,26 @@ def test_a_python_job_shows_its_callable() -> None:
         ("https://h/p?q={q}", "https://h/p?q={q}"),
         ("https://u@h/p?flag", "https://<redacted>@h/p?flag"),
         ("http://h:8080/{a}?k=v&x={x}{y}", "http://h:8080/{a}?k=<redacted>&x={x}{y}"),
+        ("https://h/p?k=", "https://h/p?k="),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://h", "https://h"),
+        ("https://h/", "https://h/"),
+        ("https://h/a/", "https://h/<redacted>/"),
+        ("https://h//{a}", "https://h//{a}"),
+        ("https://u:p@h:1/bot123:AA/{a}", "https://<redacted>@h:1/<redacted>/{a}"),
+        ("https://h/%7Ba%7D?b=%7Bb%7D", "https://h/<redacted>?b=<redacted>"),
+    ],
+)
+def test_redact_url_of_a_secret_url(url: str, shown: str) -> None:
+    assert redact_url(url, secret=True) == shown
 
 
 def test_parse_purge_takes_the_four_fields_and_drops_repeats() -> None:

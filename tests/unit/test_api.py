@@ -19,6 +19,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
 from refresherd.core.jobs import Job
+from refresherd.core.patterns import compile_pattern
 from refresherd.core.refresher import Refresher
 from refresherd.errors import StoreUnavailable
 from refresherd.http.auth import Authorizer
@@ -209,6 +210,7 @@ class LookupTests(APITestCase):
         self.assertEqual(body, {"job": "j", "key": "rfd:j:v1:id=1", "status": "pending"})
 
     def test_plus_is_a_space_and_args_are_percent_decoded(self) -> None:
+        self.build(path_slash=True)
         d = self.request("GET", "/v1/jobs/j?id=a+b%2Fc%C3%A9")
         self.assertEqual(self.fetcher.calls[0].args, {"id": "a b/cé"})
         self.fetched()
@@ -248,10 +250,17 @@ class ErrorTests(APITestCase):
         self.request("GET", "/v1/jobs/j?id=" + "é" * 512)
         self.assertEqual(len(self.fetcher.calls), 1)
 
-    def test_arg_patterns(self) -> None:
-        import re
+    def test_a_slash_in_a_path_argument_is_bad_args_unless_the_job_allows_it(self) -> None:
+        for query in ("id=a%2Fb", "id=..%2F..%2Fadmin", "id=a%5Cb", "id="):
+            response = self.request("GET", "/v1/jobs/j?" + query)
+            self.assertEqual(self.error_code(response, 400), "bad_args")
+        self.assertEqual(self.fetcher.calls, [])
+        self.build(path_slash=True)
+        self.request("GET", "/v1/jobs/j?id=a%2Fb")
+        self.assertEqual([call.args for call in self.fetcher.calls], [{"id": "a/b"}])
 
-        self.build(arg_patterns={"id": re.compile("[0-9]+")})
+    def test_arg_patterns(self) -> None:
+        self.build(arg_patterns={"id": compile_pattern("[0-9]+")})
         self.assertEqual(self.error_code(self.request("GET", "/v1/jobs/j?id=1a"), 400), "bad_args")
         self.request("GET", "/v1/jobs/j?id=12")
         self.assertEqual(len(self.fetcher.calls), 1)

@@ -24,6 +24,7 @@ from refresherd.config import (
     load_config,
     parse_duration,
 )
+from refresherd.core.patterns import compile_pattern
 from refresherd.errors import ConfigError
 
 FILE = "refresherd.toml"
@@ -51,6 +52,7 @@ args = ["username"]
 arg_patterns = { username = "[A-Za-z0-9_]{1,15}" }
 fetch = "http"
 url = "https://api.example.com/users/{username}/tweets"
+path_slash = false
 method = "GET"
 headers = { Accept = "application/json" }
 fresh = "15m"
@@ -153,7 +155,7 @@ def test_full_example_parses_with_its_values() -> None:
         fresh=900.0,
         fetch="http",
         args=("username",),
-        arg_patterns={"username": re.compile("[A-Za-z0-9_]{1,15}")},
+        arg_patterns={"username": compile_pattern("[A-Za-z0-9_]{1,15}")},
         url="https://api.example.com/users/{username}/tweets",
         method="GET",
         headers={"Accept": Secret("application/json")},
@@ -499,7 +501,14 @@ def test_http_job_refuses_callable() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ['url = "https://x/"', 'method = "GET"', "headers = {}", "body = {}", 'sign = "k"'],
+    [
+        'url = "https://x/"',
+        'method = "GET"',
+        "headers = {}",
+        "body = {}",
+        'sign = "k"',
+        "path_slash = true",
+    ],
 )
 def test_python_job_refuses_http_keys(line: str) -> None:
     key = line.split(" ")[0]
@@ -543,6 +552,49 @@ def test_invalid_url_is_an_error(url: str, what: str) -> None:
 def test_url_with_credentials_is_not_repeated_in_errors() -> None:
     text = '[jobs.j]\nfresh = 1\nurl = "https://user:hunter2@{x}/"\n'
     assert "hunter2" not in error_of(text)
+
+
+def test_a_literal_url_is_not_secret() -> None:
+    j = load(HTTP_JOB).jobs["j"]
+    assert (j.url, j.url_secret) == ("https://example.com/{a}", False)
+
+
+@pytest.mark.parametrize(
+    ("written", "environ", "files"),
+    [
+        ("env:HOOK", {"HOOK": "https://hooks.example/T0/s3cret/{a}"}, {}),
+        ("file:/run/hook", {}, {"/run/hook": "https://hooks.example/T0/s3cret/{a}\n"}),
+    ],
+)
+def test_a_url_may_be_given_as_env_or_file_and_is_then_secret(
+    written: str, environ: dict[str, str], files: dict[str, str]
+) -> None:
+    text = f'[jobs.j]\nargs = ["a"]\nfresh = 1\nurl = "{written}"\n'
+    j = load(text, environ, files).jobs["j"]
+    assert (j.url, j.url_secret) == ("https://hooks.example/T0/s3cret/{a}", True)
+
+
+def test_a_url_from_env_is_checked_without_showing_it() -> None:
+    environ = {"HOOK": "https://s3cret.{a}.example/"}
+    text = '[jobs.j]\nargs = ["a"]\nfresh = 1\nurl = "env:HOOK"\n'
+    message = error_of(text, environ)
+    assert message.startswith("refresherd.toml: jobs.j.url: has a placeholder in its host")
+    assert "s3cret" not in message
+    assert error_of(text) == ("refresherd.toml: jobs.j.url: environment variable 'HOOK' is not set")
+
+
+def test_url_secret_is_not_a_key() -> None:
+    assert error_of(job("url_secret = true")).startswith(
+        "refresherd.toml: jobs.j: unknown key 'url_secret'"
+    )
+
+
+def test_path_slash_is_off_unless_set() -> None:
+    assert load(HTTP_JOB).jobs["j"].path_slash is False
+    assert load(job("path_slash = true")).jobs["j"].path_slash is True
+    assert error_of(job('path_slash = "yes"')) == (
+        "refresherd.toml: jobs.j.path_slash: must be a boolean, not a string"
+    )
 
 
 def test_method_is_uppercased() -> None:
@@ -639,9 +691,40 @@ def test_arg_pattern_for_undeclared_arg_is_an_error() -> None:
 
 
 def test_arg_pattern_that_does_not_compile_is_an_error() -> None:
-    assert error_of(job('arg_patterns = { a = "[0-9" }')).startswith(
-        "refresherd.toml: jobs.j.arg_patterns.a: not a valid regular expression: "
+    assert error_of(job('arg_patterns = { a = "[0-9" }')) == (
+        "refresherd.toml: jobs.j.arg_patterns.a: not a pattern RE2 can run (missing ]: [0-9);"
+        " RE2 has no backreferences or lookaround"
     )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("(a)\\\\1", "invalid escape sequence: \\1"),
+        ("(?P<x>a)(?P=x)", "invalid perl operator: (?P"),
+        ("(?=a)a", "invalid perl operator: (?="),
+        ("(?!a)b", "invalid perl operator: (?!"),
+        ("(?<=a)b", "invalid perl operator: (?<="),
+        ("a\\\\Z", "invalid escape sequence: \\Z"),
+        ("a{1001}", "invalid repetition size: {1001}"),
+    ],
+)
+def test_arg_pattern_that_re2_cannot_run_is_refused_at_start_up(pattern: str, why: str) -> None:
+    """Python's C{re} compiles all of these; RE2 refuses them, each with one line."""
+    assert error_of(job(f'arg_patterns = {{ a = "{pattern}" }}')) == (
+        f"refresherd.toml: jobs.j.arg_patterns.a: not a pattern RE2 can run ({why});"
+        " RE2 has no backreferences or lookaround"
+    )
+
+
+def test_arg_patterns_run_in_linear_time() -> None:
+    """
+    C{(a+)+b} backtracks exponentially in Python's C{re}: this test would not
+    return.  RE2 answers in one pass over the value.
+    """
+    pattern = load(job('arg_patterns = { a = "(a+)+b" }')).jobs["j"].arg_patterns["a"]
+    assert pattern.fullmatch("a" * 5000 + "c") is False
+    assert pattern.fullmatch("a" * 5000 + "b") is True
 
 
 def test_arg_pattern_that_is_not_a_string_is_an_error() -> None:
