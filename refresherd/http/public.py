@@ -78,11 +78,15 @@ class PublicAPI:
         return FastValues(self.values, guarded(self.app.resource()))
 
     def body_limit(self, method: bytes, path: bytes) -> int:
-        """How large a request body may be: a PUT to a job may send up to its C{max_value_bytes}."""
+        """
+        How large a request body may be: a PUT to a writable job up to its
+        C{max_value_bytes}, anything else C{max_body_bytes} (so that a PUT to a
+        job that refuses it is not read past that before its 403).
+        """
         if method.upper() == b"PUT" and path.startswith(b"/v1/jobs/"):
             name = unquote(path[len(b"/v1/jobs/") :].partition(b"?")[0].decode("latin-1"))
             job = self.refresher.jobs.get(name)
-            if job is not None:
+            if job is not None and job.config.writable:
                 return job.config.max_value_bytes
         return self.server.max_body_bytes
 

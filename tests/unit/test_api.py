@@ -560,6 +560,12 @@ class HostileRequestTests(APITestCase):
         self.assertEqual(self.api.body_limit(b"PUT", b"/v1/jobs/%6A?id=1"), 5_000_000)
         self.assertEqual(self.api.body_limit(b"PUT", b"/v1/jobs/j?id=1"), 5_000_000)
 
+    def test_a_put_to_a_job_that_is_not_writable_may_send_max_body_bytes_only(self) -> None:
+        self.build(max_value_bytes=5_000_000, writable=False)
+        self.assertEqual(
+            self.api.body_limit(b"PUT", b"/v1/jobs/j?id=1"), self.api.server.max_body_bytes
+        )
+
 
 class PathRequest(DummyRequest):
     """A DummyRequest with the path, URI and code of a Request, which the fast path reads."""
