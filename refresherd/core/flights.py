@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from refresherd.core import policy
@@ -39,6 +39,9 @@ from refresherd.interfaces import IStore
 from refresherd.metrics import Metrics
 
 T = TypeVar("T")
+
+RELEASE_RETRY = 0.5
+"""Seconds between tries of a lease release the store did not answer."""
 
 ABORT_TIMEOUT = 5.0
 """When the drain's time is up, how long aborted flights may take to release
@@ -141,6 +144,8 @@ class Flights:
     stopping: bool = attrs.field(default=False, init=False)
     """The drain's time is up: no flight starts any more."""
     _idle: list[Deferred[None]] = attrs.field(factory=list, init=False)
+    _retrying: set[IDelayedCall] = attrs.field(factory=set, init=False)
+    """The timers of releases to try again (L{_release})."""
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     def start(
@@ -182,6 +187,10 @@ class Flights:
         for flight in list(self.running.values()):
             flight.abort()
         await self._until_idle(ABORT_TIMEOUT)
+        for call in self._retrying:  # the store stops: those leases expire on their own
+            if call.active():
+                call.cancel()
+        self._retrying.clear()
 
     async def _until_idle(self, timeout: float) -> None:
         """Until no flight runs, for up to C{timeout} seconds."""
@@ -252,7 +261,7 @@ class Flights:
             await self._slot(flight)
         except BaseException:
             if lease is not None:
-                await self._release(flight.key, lease)
+                await self._release(flight, lease)
             raise
         try:
             if lease is None:
@@ -267,7 +276,7 @@ class Flights:
                 return await self._fetch_and_store(flight, lease)
             finally:
                 if lease is not None:
-                    await self._release(flight.key, lease)
+                    await self._release(flight, lease)
         finally:
             job.slots.release()
 
@@ -319,11 +328,29 @@ class Flights:
             return None
         return lease
 
-    async def _release(self, key: str, lease: str) -> None:
-        try:
-            await self.store.release_lease(key, lease)
-        except StoreUnavailable:
+    async def _release(self, flight: Flight, lease: str) -> None:
+        """
+        Release C{lease}; should the store not answer, try again every
+        L{RELEASE_RETRY} seconds for as long as the lease may live, so that a
+        lease taken just before an outage does not block its key after it.
+        """
+        config = flight.target.job.config
+        until = self.clock.seconds() + policy.lease_ttl(config.timeout, config.retries)
+        await self._try_release(flight.key, lease, until)
+
+    def _try_release(self, key: str, lease: str, until: float) -> Deferred[None]:
+        def failed(reason: Any) -> None:
+            reason.trap(StoreUnavailable)
             self.metrics.store_errors.labels(operation="lease").inc()
+            if self.clock.seconds() + RELEASE_RETRY < until:
+                call = self.clock.callLater(RELEASE_RETRY, again)
+                self._retrying.add(call)
+
+        def again() -> None:
+            self._retrying.difference_update([c for c in self._retrying if not c.active()])
+            self._try_release(key, lease, until)
+
+        return defer.maybeDeferred(self.store.release_lease, key, lease).addErrback(failed)
 
     async def _fetch_and_store(self, flight: Flight, lease: str | None) -> Entry:
         target = flight.target

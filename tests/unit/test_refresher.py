@@ -1001,3 +1001,22 @@ def test_the_values_kept_during_an_outage_are_bounded_in_bytes() -> None:
     off = outage.Outage(clock, max_bytes=0)
     off.keep("k", kept.get("k9"))  # type: ignore[arg-type]
     assert off.get("k") is None and not off.holding
+
+
+def test_a_lease_whose_release_the_store_did_not_answer_is_released_once_it_does() -> None:
+    """A lease taken just before an outage does not block its key after it."""
+    clock = task.Clock()
+    inner = MemoryStore(clock)
+    store = UnreachableStore(Remote(inner), down=False)
+    refresher, fetcher, _, _ = make(store=store, clock=clock)
+    d = lookup(refresher)
+    store.down = True  # the store stops answering while the fetch runs
+    fetcher.succeed()
+    assert result(d).stored is False
+    key = "rfd:j:v1:id=1"
+    assert result(inner.acquire_lease(key, 10)) is None  # still held
+    clock.advance(flights.RELEASE_RETRY)  # tried again, still down
+    store.down = False
+    clock.advance(flights.RELEASE_RETRY)
+    assert result(inner.acquire_lease(key, 10)) is not None  # released
+    assert clock.getDelayedCalls() == []  # and no more tries
