@@ -1,0 +1,116 @@
+"""
+SIGTERM under load, while clients keep sending requests on kept-alive
+connections: a rolling restart (two processes on one Redis, one stopped)
+and a single process stopped.
+
+What the clients see: every request sent before the signal answered, a value
+or a documented error object (503 C{overloaded} for a fetch cancelled by the
+stop); a request sent after it answered so too, or refused or closed with no
+answer (the listener is closed, the connection closed once idle); never a
+wrong value, never past its deadline.  The process exits 0 within its drain,
+and leaves no lease in Redis: the other process serves every key with no
+error throughout.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from refresherd.core.policy import lease_ttl
+from tests.fleet import STORE_DEADLINE, Fleet, leases
+from tests.harness import Service, wait_until
+from tests.load import Load, Outcome, late, not_answered, tally, wrong_values
+from tests.redis_server import RedisServer
+
+KEYS = [f"k{i}" for i in range(100)]
+WAIT_TIMEOUT = 2.0
+TIMEOUT = 3.0
+LEASE = lease_ttl(TIMEOUT, 0)
+"""Long enough that a lease left behind is still there when the test looks."""
+DEADLINE = WAIT_TIMEOUT + 2 * STORE_DEADLINE + 1
+STOP = 15.0
+"""The drain (10 s at most) and the answers' 5 s to reach their clients (docs/deploy.md)."""
+
+
+def start(fleet: Fleet, redis: RedisServer) -> Service:
+    """A process whose values go stale quickly: many fetches, some started after the signal."""
+    return fleet.start(
+        redis.url(), fresh="200ms", stale="2s", wait_timeout=f"{WAIT_TIMEOUT}s", timeout=TIMEOUT
+    )
+
+
+def stop(service: Service, load: Load) -> tuple[float, float, int]:
+    """SIGTERM to C{service} under C{load}: when it was sent, when it exited, its status."""
+    load.wait_for(300)
+    wait_until(lambda: load.served() == {"miss", "hit", "stale"}, timeout=10)
+    signalled = load.now()
+    service.process.send_signal(signal.SIGTERM)
+    status = service.process.wait(STOP)
+    return signalled, load.now(), status
+
+
+def check_stopped(
+    outcomes: list[Outcome], fleet: Fleet, signalled: float, exited: float, status: int
+) -> None:
+    """What the clients of the process stopped saw, and how it exited."""
+    print(f"stopped in {exited - signalled:.2f}s; {dict(tally(outcomes))}")
+    assert status == 0
+    assert wrong_values(outcomes, fleet.produced) == []
+    assert late(outcomes, DEADLINE) == []
+    before = [o for o in outcomes if o.sent < signalled]
+    assert not_answered(before, ("value", "error:overloaded")) == []
+    after = [o for o in outcomes if o.sent >= signalled]
+    allowed = {"value", "error:overloaded"} | {o.kind for o in after if not o.answered}
+    assert not_answered(after, allowed) == []
+    assert any(o.answered for o in after)  # it did serve kept-alive clients while stopping
+
+
+def no_lease_left(redis: RedisServer, load: Load, exited: float) -> None:
+    """No lease in Redis once the load has stopped (its last fetches end at once)."""
+    found: list[str] = []
+
+    def none_left() -> bool:
+        found[:] = leases(redis)
+        return not found
+
+    try:
+        wait_until(none_left, timeout=1.0)
+    except AssertionError:
+        raise AssertionError(f"{len(found)} leases left in Redis: {found[:5]}...") from None
+    assert load.now() - exited < LEASE  # a lease left by the stopped process would be there
+
+
+def test_a_rolling_restart_leaves_no_lease_and_no_error(fleet: Fleet, redis: RedisServer) -> None:
+    """
+    Two processes on one Redis, 20 clients on the first and 4 on the second;
+    SIGTERM to the first.  The second goes on answering every key with a
+    value, and Redis holds no lease afterwards.
+    """
+    fleet.serve(KEYS, delay=0.1)
+    first, second = start(fleet, redis), start(fleet, redis)
+    stopped = Load([first.url], KEYS, clients=20, deadline=DEADLINE)
+    going_on = Load([second.url], KEYS, clients=4, deadline=DEADLINE)
+    with going_on:
+        with stopped:
+            signalled, exited, status = stop(first, stopped)
+        # Long enough for the second process to run into whatever the first left.
+        time.sleep(WAIT_TIMEOUT + 1)
+    check_stopped(stopped.results(), fleet, signalled, exited, status)
+    others = going_on.results()
+    print(f"the other process: {dict(tally(others))}")
+    assert wrong_values(others, fleet.produced) == []
+    assert late(others, DEADLINE) == []
+    assert not_answered(others) == []
+    no_lease_left(redis, going_on, exited)
+
+
+def test_sigterm_under_load_answers_every_request_and_leaves_nothing(
+    fleet: Fleet, redis: RedisServer
+) -> None:
+    fleet.serve(KEYS, delay=0.1)
+    service = start(fleet, redis)
+    with Load([service.url], KEYS, clients=20, deadline=DEADLINE) as load:
+        signalled, exited, status = stop(service, load)
+    check_stopped(load.results(), fleet, signalled, exited, status)
+    no_lease_left(redis, load, exited)
