@@ -56,6 +56,23 @@ def leases(redis: RedisServer) -> list[str]:
     return sorted(k.decode() for k in found if isinstance(k, bytes))
 
 
+def no_lease_left(redis: RedisServer, within: float = 1.0) -> None:
+    """
+    Fail unless Redis holds no lease within C{within} seconds (the fetches
+    under way end meanwhile): every lease was released or never taken.
+    """
+    found: list[str] = []
+
+    def none() -> bool:
+        found[:] = leases(redis)
+        return not found
+
+    try:
+        wait_until(none, timeout=within)
+    except AssertionError:
+        raise AssertionError(f"{len(found)} leases left in Redis: {found[:5]}") from None
+
+
 @attrs.define
 class Fleet:
     """Starts refresherd processes with job C{item}; kills them all when the test ends."""
@@ -74,7 +91,6 @@ class Fleet:
         stale: str = "2s",
         wait_timeout: str = "3s",
         timeout: float = TIMEOUT,
-        access_log: bool = False,
     ) -> Service:
         """
         One process on C{store}, fetching C{item} from the origin's
@@ -82,10 +98,8 @@ class Fleet:
         origin behave differently for each).
         """
         config = self.tmp_path / f"refresherd-{len(self.services)}.toml"
-        server = "[server]\naccess_log = true\n" if access_log else ""
         config.write_text(
-            server
-            + JOB.format(
+            JOB.format(
                 origin=self.origin.url,
                 prefix=prefix,
                 fresh=fresh,
@@ -120,7 +134,10 @@ class Fleet:
             return sum(self.origin.hits.values())
 
     def when_fetching(self, fault: Callable[[], None]) -> None:
-        """Inject C{fault} as soon as a fetch reaches the origin: while it holds its lease."""
+        """
+        Inject C{fault} as soon as a fetch reaches the origin: while its
+        process holds the key's lease (if the origin's delay gives time enough).
+        """
         before = self.fetches()
         wait_until(lambda: self.fetches() > before, timeout=10, interval=0.002)
         fault()
@@ -130,6 +147,7 @@ class Fleet:
         return max((value["n"] for value in self.produced(key)), default=0)
 
     def kill_all(self) -> None:
+        """Kill every process (SIGKILL), frozen ones too."""
         for service in self.services:
             if service.process.poll() is None:
                 service.process.send_signal(signal.SIGCONT)

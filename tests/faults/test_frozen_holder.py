@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.fleet import LEASE, STORE_DEADLINE, Fleet, lease_key, leases
+from tests.fleet import LEASE, STORE_DEADLINE, Fleet, lease_key, leases, no_lease_left
 from tests.harness import wait_until
 from tests.load import Load, kind, late, not_answered, wrong_values
 from tests.redis_server import RedisServer
@@ -74,6 +74,6 @@ def test_a_waiter_takes_over_from_a_frozen_lease_holder(fleet: Fleet, redis: Red
     # The holder, thawed, answers its caller, leaves no lease, and serves the new value.
     allowed = ("value", "error:fetch_failed", "error:wait_timeout")
     assert kind(held_answer.status_code, held_answer.json()) in allowed, held_answer.text
-    wait_until(lambda: leases(redis) == [], timeout=STORE_DEADLINE + 1)
+    no_lease_left(redis, within=STORE_DEADLINE + 1)
     again = holder.get(path).json()
     assert (again["status"], again["value"]) == ("hit", answers[0][2].json()["value"])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.fleet import LEASE, STORE_DEADLINE, Fleet, entry_key, leases
+from tests.fleet import LEASE, STORE_DEADLINE, Fleet, entry_key, leases, no_lease_left
 from tests.harness import wait_until
 from tests.load import Load, late, not_answered, tally, wrong_values
 from tests.redis_server import RedisServer
@@ -89,9 +89,8 @@ def run_fault(
     # The fault was felt: values fetched and answered, but not stored.
     assert any(o.status_of_value == "miss" and not o.stored for o in load.results(began, ended))
     assert recovered is not None, f"not fresh from Redis again: {behind}; leases {after_recovery}"
-    # No lease is left: the load has stopped, its last fetches end at once.
-    wait_until(lambda: leases(redis) == [], timeout=1.0)
-    assert load.now() - ended < LEASE  # any lease taken during the fault would still be there
+    no_lease_left(redis)  # the load has stopped: its last fetches end at once
+    assert load.now() - ended < LEASE  # a lease left during the fault would still be there
 
 
 def test_redis_killed_under_load_and_restarted(fleet: Fleet, redis: RedisServer) -> None:
