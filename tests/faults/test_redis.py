@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.fleet import LEASE, STORE_DEADLINE, Fleet, entry_key, leases, no_lease_left
+from refresherd.core.policy import lease_ttl
+from tests.fleet import STORE_DEADLINE, Fleet, entry_key, leases, no_lease_left
 from tests.harness import wait_until
 from tests.load import Load, late, not_answered, tally, wrong_values
 from tests.redis_server import RedisServer
@@ -30,10 +31,13 @@ OUTAGE = 3.0
 RECOVERY = 4.0
 """
 Seconds after the fault ends by which every key is fresh from Redis again:
-reconnecting takes about a second, a refresh a fraction of one; shorter than
-a lease's lifetime, so that a lease left behind cannot pass unseen.
+reconnecting takes about a second, a refresh a fraction of one.
 """
-assert RECOVERY < LEASE - 1
+TIMEOUT = 3.0
+LEASE = lease_ttl(TIMEOUT, 0)
+# A lease taken as the fault begins outlives it by longer than a wait and than
+# the recovery: one left behind cannot pass unseen.
+assert LEASE - OUTAGE > max(WAIT_TIMEOUT, RECOVERY) + 0.5
 
 
 @pytest.fixture
@@ -68,7 +72,9 @@ def run_fault(
     fleet: Fleet, redis: RedisServer, store: str, fault: Callable[[], None], end: Callable[[], None]
 ) -> None:
     fleet.serve(KEYS, delay=0.1)
-    service = fleet.start(store, fresh="500ms", stale="2s", wait_timeout=f"{WAIT_TIMEOUT}s")
+    service = fleet.start(
+        store, fresh="500ms", stale="2s", wait_timeout=f"{WAIT_TIMEOUT}s", timeout=TIMEOUT
+    )
     with Load([service.url], KEYS, clients=4, deadline=DEADLINE) as load:
         # Steady: values fetched, served fresh, served stale while refreshed.
         wait_until(lambda: load.served() == {"miss", "hit", "stale"}, timeout=10)
