@@ -1,9 +1,9 @@
 """
 A test's kind is its directory: tests/unit, tests/contract, tests/integration,
-tests/e2e; each test gets the marker of its kind (a test anywhere else under
-tests/ is an error), and the fast kinds run first.
+tests/e2e, tests/faults; each test gets the marker of its kind (a test anywhere
+else under tests/ is an error), and the fast kinds run first.
 
-    .venv/bin/python -m pytest -m "not e2e and not integration"
+    .venv/bin/python -m pytest -m "not e2e and not integration and not faults"
 
 runs the unit and contract tests alone.  They may open no socket, start no
 process and never sleep: for them, C{socket.socket.bind}, C{connect},
@@ -12,8 +12,8 @@ C{connect_ex}, starting a process and C{time.sleep} fail the test.
 Every test fails if it logs an error (a failure or an unhandled error in a
 Deferred) that it did not expect: errors must never pass unseen.
 
-Real servers are fixtures of tests/integration/conftest.py and
-tests/e2e/conftest.py only: a unit or contract test cannot ask for them.
+Real servers are fixtures of tests/integration/conftest.py, tests/e2e/conftest.py
+and tests/faults/conftest.py only: a unit or contract test cannot ask for them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from zope.interface import provider
 
 TESTS = Path(__file__).parent
-KINDS = ("unit", "contract", "integration", "e2e")
+KINDS = ("unit", "contract", "integration", "e2e", "faults")
 """The kinds of tests, each a directory of tests/, in the order they run."""
 FAST = ("unit", "contract")
 """The kinds that run alone in seconds: no socket, no process, no sleep."""

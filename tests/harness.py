@@ -35,11 +35,15 @@ class Behaviour:
 
 @attrs.define
 class Origin:
-    """A threaded HTTP origin on a free loopback port; behaviour and counts per path."""
+    """
+    A threaded HTTP origin on a free loopback port; behaviour, counts and the
+    bodies it sent, per path.
+    """
 
     server: ThreadingHTTPServer
     behaviours: dict[str, Behaviour] = attrs.field(factory=dict)
     hits: Counter[str] = attrs.field(factory=Counter)
+    sent: dict[str, list[bytes]] = attrs.field(factory=dict)
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     @property
@@ -52,6 +56,11 @@ class Origin:
     def count(self, path: str) -> int:
         with self.lock:
             return self.hits[path]
+
+    def bodies(self, path: str) -> list[bytes]:
+        """The bodies of the answers it began to send for C{path}, in order."""
+        with self.lock:
+            return list(self.sent.get(path, ()))
 
 
 def start_origin() -> Origin:
@@ -68,6 +77,8 @@ def start_origin() -> Origin:
             if behaviour.delay:
                 time.sleep(behaviour.delay)
             body = behaviour.body.replace(b"{n}", str(origin.count(path)).encode())
+            with origin.lock:
+                origin.sent.setdefault(path, []).append(body)
             self.send_response(behaviour.status)
             self.send_header("Content-Type", behaviour.content_type)
             self.send_header("Content-Length", str(len(body)))
