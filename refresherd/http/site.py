@@ -292,6 +292,13 @@ class DeadlineChannel(http.HTTPChannel):
         self._started = self._head_from = None
         super().allContentReceived()
 
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        """Not kept alive once the site winds down (L{LimitedSite.wind_down})."""
+        if self.factory.winding_down:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
+
     @property
     def head_arriving(self) -> bool:
         """Whether a request's head is awaited or arriving (on a new connection: from its start)."""
@@ -393,6 +400,8 @@ class LimitedSite(server.Site):
         self._per_address: dict[str, int] = {}
         """Open connections of each client address (with C{max_connections_per_address})."""
         self._closed: Deferred[None] | None = None
+        self.winding_down = False
+        """The process is stopping (L{wind_down})."""
         self.noisy = False
 
     def date(self) -> bytes:
@@ -457,6 +466,17 @@ class LimitedSite(server.Site):
             closed, self._closed = self._closed, None
             closed.callback(None)
 
+    def wind_down(self) -> None:
+        """
+        The process is stopping: close the idle connections now, and every
+        other one after the answer under way on it (C{Connection: close}), so
+        that clients take their next requests elsewhere while the fetches in
+        flight are let finish.
+        """
+        self.winding_down = True
+        for channel in list(self.idle):
+            _transport(channel).loseConnection()
+
     def close_connections(self, timeout: float) -> Deferred[None]:
         """
         Close every connection once what was written to it has been sent, so
@@ -493,4 +513,7 @@ class LimitedSite(server.Site):
         channel: DeadlineChannel = request.channel  # type: ignore[assignment]
         if channel.persistent:  # Idle, unless a request that came meanwhile begins now.
             self.heads.pop(channel, None)
-            self.idle[channel] = None
+            if self.winding_down:
+                channel.persistent = False  # closed once this request is done with it
+            else:
+                self.idle[channel] = None

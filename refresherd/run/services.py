@@ -140,6 +140,11 @@ class _Process(MultiService):
                 "refresherd: {name} listening on {address}", name=name, address=describe(port)
             )
 
+    def _wind_down(self) -> None:
+        """Connections are closed once idle: their clients go elsewhere meanwhile."""
+        for site in self.sites:
+            site.wind_down()
+
     def _close_connections(self) -> Any:
         """Close the connections once their answers are out (or after L{CLOSE_TIMEOUT})."""
         return defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
@@ -185,6 +190,7 @@ class RefresherdService(_Process):
     def stopService(self) -> Any:
         Service.stopService(self)
         yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
+        self._wind_down()
         yield self.engine.stopService()
         yield self._close_connections()
         if self._flushing is not None:
@@ -226,6 +232,7 @@ class ParentService(_Process):
         yield defer.gatherResults(
             [release(public), *(defer.maybeDeferred(port.stopListening) for port in admin)]
         )
+        self._wind_down()
         yield self.supervisor.stopService()
         yield self.engine.stopService()
         yield self._close_connections()

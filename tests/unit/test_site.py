@@ -1017,3 +1017,39 @@ def test_a_get_parses_its_query_only_when_args_are_read(
         assert kept[0].args == {b"a": [b"1"]}
         assert kept[0].args == {b"a": [b"1"]}
     assert parsed == [b"a=1"]
+
+
+# Winding down when the process stops
+
+
+def finish(request: Request) -> None:
+    request.setHeader(b"content-length", b"2")
+    request.write(b"ok")
+    request.finish()
+
+
+def test_winding_down_closes_idle_connections_and_the_others_after_their_answers() -> None:
+    server = make_server()
+    idle, idle_transport = server.connect()
+    answered(idle)
+    server.resource.hang = True
+    busy, busy_transport = server.connect()
+    answered(busy)  # its head came before the stop
+    server.site.wind_down()
+    assert idle_transport.disconnecting
+    assert not busy_transport.disconnecting
+    finish(server.resource.pending[0])
+    assert busy_transport.disconnecting  # once its answer is out
+
+
+def test_while_winding_down_an_answer_says_connection_close() -> None:
+    server = make_server()
+    server.resource.hang = True
+    proto, transport = server.connect()
+    proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n")
+    server.site.wind_down()
+    proto.dataReceived(b"\r\n")
+    finish(server.resource.pending[0])
+    response = parse_response(transport.value())
+    assert response.headers.get(b"connection") == b"close"
+    assert transport.disconnecting
