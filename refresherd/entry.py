@@ -8,7 +8,8 @@ the job's C{error_ttl} so that callers get their 502 at once.
 
 The byte format (L{encode}/L{decode}), used by every store that is not in
 process memory, is documented in C{docs/store-format.md}: one line of JSON
-metadata, a newline, then the body bytes.
+metadata, a newline, then the body bytes.  What a reader of a shared store
+checks before it uses an entry (L{entry_problem}) is documented there too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +25,23 @@ from typing import Any
 import attrs
 
 FORMAT_VERSION = 1
+
+METADATA_MAX_BYTES = 1024 * 1024
+"""
+The longest metadata line a reader takes (the line refresherd writes is a few
+hundred bytes, and its arguments at most 1 KiB each).
+"""
+
+MAX_TIME = 1e12
+"""The largest time (and fetch duration) a reader takes: about the year 33658."""
+
+MAX_FAILURES = 2**31 - 1
+
+MAX_ETAG_CHARS = 256
+
+_CONTENT_TYPE = re.compile(r"[\x20-\x7e\xa0-\xff]*")
+_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
+_MARK = re.compile(r"(?:[0-9a-f]{32})?")
 
 
 def make_etag(body: bytes, fetched_at: float) -> str:
@@ -179,9 +198,12 @@ class EntryFormatError(ValueError):
 
 def decode(data: bytes) -> Entry:
     """The entry encoded in C{data}; L{EntryFormatError} if it is not one."""
-    head, sep, body = data.partition(b"\n")
-    if not sep:
+    end = data.find(b"\n", 0, METADATA_MAX_BYTES + 1)
+    if end < 0:
+        if b"\n" in data:
+            raise EntryFormatError(f"metadata line over {METADATA_MAX_BYTES} bytes")
         raise EntryFormatError("no metadata line")
+    head, body = data[:end], data[end + 1 :]
     try:
         meta = json.loads(head)
     except (ValueError, RecursionError) as e:
@@ -243,3 +265,49 @@ def _is(value: object, kind: str) -> bool:
     if kind == "str or null":
         return value is None or isinstance(value, str)
     return isinstance(value, {"str": str, "object": dict, "array": list}[kind])
+
+
+def largest_entry(max_value_bytes: int) -> int:
+    """The bytes of the largest entry a reader takes when no value is over C{max_value_bytes}."""
+    return METADATA_MAX_BYTES + 1 + max_value_bytes
+
+
+def content_type_problem(content_type: str) -> str | None:
+    """
+    Why C{content_type} cannot be stored (and sent as a C{Content-Type} as it
+    is), or None: every character must be printable Latin-1, U+0020 to U+007E
+    or U+00A0 to U+00FF (no control character, no CR or LF, no tab).
+    """
+    if _CONTENT_TYPE.fullmatch(content_type) is None:
+        return "the content type is not printable Latin-1 (control characters or beyond U+00FF)"
+    return None
+
+
+def entry_problem(entry: Entry, *, body_checked: bool = False) -> str | None:
+    """
+    Why an entry read from a shared store must read as absent, or None: what
+    a reader checks (docs/store-format.md, "What a reader checks"), beyond the
+    types that L{decode} checks.  The reason names the field, never its
+    content.  With C{body_checked}, a JSON body is known to be valid already
+    (the same bytes were checked before) and is not parsed again.
+    """
+    for name in ("fetched_at", "fresh_until", "stale_until", "error_until", "retry_at", "duration"):
+        if not 0 <= getattr(entry, name) <= MAX_TIME:
+            return f"{name!r} is not from 0 to {MAX_TIME:.0e}"
+    if not 0 <= entry.failures <= MAX_FAILURES:
+        return f"'failures' is not from 0 to {MAX_FAILURES}"
+    if not all(_MARK.fullmatch(mark) for mark in entry.marks):
+        return "'generations' are not empty or 32 lowercase hex digits"
+    why = content_type_problem(entry.content_type)
+    if why is not None:
+        return why
+    if entry.body is None:
+        return None
+    if len(entry.etag) > MAX_ETAG_CHARS or _ETAG.fullmatch(entry.etag) is None:
+        return "the etag is not an entity tag of printable ASCII"
+    if not body_checked and is_json_content_type(entry.content_type):
+        try:
+            check_json_body(entry.body)
+        except ValueError:
+            return "the content type is JSON but the body is not"
+    return None

@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from zope.interface.verify import verifyObject
 
-from refresherd.entry import Entry, Fetched, make_etag, value_entry
+from refresherd.entry import Entry, Fetched, check_json_body, make_etag, value_entry
 from refresherd.interfaces import IReadsAtHand, IStore
 from refresherd.keys import MAX_KEY_BYTES, entry_key, generation_key
 
@@ -57,10 +57,14 @@ NOTICE = 0.5
 
 
 def sample_entry(body: bytes | None = b'{"tweets": []}', **changes: Any) -> Entry:
-    """An entry with every field set to something other than its default."""
+    """
+    An entry with every field set to something other than its default: a JSON
+    content type when the body is JSON, else C{application/octet-stream} (a
+    shared store's reader takes no other: docs/store-format.md).
+    """
     fields: dict[str, Any] = dict(
         body=body,
-        content_type="application/json; charset=utf-8",
+        content_type=_content_type_of(body),
         fetched_at=1_700_000_000.125,
         fresh_until=1_700_000_060.125,
         stale_until=1_700_000_360.125,
@@ -77,6 +81,15 @@ def sample_entry(body: bytes | None = b'{"tweets": []}', **changes: Any) -> Entr
     )
     fields.update(changes)
     return Entry(**fields)
+
+
+def _content_type_of(body: bytes | None) -> str:
+    if body is not None:
+        try:
+            check_json_body(body)
+        except ValueError:
+            return "application/octet-stream"
+    return "application/json; charset=utf-8"
 
 
 def failure_entry() -> Entry:

@@ -30,7 +30,13 @@ from refresherd.core.flights import Flight, Flights, store_ttl
 from refresherd.core.jobs import Job, Target, Targets
 from refresherd.core.marks import Purge, generation_keys, generation_ttl, purge_of
 from refresherd.core.outage import Outage
-from refresherd.entry import Entry, Fetched, check_json_body, is_json_content_type
+from refresherd.entry import (
+    Entry,
+    Fetched,
+    check_json_body,
+    content_type_problem,
+    is_json_content_type,
+)
 from refresherd.errors import (
     BadArgs,
     BadJson,
@@ -40,6 +46,7 @@ from refresherd.errors import (
     NotFound,
     Overloaded,
     StoreUnavailable,
+    UnsupportedMediaType,
     WaitTimeout,
     one_line,
     public_reason,
@@ -266,6 +273,9 @@ class Refresher(Service):
         config = target.job.config
         if len(body) > config.max_value_bytes:
             raise BodyTooLarge(f"the value is larger than {config.max_value_bytes} bytes")
+        why = content_type_problem(content_type)
+        if why is not None:
+            raise UnsupportedMediaType(why)
         if is_json_content_type(content_type):
             try:
                 check_json_body(body)

@@ -64,7 +64,7 @@ from zope.interface import implementer
 from refresherd import __version__
 from refresherd.config import JobConfig
 from refresherd.core.templates import render_json, render_url
-from refresherd.entry import Fetched, check_json_body, is_json_content_type
+from refresherd.entry import Fetched, check_json_body, content_type_problem, is_json_content_type
 from refresherd.errors import FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
@@ -334,6 +334,9 @@ class HTTPFetcher:
 
 
 def _fetched(body: bytes, content_type: str) -> Fetched:
+    why = content_type_problem(content_type)
+    if why is not None:
+        raise FetchError(f"origin sent a Content-Type refresherd cannot store: {why}")
     if is_json_content_type(content_type):
         try:
             check_json_body(body)

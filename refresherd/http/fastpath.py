@@ -97,11 +97,20 @@ class Values:
         observe(self.metrics, self.clock, request, route, self.access_log)
 
     def _respond(self, request: IRequest, job: str, answer: Answer, raw: bool) -> bytes:
+        """
+        C{answer} rendered; should that raise (a bug), a JSON 500 and the
+        error logged, so that every request gets an answer, later ones too.
+        """
         self.metrics.count_request(job, answer.status)
         if raw:
             request.setHeader(b"X-Content-Type-Options", b"nosniff")
             request.setHeader(b"Content-Security-Policy", b"sandbox")
-        return render_answer(request, answer, raw, self.clock.seconds(), self.bodies)
+        try:
+            return render_answer(request, answer, raw, self.clock.seconds(), self.bodies)
+        except Exception:
+            for name in _ANSWER_HEADERS:
+                request.responseHeaders.removeHeader(name)
+            return render_unexpected(request, Failure())
 
     def _failed(self, request: IRequest, job: str, failure: Failure) -> bytes:
         """A lookup's failure as its answer: the error object, or a JSON 500."""
@@ -110,6 +119,9 @@ class Values:
             return render_error(request, failure.value)
         return render_unexpected(request, failure)
 
+
+_ANSWER_HEADERS = (b"Cache-Status", b"Age", b"ETag")
+"""What L{render_answer} may have set before it raised: they describe no error."""
 
 _JOBS = b"/v1/jobs/"
 _RAW = b"/raw"

@@ -38,7 +38,13 @@ from refresherd.run.services import (
 )
 from refresherd.run.settings import Settings, require_shared_store, settings_from
 from refresherd.run.signals import ShutdownSignals
-from refresherd.run.wiring import build_engine, describe_store, make_store, outage_bytes
+from refresherd.run.wiring import (
+    build_engine,
+    describe_store,
+    make_store,
+    max_entry_bytes,
+    outage_bytes,
+)
 from refresherd.run.workers.lifeline import Lifeline, connect_lifeline
 from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
 from refresherd.run.workers.options import worker_arguments
@@ -68,7 +74,12 @@ def engine_for(
     """The engine of C{settings}: their store, jobs and refresher."""
     config = settings.config
     store = make_store(
-        settings.store.value, settings.store.where, reactor, config.store.namespace, environ
+        settings.store.value,
+        settings.store.where,
+        reactor,
+        config.store.namespace,
+        environ,
+        max_entry_bytes(config.jobs),
     )
     return build_engine(
         config.jobs,

@@ -14,6 +14,7 @@ from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
 from refresherd.core.outage import DEFAULT_OUTAGE_BYTES, Outage
 from refresherd.core.refresher import Refresher
+from refresherd.entry import largest_entry
 from refresherd.errors import ConfigError
 from refresherd.fetchers.http import HTTPFetcher, make_http_client
 from refresherd.fetchers.python import PythonFetcher, make_threadpool, resolve_callable
@@ -24,22 +25,32 @@ from refresherd.stores.memcached.store import memcached_store_from_url
 from refresherd.stores.memory import memory_store_from_url
 from refresherd.stores.near import DEFAULT_TTL as DEFAULT_NEAR_TTL
 from refresherd.stores.near import NearCache, near_options
+from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
 from refresherd.stores.redis import redis_store_from_url
 
-StoreFactory = Callable[[str, Any, str, Mapping[str, str]], IStore]
-"""Given a URL (near-cache options taken out), the reactor, the namespace and the environment."""
+StoreFactory = Callable[[str, Any, str, Mapping[str, str], int], IStore]
+"""
+Given a URL (near-cache options taken out), the reactor, the namespace, the
+environment and the largest entry a shared store reads (L{max_entry_bytes}).
+"""
 
 
-def _memory(url: str, reactor: Any, namespace: str, environ: Mapping[str, str]) -> IStore:
+def _memory(
+    url: str, reactor: Any, namespace: str, environ: Mapping[str, str], max_entry_bytes: int
+) -> IStore:
     return memory_store_from_url(url, reactor)
 
 
-def _redis(url: str, reactor: Any, namespace: str, environ: Mapping[str, str]) -> IStore:
-    return redis_store_from_url(url, namespace, reactor, environ)
+def _redis(
+    url: str, reactor: Any, namespace: str, environ: Mapping[str, str], max_entry_bytes: int
+) -> IStore:
+    return redis_store_from_url(url, namespace, reactor, environ, max_entry_bytes)
 
 
-def _memcached(url: str, reactor: Any, namespace: str, environ: Mapping[str, str]) -> IStore:
-    return memcached_store_from_url(url, namespace, reactor)
+def _memcached(
+    url: str, reactor: Any, namespace: str, environ: Mapping[str, str], max_entry_bytes: int
+) -> IStore:
+    return memcached_store_from_url(url, namespace, reactor, max_entry_bytes)
 
 
 STORES: dict[str, tuple[StoreFactory, float | None]] = {
@@ -52,12 +63,27 @@ STORES: dict[str, tuple[StoreFactory, float | None]] = {
 """Each store scheme: its factory, and its default near_ttl (None: no near cache possible)."""
 
 
+def max_entry_bytes(jobs: Mapping[str, JobConfig]) -> int:
+    """
+    The largest entry a shared store reads: one of the largest
+    C{max_value_bytes} of the jobs, with its metadata.  Anything larger was not
+    written by a process of this configuration, and reads as absent.
+    """
+    return largest_entry(max((job.max_value_bytes for job in jobs.values()), default=0))
+
+
 def make_store(
-    url: str, where: str, reactor: Any, namespace: str, environ: Mapping[str, str]
+    url: str,
+    where: str,
+    reactor: Any,
+    namespace: str,
+    environ: Mapping[str, str],
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
 ) -> IStore:
     """
     The store of a C{--store} URL, not started: building one does no I/O, so
     the parent of C{--workers} can check the URL and throw the store away.
+    A shared store reads entries of at most C{max_entry_bytes}.
     """
     scheme = url.partition("://")[0]
     if scheme not in STORES:
@@ -67,10 +93,10 @@ def make_store(
     factory, default_near_ttl = STORES[scheme]
     try:
         if default_near_ttl is None:
-            return factory(url, reactor, namespace, environ)
+            return factory(url, reactor, namespace, environ, max_entry_bytes)
         url, _ = outage_option(url)
         shared_url, near_ttl, near_bytes = near_options(url, default_near_ttl)
-        store = factory(shared_url, reactor, namespace, environ)
+        store = factory(shared_url, reactor, namespace, environ, max_entry_bytes)
         if near_ttl == 0:
             return store
         return NearCache(store, reactor, near_ttl, near_bytes)

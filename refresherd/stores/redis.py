@@ -44,9 +44,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from refresherd.core.marks import GENERATION_MARGIN, renewed
-from refresherd.entry import Entry, EntryFormatError, decode, encode
+from refresherd.entry import Entry, encode
 from refresherd.errors import StoreUnavailable, one_line
 from refresherd.interfaces import IStore
+from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES, EntryReader
 from refresherd.stores.waiters import ChangeWaiters
 
 DEFAULT_PORT = 6379
@@ -57,8 +58,6 @@ DEFAULT_CONNECT_TIMEOUT = 2.0
 RECONNECT_INITIAL_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
 """Reconnection delays grow from the first to the second (txredisapi's are 1 s to 10 s)."""
-
-_WARNED_KEYS_MAX = 1024
 
 # Every script takes the entry key and its lease key as KEYS; the change
 # channel is the fourth argument of the puts and the last one of the others.
@@ -169,6 +168,7 @@ class RedisStore(Service):
     @ivar namespace: names the change channel, C{{namespace}:changes}.
     @ivar timeout: seconds any one call may take.
     @ivar connect_timeout: seconds one connection attempt may take.
+    @ivar max_entry_bytes: the largest entry read (larger ones read as absent).
     """
 
     shared: ClassVar[bool] = True
@@ -181,6 +181,7 @@ class RedisStore(Service):
     namespace: str = "rfd"
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
 
     _log: ClassVar[Logger] = Logger()
     _factories: list[_Factory] = attrs.field(init=False, repr=False, factory=list)
@@ -195,7 +196,13 @@ class RedisStore(Service):
         repr=False,
         default=attrs.Factory(lambda self: ChangeWaiters(self.reactor), takes_self=True),
     )
-    _warned: set[str] = attrs.field(init=False, repr=False, factory=set)
+    _reader: EntryReader = attrs.field(
+        init=False,
+        repr=False,
+        default=attrs.Factory(
+            lambda self: EntryReader("Redis", self.max_entry_bytes), takes_self=True
+        ),
+    )
     _watchers: list[tuple[Callable[[str], None], Callable[[], None]]] = attrs.field(
         init=False, repr=False, factory=list
     )
@@ -252,9 +259,12 @@ class RedisStore(Service):
     # -- IStore --------------------------------------------------------------
 
     def get(self, key: str) -> Deferred[Entry | None]:
-        """See L{IStore.get}; bytes that do not decode read as absent, with one warning."""
+        """
+        See L{IStore.get}; bytes that are not an entry, or fail a reader's
+        checks, read as absent, with one warning.
+        """
         d = self._call("get", lambda c: c.execute_command("GET", key))
-        return d.addCallback(self._decoded, key)
+        return d.addCallback(lambda data: self._reader.entry(key, data))
 
     def put(self, key: str, entry: Entry, ttl: float, lease: str | None = None) -> Deferred[bool]:
         """
@@ -310,7 +320,7 @@ class RedisStore(Service):
         d = self._call("get", lambda c: c.execute_command("MGET", key, *generation_keys))
 
         def split(values: list[bytes | None]) -> tuple[Entry | None, dict[str, str]]:
-            return self._decoded(values[0], key), _tokens(generation_keys, values[1:])
+            return self._reader.entry(key, values[0]), _tokens(generation_keys, values[1:])
 
         return d.addCallback(split)
 
@@ -386,21 +396,6 @@ class RedisStore(Service):
         else:
             return failure
         return Failure(StoreUnavailable(one_line(message)))
-
-    def _decoded(self, data: bytes | None, key: str) -> Entry | None:
-        if data is None:
-            return None
-        try:
-            return decode(data)
-        except EntryFormatError as e:
-            if key not in self._warned and len(self._warned) < _WARNED_KEYS_MAX:
-                self._warned.add(key)
-                self._log.warn(
-                    "Entry {key} in Redis is unreadable ({why}); it reads as absent",
-                    key=key,
-                    why=str(e),
-                )
-            return None
 
     def _put_done(self, reply: int, key: str) -> bool:
         """Whether written: 0 is a fenced put whose lease was gone, which changed nothing."""
@@ -555,13 +550,18 @@ _DB = re.compile(r"/[0-9]+")
 
 
 def redis_store_from_url(
-    url: str, namespace: str, reactor: Any, environ: Mapping[str, str]
+    url: str,
+    namespace: str,
+    reactor: Any,
+    environ: Mapping[str, str],
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
 ) -> RedisStore:
     """
     The L{RedisStore} of C{redis://[:password@]host[:port][/db]} (port 6379
-    and db 0 by default).  The password is percent-decoded; C{env:NAME} reads it
-    from C{environ}.  Anything wrong is a L{ValueError} whose message is one
-    line and never shows the password (nor any part of the URL that could be it).
+    and db 0 by default), reading entries of at most C{max_entry_bytes}.  The
+    password is percent-decoded; C{env:NAME} reads it from C{environ}.
+    Anything wrong is a L{ValueError} whose message is one line and never
+    shows the password (nor any part of the URL that could be it).
     """
     what = "the redis store URL"
     if not url.lower().startswith("redis://"):
@@ -605,4 +605,5 @@ def redis_store_from_url(
         int(parts.path[1:] or 0),
         password,
         namespace,
+        max_entry_bytes=max_entry_bytes,
     )

@@ -40,13 +40,16 @@ from refresherd.stores.memcached.store import (
     MemcachedStore,
     memcached_store_from_url,
 )
+from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
 from tests.memcached_keys import BAD_KEYS
 from tests.memcached_server import MemcachedServer
 from tests.store_contract import LONG_TTL, StoreContract, sample_entry
+from tests.store_hostile import HostileEntries
 
 NAMESPACE = "rfdtest"
 MIB = 1024 * 1024
 READY = 5.0
+LARGEST = DEFAULT_MAX_ENTRY_BYTES
 """Seconds a store may take to connect, after a start or a restart."""
 
 
@@ -109,6 +112,41 @@ class MemcachedStoreContractTests(StoreContract, MemcachedTestCase):
         return sleep(seconds)
 
 
+class MemcachedHostileEntryTests(HostileEntries, MemcachedTestCase):
+    """Entries and manifests another program wrote in memcached that no reader may take."""
+
+    def make_store(self) -> Deferred[IStore]:
+        return Deferred.fromCoroutine(self._hostile_store())
+
+    async def _hostile_store(self) -> IStore:
+        return await self.ready_store()
+
+    def write_raw(self, key: str, data: bytes) -> None:
+        self.server.set(key.encode(), data)
+
+    async def test_a_manifest_claiming_more_than_the_store_reads_is_fetched_instead(
+        self,
+    ) -> None:
+        """999,999,999 chunk keys built on the reactor once hung every request."""
+        stub, fetcher, namespace = await self.api()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        generation, digest = "0" * 32, "0" * 64
+        for i, (count, length) in enumerate([(999_999_999, 999_999_999_999), (999_999_999, 1000)]):
+            key = entry_key(namespace, "j", 1, {"id": str(i)})
+            self.write_raw(key, f"manifest 1 {generation} {count} {length} {digest}\n".encode())
+            response, body = await self.answer(stub, fetcher, "GET", f"/v1/jobs/j?id={i}")
+            self.assertEqual((response.code, body["status"]), (200, "miss"))
+            self.assertEqual(len(fetcher.calls), i + 1)
+            [warning] = [
+                formatEvent(e)
+                for e in logged
+                if e["log_level"] == LogLevel.warn and e["key"] == key
+            ]
+            self.assertIn(
+                f"{count} chunks" if length == 1000 else "over the largest entry", warning
+            )
+
+
 class MemcachedLayoutTests(MemcachedTestCase):
     """What other programs find in memcached: docs/memcached.md."""
 
@@ -126,7 +164,7 @@ class MemcachedLayoutTests(MemcachedTestCase):
         assert raw is not None
         self.assertTrue(raw.startswith(b"manifest 1 "), raw[:40])
         self.assertTrue(raw.endswith(b"\n"))
-        manifest = parse_manifest(raw)
+        manifest = parse_manifest(raw, LARGEST)
         data = encode(entry)
         self.assertEqual(manifest.count, math.ceil(len(data) / chunk_size(DEFAULT_ITEM_LIMIT)))
         self.assertEqual(manifest.length, len(data))
@@ -146,7 +184,7 @@ class MemcachedLayoutTests(MemcachedTestCase):
         key = self.unique_key(id="1")
         await store.put(key, sample_entry(os.urandom(2 * MIB)), 100)
         expires = int(self.server.item(key)["exp"])
-        manifest = parse_manifest(self.server.get(key.encode()) or b"")
+        manifest = parse_manifest(self.server.get(key.encode()) or b"", LARGEST)
         for chunk in manifest.chunk_keys(key):
             self.assertGreaterEqual(int(self.server.item(chunk)["exp"]), expires + 4)
 
@@ -184,7 +222,7 @@ class MemcachedLayoutTests(MemcachedTestCase):
 
     def server_body(self, key: str) -> bytes:
         """The body of the entry under C{key}, read from the server without the store."""
-        manifest = parse_manifest(self.server.get(key.encode()) or b"")
+        manifest = parse_manifest(self.server.get(key.encode()) or b"", LARGEST)
         data = b"".join(self.server.get(c.encode()) or b"" for c in manifest.chunk_keys(key))
         body = decode(data).body
         assert body is not None
@@ -224,7 +262,7 @@ class MemcachedChunkTests(MemcachedTestCase):
         await store.ready().addTimeout(READY, reactor)
         key, entry = self.unique_key(id="1"), sample_entry(os.urandom(5 * MIB))
         await store.put(key, entry, LONG_TTL)
-        self.assertEqual(parse_manifest(server.get(key.encode()) or b"").count, 3)
+        self.assertEqual(parse_manifest(server.get(key.encode()) or b"", LARGEST).count, 3)
         self.assertEqual(await store.get(key), entry)
 
     async def test_values_around_every_threshold_round_trip(self) -> None:
@@ -246,7 +284,7 @@ class MemcachedChunkTests(MemcachedTestCase):
         store = await self.ready_store(item_limit=MIN_ITEM_LIMIT)
         key = self.unique_key(id="1")
         await self.assertRoundTrips(store, key, MIB)
-        self.assertGreater(parse_manifest(self.server.get(key.encode()) or b"").count, 300)
+        self.assertGreater(parse_manifest(self.server.get(key.encode()) or b"", LARGEST).count, 300)
 
     async def test_a_lower_limit_of_the_server_is_learnt_and_never_exceeded(self) -> None:
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -285,7 +323,7 @@ class MemcachedChunkTests(MemcachedTestCase):
         store = await self.ready_store()
         key = self.unique_key(id="1")
         await store.put(key, sample_entry(os.urandom(3 * MIB)), LONG_TTL)
-        manifest = parse_manifest(self.server.get(key.encode()) or b"")
+        manifest = parse_manifest(self.server.get(key.encode()) or b"", LARGEST)
         self.assertEqual(self.server.delete(manifest.chunk_keys(key)[1].encode()), b"DELETED")
         self.assertIsNone(await store.get(key))
 

@@ -24,6 +24,7 @@ from refresherd.stores.redis import RedisStore, lease_key, redis_store_from_url
 from tests.redis_server import RedisReplyError
 from tests.redis_stores import NAMESPACE, READY, RedisTestCase, sleep
 from tests.store_contract import LONG_TTL, NOTICE, StoreContract, sample_entry
+from tests.store_hostile import HostileEntries
 
 
 class RedisStoreContractTests(StoreContract, RedisTestCase):
@@ -37,6 +38,19 @@ class RedisStoreContractTests(StoreContract, RedisTestCase):
 
     def advance(self, seconds: float) -> Deferred[None]:
         return sleep(seconds)
+
+
+class RedisHostileEntryTests(HostileEntries, RedisTestCase):
+    """Entries another program wrote in Redis that no reader may take read as absent."""
+
+    def make_store(self) -> Deferred[IStore]:
+        return Deferred.fromCoroutine(self._hostile_store())
+
+    async def _hostile_store(self) -> IStore:
+        return await self.ready_store()
+
+    def write_raw(self, key: str, data: bytes) -> None:
+        self.server.command("SET", key, data)
 
 
 class RedisLayoutTests(RedisTestCase):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import EventLoggingObserver
@@ -459,6 +460,16 @@ class AuthAndPutTests(APITestCase):
         d = self.request("PUT", "/v1/jobs/noargs", data=b"1", headers=write)
         self.assertEqual(self.error_code(d, 403), "forbidden")
 
+    def test_put_refuses_a_content_type_a_reader_of_the_store_would_refuse(self) -> None:
+        """Control characters (header injection) and more: 415, and nothing stored."""
+        self.build(auth=self.tokens())
+        for content_type in [b"text/plain\x01", b"text/plain;\tcharset=utf-8", b"text/\x85"]:
+            write = {b"Authorization": [b"Bearer w-token"], b"Content-Type": [content_type]}
+            d = self.request("PUT", "/v1/jobs/j?id=1", data=b"x", headers=write)
+            self.assertEqual(self.error_code(d, 415), "unsupported_media_type", content_type)
+        self.request("GET", "/v1/jobs/j?id=1", headers={"Authorization": "Bearer r-token"})
+        self.assertEqual(len(self.fetcher.calls), 1)
+
 
 class HealthTests(APITestCase):
     def test_healthz_and_readyz(self) -> None:
@@ -610,6 +621,38 @@ class FastPathTests(APITestCase):
         self.fetched()
         response, body = self.answer(d)
         self.assertEqual((response.code, body["job"]), (200, "j"))
+
+    @pytest.fixture(autouse=True)
+    def _errors(self, no_logged_errors: list[dict[str, Any]]) -> None:
+        self.logged_errors = no_logged_errors
+
+    def assertInternal(self, request: DummyRequest, body: bytes) -> None:
+        self.assertEqual(request.responseCode, 500)
+        self.assertEqual(
+            json.loads(body), {"error": {"code": "internal", "message": "internal error"}}
+        )
+        for name in (b"etag", b"age", b"cache-status"):
+            self.assertFalse(request.responseHeaders.hasHeader(name), name)
+        [logged] = self.logged_errors
+        self.assertEqual(logged["log_failure"].type, UnicodeEncodeError)
+        self.logged_errors.clear()
+        self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1)
+
+    def test_an_answer_that_fails_to_render_later_is_a_500_not_left_unanswered(self) -> None:
+        """A waiting request always gets an answer, even when rendering it is a bug."""
+        request = PathRequest(b"/v1/jobs/j/raw", b"/v1/jobs/j/raw?id=9")
+        self.assertEqual(self.api.resource().render(request), NOT_DONE_YET)
+        self.fetched(b"x", ctype="text/\u0100")  # no Content-Type can carry it
+        self.assertTrue(request.finished)
+        (body,) = request.written
+        self.assertInternal(request, body)
+
+    def test_an_answer_that_fails_to_render_at_once_is_a_500(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=9")
+        self.fetched(b"x", ctype="text/\u0100")
+        self.answer(d)
+        request = PathRequest(b"/v1/jobs/j/raw", b"/v1/jobs/j/raw?id=9")
+        self.assertInternal(request, self.api.resource().render(request))
 
     def test_a_caller_gone_before_the_answer_costs_nothing(self) -> None:
         request = self.dummy()

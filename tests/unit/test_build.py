@@ -10,12 +10,21 @@ from twisted.internet.testing import MemoryReactorClock
 
 from refresherd.config import Config, load_config
 from refresherd.core.outage import DEFAULT_OUTAGE_BYTES
+from refresherd.entry import METADATA_MAX_BYTES
 from refresherd.errors import ConfigError
-from refresherd.run.build import summary
+from refresherd.run.build import engine_for, summary
 from refresherd.run.settings import Setting, Settings
-from refresherd.run.wiring import STORES, describe_store, make_store, outage_bytes
+from refresherd.run.wiring import (
+    STORES,
+    describe_store,
+    make_store,
+    max_entry_bytes,
+    outage_bytes,
+)
+from refresherd.stores.memcached.store import MemcachedStore
 from refresherd.stores.memory import MemoryStore
 from refresherd.stores.near import NearCache
+from refresherd.stores.redis import RedisStore
 
 JOBS = b"""
 [jobs.b]
@@ -105,3 +114,19 @@ def test_outage_bytes_must_be_a_number_of_bytes(value: str) -> None:
             "rfd",
             {},
         )
+
+
+def test_a_shared_store_reads_entries_up_to_the_largest_value_of_any_job() -> None:
+    """Anything larger was not written by a process of this configuration."""
+    text = JOBS + b'max_value_bytes = 5000000\n[jobs.c]\nurl = "http://h/"\nfresh = "1m"\n'
+    config = load_config("refresherd.toml", {}, read_file=lambda path: text)
+    largest = METADATA_MAX_BYTES + 1 + 32 * 1024 * 1024  # job b's default
+    assert max_entry_bytes(config.jobs) == largest
+    assert max_entry_bytes({}) == METADATA_MAX_BYTES + 1
+    reactor = MemoryReactorClock()
+    redis = engine_for(settings_of(config, "redis://h:1/0?near_ttl=0"), reactor, {})
+    assert isinstance(redis.refresher.store, RedisStore)
+    assert redis.refresher.store.max_entry_bytes == largest
+    memcached = engine_for(settings_of(config, "memcached://h:1"), reactor, {})
+    assert isinstance(memcached.refresher.store, MemcachedStore)
+    assert memcached.refresher.store.max_entry_bytes == largest

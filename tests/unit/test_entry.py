@@ -16,14 +16,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from refresherd.core.policy import after_failure, soft_purged
 from refresherd.entry import (
     FORMAT_VERSION,
+    MAX_TIME,
     Entry,
     EntryFormatError,
     Fetched,
     check_json_body,
+    content_type_problem,
     decode,
     encode,
+    entry_problem,
     is_json_content_type,
     make_etag,
     value_entry,
@@ -300,3 +304,144 @@ def test_bad_generations_are_refused(generations: object) -> None:
     meta["generations"] = generations
     with pytest.raises(EntryFormatError, match="generations"):
         decode(json.dumps(meta).encode() + b"\nbody")
+
+
+# -- what a reader checks (docs/store-format.md) ---------------------------------------------
+
+
+def a_value(body: bytes = b'{"n": 1}', content_type: str = "application/json") -> Entry:
+    return value_entry(
+        Fetched(body, content_type),
+        job="tweets",
+        args={"user": "bob"},
+        tags=("user:bob",),
+        now=1_767_225_600.25,
+        duration=0.731,
+        fresh=900,
+        stale=86_400,
+        stale_if_error=7 * 86_400,
+        marks=("0123456789abcdef0123456789abcdef", ""),
+    )
+
+
+latin1_printable = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF).filter(
+        lambda c: not 0x7F <= ord(c) <= 0x9F
+    ),
+    max_size=60,
+)
+
+
+@given(
+    st.one_of(
+        st.tuples(st.binary(max_size=200), latin1_printable.filter(lambda t: "json" not in t)),
+        st.tuples(
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                lambda inner: (
+                    st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+                ),
+                max_leaves=10,
+            ).map(lambda doc: json.dumps(doc).encode()),
+            st.sampled_from(["application/json", "application/problem+json; charset=utf-8"]),
+        ),
+    ),
+    st.floats(min_value=0, max_value=4e9),
+    st.integers(min_value=0, max_value=10**6),
+)
+def test_every_entry_a_writer_makes_passes_the_reader_s_checks(
+    value: tuple[bytes, str], now: float, failures: int
+) -> None:
+    """Fetches, PUTs, failed refreshes, remembered failures and soft purges all read back."""
+    body, content_type = value
+    entry = attrs.evolve(a_value(body, content_type), fetched_at=now)
+    failed = after_failure(
+        now, entry, job="j", args={}, error="origin answered 503", error_ttl=5.0, rand=0.5
+    )
+    remembered = after_failure(
+        now, None, job="j", args={}, error="origin answered 503", error_ttl=5.0, rand=0.5
+    )
+    for written in (entry, failed, remembered, soft_purged(entry, now, 10.0)):
+        assert written is not None
+        assert entry_problem(decode(encode(attrs.evolve(written, failures=failures)))) is None
+
+
+HOSTILE = "<script>\u0100\r\nX-Injected: 1"
+"""Content no reason may show."""
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"body": b'1,"status":"hit","x":{}'}, "the content type is JSON but the body is not"),
+        ({"body": b'{"n": NaN}'}, "the content type is JSON but the body is not"),
+        ({"body": b"\xff"}, "the content type is JSON but the body is not"),
+        ({"body": b"", "content_type": "application/vnd.x+json"}, "JSON but the body is not"),
+        ({"etag": 'W/"\u00e9"'}, "etag"),
+        ({"etag": HOSTILE}, "etag"),
+        ({"etag": 'W/"a"b"'}, "etag"),
+        ({"etag": "W/abc"}, "etag"),
+        ({"etag": ""}, "etag"),
+        ({"etag": 'W/"' + "a" * 300 + '"'}, "etag"),
+        ({"content_type": "text/plain\u0100"}, "content type"),
+        ({"content_type": "text/plain\r\nX-Injected: 1"}, "content type"),
+        ({"content_type": "text/plain;\tcharset=utf-8"}, "content type"),
+        ({"content_type": "text/plain\x85"}, "content type"),
+        ({"content_type": "text/plain\x7f"}, "content type"),
+        ({"content_type": HOSTILE}, "content type"),
+        ({"fresh_until": 1e300}, "'fresh_until'"),
+        ({"fetched_at": -1.0}, "'fetched_at'"),
+        ({"stale_until": MAX_TIME * 2}, "'stale_until'"),
+        ({"error_until": 1e308}, "'error_until'"),
+        ({"retry_at": -5.0}, "'retry_at'"),
+        ({"duration": 1e200}, "'duration'"),
+        ({"failures": -1}, "'failures'"),
+        ({"failures": 2**31}, "'failures'"),
+        ({"marks": ("x", "")}, "'generations'"),
+        ({"marks": ("", "0123456789ABCDEF0123456789ABCDEF")}, "'generations'"),
+        ({"marks": ("", HOSTILE)}, "'generations'"),
+    ],
+)
+def test_an_entry_that_fails_a_check_is_refused_naming_the_field_not_its_content(
+    changes: dict[str, Any], reason: str
+) -> None:
+    entry = attrs.evolve(a_value(), **changes)
+    why = entry_problem(decode(encode(entry)))
+    assert why is not None and reason in why
+    assert "\u0100" not in why and "script" not in why and "\n" not in why
+
+
+def test_a_remembered_failure_is_checked_but_has_no_etag_or_body_to_check() -> None:
+    failure = after_failure(100.0, None, job="j", args={}, error="x", error_ttl=5.0, rand=0.5)
+    assert failure is not None and entry_problem(failure) is None
+    assert entry_problem(attrs.evolve(failure, content_type="application/json")) is None
+    assert entry_problem(attrs.evolve(failure, content_type="\r\n")) is not None
+    assert entry_problem(attrs.evolve(failure, retry_at=1e300)) is not None
+
+
+def test_a_json_body_known_to_be_valid_is_not_parsed_again() -> None:
+    """What the caller checked before: everything else is still checked."""
+    entry = attrs.evolve(a_value(), body=b"not json")
+    assert entry_problem(entry, body_checked=True) is None
+    assert entry_problem(attrs.evolve(entry, etag="\u00e9"), body_checked=True) is not None
+
+
+def test_times_at_the_bounds_are_taken() -> None:
+    entry = attrs.evolve(a_value(), fetched_at=0.0, stale_until=MAX_TIME, duration=0.0)
+    assert entry_problem(entry) is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["", "text/plain", "text/html; charset=utf-8", "application/x.caf\u00e9", 'a/b; q="x y"'],
+)
+def test_printable_latin1_content_types_can_be_stored(content_type: str) -> None:
+    assert content_type_problem(content_type) is None
+
+
+@pytest.mark.parametrize(
+    "content_type", ["\x00", "a\tb", "a\rb", "a\nb", "a\x7fb", "a\x9fb", "\u0100", "\U0001f40d"]
+)
+def test_control_characters_and_beyond_latin1_cannot(content_type: str) -> None:
+    assert content_type_problem(content_type) is not None

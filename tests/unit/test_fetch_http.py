@@ -382,3 +382,18 @@ def test_cancelling_after_success_changes_nothing() -> None:
     d = fetcher.fetch({"id": "1"})
     d.cancel()
     assert fetched(d).body == b"ok"
+
+
+@pytest.mark.parametrize("content_type", [b"text/plain\x01", b"text/\x85html", b"text/plain;\tq=1"])
+def test_a_content_type_no_reader_of_the_store_would_take_is_a_failure(
+    content_type: bytes,
+) -> None:
+    """Stored, it would read as absent in every process, and be fetched again at every request."""
+    fetcher, _, _ = stub_fetcher(answer(200, b"x", content_type))
+    message = fetch_error(fetcher.fetch({"id": "1"}))
+    assert message.startswith("origin sent a Content-Type refresherd cannot store: ")
+
+
+def test_a_latin1_content_type_is_kept() -> None:
+    fetcher, _, _ = stub_fetcher(answer(200, b"x", b"text/plain; name=caf\xe9"))
+    assert fetched(fetcher.fetch({"id": "1"})).content_type == "text/plain; name=caf\u00e9"

@@ -25,10 +25,13 @@ from refresherd.errors import StoreUnavailable
 from refresherd.keys import entry_key
 from refresherd.stores.memcached.layout import (
     MIN_ITEM_LIMIT,
+    Manifest,
     check_key,
     chunk_key,
+    chunk_size,
     exptime,
     lease_key,
+    most_chunks,
     parse_manifest,
     split,
 )
@@ -165,10 +168,11 @@ class LayoutFunctionTests(SynchronousTestCase):
         manifest, chunks = split(b"x" * 10_000, MIN_ITEM_LIMIT)
         self.assertEqual(len(chunks), 4)
         self.assertEqual(b"".join(chunks), b"x" * 10_000)
-        self.assertEqual(parse_manifest(manifest.to_bytes()), manifest)
-        self.assertIsNone(manifest.check(b"x" * 10_000))
-        self.assertIsNotNone(manifest.check(b"x" * 9_999 + b"y"))
-        self.assertIsNotNone(manifest.check(b"x" * 9_999))
+        self.assertEqual(parse_manifest(manifest.to_bytes(), 10_000), manifest)
+        self.assertEqual(manifest.join(chunks), b"x" * 10_000)
+        for wrong in [[*chunks[:-1], chunks[-1][:-1] + b"y"], [*chunks[:-1], chunks[-1][:-1]]]:
+            with self.assertRaises(ValueError):
+                manifest.join(wrong)
         for bad in [
             manifest.to_bytes()[:-1],
             manifest.to_bytes().replace(b"manifest 1", b"manifest 2"),
@@ -177,7 +181,40 @@ class LayoutFunctionTests(SynchronousTestCase):
             b"manifest 1 x 1 1 x\n",
         ]:
             with self.assertRaises(ValueError):
-                parse_manifest(bad)
+                parse_manifest(bad, 10_000)
+
+    def test_a_manifest_claiming_more_than_the_largest_entry_is_refused(self) -> None:
+        """Its chunks are never named, asked for or joined: 999,999,999 keys hung the reactor."""
+        sha = "0" * 64
+        claims = Manifest("f" * 32, 999_999_999, 999_999_999_999, sha).to_bytes()
+        with self.assertRaisesRegex(ValueError, "over the largest entry"):
+            parse_manifest(claims, 33 * MIB)
+        just_over = Manifest("f" * 32, 1, 33 * MIB + 1, sha).to_bytes()
+        with self.assertRaisesRegex(ValueError, "over the largest entry"):
+            parse_manifest(just_over, 33 * MIB)
+        largest = Manifest("f" * 32, most_chunks(33 * MIB), 33 * MIB, sha)
+        self.assertEqual(parse_manifest(largest.to_bytes(), 33 * MIB), largest)
+
+    def test_a_manifest_claiming_more_chunks_than_its_length_needs_is_refused(self) -> None:
+        """No writer cuts chunks smaller than those of the smallest item limit."""
+        sha = "0" * 64
+        many = Manifest("f" * 32, 999_999_999, 1000, sha).to_bytes()
+        with self.assertRaisesRegex(ValueError, "999999999 chunks for 1000 bytes"):
+            parse_manifest(many, 33 * MIB)
+        size = chunk_size(MIN_ITEM_LIMIT)
+        self.assertEqual(most_chunks(0), 1)
+        self.assertEqual(most_chunks(size), 1)
+        self.assertEqual(most_chunks(size + 1), 2)
+        two = Manifest("f" * 32, 2, size, sha).to_bytes()
+        with self.assertRaisesRegex(ValueError, "2 chunks"):
+            parse_manifest(two, 33 * MIB)
+
+    def test_every_manifest_a_writer_makes_is_taken(self) -> None:
+        """The bounds refuse no layout a writer makes, whatever its item limit."""
+        for limit in (MIN_ITEM_LIMIT, MIN_ITEM_LIMIT + 1, 2 * MIN_ITEM_LIMIT, DEFAULT_ITEM_LIMIT):
+            for length in (0, 1, chunk_size(limit), chunk_size(limit) + 1, 5 * chunk_size(limit)):
+                manifest, _ = split(b"x" * length, limit)
+                self.assertEqual(parse_manifest(manifest.to_bytes(), length), manifest)
 
 
 class RingTests(SynchronousTestCase):

@@ -130,6 +130,14 @@ def chunk_size(item_limit: int) -> int:
     return item_limit - MAX_KEY_BYTES - ITEM_HEADROOM
 
 
+def most_chunks(length: int) -> int:
+    """
+    The most chunks a writer cuts C{length} bytes into: chunks of the
+    smallest item limit (L{MIN_ITEM_LIMIT}), and one for an empty value.
+    """
+    return max(1, math.ceil(length / chunk_size(MIN_ITEM_LIMIT)))
+
+
 _MANIFEST = re.compile(
     rb"manifest (\d+) ([0-9a-f]{32}) ([1-9][0-9]{0,8}) ([0-9]{1,12}) ([0-9a-f]{64})\n"
 )
@@ -153,29 +161,49 @@ class Manifest:
     def chunk_keys(self, key: str) -> list[str]:
         return [chunk_key(key, self.generation, i) for i in range(self.count)]
 
-    def check(self, data: bytes) -> str | None:
-        """Why C{data} (the chunks joined) is not this manifest's value, or None."""
-        if len(data) != self.length:
-            return f"chunks hold {len(data)} bytes, the manifest says {self.length}"
+    def join(self, chunks: list[bytes]) -> bytes:
+        """
+        The value of C{chunks} (all of them, in order); L{ValueError} if they
+        are not this manifest's value.  Their length is checked before they
+        are joined, so that chunks larger than claimed are never copied.
+        """
+        held = sum(len(chunk) for chunk in chunks)
+        if held != self.length:
+            raise ValueError(f"chunks hold {held} bytes, the manifest says {self.length}")
+        data = b"".join(chunks)
         if hashlib.sha256(data).hexdigest() != self.sha256:
-            return "chunks do not match the manifest's SHA-256"
-        return None
+            raise ValueError("chunks do not match the manifest's SHA-256")
+        return data
 
 
 def is_manifest(data: bytes) -> bool:
     return data.startswith(b"manifest ")
 
 
-def parse_manifest(data: bytes) -> Manifest:
-    """The manifest in C{data}; L{ValueError} if it is not one of version 1."""
+def parse_manifest(data: bytes, max_length: int) -> Manifest:
+    """
+    The manifest in C{data}; L{ValueError} if it is not one of version 1, or
+    if what it claims is more than a writer makes: over C{max_length} bytes
+    (the largest entry the reader takes), or more chunks than
+    L{most_chunks} of its length.  So a manifest never makes a reader build,
+    ask for or join more than its configured limits allow.
+    """
     match = _MANIFEST.fullmatch(data)
     if match is None:
         raise ValueError("malformed manifest")
     if int(match[1]) != MANIFEST_VERSION:
         raise ValueError(f"unknown manifest version {int(match[1])}")
-    return Manifest(
-        match[2].decode("ascii"), int(match[3]), int(match[4]), match[5].decode("ascii")
-    )
+    count, length = int(match[3]), int(match[4])
+    if length > max_length:
+        raise ValueError(
+            f"the manifest claims {length} bytes, over the largest entry ({max_length})"
+        )
+    if count > most_chunks(length):
+        raise ValueError(
+            f"the manifest claims {count} chunks for {length} bytes, "
+            f"over the {most_chunks(length)} a writer makes"
+        )
+    return Manifest(match[2].decode("ascii"), count, length, match[5].decode("ascii"))
 
 
 def split(data: bytes, item_limit: int) -> tuple[Manifest, list[bytes]]:

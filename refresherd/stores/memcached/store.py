@@ -44,7 +44,7 @@ from twisted.protocols.memcache import Command, MemCacheProtocol, ServerError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from refresherd.entry import Entry, EntryFormatError, decode, encode
+from refresherd.entry import Entry, encode
 from refresherd.errors import StoreUnavailable, one_line
 from refresherd.interfaces import IStore
 from refresherd.stores.memcached.layout import (
@@ -61,6 +61,7 @@ from refresherd.stores.memcached.layout import (
     split,
 )
 from refresherd.stores.memcached.ring import Ring
+from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES, EntryReader
 from refresherd.stores.waiters import ChangeWaiters
 
 T = TypeVar("T")
@@ -88,8 +89,6 @@ is clean again.
 
 MULTIGET_BATCH = 100
 """Keys in one C{get} command."""
-
-_WARNED_KEYS_MAX = 1024
 
 _REPLIES: dict[bytes, frozenset[bytes]] = {
     b"get": frozenset({b"VALUE", b"END"}),
@@ -157,6 +156,8 @@ class MemcachedStore(Service):
         limit is lower lowers it.
     @ivar timeout: seconds any one call may take.
     @ivar connect_timeout: seconds one connection attempt may take.
+    @ivar max_entry_bytes: the largest entry read: larger ones, and manifests
+        that claim more bytes or chunks than such an entry needs, read as absent.
     """
 
     shared: ClassVar[bool] = True
@@ -169,6 +170,7 @@ class MemcachedStore(Service):
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     dead_min: float = DEAD_MIN
     dead_max: float = DEAD_MAX
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
 
     _log: ClassVar[Logger] = Logger()
     _pool: list[_Server] = attrs.field(init=False, repr=False, factory=list)
@@ -179,7 +181,13 @@ class MemcachedStore(Service):
         repr=False,
         default=attrs.Factory(lambda self: ChangeWaiters(self.reactor), takes_self=True),
     )
-    _warned: set[str] = attrs.field(init=False, repr=False, factory=set)
+    _reader: EntryReader = attrs.field(
+        init=False,
+        repr=False,
+        default=attrs.Factory(
+            lambda self: EntryReader("memcached", self.max_entry_bytes), takes_self=True
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if not self.servers:
@@ -253,9 +261,10 @@ class MemcachedStore(Service):
     def get(self, key: str) -> Deferred[Entry | None]:
         """
         See L{IStore.get}: the entry key, then every chunk it names (one
-        multi-get per server).  A missing chunk reads as absent; chunks that do
-        not match their manifest, and bytes that do not decode, read as absent
-        with one warning per key.
+        multi-get per server).  A missing chunk reads as absent; a manifest that
+        claims more than L{max_entry_bytes} needs, chunks that do not match
+        their manifest, and bytes that are not an entry or fail a reader's
+        checks read as absent with one warning per key.
         """
         return Deferred.fromCoroutine(self._get(key))
 
@@ -345,39 +354,35 @@ class MemcachedStore(Service):
 
     async def _entry(self, key: str, data: bytes | None, deadline: float) -> Entry | None:
         """The entry of the bytes C{data} found under C{key}: itself, or its chunks."""
-        if data is None:
-            return None
-        if is_manifest(data):
+        if data is not None and is_manifest(data):
             try:
-                manifest = parse_manifest(data)
+                manifest = parse_manifest(data, self.max_entry_bytes)
             except ValueError as e:
-                self._unreadable(key, str(e))
+                self._reader.unreadable(key, str(e))
                 return None
-            body = await self._read_chunks(key, manifest, deadline)
-            if body is None:
+            chunks = await self._read_chunks(key, manifest, deadline)
+            if chunks is None:
                 return None
-            why = manifest.check(body)
-            if why is not None:
-                self._unreadable(key, why)
+            try:
+                data = manifest.join(chunks)
+            except ValueError as e:
+                self._reader.unreadable(key, str(e))
                 return None
-            data = body
-        try:
-            return decode(data)
-        except EntryFormatError as e:
-            self._unreadable(key, str(e))
-            return None
+        return self._reader.entry(key, data)
 
-    async def _read_chunks(self, key: str, manifest: Manifest, deadline: float) -> bytes | None:
-        """The chunks of C{manifest} joined, or None if any is missing."""
+    async def _read_chunks(
+        self, key: str, manifest: Manifest, deadline: float
+    ) -> list[bytes] | None:
+        """The chunks of C{manifest} in order, or None if any is missing."""
         keys = manifest.chunk_keys(key)
         try:
             found = await self._get_many(keys, deadline)
         except _Lost:
             return None  # those chunks were on a server that is gone now
-        parts = [found.get(chunk) for chunk in keys]
-        if any(part is None for part in parts):
+        chunks = [found.get(chunk) for chunk in keys]
+        if any(chunk is None for chunk in chunks):
             return None
-        return b"".join(part for part in parts if part is not None)
+        return [chunk for chunk in chunks if chunk is not None]
 
     async def _get_many(self, keys: Sequence[str], deadline: float) -> dict[str, bytes]:
         """The values of those of C{keys} that exist: one multi-get per server and batch."""
@@ -612,15 +617,6 @@ class MemcachedStore(Service):
             return Failure(_Lost(one_line(f"{where} failed {operation}: {failure.value}")))
         return failure
 
-    def _unreadable(self, key: str, why: str) -> None:
-        if key not in self._warned and len(self._warned) < _WARNED_KEYS_MAX:
-            self._warned.add(key)
-            self._log.warn(
-                "Entry {key} in memcached is unreadable ({why}); it reads as absent",
-                key=key,
-                why=why,
-            )
-
     # -- connections ---------------------------------------------------------
 
     def _handshake(self, server: _Server, connection: _Connection) -> None:
@@ -804,11 +800,14 @@ _IPV6 = re.compile(r"[0-9A-Fa-f:.]+")
 _DIGITS = re.compile(r"[0-9]+")
 
 
-def memcached_store_from_url(url: str, namespace: str, reactor: Any) -> MemcachedStore:
+def memcached_store_from_url(
+    url: str, namespace: str, reactor: Any, max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
+) -> MemcachedStore:
     """
     The L{MemcachedStore} of C{memcached://host[:port][,host[:port]...][?item_limit=N]}
-    (port 11211 by default; IPv6 addresses in brackets).  Anything wrong is a
-    L{ValueError} whose message is one line.
+    (port 11211 by default; IPv6 addresses in brackets), reading entries of
+    at most C{max_entry_bytes}.  Anything wrong is a L{ValueError} whose
+    message is one line.
     """
     what = "the memcached store URL"
     if not url.lower().startswith("memcached://"):
@@ -843,7 +842,13 @@ def memcached_store_from_url(url: str, namespace: str, reactor: Any) -> Memcache
                 f"to {MAX_ITEM_LIMIT}, not {value[:40]!r}"
             )
         item_limit = int(value)
-    return MemcachedStore(reactor, tuple(servers), namespace=namespace, item_limit=item_limit)
+    return MemcachedStore(
+        reactor,
+        tuple(servers),
+        namespace=namespace,
+        item_limit=item_limit,
+        max_entry_bytes=max_entry_bytes,
+    )
 
 
 def _server(text: str, what: str) -> tuple[str, int]:
