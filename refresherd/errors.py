@@ -171,6 +171,9 @@ _SHOWN_BEFORE_COLON = {
     "cannot connect": "cannot connect to the origin",
     "connection lost while reading the body": "the connection to the origin was lost",
     "body is not valid JSON": "the origin's body is not valid JSON",
+    "origin sent a Content-Type refresherd cannot store": (
+        "the origin sent a Content-Type refresherd cannot store"
+    ),
     "result is not valid text": "the job's result is not valid text",
     "result is not JSON-encodable": "the job's result is not JSON-encodable",
 }

@@ -555,6 +555,10 @@ HOST = "origin.internal"
             "the origin's body is not valid JSON",
         ),
         (f"KeyError: 'password for {HOST}'", errors.UNSHOWN_REASON),
+        (
+            "origin sent a Content-Type refresherd cannot store: it holds a control character",
+            "the origin sent a Content-Type refresherd cannot store",
+        ),
         ("origin answered 500 from " + HOST, errors.UNSHOWN_REASON),
     ],
 )
