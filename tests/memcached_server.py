@@ -12,13 +12,14 @@ command counts) without going through the store under test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from urllib.parse import unquote
 
 import attrs
@@ -237,3 +238,16 @@ class MemcachedServer:
                 time.sleep(0.02)
         self.stop()
         return False
+
+
+@contextlib.contextmanager
+def running_pool(count: int) -> Iterator[list[MemcachedServer]]:
+    """C{count} memcached servers started, and cleaned up afterwards."""
+    servers = [MemcachedServer() for _ in range(count)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.cleanup()

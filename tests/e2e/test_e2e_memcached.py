@@ -19,7 +19,7 @@ import pytest
 from refresherd.keys import entry_key
 from refresherd.stores.memcached.ring import Ring
 from tests.harness import Origin, Service, start_service
-from tests.memcached_server import MemcachedServer
+from tests.memcached_server import MemcachedServer, running_pool
 
 CONFIG = """
 [jobs.user]
@@ -41,14 +41,8 @@ early_refresh = 0
 
 @pytest.fixture
 def pool() -> Iterator[list[MemcachedServer]]:
-    servers = [MemcachedServer() for _ in range(3)]
-    try:
-        for server in servers:
-            server.start()
+    with running_pool(3) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.cleanup()
 
 
 class Start(Protocol):

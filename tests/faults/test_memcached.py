@@ -18,7 +18,7 @@ from refresherd.stores.memcached.ring import Ring
 from tests.fleet import STORE_DEADLINE, Fleet, entry_key, lease_key
 from tests.harness import wait_until
 from tests.load import Load, late, not_answered, tally, wrong_values
-from tests.memcached_server import MemcachedServer
+from tests.memcached_server import MemcachedServer, running_pool
 
 WAIT_TIMEOUT = 3.0
 DEADLINE = WAIT_TIMEOUT + STORE_DEADLINE + 1
@@ -29,14 +29,8 @@ RECOVERY = 4.0
 
 @pytest.fixture
 def pool() -> Iterator[list[MemcachedServer]]:
-    servers = [MemcachedServer(), MemcachedServer()]
-    try:
-        for server in servers:
-            server.start()
+    with running_pool(2) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.cleanup()
 
 
 def placed(pool: list[MemcachedServer], per_server: int) -> list[str]:
