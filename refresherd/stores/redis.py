@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
@@ -54,6 +54,11 @@ DEFAULT_PORT = 6379
 DEFAULT_TIMEOUT = 2.0
 """Seconds a call may take before it fails with L{StoreUnavailable}."""
 DEFAULT_CONNECT_TIMEOUT = 2.0
+REPLICA_WAIT = 1.0
+"""How long a purge or a PUT waits for a replica to acknowledge it (C{WAIT}),
+when the primary has replicas."""
+ROLE_INTERVAL = 5.0
+"""How often the primary is asked how many replicas it has (C{ROLE})."""
 
 RECONNECT_INITIAL_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
@@ -206,6 +211,9 @@ class RedisStore(Service):
     _watchers: list[tuple[Callable[[str], None], Callable[[], None]]] = attrs.field(
         init=False, repr=False, factory=list
     )
+    replicas: int = attrs.field(init=False, default=0)
+    """How many replicas the primary had when last asked (L{ROLE_INTERVAL})."""
+    _roles: task.LoopingCall | None = attrs.field(init=False, repr=False, default=None)
 
     @property
     def address(self) -> str:
@@ -230,11 +238,16 @@ class RedisStore(Service):
             )
             factory.startConnecting(endpoint)
             self._factories.append(factory)
+        self._roles = task.LoopingCall(self._ask_role)
+        self._roles.clock = self.reactor
+        self._roles.start(ROLE_INTERVAL, now=False)
 
     def stopService(self) -> Deferred[None]:
         """Disconnect; fires once both connections are closed."""
         super().stopService()
         factories, self._factories = self._factories, []
+        if self._roles is not None and self._roles.running:
+            self._roles.stop()
         self._commands = self._subscriber = None
         readiness, self._readiness = self._readiness, []
         for d in readiness:
@@ -278,6 +291,7 @@ class RedisStore(Service):
         renew = _milliseconds(ttl + GENERATION_MARGIN)
         if lease is None:
             d = self._eval("put", _PUT, keys, [value, ms, renew, self.channel])
+            d = self._acknowledged(d, "put")
         else:
             d = self._eval("put", _PUT_FENCED, keys, [value, ms, renew, self.channel, lease])
         return d.addCallback(self._put_done, key)
@@ -285,7 +299,45 @@ class RedisStore(Service):
     def delete(self, key: str) -> Deferred[bool]:
         """See L{IStore.delete}: the entry and its lease go, and the key is published."""
         d = self._eval("delete", _DELETE, [key, lease_key(key)], [self.channel])
-        return d.addCallback(self._deleted, key)
+        return self._acknowledged(d, "delete").addCallback(self._deleted, key)
+
+    def _acknowledged(self, d: Deferred[Any], operation: str) -> Deferred[Any]:
+        """
+        C{d}, a write an operator or a caller is told of (a PUT, a purge), once
+        a replica has it too, when the primary has replicas: C{WAIT 1} for up
+        to L{REPLICA_WAIT} seconds, else L{StoreUnavailable} (the write is on
+        the primary, and would be lost should it fail before a replica has it).
+        Fenced writes of fetches do not wait: a lost one costs a fetch.
+        """
+        if not self.replicas:
+            return d
+        ms = _milliseconds(REPLICA_WAIT)
+
+        def wait(result: Any) -> Deferred[Any]:
+            waited = self._call(operation, lambda c: c.execute_command("WAIT", 1, ms))
+            return waited.addCallback(acknowledged, result)
+
+        def acknowledged(count: int, result: Any) -> Any:
+            if int(count) < 1:
+                raise StoreUnavailable(
+                    f"Redis at {self.address} has the {operation} but no replica acknowledged "
+                    f"it within {REPLICA_WAIT:g} s; it is lost if the primary fails now: retry"
+                )
+            return result
+
+        return d.addCallback(wait)
+
+    def _ask_role(self) -> Deferred[None]:
+        """Learn how many replicas the primary has (C{ROLE}); a failure changes nothing."""
+        if self._commands is None:
+            return defer.succeed(None)
+
+        def learned(reply: Any) -> None:
+            if isinstance(reply, list) and reply and reply[0] == b"master":
+                self.replicas = len(reply[2]) if len(reply) > 2 else 0
+
+        d = self._call("role", lambda c: c.execute_command("ROLE"))
+        return d.addCallbacks(learned, lambda failure: None)
 
     def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
         """
@@ -339,7 +391,7 @@ class RedisStore(Service):
         token = secrets.token_hex(16)
         ms = _milliseconds(ttl)
         d = self._eval("purge", _NEW_GENERATION, [key], [token, ms, self.channel])
-        return d.addCallback(lambda _: token)
+        return self._acknowledged(d, "purge").addCallback(lambda _: token)
 
     def watch(self, changed: Callable[[str], None], reset: Callable[[], None]) -> None:
         """
@@ -428,6 +480,7 @@ class RedisStore(Service):
             self._reset_watchers()
         else:
             self._commands = connection
+            self._ask_role()
         if self._commands is not None and self._subscriber is not None:
             readiness, self._readiness = self._readiness, []
             for d in readiness:
