@@ -214,6 +214,7 @@ class RedisStore(Service):
     replicas: int = attrs.field(init=False, default=0)
     """How many replicas the primary had when last asked (L{ROLE_INTERVAL})."""
     _roles: task.LoopingCall | None = attrs.field(init=False, repr=False, default=None)
+    _role_refused: str | None = attrs.field(init=False, repr=False, default=None)
 
     @property
     def address(self) -> str:
@@ -336,8 +337,18 @@ class RedisStore(Service):
             if isinstance(reply, list) and reply and reply[0] == b"master":
                 self.replicas = len(reply[2]) if len(reply) > 2 else 0
 
+        def refused(failure: Failure) -> None:
+            failure.trap(StoreUnavailable)
+            assert isinstance(failure.value, StoreUnavailable)
+            why = failure.value.message
+            if "refused role" in why and why != self._role_refused:
+                self._role_refused = why
+                self._log.warn(
+                    "{why}; PUTs and purges will not wait for replicas (grant ROLE)", why=why
+                )
+
         d = self._call("role", lambda c: c.execute_command("ROLE"))
-        return d.addCallbacks(learned, lambda failure: None)
+        return d.addCallbacks(learned, refused)
 
     def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
         """

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 
 from twisted.internet import reactor
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 
 from refresherd.errors import StoreUnavailable
 from refresherd.keys import generation_key
@@ -72,3 +74,14 @@ class ReplicaAcknowledgementTests(RedisTestCase):
         self.assertEqual(store.replicas, 0)
         key = generation_key(NAMESPACE, "tag", "user:cy", hard=True)
         self.assertTrue(await store.new_purge_token(key, LONG_TTL))
+
+    async def test_a_user_that_may_not_ask_role_is_warned_of(self) -> None:
+        server = self.own_server()
+        server.command("ACL", "SETUSER", "default", "-role")
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        store = await self.ready_store(server)
+        await store._ask_role()
+        await store._ask_role()
+        warnings = [e for e in logged if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)  # once, not every 5 s
+        self.assertIn("NOPERM", warnings[0]["why"])
