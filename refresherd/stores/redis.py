@@ -39,6 +39,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -187,6 +188,12 @@ class RedisStore(Service):
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
+    endpoint: IStreamClientEndpoint | None = attrs.field(default=None, repr=False)
+    """How to reach the server when not by TCP to C{host:port} (TLS, a UNIX
+    socket, a primary found through Sentinel); asked again at every
+    (re)connection, so an endpoint may find a new address each time."""
+    label: str | None = None
+    """How messages name the server when C{host:port} would not say it."""
 
     _log: ClassVar[Logger] = Logger()
     _factories: list[_Factory] = attrs.field(init=False, repr=False, factory=list)
@@ -218,7 +225,9 @@ class RedisStore(Service):
 
     @property
     def address(self) -> str:
-        """C{host:port}, for messages."""
+        """C{host:port} (or L{label}), for messages."""
+        if self.label is not None:
+            return self.label
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
@@ -234,7 +243,7 @@ class RedisStore(Service):
         super().startService()
         for protocol in (_CommandConnection, _SubscriberConnection):
             factory = _Factory(self, protocol)
-            endpoint = HostnameEndpoint(
+            endpoint = self.endpoint or HostnameEndpoint(
                 self.reactor, self.host, self.port, timeout=self.connect_timeout
             )
             factory.startConnecting(endpoint)
@@ -453,6 +462,10 @@ class RedisStore(Service):
             connection.transport.abortConnection()
             message = f"{where} did not answer {operation} within {self.timeout:g} s"
         elif failure.check(txredisapi.ResponseError):
+            if str(failure.value).startswith("READONLY"):
+                # A primary demoted to a replica (a failover): connect again,
+                # which finds the new primary where the endpoint can.
+                connection.transport.loseConnection()
             message = f"{where} refused {operation}: {failure.value}"
         elif failure.check(txredisapi.ConnectionError):
             message = f"{where} failed {operation}: {failure.value}"

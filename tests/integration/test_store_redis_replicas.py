@@ -85,3 +85,27 @@ class ReplicaAcknowledgementTests(RedisTestCase):
         warnings = [e for e in logged if e["log_level"] == LogLevel.warn]
         self.assertEqual(len(warnings), 1)  # once, not every 5 s
         self.assertIn("NOPERM", warnings[0]["why"])
+
+
+class DemotedPrimaryTests(RedisTestCase):
+    async def test_a_readonly_reply_drops_the_connection_to_find_the_primary_again(self) -> None:
+        """
+        A primary demoted to a replica answers writes with READONLY: the store
+        connects again at once (through its endpoint, which may find the new
+        primary) instead of failing every write on the demoted server.
+        """
+        other = self.own_server()
+        server = self.own_server()
+        store = await self.ready_store(server)
+        before = store._commands
+        server.command("REPLICAOF", other.host, str(other.port))
+        self.addCleanup(lambda: server.running and server.command("REPLICAOF", "NO", "ONE"))
+        with self.assertRaises(StoreUnavailable) as raised:
+            await store.put(self.unique_key(id="1"), sample_entry(), LONG_TTL)
+        self.assertIn("READONLY", raised.exception.message)
+        deadline = time.monotonic() + 5
+        while store._commands is None or store._commands is before:
+            assert time.monotonic() < deadline, "the store did not connect again"
+            await sleep(0.02)
+        server.command("REPLICAOF", "NO", "ONE")
+        self.assertTrue(await store.put(self.unique_key(id="1"), sample_entry(), LONG_TTL))
