@@ -16,9 +16,12 @@ C{convertNumbers=False}), with hiredis when installed, on two connections:
 one for commands and one subscribed to the change channel.  Both do their own
 AUTH (and SELECT, for commands) on every connection, so a reconnection after a
 restart is ready again without help, and a refused AUTH is retried rather
-than stopping the store for good.  Every call has a deadline: it fails with
-L{StoreUnavailable} at once while the command connection is down, and within
-C{timeout} seconds when Redis does not answer.
+than stopping the store for good.  A Redis Cluster node (C{INFO cluster})
+is refused the same way: its keys live in slots spread over several
+primaries, and every script here names an entry and its lease together.
+Every call has a deadline: it fails with L{StoreUnavailable} at once while
+the command connection is down, and within C{timeout} seconds when Redis
+does not answer.
 
 txredisapi keeps its own timers (reply timeouts, reconnection delays) on the
 global reactor, so this store is for the real reactor, not a C{task.Clock}.
@@ -133,6 +136,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+CLUSTER_NODE = (
+    "it is a Redis Cluster node, and refresherd needs a single primary (see docs/scaling.md)"
+)
+"""Why calls fail while the server is a Redis Cluster node (see L{cluster_enabled})."""
+
+
+def cluster_enabled(info: object) -> bool:
+    """
+    Whether C{info}, the reply to C{INFO cluster}, says C{cluster_enabled:1}.
+    Anything else (another value, no such line, a reply that is not bytes)
+    is not a Cluster node.
+    """
+    if not isinstance(info, bytes):
+        return False
+    return any(line.strip() == b"cluster_enabled:1" for line in info.splitlines())
 
 
 def _tokens(keys: Sequence[str], values: Sequence[bytes | None]) -> dict[str, str]:
@@ -510,13 +530,26 @@ class RedisStore(Service):
             for d in readiness:
                 d.callback(None)
 
-    def _refused(self, why: str) -> None:
-        """Redis refused a handshake (a wrong password, a database that does not exist)."""
+    def _refused(self, why: str, cluster: bool = False) -> None:
+        """
+        Redis refused a handshake (a wrong password, a database that does not
+        exist), or is a Redis Cluster node (C{cluster}); logged once until a
+        connection passes its handshake or the reason changes.
+        """
         why = one_line(why)
         if why != self._refusal:
-            self._log.error(
-                "Redis at {address} refused the connection: {why}", address=self.address, why=why
-            )
+            if cluster:
+                self._log.error(
+                    "Redis at {address} is a Redis Cluster node; refresherd needs a single "
+                    "primary (see docs/scaling.md)",
+                    address=self.address,
+                )
+            else:
+                self._log.error(
+                    "Redis at {address} refused the connection: {why}",
+                    address=self.address,
+                    why=why,
+                )
         self._refusal = why
 
     def _lost(self, connection: Any) -> None:
@@ -561,6 +594,18 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
         self.store = store
         self.protocol = protocol
 
+    def retryDelay(self, attempt: int) -> float:
+        """
+        The delay before the next connection; the longest while the server
+        refuses the handshake (a password, a database, a Cluster node), since
+        txredisapi counts a connection it refused as a success and would
+        otherwise start again from the shortest.
+        """
+        if self.store._refusal is not None:
+            return RECONNECT_MAX_DELAY
+        delay: float = super().retryDelay(attempt)
+        return delay
+
     def addConnection(self, conn: Any) -> None:
         """
         Keep nothing: the store takes its connections from their handshake, and
@@ -571,7 +616,8 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
 class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
     """
     A txredisapi connection (hiredis) that the store uses only once its own
-    handshake has passed: AUTH when the store has a password, then L{set_up}.
+    handshake has passed: AUTH when the store has a password, C{INFO cluster}
+    (a Redis Cluster node is refused), then L{set_up}.
     A refused handshake closes the connection, to be tried again after the
     reconnection delay; txredisapi's own AUTH would stop reconnecting for good.
     """
@@ -588,6 +634,10 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
         try:
             if store.password is not None:
                 await self.execute_command("AUTH", store.password)
+            if await self._cluster_node(store):
+                store._refused(CLUSTER_NODE, cluster=True)
+                self.transport.loseConnection()
+                return
             await self.set_up(store)
         except txredisapi.ResponseError as e:
             store._refused(str(e))
@@ -596,6 +646,24 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
             self.transport.loseConnection()
         else:
             store._connected(self, self.subscriber)
+
+    async def _cluster_node(self, store: RedisStore) -> bool:
+        """
+        Whether the server is a Redis Cluster node (C{INFO cluster}), where
+        keys of other slots answer C{MOVED}: refresherd needs one primary.  A
+        server that refuses C{INFO} (an ACL user without it, a proxy) is let
+        through, since most servers that do so are not Cluster nodes.
+        """
+        try:
+            info = await self.execute_command("INFO", "cluster")
+        except txredisapi.ResponseError as e:
+            store._log.debug(
+                "Redis at {address} refused INFO ({why}); not checked for Redis Cluster",
+                address=store.address,
+                why=one_line(str(e)),
+            )
+            return False
+        return cluster_enabled(info)
 
     async def set_up(self, store: RedisStore) -> None:
         """What the connection does after AUTH."""

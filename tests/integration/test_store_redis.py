@@ -2,7 +2,7 @@
 The Redis store against a real C{redis-server} that the tests start: the
 store contract unchanged, then what is Redis's own (the layout other programs
 read, pub/sub between processes, passwords and databases, outages, a full
-Redis).  Its URL: tests/unit/test_store_redis.py.
+Redis, a Redis Cluster node refused).  Its URL: tests/unit/test_store_redis.py.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from refresherd.entry import encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
 from refresherd.keys import entry_key
 from refresherd.stores.redis import RedisStore, lease_key, redis_store_from_url
-from tests.redis_server import RedisReplyError
+from tests.redis_server import RedisReplyError, RedisServer
 from tests.redis_stores import NAMESPACE, READY, RedisTestCase, sleep
 from tests.store_contract import LONG_TTL, NOTICE, StoreContract, sample_entry
 from tests.store_hostile import HostileEntries
@@ -343,3 +343,55 @@ class RedisOutageTests(RedisTestCase):
             await store.put(key, sample_entry(), LONG_TTL)
         self.assertIsNone(await store.get(key))
         await store.ping()
+
+
+def connections_received(server: RedisServer) -> int:
+    """How many connections the server has accepted since it started (C{INFO stats})."""
+    stats = server.command("INFO", "stats")
+    assert isinstance(stats, bytes)
+    line = next(x for x in stats.splitlines() if x.startswith(b"total_connections_received:"))
+    return int(line.partition(b":")[2])
+
+
+class RedisClusterNodeTests(RedisTestCase):
+    """
+    A Redis Cluster node accepts the connection and answers keys of its own
+    slots, and MOVED for the others: the store refuses it during its handshake.
+    """
+
+    async def test_a_cluster_node_is_refused_with_one_error_and_checked_again(self) -> None:
+        server = self.own_server("--cluster-enabled", "yes")
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        store = self.new_store(server)
+        ready = store.ready()
+        await sleep(0.5)
+        with self.assertRaises(StoreUnavailable) as raised:
+            await store.ping()  # what /readyz asks
+        self.assertIn("Redis Cluster node", raised.exception.message)
+        self.assertIsNone(store._commands)
+        self.assertNoResult(ready)
+        before = connections_received(server)
+        await sleep(1.5)
+        # It keeps checking, each connection about once a second (not every 0.1 s).
+        self.assertTrue(2 <= connections_received(server) - before <= 8)
+        self.assertNoResult(ready)
+        errors = [e for e in logged if e["log_level"] == LogLevel.error]
+        self.assertEqual(
+            [formatEvent(e) for e in errors],
+            [
+                f"Redis at 127.0.0.1:{server.port} is a Redis Cluster node; refresherd needs "
+                "a single primary (see docs/scaling.md)"
+            ],
+        )
+        self.logged_errors.clear()
+        ready.cancel()
+        self.failureResultOf(ready, CancelledError)
+
+    async def test_a_user_refused_info_is_not_blocked(self) -> None:
+        """A restricted ACL user may not run INFO: the store is not refused for it."""
+        server = self.own_server()
+        server.command("ACL", "SETUSER", "default", "-info")
+        store = await self.ready_store(server)
+        key = self.unique_key(id="1")
+        self.assertTrue(await store.put(key, sample_entry(), LONG_TTL))
+        self.assertEqual(await store.get(key), sample_entry())

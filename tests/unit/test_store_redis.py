@@ -1,8 +1,8 @@
 """
-The Redis store without a server: the names of its lease keys, calls before
-it starts, and its URL: what it configures, and what it refuses in one line
-that never shows the password (the store on a real Redis:
-tests/integration/test_store_redis.py).
+The Redis store without a server: the names of its lease keys, how a Redis
+Cluster node is told (C{INFO cluster}), calls before it starts, and its URL:
+what it configures, and what it refuses in one line that never shows the
+password (the store on a real Redis: tests/integration/test_store_redis.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,32 @@ from twisted.trial.unittest import TestCase
 
 from refresherd.errors import StoreUnavailable
 from refresherd.keys import MAX_KEY_BYTES, entry_key
-from refresherd.stores.redis import DEFAULT_PORT, RedisStore, lease_key, redis_store_from_url
+from refresherd.stores.redis import (
+    DEFAULT_PORT,
+    RedisStore,
+    cluster_enabled,
+    lease_key,
+    redis_store_from_url,
+)
+
+
+@pytest.mark.parametrize(
+    ("info", "cluster"),
+    [
+        (b"# Cluster\r\ncluster_enabled:1\r\n", True),
+        (b"# Cluster\ncluster_enabled:1", True),
+        (b"# Cluster\r\ncluster_enabled:0\r\n", False),
+        (b"", False),  # a server with no cluster section
+        (b"# Cluster\r\ncluster_enabled:10\r\n", False),
+        (b"# Other\r\nnot_cluster_enabled:1\r\n", False),
+        (None, False),  # a reply that is not the bulk string INFO answers
+        ([b"cluster_enabled:1"], False),
+    ],
+)
+def test_a_cluster_node_is_told_by_the_cluster_enabled_line_only(
+    info: object, cluster: bool
+) -> None:
+    assert cluster_enabled(info) is cluster
 
 
 class RedisStoreTests(TestCase):
