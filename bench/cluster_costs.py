@@ -20,15 +20,23 @@ command may not name keys of two slots (C{CROSSSLOT}); the ways to read them:
     redirected      the entry asked of the wrong node first: MOVED, then its node
                     (what every key costs once after a resharding)
 
+With redis-py installed (the C{bench} extra), two more: its asyncio client
+reading the five keys with one MGET on the plain server, and its asyncio
+Cluster client with C{mget_nonatomic} (an MGET per slot) on the Cluster.
+
 Each is timed over C{--reads} lookups of C{--keys} different entries (one
-client, blocking sockets, one connection per node), in C{--rounds} rounds
-that interleave every way in slices; the result is the median µs per lookup and the
-median of the per-round ratios to C{single}.  It also records what the
-Cluster answers to refresherd's own put script on an entry and its lease.
+client, one connection per node), in C{--rounds} rounds that interleave
+every way in slices; the result is the median µs per lookup and the median
+of the per-round ratios to C{single}.  It also records what the Cluster
+answers to refresherd's own put script on an entry and its lease.  Then,
+with wrk installed and C{--seconds} above 0, the hit throughput of
+refresherd on twistd's default reactor and on its asyncio reactor (which
+redis-py's asyncio clients would need), one process each on the plain
+server, as L{bench.throughput} measures it.
 
 Run from the repository root after C{bash .ci/run}:
 
-    .venv/bin/python -m bench.cluster_costs [--rounds 7] [--reads 5000] [--keys 64]
+    .venv/bin/python -m bench.cluster_costs [--rounds 7] [--reads 5000] [--keys 64] [--seconds 5]
 
 It writes its results into docs/benchmarks.md between its markers.
 """
@@ -36,18 +44,37 @@ It writes its results into docs/benchmarks.md between its markers.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import BinaryIO
 
 from bench.shared_stores import write_section
-from bench.throughput import command_version, machine
+from bench.throughput import (
+    CONFIG,
+    SMALL_CONNECTIONS,
+    SMALL_PATH,
+    Result,
+    Target,
+    command_version,
+    hit,
+    machine,
+    origin_server,
+    per_round,
+    start_refresherd,
+    start_refresherd_process,
+)
+from bench.throughput import measure as throughput_measure
 from refresherd.core.marks import generation_keys
 from refresherd.entry import encode
 from refresherd.keys import entry_key
@@ -57,7 +84,8 @@ from tests.store_contract import sample_entry
 
 START, END = "<!-- bench:cluster_costs:start -->", "<!-- bench:cluster_costs:end -->"
 HEADING = "Redis Cluster, on paper and on loopback"
-WAYS = ("single", "co-located", "sequential", "parallel", "entry only", "redirected")
+REDIS_PY_ONE, REDIS_PY_CLUSTER = "redis-py, one server", "redis-py, Cluster"
+DEFAULT_REACTOR, ASYNCIO_REACTOR = "default (epoll)", "asyncio (`-r asyncio`)"
 NAMESPACE = "rfd"
 SLOTS = 16384
 
@@ -204,20 +232,33 @@ def redirected(cluster: Cluster, lookup: Lookup) -> Read:
     return read
 
 
-def time_reads(reads: list[Read], count: int) -> float:
-    """Microseconds per lookup over C{count} lookups, going round C{reads}."""
+Way = Callable[[int], None]
+"""Make that many lookups, going round the lookups of the run."""
+
+
+def blocking(reads: list[Read]) -> Way:
+    """The way that calls C{reads} in turn."""
+
+    def run(count: int) -> None:
+        for n in range(count):
+            reads[n % len(reads)]()
+
+    return run
+
+
+def time_reads(way: Way, count: int) -> float:
+    """Microseconds per lookup over C{count} lookups."""
     started = time.perf_counter()
-    for n in range(count):
-        reads[n % len(reads)]()
+    way(count)
     return (time.perf_counter() - started) / count * 1e6
 
 
 @dataclass
 class Results:
-    times: dict[str, list[float]] = field(default_factory=lambda: {w: [] for w in WAYS})
+    times: dict[str, list[float]] = field(default_factory=dict)
 
-    def ratios(self, way: str) -> list[float]:
-        return [t / b for t, b in zip(self.times[way], self.times["single"], strict=True)]
+    def ratios(self, way: str, baseline: str = "single") -> list[float]:
+        return [t / b for t, b in zip(self.times[way], self.times[baseline], strict=True)]
 
 
 SLICES = 20
@@ -225,24 +266,25 @@ SLICES = 20
 shared machine falls on every way alike."""
 
 
-def measure(ways: dict[str, list[Read]], rounds: int, reads: int) -> Results:
+def measure(ways: dict[str, Way], rounds: int, reads: int) -> Results:
     """
     A warm-up of each way, then C{rounds} rounds; a round interleaves
     L{SLICES} slices of every way, the order alternating, and gives each way
     its mean over its slices.
     """
-    for name in WAYS:
-        time_reads(ways[name], reads // 10)
-    results = Results()
+    names = list(ways)
+    for name in names:
+        time_reads(ways[name], max(1, reads // 10))
+    results = Results({name: [] for name in names})
     each = max(1, reads // SLICES)
     for n in range(rounds):
-        spent = dict.fromkeys(WAYS, 0.0)
+        spent = dict.fromkeys(names, 0.0)
         for k in range(SLICES):
-            for name in WAYS if (n + k) % 2 == 0 else WAYS[::-1]:
+            for name in names if (n + k) % 2 == 0 else names[::-1]:
                 spent[name] += time_reads(ways[name], each)
-        for name in WAYS:
+        for name in names:
             results.times[name].append(spent[name] / SLICES)
-        line = ", ".join(f"{w} {results.times[w][-1]:.0f}" for w in WAYS)
+        line = ", ".join(f"{w} {results.times[w][-1]:.0f}" for w in names)
         print(f"bench: round {n + 1}/{rounds}: µs per lookup: {line}", file=sys.stderr)
     return results
 
@@ -265,38 +307,67 @@ def put_script_reply(cluster: Cluster, lookup: Lookup) -> str:
     return "OK"
 
 
+TRIPS = {
+    "single": "1",
+    "co-located": "1",
+    "sequential": "5, one after another",
+    "parallel": "1 per node, overlapped",
+    "entry only": "1 (tokens in the process)",
+    "redirected": "2 (MOVED, then the node)",
+    REDIS_PY_ONE: "1 (`MGET`)",
+    REDIS_PY_CLUSTER: "1 per slot (`mget_nonatomic`)",
+}
+
+
 def report(
     results: Results, args: argparse.Namespace, spread: tuple[float, float], put: str
 ) -> str:
     redis = command_version(["redis-server", "--version"], r"v=(\S+)")
+    py = f", redis-py {package_version('redis')}" if REDIS_PY_ONE in results.times else ""
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; Python "
-        f"{sys.version.split()[0]}, Redis {redis}; `python -m bench.cluster_costs --rounds "
-        f"{args.rounds} --reads {args.reads} --keys {args.keys}`. One client, blocking "
-        "sockets on loopback, one connection per node; a lookup is an entry and the 4 "
-        f"generation keys of its job and tag. In today's layout those 5 keys fell in "
+        f"{sys.version.split()[0]}, Redis {redis}{py}; `python -m bench.cluster_costs "
+        f"--rounds {args.rounds} --reads {args.reads} --keys {args.keys} --seconds "
+        f"{args.seconds}`. One client on loopback, one connection per node, blocking "
+        "sockets (redis-py: its asyncio clients on one event loop); a lookup is an entry and "
+        "the 4 generation keys of its job and tag. In today's layout those 5 keys fell in "
         f"{spread[0]:.1f} slots on {spread[1]:.1f} of the 3 nodes on average; refresherd's "
         f"put script on an entry and its lease got `{put}`. Medians of {args.rounds} "
-        f"rounds, each interleaving {SLICES} slices of every way; the ratio is the median of "
-        "the per-round ratios to `single`.",
+        f"rounds, each interleaving {SLICES} slices of every way; a ratio is the median of "
+        "the per-round ratios.",
         "",
         "| way | round trips | µs per lookup | ratio to single | per round |",
         "|---|---|---|---|---|",
     ]
-    trips = {
-        "single": "1",
-        "co-located": "1",
-        "sequential": "5, one after another",
-        "parallel": "1 per node, overlapped",
-        "entry only": "1 (tokens in the process)",
-        "redirected": "2 (MOVED, then the node)",
-    }
-    for way in WAYS:
-        median = statistics.median(results.times[way])
+    for way, times in results.times.items():
         ratios = results.ratios(way)
         lines.append(
-            f"| {way} | {trips[way]} | {median:.1f} | {statistics.median(ratios):.2f} | "
-            f"{min(ratios):.2f} to {max(ratios):.2f} |"
+            f"| {way} | {TRIPS[way]} | {statistics.median(times):.1f} | "
+            f"{statistics.median(ratios):.2f} | {min(ratios):.2f} to {max(ratios):.2f} |"
+        )
+    if REDIS_PY_CLUSTER in results.times:
+        ratios = results.ratios(REDIS_PY_CLUSTER, REDIS_PY_ONE)
+        lines += [
+            "",
+            f"redis-py's cluster client over its one-server client: "
+            f"{statistics.median(ratios):.2f} ({min(ratios):.2f} to {max(ratios):.2f}).",
+        ]
+    return "\n".join(lines)
+
+
+def reactors_report(results: dict[str, Result]) -> str:
+    lines = [
+        f"**Reactors** (wrk, 1 thread, {SMALL_CONNECTIONS} connections, a small hit, "
+        "refresherd on the plain Redis, one process each; median of the rounds):",
+        "",
+        "| twistd reactor | req/s | p99 ms | ratio to default | per round |",
+        "|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        ratios = per_round(results, name, DEFAULT_REACTOR)
+        lines.append(
+            f"| {name} | {result.rate:.0f} | {result.p99:.2f} | "
+            f"{statistics.median(ratios):.2f} | {min(ratios):.2f} to {max(ratios):.2f} |"
         )
     return "\n".join(lines)
 
@@ -320,21 +391,76 @@ def create_cluster(servers: Sequence[RedisServer]) -> None:
     raise RuntimeError("the Cluster did not reach cluster_state:ok within 30 s")
 
 
+def redis_py_ways(
+    stack: ExitStack, port: int, cluster_port: int, plain: list[Lookup]
+) -> dict[str, Way]:
+    """
+    redis-py's asyncio clients, one server and Cluster, reading the lookups
+    of today's layout; none when redis-py is not installed (the C{bench} extra).
+    """
+    try:
+        from redis.asyncio import Redis
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError:
+        print("bench: redis-py is not installed: its ways are left out", file=sys.stderr)
+        return {}
+    loop = asyncio.new_event_loop()
+    stack.callback(loop.close)
+    one = Redis(host="127.0.0.1", port=port)
+    cluster = RedisCluster(host="127.0.0.1", port=cluster_port)
+    loop.run_until_complete(cluster.initialize())
+    stack.callback(lambda: loop.run_until_complete(cluster.aclose()))
+    stack.callback(lambda: loop.run_until_complete(one.aclose()))
+
+    def way(read: Callable[[list[str]], Awaitable[object]]) -> Way:
+        async def reads(count: int) -> None:
+            for n in range(count):
+                await read(plain[n % len(plain)].keys)
+
+        return lambda count: loop.run_until_complete(reads(count))
+
+    return {
+        REDIS_PY_ONE: way(lambda keys: one.mget(keys)),
+        REDIS_PY_CLUSTER: way(lambda keys: cluster.mget_nonatomic(keys)),
+    }
+
+
+def reactor_costs(stack: ExitStack, redis_url: str, args: argparse.Namespace) -> str:
+    """Hit throughput of refresherd on twistd's default reactor and on its asyncio reactor."""
+    if shutil.which("wrk") is None:
+        return "**Reactors**: not measured (wrk is not installed)."
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rfd-cluster-")))
+    origin = stack.enter_context(origin_server())
+    origin.set("/users/small", body=b'{"name": "small", "tweets": ["hello"]}')
+    config = directory / "refresherd.toml"
+    config.write_text(CONFIG.format(origin=origin.url))
+    urls = {
+        DEFAULT_REACTOR: start_refresherd(stack, "refresherd", config, redis_url),
+        ASYNCIO_REACTOR: start_refresherd_process(
+            stack, "refresherd -r asyncio", config, redis_url, twistd=("-r", "asyncio")
+        )[1],
+    }
+    targets = []
+    for name, url in urls.items():
+        hit(url + SMALL_PATH)
+        targets.append(Target(name, url + SMALL_PATH, SMALL_CONNECTIONS, "1 process"))
+    return reactors_report(throughput_measure(targets, args.rounds, args.seconds))
+
+
 @contextmanager
-def running(args: argparse.Namespace) -> Iterator[tuple[Node, Cluster]]:
-    with ExitStack() as stack:
-        plain = stack.enter_context(RedisServer())
-        members = [stack.enter_context(RedisServer(["--cluster-enabled", "yes"])) for _ in "abc"]
-        create_cluster(members)
-        node = Node(plain.port)
-        stack.callback(node.close)
-        cluster = Cluster.of([m.port for m in members])
-        stack.callback(cluster.close)
-        yield node, cluster
+def running(stack: ExitStack) -> Iterator[tuple[RedisServer, list[RedisServer]]]:
+    plain = stack.enter_context(RedisServer())
+    members = [stack.enter_context(RedisServer(["--cluster-enabled", "yes"])) for _ in "abc"]
+    create_cluster(members)
+    yield plain, members
 
 
 def run(args: argparse.Namespace) -> str:
-    with running(args) as (server, cluster):
+    with ExitStack() as stack, running(stack) as (plain_server, members):
+        server = Node(plain_server.port)
+        stack.callback(server.close)
+        cluster = Cluster.of([m.port for m in members])
+        stack.callback(cluster.close)
         plain, tagged = lookups(args.keys, False), lookups(args.keys, True)
         value = encode(sample_entry())
         for lookup in plain:
@@ -347,15 +473,19 @@ def run(args: argparse.Namespace) -> str:
                 server.ask("SET", key, "0" * 32)
                 cluster.node_of(key).ask("SET", key, "0" * 32)
         ways = {
-            "single": [single(server, lookup) for lookup in plain],
-            "co-located": [co_located(cluster, lookup) for lookup in tagged],
-            "sequential": [sequential(cluster, lookup) for lookup in plain],
-            "parallel": [parallel(cluster, lookup) for lookup in plain],
-            "entry only": [entry_only(cluster, lookup) for lookup in plain],
-            "redirected": [redirected(cluster, lookup) for lookup in plain],
+            "single": blocking([single(server, lookup) for lookup in plain]),
+            "co-located": blocking([co_located(cluster, lookup) for lookup in tagged]),
+            "sequential": blocking([sequential(cluster, lookup) for lookup in plain]),
+            "parallel": blocking([parallel(cluster, lookup) for lookup in plain]),
+            "entry only": blocking([entry_only(cluster, lookup) for lookup in plain]),
+            "redirected": blocking([redirected(cluster, lookup) for lookup in plain]),
+            **redis_py_ways(stack, plain_server.port, members[0].port, plain),
         }
         results = measure(ways, args.rounds, args.reads)
-        return report(results, args, spread(cluster, plain), put_script_reply(cluster, plain[0]))
+        text = report(results, args, spread(cluster, plain), put_script_reply(cluster, plain[0]))
+        if args.seconds > 0:
+            text += "\n\n" + reactor_costs(stack, plain_server.url(), args)
+        return text
 
 
 def main() -> None:
@@ -363,6 +493,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reads", type=int, default=5000)
     parser.add_argument("--keys", type=int, default=64)
+    parser.add_argument(
+        "--seconds", type=int, default=5, help="of each wrk run of the reactors (0: none)"
+    )
     parser.add_argument("--no-write", dest="write", action="store_false")
     args = parser.parse_args()
     text = run(args)

@@ -199,10 +199,15 @@ def start_refresherd(
 
 
 def start_refresherd_process(
-    stack: ExitStack, name: str, config: Path, store: str, workers: int | None = None
+    stack: ExitStack,
+    name: str,
+    config: Path,
+    store: str,
+    workers: int | None = None,
+    twistd: Sequence[str] = (),
 ) -> tuple[Process, str]:
-    """L{start_refresherd}, and the process."""
-    argv = [TWISTD, "-n", "--pidfile=", "refresherd", "--config", str(config)]
+    """L{start_refresherd}, and the process; C{twistd}: options of twistd's own (a reactor)."""
+    argv = [TWISTD, *twistd, "-n", "--pidfile=", "refresherd", "--config", str(config)]
     argv += ["--listen", "tcp:0:interface=127.0.0.1:backlog=512"]
     argv += ["--admin-listen", "tcp:0:interface=127.0.0.1", "--store", store]
     if workers is not None:
