@@ -1,13 +1,15 @@
 """
 Start-up as a user meets it: every mistake in the configuration, the options
 or the endpoints stops C{twistd -n refresherd} with one line and a non-zero
-exit status; no traceback, no usage text.
+exit status; no traceback, no usage text.  A store that cannot be used (a
+Redis Cluster node) is told in one error line, and the service is not ready.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from tests.harness import run_twistd, start_service
+from tests.redis_server import RedisServer
 
 GOOD = """
 [jobs.square]
@@ -208,3 +211,28 @@ def test_a_sigterm_right_after_start_up_still_stops_gracefully(tmp_path: Path) -
     for _ in range(3):
         service = start_service(config)
         assert service.stop() == 0, service.output()
+
+
+def test_a_redis_cluster_node_is_refused_with_one_error_and_never_ready(tmp_path: Path) -> None:
+    """
+    Pointed at a Redis Cluster node, refresherd starts (the node may be fixed
+    or replaced), logs one error naming it, and /readyz stays 503 while it
+    keeps checking.
+    """
+    config = tmp_path / "refresherd.toml"
+    config.write_text(GOOD)
+    with RedisServer(["--cluster-enabled", "yes"]) as node:
+        service = start_service(config, "--log-format", "json", "--store", node.url())
+        try:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:  # well past the first connections and retries
+                assert service.get("/readyz").status_code == 503
+                time.sleep(0.2)
+        finally:
+            assert service.stop() == 0
+    records = [json.loads(line) for line in service.lines]
+    errors = [r["message"] for r in records if r["level"] == "error"]
+    assert errors == [
+        f"Redis at 127.0.0.1:{node.port} is a Redis Cluster node; refresherd needs a single "
+        "primary (see docs/scaling.md)"
+    ]
