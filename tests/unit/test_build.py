@@ -83,7 +83,7 @@ def test_a_store_is_described_without_secrets_or_options(url: str, shown: str) -
 
 def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
     reactor = MemoryReactorClock()
-    assert sorted(STORES) == ["memcached", "memory", "redis"]
+    assert sorted(STORES) == ["memcached", "memory", "redis", "rediss", "unix"]
     assert isinstance(make_store("memory://", "--store", reactor, "rfd", {}), MemoryStore)
     assert isinstance(make_store("redis://127.0.0.1:1/0", "--store", reactor, "rfd", {}), NearCache)
     with pytest.raises(ConfigError, match=r"^--store: unknown store 'couch'; use memory://, "):

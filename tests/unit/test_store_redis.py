@@ -15,7 +15,8 @@ from twisted.trial.unittest import TestCase
 
 from refresherd.errors import StoreUnavailable
 from refresherd.keys import MAX_KEY_BYTES, entry_key
-from refresherd.stores.redis import DEFAULT_PORT, RedisStore, lease_key, redis_store_from_url
+from refresherd.stores.redis import DEFAULT_PORT, RedisStore, lease_key
+from refresherd.stores.redis_urls import redis_store_from_url
 
 
 class RedisStoreTests(TestCase):
