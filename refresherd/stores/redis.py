@@ -591,9 +591,38 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
     factory: _Factory
     subscriber: ClassVar[bool] = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._usable: list[Deferred[Any]] = []
+        self._deadline: Any = None
+
+    def whenConnected(self) -> Deferred[Any]:
+        """
+        Fire once the store's handshake has passed, not when the connection is
+        made: txredisapi then keeps backing off (up to L{RECONNECT_MAX_DELAY})
+        while connections are refused or fail their TLS, rather than retrying
+        at the first delay for ever.
+        """
+        d: Deferred[Any] = Deferred()
+        self._usable.append(d)
+        return d
+
     def connectionMade(self) -> None:
         super().connectionMade()
+        store = self.factory.store
+        self._deadline = store.reactor.callLater(store.timeout, self._unanswered)
         Deferred.fromCoroutine(self._handshake())
+
+    def _unanswered(self) -> None:
+        """
+        The handshake (TLS, AUTH, SELECT or SUBSCRIBE) got no answer in time:
+        a hung server, or one that does not speak TLS on that port.  Abort, so
+        that a new connection is tried (closing politely would wait for ever
+        on a TLS handshake that never ends).
+        """
+        store = self.factory.store
+        store._refusal = f"a new connection got no answer within {store.timeout:g} s"
+        self.transport.abortConnection()
 
     async def _handshake(self) -> None:
         store = self.factory.store
@@ -608,12 +637,19 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
         except txredisapi.ConnectionError:
             self.transport.loseConnection()
         else:
+            if self._deadline.active():
+                self._deadline.cancel()
             store._connected(self, self.subscriber)
+            usable, self._usable = self._usable, []
+            for d in usable:
+                d.callback(self)
 
     async def set_up(self, store: RedisStore) -> None:
         """What the connection does after AUTH."""
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         super().connectionLost(reason)
         store = self.factory.store
         if self is not store._commands and self is not store._subscriber:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -92,7 +93,7 @@ def tls_options(options: Mapping[str, str], host: str, what: str) -> TLSOptions:
                 verify=False,
                 privateKey=key,
                 certificate=None if not chain else crypto.X509.from_cryptography(chain[0]),
-                extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
+                **_chain(chain),
             ),
             server_name,
         )
@@ -114,11 +115,9 @@ def tls_options(options: Mapping[str, str], host: str, what: str) -> TLSOptions:
                 )
             ),
             clientCertificate=client,
-            extraCertificateOptions={
-                "extraCertChain": [crypto.X509.from_cryptography(c) for c in chain[1:]]
-            },
+            extraCertificateOptions=_chain(chain),
         )
-    except (ValueError, UnicodeError):
+    except UnicodeError:
         raise ValueError(f"{what}: server_name {server_name[:60]!r} is not a host name") from None
     return TLSOptions(creator, server_name)
 
@@ -134,7 +133,10 @@ def tls_failure(reason: Failure) -> str | None:
             for error in getattr(reason.value, "errors", [])
             if hasattr(error, "mismatched_id")
         ]
-        which = f" {str(names[0])!r}" if names else " the server name"
+        name = names[0] if names else ""
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        which = f" {str(name)!r}" if name else " the server name"
         return (
             "the server's certificate did not verify: it is not valid for"
             f"{which} (set server_name= to the name it is for)"
@@ -182,6 +184,13 @@ def _is_address(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _chain(chain: list[x509.Certificate]) -> dict[str, Any]:
+    """The client certificate's intermediate CAs, if its file has them."""
+    if len(chain) < 2:
+        return {}
+    return {"extraCertChain": [crypto.X509.from_cryptography(c) for c in chain[1:]]}
 
 
 def _flag(value: str, name: str, what: str) -> bool:
