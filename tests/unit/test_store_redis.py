@@ -16,7 +16,8 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from service_identity import VerificationError
-from service_identity.hazmat import DNS_ID, DNSMismatch
+from service_identity.exceptions import DNSMismatch
+from service_identity.hazmat import DNS_ID
 from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectionLost
