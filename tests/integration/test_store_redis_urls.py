@@ -65,7 +65,8 @@ def mutual_server(tls_files: TLSFiles) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def acl_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
+    """A server whose default user has a password, so only the ACL users' AUTH passes."""
+    with RedisServer(password="admin pw") as server:
         yield server
 
 
@@ -93,14 +94,14 @@ class URLTestCase(TestCase):
         self.server, self.mutual, self.acl = tls_server, mutual_server, acl_server
         self.logged_errors = no_logged_errors
 
-    def store(self, url: str) -> RedisStore:
+    def start(self, url: str) -> RedisStore:
         store = redis_store_from_url(url, NAMESPACE, reactor, {"RFD_PW": "s3cret pw"})
         store.startService()
         self.addCleanup(store.stopService)
         return store
 
     async def ready(self, url: str) -> RedisStore:
-        store = self.store(url)
+        store = self.start(url)
         await store.ready().addTimeout(READY, reactor)
         return store
 
@@ -154,18 +155,18 @@ class TLSTests(URLTestCase):
         await self.representative(store)
 
     async def test_mutual_tls_without_a_client_certificate_is_refused(self) -> None:
-        store = self.store(self.tls_url(f"ca={self.files.ca}", self.mutual))
+        store = self.start(self.tls_url(f"ca={self.files.ca}", self.mutual))
         await self.assertNeverReady(store, "does the server want cert= and key=?")
 
     async def test_a_certificate_for_another_name_is_refused(self) -> None:
-        store = self.store(self.tls_url(f"ca={self.files.ca}&server_name=redis.example"))
+        store = self.start(self.tls_url(f"ca={self.files.ca}&server_name=redis.example"))
         await self.assertNeverReady(
             store, "the server's certificate did not verify: it is not valid for 'redis.example'"
         )
 
     async def test_a_certificate_no_trusted_ca_signed_is_refused(self) -> None:
         for query in (f"ca={self.other.ca}", ""):  # another CA; the system's CAs
-            store = self.store(self.tls_url(query))
+            store = self.start(self.tls_url(query))
             await self.assertNeverReady(
                 store, "the server's certificate did not verify: no CA trusted here signed it"
             )
@@ -209,7 +210,7 @@ class TLSTests(URLTestCase):
 
     async def test_tls_to_a_port_without_tls_gives_up_within_the_deadline(self) -> None:
         url = f"rediss://:s3cret%20pw@127.0.0.1:{self.server.port}/0?insecure=true"
-        store = self.store(url)
+        store = self.start(url)
         await sleep(store.timeout + 0.5)
         with self.assertRaises(StoreUnavailable) as raised:
             await store.ping()
@@ -244,7 +245,7 @@ class UNIXSocketTests(URLTestCase):
         self.assertIsNone(self.server.command("GET", key, db=0))
 
     async def test_unix_socket_with_a_wrong_password_is_refused_naming_the_path(self) -> None:
-        store = self.store(f"unix://:wrong-pw@{self.server.unix_socket}")
+        store = self.start(f"unix://:wrong-pw@{self.server.unix_socket}")
         await sleep(0.5)
         with self.assertRaises(StoreUnavailable) as raised:
             await store.ping()
@@ -326,7 +327,7 @@ class ACLTests(URLTestCase):
         for number, missing in enumerate(needed):
             user = f"lacks-{number}"
             self.acl.command(*rights_for(user, "acl-secret", [r for r in rights if r != missing]))
-            store = self.store(f"redis://{user}:acl-secret@127.0.0.1:{self.acl.port}/0")
+            store = self.start(f"redis://{user}:acl-secret@127.0.0.1:{self.acl.port}/0")
             seen = len(logged)
             said = await self.exercise(store)
             said += [formatEvent(e) for e in list(logged)[seen:]]
