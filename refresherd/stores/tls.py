@@ -28,6 +28,7 @@ from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -73,6 +74,8 @@ def tls_options(options: Mapping[str, str], host: str, what: str) -> TLSOptions:
     message starting with C{what}.
     """
     insecure = _flag(options.get("insecure", "false"), "insecure", what)
+    if insecure and "ca" in options:
+        raise ValueError(f"{what}: insecure=true verifies nothing, so it takes no ca=")
     server_name = options.get("server_name", host)
     if "cert" in options or "key" in options:
         if "cert" not in options or "key" not in options:
@@ -169,10 +172,8 @@ class _Unverified:
     options: ssl.CertificateOptions
     server_name: str
 
-    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        connection = SSL.Connection(self.options.getContext(), None)
-        connection.set_app_data(tlsProtocol)
-        connection.set_connect_state()
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        connection: SSL.Connection = self.options.clientConnectionForTLS(tlsProtocol)
         if not _is_address(self.server_name):
             connection.set_tlsext_host_name(self.server_name.encode("idna"))
         return connection

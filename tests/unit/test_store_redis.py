@@ -207,6 +207,7 @@ def files(tmp_path: Path, certificates: TLSFiles) -> dict[str, str]:
         ("cert={cert}&key={other_key}", "is not the key of the certificate in '{cert}'"),
         ("insecure=yes", "insecure must be true or false, not 'yes'"),
         ("insecure=1", "insecure must be true or false"),
+        ("insecure=true&ca={ca}", "insecure=true verifies nothing, so it takes no ca="),
         ("server_name=a..b", "server_name 'a..b' is not a host name"),
         ("ca=", "ca needs a value (ca=...)"),
         ("ca", "ca needs a value"),
