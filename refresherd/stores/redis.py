@@ -60,6 +60,11 @@ when the primary has replicas."""
 ROLE_INTERVAL = 5.0
 """How often the primary is asked how many replicas it has (C{ROLE})."""
 
+CLOSED_UNANSWERED = (
+    "it closed a new connection without answering (if that port wants TLS: rediss://)"
+)
+"""Why calls fail while new connections are closed before their handshake is answered."""
+
 RECONNECT_INITIAL_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
 """Reconnection delays grow from the first to the second (txredisapi's are 1 s to 10 s)."""
@@ -656,6 +661,8 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
             tls = tls_failure(reason)
             if tls is not None:
                 store._refused(tls, tls=True)
+            elif store._refusal is None and store.running:
+                store._refusal = CLOSED_UNANSWERED
         store._lost(self)
 
 

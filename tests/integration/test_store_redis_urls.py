@@ -219,6 +219,16 @@ class TLSTests(URLTestCase):
         await store.stopService()
         self.assertLess(time.monotonic() - start, store.timeout + 0.5)
 
+    async def test_plain_redis_to_a_tls_port_says_the_server_closed_it(self) -> None:
+        store = self.start(f"redis://:s3cret%20pw@127.0.0.1:{self.server.tls_port}/0")
+        await sleep(0.5)
+        with self.assertRaises(StoreUnavailable) as raised:
+            await store.ping()
+        self.assertIn(
+            "it closed a new connection without answering (if that port wants TLS: rediss://)",
+            raised.exception.message,
+        )
+
 
 class TLSContractTests(StoreContract, URLTestCase):
     """The store contract, unchanged, over TLS verified with the CA file."""
