@@ -86,6 +86,14 @@ def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
     assert sorted(STORES) == ["memcached", "memory", "redis", "rediss", "unix"]
     assert isinstance(make_store("memory://", "--store", reactor, "rfd", {}), MemoryStore)
     assert isinstance(make_store("redis://127.0.0.1:1/0", "--store", reactor, "rfd", {}), NearCache)
+    tls = make_store(
+        "rediss://h:1/0?near_ttl=0&outage_bytes=0&insecure=true", "--store", reactor, "rfd", {}
+    )
+    assert isinstance(tls, RedisStore) and tls.endpoint is not None
+    unix = make_store("unix:///run/r.sock?near_ttl=0.5&db=2", "--store", reactor, "rfd", {})
+    assert isinstance(unix, NearCache)
+    with pytest.raises(ConfigError, match=r"^--store: the rediss store URL takes no option 'x'"):
+        make_store("rediss://h:1/0?near_ttl=0&x=1", "--store", reactor, "rfd", {})
     with pytest.raises(ConfigError, match=r"^--store: unknown store 'couch'; use memory://, "):
         make_store("couch://x", "--store", reactor, "rfd", {})
 
