@@ -74,6 +74,8 @@ def test_no_jobs_and_no_file_are_said_with_a_warning() -> None:
     [
         ("memory://?max_bytes=10", "memory://"),
         ("redis://:env:PW@10.0.0.1:6379/0", "redis://10.0.0.1:6379/0"),
+        ("rediss://app:s3cret@h:6380/1?ca=/etc/ca.pem&insecure=true", "rediss://h:6380/1"),
+        ("unix://app:s3cret@/run/redis.sock?db=2", "unix:///run/redis.sock"),
         ("memcached://a:11211,b:11211?item_limit=1000", "memcached://a:11211,b:11211"),
     ],
 )
