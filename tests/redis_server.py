@@ -7,6 +7,11 @@ killed, paused or restarted on the same port, always cleaned up.
 
 L{RedisServer.command} is a tiny blocking RESP client, for checking what is
 really in Redis (raw bytes, TTLs) without going through the store under test.
+
+A server may also listen with TLS (L{RedisServer.tls}: certificates of a test
+CA, L{TLSFiles}) on C{tls_port}, and on a UNIX socket
+(L{RedisServer.unix_socket}); its plain loopback port stays open beside them,
+for L{RedisServer.command}.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from contextlib import contextmanager
 from typing import BinaryIO
 
 import attrs
+import trustme
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
 
@@ -41,6 +47,45 @@ def free_port() -> int:
         return port
 
 
+@attrs.frozen
+class TLSFiles:
+    """
+    PEM files of a test CA (trustme) in a directory: the CA's certificate, a
+    server certificate and key for C{127.0.0.1} and C{localhost}, and a client
+    certificate and key.
+    """
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+    @classmethod
+    def make(cls, directory: str, name: str = "test") -> TLSFiles:
+        authority = trustme.CA()
+        server = authority.issue_cert("127.0.0.1", "localhost")
+        client = authority.issue_cert("refresherd@test.example")
+        paths = {
+            field: os.path.join(directory, f"{name}-{field}.pem")
+            for field in ("ca", "server_cert", "server_key", "client_cert", "client_key")
+        }
+        authority.cert_pem.write_to_path(paths["ca"])
+        server.cert_chain_pems[0].write_to_path(paths["server_cert"])
+        server.private_key_pem.write_to_path(paths["server_key"])
+        client.cert_chain_pems[0].write_to_path(paths["client_cert"])
+        client.private_key_pem.write_to_path(paths["client_key"])
+        return cls(**paths)
+
+
+@attrs.frozen
+class ServerTLS:
+    """A server's TLS: its certificates, and whether clients must show one of that CA."""
+
+    certificates: TLSFiles
+    client_certificates: bool = False
+
+
 @attrs.define(eq=False)
 class RedisServer:
     """
@@ -49,6 +94,8 @@ class RedisServer:
     @ivar args: further command-line options, such as C{["--maxmemory", "1mb"]}.
     @ivar password: the C{requirepass} of the server, or L{None}.
     @ivar port: the port, chosen by L{start} the first time; kept by L{restart}.
+    @ivar tls: listen with TLS too, on C{tls_port} (chosen as C{port} is).
+    @ivar unix: listen on a UNIX socket too, at L{unix_socket}.
     """
 
     args: Sequence[str] = ()
@@ -56,6 +103,9 @@ class RedisServer:
     host: str = "127.0.0.1"
     port: int = 0
     start_timeout: float = 10.0
+    tls: ServerTLS | None = None
+    tls_port: int = 0
+    unix: bool = False
     _process: subprocess.Popen[bytes] | None = attrs.field(default=None, init=False)
     _dir: str | None = attrs.field(default=None, init=False)
 
@@ -63,6 +113,12 @@ class RedisServer:
         """A C{redis://} URL of this server, with C{password} if given."""
         auth = f":{password}@" if password is not None else ""
         return f"redis://{auth}{self.host}:{self.port}/{db}"
+
+    @property
+    def unix_socket(self) -> str:
+        """The path of the UNIX socket (with L{unix}), known once started."""
+        assert self._dir is not None
+        return os.path.join(self._dir, "redis.sock")
 
     @property
     def running(self) -> bool:
@@ -78,8 +134,12 @@ class RedisServer:
         attempts = 1 if self.port else 5
         for _ in range(attempts):
             port = self.port or free_port()
-            if self._spawn(port):
-                self.port = port
+            if self.tls is not None and not self.tls_port:
+                tls_port = free_port()
+            else:
+                tls_port = self.tls_port
+            if self._spawn(port, tls_port):
+                self.port, self.tls_port = port, tls_port
                 return
         raise RuntimeError(f"redis-server did not start on {self.host}:{port}")
 
@@ -168,8 +228,8 @@ class RedisServer:
             _read(reader)
             yield lambda: _read(reader)
 
-    def _spawn(self, port: int) -> bool:
-        """Run redis-server on C{port}; whether it came up (False: the port was taken)."""
+    def _spawn(self, port: int, tls_port: int) -> bool:
+        """Run redis-server on C{port}; whether it came up (False: a port was taken)."""
         assert self._dir is not None
         argv = [
             REDIS_SERVER,
@@ -189,6 +249,22 @@ class RedisServer:
         ]
         if self.password is not None:
             argv += ["--requirepass", self.password]
+        if self.tls is not None:
+            files = self.tls.certificates
+            argv += [
+                "--tls-port",
+                str(tls_port),
+                "--tls-cert-file",
+                files.server_cert,
+                "--tls-key-file",
+                files.server_key,
+                "--tls-ca-cert-file",
+                files.ca,
+                "--tls-auth-clients",
+                "yes" if self.tls.client_certificates else "no",
+            ]
+        if self.unix:
+            argv += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
         self._process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

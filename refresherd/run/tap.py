@@ -44,7 +44,8 @@ class Options(usage.Options):
             "store",
             None,
             None,
-            "memory://[?max_bytes=N], redis://[:password@]host:port/db or "
+            "memory://[?max_bytes=N], redis://[[user]:password@]host:port/db (rediss:// for TLS, "
+            "unix:///path/redis.sock?db=N) or "
             "memcached://host:port[,host:port...][?item_limit=N] [default: memory://]",
         ],
         [

@@ -26,7 +26,7 @@ from refresherd.stores.memory import memory_store_from_url
 from refresherd.stores.near import DEFAULT_TTL as DEFAULT_NEAR_TTL
 from refresherd.stores.near import NearCache, near_options
 from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
-from refresherd.stores.redis import redis_store_from_url
+from refresherd.stores.redis_urls import redis_store_from_url
 
 StoreFactory = Callable[[str, Any, str, Mapping[str, str], int], IStore]
 """
@@ -56,6 +56,8 @@ def _memcached(
 STORES: dict[str, tuple[StoreFactory, float | None]] = {
     "memory": (_memory, None),
     "redis": (_redis, DEFAULT_NEAR_TTL),
+    "rediss": (_redis, DEFAULT_NEAR_TTL),  # Redis over TLS
+    "unix": (_redis, DEFAULT_NEAR_TTL),  # Redis on a UNIX socket
     # memcached tells no one of changes: a near cache there serves what other
     # processes changed up to near_ttl late, so it is off unless asked for.
     "memcached": (_memcached, 0.0),

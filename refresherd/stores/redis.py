@@ -1,5 +1,5 @@
 """
-The shared store on one Redis server (C{redis://[:password@]host:port/db}).
+The shared store on one Redis server (its URLs: L{refresherd.stores.redis_urls}).
 
 The layout other programs read is documented in C{docs/redis.md}:
 
@@ -30,11 +30,9 @@ global reactor, so this store is for the real reactor, not a C{task.Clock}.
 from __future__ import annotations
 
 import math
-import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
 
 import attrs
 import txredisapi
@@ -52,6 +50,7 @@ from refresherd.entry import Entry, encode
 from refresherd.errors import StoreUnavailable, one_line
 from refresherd.interfaces import IStore
 from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES, EntryReader
+from refresherd.stores.tls import tls_failure
 from refresherd.stores.waiters import ChangeWaiters
 
 DEFAULT_PORT = 6379
@@ -63,6 +62,11 @@ REPLICA_WAIT = 1.0
 when the primary has replicas."""
 ROLE_INTERVAL = 5.0
 """How often the primary is asked how many replicas it has (C{ROLE})."""
+
+CLOSED_UNANSWERED = (
+    "it closed a new connection without answering (if that port wants TLS: rediss://)"
+)
+"""Why calls fail while new connections are closed before their handshake is answered."""
 
 RECONNECT_INITIAL_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
@@ -214,6 +218,10 @@ class RedisStore(Service):
     (re)connection, so an endpoint may find a new address each time."""
     label: str | None = None
     """How messages name the server when C{host:port} would not say it."""
+    username: str | None = None
+    """The ACL user of C{AUTH username password} (with L{password}); None: C{AUTH password}."""
+    warning: str | None = None
+    """Logged as a warning when the store starts (a TLS certificate left unverified)."""
 
     _log: ClassVar[Logger] = Logger()
     _factories: list[_Factory] = attrs.field(init=False, repr=False, factory=list)
@@ -261,6 +269,8 @@ class RedisStore(Service):
     def startService(self) -> None:
         """Start connecting, and reconnecting whenever a connection is lost."""
         super().startService()
+        if self.warning is not None:
+            self._log.warn("{warning}", warning=self.warning)
         for protocol in (_CommandConnection, _SubscriberConnection):
             factory = _Factory(self, protocol)
             endpoint = self.endpoint or HostnameEndpoint(
@@ -530,11 +540,12 @@ class RedisStore(Service):
             for d in readiness:
                 d.callback(None)
 
-    def _refused(self, why: str, cluster: bool = False) -> None:
+    def _refused(self, why: str, tls: bool = False, cluster: bool = False) -> None:
         """
         Redis refused a handshake (a wrong password, a database that does not
-        exist), or is a Redis Cluster node (C{cluster}); logged once until a
-        connection passes its handshake or the reason changes.
+        exist), or C{tls}: the TLS of a connection failed (a server's
+        certificate that did not verify), or C{cluster}: the server is a Redis
+        Cluster node; logged once until a connection passes or the reason changes.
         """
         why = one_line(why)
         if why != self._refusal:
@@ -546,8 +557,9 @@ class RedisStore(Service):
                 )
             else:
                 self._log.error(
-                    "Redis at {address} refused the connection: {why}",
+                    "Redis at {address} {what}: {why}",
                     address=self.address,
+                    what="could not be used over TLS" if tls else "refused the connection",
                     why=why,
                 )
         self._refusal = why
@@ -625,15 +637,45 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
     factory: _Factory
     subscriber: ClassVar[bool] = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._usable: list[Deferred[Any]] = []
+        self._deadline: Any = None
+
+    def whenConnected(self) -> Deferred[Any]:
+        """
+        Fire once the store's handshake has passed, not when the connection is
+        made: txredisapi then keeps backing off (up to L{RECONNECT_MAX_DELAY})
+        while connections are refused or fail their TLS, rather than retrying
+        at the first delay for ever.
+        """
+        d: Deferred[Any] = Deferred()
+        self._usable.append(d)
+        return d
+
     def connectionMade(self) -> None:
         super().connectionMade()
+        store = self.factory.store
+        self._deadline = store.reactor.callLater(store.timeout, self._unanswered)
         Deferred.fromCoroutine(self._handshake())
+
+    def _unanswered(self) -> None:
+        """
+        The handshake (TLS, AUTH, SELECT or SUBSCRIBE) got no answer in time:
+        a hung server, or one that does not speak TLS on that port.  Abort, so
+        that a new connection is tried (closing politely would wait for ever
+        on a TLS handshake that never ends).
+        """
+        store = self.factory.store
+        store._refusal = f"a new connection got no answer within {store.timeout:g} s"
+        self.transport.abortConnection()
 
     async def _handshake(self) -> None:
         store = self.factory.store
         try:
             if store.password is not None:
-                await self.execute_command("AUTH", store.password)
+                user = () if store.username is None else (store.username,)
+                await self.execute_command("AUTH", *user, store.password)
             if await self._cluster_node(store):
                 store._refused(CLUSTER_NODE, cluster=True)
                 self.transport.loseConnection()
@@ -645,7 +687,12 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
         except txredisapi.ConnectionError:
             self.transport.loseConnection()
         else:
+            if self._deadline.active():
+                self._deadline.cancel()
             store._connected(self, self.subscriber)
+            usable, self._usable = self._usable, []
+            for d in usable:
+                d.callback(self)
 
     async def _cluster_node(self, store: RedisStore) -> bool:
         """
@@ -669,8 +716,17 @@ class _Connection(txredisapi.RedisProtocol):  # type: ignore[misc]
         """What the connection does after AUTH."""
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         super().connectionLost(reason)
-        self.factory.store._lost(self)
+        store = self.factory.store
+        if self is not store._commands and self is not store._subscriber:
+            tls = tls_failure(reason)
+            if tls is not None:
+                store._refused(tls, tls=True)
+            elif store._refusal is None and store.running:
+                store._refusal = CLOSED_UNANSWERED
+        store._lost(self)
 
 
 class _CommandConnection(_Connection):
@@ -688,67 +744,3 @@ class _SubscriberConnection(_Connection, txredisapi.SubscriberProtocol):  # type
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
         self.factory.store._heard(message)
-
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DB = re.compile(r"/[0-9]+")
-
-
-def redis_store_from_url(
-    url: str,
-    namespace: str,
-    reactor: Any,
-    environ: Mapping[str, str],
-    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
-) -> RedisStore:
-    """
-    The L{RedisStore} of C{redis://[:password@]host[:port][/db]} (port 6379
-    and db 0 by default), reading entries of at most C{max_entry_bytes}.  The
-    password is percent-decoded; C{env:NAME} reads it from C{environ}.
-    Anything wrong is a L{ValueError} whose message is one line and never
-    shows the password (nor any part of the URL that could be it).
-    """
-    what = "the redis store URL"
-    if not url.lower().startswith("redis://"):
-        raise ValueError(f"{what} must start with redis://")
-    bad_port = f"{what} needs a port from 1 to 65535 after the host"
-    if "@" in url:
-        bad_port += " (percent-encode any of : / ? # @ in the password)"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(bad_port) from None
-    if parts.query or parts.fragment:
-        raise ValueError(f"{what} takes no query or fragment")
-    if not parts.hostname:
-        raise ValueError(f"{what} has no host")
-    if port == 0:
-        raise ValueError(bad_port)
-    if parts.path not in ("", "/") and not _DB.fullmatch(parts.path):
-        raise ValueError(f"{what} path must be a database number, as in redis://host:6379/0")
-    if parts.username:
-        raise ValueError(
-            f"{what} takes a password only, after a colon: redis://:password@host:port/db"
-        )
-    password = None if parts.password is None else unquote(parts.password)
-    if password == "":
-        raise ValueError(f"{what} has an empty password")
-    if password is not None and password.startswith("env:"):
-        name = password[len("env:") :]
-        if not _ENV_NAME.fullmatch(name):
-            raise ValueError(f'{what}: "env:" needs the name of an environment variable')
-        if name not in environ:
-            raise ValueError(f"{what}: environment variable {name!r} is not set")
-        password = environ[name]
-        if not password:
-            raise ValueError(f"{what}: environment variable {name!r} is empty")
-    return RedisStore(
-        reactor,
-        parts.hostname,
-        port or DEFAULT_PORT,
-        int(parts.path[1:] or 0),
-        password,
-        namespace,
-        max_entry_bytes=max_entry_bytes,
-    )

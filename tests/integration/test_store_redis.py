@@ -20,7 +20,8 @@ from refresherd.entry import encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
 from refresherd.keys import entry_key
-from refresherd.stores.redis import RedisStore, lease_key, redis_store_from_url
+from refresherd.stores.redis import RedisStore, lease_key
+from refresherd.stores.redis_urls import redis_store_from_url
 from tests.redis_server import RedisReplyError, RedisServer
 from tests.redis_stores import NAMESPACE, READY, RedisTestCase, sleep
 from tests.store_contract import LONG_TTL, NOTICE, StoreContract, sample_entry
