@@ -84,6 +84,7 @@ def run_process(port: int, way: str, process: int, processes: int, keys: int) ->
 
         def lineReceived(self, line: bytes) -> None:
             command = line.decode().strip()
+            done: Deferred[Any]
             if command == "read":
                 done = gatherResults([near.read(k, []) for k in mine])
             elif command == "write":
