@@ -7,8 +7,10 @@ told only of the keys it read), in one run.
 For each N of C{--processes} and each way, N small processes each run a
 L{RedisStore} with a near cache, as refresherd does, and read their share of
 C{--keys} keys: each key is read by two of them (key i by processes i and
-i + 1, modulo N).  Process 0 then writes every key once per round (unfenced
-puts, the script a PUT runs), and between rounds every process reads its keys
+i + 1, modulo N).  Process 0 then writes every key once per round, one write
+at a time (unfenced puts, the script a PUT runs: as fetches ending at
+different moments write, each write is then delivered on its own rather than
+in a batch with others), and between rounds every process reads its keys
 again (through its near cache: what a change dropped is read from Redis, which
 tracks it again).  Per write, from each round's write phase:
 
@@ -79,6 +81,11 @@ def run_process(port: int, way: str, process: int, processes: int, keys: int) ->
     everything = [key(i) for i in range(keys)]
     entry = sample_entry(b'{"n": 1}')
 
+    async def write() -> None:
+        # One at a time, as fetches that end at different moments write.
+        for k in everything:
+            await near.put(k, entry, 3600)
+
     class Commands(LineReceiver):
         delimiter = b"\n"
 
@@ -88,7 +95,7 @@ def run_process(port: int, way: str, process: int, processes: int, keys: int) ->
             if command == "read":
                 done = gatherResults([near.read(k, []) for k in mine])
             elif command == "write":
-                done = gatherResults([near.put(k, entry, 3600) for k in everything])
+                done = Deferred.fromCoroutine(write())
             elif command == "count":
                 self.sendLine(str(store.messages).encode())
                 return
