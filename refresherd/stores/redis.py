@@ -27,9 +27,11 @@ Tracking lives and dies with the command connection, and its messages with
 the subscriber: whenever either is (re)made, tracking is redirected again to
 the current subscriber, and once Redis has accepted it, everything that may
 have missed a change is reset (waiters woken, near caches dropped).  Losing
-either connection drops the near caches at once.  Every call has a deadline: it fails with
-L{StoreUnavailable} at once while the command connection is down, and within
-C{timeout} seconds when Redis does not answer.
+either connection drops the near caches at once.
+
+Every call has a deadline: it fails with L{StoreUnavailable} at once while the
+command connection is down, and within C{timeout} seconds when Redis does not
+answer.
 
 txredisapi keeps its own timers (reply timeouts, reconnection delays) on the
 global reactor, so this store is for the real reactor, not a C{task.Clock}.
@@ -190,8 +192,8 @@ class RedisStore(Service):
     @ivar tracking: learn of other processes' changes by C{CLIENT TRACKING}
         (only those of keys this process read); false: by listening to the
         change channel, where every change reaches every process (the way of
-        refresherd 0.1, kept for servers without tracking and for comparison:
-        C{bench/invalidations.py}).
+        refresherd 0.1, kept for comparison in C{bench/invalidations.py}; no
+        store URL asks for it).
     @ivar timeout: seconds any one call may take.
     @ivar connect_timeout: seconds one connection attempt may take.
     @ivar max_entry_bytes: the largest entry read (larger ones read as absent).
