@@ -499,3 +499,17 @@ class RedisTrackingTests(RedisTestCase):
         self.assertFalse(store.listening)
         self.assertIn("refused CLIENT TRACKING", [e for e in logged][-1]["log_format"])
         self.logged_errors.clear()
+
+    async def test_the_documented_rights_are_enough(self) -> None:
+        # docs/redis.md: CLIENT ID, CLIENT TRACKING, and the channel __redis__:invalidate
+        # (besides the scripts' PUBLISH on {ns}:changes); no other CLIENT subcommand.
+        server = self.own_server()
+        rights = ("resetchannels", f"&{NAMESPACE}:changes", "&__redis__:invalidate", "-client")
+        server.command("ACL", "SETUSER", "default", *rights, "+client|id", "+client|tracking")
+        here, there = await self.ready_store(server), await self.ready_store(server)
+        key = self.unique_key(id="1")
+        await here.get(key)
+        waiter = here.wait_for_change(key, LONG_TTL)
+        await there.put(key, sample_entry(), LONG_TTL)
+        await waiter.addTimeout(READY, reactor)
+        self.assertEqual(here.messages, 1)
