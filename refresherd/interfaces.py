@@ -75,7 +75,9 @@ class IStore(Interface):
         """
         Fire (with L{None}) when C{key} is next written or deleted, or when
         C{timeout} seconds have passed, whichever comes first.  Waiters for a
-        fetch that runs in another process use it.
+        fetch that runs in another process use it.  A change made elsewhere
+        may be heard only for a key read since its last change (Redis tells
+        a process of changes to the keys it read): read C{key}, then wait.
         """
 
     def read(

@@ -6,10 +6,10 @@ memcached on most requests.
 
 Coherence.  Every write, delete and purge made through this object drops
 what it changes at once.  Changes made by other processes drop what they
-change when the store tells of them (Redis: the change channel, on which
-entry writes, deletes and purges by job and tag are all published); when
-that channel is lost or comes back, everything is dropped, since changes
-may have been missed.  Whatever the store tells or does not tell (memcached
+change when the store tells of them (Redis: client-side caching tells this
+process of every change to an entry or a generation key it read); when the
+store may have missed changes (a connection lost or back, a flushed
+database), everything is dropped.  Whatever the store tells or does not tell (memcached
 tells nothing), nothing is served from here more than C{ttl} seconds after
 it was read: that is the bound on how late a change made elsewhere is seen.
 

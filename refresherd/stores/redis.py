@@ -5,7 +5,7 @@ The layout other programs read is documented in C{docs/redis.md}:
 
     key K                          ->  encode(entry), expiring after the ttl given to put
     {ns}:lease:{rest of K}         ->  the token of the fetch that holds K's lease
-    PUBLISH {namespace}:changes K  on every change of K
+    PUBLISH {namespace}:changes K  on every change of K, for other programs
 
 where C{ns} is K's own namespace (the text before its first C{:}) and
 C{namespace} the store's.  Every change is one Lua script, so it is atomic
@@ -13,15 +13,28 @@ without MULTI (which is broken with hiredis and C{charset=None}).
 
 Talking to Redis is txredisapi's (bytes in, bytes out: C{charset=None},
 C{convertNumbers=False}), with hiredis when installed, on two connections:
-one for commands and one subscribed to the change channel.  Both do their own
-AUTH (and SELECT, for commands) on every connection, so a reconnection after a
-restart is ready again without help, and a refused AUTH is retried rather
-than stopping the store for good.  A Redis Cluster node (C{INFO cluster})
-is refused the same way: its keys live in slots spread over several
-primaries, and every script here names an entry and its lease together.
-Every call has a deadline: it fails with L{StoreUnavailable} at once while
-the command connection is down, and within C{timeout} seconds when Redis
-does not answer.
+one for commands and one subscribed to C{__redis__:invalidate}.  The command
+connection turns on Redis's client-side caching, C{CLIENT TRACKING on
+REDIRECT <the subscriber's id> NOLOOP}: Redis then tells this process, on its
+subscriber, of every change made by another client to a key that this process
+read (GET, MGET, and keys read inside scripts) since it was last told of it.
+So a change reaches the processes that read its key, not every process.  Both
+connections do their own AUTH (and SELECT, for commands) on every connection,
+so a reconnection after a restart is ready again without help, and a refused
+AUTH is retried rather than stopping the store for good.  A Redis Cluster
+node (C{INFO cluster}) is refused the same way: its keys live in slots spread
+over several primaries, and every script here names an entry and its lease
+together.
+
+Tracking lives and dies with the command connection, and its messages with
+the subscriber: whenever either is (re)made, tracking is redirected again to
+the current subscriber, and once Redis has accepted it, everything that may
+have missed a change is reset (waiters woken, near caches dropped).  Losing
+either connection drops the near caches at once.
+
+Every call has a deadline: it fails with L{StoreUnavailable} at once while the
+command connection is down, and within C{timeout} seconds when Redis does not
+answer.
 
 txredisapi keeps its own timers (reply timeouts, reconnection delays) on the
 global reactor, so this store is for the real reactor, not a C{task.Clock}.
@@ -67,6 +80,8 @@ CLOSED_UNANSWERED = (
     "it closed a new connection without answering (if that port wants TLS: rediss://)"
 )
 """Why calls fail while new connections are closed before their handshake is answered."""
+INVALIDATIONS = "__redis__:invalidate"
+"""The channel on which Redis tells a tracking client's redirect of changed keys."""
 
 RECONNECT_INITIAL_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
@@ -191,11 +206,17 @@ class RedisStore(Service):
     connections.
 
     L{startService} connects; L{ready} fires once the store can be used and
-    listens for changes.  L{stopService} disconnects: pending calls fail with
+    hears of changes.  L{stopService} disconnects: pending calls fail with
     L{StoreUnavailable}, and pending waiters fire as if their time had passed.
 
     @ivar reactor: provides C{IReactorTime} and C{IReactorTCP}.
-    @ivar namespace: names the change channel, C{{namespace}:changes}.
+    @ivar namespace: names the change channel, C{{namespace}:changes}, on which
+        every change is published for other programs.
+    @ivar tracking: learn of other processes' changes by C{CLIENT TRACKING}
+        (only those of keys this process read); false: by listening to the
+        change channel, where every change reaches every process (the way of
+        refresherd 0.1, kept for comparison in C{bench/invalidations.py}; no
+        store URL asks for it).
     @ivar timeout: seconds any one call may take.
     @ivar connect_timeout: seconds one connection attempt may take.
     @ivar max_entry_bytes: the largest entry read (larger ones read as absent).
@@ -222,6 +243,11 @@ class RedisStore(Service):
     """The ACL user of C{AUTH username password} (with L{password}); None: C{AUTH password}."""
     warning: str | None = None
     """Logged as a warning when the store starts (a TLS certificate left unverified)."""
+    tracking: bool = True
+
+    messages: int = attrs.field(init=False, default=0)
+    """How many change messages the subscriber has received (invalidations, or
+    messages of the change channel without L{tracking})."""
 
     _log: ClassVar[Logger] = Logger()
     _factories: list[_Factory] = attrs.field(init=False, repr=False, factory=list)
@@ -229,6 +255,10 @@ class RedisStore(Service):
     """The command connection, once it has passed its handshake; None while down."""
     _subscriber: Any = attrs.field(init=False, repr=False, default=None)
     """The subscribed connection; None while changes of other processes go unheard."""
+    _redirected: tuple[Any, Any] | None = attrs.field(init=False, repr=False, default=None)
+    """The command and subscriber connections between which Redis accepted the
+    tracking redirection; L{listening} while they are the current ones."""
+    _tracking_refused: str | None = attrs.field(init=False, repr=False, default=None)
     _refusal: str | None = attrs.field(init=False, repr=False, default=None)
     _readiness: list[Deferred[None]] = attrs.field(init=False, repr=False, factory=list)
     _waiters: ChangeWaiters = attrs.field(
@@ -264,6 +294,13 @@ class RedisStore(Service):
         """The pub/sub channel on which every change publishes its key."""
         return f"{self.namespace}:changes"
 
+    @property
+    def listening(self) -> bool:
+        """Whether both connections are up and changes of the keys read are heard."""
+        if self._commands is None or self._subscriber is None:
+            return False
+        return not self.tracking or self._redirected == (self._commands, self._subscriber)
+
     # -- lifecycle -----------------------------------------------------------
 
     def startService(self) -> None:
@@ -288,7 +325,7 @@ class RedisStore(Service):
         factories, self._factories = self._factories, []
         if self._roles is not None and self._roles.running:
             self._roles.stop()
-        self._commands = self._subscriber = None
+        self._commands = self._subscriber = self._redirected = None
         readiness, self._readiness = self._readiness, []
         for d in readiness:
             d.errback(StoreUnavailable(f"the Redis store of {self.address} was stopped"))
@@ -299,11 +336,10 @@ class RedisStore(Service):
 
     def ready(self) -> Deferred[None]:
         """
-        Fire once the command connection is up and the change channel is
-        listened to (at once if they are).  It waits as long as that takes;
-        add a timeout, or cancel it.
+        Fire once the store is L{listening} (at once if it is).  It waits as
+        long as that takes; add a timeout, or cancel it.
         """
-        if self._commands is not None and self._subscriber is not None:
+        if self.listening:
             return defer.succeed(None)
         d: Deferred[None] = Deferred(self._readiness.remove)
         self._readiness.append(d)
@@ -407,11 +443,12 @@ class RedisStore(Service):
     def wait_for_change(self, key: str, timeout: float) -> Deferred[None]:
         """
         See L{IStore.wait_for_change}.  Changes made through this object wake
-        its waiters directly; those of other processes come on the change
-        channel.  While that channel is down only the timeout fires, and when it
-        is back every waiter is woken, since changes may have been missed.  A
-        waiter may also be woken once more by the echo of a change it already
-        saw.  Cancelling the result forgets the waiter and its timer.
+        its waiters directly; those of other processes are heard only for a
+        key this process read since it was last told of it: read C{key}
+        before waiting (as a fetch waiting elsewhere does), or only the timeout
+        fires.  While the store is not L{listening} only the timeout fires, and
+        when it listens again every waiter is woken, since changes may have
+        been missed.  Cancelling the result forgets the waiter and its timer.
         """
         return self._waiters.wait(key, timeout)
 
@@ -445,9 +482,10 @@ class RedisStore(Service):
 
     def watch(self, changed: Callable[[str], None], reset: Callable[[], None]) -> None:
         """
-        Call C{changed} with every key that any process changes (entries,
-        generation keys), as the change channel tells; and C{reset} whenever the
-        channel is lost or back, since changes may have been missed meanwhile.
+        Call C{changed} with every key read here that another client changes
+        (entries, generation keys), as Redis tells; and C{reset} whenever
+        either connection is lost or the store listens again, and when the
+        database is flushed, since changes may have been missed meanwhile.
         """
         self._watchers.append((changed, reset))
 
@@ -525,20 +563,67 @@ class RedisStore(Service):
         self._refusal = None
         if subscriber:
             self._subscriber = connection
-            self._log.info(
-                "Listening to {channel} on Redis at {address}",
-                channel=self.channel,
-                address=self.address,
-            )
-            self._waiters.notify_all()
-            self._reset_watchers()
         else:
             self._commands = connection
+        if self.tracking:
+            self._redirect()  # Sent before any other command of a new connection.
+        else:
+            self._listen()
+        if not subscriber:
             self._ask_role()
-        if self._commands is not None and self._subscriber is not None:
-            readiness, self._readiness = self._readiness, []
-            for d in readiness:
-                d.callback(None)
+
+    def _redirect(self) -> None:
+        """
+        Turn tracking on, redirected to the current subscriber, and listen once
+        Redis accepts it (unless a connection changed meanwhile: that change
+        redirects again).
+        """
+        commands, subscriber = self._commands, self._subscriber
+        if commands is None or subscriber is None:
+            return
+        sent = commands.execute_command(
+            "CLIENT", "TRACKING", "on", "REDIRECT", subscriber.client_id, "NOLOOP"
+        )
+
+        def accepted(_: object) -> None:
+            if (self._commands, self._subscriber) == (commands, subscriber):
+                self._redirected = (commands, subscriber)
+                self._tracking_refused = None
+                self._listen()
+
+        def refused(failure: Failure) -> None:
+            current = (self._commands, self._subscriber) == (commands, subscriber)
+            if not current or not failure.check(txredisapi.ResponseError):
+                return  # A connection was lost (or timed out): its successor redirects again.
+            why = one_line(f"{failure.value}")
+            if why != self._tracking_refused:
+                self._tracking_refused = why
+                self._log.error(
+                    "Redis at {address} refused CLIENT TRACKING: {why}; changes made by "
+                    "other processes are seen only by polling and after near_ttl",
+                    address=self.address,
+                    why=why,
+                )
+
+        sent.addCallbacks(accepted, refused)
+
+    def _listen(self) -> None:
+        """
+        The store now hears of changes: wake every waiter and drop the near
+        caches (changes may have been missed before), and fire L{ready}.
+        """
+        if not self.listening:
+            return
+        self._log.info(
+            "Hearing of changes on {channel} of Redis at {address}",
+            channel=INVALIDATIONS if self.tracking else self.channel,
+            address=self.address,
+        )
+        self._waiters.notify_all()
+        self._reset_watchers()
+        readiness, self._readiness = self._readiness, []
+        for d in readiness:
+            d.callback(None)
 
     def _refused(self, why: str, tls: bool = False, cluster: bool = False) -> None:
         """
@@ -565,24 +650,42 @@ class RedisStore(Service):
         self._refusal = why
 
     def _lost(self, connection: Any) -> None:
+        """
+        A connection is gone, and with it what it heard (the subscriber) or
+        what Redis tracked for it (the command connection): drop the near
+        caches now, and wake the waiters once the store listens again.
+        """
         if connection is self._commands:
             self._commands = None
+            self._reset_watchers()
             self._log.warn("Lost the connection to Redis at {address}", address=self.address)
         elif connection is self._subscriber:
             self._subscriber = None
             self._reset_watchers()
             self._log.warn(
-                "Lost {channel} on Redis at {address}; waiters poll until it is back",
-                channel=self.channel,
+                "Lost the subscriber connection to Redis at {address}; "
+                "waiters poll until it is back",
                 address=self.address,
             )
 
-    def _heard(self, message: bytes) -> None:
-        """A change published by any process."""
-        key = message.decode("utf-8", "replace")
-        self._waiters.notify(key)
-        for changed, _ in self._watchers:
-            changed(key)
+    def _heard(self, message: object) -> None:
+        """
+        A message on the subscriber: the keys changed (a list of them, from
+        tracking; one, on the change channel), or None when the database was
+        flushed (everything may have changed).  Anything else is ignored: any
+        client may publish on these channels.
+        """
+        self.messages += 1
+        if message is None:
+            self._waiters.notify_all()
+            self._reset_watchers()
+            return
+        for item in message if isinstance(message, list) else [message]:
+            if isinstance(item, bytes):
+                key = item.decode("utf-8", "replace")
+                self._waiters.notify(key)
+                for changed, _ in self._watchers:
+                    changed(key)
 
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
@@ -738,9 +841,12 @@ class _CommandConnection(_Connection):
 
 class _SubscriberConnection(_Connection, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     subscriber = True
+    client_id: int = 0
+    """Redis's id of this connection, which tracking redirects to."""
 
     async def set_up(self, store: RedisStore) -> None:
-        await self.subscribe(store.channel)
+        self.client_id = int(await self.execute_command("CLIENT", "ID"))
+        await self.subscribe(INVALIDATIONS if store.tracking else store.channel)
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
         self.factory.store._heard(message)

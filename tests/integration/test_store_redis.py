@@ -19,7 +19,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from refresherd.entry import encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
-from refresherd.keys import entry_key
+from refresherd.keys import entry_key, generation_key
 from refresherd.stores.redis import RedisStore, lease_key
 from refresherd.stores.redis_urls import redis_store_from_url
 from tests.redis_server import RedisReplyError, RedisServer
@@ -135,7 +135,10 @@ class RedisLayoutTests(RedisTestCase):
 
 
 class RedisChangeTests(RedisTestCase):
-    """Waiters are woken by changes made by other processes."""
+    """
+    Waiters are woken by changes made by other processes to the keys their
+    store read (CLIENT TRACKING): a waiter reads its key before it waits.
+    """
 
     async def test_waiter_is_woken_by_another_store_on_the_same_server(self) -> None:
         here, there = await self.ready_store(), await self.ready_store()
@@ -144,33 +147,86 @@ class RedisChangeTests(RedisTestCase):
             lambda: there.put(key, sample_entry(), LONG_TTL),
             lambda: there.delete(key),
         ):
+            await here.get(key)
             waiter = here.wait_for_change(key, LONG_TTL)
             await change()
             await sleep(NOTICE)
             self.assertIsNone(self.successResultOf(waiter))
 
-    async def test_waiter_is_woken_by_any_program_publishing_the_key(self) -> None:
+    async def test_waiter_is_woken_by_any_program_writing_a_key_it_read(self) -> None:
         store = await self.ready_store()
         key = self.unique_key(id="1")
+        await store.read(key, [])
         waiter = store.wait_for_change(key, LONG_TTL)
-        self.server.command("PUBLISH", store.channel, key)
+        self.server.command("SET", key, b"written by another program")
         await sleep(NOTICE)
         self.assertIsNone(self.successResultOf(waiter))
 
-    async def test_changes_in_another_namespace_wake_nobody(self) -> None:
-        here = await self.ready_store()
-        there = await self.ready_store(namespace="elsewhere")
-        key = self.unique_key(id="1")
+    async def test_a_key_never_read_sends_no_message_and_wakes_nobody(self) -> None:
+        here, there = await self.ready_store(), await self.ready_store()
+        key, read = self.unique_key(id="never read"), self.unique_key(id="read")
         waiter = here.wait_for_change(key, LONG_TTL)
+        await here.get(read)
         await there.put(key, sample_entry(), LONG_TTL)
+        self.server.command("SET", key, b"x")
+        await there.put(read, sample_entry(), LONG_TTL)
+        await there.put(read, sample_entry(), LONG_TTL)  # told once per read
         await sleep(NOTICE)
+        self.assertEqual(here.messages, 1)
         self.assertNoResult(waiter)
         waiter.cancel()
         self.failureResultOf(waiter, CancelledError)
 
+    async def test_its_own_changes_send_it_no_message_but_wake_its_waiters(self) -> None:
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        await store.get(key)
+        waiter = store.wait_for_change(key, LONG_TTL)
+        await store.put(key, sample_entry(), LONG_TTL)
+        self.assertIsNone(self.successResultOf(waiter))
+        await store.get(key)
+        await store.delete(key)
+        await sleep(NOTICE)
+        self.assertEqual(store.messages, 0)
+
+    async def test_keys_read_inside_scripts_are_tracked_too(self) -> None:
+        # Redis 7 tracks what a script reads: here, the lease key of a fenced put.
+        store = await self.ready_store()
+        key = self.unique_key(id="1")
+        token = await store.acquire_lease(key, LONG_TTL)
+        assert token is not None
+        await store.put(key, sample_entry(), LONG_TTL, lease=token)
+        self.server.command("SET", lease_key(key), b"taken over")
+        await sleep(NOTICE)
+        self.assertEqual(store.messages, 1)
+
+    async def test_a_purge_by_tag_reaches_the_stores_that_read_its_generation_key(self) -> None:
+        reader, other, purger = [await self.ready_store() for _ in range(3)]
+        key = self.unique_key(id="1")
+        gen = generation_key(key.partition(":")[0], "tag", "t", hard=True)
+        await reader.read(key, [gen])
+        waiter = reader.wait_for_change(gen, LONG_TTL)
+        await purger.new_purge_token(gen, LONG_TTL)
+        await sleep(NOTICE)
+        self.assertIsNone(self.successResultOf(waiter))
+        self.assertEqual((reader.messages, other.messages), (1, 0))
+
+    async def test_without_tracking_every_change_reaches_every_store(self) -> None:
+        # The change channel, as refresherd 0.1 listened to it (bench/invalidations.py).
+        here = await self.ready_store(tracking=False)
+        there = await self.ready_store()
+        key = self.unique_key(id="1")
+        waiter = here.wait_for_change(key, LONG_TTL)
+        await there.put(key, sample_entry(), LONG_TTL)
+        await sleep(NOTICE)
+        self.assertIsNone(self.successResultOf(waiter))
+        self.assertEqual(here.messages, 1)
+
     async def test_failed_fenced_put_and_lease_changes_wake_nobody(self) -> None:
         here, there = await self.ready_store(), await self.ready_store()
         key = self.unique_key(id="1")
+        await here.get(key)
+        await there.get(key)
         waiters = [here.wait_for_change(key, LONG_TTL), there.wait_for_change(key, LONG_TTL)]
         self.assertIs(await here.put(key, sample_entry(), LONG_TTL, lease="0" * 32), False)
         token = await here.acquire_lease(key, LONG_TTL)
@@ -221,6 +277,7 @@ class RedisAuthTests(RedisTestCase):
         )
         await defer.gatherResults([here.ready(), there.ready()]).addTimeout(READY, reactor)
         key = self.unique_key(id="1")
+        await here.get(key)
         waiter = here.wait_for_change(key, LONG_TTL)
         await there.put(key, sample_entry(), LONG_TTL)
         await sleep(NOTICE)
@@ -314,6 +371,7 @@ class RedisOutageTests(RedisTestCase):
         self.assertLess(time.monotonic() - start, 3.0)
         await defer.gatherResults([here.ready(), there.ready()]).addTimeout(READY, reactor)
         key = self.unique_key(id="1")
+        await here.get(key)
         waiter = here.wait_for_change(key, LONG_TTL)
         await there.put(key, sample_entry(), LONG_TTL)
         await sleep(NOTICE)
@@ -396,3 +454,115 @@ class RedisClusterNodeTests(RedisTestCase):
         key = self.unique_key(id="1")
         self.assertTrue(await store.put(key, sample_entry(), LONG_TTL))
         self.assertEqual(await store.get(key), sample_entry())
+
+
+class RedisTrackingTests(RedisTestCase):
+    """
+    Tracking is redirected again whenever either connection is made again, and
+    what may have been missed meanwhile is reset, never silently lost.
+    """
+
+    def clients(self, server: RedisServer) -> dict[str, int]:
+        """The ids of the store's connections: the tracking one and the subscriber."""
+        listed = server.command("CLIENT", "LIST")
+        assert isinstance(listed, bytes)
+        ids: dict[str, int] = {}
+        for line in listed.decode().splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "P" in fields["flags"]:
+                ids["subscriber"] = int(fields["id"])
+            elif "t" in fields["flags"]:
+                ids["commands"] = int(fields["id"])
+                ids["redirect"] = int(fields["redir"])
+        return ids
+
+    async def watched(self, server: RedisServer) -> tuple[RedisStore, list[str]]:
+        """A ready store on C{server}, and what it tells its watchers ("reset" or a key)."""
+        store = await self.ready_store(server)
+        told: list[str] = []
+        store.watch(told.append, lambda: told.append("reset"))
+        return store, told
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + READY
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "not in time")
+            await sleep(0.01)
+
+    async def test_the_command_connection_redirects_to_the_subscriber(self) -> None:
+        server = self.own_server()
+        await self.ready_store(server)
+        ids = self.clients(server)
+        self.assertEqual(ids["redirect"], ids["subscriber"])
+
+    async def assertTrackingComesBack(self, which: str) -> None:
+        server = self.own_server()
+        store, told = await self.watched(server)
+        key = self.unique_key(id="1")
+        await store.get(key)
+        waiter = store.wait_for_change(key, LONG_TTL)
+        before = self.clients(server)
+        server.command("CLIENT", "KILL", "ID", before[which])
+        await self.until(lambda: "reset" in told)
+        await store.ready().addTimeout(READY, reactor)
+        # Woken, since a change may have been missed while it did not listen:
+        await waiter.addTimeout(READY, reactor)
+        after = self.clients(server)
+        self.assertNotEqual(after[which], before[which])
+        self.assertEqual(after["redirect"], after["subscriber"])
+        await store.get(key)
+        told.clear()
+        server.command("SET", key, b"changed elsewhere")
+        await self.until(lambda: told == [key])
+
+    async def test_a_lost_command_connection_resets_and_tracks_again(self) -> None:
+        await self.assertTrackingComesBack("commands")
+
+    async def test_a_lost_subscriber_resets_and_tracking_follows_the_new_one(self) -> None:
+        await self.assertTrackingComesBack("subscriber")
+
+    async def test_a_restarted_server_resets_and_tracks_again(self) -> None:
+        server = self.own_server()
+        store, told = await self.watched(server)
+        key = self.unique_key(id="1")
+        server.restart()
+        await self.until(lambda: told.count("reset") >= 2 and store.listening)
+        await store.get(key)
+        told.clear()
+        server.command("SET", key, b"changed elsewhere")
+        await self.until(lambda: told == [key])
+
+    async def test_a_flushed_database_resets_everything(self) -> None:
+        server = self.own_server()
+        store, told = await self.watched(server)
+        key = self.unique_key(id="1")
+        await store.get(key)
+        waiter = store.wait_for_change(self.unique_key(id="never read"), LONG_TTL)
+        server.command("FLUSHDB")
+        await self.until(lambda: told == ["reset"])
+        self.assertIsNone(self.successResultOf(waiter))
+
+    async def test_refused_tracking_is_logged_and_calls_still_work(self) -> None:
+        server = self.own_server()
+        server.command("ACL", "SETUSER", "default", "-client|tracking")
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        store = self.new_store(server)
+        await self.until(lambda: bool(self.logged_errors))
+        await store.ping()
+        self.assertFalse(store.listening)
+        self.assertIn("refused CLIENT TRACKING", [e for e in logged][-1]["log_format"])
+        self.logged_errors.clear()
+
+    async def test_the_documented_rights_are_enough(self) -> None:
+        # docs/redis.md: CLIENT ID, CLIENT TRACKING, and the channel __redis__:invalidate
+        # (besides the scripts' PUBLISH on {ns}:changes); no other CLIENT subcommand.
+        server = self.own_server()
+        rights = ("resetchannels", f"&{NAMESPACE}:changes", "&__redis__:invalidate", "-client")
+        server.command("ACL", "SETUSER", "default", *rights, "+client|id", "+client|tracking")
+        here, there = await self.ready_store(server), await self.ready_store(server)
+        key = self.unique_key(id="1")
+        await here.get(key)
+        waiter = here.wait_for_change(key, LONG_TTL)
+        await there.put(key, sample_entry(), LONG_TTL)
+        await waiter.addTimeout(READY, reactor)
+        self.assertEqual(here.messages, 1)

@@ -1,7 +1,7 @@
 """
 The near cache (refresherd.stores.near) on a fake clock: reads served from
 the process within its bound, dropped at once by changes made here, by
-changes the store tells of, and all at once when the change channel is lost;
+changes the store tells of, and all at once when the store may have missed some;
 memory bounded; its URL options.  The store contract through it:
 tests/contract/test_store_near.py; in front of a real Redis:
 tests/integration/test_store_near.py.
