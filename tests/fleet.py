@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import attrs
 
 from refresherd.core.policy import lease_ttl
 from tests.harness import Origin, Service, start_service, wait_until
+from tests.load import Load
 from tests.redis_server import RedisServer
 
 JOB = """
@@ -156,3 +158,27 @@ class Fleet:
                 service.process.wait(10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def recovery(
+    fleet: Fleet, load: Load, keys: Collection[str], timeout: float
+) -> tuple[float | None, set[str]]:
+    """
+    Seconds until every key was answered a hit (read from the store) with a
+    value the origin sent from now on, or None after C{timeout}; and the keys
+    not recovered by then.
+    """
+    since = load.now()
+    floor = {key: fleet.newest(key) for key in keys}
+    limit = time.monotonic() + timeout
+    while True:
+        fresh = {
+            o.key
+            for o in load.results(since)
+            if o.status_of_value == "hit" and o.body["value"]["n"] > floor[o.key]
+        }
+        if fresh >= set(keys):
+            return load.now() - since, set()
+        if time.monotonic() > limit:
+            return None, set(keys) - fresh
+        time.sleep(0.05)

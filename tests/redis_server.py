@@ -31,6 +31,7 @@ import attrs
 import trustme
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
+REDIS_SENTINEL = os.environ.get("REDIS_SENTINEL", "redis-sentinel")
 
 Reply = bytes | int | None | list["Reply"]
 
@@ -196,19 +197,7 @@ class RedisServer:
 
     def command(self, *args: str | bytes | int, db: int = 0) -> Reply:
         """Run one command on a fresh connection (after AUTH and SELECT) and return its reply."""
-        with (
-            socket.create_connection((self.host, self.port), timeout=5) as sock,
-            sock.makefile("rb") as reader,
-        ):
-            prelude: list[Sequence[str | bytes | int]] = []
-            if self.password is not None:
-                prelude.append(("AUTH", self.password))
-            if db:
-                prelude.append(("SELECT", db))
-            for command in [*prelude, args]:
-                sock.sendall(_encode(command))
-                reply = _read(reader)
-            return reply
+        return _command(self.host, self.port, self.password, db, args)
 
     @contextmanager
     def subscribed(self, channel: str) -> Iterator[Callable[[], Reply]]:
@@ -231,22 +220,7 @@ class RedisServer:
     def _spawn(self, port: int, tls_port: int) -> bool:
         """Run redis-server on C{port}; whether it came up (False: a port was taken)."""
         assert self._dir is not None
-        argv = [
-            REDIS_SERVER,
-            "--port",
-            str(port),
-            "--bind",
-            self.host,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self._dir,
-            "--loglevel",
-            "warning",
-            *self.args,
-        ]
+        argv = self._argv(port)
         if self.password is not None:
             argv += ["--requirepass", self.password]
         if self.tls is not None:
@@ -283,6 +257,102 @@ class RedisServer:
         self.stop()
         return False
 
+    def _argv(self, port: int) -> list[str]:
+        assert self._dir is not None
+        return [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--loglevel",
+            "warning",
+            *self.args,
+        ]
+
+
+@attrs.define(eq=False)
+class SentinelServer(RedisServer):
+    """
+    One C{redis-sentinel} process on C{127.0.0.1} (announcing that address),
+    monitoring C{service} on C{primary}, with a quorum of C{quorum}; a failover
+    takes a few seconds (C{down-after-milliseconds} C{down_after}, a short
+    C{failover-timeout}).  Its configuration is a file of its own, which
+    Sentinel rewrites.  C{password} is the sentinel's own (C{requirepass});
+    C{auth_pass} the monitored servers'.
+    """
+
+    primary: RedisServer | None = None
+    service: str = "rfd"
+    quorum: int = 2
+    down_after: int = 500
+    failover_timeout: int = 2000
+    auth_pass: str | None = attrs.field(default=None, repr=False)
+
+    def _argv(self, port: int) -> list[str]:
+        assert self._dir is not None and self.primary is not None
+        name = self.service
+        lines = [
+            f"port {port}",
+            f"bind {self.host}",
+            f"dir {self._dir}",
+            "loglevel warning",
+            f"sentinel announce-ip {self.host}",
+            f"sentinel monitor {name} {self.primary.host} {self.primary.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {name} {self.down_after}",
+            f"sentinel failover-timeout {name} {self.failover_timeout}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.auth_pass is not None:
+            lines.append(f"sentinel auth-pass {name} {self.auth_pass}")
+        if self.password is not None:
+            lines.append(f"requirepass {self.password}")
+        config = os.path.join(self._dir, f"sentinel-{port}.conf")
+        with open(config, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return [REDIS_SENTINEL, config]
+
+    def primary_address(self) -> tuple[str, int] | None:
+        """Where this sentinel says the primary of its service is now."""
+        reply = self.command("SENTINEL", "get-master-addr-by-name", self.service)
+        if not isinstance(reply, list):
+            return None
+        host, port = reply
+        assert isinstance(host, bytes) and isinstance(port, bytes)
+        return host.decode(), int(port)
+
+
+def sentinel_url(
+    sentinels: Sequence[RedisServer], service: str = "rfd", db: int = 0, auth: str = ""
+) -> str:
+    """The C{redis+sentinel://} URL of these sentinels (C{auth}: C{:password@})."""
+    hosts = ",".join(f"{s.host}:{s.port}" for s in sentinels)
+    return f"redis+sentinel://{auth}{hosts}/{service}/{db}"
+
+
+def _command(
+    host: str, port: int, password: str | None, db: int, args: Sequence[str | bytes | int]
+) -> Reply:
+    with (
+        socket.create_connection((host, port), timeout=5) as sock,
+        sock.makefile("rb") as reader,
+    ):
+        prelude: list[Sequence[str | bytes | int]] = []
+        if password is not None:
+            prelude.append(("AUTH", password))
+        if db:
+            prelude.append(("SELECT", db))
+        for command in [*prelude, args]:
+            sock.sendall(_encode(command))
+            reply = _read(reader)
+        return reply
+
 
 def _encode(args: Sequence[str | bytes | int]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
@@ -310,3 +380,100 @@ def _read(reader: BinaryIO) -> Reply:
         count = int(rest)
         return None if count < 0 else [_read(reader) for _ in range(count)]
     raise RedisReplyError(f"unexpected reply {line!r}")
+
+
+@attrs.define(eq=False)
+class SentinelSet:
+    """
+    A primary, a replica of it and C{count} sentinels monitoring it as
+    C{service}, started and ready (every sentinel knows the replica and the
+    other sentinels, so a failover can happen); all cleaned up after.
+
+        with SentinelSet() as group:
+            group.primary.kill()
+            group.wait_for_failover()
+    """
+
+    count: int = 3
+    service: str = "rfd"
+    password: str | None = attrs.field(default=None, repr=False)
+    primary: RedisServer = attrs.field(init=False)
+    replica: RedisServer = attrs.field(init=False)
+    sentinels: list[SentinelServer] = attrs.field(init=False, factory=list)
+
+    def __enter__(self) -> SentinelSet:
+        self.primary = RedisServer(password=self.password)
+        try:
+            self.primary.start()
+            args = ["--replicaof", self.primary.host, str(self.primary.port)]
+            if self.password is not None:
+                args += ["--masterauth", self.password]
+            self.replica = RedisServer(args, password=self.password)
+            self.replica.start()
+            for _ in range(self.count):
+                sentinel = SentinelServer(
+                    primary=self.primary, service=self.service, auth_pass=self.password
+                )
+                self.sentinels.append(sentinel)
+                sentinel.start()
+            self.wait_ready()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        for server in [*self.sentinels, getattr(self, "replica", None), self.primary]:
+            if server is not None:
+                server.cleanup()
+
+    def url(self, db: int = 0, auth: str = "") -> str:
+        """The C{redis+sentinel://} URL of the service."""
+        return sentinel_url(self.sentinels, self.service, db, auth)
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """
+        Wait until the replica is in sync and every sentinel knows it and the
+        other sentinels.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.replica.command("INFO", "replication")
+            synced = isinstance(info, bytes) and b"master_link_status:up" in info
+            if synced and all(self._knows_all(s) for s in self.sentinels):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sentinels did not discover each other and the replica")
+            time.sleep(0.1)
+
+    def _knows_all(self, sentinel: SentinelServer) -> bool:
+        replicas = sentinel.command("SENTINEL", "replicas", self.service)
+        others = sentinel.command("SENTINEL", "sentinels", self.service)
+        return (
+            isinstance(replicas, list)
+            and len(replicas) == 1
+            and isinstance(others, list)
+            and len(others) == self.count - 1
+        )
+
+    def wait_for_failover(self, timeout: float = 20.0) -> float:
+        """
+        Seconds until every sentinel that runs names the replica as the primary,
+        and the replica says it is one.
+        """
+        began = time.monotonic()
+        want = (self.replica.host, self.replica.port)
+        while True:
+            role = self.replica.command("ROLE")
+            if (
+                isinstance(role, list)
+                and role[0] == b"master"
+                and all(s.primary_address() == want for s in self.sentinels if s.running)
+            ):
+                return time.monotonic() - began
+            if time.monotonic() - began > timeout:
+                raise RuntimeError(f"no failover to the replica within {timeout:g} s")
+            time.sleep(0.05)

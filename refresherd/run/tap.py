@@ -45,7 +45,8 @@ class Options(usage.Options):
             None,
             None,
             "memory://[?max_bytes=N], redis://[[user]:password@]host:port/db (rediss:// for TLS, "
-            "unix:///path/redis.sock?db=N) or "
+            "unix:///path/redis.sock?db=N), "
+            "redis+sentinel://host:port[,host:port...]/SERVICE/db or "
             "memcached://host:port[,host:port...][?item_limit=N] [default: memory://]",
         ],
         [

@@ -27,6 +27,7 @@ from refresherd.stores.near import DEFAULT_TTL as DEFAULT_NEAR_TTL
 from refresherd.stores.near import NearCache, near_options
 from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
 from refresherd.stores.redis_urls import redis_store_from_url
+from refresherd.stores.sentinel import sentinel_store_from_url
 
 StoreFactory = Callable[[str, Any, str, Mapping[str, str], int], IStore]
 """
@@ -47,6 +48,12 @@ def _redis(
     return redis_store_from_url(url, namespace, reactor, environ, max_entry_bytes)
 
 
+def _sentinel(
+    url: str, reactor: Any, namespace: str, environ: Mapping[str, str], max_entry_bytes: int
+) -> IStore:
+    return sentinel_store_from_url(url, namespace, reactor, environ, max_entry_bytes)
+
+
 def _memcached(
     url: str, reactor: Any, namespace: str, environ: Mapping[str, str], max_entry_bytes: int
 ) -> IStore:
@@ -58,6 +65,7 @@ STORES: dict[str, tuple[StoreFactory, float | None]] = {
     "redis": (_redis, DEFAULT_NEAR_TTL),
     "rediss": (_redis, DEFAULT_NEAR_TTL),  # Redis over TLS
     "unix": (_redis, DEFAULT_NEAR_TTL),  # Redis on a UNIX socket
+    "redis+sentinel": (_sentinel, DEFAULT_NEAR_TTL),  # the primary Redis Sentinel names
     # memcached tells no one of changes: a near cache there serves what other
     # processes changed up to near_ttl late, so it is off unless asked for.
     "memcached": (_memcached, 0.0),

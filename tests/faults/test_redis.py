@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from refresherd.core.policy import lease_ttl
-from tests.fleet import STORE_DEADLINE, Fleet, entry_key, leases, no_lease_left
+from tests.fleet import STORE_DEADLINE, Fleet, entry_key, leases, no_lease_left, recovery
 from tests.harness import wait_until
 from tests.load import Load, late, not_answered, tally, wrong_values
 from tests.redis_server import RedisServer
@@ -46,28 +46,6 @@ def proxy(redis: RedisServer) -> Iterator[TcpProxy]:
         yield proxy
 
 
-def recovery(fleet: Fleet, load: Load, timeout: float) -> tuple[float | None, set[str]]:
-    """
-    Seconds until every key was answered a hit (read from Redis) with a value
-    the origin sent from now on, or None after C{timeout}; and the keys not
-    recovered by then.
-    """
-    since = load.now()
-    floor = {key: fleet.newest(key) for key in KEYS}
-    limit = time.monotonic() + timeout
-    while True:
-        fresh = {
-            o.key
-            for o in load.results(since)
-            if o.status_of_value == "hit" and o.body["value"]["n"] > floor[o.key]
-        }
-        if fresh >= set(KEYS):
-            return load.now() - since, set()
-        if time.monotonic() > limit:
-            return None, set(KEYS) - fresh
-        time.sleep(0.05)
-
-
 def run_fault(
     fleet: Fleet, redis: RedisServer, store: str, fault: Callable[[], None], end: Callable[[], None]
 ) -> None:
@@ -85,7 +63,7 @@ def run_fault(
         end()
         ended = load.now()
         left = {key: redis.command("PTTL", key) for key in leases(redis)}
-        recovered, behind = recovery(fleet, load, RECOVERY)
+        recovered, behind = recovery(fleet, load, KEYS, RECOVERY)
         after_recovery = leases(redis)
     outcomes = load.results()
     print(f"{len(outcomes)} requests: {dict(tally(outcomes))}; recovered in {recovered}s")

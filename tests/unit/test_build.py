@@ -77,6 +77,10 @@ def test_no_jobs_and_no_file_are_said_with_a_warning() -> None:
         ("rediss://app:s3cret@h:6380/1?ca=/etc/ca.pem&insecure=true", "rediss://h:6380/1"),
         ("unix://app:s3cret@/run/redis.sock?db=2", "unix:///run/redis.sock"),
         ("memcached://a:11211,b:11211?item_limit=1000", "memcached://a:11211,b:11211"),
+        (
+            "redis+sentinel://:pw@a:26379,b/svc/1?sentinel_password=x",
+            "redis+sentinel://a:26379,b/svc/1",
+        ),
     ],
 )
 def test_a_store_is_described_without_secrets_or_options(url: str, shown: str) -> None:
@@ -85,7 +89,7 @@ def test_a_store_is_described_without_secrets_or_options(url: str, shown: str) -
 
 def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
     reactor = MemoryReactorClock()
-    assert sorted(STORES) == ["memcached", "memory", "redis", "rediss", "unix"]
+    assert sorted(STORES) == ["memcached", "memory", "redis", "redis+sentinel", "rediss", "unix"]
     assert isinstance(make_store("memory://", "--store", reactor, "rfd", {}), MemoryStore)
     assert isinstance(make_store("redis://127.0.0.1:1/0", "--store", reactor, "rfd", {}), NearCache)
     tls = make_store(
@@ -96,6 +100,10 @@ def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
     assert isinstance(unix, NearCache)
     with pytest.raises(ConfigError, match=r"^--store: the rediss store URL takes no option 'x'"):
         make_store("rediss://h:1/0?near_ttl=0&x=1", "--store", reactor, "rfd", {})
+    sentinel = make_store("redis+sentinel://h1,h2/svc/0?near_ttl=0", "--store", reactor, "rfd", {})
+    assert isinstance(sentinel, RedisStore) and sentinel.endpoint is not None
+    with pytest.raises(ConfigError, match=r"^--store: the redis\+sentinel store URL needs the "):
+        make_store("redis+sentinel://h1?outage_bytes=0", "--store", reactor, "rfd", {})
     with pytest.raises(ConfigError, match=r"^--store: unknown store 'couch'; use memory://, "):
         make_store("couch://x", "--store", reactor, "rfd", {})
 
