@@ -206,7 +206,9 @@ class FailoverTests(RedisTestCase):
         # The change channel is back too, on the new primary.
         await store.ready().addTimeout(READY, reactor)
         with group.replica.subscribed(store.channel) as message:
-            await store.delete(key)
+            # A fetch's fenced write: it publishes, and waits for no replica.
+            lease = await store.acquire_lease(key, LONG_TTL)
+            self.assertTrue(await store.put(key, sample_entry(), LONG_TTL, lease=lease))
             self.assertEqual(message(), [b"message", store.channel.encode(), key.encode()])
         return took
 
