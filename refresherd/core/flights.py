@@ -245,8 +245,11 @@ class Flights:
                 return waited
             lease = waited
             self._log.info(
-                "Took over the fetch of {key}: its lease came free with no new value",
+                "Took over the fetch of {key}: {why}",
                 key=flight.key,
+                why="its lease came free with no new value"
+                if lease is not None
+                else "the store stopped answering (fetching without storing)",
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -420,14 +423,21 @@ class Flights:
         when nothing new was written, the lease is asked for again: a lease
         that came free (its holder died, froze past its lifetime or gave up
         without writing) is taken over, and its token returned (None: the
-        store became unreachable, fetch without storing).
+        store became unreachable, while reading or leasing: fetch without
+        storing).
         """
         pause = policy.POLL_FIRST
         while (remaining := deadline - self.clock.seconds()) > 0:
             wait = min(remaining, pause)
             await flight.abortable(functools.partial(self.store.wait_for_change, flight.key, wait))
             pause = min(2 * pause, policy.POLL_INTERVAL)
-            current = await self.store.get(flight.key)
+            try:
+                current = await self.store.get(flight.key)
+            except StoreUnavailable:
+                # The store went away meanwhile (a failover): fetch here, unstored.
+                self.metrics.store_errors.labels(operation="get").inc()
+                flight.persist = False
+                return None
             if current is not None and current != flight.previous:
                 previous = flight.previous
                 if current.is_failure or (

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.defer import CancelledError, Deferred
 from zope.interface import implementer
 
@@ -646,6 +646,42 @@ def test_a_lost_change_notice_costs_at_most_one_poll() -> None:
     clock.advance(policy.POLL_INTERVAL)
     assert body_of(result(d)) == b"elsewhere"
     assert fetcher.calls == []
+
+
+def test_a_store_lost_while_waiting_on_a_fetch_elsewhere_fetches_here_unstored() -> None:
+    """
+    The store stops answering while a request waits on a fetch in another
+    process (a Redis failover): the request fetches here, once for all its
+    waiters, without storing, rather than failing with store_unavailable.
+    """
+    clock = task.Clock()
+    inner = MemoryStore(clock)
+
+    class Failing:
+        shared = True
+        down = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def get(self, key: str) -> Deferred[Any]:
+            if self.down:
+                return defer.fail(errors.StoreUnavailable("Redis at x is not connected"))
+            return inner.get(key)
+
+    store = Failing()
+    refresher, fetcher, _, _ = make(store=store, clock=clock, wait_timeout=30.0)
+    assert result(inner.acquire_lease("rfd:j:v1:id=1", 60)) is not None
+    first, second = lookup(refresher), lookup(refresher)
+    assert fetcher.calls == []
+    store.down = True
+    clock.advance(policy.POLL_INTERVAL)
+    assert len(fetcher.calls) == 1
+    fetcher.succeed(body=b'"here"')
+    for d in (first, second):
+        answer = result(d)
+        assert (answer.status, body_of(answer), answer.stored) == ("miss", b'"here"', False)
+    assert counter(refresher, "refresherd_store_errors_total", operation="get") == 1
 
 
 def test_a_holder_paused_past_its_lease_cannot_overwrite_a_newer_value() -> None:
