@@ -294,21 +294,26 @@ class SentinelServer(RedisServer):
     down_after: int = 500
     failover_timeout: int = 2000
     auth_pass: str | None = attrs.field(default=None, repr=False)
+    monitor_tls: bool = False
+    """Reach the monitored servers over TLS, on the primary's C{tls_port}."""
 
     def _argv(self, port: int) -> list[str]:
         assert self._dir is not None and self.primary is not None
         name = self.service
+        primary_port = self.primary.tls_port if self.monitor_tls else self.primary.port
         lines = [
             f"port {port}",
             f"bind {self.host}",
             f"dir {self._dir}",
             "loglevel warning",
             f"sentinel announce-ip {self.host}",
-            f"sentinel monitor {name} {self.primary.host} {self.primary.port} {self.quorum}",
+            f"sentinel monitor {name} {self.primary.host} {primary_port} {self.quorum}",
             f"sentinel down-after-milliseconds {name} {self.down_after}",
             f"sentinel failover-timeout {name} {self.failover_timeout}",
             f"sentinel parallel-syncs {name} 1",
         ]
+        if self.monitor_tls:
+            lines.append("tls-replication yes")
         if self.auth_pass is not None:
             lines.append(f"sentinel auth-pass {name} {self.auth_pass}")
         if self.password is not None:

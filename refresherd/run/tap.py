@@ -46,7 +46,7 @@ class Options(usage.Options):
             None,
             "memory://[?max_bytes=N], redis://[[user]:password@]host:port/db (rediss:// for TLS, "
             "unix:///path/redis.sock?db=N), "
-            "redis+sentinel://host:port[,host:port...]/SERVICE/db or "
+            "redis+sentinel://host:port[,host:port...]/SERVICE/db (rediss+sentinel:// for TLS) or "
             "memcached://host:port[,host:port...][?item_limit=N] [default: memory://]",
         ],
         [

@@ -66,6 +66,7 @@ STORES: dict[str, tuple[StoreFactory, float | None]] = {
     "rediss": (_redis, DEFAULT_NEAR_TTL),  # Redis over TLS
     "unix": (_redis, DEFAULT_NEAR_TTL),  # Redis on a UNIX socket
     "redis+sentinel": (_sentinel, DEFAULT_NEAR_TTL),  # the primary Redis Sentinel names
+    "rediss+sentinel": (_sentinel, DEFAULT_NEAR_TTL),  # the same, over TLS
     # memcached tells no one of changes: a near cache there serves what other
     # processes changed up to near_ttl late, so it is off unless asked for.
     "memcached": (_memcached, 0.0),

@@ -28,6 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 import attrs
 import txredisapi
@@ -43,6 +44,7 @@ from refresherd.errors import one_line
 from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
 from refresherd.stores.redis import DEFAULT_CONNECT_TIMEOUT, RedisStore
 from refresherd.stores.redis_urls import credentials
+from refresherd.stores.tls import TLS_OPTIONS, tls_failure, tls_options
 
 DEFAULT_SENTINEL_PORT = 26379
 SENTINEL_TIMEOUT = 1.0
@@ -211,7 +213,7 @@ class SentinelEndpoint:
                 self.timeout,
             )
         except Exception as e:
-            return f"did not answer ROLE: {one_line(str(e) or type(e).__name__, 120)}"
+            return f"did not answer ROLE: {one_line(str(e) or type(e).__name__, 200)}"
         if is_primary(reply[-1]):
             return None
         role = reply[-1][0] if isinstance(reply[-1], list) and reply[-1] else reply[-1]
@@ -311,6 +313,16 @@ class _Unanswered(Exception):
     pass
 
 
+class _Exchange(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """A connection that remembers why it was lost (a TLS failure tells why)."""
+
+    lost: Failure | None = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+        super().connectionLost(reason)
+
+
 def exchange(
     reactor: Any,
     endpoint: IStreamClientEndpoint,
@@ -322,7 +334,7 @@ def exchange(
     replies (bytes), all within C{timeout} seconds.  An error reply fails
     with C{txredisapi.ResponseError}; no answer in time with a one-line reason.
     """
-    protocol = txredisapi.RedisProtocol(charset=None, convertNumbers=False)
+    protocol = _Exchange(charset=None, convertNumbers=False)
     connecting: Deferred[Any] = connectProtocol(endpoint, protocol)
     expired = []
 
@@ -346,6 +358,9 @@ def exchange(
             protocol.transport.loseConnection()
         if expired and isinstance(result, Failure):
             return Failure(_Unanswered(f"no answer within {timeout:g} s"))
+        tls = None if protocol.lost is None else tls_failure(protocol.lost)
+        if tls is not None and isinstance(result, Failure):
+            return Failure(_Unanswered(tls))
         return result
 
     return Deferred.fromCoroutine(run()).addBoth(done)
@@ -354,6 +369,7 @@ def exchange(
 # -- the URL -----------------------------------------------------------------
 
 SCHEME = "redis+sentinel"
+TLS_SCHEME = "rediss+sentinel"
 OPTIONS = ("sentinel_user", "sentinel_password")
 _SERVICE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?")
@@ -371,14 +387,20 @@ def sentinel_store_from_url(
     [?sentinel_user=...&sentinel_password=...]}: on the primary of
     C{SERVICE} that the sentinels name (port 26379 and db 0 by default).
     The user information is the Redis servers'; the options are the
-    sentinels' own credentials (when they have any).  Passwords are
+    sentinels' own credentials (when they have any).  C{rediss+sentinel://}
+    speaks TLS to the sentinels and to the servers, with the TLS options of
+    C{rediss://}: each sentinel's certificate is checked against its host in
+    the URL, and every server's against C{server_name}, which is required
+    (never against an address a sentinel reported).  Passwords are
     percent-decoded; C{env:NAME} reads one from C{environ}.  Anything wrong
     is a L{ValueError} whose message is one line and never shows a password.
     """
-    what = f"the {SCHEME} store URL"
-    if not url.lower().startswith(SCHEME + "://"):
-        raise ValueError(f"{what} must start with {SCHEME}://")
-    rest = url[len(SCHEME) + 3 :]
+    scheme = url.partition("://")[0].lower()
+    tls = scheme == TLS_SCHEME
+    what = f"the {scheme if tls else SCHEME} store URL"
+    if scheme not in (SCHEME, TLS_SCHEME) or "://" not in url:
+        raise ValueError(f"{what} must start with {SCHEME}:// or {TLS_SCHEME}://")
+    rest = url[len(scheme) + 3 :]
     hint = " (percent-encode any of : / ? # @ in a password)" if "@" in rest else ""
     if any(c in rest.rpartition("@")[0] for c in "/?#"):
         raise ValueError(f"{what}: percent-encode any of : / ? # @ in a password")
@@ -405,7 +427,7 @@ def sentinel_store_from_url(
         if not colon:
             raise ValueError(f"{what} gives a user name but no password: write :password@")
         user, password = credentials(name or None, secret, environ, what)
-    options = _options(query, what)
+    options = _options(query, what, (*OPTIONS, *TLS_OPTIONS) if tls else OPTIONS)
     if "sentinel_user" in options and "sentinel_password" not in options:
         raise ValueError(f"{what}: sentinel_user needs sentinel_password")
     sentinel_auth: tuple[str, ...] = ()
@@ -423,6 +445,9 @@ def sentinel_store_from_url(
         auth=sentinel_auth,
         server_auth=() if password is None else (*([user] if user else []), password),
     )
+    warning = None
+    if tls:
+        warning = _tls(endpoint, {k: unquote(v) for k, v in options.items()}, what)
     return RedisStore(
         reactor,
         service,
@@ -433,7 +458,34 @@ def sentinel_store_from_url(
         endpoint=endpoint,
         label=f"the primary of {service} (Sentinel)",
         username=user,
+        warning=warning,
     )
+
+
+def _tls(endpoint: SentinelEndpoint, options: Mapping[str, str], what: str) -> str | None:
+    """
+    Make C{endpoint} reach its sentinels and servers over TLS: each sentinel
+    checked against its own host, every server against C{server_name}.  The
+    warning to log at start (C{insecure}), if any.
+    """
+    if "server_name" not in options:
+        raise ValueError(
+            f"{what} needs server_name=, the name the servers' certificates are for "
+            "(a sentinel reports addresses, which are never trusted for it)"
+        )
+    server = tls_options(options, options["server_name"], what)
+    sentinels = {
+        address: tls_options({**options, "server_name": address[0]}, address[0], what)
+        for address in endpoint.sentinels
+    }
+    reactor, timeout = endpoint.reactor, endpoint.timeout
+    endpoint.sentinel_endpoint = lambda host, port: sentinels[(host, port)].wrap(
+        HostnameEndpoint(reactor, host, port, timeout=timeout)
+    )
+    endpoint.server_endpoint = lambda host, port: server.wrap(
+        HostnameEndpoint(reactor, host, port, timeout=DEFAULT_CONNECT_TIMEOUT)
+    )
+    return server.warning(f"the primary of {endpoint.service} (Sentinel)")
 
 
 def _sentinels(hosts: str, what: str, hint: str) -> list[Address]:
@@ -456,15 +508,18 @@ def _sentinels(hosts: str, what: str, hint: str) -> list[Address]:
     return found
 
 
-def _options(query: str, what: str) -> dict[str, str]:
+def _options(query: str, what: str, known: Sequence[str]) -> dict[str, str]:
     """The known options of the query (raw, percent-encoded), each once; never a value shown."""
     options: dict[str, str] = {}
     for param in query.split("&") if query else []:
         if not param:
             continue
         name, equals, value = param.partition("=")
-        if name not in OPTIONS:
-            raise ValueError(f"{what} takes no option {name[:40]!r}; it takes {', '.join(OPTIONS)}")
+        if name not in known:
+            hint = f" (TLS needs {TLS_SCHEME}://)" if name in TLS_OPTIONS else ""
+            raise ValueError(
+                f"{what} takes no option {name[:40]!r}{hint}; it takes {', '.join(known)}"
+            )
         if name in options:
             raise ValueError(f"{what} gives {name} twice")
         if not equals or not value:

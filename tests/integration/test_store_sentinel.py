@@ -9,6 +9,8 @@ fail at once, with the reason logged once.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,12 +19,19 @@ import pytest
 from twisted.internet import protocol, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from refresherd.errors import StoreUnavailable
 from refresherd.stores.redis import RedisStore
 from refresherd.stores.sentinel import SentinelEndpoint, sentinel_store_from_url
-from tests.redis_server import RedisServer, SentinelSet, free_port
+from tests.redis_server import (
+    RedisServer,
+    SentinelServer,
+    SentinelSet,
+    ServerTLS,
+    TLSFiles,
+    free_port,
+)
 from tests.redis_stores import NAMESPACE, READY, RedisTestCase, sleep
 from tests.store_contract import LONG_TTL, sample_entry
 
@@ -219,3 +228,65 @@ class FailoverTests(RedisTestCase):
     async def test_after_a_planned_failover_the_store_writes_to_the_new_one(self) -> None:
         took = await self.failover("failover", PLANNED_BOUND)
         print(f"a write on the new primary {took:.2f} s after SENTINEL FAILOVER")
+
+
+class SentinelTLSTests(RedisTestCase):
+    """
+    C{rediss+sentinel://}: the sentinel and the primary are reached over TLS;
+    the primary's certificate is checked against C{server_name}, not against
+    the address the sentinel reports.
+    """
+
+    def tls_set(self) -> tuple[TLSFiles, SentinelServer]:
+        directory = tempfile.mkdtemp(prefix="rfd-sentinel-tls-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        files = TLSFiles.make(directory)
+        primary = RedisServer(tls=ServerTLS(files))
+        self.addCleanup(primary.cleanup)
+        primary.start()
+        sentinel = SentinelServer(primary=primary, quorum=1, tls=ServerTLS(files), monitor_tls=True)
+        self.addCleanup(sentinel.cleanup)
+        sentinel.start()
+        assert sentinel.primary_address() == (primary.host, primary.tls_port)
+        return files, sentinel
+
+    def url(self, files: TLSFiles, sentinel: SentinelServer, server_name: str) -> str:
+        return (
+            f"rediss+sentinel://127.0.0.1:{sentinel.tls_port}/rfd/0"
+            f"?server_name={server_name}&ca={files.ca}"
+        )
+
+    async def test_over_tls_the_primary_is_found_and_used(self) -> None:
+        files, sentinel = self.tls_set()
+        store = sentinel_store_from_url(
+            self.url(files, sentinel, "localhost"), NAMESPACE, reactor, {}
+        )
+        self.started(store)
+        await store.ready().addTimeout(READY, reactor)
+        key = self.unique_key(id="tls")
+        self.assertTrue(await store.put(key, sample_entry(), LONG_TTL))
+        self.assertEqual(await store.get(key), sample_entry())
+
+    async def test_a_primary_whose_certificate_is_not_for_server_name_is_not_used(self) -> None:
+        """
+        The certificate is for 127.0.0.1 and localhost, the address the
+        sentinel reports is 127.0.0.1: with server_name=other.example the
+        primary is refused all the same.
+        """
+        files, sentinel = self.tls_set()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        store = sentinel_store_from_url(
+            self.url(files, sentinel, "other.example"), NAMESPACE, reactor, {}
+        )
+        self.started(store)
+        ready = store.ready()
+        await sleep(1.5)
+        self.assertNoResult(ready)
+        with self.assertRaises(StoreUnavailable):
+            await store.ping()
+        said = [formatEvent(e) for e in logged if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(len(said), 1, said)  # once, not at every retry
+        self.assertIn("it is not valid for 'other.example'", said[0])
+        self.logged_errors.clear()
+        ready.cancel()
+        ready.addErrback(lambda _: None)

@@ -9,6 +9,7 @@ tests/integration/test_store_sentinel.py).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from twisted.internet import reactor
@@ -23,6 +24,8 @@ from refresherd.stores.sentinel import (
     primary_candidates,
     sentinel_store_from_url,
 )
+from refresherd.stores.tls import TLSOptions
+from tests.redis_server import TLSFiles
 
 A = ("10.0.0.1", 6379)
 B = ("10.0.0.2", 6379)
@@ -154,10 +157,44 @@ def test_sentinel_store_from_url_with_passwords() -> None:
 SECRET = "s3cr3t"
 
 
+def test_rediss_sentinel_checks_sentinels_by_their_host_and_servers_by_server_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Over TLS, a sentinel's certificate is checked against its host in the URL,
+    and a server's against server_name: never against an address a sentinel
+    reported (the endpoints are made for the reported address, the name stays).
+    """
+    # What each endpoint is wrapped with: the name its TLS checks.
+    monkeypatch.setattr(TLSOptions, "wrap", lambda self, endpoint: self.server_name)
+    files = TLSFiles.make(str(tmp_path))
+    url = f"rediss+sentinel://s1.example,10.0.0.2:5/svc/0?server_name=redis.example&ca={files.ca}"
+    store = sentinel_store_from_url(url, "ns", reactor, {})
+    endpoint = store.endpoint
+    assert isinstance(endpoint, SentinelEndpoint)
+    assert endpoint.sentinel_endpoint is not None and endpoint.server_endpoint is not None
+    names = {
+        "sentinel s1": endpoint.sentinel_endpoint("s1.example", DEFAULT_SENTINEL_PORT),
+        "sentinel 10.0.0.2": endpoint.sentinel_endpoint("10.0.0.2", 5),
+        "reported server": endpoint.server_endpoint("10.9.9.9", 6379),
+    }
+    checked = dict(names)
+    assert checked == {
+        "sentinel s1": "s1.example",
+        "sentinel 10.0.0.2": "10.0.0.2",
+        "reported server": "redis.example",
+    }
+    assert store.warning is None
+    insecure = sentinel_store_from_url(
+        "rediss+sentinel://s1/svc?server_name=r.example&insecure=true", "ns", reactor, {}
+    )
+    assert insecure.warning is not None and "the primary of svc" in insecure.warning
+
+
 @pytest.mark.parametrize(
     ("url", "environ", "message"),
     [
-        ("redis://h:26379/svc", {}, "must start with redis+sentinel://"),
+        ("redis://h:26379/svc", {}, "must start with redis+sentinel:// or rediss+sentinel://"),
         (f"redis+sentinel://:{SECRET}@/svc", {}, "has no sentinel"),
         ("redis+sentinel://h1,,h2/svc", {}, "each sentinel is host or host:port"),
         ("redis+sentinel://h1:0/svc", {}, "each sentinel is host or host:port"),
@@ -179,6 +216,13 @@ SECRET = "s3cr3t"
         ("redis+sentinel://:env:RFD_PW@h1/svc", {"RFD_PW": ""}, "'RFD_PW' is empty"),
         (f"redis+sentinel://:env:{SECRET}-x@h1/svc", {}, '"env:" needs the name'),
         (f"redis+sentinel://h1/svc?password={SECRET}", {}, "takes no option 'password'"),
+        ("redis+sentinel://h1/svc?ca=/x.pem", {}, "takes no option 'ca' (TLS needs rediss+s"),
+        ("rediss+sentinel://h1/svc?ca=/nonexistent.pem", {}, "needs server_name="),
+        (
+            "rediss+sentinel://h1/svc?server_name=r.example&ca=/nonexistent.pem",
+            {},
+            "the ca file '/nonexistent.pem' cannot be read",
+        ),
         (f"redis+sentinel://h1/svc?timeout={SECRET}", {}, "it takes sentinel_user, sentinel_"),
         ("redis+sentinel://h1/svc?sentinel_password=", {}, "sentinel_password needs a value"),
         ("redis+sentinel://h1/svc?sentinel_password", {}, "sentinel_password needs a value"),
