@@ -89,7 +89,15 @@ def test_a_store_is_described_without_secrets_or_options(url: str, shown: str) -
 
 def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
     reactor = MemoryReactorClock()
-    assert sorted(STORES) == ["memcached", "memory", "redis", "redis+sentinel", "rediss", "unix"]
+    assert sorted(STORES) == [
+        "memcached",
+        "memory",
+        "redis",
+        "redis+sentinel",
+        "rediss",
+        "rediss+sentinel",
+        "unix",
+    ]
     assert isinstance(make_store("memory://", "--store", reactor, "rfd", {}), MemoryStore)
     assert isinstance(make_store("redis://127.0.0.1:1/0", "--store", reactor, "rfd", {}), NearCache)
     tls = make_store(
@@ -102,6 +110,14 @@ def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
         make_store("rediss://h:1/0?near_ttl=0&x=1", "--store", reactor, "rfd", {})
     sentinel = make_store("redis+sentinel://h1,h2/svc/0?near_ttl=0", "--store", reactor, "rfd", {})
     assert isinstance(sentinel, RedisStore) and sentinel.endpoint is not None
+    secure = make_store(
+        "rediss+sentinel://h1/svc?near_ttl=0&server_name=r.example&insecure=true",
+        "--store",
+        reactor,
+        "rfd",
+        {},
+    )
+    assert isinstance(secure, RedisStore) and secure.warning is not None
     with pytest.raises(ConfigError, match=r"^--store: the redis\+sentinel store URL needs the "):
         make_store("redis+sentinel://h1?outage_bytes=0", "--store", reactor, "rfd", {})
     with pytest.raises(ConfigError, match=r"^--store: unknown store 'couch'; use memory://, "):
