@@ -104,6 +104,10 @@ class JobConfig:
     body: Any = None
     """The parsed JSON template of a POST body, or None."""
     sign: Secret | None = None
+    freshness: str = "job"
+    """C{"origin"}: the origin's caching headers set each entry's windows (docs/http-caching.md)."""
+    max_fresh: float | None = None
+    """With C{freshness = "origin"}: the longest C{fresh} an origin may ask (None: C{fresh})."""
     # fetch = "python"
     callable: str | None = None
     # policy
@@ -119,6 +123,8 @@ class JobConfig:
     tags: tuple[str, ...] = ()
     version: int = 1
     early_refresh: float = 1.0
+    min_refresh: float = 1.0
+    """Background refreshes of one key are never closer together, whatever an origin asks."""
     max_value_bytes: int = 32 * MIB
     writable: bool = False
     """PUT may write this job's values (with a write or admin token)."""
@@ -135,6 +141,8 @@ class Config:
 
 
 _DEFAULT_PATH = "refresherd.toml"
+MAX_JOB_TAGS = 128
+"""Tags per job; with an origin's, an entry carries at most 256 (refresherd.entry.MAX_TAGS)."""
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _DURATION_HINT = 'a number of seconds or a string like "500ms", "30s", "15m", "2h", "7d"'
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -147,9 +155,9 @@ _RESERVED_HEADERS = frozenset(
 )
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_HTTP_ONLY = ("url", "method", "headers", "body", "sign", "path_slash")
+_HTTP_ONLY = ("url", "method", "headers", "body", "sign", "path_slash", "freshness", "max_fresh")
 _POSITIVE_DURATIONS = ("fresh", "timeout", "wait_timeout")
-_DURATIONS = ("stale", "stale_if_error", "error_ttl", *_POSITIVE_DURATIONS)
+_DURATIONS = ("stale", "stale_if_error", "error_ttl", "min_refresh", *_POSITIVE_DURATIONS)
 _INT_MINIMUMS = {"retries": 0, "concurrency": 1, "max_queue": 0, "version": 1, "max_value_bytes": 1}
 _TOML_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (bool, "a boolean"),
@@ -445,6 +453,8 @@ def _job(t: _Table, name: str) -> JobConfig:
         values["tags"] = tuple(
             t.check(key, _tag, tag, args) for key, tag in t.items("tags", "string")
         )
+        if len(values["tags"]) > MAX_JOB_TAGS:
+            raise t.error("tags", f"at most {MAX_JOB_TAGS} tags")
     for key in _DURATIONS:
         if key in t:
             values[key] = t.duration(key, positive=key in _POSITIVE_DURATIONS)
@@ -512,6 +522,15 @@ def _http(t: _Table, args: tuple[str, ...]) -> dict[str, Any]:
         values["sign"] = t.secret("sign", t.get("sign", "string"))
         if not values["sign"].value:
             raise t.error("sign", f"the signing secret is empty ({values['sign'].source})")
+    if "freshness" in t:
+        values["freshness"] = t.choice("freshness", ("job", "origin"))
+    if "max_fresh" in t:
+        if values.get("freshness") != "origin":
+            raise t.error("max_fresh", 'only allowed with freshness = "origin"')
+        values["max_fresh"] = t.duration("max_fresh", positive=True)
+        fresh = t.duration("fresh", positive=True)
+        if values["max_fresh"] < fresh:
+            raise t.error("max_fresh", f"must be at least fresh ({t.data['fresh']!r})")
     return values
 
 

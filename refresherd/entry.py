@@ -39,9 +39,25 @@ MAX_FAILURES = 2**31 - 1
 
 MAX_ETAG_CHARS = 256
 
+MAX_LAST_MODIFIED_CHARS = 64
+
+MAX_WHY_CHARS = 256
+"""The longest line of an entry's C{lifetimes}."""
+
+LIFETIME_NAMES = ("fresh", "stale", "stale_if_error")
+
+MAX_TAGS = 256
+"""The most tags an entry may carry (its job's and its origin's); each is read with it."""
+
 _CONTENT_TYPE = re.compile(r"[\x20-\x7e\xa0-\xff]*")
 _ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
 _MARK = re.compile(r"(?:[0-9a-f]{32})?")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+def is_entity_tag(text: str) -> bool:
+    """Whether C{text} is one entity tag (RFC 9110 8.8.3) of printable ASCII, at most 256 long."""
+    return len(text) <= MAX_ETAG_CHARS and _ETAG.fullmatch(text) is not None
 
 
 def make_etag(body: bytes, fetched_at: float) -> str:
@@ -80,12 +96,43 @@ def check_json_body(body: bytes) -> None:
     parse_json(body)
 
 
+NO_VALIDATORS = ("", "")
+"""The validators of an entry the origin gave none: no conditional request."""
+
+
+@attrs.frozen
+class Lifetimes:
+    """
+    The windows of one entry when they are not its job's: what the origin's
+    caching headers said (C{freshness = "origin"}), bounded by the job, or
+    what a python job's L{refresherd.Result} asked.
+    """
+
+    fresh: float
+    stale: float
+    stale_if_error: float
+    why: Mapping[str, str] = attrs.field(factory=dict)
+    """For an operator: where each window (C{fresh}, C{stale}, C{stale_if_error}) came from."""
+
+
 @attrs.frozen
 class Fetched:
     """What one successful fetch attempt produced."""
 
     body: bytes
     content_type: str
+    lifetimes: Lifetimes | None = None
+    """The entry's windows, or None for the job's."""
+    no_store: str = ""
+    """Why the value must not be stored (the origin said so), or C{""}."""
+    tags: tuple[str, ...] = ()
+    """Tags beyond the job's (the origin's C{Surrogate-Key}, a python job's result)."""
+    tags_dropped: int = 0
+    """Tags the origin sent that were dropped (over the bounds)."""
+    validators: tuple[str, str] = ("", "")
+    """The origin's C{ETag} and C{Last-Modified}, to revalidate with (C{""}: none)."""
+    not_modified: bool = False
+    """The origin answered 304 to a conditional request: the stored value stands (no body)."""
 
 
 @attrs.frozen
@@ -116,6 +163,10 @@ class Entry:
     current mark, and the entry then reads as purged.  Stored as the field
     C{generations} (docs/store-format.md).
     """
+    validators: tuple[str, str] = ("", "")
+    """The origin's C{ETag} and C{Last-Modified} (C{""}: none), sent to revalidate the entry."""
+    lifetimes: Mapping[str, str] = attrs.field(factory=dict)
+    """Where windows that are not the job's came from, per window (empty: all the job's)."""
 
     @property
     def is_failure(self) -> bool:
@@ -144,12 +195,37 @@ def value_entry(
     stale: float,
     stale_if_error: float,
     marks: tuple[str, str] = ("", ""),
+    min_refresh: float = 0.0,
+    previous: Entry | None = None,
 ) -> Entry:
-    """A new entry for a value fetched (or put) at C{now}."""
+    """
+    A new entry for a value fetched (or put) at C{now}.  C{fresh}, C{stale}
+    and C{stale_if_error} are the job's, used unless C{fetched} brings its
+    own L{Lifetimes}; then no refresh starts before C{now + min_refresh}.
+    C{tags} are the job's, and the fetched ones follow them.  For a
+    C{not_modified} answer, C{previous} (the value revalidated) is renewed:
+    its body, content type, served ETag and, unless the answer names some,
+    its tags stay; its windows start again at C{now}.
+    """
+    lifetimes = fetched.lifetimes
+    if lifetimes is not None:
+        fresh, stale, stale_if_error = lifetimes.fresh, lifetimes.stale, lifetimes.stale_if_error
     fresh_until = now + fresh
+    retry_at = now + min_refresh if lifetimes is not None and fresh < min_refresh else 0.0
+    all_tags = tuple(dict.fromkeys(tags + fetched.tags))
+    if fetched.not_modified:
+        if previous is None or previous.body is None:
+            raise ValueError("a 304 renews a stored value, and there is none")
+        body, content_type, etag = previous.body, previous.content_type, previous.etag
+        validators = fetched.validators if any(fetched.validators) else previous.validators
+        if not fetched.tags:
+            all_tags = previous.tags
+    else:
+        body, content_type = fetched.body, fetched.content_type
+        etag, validators = make_etag(body, now), fetched.validators
     return Entry(
-        body=fetched.body,
-        content_type=fetched.content_type,
+        body=body,
+        content_type=content_type,
         fetched_at=now,
         fresh_until=fresh_until,
         stale_until=fresh_until + stale,
@@ -157,9 +233,12 @@ def value_entry(
         duration=duration,
         job=job,
         args=dict(args),
-        tags=tags,
-        etag=make_etag(fetched.body, now),
+        tags=all_tags,
+        etag=etag,
+        retry_at=retry_at,
         marks=marks,
+        validators=validators,
+        lifetimes=dict(lifetimes.why) if lifetimes is not None else {},
     )
 
 
@@ -188,6 +267,12 @@ def encode(entry: Entry) -> bytes:
         meta[name] = list(value) if name == "tags" else value
     meta["args"] = dict(entry.args)
     meta["generations"] = list(entry.marks)
+    if entry.validators[0]:
+        meta["origin_etag"] = entry.validators[0]
+    if entry.validators[1]:
+        meta["last_modified"] = entry.validators[1]
+    if entry.lifetimes:
+        meta["lifetimes"] = dict(entry.lifetimes)
     head = json.dumps(meta, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return head.encode("ascii") + b"\n" + (entry.body or b"")
 
@@ -231,9 +316,21 @@ def decode(data: bytes) -> Entry:
         or not all(isinstance(g, str) for g in generations)
     ):
         raise EntryFormatError("bad metadata: 'generations' is not two strings")
+    validators = (meta.get("origin_etag", ""), meta.get("last_modified", ""))
+    if not all(isinstance(v, str) for v in validators):
+        raise EntryFormatError("bad metadata: 'origin_etag' and 'last_modified' must be strings")
+    lifetimes = meta.get("lifetimes", {})
+    if not isinstance(lifetimes, dict) or not all(
+        name in LIFETIME_NAMES and isinstance(why, str) for name, why in lifetimes.items()
+    ):
+        raise EntryFormatError(
+            "bad metadata: 'lifetimes' is not an object of window names to strings"
+        )
     return Entry(
         body=body if meta["has_body"] else None,
         marks=(generations[0], generations[1]),
+        validators=validators,
+        lifetimes=lifetimes,
         **fields,
     )
 
@@ -294,16 +391,25 @@ def entry_problem(entry: Entry, *, body_checked: bool = False) -> str | None:
     for name in ("fetched_at", "fresh_until", "stale_until", "error_until", "retry_at", "duration"):
         if not 0 <= getattr(entry, name) <= MAX_TIME:
             return f"{name!r} is not from 0 to {MAX_TIME:.0e}"
+    if len(entry.tags) > MAX_TAGS:
+        return f"'tags' are more than {MAX_TAGS}"
     if not 0 <= entry.failures <= MAX_FAILURES:
         return f"'failures' is not from 0 to {MAX_FAILURES}"
     if not all(_MARK.fullmatch(mark) for mark in entry.marks):
         return "'generations' are not empty or 32 lowercase hex digits"
+    origin_etag, last_modified = entry.validators
+    if origin_etag and not is_entity_tag(origin_etag):
+        return "'origin_etag' is not an entity tag of printable ASCII"
+    if len(last_modified) > MAX_LAST_MODIFIED_CHARS or not _PRINTABLE.fullmatch(last_modified):
+        return f"'last_modified' is not printable ASCII of at most {MAX_LAST_MODIFIED_CHARS} chars"
+    if any(len(why) > MAX_WHY_CHARS for why in entry.lifetimes.values()):
+        return f"a line of 'lifetimes' is over {MAX_WHY_CHARS} characters"
     why = content_type_problem(entry.content_type)
     if why is not None:
         return why
     if entry.body is None:
         return None
-    if len(entry.etag) > MAX_ETAG_CHARS or _ETAG.fullmatch(entry.etag) is None:
+    if not is_entity_tag(entry.etag):
         return "the etag is not an entity tag of printable ASCII"
     if not body_checked and is_json_content_type(entry.content_type):
         try:

@@ -145,6 +145,11 @@ class IFetcher(Interface):
         strings).  Fire with a L{refresherd.entry.Fetched}, or fail with
         L{refresherd.errors.FetchError} whose message says why in one line.
 
+        The fetcher of an C{http} job is also called with a second argument,
+        the stored value's validators (its origin's C{ETag} and
+        C{Last-Modified}), when it has some: it then asks the origin whether
+        the value changed, and a 304 fires a C{Fetched} with C{not_modified}.
+
         Cancelling the Deferred abandons the attempt: a network fetch closes
         its connection; work in a thread runs on but its result is dropped.
         """

@@ -88,6 +88,12 @@ class Metrics:
         self.fetches = Counter(
             "refresherd_fetches", "Fetch attempts, by outcome.", ["job", "outcome"], registry=r
         )
+        self.origin_tags_dropped = Counter(
+            "refresherd_origin_tags_dropped",
+            "Tags an origin sent (Surrogate-Key) that were dropped: over the bounds.",
+            ["job"],
+            registry=r,
+        )
         self.fetch_duration = Histogram(
             "refresherd_fetch_duration_seconds",
             "Duration of fetch attempts.",

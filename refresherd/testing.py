@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import alsoProvides, implementer
 
-from refresherd.entry import Fetched
+from refresherd.entry import NO_VALIDATORS, Fetched
 from refresherd.errors import FetchError, StoreUnavailable
 from refresherd.interfaces import IFetcher, IReadsAtHand, IStore
 
@@ -23,6 +23,8 @@ class Call:
     args: dict[str, str]
     result: Deferred[Fetched]
     cancelled: bool = False
+    validators: tuple[str, str] = NO_VALIDATORS
+    """The stored value's C{ETag} and C{Last-Modified} the fetch was asked to revalidate."""
 
 
 @implementer(IFetcher)
@@ -35,13 +37,19 @@ class FakeFetcher:
 
     calls: list[Call] = attrs.field(factory=list)
 
-    def fetch(self, args: Mapping[str, str]) -> Deferred[Fetched]:
+    def fetch(
+        self, args: Mapping[str, str], validators: tuple[str, str] = NO_VALIDATORS
+    ) -> Deferred[Fetched]:
         def cancel(d: Deferred[Fetched]) -> None:
             call.cancelled = True
 
-        call = Call(dict(args), Deferred(cancel))
+        call = Call(dict(args), Deferred(cancel), validators=validators)
         self.calls.append(call)
         return call.result
+
+    def answer(self, fetched: Fetched, index: int = -1) -> None:
+        """Complete a call with C{fetched} (lifetimes, tags, validators, a 304...)."""
+        self.calls[index].result.callback(fetched)
 
     def succeed(
         self, index: int = -1, body: bytes = b'{"n": 1}', content_type: str = "application/json"

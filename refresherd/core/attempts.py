@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from refresherd.core import policy
 from refresherd.core.jobs import Job
-from refresherd.entry import Fetched
+from refresherd.entry import NO_VALIDATORS, Fetched
 from refresherd.errors import FetchError, FetchTimeout, one_line
 from refresherd.metrics import Metrics
 
@@ -30,11 +30,14 @@ class Attempts:
     random: Callable[[], float] = random.random
     _log: Logger = attrs.field(factory=Logger, init=False)
 
-    async def fetch(self, job: Job, args: Mapping[str, str]) -> tuple[Fetched, float]:
+    async def fetch(
+        self, job: Job, args: Mapping[str, str], validators: tuple[str, str] = NO_VALIDATORS
+    ) -> tuple[Fetched, float]:
         """
         The first success of up to C{retries + 1} attempts and how long it
         took; else the last attempt's L{FetchError}.  Cancelling abandons the
-        attempt running.
+        attempt running.  With C{validators} (the stored value's C{ETag} and
+        C{Last-Modified}), the fetcher asks whether the value changed.
         """
         config = job.config
         error: FetchError = FetchError("no attempt made")
@@ -51,10 +54,13 @@ class Attempts:
             self.metrics.in_flight.labels(job=job.name).inc()
             outcome = None
             try:
-                d = defer.maybeDeferred(job.fetcher.fetch, args)
+                revalidate = (validators,) if any(validators) else ()
+                d = defer.maybeDeferred(job.fetcher.fetch, args, *revalidate)
                 d.addTimeout(config.timeout, self.clock)
                 fetched: Fetched = await d
-                outcome = "success"
+                outcome = "not_modified" if fetched.not_modified else "success"
+                if fetched.tags_dropped:
+                    self.metrics.origin_tags_dropped.labels(job=job.name).inc(fetched.tags_dropped)
                 return fetched, self.clock.seconds() - start
             except defer.TimeoutError:
                 outcome = "timeout"

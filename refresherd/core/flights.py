@@ -31,9 +31,10 @@ from twisted.logger import Logger
 
 from refresherd.core import policy
 from refresherd.core.attempts import Attempts
-from refresherd.core.jobs import Target
+from refresherd.core.jobs import Target, may_tag
+from refresherd.core.marks import generation_keys, namespace_of, tag_purge_keys
 from refresherd.core.outage import Outage
-from refresherd.entry import Entry
+from refresherd.entry import NO_VALIDATORS, Entry
 from refresherd.errors import FetchError, FetchFailed, Overloaded, StoreUnavailable, WaitTimeout
 from refresherd.interfaces import IStore
 from refresherd.metrics import Metrics
@@ -311,6 +312,7 @@ class Flights:
             or current.is_failure
             or current == flight.previous
             or current.marks != flight.marks
+            or current.tags != flight.target.tags  # marks of tags of its own: not known here
             or self.clock.seconds() >= current.fresh_until
         ):
             return None
@@ -357,9 +359,19 @@ class Flights:
 
     async def _fetch_and_store(self, flight: Flight, lease: str | None) -> Entry:
         target = flight.target
+        job = target.job
+        previous = flight.previous
+        if previous is not None and previous.is_failure:
+            previous = None
+        validators = previous.validators if previous is not None else NO_VALIDATORS
+        if job.config.fetch != "http":
+            validators = NO_VALIDATORS  # only the http fetcher revalidates
+        before = await self._tag_purges(flight) if flight.persist and may_tag(job) else None
         try:
             fetched, duration = await flight.abortable(
-                lambda: Deferred.fromCoroutine(self.attempts.fetch(target.job, target.args))
+                lambda: Deferred.fromCoroutine(
+                    self.attempts.fetch(target.job, target.args, validators)
+                )
             )
         except FetchError as e:
             self._log.warn(
@@ -373,10 +385,23 @@ class Flights:
                 await self._remember_failure(flight, lease, str(e))
             raise
         now = self.clock.seconds()
-        entry = target.new_entry(fetched, now, duration, flight.marks)
+        entry = target.new_entry(fetched, now, duration, flight.marks, previous)
+        if fetched.no_store:
+            # The origin said not to store it: the callers here get it, and
+            # the next refresh of a value stored before waits min_refresh.
+            if flight.persist and previous is not None:
+                await self._hold_off(flight, previous, lease, now)
+            flight.persist = False
+            return entry
         if not flight.persist:
             self.outage.keep(flight.key, entry)
             return entry
+        if entry.tags != target.tags:
+            marked = await self._marked(flight, entry, before, now)
+            if marked is None:
+                flight.persist = False
+                return entry
+            entry = marked
         try:
             written = await self.store.put(flight.key, entry, store_ttl(entry, now), lease=lease)
         except StoreUnavailable:
@@ -391,6 +416,65 @@ class Flights:
             if current is not None and not current.is_failure:
                 return current
         return entry
+
+    async def _tag_purges(self, flight: Flight) -> tuple[str, str] | None:
+        """
+        The tokens of the keys every purge by tag renews (L{tag_purge_keys}),
+        read before a fetch that may bring tags of its own; None when the
+        store does not answer.
+        """
+        keys = tag_purge_keys(namespace_of(flight.key))
+        try:
+            tokens = await self.store.get_purge_tokens(keys)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="get").inc()
+            return None
+        return tokens.get(keys[0], ""), tokens.get(keys[1], "")
+
+    async def _marked(
+        self, flight: Flight, entry: Entry, before: tuple[str, str] | None, now: float
+    ) -> Entry | None:
+        """
+        C{entry}, which carries tags its job does not name (from the origin),
+        with the purge marks of all its tags; or None when it must not be
+        stored.  The tokens of those tags are read only now, so a purge that
+        ran during the fetch is told by the keys every purge by tag renews,
+        and by the job's and its own tags' marks: a hard purge meanwhile
+        leaves the value unstored (its callers get it), a soft one stores it
+        stale at once (one more refresh).
+        """
+        target = flight.target
+        namespace = namespace_of(flight.key)
+        keys = generation_keys(namespace, target.job.name, entry.tags)
+        purge_keys = tag_purge_keys(namespace)
+        try:
+            tokens = await self.store.get_purge_tokens((*keys.all, *purge_keys))
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="get").inc()
+            return None
+        after = (tokens.get(purge_keys[0], ""), tokens.get(purge_keys[1], ""))
+        own = target.generation_keys.marks(tokens)
+        if before is None or after[0] != before[0] or own[0] != flight.marks[0]:
+            return None
+        entry = attrs.evolve(entry, marks=keys.marks(tokens))
+        if after[1] != before[1] or own[1] != flight.marks[1]:
+            config = target.job.config
+            grace = policy.lease_ttl(config.timeout, config.retries)
+            entry = policy.soft_purged(entry, now, grace)
+        return entry
+
+    async def _hold_off(
+        self, flight: Flight, previous: Entry, lease: str | None, now: float
+    ) -> None:
+        """Keep C{previous} as it is, with no refresh before C{min_refresh} from now."""
+        retry_at = now + flight.target.job.config.min_refresh
+        if previous.retry_at >= retry_at or now >= previous.expires_at:
+            return
+        held = attrs.evolve(previous, retry_at=retry_at)
+        try:
+            await self.store.put(flight.key, held, store_ttl(held, now), lease=lease)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="put").inc()
 
     async def _remember_failure(self, flight: Flight, lease: str | None, error: str) -> None:
         target = flight.target

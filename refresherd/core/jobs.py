@@ -43,6 +43,11 @@ class Job:
         return len(self.slots.waiting)
 
 
+def may_tag(job: Job) -> bool:
+    """Whether the job's fetches may bring tags of their own (the origin's, a result's)."""
+    return job.config.freshness == "origin" or job.config.fetch == "python"
+
+
 @attrs.frozen
 class Target:
     """What a job name and arguments name: the entry's key and its generation keys."""
@@ -51,23 +56,35 @@ class Target:
     args: Mapping[str, str]
     key: str
     generation_keys: GenerationKeys
+    tags: tuple[str, ...] = ()
+    """The job's tags filled with these arguments."""
 
     def new_entry(
-        self, fetched: Fetched, now: float, duration: float, marks: tuple[str, str]
+        self,
+        fetched: Fetched,
+        now: float,
+        duration: float,
+        marks: tuple[str, str],
+        previous: Entry | None = None,
     ) -> Entry:
-        """The entry of a value fetched (or put) for this target at C{now}, with purge C{marks}."""
+        """
+        The entry of a value fetched (or put) for this target at C{now}, with
+        purge C{marks}; a 304 renews C{previous} (L{value_entry}).
+        """
         config = self.job.config
         return value_entry(
             fetched,
             job=self.job.name,
             args=self.args,
-            tags=render_tags(config.tags, self.args),
+            tags=self.tags,
             now=now,
             duration=duration,
             fresh=config.fresh,
             stale=config.stale,
             stale_if_error=config.stale_if_error,
             marks=marks,
+            min_refresh=config.min_refresh,
+            previous=previous,
         )
 
 
@@ -114,4 +131,4 @@ class Targets:
         args = check_args(job.config, given)
         key = entry_key(self.namespace, job.name, job.config.version, args)
         tags = render_tags(job.config.tags, args)
-        return Target(job, args, key, generation_keys(self.namespace, job.name, tags))
+        return Target(job, args, key, generation_keys(self.namespace, job.name, tags), tags)

@@ -92,7 +92,23 @@ def renewed(
     """
     if marks == (NO_MARK, NO_MARK):
         return ()
-    return generation_keys(entry_key.partition(":")[0], job, tags).all
+    return generation_keys(namespace_of(entry_key), job, tags).all
+
+
+def namespace_of(entry_key: str) -> str:
+    """The namespace of C{entry_key}: the text before its first colon."""
+    return entry_key.partition(":")[0]
+
+
+def tag_purge_keys(namespace: str) -> tuple[str, str]:
+    """
+    The hard and soft keys that every purge by tag (hard, or soft) renews
+    besides the tag's own: C{{namespace}:gen:hard:tags} and
+    C{{namespace}:gen:soft:tags}.  A fetch whose tags are known only after
+    it (the origin's) reads them before and after, to tell whether a purge
+    by tag ran meanwhile.
+    """
+    return f"{namespace}:gen:hard:tags", f"{namespace}:gen:soft:tags"
 
 
 def generation_ttl(longest_lifetime: float) -> float:

@@ -28,7 +28,13 @@ from refresherd.core import policy
 from refresherd.core.attempts import Attempts
 from refresherd.core.flights import Flight, Flights, store_ttl
 from refresherd.core.jobs import Job, Target, Targets
-from refresherd.core.marks import Purge, generation_keys, generation_ttl, purge_of
+from refresherd.core.marks import (
+    Purge,
+    generation_keys,
+    generation_ttl,
+    purge_of,
+    tag_purge_keys,
+)
 from refresherd.core.outage import Outage
 from refresherd.entry import (
     Entry,
@@ -135,10 +141,18 @@ class Refresher(Service):
         fetch or a read; else a Deferred of it.  Errors a caller can cause
         (L{refresherd.errors.RefresherdError}) are raised or failed with.
         """
-        at_hand = self._at_hand and self._at_hand(target.key, target.generation_keys.all)
+        read_at_hand = self._at_hand
+        at_hand = read_at_hand and read_at_hand(target.key, target.generation_keys.all)
         if at_hand is None:
             return Deferred.fromCoroutine(self._read_and_decide(target))
-        entry, marks = self._seen(target, *at_hand)
+        entry, tokens = at_hand
+        if entry is not None and entry.tags is not target.tags and entry.tags != target.tags:
+            assert read_at_hand is not None
+            more = read_at_hand(target.key, self._own_tag_keys(target, entry))
+            if more is None:
+                return Deferred.fromCoroutine(self._read_and_decide(target))
+            tokens = {**tokens, **more[1]}
+        entry, marks = self._seen(target, entry, tokens)
         decision = self._decide(target.job, entry)
         if decision is policy.HIT:  # Nearly every lookup.
             return Answer(target.job.name, target.key, "hit", entry)
@@ -210,6 +224,10 @@ class Refresher(Service):
         """
         try:
             entry, tokens = await self.store.read(target.key, target.generation_keys.all, cached)
+            if entry is not None and entry.tags != target.tags:
+                extra = self._own_tag_keys(target, entry)
+                if extra:
+                    tokens = {**tokens, **await self.store.get_purge_tokens(extra)}
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return self.outage.get(target.key), NO_MARKS, False
@@ -217,13 +235,30 @@ class Refresher(Service):
             self.outage.clear()
         return (*self._seen(target, entry, tokens), True)
 
+    def _own_tag_keys(self, target: Target, entry: Entry) -> tuple[str, ...]:
+        """The generation keys of the tags C{entry} carries that its job does not name."""
+        own = tuple(tag for tag in entry.tags if tag not in target.tags)
+        if not own:
+            return ()
+        keys = generation_keys(self.namespace, target.job.name, own)
+        return keys.hard[1:] + keys.soft[1:]  # the job's own come first
+
     def _seen(
         self, target: Target, entry: Entry | None, tokens: Mapping[str, str]
     ) -> tuple[Entry | None, tuple[str, str]]:
-        """The entry as a request should see it, purges applied, and the current marks."""
+        """
+        The entry as a request should see it, purges applied (those of all
+        the tags it carries, the origin's too: C{tokens} has theirs), and the
+        current marks of its job and the job's tags.
+        """
         marks = target.generation_keys.marks(tokens)
-        if entry is not None and entry.marks != marks:
-            entry = self._unpurged(target.job, entry, purge_of(entry.marks, marks))
+        if entry is None:
+            return entry, marks
+        current = marks
+        if entry.tags is not target.tags and entry.tags != target.tags:
+            current = generation_keys(self.namespace, target.job.name, entry.tags).marks(tokens)
+        if entry.marks != current:
+            entry = self._unpurged(target.job, entry, purge_of(entry.marks, current))
         return entry, marks
 
     def _unpurged(self, job: Job, entry: Entry, purge: Purge | None) -> Entry | None:
@@ -317,6 +352,8 @@ class Refresher(Service):
             for kind, names in (("job", jobs), ("tag", tags))
             for name in names
         ]
+        if tags:  # told to fetches whose tags come with their answer (flights.Flights._marked)
+            named.append(tag_purge_keys(self.namespace)[0 if not soft else 1])
         writes: list[Deferred[Any]] = [
             Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys
         ]

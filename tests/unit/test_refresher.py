@@ -343,7 +343,7 @@ def test_unexpected_fetcher_exception_fails_the_fetch_and_frees_the_key(
     refresher, _, _, _ = make(error_ttl=0.0)
 
     class Broken(FakeFetcher):
-        def fetch(self, args: Any) -> Deferred[Any]:
+        def fetch(self, args: Any, validators: Any = None) -> Deferred[Any]:
             raise RuntimeError("boom\nsecond line")
 
     refresher.jobs["j"].fetcher = Broken()
