@@ -47,18 +47,23 @@ _MONTHS = {
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
     )
 }
-_MONTH = "(" + "|".join(_MONTHS) + ")"
-_TIME = r"([0-9]{2}):([0-9]{2}):([0-9]{2})"
-# RFC 9110 5.6.7: the three forms of an HTTP-date, case-sensitive.
-_IMF_FIXDATE = re.compile(
-    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_TIME} GMT"
-)
-_RFC850_DATE = re.compile(
-    r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
-    rf"([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_TIME} GMT"
-)
-_ASCTIME_DATE = re.compile(
-    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} ([0-9 ][0-9]) {_TIME} ([0-9]{{4}})"
+_MONTH = "(?P<month>" + "|".join(_MONTHS) + ")"
+_TIME = "(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+_DATE_FORMS = (
+    # RFC 9110 5.6.7: the three forms of an HTTP-date, case-sensitive: IMF-fixdate,
+    # rfc850-date (a two-digit year) and asctime-date (the day may be padded with a space).
+    re.compile(
+        rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) "
+        rf"{_TIME} GMT"
+    ),
+    re.compile(
+        r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+        rf"(?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT"
+    ),
+    re.compile(
+        rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} (?P<day>[0-9 ][0-9]) {_TIME} "
+        r"(?P<year>[0-9]{4})"
+    ),
 )
 
 
@@ -220,24 +225,21 @@ def _http_date(value: str, now: float) -> float | None:
     """
     if len(value) > _MAX_DATE_CHARS:
         return None
-    if match := _IMF_FIXDATE.fullmatch(value):
-        day, month, year, hour, minute, second = match.groups()
-    elif match := _RFC850_DATE.fullmatch(value):
-        day, month, short, hour, minute, second = match.groups()
-        year = str(_full_year(int(short), now))
-    elif match := _ASCTIME_DATE.fullmatch(value):
-        month, day, hour, minute, second, year = match.groups()
-        day = day.replace(" ", "0")
+    for form in _DATE_FORMS:
+        if match := form.fullmatch(value):
+            break
     else:
         return None
-    parts = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
-    try:
-        days_in_month = calendar.monthrange(parts[0], parts[1])[1]
-    except ValueError:  # the year 0
+    year = int(match["year"])
+    if len(match["year"]) == 2:
+        year = _full_year(year, now)
+    month, day = _MONTHS[match["month"]], int(match["day"])
+    hour, minute, second = int(match["hour"]), int(match["minute"]), int(match["second"])
+    if year < 1 or not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
-    if not (1 <= parts[2] <= days_in_month and parts[3] < 24 and parts[4] < 60 and parts[5] < 60):
+    if hour > 23 or minute > 59 or second > 59:
         return None
-    return float(calendar.timegm(parts))
+    return float(calendar.timegm((year, month, day, hour, minute, second)))
 
 
 def _full_year(short: int, now: float) -> int:
@@ -406,11 +408,11 @@ def _seconds(value: float) -> str:
 def _bounded(
     given: float | None, given_from: str, default: float, cap: float, key: str
 ) -> tuple[float, str]:
-    """C{given} (else C{default}) at most C{cap} and at least 0, and why, for an operator."""
+    """C{given} (else C{default}) at most C{cap}, and why, for an operator."""
     value, why = (default, "the job (no header)") if given is None else (given, given_from)
     if value > cap:
         value, why = cap, f"{why}, capped by {key} ({_seconds(cap)})"
-    return float(max(0.0, value)), why
+    return float(value), why
 
 
 def lifetimes(
@@ -421,8 +423,8 @@ def lifetimes(
     job's C{fresh}, never above C{max_fresh}; C{stale} is the origin's
     C{stale-while-revalidate} if given, else the job's C{stale}, never above
     the job's C{stale}; C{stale_if_error} likewise with the job's
-    C{stale_if_error}.  The job's values are defaults and caps; none of the
-    windows is negative.
+    C{stale_if_error}.  The job's values (never negative: the configuration
+    refuses that) are defaults and caps.
     """
     fresh_s, fresh_why = _bounded(headers.fresh, headers.fresh_from, fresh, max_fresh, "max_fresh")
     stale_s, stale_why = _bounded(
