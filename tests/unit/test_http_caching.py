@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -615,6 +616,27 @@ def test_stale_if_error_under_and_over_the_jobs_stale_if_error() -> None:
 def test_a_job_without_stale_windows_gets_none_whatever_the_origin_says() -> None:
     headers = read(cache_control="max-age=60, stale-while-revalidate=30, stale-if-error=600")
     assert windows(headers, stale=0.0, stale_if_error=0.0)[1:3] == (0.0, 0.0)
+
+
+def test_the_examples_of_the_docs_page() -> None:
+    """The lines docs/http-caching.md shows operators are the ones lifetimes() writes."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "http-caching.md").read_text()
+    shown = [
+        windows(read(cache_control="s-maxage=120"), max_fresh=60.0)[3]["fresh"],
+        windows(read(cache_control="max-age=60", age="10"))[3]["fresh"],
+        windows(read(surrogate_control="stale-while-revalidate=30"))[3]["stale"],
+        windows(read(cache_control="max-age=x"))[3]["fresh"],
+        windows(read())[3]["fresh"],
+    ]
+    assert shown == [
+        "Cache-Control s-maxage=120, capped by max_fresh (60s)",
+        "Cache-Control max-age=60, Age 10",
+        "Surrogate-Control stale-while-revalidate=30",
+        "Cache-Control max-age (invalid)",
+        "the job (no header)",
+    ]
+    for line in shown:
+        assert f"| `{line}` |" in page
 
 
 # -- Properties: untrusted input ------------------------------------------------------------------
