@@ -25,7 +25,17 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from refresherd.entry import MAX_ETAG_CHARS
+from refresherd.entry import MAX_LAST_MODIFIED_CHARS, Lifetimes, is_entity_tag
+
+__all__ = [
+    "MAX_DELTA",
+    "MAX_ORIGIN_TAGS",
+    "MAX_ORIGIN_TAG_BYTES",
+    "CacheHeaders",
+    "Lifetimes",
+    "lifetimes",
+    "parse",
+]
 
 MAX_DELTA = 2**31
 """RFC 9111 1.2.2: a larger delta-seconds is taken as this."""
@@ -33,12 +43,9 @@ MAX_ORIGIN_TAGS = 64
 """C{Surrogate-Key} tags kept per answer."""
 MAX_ORIGIN_TAG_BYTES = 256
 """Longer C{Surrogate-Key} tags are dropped."""
-_MAX_DATE_CHARS = 64
-"""A longer C{Last-Modified} is not kept (an HTTP-date has at most 29)."""
 
 _OWS = " \t"
 _DIGITS = re.compile(r"[0-9]+")
-_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
 _TAG = re.compile(r"[\x21-\x7e]+")
 _TAG_SEPARATORS = re.compile(r"[ \t]+")
 _MONTHS = {
@@ -104,20 +111,6 @@ class CacheHeaders:
     """Which header gave C{stale_while_revalidate}, as C{fresh_from}."""
     stale_if_error_from: str = ""
     """Which header gave C{stale_if_error}, as C{fresh_from}."""
-
-
-@attrs.frozen
-class Lifetimes:
-    """An entry's windows, in seconds from its fetch: the origin's bounded by the job's."""
-
-    fresh: float
-    stale: float
-    stale_if_error: float
-    why: Mapping[str, str]
-    """For keys C{"fresh"}, C{"stale"} and C{"stale_if_error"}, a short line
-    for an operator saying where the window came from, such as
-    C{"Cache-Control s-maxage=120, capped by max_fresh (60s)"}, C{"the job (no
-    header)"} or C{"Cache-Control stale-while-revalidate=30"}."""
 
 
 @attrs.frozen
@@ -223,7 +216,7 @@ def _http_date(value: str, now: float) -> float | None:
     A two-digit year more than 50 years after C{now}'s year is taken in the
     century before.
     """
-    if len(value) > _MAX_DATE_CHARS:
+    if len(value) > MAX_LAST_MODIFIED_CHARS:
         return None
     for form in _DATE_FORMS:
         if match := form.fullmatch(value):
@@ -332,9 +325,7 @@ def _no_store(surrogate: dict[str, list[str | None]], control: dict[str, list[st
 
 def _etag(headers: Mapping[str, Sequence[str]]) -> str | None:
     etag = _single(headers, "etag")
-    if etag is None or len(etag) > MAX_ETAG_CHARS or _ETAG.fullmatch(etag) is None:
-        return None
-    return etag
+    return etag if etag is not None and is_entity_tag(etag) else None
 
 
 def _last_modified(headers: Mapping[str, Sequence[str]], now: float) -> str | None:
@@ -419,7 +410,8 @@ def lifetimes(
     headers: CacheHeaders, *, fresh: float, max_fresh: float, stale: float, stale_if_error: float
 ) -> Lifetimes:
     """
-    The entry's windows: C{fresh} is the origin's (if it said) else the
+    The entry's windows (L{refresherd.entry.Lifetimes}, re-exported here),
+    each with a line saying where it came from: C{fresh} is the origin's (if it said) else the
     job's C{fresh}, never above C{max_fresh}; C{stale} is the origin's
     C{stale-while-revalidate} if given, else the job's C{stale}, never above
     the job's C{stale}; C{stale_if_error} likewise with the job's
