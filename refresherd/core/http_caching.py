@@ -261,9 +261,11 @@ def _origin_fresh(
     control: dict[str, list[str | None]],
     now: float,
 ) -> _Value | None:
-    """The freshness the headers give, before C{Age}: the first step of the precedence that applies
-    (C{Surrogate-Control} C{max-age}, C{Cache-Control} C{no-cache}, C{s-maxage}, C{max-age},
-    C{Expires})."""
+    """
+    The freshness the headers give, before C{Age}: the first step of the
+    precedence that applies (C{Surrogate-Control} C{max-age}; C{Cache-Control}
+    C{no-cache}, C{s-maxage}, C{max-age}; C{Expires}).
+    """
     if "max-age" in surrogate:
         return _smallest("Surrogate-Control", "max-age", surrogate["max-age"])
     if "no-cache" in control:
@@ -392,8 +394,8 @@ def parse(headers: Mapping[str, Sequence[str]], now: float) -> CacheHeaders:
 
 
 def _seconds(value: float) -> str:
-    """C{value} seconds for a person: C{"60s"}, C{"1.5s"}."""
-    return f"{int(value)}s" if value == int(value) else f"{value:g}s"
+    """C{value} seconds for a person, to the millisecond: C{"60s"}, C{"1.5s"}."""
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def _bounded(
@@ -411,10 +413,10 @@ def lifetimes(
 ) -> Lifetimes:
     """
     The entry's windows (L{refresherd.entry.Lifetimes}, re-exported here),
-    each with a line saying where it came from: C{fresh} is the origin's (if it said) else the
-    job's C{fresh}, never above C{max_fresh}; C{stale} is the origin's
-    C{stale-while-revalidate} if given, else the job's C{stale}, never above
-    the job's C{stale}; C{stale_if_error} likewise with the job's
+    each with a line saying where it came from: C{fresh} is the origin's (if
+    it said) else the job's C{fresh}, never above C{max_fresh}; C{stale} is
+    the origin's C{stale-while-revalidate} if given, else the job's C{stale},
+    never above the job's C{stale}; C{stale_if_error} likewise with the job's
     C{stale_if_error}.  The job's values (never negative: the configuration
     refuses that) are defaults and caps.
     """

@@ -26,6 +26,7 @@ from refresherd.core.http_caching import (
     lifetimes,
     parse,
 )
+from refresherd.entry import MAX_WHY_CHARS
 
 NOW = float(calendar.timegm((2001, 9, 9, 1, 46, 40)))  # 1_000_000_000
 NOW_DATE = "Sun, 09 Sep 2001 01:46:40 GMT"
@@ -586,10 +587,12 @@ def test_the_origins_fresh_0_stands() -> None:
     assert (fresh, why["fresh"]) == (0.0, "Cache-Control no-cache")
 
 
-def test_fractions_of_seconds_are_named_as_such() -> None:
-    assert windows(read(cache_control="max-age=9"), max_fresh=1.5)[3]["fresh"] == (
-        "Cache-Control max-age=9, capped by max_fresh (1.5s)"
-    )
+@pytest.mark.parametrize(
+    ("cap", "shown"), [(1.5, "1.5s"), (0.25, "0.25s"), (1234567.5, "1234567.5s"), (60.0, "60s")]
+)
+def test_caps_are_named_to_the_millisecond(cap: float, shown: str) -> None:
+    why = windows(read(cache_control="max-age=99999999"), max_fresh=cap)[3]["fresh"]
+    assert why == f"Cache-Control max-age=99999999, capped by max_fresh ({shown})"
 
 
 def test_stale_while_revalidate_under_and_over_the_jobs_stale() -> None:
@@ -726,7 +729,8 @@ def test_lifetimes_never_exceed_the_caps_nor_go_negative(
     assert 0.0 <= found.stale <= stale
     assert 0.0 <= found.stale_if_error <= stale_if_error
     assert set(found.why) == {"fresh", "stale", "stale_if_error"}
-    assert all(found.why.values())
+    for line in found.why.values():  # what an entry may carry
+        assert 0 < len(line) <= MAX_WHY_CHARS and line.isprintable() and line.isascii()
 
 
 @given(
