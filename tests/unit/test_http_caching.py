@@ -151,6 +151,7 @@ def test_the_lines_of_one_header_are_one_list() -> None:
 def test_a_quoted_string_does_not_span_lines() -> None:
     """Each line is parsed on its own: an open quote in one line cannot hide the next line."""
     assert read(cache_control=['foo="a', "no-store"]).no_store == "Cache-Control no-store"
+    assert read(cache_control=['foo="a', 'max-age=5, x="']).fresh == 5.0
 
 
 def test_a_quoted_string_never_closed_does_not_hide_what_follows() -> None:
