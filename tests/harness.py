@@ -31,6 +31,10 @@ class Behaviour:
     body: bytes = b'{"ok": true}'
     content_type: str = "application/json"
     delay: float = 0.0
+    headers: dict[str, str] = attrs.field(factory=dict)
+    """More headers of its answers (caching headers, an ETag...)."""
+    not_modified: bool = False
+    """Answer 304 (with C{headers}, no body) when C{If-None-Match} names C{headers["ETag"]}."""
 
 
 @attrs.define
@@ -44,6 +48,8 @@ class Origin:
     behaviours: dict[str, Behaviour] = attrs.field(factory=dict)
     hits: Counter[str] = attrs.field(factory=Counter)
     sent: dict[str, list[bytes]] = attrs.field(factory=dict)
+    conditions: dict[str, list[str | None]] = attrs.field(factory=dict)
+    """The C{If-None-Match} of each request, per path (None: not conditional)."""
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     @property
@@ -71,17 +77,27 @@ def start_origin() -> Origin:
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            condition = self.headers.get("If-None-Match")
             with origin.lock:
                 origin.hits[path] += 1
+                origin.conditions.setdefault(path, []).append(condition)
             behaviour = origin.behaviours.get(path, Behaviour())
             if behaviour.delay:
                 time.sleep(behaviour.delay)
+            if behaviour.not_modified and condition == behaviour.headers.get("ETag"):
+                self.send_response(304)
+                for name, value in behaviour.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                return
             body = behaviour.body.replace(b"{n}", str(origin.count(path)).encode())
             with origin.lock:
                 origin.sent.setdefault(path, []).append(body)
             self.send_response(behaviour.status)
             self.send_header("Content-Type", behaviour.content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in behaviour.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

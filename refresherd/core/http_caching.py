@@ -43,6 +43,17 @@ MAX_ORIGIN_TAGS = 64
 """C{Surrogate-Key} tags kept per answer."""
 MAX_ORIGIN_TAG_BYTES = 256
 """Longer C{Surrogate-Key} tags are dropped."""
+HEADERS = (
+    "surrogate-control",
+    "cache-control",
+    "expires",
+    "date",
+    "age",
+    "etag",
+    "last-modified",
+    "surrogate-key",
+)
+"""The headers L{parse} reads (lower case): the only ones a fetcher need give it."""
 
 _OWS = " \t"
 _DIGITS = re.compile(r"[0-9]+")

@@ -63,8 +63,15 @@ from zope.interface import implementer
 
 from refresherd import __version__
 from refresherd.config import JobConfig
+from refresherd.core import http_caching
 from refresherd.core.templates import render_json, render_url
-from refresherd.entry import Fetched, check_json_body, content_type_problem, is_json_content_type
+from refresherd.entry import (
+    NO_VALIDATORS,
+    Fetched,
+    check_json_body,
+    content_type_problem,
+    is_json_content_type,
+)
 from refresherd.errors import FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
@@ -259,8 +266,13 @@ class HTTPFetcher:
     clock: IReactorTime
     random_bytes: Callable[[int], bytes] = os.urandom
 
-    def build_request(self, args: Mapping[str, str]) -> OutgoingRequest:
-        """The request for C{args}, exactly as it will be sent."""
+    def build_request(
+        self, args: Mapping[str, str], validators: tuple[str, str] = NO_VALIDATORS
+    ) -> OutgoingRequest:
+        """
+        The request for C{args}, exactly as it will be sent; conditional
+        (C{If-None-Match}, C{If-Modified-Since}) with C{validators}.
+        """
         job = self.job
         if job.url is None:
             raise ValueError(f"job {job.name!r} has no url")
@@ -275,6 +287,11 @@ class HTTPFetcher:
             headers.setRawHeaders(name, [secret.value])
         if not headers.hasHeader("user-agent"):
             headers.setRawHeaders("User-Agent", [USER_AGENT])
+        etag, last_modified = validators
+        if etag:
+            headers.setRawHeaders("If-None-Match", [etag])
+        if last_modified:
+            headers.setRawHeaders("If-Modified-Since", [last_modified])
         if job.body is not None:
             body = json.dumps(render_json(job.body, args)).encode("utf-8")
             if not headers.hasHeader("content-type"):
@@ -292,13 +309,17 @@ class HTTPFetcher:
             headers.setRawHeaders(SIGNATURE_HEADER, [signature])
         return OutgoingRequest(method=method, url=url, path_qs=path_qs, headers=headers, body=body)
 
-    def fetch(self, args: Mapping[str, str]) -> Deferred[Fetched]:
+    def fetch(
+        self, args: Mapping[str, str], validators: tuple[str, str] = NO_VALIDATORS
+    ) -> Deferred[Fetched]:
         """
         One request for C{args}.  Fires with the L{Fetched} body and content
-        type of a 2xx answer, fails with L{FetchError}; cancelling it closes
-        the connection and fails it with L{CancelledError}.
+        type of a 2xx answer (and what its caching headers say), or with a
+        C{not_modified} L{Fetched} for a 304 to a request made conditional
+        by C{validators}; fails with L{FetchError}; cancelling it closes the
+        connection and fails it with L{CancelledError}.
         """
-        request = self.build_request(args)
+        request = self.build_request(args, validators)
         kwargs: dict[str, Any] = {}
         if request.body is not None:
             kwargs["data"] = request.body
@@ -313,10 +334,15 @@ class HTTPFetcher:
             )
         except Exception as e:
             return fail(FetchError(one_line(f"request failed: {_plain(e)}")))
-        return abandonable(requested.addCallback(self._read), _to_fetch_error)
+        return abandonable(requested.addCallback(self._read, any(validators)), _to_fetch_error)
 
-    def _read(self, response: IResponse) -> Deferred[Fetched] | Fetched:
+    def _read(self, response: IResponse, conditional: bool) -> Deferred[Fetched] | Fetched:
         code = response.code
+        if code == 304:
+            response.deliverBody(Protocol())  # a 304 has no body
+            if not conditional:
+                raise FetchError("origin answered 304 to a request that was not conditional")
+            return attrs.evolve(self._caching(response), not_modified=True)
         if not 200 <= code < 300:
             response.deliverBody(_Discard())
             if 300 <= code < 400:
@@ -330,7 +356,49 @@ class HTTPFetcher:
         finished = reader.finished
         assert finished is not None
         response.deliverBody(reader)
-        return finished.addCallback(_fetched, content_type)
+        caching = self._caching(response)
+        return finished.addCallback(_fetched, content_type).addCallback(
+            lambda fetched: attrs.evolve(
+                caching, body=fetched.body, content_type=fetched.content_type
+            )
+        )
+
+    def _caching(self, response: IResponse) -> Fetched:
+        """
+        What the answer's headers say about caching it, as a L{Fetched} with
+        no body: its validators always; with C{freshness = "origin"}, its
+        windows (bounded by the job's), whether to store it and its tags.
+        """
+        job = self.job
+        said = http_caching.parse(_caching_headers(response.headers), self.clock.seconds())
+        validators = (said.etag or "", said.last_modified or "")
+        if job.freshness != "origin":
+            return Fetched(b"", "", validators=validators)
+        lifetimes = http_caching.lifetimes(
+            said,
+            fresh=job.fresh,
+            max_fresh=job.max_fresh if job.max_fresh is not None else job.fresh,
+            stale=job.stale,
+            stale_if_error=job.stale_if_error,
+        )
+        return Fetched(
+            b"",
+            "",
+            lifetimes=lifetimes,
+            no_store=said.no_store,
+            tags=said.tags,
+            tags_dropped=said.tags_dropped,
+            validators=validators,
+        )
+
+
+def _caching_headers(headers: Headers) -> dict[str, list[str]]:
+    """The headers L{http_caching.parse} reads, lower-case names to their lines (Latin-1)."""
+    return {
+        name: [value.decode("latin-1") for value in values]
+        for name in http_caching.HEADERS
+        if (values := headers.getRawHeaders(name.encode("ascii")))
+    }
 
 
 def _fetched(body: bytes, content_type: str) -> Fetched:

@@ -115,6 +115,11 @@ def entry_json(key: str, entry: Entry, purge: Purge | None, value: bool) -> byte
         "retry_at": entry.retry_at,
         "etag": entry.etag,
         "purged": None if purge is None else purge.value,
+        "lifetimes": dict(entry.lifetimes),
+        "validators": {
+            "etag": entry.validators[0] or None,
+            "last_modified": entry.validators[1] or None,
+        },
     }
     if value and not entry.is_failure:
         return with_value(head, entry)
@@ -187,6 +192,8 @@ def describe_job(job: JobConfig) -> dict[str, Any]:
             headers={name: _header_value(name, value) for name, value in job.headers.items()},
             body=_redact_body(job.body),
             sign=REDACTED if job.sign is not None else None,
+            freshness=job.freshness,
+            max_fresh=job.max_fresh if job.max_fresh is not None else job.fresh,
         )
     else:
         shown["callable"] = job.callable
@@ -203,6 +210,7 @@ def describe_job(job: JobConfig) -> dict[str, Any]:
         "max_queue",
         "version",
         "early_refresh",
+        "min_refresh",
         "max_value_bytes",
         "writable",
     ):
