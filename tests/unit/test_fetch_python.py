@@ -36,7 +36,7 @@ from refresherd import Result
 from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
-from refresherd.entry import Fetched, Lifetimes
+from refresherd.entry import Entry, Fetched, Lifetimes
 from refresherd.errors import FetchError
 from refresherd.fetchers.python import (
     PythonFetcher,
@@ -643,53 +643,93 @@ class PythonFetcherTests(TestCase):
 # Through a Refresher: the entry a Result makes, on task.Clock.
 
 
+class Served:
+    """A python job C{report} on a Refresher and a memory store, at 1e6 s on a Clock."""
+
+    def __init__(self, results: list[Result], **job: Any) -> None:
+        self.results = results
+        """What the job's function returns, one per call."""
+        self.calls = 0
+        self.clock = task.Clock()
+        self.clock.advance(1_000_000)
+        self.store = MemoryStore(self.clock)
+        config = make_job("where", **job)
+
+        @reactor_call
+        def build(name: str) -> Result:
+            self.calls += 1
+            return self.results.pop(0)
+
+        fetcher = PythonFetcher(config, global_reactor, make_threadpool(config), build)
+        self.refresher = Refresher(
+            self.store,
+            {"report": Job(config, fetcher)},
+            self.clock,
+            "rfd",
+            metrics_for(["report"]),
+            random=lambda: 0.99,
+        )
+        self.target = self.refresher.target("report", {"name": "bob"})
+
+    def status(self) -> str:
+        return result(as_deferred(lambda: self.refresher.lookup(self.target))).status
+
+    def entry(self) -> Entry:
+        entry = result(self.store.get(self.target.key))
+        assert entry is not None
+        return entry
+
+    def purge(self, tag: str, soft: bool = False) -> None:
+        result(Deferred.fromCoroutine(self.refresher.purge([], [], [tag], soft)))
+
+
 def test_a_results_windows_and_tags_make_the_entry_and_purges_by_its_tag_reach_it() -> None:
-    clock = task.Clock()
-    clock.advance(1_000_000)
-    store = MemoryStore(clock)
-    config = make_job("where", fresh=60.0, stale=100.0, tags=("report",))
-    calls: list[str] = []
-
-    @reactor_call
-    def build(name: str) -> Result:
-        calls.append(name)
-        return Result(f"value {len(calls)}", fresh=5, tags=("x",))
-
-    fetcher = PythonFetcher(config, global_reactor, make_threadpool(config), build)
-    refresher = Refresher(
-        store,
-        {"report": Job(config, fetcher)},
-        clock,
-        "rfd",
-        metrics_for(["report"]),
-        random=lambda: 0.99,
+    served = Served(
+        [Result(n, fresh=5, tags=("x",)) for n in range(4)],
+        fresh=60.0,
+        stale=100.0,
+        tags=("report",),
     )
-    target = refresher.target("report", {"name": "bob"})
-
-    def status() -> str:
-        return result(as_deferred(lambda: refresher.lookup(target))).status
-
-    def purge(tag: str, soft: bool = False) -> None:
-        result(Deferred.fromCoroutine(refresher.purge([], [], [tag], soft)))
-
-    assert status() == "miss"
-    entry = result(store.get(target.key))
-    assert entry is not None
-    now = clock.seconds()
+    assert served.status() == "miss"
+    entry = served.entry()
+    now = served.clock.seconds()
     assert (entry.fresh_until, entry.stale_until) == (now + 5, now + 105)
     assert entry.tags == ("report", "x")
     assert entry.lifetimes == {"fresh": BY_RESULT, "stale": "the job", "stale_if_error": "the job"}
-    clock.advance(4.9)
-    assert status() == "hit"
-    clock.advance(0.2)
-    assert status() == "stale"  # past the Result's 5 s, not the job's 60 s: refreshed
-    assert len(calls) == 2
-    assert status() == "hit"
-    purge("other")
-    assert status() == "hit"
-    purge("x", soft=True)
-    assert status() == "stale"
-    assert len(calls) == 3
-    purge("x")
-    assert status() == "miss"  # gone: fetched again
-    assert len(calls) == 4
+    served.clock.advance(4.9)
+    assert served.status() == "hit"
+    served.clock.advance(0.2)
+    assert served.status() == "stale"  # past the Result's 5 s, not the job's 60 s: refreshed
+    assert served.calls == 2
+    assert served.status() == "hit"
+    served.purge("other")
+    assert served.status() == "hit"
+    served.purge("x", soft=True)
+    assert served.status() == "stale"
+    assert served.calls == 3
+    served.purge("x")
+    assert served.status() == "miss"  # gone: fetched again
+    assert served.calls == 4
+
+
+def test_a_results_windows_are_not_capped_but_min_refresh_floors_its_refreshes() -> None:
+    ten_years = 3650 * 86400
+    served = Served(
+        [Result("a", fresh=0, stale=ten_years), Result("b", fresh=ten_years)],
+        fresh=60.0,
+        min_refresh=2.0,
+    )
+    assert served.status() == "miss"
+    entry = served.entry()
+    now = served.clock.seconds()
+    assert (entry.fresh_until, entry.stale_until) == (now, now + ten_years)
+    assert entry.retry_at == now + 2
+    for _ in range(5):
+        assert served.status() == "stale"
+    assert served.calls == 1  # stale at once, but no refresh before min_refresh
+    served.clock.advance(2)
+    assert served.status() == "stale"
+    assert served.calls == 2
+    assert served.entry().fresh_until == served.clock.seconds() + ten_years
+    served.clock.advance(ten_years - 1)
+    assert served.status() == "hit"
