@@ -186,8 +186,8 @@ def _encoded(value: object, content_type: str | None, max_bytes: int) -> Fetched
         raise FetchError(f"result larger than {max_bytes} bytes")
     if content_type is None:
         return fetched
-    if is_json_content_type(content_type):
-        try:
+    if is_json_content_type(content_type) and fetched.content_type != JSON_TYPE:
+        try:  # (what json.dumps made above is strict JSON already)
             check_json_body(fetched.body)
         except ValueError as e:  # UnicodeDecodeError is a ValueError
             raise FetchError(

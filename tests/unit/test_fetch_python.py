@@ -281,6 +281,11 @@ def test_a_result_without_fields_is_stored_as_its_value(value: object) -> None:
     assert stored_as(Result(value)).lifetimes is None
 
 
+def test_a_results_fields_after_its_value_are_keywords() -> None:
+    with pytest.raises(TypeError):
+        Result(1, 5)  # type: ignore[call-arg]
+
+
 def test_a_results_windows_are_its_own_and_the_jobs_where_it_gives_none() -> None:
     job = make_job("where", fresh=60.0, stale=100.0, stale_if_error=200.0)
     fetched = to_fetched(Result(b"x", fresh=5), job)
