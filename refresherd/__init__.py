@@ -6,4 +6,8 @@ fresh or stale, and refreshes stale values in the background, once however many
 callers ask (stale-while-revalidate with single-flight).
 """
 
+from refresherd.result import Result
+
+__all__ = ["Result", "__version__"]
+
 __version__ = "0.1.0"

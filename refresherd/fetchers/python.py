@@ -25,7 +25,10 @@ The result becomes the stored value (docs/configuration.md, "Python jobs"): C{by
 C{application/octet-stream}, C{str} as C{text/plain; charset=utf-8}, anything
 else as its compact JSON encoding, C{application/json}.  A result that does
 not encode (NaN, sets, objects...) or is larger than C{max_value_bytes} is a
-failure.  An exception raised by the function becomes a L{FetchError} saying
+failure.  The function may instead return a L{refresherd.Result}: its
+C{value} is stored as above, and its windows, tags and content type are the
+entry's own (L{to_fetched} checks them: a wrong field is a failure naming it).
+An exception raised by the function becomes a L{FetchError} saying
 C{"<ExceptionType>: <message>"} on one line, and its traceback is logged; the
 function may raise L{FetchError} itself to give the exact message.
 
@@ -42,8 +45,11 @@ import functools
 import importlib
 import inspect
 import json
+import math
+import numbers
 import threading
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -57,10 +63,17 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from refresherd.config import JobConfig
-from refresherd.entry import Fetched
+from refresherd.entry import (
+    Fetched,
+    Lifetimes,
+    check_json_body,
+    content_type_problem,
+    is_json_content_type,
+)
 from refresherd.errors import NEEDS_ASYNCIO, FetchError, one_line
 from refresherd.fetchers import abandonable
 from refresherd.interfaces import IFetcher
+from refresherd.result import Result
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -69,6 +82,16 @@ _REACTOR_CALL = "__refresherd_reactor_call__"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
 BYTES_TYPE = "application/octet-stream"
+
+MAX_RESULT_SECONDS = 3650 * 86400
+"""The longest window a L{Result} may ask: 10 years (3650 days)."""
+MAX_RESULT_TAGS = 64
+"""
+The most tags a L{Result} may give: with the job's (at most 128), within
+L{refresherd.entry.MAX_TAGS}.
+"""
+MAX_RESULT_TAG_BYTES = 256
+"""The longest tag a L{Result} may give, in bytes of UTF-8."""
 
 
 def reactor_call(function: _F) -> _F:
@@ -129,11 +152,23 @@ def _describe(error: BaseException) -> str:
     return one_line(f"{type(error).__name__}: {text}" if text.strip() else type(error).__name__)
 
 
-def to_fetched(value: object, max_bytes: int) -> Fetched:
+def to_fetched(value: object, job: JobConfig) -> Fetched:
     """
-    The stored form of a python job's result (see the module docstring);
-    L{FetchError} when it does not encode or is larger than C{max_bytes}.
+    The stored form of a python job's result, a plain value or a L{Result}
+    (see the module docstring); L{FetchError} with one line when it does not
+    encode, is larger than C{job.max_value_bytes}, or a L{Result}'s field is
+    wrong (naming the field).
     """
+    if not isinstance(value, Result):
+        return _encoded(value, None, job.max_value_bytes)
+    lifetimes = _lifetimes(value, job)
+    tags = _tags(value.tags)
+    fetched = _encoded(value.value, _content_type(value.content_type), job.max_value_bytes)
+    return attrs.evolve(fetched, lifetimes=lifetimes, tags=tags)
+
+
+def _encoded(value: object, content_type: str | None, max_bytes: int) -> Fetched:
+    """C{value} mapped by its type, with C{content_type} instead of the mapped one if given."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         fetched = Fetched(body=bytes(value), content_type=BYTES_TYPE)
     elif isinstance(value, str):
@@ -149,7 +184,92 @@ def to_fetched(value: object, max_bytes: int) -> Fetched:
         fetched = Fetched(body=text.encode("utf-8"), content_type=JSON_TYPE)
     if len(fetched.body) > max_bytes:
         raise FetchError(f"result larger than {max_bytes} bytes")
-    return fetched
+    if content_type is None:
+        return fetched
+    if is_json_content_type(content_type) and fetched.content_type != JSON_TYPE:
+        try:  # (what json.dumps made above is strict JSON already)
+            check_json_body(fetched.body)
+        except ValueError as e:  # UnicodeDecodeError is a ValueError
+            raise FetchError(
+                one_line(f"Result.content_type is JSON but the value is not valid JSON: {e}")
+            ) from None
+    return attrs.evolve(fetched, content_type=content_type)
+
+
+def _lifetimes(result: Result, job: JobConfig) -> Lifetimes | None:
+    """The windows of C{result}, the job's where it gives none; None when it gives none."""
+    given = {"fresh": result.fresh, "stale": result.stale, "stale_if_error": result.stale_if_error}
+    if all(seconds is None for seconds in given.values()):
+        return None
+    windows = {"fresh": job.fresh, "stale": job.stale, "stale_if_error": job.stale_if_error}
+    why = dict.fromkeys(windows, "the job")
+    for name, seconds in given.items():
+        if seconds is not None:
+            windows[name], why[name] = _seconds(name, seconds), "the job's Result"
+    return Lifetimes(windows["fresh"], windows["stale"], windows["stale_if_error"], why)
+
+
+def _seconds(name: str, value: object) -> float:
+    """The seconds of the window C{name}: a finite number or L{timedelta}, 0 to 10 years."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    else:
+        raise FetchError(
+            f"Result.{name} must be seconds (a number or a timedelta), not {type(value).__name__}"
+        )
+    if not 0 <= seconds <= MAX_RESULT_SECONDS:
+        raise FetchError(
+            f"Result.{name} must be from 0 to {MAX_RESULT_SECONDS} seconds (10 years),"
+            f" not {seconds:g}"
+        )
+    return seconds
+
+
+def _tags(tags: object) -> tuple[str, ...]:
+    """The tags of a L{Result}, checked, in order, each once."""
+    if isinstance(tags, (str, bytes, bytearray)) or not isinstance(tags, Iterable):
+        raise FetchError(f"Result.tags must be an iterable of strings, not {type(tags).__name__}")
+    kept: list[str] = []
+    for tag in tags:
+        if len(kept) == MAX_RESULT_TAGS:
+            raise FetchError(f"Result.tags: more than {MAX_RESULT_TAGS} tags")
+        if not isinstance(tag, str):
+            raise FetchError(f"Result.tags: a tag must be a string, not {type(tag).__name__}")
+        if not tag:
+            raise FetchError("Result.tags: a tag is empty")
+        try:
+            size = len(tag.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise FetchError(
+                one_line(f"Result.tags: a tag is not valid text: {tag[:40]!r}")
+            ) from None
+        if size > MAX_RESULT_TAG_BYTES:
+            raise FetchError(
+                one_line(
+                    f"Result.tags: a tag is over {MAX_RESULT_TAG_BYTES} bytes of UTF-8:"
+                    f" {tag[:40]!r}..."
+                )
+            )
+        kept.append(tag)
+    return tuple(dict.fromkeys(kept))
+
+
+def _content_type(content_type: object) -> str | None:
+    """The content type a L{Result} asks for, checked; None when it asks for none."""
+    if content_type is None:
+        return None
+    if not isinstance(content_type, str) or not content_type:
+        shown = repr(content_type) if isinstance(content_type, str) else type(content_type).__name__
+        raise FetchError(f"Result.content_type must be a non-empty string, not {shown}")
+    why = content_type_problem(content_type)
+    if why is not None:
+        raise FetchError(f"Result.content_type cannot be stored: {why}")
+    return content_type
 
 
 @implementer(IFetcher)
@@ -199,7 +319,7 @@ class PythonFetcher:
         call = partial(self._target, **args)
         if self.in_reactor:
             inner = maybeDeferred(_call_in_reactor, call, self.loop).addCallback(
-                to_fetched, self.job.max_value_bytes
+                to_fetched, self.job
             )
         else:
             inner = deferToThreadPool(
@@ -207,7 +327,7 @@ class PythonFetcher:
                 self.thread_pool,
                 _call_in_thread,
                 call,
-                self.job.max_value_bytes,
+                self.job,
             )
         # A thread cannot be stopped: its late result is dropped.
         return abandonable(inner, self._to_fetch_error, cancel_inner=self.in_reactor)
@@ -347,7 +467,7 @@ async def _fired(d: Deferred[Any]) -> None:
         raise
 
 
-def _call_in_thread(call: Callable[[], Any], max_bytes: int) -> Fetched:
+def _call_in_thread(call: Callable[[], Any], job: JobConfig) -> Fetched:
     try:
         value = call()
     except BaseException:
@@ -359,4 +479,4 @@ def _call_in_thread(call: Callable[[], Any], max_bytes: int) -> Fetched:
             "a function run in a thread returned a Deferred or a coroutine; "
             "make it a coroutine function or mark it with @reactor_call"
         )
-    return to_fetched(value, max_bytes)
+    return to_fetched(value, job)

@@ -25,6 +25,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
+from refresherd import Result
 from refresherd.config import JobConfig
 from refresherd.entry import Fetched
 from refresherd.errors import FetchError
@@ -192,6 +193,17 @@ def test_a_fetch_runs_its_coroutine_as_a_task(loop: asyncio.AbstractEventLoop) -
         d = fetcher(loop, function).fetch({"name": "bob"})
         fetched = loop.run_until_complete(d.asFuture(loop))
         assert fetched == Fetched(b'{"value":"bob","task":true}', "application/json")
+
+
+def test_a_task_may_return_a_result(loop: asyncio.AbstractEventLoop) -> None:
+    async def job(name: str) -> Result:
+        await asyncio.sleep(0.01)
+        return Result(await later(loop, name), fresh=5, tags=("x",))
+
+    d = fetcher(loop, job).fetch({"name": "bob"})
+    fetched = loop.run_until_complete(d.asFuture(loop))
+    assert (fetched.body, fetched.tags) == (b"bob", ("x",))
+    assert fetched.lifetimes is not None and fetched.lifetimes.fresh == 5.0
 
 
 def test_a_coroutine_that_raises_fails_the_fetch(
