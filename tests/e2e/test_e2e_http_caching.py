@@ -88,11 +88,8 @@ def test_each_header_sets_the_lifetime_within_the_jobs_cap(
         ),
         "smaxage": ({"Cache-Control": "max-age=5, s-maxage=300"}, 300, "s-maxage"),
         "maxage": ({"Cache-Control": "max-age=42"}, 42, "max-age"),
-        "expires": (
-            {"Date": formatdate(now, usegmt=True), "Expires": formatdate(now + 600, usegmt=True)},
-            600,
-            "Expires",
-        ),
+        # The origin sends its own Date, to the second.
+        "expires": ({"Expires": formatdate(now + 600, usegmt=True)}, 600, "Expires"),
         "age": ({"Cache-Control": "max-age=100", "Age": "30"}, 70, "Age"),
         "capped": ({"Cache-Control": "max-age=86400"}, 3600, "max_fresh"),
         "silent": ({}, 60, "job"),
@@ -102,7 +99,7 @@ def test_each_header_sets_the_lifetime_within_the_jobs_cap(
     for name, (_, fresh, said) in cases.items():
         assert get(service, name).json()["status"] == "miss"
         meta = metadata(service, name)
-        assert windows(meta)[0] == fresh, (name, meta)
+        assert fresh - (2 if name == "expires" else 0) <= windows(meta)[0] <= fresh, (name, meta)
         assert said in meta["lifetimes"]["fresh"], (name, meta)  # type: ignore[index]
 
 
