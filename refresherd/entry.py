@@ -201,7 +201,9 @@ def value_entry(
     """
     A new entry for a value fetched (or put) at C{now}.  C{fresh}, C{stale}
     and C{stale_if_error} are the job's, used unless C{fetched} brings its
-    own L{Lifetimes}; then no refresh starts before C{now + min_refresh}.
+    own L{Lifetimes}; then, when its C{fresh} is shorter than C{min_refresh},
+    no refresh starts before C{now + min_refresh} and it is served (stale)
+    until then at least.
     C{tags} are the job's, and the fetched ones follow them.  For a
     C{not_modified} answer, C{previous} (the value revalidated) is renewed:
     its body, content type, served ETag and, unless the answer names some,
@@ -211,7 +213,12 @@ def value_entry(
     if lifetimes is not None:
         fresh, stale, stale_if_error = lifetimes.fresh, lifetimes.stale, lifetimes.stale_if_error
     fresh_until = now + fresh
-    retry_at = now + min_refresh if lifetimes is not None and fresh < min_refresh else 0.0
+    stale_until = fresh_until + stale
+    retry_at = 0.0
+    if lifetimes is not None and fresh < min_refresh:
+        # No refresh before min_refresh, and served (stale) until then.
+        retry_at = now + min_refresh
+        stale_until = max(stale_until, retry_at)
     all_tags = tuple(dict.fromkeys(tags + fetched.tags))
     if fetched.not_modified:
         if previous is None or previous.body is None:
@@ -228,7 +235,7 @@ def value_entry(
         content_type=content_type,
         fetched_at=now,
         fresh_until=fresh_until,
-        stale_until=fresh_until + stale,
+        stale_until=stale_until,
         error_until=fresh_until + stale_if_error,
         duration=duration,
         job=job,

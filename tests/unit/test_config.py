@@ -414,6 +414,37 @@ def test_fresh_and_timeouts_must_be_more_than_zero(key: str) -> None:
     )
 
 
+def test_freshness_from_the_origin_with_its_cap_and_floor() -> None:
+    plain = load(job("")).jobs["j"]
+    assert (plain.freshness, plain.max_fresh, plain.min_refresh) == ("job", None, 1.0)
+    origin = load(job('freshness = "origin"\nmax_fresh = "1h"\nmin_refresh = "250ms"')).jobs["j"]
+    assert (origin.freshness, origin.max_fresh, origin.min_refresh) == ("origin", 3600.0, 0.25)
+    assert load(job('min_refresh = "0s"')).jobs["j"].min_refresh == 0.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('freshness = "headers"', 'jobs.j.freshness: must be "job" or "origin", not \'headers\''),
+        ('max_fresh = "1h"', 'jobs.j.max_fresh: only allowed with freshness = "origin"'),
+        (
+            'freshness = "origin"\nmax_fresh = "30s"',
+            "jobs.j.max_fresh: must be at least fresh (60)",
+        ),
+        ("min_refresh = -1", "jobs.j.min_refresh: a duration may not be negative: -1"),
+        ("tags = [" + ", ".join(['"t"'] * 129) + "]", "jobs.j.tags: at most 128 tags"),
+    ],
+)
+def test_freshness_keys_are_checked(extra: str, expected: str) -> None:
+    assert error_of(job(extra)).startswith(f"refresherd.toml: {expected}")
+
+
+@pytest.mark.parametrize("key", ["freshness", "max_fresh"])
+def test_freshness_from_the_origin_is_for_http_jobs(key: str) -> None:
+    text = f'[jobs.j]\ncallable = "m:f"\nfresh = 60\n{key} = "origin"\n'
+    assert error_of(text) == f"refresherd.toml: jobs.j.{key}: not allowed for a python job"
+
+
 def test_fresh_is_required() -> None:
     assert error_of('[jobs.j]\ncallable = "m:f"\n') == (
         "refresherd.toml: jobs.j: missing required key 'fresh'"

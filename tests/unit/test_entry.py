@@ -23,6 +23,7 @@ from refresherd.entry import (
     Entry,
     EntryFormatError,
     Fetched,
+    Lifetimes,
     check_json_body,
     content_type_problem,
     decode,
@@ -53,6 +54,8 @@ entries = st.builds(
     last_error=st.none() | texts,
     retry_at=times,
     marks=st.tuples(texts, texts),
+    validators=st.tuples(texts, texts),
+    lifetimes=st.dictionaries(st.sampled_from(["fresh", "stale", "stale_if_error"]), texts),
 )
 
 
@@ -445,3 +448,100 @@ def test_printable_latin1_content_types_can_be_stored(content_type: str) -> None
 )
 def test_control_characters_and_beyond_latin1_cannot(content_type: str) -> None:
     assert content_type_problem(content_type) is not None
+
+
+def test_origin_fields_are_written_only_when_there_are_some() -> None:
+    assert not {"origin_etag", "last_modified", "lifetimes"} & set(meta_of(encode(an_entry())))
+    entry = an_entry(validators=('"v1"', "Sun, 06 Nov 1994 08:49:37 GMT"), lifetimes={"fresh": "x"})
+    meta = meta_of(encode(entry))
+    assert (meta["origin_etag"], meta["last_modified"], meta["lifetimes"]) == (
+        '"v1"',
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+        {"fresh": "x"},
+    )
+    assert decode(encode(entry)) == entry
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"validators": ('"a"\r\nX-Injected: 1', "")}, "origin_etag"),
+        ({"validators": ("abc", "")}, "origin_etag"),
+        ({"validators": ("", "Sun\r\nX: 1")}, "last_modified"),
+        ({"validators": ("", "x" * 65)}, "last_modified"),
+        ({"lifetimes": {"fresh": "x" * 257}}, "lifetimes"),
+        ({"tags": tuple(str(i) for i in range(257))}, "tags"),
+    ],
+)
+def test_a_reader_refuses_origin_fields_it_could_not_send_or_show(
+    changes: dict[str, Any], why: str
+) -> None:
+    entry = an_entry(etag=make_etag(b"body", 100.5), **changes)
+    problem = entry_problem(entry)
+    assert problem is not None and why in problem
+
+
+@pytest.mark.parametrize(
+    "lifetimes",
+    [{"fresh": 1}, {"other": "x"}, ["fresh"], "fresh"],
+)
+def test_decode_refuses_lifetimes_that_are_not_window_names_to_strings(lifetimes: object) -> None:
+    meta = meta_of(encode(an_entry()))
+    meta["lifetimes"] = lifetimes
+    with pytest.raises(EntryFormatError):
+        decode(json.dumps(meta).encode() + b"\nbody")
+
+
+def test_an_entry_with_its_own_windows_is_floored_by_min_refresh() -> None:
+    own = Fetched(b"x", "text/plain", lifetimes=Lifetimes(0.5, 0.0, 0.0), tags=("o", "t"))
+    entry = value_entry(
+        own,
+        job="j",
+        args={},
+        tags=("t",),
+        now=10.0,
+        duration=0.1,
+        fresh=60,
+        stale=0,
+        stale_if_error=0,
+        min_refresh=2.0,
+    )
+    assert (entry.fresh_until, entry.stale_until, entry.retry_at) == (10.5, 12.0, 12.0)
+    assert entry.tags == ("t", "o")
+
+
+def test_a_304_renews_the_previous_value_keeping_body_content_type_and_etag() -> None:
+    previous = an_entry(etag='W/"old"', tags=("t", "origin"), validators=('"v1"', ""))
+    renewal = Fetched(b"", "", not_modified=True)
+    entry = value_entry(
+        renewal,
+        job="tweets",
+        args={"user": "bob"},
+        tags=("t",),
+        now=500.0,
+        duration=0.01,
+        fresh=60,
+        stale=10,
+        stale_if_error=0,
+        previous=previous,
+    )
+    assert (entry.body, entry.content_type, entry.etag, entry.tags, entry.validators) == (
+        b"body",
+        "text/plain",
+        'W/"old"',
+        ("t", "origin"),
+        ('"v1"', ""),
+    )
+    assert (entry.fetched_at, entry.fresh_until, entry.stale_until) == (500.0, 560.0, 570.0)
+    with pytest.raises(ValueError):
+        value_entry(
+            renewal,
+            job="j",
+            args={},
+            tags=(),
+            now=1,
+            duration=0,
+            fresh=1,
+            stale=0,
+            stale_if_error=0,
+        )

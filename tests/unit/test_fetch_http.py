@@ -397,3 +397,70 @@ def test_a_content_type_no_reader_of_the_store_would_take_is_a_failure(
 def test_a_latin1_content_type_is_kept() -> None:
     fetcher, _, _ = stub_fetcher(answer(200, b"x", b"text/plain; name=caf\xe9"))
     assert fetched(fetcher.fetch({"id": "1"})).content_type == "text/plain; name=caf\u00e9"
+
+
+def with_headers(headers: dict[bytes, bytes], code: int = 200, body: bytes = b"ok") -> Handler:
+    def handler(request: Request) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain")
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body if code != 304 else b""
+
+    return handler
+
+
+VALIDATORS = {b"etag": b'"abc"', b"last-modified": b"Sun, 06 Nov 1994 08:49:37 GMT"}
+
+
+def test_validators_are_kept_whatever_freshness_says() -> None:
+    fetcher, _, _ = stub_fetcher(with_headers(VALIDATORS))
+    value = fetched(fetcher.fetch({"id": "1"}))
+    assert value.validators == ('"abc"', "Sun, 06 Nov 1994 08:49:37 GMT")
+    assert (value.lifetimes, value.no_store, value.tags) == (None, "", ())
+
+
+def test_a_refresh_with_validators_is_conditional() -> None:
+    fetcher, origin, _ = stub_fetcher(with_headers({}))
+    fetched(fetcher.fetch({"id": "1"}, ('"abc"', "Sun, 06 Nov 1994 08:49:37 GMT")))
+    fetched(fetcher.fetch({"id": "1"}))
+    conditional, plain = origin.seen
+    assert conditional.headers[b"if-none-match"] == [b'"abc"']
+    assert conditional.headers[b"if-modified-since"] == [b"Sun, 06 Nov 1994 08:49:37 GMT"]
+    assert b"if-none-match" not in plain.headers and b"if-modified-since" not in plain.headers
+
+
+def test_a_304_to_a_conditional_request_is_not_modified() -> None:
+    fetcher, _, _ = stub_fetcher(with_headers({b"etag": b'"abc"'}, code=304))
+    value = fetched(fetcher.fetch({"id": "1"}, ('"abc"', "")))
+    assert value.not_modified and value.validators == ('"abc"', "")
+
+
+def test_a_304_to_a_request_that_was_not_conditional_is_a_failure() -> None:
+    fetcher, _, _ = stub_fetcher(with_headers({}, code=304))
+    assert "not conditional" in fetch_error(fetcher.fetch({"id": "1"}))
+
+
+def test_with_freshness_origin_the_headers_set_windows_no_store_and_tags() -> None:
+    headers = {
+        b"cache-control": b"max-age=30, stale-while-revalidate=5, private",
+        b"surrogate-key": b"a b " + b"x" * 300,
+    }
+    fetcher, _, _ = stub_fetcher(with_headers(headers), freshness="origin", stale=10.0)
+    value = fetched(fetcher.fetch({"id": "1"}))
+    assert value.lifetimes is not None
+    assert (value.lifetimes.fresh, value.lifetimes.stale) == (30, 5)
+    assert value.no_store == "Cache-Control private"
+    assert (value.tags, value.tags_dropped) == (("a", "b"), 1)
+
+
+def test_an_origins_freshness_is_capped_by_max_fresh() -> None:
+    fetcher, _, _ = stub_fetcher(
+        with_headers({b"cache-control": b"s-maxage=9999"}),
+        freshness="origin",
+        fresh=60.0,
+        max_fresh=120.0,
+    )
+    lifetimes = fetched(fetcher.fetch({"id": "1"})).lifetimes
+    assert lifetimes is not None and lifetimes.fresh == 120
+    assert "capped by max_fresh" in lifetimes.why["fresh"]

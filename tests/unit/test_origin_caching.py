@@ -88,6 +88,20 @@ def test_refreshes_of_a_value_stale_at_once_wait_min_refresh() -> None:
     assert len(fetcher.calls) == 2
 
 
+def test_with_no_stale_window_a_value_stale_at_once_is_served_until_min_refresh() -> None:
+    refresher, fetcher, clock, store = make(freshness="origin", min_refresh=2.0)
+    lookup(refresher)
+    fetcher.answer(fetched(lifetimes=Lifetimes(0.0, 0.0, 0.0)))
+    for _ in range(10):
+        assert result(lookup(refresher)).status == "stale"
+        clock.advance(0.19)
+    assert len(fetcher.calls) == 1
+    clock.advance(0.2)
+    waiting = lookup(refresher)
+    assert not waiting.called  # past min_refresh: absent, fetched (once) for the callers
+    assert len(fetcher.calls) == 2
+
+
 def test_no_store_answers_the_callers_and_stores_nothing() -> None:
     refresher, fetcher, _, store = make(freshness="origin")
     waiting = [lookup(refresher) for _ in range(3)]
