@@ -64,6 +64,9 @@ from refresherd.metrics import Metrics
 DRAIN_TIMEOUT = 10.0
 """Seconds that fetches in flight may take to finish when the service stops."""
 
+OWN_TAGS_KEPT = 16384
+"""How many entries' own tags L{Refresher} remembers (all are forgotten when more come)."""
+
 NO_MARKS = ("", "")
 """The purge marks of a job and tags none of whose generation keys was ever written."""
 
@@ -114,6 +117,12 @@ class Refresher(Service):
     """The store's L{IReadsAtHand.read_at_hand}, if it has one."""
     _lags: bool = attrs.field(init=False, default=False)
     """Whether what the store has at hand may be behind it (L{IReadsAtHand.lags})."""
+    _own_tags: dict[str, tuple[str, ...]] = attrs.field(init=False, factory=dict)
+    """
+    The generation keys of the tags of its own (an origin's) that each entry
+    carried when last read, so that the next read of it takes them in the
+    same round trip (and a near cache keeps them).
+    """
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     # Service is an old-style class with class attributes; attrs leaves them alone.
@@ -141,17 +150,19 @@ class Refresher(Service):
         fetch or a read; else a Deferred of it.  Errors a caller can cause
         (L{refresherd.errors.RefresherdError}) are raised or failed with.
         """
-        read_at_hand = self._at_hand
-        at_hand = read_at_hand and read_at_hand(target.key, target.generation_keys.all)
+        keys = target.generation_keys.all
+        own = self._own_tags.get(target.key, ()) if self._own_tags else ()
+        at_hand = self._at_hand and self._at_hand(target.key, keys + own if own else keys)
         if at_hand is None:
             return Deferred.fromCoroutine(self._read_and_decide(target))
         entry, tokens = at_hand
-        if entry is not None and entry.tags is not target.tags and entry.tags != target.tags:
-            assert read_at_hand is not None
-            more = read_at_hand(target.key, self._own_tag_keys(target, entry))
-            if more is None:
-                return Deferred.fromCoroutine(self._read_and_decide(target))
-            tokens = {**tokens, **more[1]}
+        if (
+            entry is not None
+            and entry.tags is not target.tags
+            and entry.tags != target.tags
+            and self._own_tag_keys(target, entry) != own
+        ):  # Tags of its own not read with it: read them.
+            return Deferred.fromCoroutine(self._read_and_decide(target))
         entry, marks = self._seen(target, entry, tokens)
         decision = self._decide(target.job, entry)
         if decision is policy.HIT:  # Nearly every lookup.
@@ -222,12 +233,15 @@ class Refresher(Service):
         current purge marks of its job and tags, and whether the store
         answered.  The entry and the tokens are read at once (one round trip).
         """
+        keys = target.generation_keys.all
+        own = self._own_tags.get(target.key, ())
         try:
-            entry, tokens = await self.store.read(target.key, target.generation_keys.all, cached)
-            if entry is not None and entry.tags != target.tags:
-                extra = self._own_tag_keys(target, entry)
-                if extra:
-                    tokens = {**tokens, **await self.store.get_purge_tokens(extra)}
+            entry, tokens = await self.store.read(target.key, keys + own, cached)
+            now_own = () if entry is None else self._own_tag_keys(target, entry)
+            if now_own != own:
+                self._remember_own_tags(target.key, now_own)
+                if now_own:
+                    tokens = {**tokens, **await self.store.get_purge_tokens(now_own)}
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return self.outage.get(target.key), NO_MARKS, False
@@ -235,8 +249,19 @@ class Refresher(Service):
             self.outage.clear()
         return (*self._seen(target, entry, tokens), True)
 
+    def _remember_own_tags(self, key: str, own: tuple[str, ...]) -> None:
+        """Read the generation keys C{own} with C{key} from now on (at most L{OWN_TAGS_KEPT})."""
+        if not own:
+            self._own_tags.pop(key, None)
+            return
+        if len(self._own_tags) >= OWN_TAGS_KEPT:
+            self._own_tags.clear()
+        self._own_tags[key] = own
+
     def _own_tag_keys(self, target: Target, entry: Entry) -> tuple[str, ...]:
         """The generation keys of the tags C{entry} carries that its job does not name."""
+        if entry.tags is target.tags:
+            return ()
         own = tuple(tag for tag in entry.tags if tag not in target.tags)
         if not own:
             return ()

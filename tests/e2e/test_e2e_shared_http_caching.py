@@ -82,9 +82,7 @@ def test_a_no_store_answer_frees_the_other_processs_waiters_to_fetch_for_themsel
     started = time.monotonic()
     with httpx.Client(timeout=30) as client, ThreadPoolExecutor(20) as pool:
         answers = list(
-            pool.map(
-                lambda i: client.get(pair[i % 2].url + "/v1/jobs/page?name=me"), range(20)
-            )
+            pool.map(lambda i: client.get(pair[i % 2].url + "/v1/jobs/page?name=me"), range(20))
         )
     took = time.monotonic() - started
     assert {a.status_code for a in answers} == {200}

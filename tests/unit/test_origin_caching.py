@@ -11,11 +11,13 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
 from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Answer, Refresher
 from refresherd.entry import Entry, Fetched, Lifetimes
+from refresherd.interfaces import IStore
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher
@@ -245,3 +247,50 @@ def test_a_python_job_is_never_asked_to_revalidate() -> None:
     clock.advance(2)
     lookup(refresher)
     assert fetcher.calls[1].validators == ("", "")
+
+
+@implementer(IStore)
+class CountingStore:
+    """A memory store seen without IReadsAtHand, counting the reads of purge tokens."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.shared = False
+        self.token_reads = 0
+        self.reads = 0
+
+    def read(self, key: str, keys: Any, cached: bool = True) -> Any:
+        self.reads += 1
+        return self.store.read(key, keys, cached)
+
+    def get_purge_tokens(self, keys: Any) -> Any:
+        self.token_reads += 1
+        return self.store.get_purge_tokens(keys)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_the_tags_of_its_own_are_read_with_the_entry_after_the_first_read() -> None:
+    clock = task.Clock()
+    counting = CountingStore(MemoryStore(clock))
+    fetcher = FakeFetcher()
+    config = JobConfig(
+        name="j", fetch="http", url="http://o/{id}", args=("id",), fresh=60.0, freshness="origin"
+    )
+    refresher = Refresher(
+        counting,
+        {"j": Job(config, fetcher)},
+        clock,
+        "rfd",
+        metrics_for(["j"]),
+    )
+    lookup(refresher)
+    fetcher.answer(fetched(tags=("sale",)))
+    assert result(lookup(refresher)).status == "hit"  # learns the entry has tags of its own
+    before = (counting.reads, counting.token_reads)
+    for _ in range(5):
+        assert result(lookup(refresher)).status == "hit"
+    assert (counting.reads - before[0], counting.token_reads - before[1]) == (5, 0)
+    result(Deferred.fromCoroutine(refresher.purge([], [], ["sale"], False)))
+    assert not lookup(refresher).called  # purged: read as absent, fetched again
