@@ -311,12 +311,19 @@ class Flights:
             current is None
             or current.is_failure
             or current == flight.previous
-            or current.marks != flight.marks
-            or current.tags != flight.target.tags  # marks of tags of its own: not known here
             or self.clock.seconds() >= current.fresh_until
         ):
             return None
-        return current
+        if current.tags == flight.target.tags:
+            return current if current.marks == flight.marks else None
+        # Tags of its own (an origin's): purged since it was written?
+        keys = generation_keys(namespace_of(flight.key), flight.target.job.name, current.tags)
+        try:
+            tokens = await self.store.get_purge_tokens(keys.all)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="get").inc()
+            return None
+        return current if keys.marks(tokens) == current.marks else None
 
     async def _lease(self, flight: Flight) -> str | None:
         """The lease for a flight that writes to the store; None when held elsewhere."""

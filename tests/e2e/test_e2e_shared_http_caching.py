@@ -115,3 +115,25 @@ def test_a_304_renewal_in_one_process_is_read_by_the_other(
     assert renewed.json()["value"] == "x" * 300_000
     assert origin.conditions["/pages/doc"] == [None, '"v1"']
     assert len(origin.bodies("/pages/doc")) == 1
+
+
+def test_a_stale_tagged_value_asked_through_both_processes_is_refreshed_once(
+    pair: list[Service], origin: Origin
+) -> None:
+    origin.set(
+        "/pages/hot",
+        body=b'{"fetch": {n}}',
+        delay=0.3,
+        headers={"Surrogate-Key": "sale", "Cache-Control": "max-age=1"},
+    )
+    get(pair[0], "hot")
+    get(pair[1], "hot")
+    time.sleep(1.05)
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(20) as pool:
+        answers = list(
+            pool.map(lambda i: client.get(pair[i % 2].url + "/v1/jobs/page?name=hot"), range(40))
+        )
+    assert {a.json()["status"] for a in answers} <= {"stale", "hit"}
+    wait_until(lambda: all(get(s, "hot").json()["value"] == {"fetch": 2} for s in pair))
+    time.sleep(0.5)  # a second refresh, were there one, would reach the origin by now
+    assert origin.count("/pages/hot") == 2

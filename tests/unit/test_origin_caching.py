@@ -294,3 +294,43 @@ def test_the_tags_of_its_own_are_read_with_the_entry_after_the_first_read() -> N
     assert (counting.reads - before[0], counting.token_reads - before[1]) == (5, 0)
     result(Deferred.fromCoroutine(refresher.purge([], [], ["sale"], False)))
     assert not lookup(refresher).called  # purged: read as absent, fetched again
+
+
+def test_a_tagged_value_another_process_wrote_meanwhile_is_not_fetched_again() -> None:
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    store = MemoryStore(clock)
+
+    def process(concurrency: int) -> tuple[Refresher, FakeFetcher]:
+        fetcher = FakeFetcher()
+        config = JobConfig(
+            name="j",
+            fetch="http",
+            url="http://o/{id}",
+            args=("id",),
+            fresh=60.0,
+            stale=100.0,
+            freshness="origin",
+            concurrency=concurrency,
+        )
+        refresher = Refresher(
+            store, {"j": Job(config, fetcher)}, clock, "rfd", metrics_for(["j"]), random=lambda: 0.9
+        )
+        return refresher, fetcher
+
+    one, one_fetcher = process(8)
+    other, other_fetcher = process(1)
+
+    def ask(refresher: Refresher, id: str) -> Any:
+        return as_deferred(lambda: refresher.lookup(refresher.target("j", {"id": id})))
+
+    ask(one, "1")
+    one_fetcher.answer(fetched(b"old", tags=("sale",)))
+    clock.advance(61)
+    ask(other, "2")  # takes the other process's only slot
+    assert result(ask(other, "1")).status == "stale"  # its refresh waits for the slot
+    assert result(ask(one, "1")).status == "stale"
+    one_fetcher.answer(fetched(b"new", tags=("sale",)))  # written, lease released
+    other_fetcher.answer(fetched(b"two"), index=0)  # the slot comes free
+    assert [call.args for call in other_fetcher.calls] == [{"id": "2"}]
+    assert result(ask(other, "1")).entry.body == b"new"
