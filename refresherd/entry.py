@@ -206,8 +206,8 @@ def value_entry(
     until then at least.
     C{tags} are the job's, and the fetched ones follow them.  For a
     C{not_modified} answer, C{previous} (the value revalidated) is renewed:
-    its body, content type, served ETag and, unless the answer names some,
-    its tags stay; its windows start again at C{now}.
+    its body, content type and served ETag stay, and each of its validators
+    unless the answer gives a new one; its windows start again at C{now}.
     """
     lifetimes = fetched.lifetimes
     if lifetimes is not None:
@@ -219,14 +219,15 @@ def value_entry(
         # No refresh before min_refresh, and served (stale) until then.
         retry_at = now + min_refresh
         stale_until = max(stale_until, retry_at)
-    all_tags = tuple(dict.fromkeys(tags + fetched.tags))
+    all_tags = tuple(dict.fromkeys(tags + fetched.tags)) if fetched.tags else tags
     if fetched.not_modified:
         if previous is None or previous.body is None:
             raise ValueError("a 304 renews a stored value, and there is none")
         body, content_type, etag = previous.body, previous.content_type, previous.etag
-        validators = fetched.validators if any(fetched.validators) else previous.validators
-        if not fetched.tags:
-            all_tags = previous.tags
+        validators = (
+            fetched.validators[0] or previous.validators[0],
+            fetched.validators[1] or previous.validators[1],
+        )
     else:
         body, content_type = fetched.body, fetched.content_type
         etag, validators = make_etag(body, now), fetched.validators

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from refresherd.core import policy
 from refresherd.core.attempts import Attempts
 from refresherd.core.jobs import Target, may_tag
-from refresherd.core.marks import generation_keys, namespace_of, tag_purge_keys
+from refresherd.core.marks import OwnTags, namespace_of, tag_purge_keys
 from refresherd.core.outage import Outage
 from refresherd.entry import NO_VALIDATORS, Entry
 from refresherd.errors import FetchError, FetchFailed, Overloaded, StoreUnavailable, WaitTimeout
@@ -314,16 +314,16 @@ class Flights:
             or self.clock.seconds() >= current.fresh_until
         ):
             return None
-        if current.tags == flight.target.tags:
+        own = flight.target.own_tags(current.tags)
+        if own is None:
             return current if current.marks == flight.marks else None
         # Tags of its own (an origin's): purged since it was written?
-        keys = generation_keys(namespace_of(flight.key), flight.target.job.name, current.tags)
         try:
-            tokens = await self.store.get_purge_tokens(keys.all)
+            tokens = await self.store.get_purge_tokens(own.all.all)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return None
-        return current if keys.marks(tokens) == current.marks else None
+        return current if own.all.marks(tokens) == current.marks else None
 
     async def _lease(self, flight: Flight) -> str | None:
         """The lease for a flight that writes to the store; None when held elsewhere."""
@@ -371,8 +371,9 @@ class Flights:
         if previous is not None and previous.is_failure:
             previous = None
         validators = previous.validators if previous is not None else NO_VALIDATORS
-        if job.config.fetch != "http":
-            validators = NO_VALIDATORS  # only the http fetcher revalidates
+        if job.config.fetch != "http" or job.config.method != "GET":
+            # Only GETs of the http fetcher revalidate (a POST's condition is a 412).
+            validators = NO_VALIDATORS
         before = await self._tag_purges(flight) if flight.persist and may_tag(job) else None
         try:
             fetched, duration = await flight.abortable(
@@ -403,9 +404,12 @@ class Flights:
         if not flight.persist:
             self.outage.keep(flight.key, entry)
             return entry
-        if entry.tags != target.tags:
-            marked = await self._marked(flight, entry, before, now)
+        own = target.own_tags(entry.tags)
+        if own is not None:
+            marked = await self._marked(flight, entry, own, before, now)
             if marked is None:
+                if previous is not None:
+                    await self._hold_off(flight, previous, lease, now)
                 flight.persist = False
                 return entry
             entry = marked
@@ -439,33 +443,37 @@ class Flights:
         return tokens.get(keys[0], ""), tokens.get(keys[1], "")
 
     async def _marked(
-        self, flight: Flight, entry: Entry, before: tuple[str, str] | None, now: float
+        self,
+        flight: Flight,
+        entry: Entry,
+        own: OwnTags,
+        before: tuple[str, str] | None,
+        now: float,
     ) -> Entry | None:
         """
-        C{entry}, which carries tags its job does not name (from the origin),
-        with the purge marks of all its tags; or None when it must not be
-        stored.  The tokens of those tags are read only now, so a purge that
-        ran during the fetch is told by the keys every purge by tag renews,
-        and by the job's and its own tags' marks: a hard purge meanwhile
-        leaves the value unstored (its callers get it), a soft one stores it
-        stale at once (one more refresh).
+        C{entry}, which carries tags of its C{own} (from the origin), with the
+        purge marks of all its tags; or None when it must not be stored.  The
+        tokens of those tags are read only now, so a purge that ran during
+        the fetch is told by the keys every purge by tag renews (written
+        before the tags' own keys, and read here after them), and by the
+        job's and its own tags' marks: a hard purge meanwhile leaves the
+        value unstored (its callers get it), a soft one stores it stale at
+        once (one more refresh).
         """
-        target = flight.target
-        namespace = namespace_of(flight.key)
-        keys = generation_keys(namespace, target.job.name, entry.tags)
-        purge_keys = tag_purge_keys(namespace)
+        purge_keys = tag_purge_keys(namespace_of(flight.key))
         try:
-            tokens = await self.store.get_purge_tokens((*keys.all, *purge_keys))
+            tokens = await self.store.get_purge_tokens(own.all.all)
+            purges = await self.store.get_purge_tokens(purge_keys)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return None
-        after = (tokens.get(purge_keys[0], ""), tokens.get(purge_keys[1], ""))
-        own = target.generation_keys.marks(tokens)
-        if before is None or after[0] != before[0] or own[0] != flight.marks[0]:
+        after = (purges.get(purge_keys[0], ""), purges.get(purge_keys[1], ""))
+        marks = flight.target.generation_keys.marks(tokens)
+        if before is None or after[0] != before[0] or marks[0] != flight.marks[0]:
             return None
-        entry = attrs.evolve(entry, marks=keys.marks(tokens))
-        if after[1] != before[1] or own[1] != flight.marks[1]:
-            config = target.job.config
+        entry = attrs.evolve(entry, marks=own.all.marks(tokens))
+        if after[1] != before[1] or marks[1] != flight.marks[1]:
+            config = flight.target.job.config
             grace = policy.lease_ttl(config.timeout, config.retries)
             entry = policy.soft_purged(entry, now, grace)
         return entry

@@ -12,7 +12,13 @@ from twisted.internet import defer
 
 from refresherd.config import JobConfig
 from refresherd.core.args import check_args
-from refresherd.core.marks import GenerationKeys, generation_keys
+from refresherd.core.marks import (
+    GenerationKeys,
+    OwnTags,
+    generation_keys,
+    namespace_of,
+    own_tags,
+)
 from refresherd.core.templates import render_tags
 from refresherd.entry import Entry, Fetched, value_entry
 from refresherd.errors import UnknownJob
@@ -59,6 +65,13 @@ class Target:
     tags: tuple[str, ...] = ()
     """The job's tags filled with these arguments."""
 
+    def own_tags(self, tags: tuple[str, ...]) -> OwnTags | None:
+        """The tags of its own among an entry's C{tags} (those its job does not name), or None."""
+        if tags is self.tags or tags == self.tags:
+            return None
+        keys = self.generation_keys
+        return own_tags(namespace_of(self.key), self.job.name, keys, self.tags, tags)
+
     def new_entry(
         self,
         fetched: Fetched,
@@ -72,6 +85,10 @@ class Target:
         purge C{marks}; a 304 renews C{previous} (L{value_entry}).
         """
         config = self.job.config
+        if fetched.not_modified and not fetched.tags and previous is not None and may_tag(self.job):
+            own = self.own_tags(previous.tags)  # kept: the 304 names none
+            if own is not None:
+                fetched = attrs.evolve(fetched, tags=own.names)
         return value_entry(
             fetched,
             job=self.job.name,

@@ -69,16 +69,52 @@ class GenerationKeys:
         return _mark(self.hard, tokens), _mark(self.soft, tokens)
 
 
-@functools.lru_cache(maxsize=4096)
-def generation_keys(namespace: str, job: str, tags: tuple[str, ...]) -> GenerationKeys:
-    """
-    The hard and soft generation keys of C{job} and of each of its C{tags}
-    (cached: they are computed for every lookup).
-    """
+def build_generation_keys(namespace: str, job: str, tags: tuple[str, ...]) -> GenerationKeys:
+    """The hard and soft generation keys of C{job} and of each of its C{tags}."""
     names = [("job", job)] + [("tag", tag) for tag in dict.fromkeys(tags)]
     return GenerationKeys(
         tuple(generation_key(namespace, kind, name, hard=True) for kind, name in names),
         tuple(generation_key(namespace, kind, name, hard=False) for kind, name in names),
+    )
+
+
+generation_keys = functools.lru_cache(maxsize=4096)(build_generation_keys)
+"""
+L{build_generation_keys}, cached, for a job's own tags (computed for every
+lookup of a new target).  Tags that come from elsewhere (an origin, the
+store) are many and varied: they use L{build_generation_keys}.
+"""
+
+
+@attrs.frozen
+class OwnTags:
+    """The tags an entry carries of its own (an origin's), beside its job's."""
+
+    tags: tuple[str, ...]
+    """All the entry's tags, as read."""
+    names: tuple[str, ...]
+    """Those its job does not name."""
+    keys: tuple[str, ...]
+    """The hard, then the soft generation keys of C{names}: read with the entry."""
+    all: GenerationKeys
+    """The generation keys of its job, the job's tags and its own: what its marks cover."""
+
+
+def own_tags(
+    namespace: str,
+    job: str,
+    job_keys: GenerationKeys,
+    job_tags: tuple[str, ...],
+    tags: tuple[str, ...],
+) -> OwnTags | None:
+    """The tags of its own among an entry's C{tags}, or None when it has none."""
+    names = tuple(tag for tag in dict.fromkeys(tags) if tag not in job_tags)
+    if not names:
+        return None
+    extra = build_generation_keys(namespace, job, names)
+    hard, soft = extra.hard[1:], extra.soft[1:]  # the job's own keys come first
+    return OwnTags(
+        tags, names, hard + soft, GenerationKeys(job_keys.hard + hard, job_keys.soft + soft)
     )
 
 
@@ -92,7 +128,7 @@ def renewed(
     """
     if marks == (NO_MARK, NO_MARK):
         return ()
-    return generation_keys(namespace_of(entry_key), job, tags).all
+    return build_generation_keys(namespace_of(entry_key), job, tags).all
 
 
 def namespace_of(entry_key: str) -> str:

@@ -14,6 +14,7 @@ with no Deferred: that is nearly every request.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,8 +30,9 @@ from refresherd.core.attempts import Attempts
 from refresherd.core.flights import Flight, Flights, store_ttl
 from refresherd.core.jobs import Job, Target, Targets
 from refresherd.core.marks import (
+    OwnTags,
     Purge,
-    generation_keys,
+    build_generation_keys,
     generation_ttl,
     purge_of,
     tag_purge_keys,
@@ -64,8 +66,11 @@ from refresherd.metrics import Metrics
 DRAIN_TIMEOUT = 10.0
 """Seconds that fetches in flight may take to finish when the service stops."""
 
-OWN_TAGS_KEPT = 16384
-"""How many entries' own tags L{Refresher} remembers (all are forgotten when more come)."""
+OWN_TAG_KEYS_KEPT = 65536
+"""
+How many generation keys of entries' own tags L{Refresher} remembers, the
+oldest forgotten first: 256 entries with 64 tags of their own, 16384 with 2.
+"""
 
 NO_MARKS = ("", "")
 """The purge marks of a job and tags none of whose generation keys was ever written."""
@@ -117,12 +122,14 @@ class Refresher(Service):
     """The store's L{IReadsAtHand.read_at_hand}, if it has one."""
     _lags: bool = attrs.field(init=False, default=False)
     """Whether what the store has at hand may be behind it (L{IReadsAtHand.lags})."""
-    _own_tags: dict[str, tuple[str, ...]] = attrs.field(init=False, factory=dict)
+    _own_tags: OrderedDict[str, OwnTags] = attrs.field(init=False, factory=OrderedDict)
     """
-    The generation keys of the tags of its own (an origin's) that each entry
-    carried when last read, so that the next read of it takes them in the
+    The tags of its own (an origin's) that each entry carried when last
+    read, so that the next read of it takes their generation keys in the
     same round trip (and a near cache keeps them).
     """
+    _own_tag_keys: int = attrs.field(init=False, default=0)
+    """How many generation keys L{_own_tags} holds."""
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     # Service is an old-style class with class attributes; attrs leaves them alone.
@@ -151,19 +158,17 @@ class Refresher(Service):
         (L{refresherd.errors.RefresherdError}) are raised or failed with.
         """
         keys = target.generation_keys.all
-        own = self._own_tags.get(target.key, ()) if self._own_tags else ()
-        at_hand = self._at_hand and self._at_hand(target.key, keys + own if own else keys)
+        remembered = self._own_tags.get(target.key) if self._own_tags else None
+        if remembered is not None:
+            keys = keys + remembered.keys
+        at_hand = self._at_hand and self._at_hand(target.key, keys)
         if at_hand is None:
             return Deferred.fromCoroutine(self._read_and_decide(target))
         entry, tokens = at_hand
-        if (
-            entry is not None
-            and entry.tags is not target.tags
-            and entry.tags != target.tags
-            and self._own_tag_keys(target, entry) != own
-        ):  # Tags of its own not read with it: read them.
+        own = self._own(target, entry)
+        if own is not remembered:  # Tags of its own not read with it: read them.
             return Deferred.fromCoroutine(self._read_and_decide(target))
-        entry, marks = self._seen(target, entry, tokens)
+        entry, marks = self._seen(target, entry, tokens, own)
         decision = self._decide(target.job, entry)
         if decision is policy.HIT:  # Nearly every lookup.
             return Answer(target.job.name, target.key, "hit", entry)
@@ -234,54 +239,64 @@ class Refresher(Service):
         answered.  The entry and the tokens are read at once (one round trip).
         """
         keys = target.generation_keys.all
-        own = self._own_tags.get(target.key, ())
+        remembered = self._own_tags.get(target.key)
+        if remembered is not None:
+            keys = keys + remembered.keys
         try:
-            entry, tokens = await self.store.read(target.key, keys + own, cached)
-            now_own = () if entry is None else self._own_tag_keys(target, entry)
-            if now_own != own:
-                self._remember_own_tags(target.key, now_own)
-                if now_own:
-                    tokens = {**tokens, **await self.store.get_purge_tokens(now_own)}
+            entry, tokens = await self.store.read(target.key, keys, cached)
+            own = self._own(target, entry)
+            if own is not remembered:
+                self._remember(target.key, own)
+                if own is not None and (remembered is None or own.keys != remembered.keys):
+                    tokens = {**tokens, **await self.store.get_purge_tokens(own.keys)}
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="get").inc()
             return self.outage.get(target.key), NO_MARKS, False
         if self.outage.holding:
             self.outage.clear()
-        return (*self._seen(target, entry, tokens), True)
+        return (*self._seen(target, entry, tokens, own), True)
 
-    def _remember_own_tags(self, key: str, own: tuple[str, ...]) -> None:
-        """Read the generation keys C{own} with C{key} from now on (at most L{OWN_TAGS_KEPT})."""
-        if not own:
-            self._own_tags.pop(key, None)
+    def _own(self, target: Target, entry: Entry | None) -> OwnTags | None:
+        """The tags of its own C{entry} carries (an origin's), as remembered if they are."""
+        if entry is None or entry.tags is target.tags:
+            return None
+        remembered = self._own_tags.get(target.key)
+        if remembered is not None and remembered.tags == entry.tags:
+            return remembered
+        return target.own_tags(entry.tags)
+
+    def _remember(self, key: str, own: OwnTags | None) -> None:
+        """
+        Read the generation keys of C{own} with C{key} from now on: at most
+        L{OWN_TAG_KEYS_KEPT} keys in all, the oldest forgotten first.
+        """
+        forgotten = self._own_tags.pop(key, None)
+        if forgotten is not None:
+            self._own_tag_keys -= len(forgotten.keys)
+        if own is None:
             return
-        if len(self._own_tags) >= OWN_TAGS_KEPT:
-            self._own_tags.clear()
         self._own_tags[key] = own
-
-    def _own_tag_keys(self, target: Target, entry: Entry) -> tuple[str, ...]:
-        """The generation keys of the tags C{entry} carries that its job does not name."""
-        if entry.tags is target.tags:
-            return ()
-        own = tuple(tag for tag in entry.tags if tag not in target.tags)
-        if not own:
-            return ()
-        keys = generation_keys(self.namespace, target.job.name, own)
-        return keys.hard[1:] + keys.soft[1:]  # the job's own come first
+        self._own_tag_keys += len(own.keys)
+        while self._own_tag_keys > OWN_TAG_KEYS_KEPT:
+            _, oldest = self._own_tags.popitem(last=False)
+            self._own_tag_keys -= len(oldest.keys)
 
     def _seen(
-        self, target: Target, entry: Entry | None, tokens: Mapping[str, str]
+        self,
+        target: Target,
+        entry: Entry | None,
+        tokens: Mapping[str, str],
+        own: OwnTags | None = None,
     ) -> tuple[Entry | None, tuple[str, str]]:
         """
-        The entry as a request should see it, purges applied (those of all
-        the tags it carries, the origin's too: C{tokens} has theirs), and the
-        current marks of its job and the job's tags.
+        The entry as a request should see it, purges applied (those of its
+        job's tags and of its C{own}, an origin's: C{tokens} has theirs), and
+        the current marks of its job and the job's tags.
         """
         marks = target.generation_keys.marks(tokens)
         if entry is None:
             return entry, marks
-        current = marks
-        if entry.tags is not target.tags and entry.tags != target.tags:
-            current = generation_keys(self.namespace, target.job.name, entry.tags).marks(tokens)
+        current = marks if own is None else own.all.marks(tokens)
         if entry.marks != current:
             entry = self._unpurged(target.job, entry, purge_of(entry.marks, current))
         return entry, marks
@@ -377,15 +392,21 @@ class Refresher(Service):
             for kind, names in (("job", jobs), ("tag", tags))
             for name in names
         ]
-        if tags:  # told to fetches whose tags come with their answer (flights.Flights._marked)
-            named.append(tag_purge_keys(self.namespace)[0 if not soft else 1])
-        writes: list[Deferred[Any]] = [
-            Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys
-        ]
         ttl = generation_ttl(self._longest_lifetime())
-        writes += [self.store.new_purge_token(key, ttl) for key in named]
         try:
+            if tags:
+                # Told to fetches whose tags come with their answer, before the
+                # tags' own keys (flights.Flights._marked reads them after).
+                key = tag_purge_keys(self.namespace)[1 if soft else 0]
+                await self.store.new_purge_token(key, ttl)
+            writes: list[Deferred[Any]] = [
+                Deferred.fromCoroutine(self._purge_key(key, soft)) for key in keys
+            ]
+            writes += [self.store.new_purge_token(key, ttl) for key in named]
             await defer.gatherResults(writes, consumeErrors=True)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels(operation="purge").inc()
+            raise
         except defer.FirstError as e:
             if e.subFailure.check(StoreUnavailable):
                 self.metrics.store_errors.labels(operation="purge").inc()
@@ -431,7 +452,7 @@ class Refresher(Service):
         entry: Entry | None = await self.store.get(key)
         if entry is None:
             raise NotFound(f"no entry {key!r}")
-        keys = generation_keys(self.namespace, entry.job, entry.tags)
+        keys = build_generation_keys(self.namespace, entry.job, entry.tags)
         tokens = await self.store.get_purge_tokens(keys.all)
         return entry, purge_of(entry.marks, keys.marks(tokens))
 

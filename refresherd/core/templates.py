@@ -96,4 +96,5 @@ def render_json(template: Any, args: Mapping[str, str]) -> Any:
 
 
 def render_tags(tags: Iterable[str], args: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(render_text(tag, args) for tag in tags)
+    """The tags filled with C{args}, each once (C{obj:{a}} and C{obj:{b}} may fill alike)."""
+    return tuple(dict.fromkeys(render_text(tag, args) for tag in tags))

@@ -79,6 +79,12 @@ from refresherd.signing import SIGNATURE_HEADER
 from refresherd.signing import sign as sign_request
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_CACHING_BYTES = 16384
+"""
+The most bytes of caching headers read from an answer (all the lines of
+those L{http_caching.HEADERS} together); past it, none is: no validators,
+and with C{freshness = "origin"} the answer is not stored.
+"""
 USER_AGENT = f"refresherd/{__version__}"
 _WRAPPERS = (
     ResponseNeverReceived,
@@ -370,7 +376,12 @@ class HTTPFetcher:
         windows (bounded by the job's), whether to store it and its tags.
         """
         job = self.job
-        said = http_caching.parse(_caching_headers(response.headers), self.clock.seconds())
+        headers = _caching_headers(response.headers)
+        if sum(len(line) for lines in headers.values() for line in lines) > MAX_CACHING_BYTES:
+            # Not read (the parser's time grows with them): the safe reading.
+            too_many = f"caching headers over {MAX_CACHING_BYTES} bytes"
+            return Fetched(b"", "", no_store=too_many if job.freshness == "origin" else "")
+        said = http_caching.parse(headers, self.clock.seconds())
         validators = (said.etag or "", said.last_modified or "")
         if job.freshness != "origin":
             return Fetched(b"", "", validators=validators)

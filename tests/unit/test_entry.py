@@ -512,7 +512,7 @@ def test_an_entry_with_its_own_windows_is_floored_by_min_refresh() -> None:
 
 def test_a_304_renews_the_previous_value_keeping_body_content_type_and_etag() -> None:
     previous = an_entry(etag='W/"old"', tags=("t", "origin"), validators=('"v1"', ""))
-    renewal = Fetched(b"", "", not_modified=True)
+    renewal = Fetched(b"", "", not_modified=True, tags=("origin",))
     entry = value_entry(
         renewal,
         job="tweets",
@@ -533,6 +533,7 @@ def test_a_304_renews_the_previous_value_keeping_body_content_type_and_etag() ->
         ('"v1"', ""),
     )
     assert (entry.fetched_at, entry.fresh_until, entry.stale_until) == (500.0, 560.0, 570.0)
+    renewal = Fetched(b"", "", not_modified=True)
     with pytest.raises(ValueError):
         value_entry(
             renewal,
@@ -545,3 +546,21 @@ def test_a_304_renews_the_previous_value_keeping_body_content_type_and_etag() ->
             stale=0,
             stale_if_error=0,
         )
+
+
+def test_a_304_replaces_each_validator_only_when_it_sends_one() -> None:
+    previous = an_entry(etag='W/"old"', validators=('"e1"', "Mon, 07 Nov 1994 08:49:37 GMT"))
+    renewal = Fetched(b"", "", not_modified=True, validators=("", "Tue, 08 Nov 1994 08:49:37 GMT"))
+    entry = value_entry(
+        renewal,
+        job="tweets",
+        args={"user": "bob"},
+        tags=(),
+        now=500.0,
+        duration=0.01,
+        fresh=60,
+        stale=0,
+        stale_if_error=0,
+        previous=previous,
+    )
+    assert entry.validators == ('"e1"', "Tue, 08 Nov 1994 08:49:37 GMT")

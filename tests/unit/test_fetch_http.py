@@ -464,3 +464,18 @@ def test_an_origins_freshness_is_capped_by_max_fresh() -> None:
     lifetimes = fetched(fetcher.fetch({"id": "1"})).lifetimes
     assert lifetimes is not None and lifetimes.fresh == 120
     assert "capped by max_fresh" in lifetimes.why["fresh"]
+
+
+def test_caching_headers_past_the_bound_are_not_read_and_the_answer_not_stored() -> None:
+    def huge(request: Request) -> bytes | int:
+        for _ in range(3):  # three lines, each under the server's limit
+            request.responseHeaders.addRawHeader(b"cache-control", b"max-age=60, " + b"x" * 6000)
+        return with_headers(VALIDATORS)(request)
+
+    fetcher, _, _ = stub_fetcher(huge, freshness="origin")
+    value = fetched(fetcher.fetch({"id": "1"}))
+    assert value.no_store == "caching headers over 16384 bytes"
+    assert (value.validators, value.lifetimes) == (("", ""), None)
+    plain, _, _ = stub_fetcher(huge)
+    value = fetched(plain.fetch({"id": "1"}))
+    assert (value.no_store, value.validators) == ("", ("", ""))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from refresherd.config import JobConfig
+from refresherd.core import refresher as refresher_module
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Answer, Refresher
 from refresherd.entry import Entry, Fetched, Lifetimes
@@ -41,7 +43,11 @@ def make(**settings: Any) -> tuple[Refresher, FakeFetcher, task.Clock, MemorySto
 
 
 def lookup(refresher: Refresher) -> Any:
-    return as_deferred(lambda: refresher.lookup(refresher.target("j", {"id": "1"})))
+    return ask_id(refresher, "1")
+
+
+def ask_id(refresher: Refresher, id: str) -> Any:
+    return as_deferred(lambda: refresher.lookup(refresher.target("j", {"id": id})))
 
 
 def stored(store: MemoryStore) -> Entry | None:
@@ -334,3 +340,130 @@ def test_a_tagged_value_another_process_wrote_meanwhile_is_not_fetched_again() -
     other_fetcher.answer(fetched(b"two"), index=0)  # the slot comes free
     assert [call.args for call in other_fetcher.calls] == [{"id": "2"}]
     assert result(ask(other, "1")).entry.body == b"new"
+
+
+def test_a_job_whose_tags_fill_alike_stores_its_values() -> None:
+    refresher, fetcher, _, store = make(tags=["obj:{id}", "obj:{id}", "x", "x"])
+    lookup(refresher)
+    fetcher.answer(fetched())
+    entry = stored(store)
+    assert entry is not None and entry.tags == ("obj:1", "x")
+    assert result(lookup(refresher)).status == "hit"
+    assert len(fetcher.calls) == 1
+
+
+def an_old_entry(clock: task.Clock, tags: tuple[str, ...], **changes: Any) -> Entry:
+    """A stale value written under another configuration of job j, with validators."""
+    now = clock.seconds()
+    return Entry(
+        body=b"old",
+        content_type="text/plain",
+        fetched_at=now - 100,
+        fresh_until=now - 40,
+        stale_until=now + 1000,
+        error_until=now - 40,
+        duration=0.1,
+        job="j",
+        args={"id": "1"},
+        tags=tags,
+        etag='W/"old"',
+        validators=('"v1"', ""),
+        **changes,
+    )
+
+
+def test_a_purge_of_a_tag_the_job_gained_reaches_an_entry_written_without_it() -> None:
+    refresher, fetcher, clock, store = make(tags=["new"])
+    result(store.put(KEY, attrs.evolve(an_old_entry(clock, ("old",)), fresh_until=2e6), 3600))
+    assert result(lookup(refresher)).status == "hit"
+    purge(refresher, ["new"])
+    assert not lookup(refresher).called  # purged: fetched again
+    purge(refresher, ["old"])  # and the tag it carries still reaches it (it is its own now)
+    assert len(fetcher.calls) == 1
+
+
+def test_a_304_renews_with_the_jobs_tags_and_only_origin_jobs_keep_tags_of_their_own() -> None:
+    for freshness, tags in (("job", ("new",)), ("origin", ("new", "sale"))):
+        refresher, fetcher, clock, store = make(tags=["new"], freshness=freshness, stale=2000.0)
+        result(store.put(KEY, an_old_entry(clock, ("sale",)), 3600))
+        assert result(lookup(refresher)).status == "stale"
+        assert fetcher.calls[0].validators == ('"v1"', "")
+        fetcher.answer(Fetched(b"", "", not_modified=True))
+        entry = stored(store)
+        assert entry is not None and (entry.body, entry.tags) == (b"old", tags), freshness
+        for _ in range(3):
+            assert result(lookup(refresher)).status == "hit"
+        assert len(fetcher.calls) == 1
+
+
+def test_a_post_job_never_revalidates() -> None:
+    refresher, fetcher, clock, store = make(method="POST", stale=2000.0)
+    result(store.put(KEY, an_old_entry(clock, ()), 3600))
+    result(lookup(refresher))
+    assert fetcher.calls[0].validators == ("", "")
+
+
+def test_a_value_left_unstored_by_a_purge_during_its_fetch_holds_the_old_one_off() -> None:
+    refresher, fetcher, clock, store = make(freshness="origin", stale=2000.0, min_refresh=5.0)
+    result(store.put(KEY, an_old_entry(clock, ()), 3600))
+    assert result(lookup(refresher)).status == "stale"
+    purge(refresher, ["elsewhere"])  # some purge by tag during the fetch
+    fetcher.answer(fetched(b"new", tags=("sale",)))
+    entry = stored(store)
+    assert entry is not None and entry.body == b"old"
+    assert entry.retry_at == clock.seconds() + 5
+    for _ in range(5):
+        assert result(lookup(refresher)).status == "stale"
+    assert len(fetcher.calls) == 1
+
+
+def test_the_tags_remembered_are_bounded_by_their_keys_oldest_first(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(refresher_module, "OWN_TAG_KEYS_KEPT", 8)
+    refresher, fetcher, _, store = make(freshness="origin")
+    for id in ("1", "2", "3"):
+        ask_id(refresher, id)
+        fetcher.answer(fetched(tags=("a", "b")))  # 4 keys each: 2 tags, hard and soft
+        result(ask_id(refresher, id))
+    assert list(refresher._own_tags) == ["rfd:j:v1:id=2", "rfd:j:v1:id=3"]
+    assert refresher._own_tag_keys == 8
+
+
+@implementer(IStore)
+class HeldPurges:
+    """A memory store whose writes of the keys every purge by tag renews wait for the test."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.order: list[str] = []
+        self.held: list[Deferred[str]] = []
+
+    def new_purge_token(self, key: str, ttl: float) -> Deferred[str]:
+        self.order.append(key)
+        if key.endswith(":tags"):
+            held: Deferred[str] = Deferred()
+            self.held.append(held)
+            return held
+        return self.store.new_purge_token(key, ttl)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_purge_by_tag_tells_the_fetches_before_it_writes_the_tags_own_keys() -> None:
+    clock = task.Clock()
+    store = HeldPurges(MemoryStore(clock))
+    config = JobConfig(name="j", fetch="python", callable="x:y", fresh=1.0)
+    refresher = Refresher(
+        store,
+        {"j": Job(config, FakeFetcher())},
+        clock,
+        "rfd",
+        metrics_for(["j"]),
+    )
+    done = Deferred.fromCoroutine(refresher.purge([], [], ["t"], False))
+    assert store.order == ["rfd:gen:hard:tags"]  # nothing else until it is written
+    store.held[0].callback("token")
+    assert store.order == ["rfd:gen:hard:tags", "rfd:gen:hard:tag:t"]
+    assert result(done) == 1
