@@ -156,28 +156,57 @@ class MemcachedLayoutTests(MemcachedTestCase):
         await store.put(key, entry, LONG_TTL)
         self.assertEqual(self.server.get(key.encode()), encode(entry))
 
-    async def test_large_entry_is_a_manifest_naming_chunks_that_join_into_the_entry(self) -> None:
+    def chunks_of(self, key: str, generation: str, count: int, item_limit: int) -> bytes:
+        """The chunks of C{generation} under C{key}, joined, read as docs/memcached.md says."""
+        namespace, _, rest = key.partition(":")
+        chunks = []
+        for i in range(count):
+            chunk = f"{namespace}:chunk:{generation}:{i}:{rest}"
+            value = self.server.get(chunk.encode())
+            assert value is not None
+            self.assertLessEqual(len(chunk) + len(value) + 1024, item_limit)
+            chunks.append(value)
+        return b"".join(chunks)
+
+    async def test_large_entry_is_a_manifest_with_its_metadata_naming_chunks_of_its_body(
+        self,
+    ) -> None:
         store = await self.ready_store()
         key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
         await store.put(key, entry, LONG_TTL)
         raw = self.server.get(key.encode())
+        assert raw is not None and entry.body is not None
+        data = encode(entry)
+        metadata = data[: data.index(b"\n") + 1]
+        head, _, rest = raw.partition(b"\n")
+        self.assertTrue(head.startswith(b"manifest 2 "), head)
+        self.assertEqual(rest, metadata)
+        _, version, generation, count, length, digest = head.decode().split(" ")
+        body = entry.body
+        self.assertEqual(int(count), math.ceil(len(body) / chunk_size(DEFAULT_ITEM_LIMIT)))
+        self.assertEqual(int(length), len(body))
+        self.assertEqual(digest, hashlib.sha256(body).hexdigest())
+        joined = self.chunks_of(key, generation, int(count), DEFAULT_ITEM_LIMIT)
+        self.assertEqual(rest + joined, data)
+
+    async def test_metadata_too_large_for_a_manifest_makes_one_of_version_1(self) -> None:
+        """Version 1 names chunks that join into the whole entry, as older releases wrote."""
+        store = await self.ready_store(item_limit=MIN_ITEM_LIMIT)
+        key = self.unique_key(id="1")
+        entry = sample_entry(
+            os.urandom(20_000), tags=tuple(f"tag:{i:04}:{'x' * 20}" for i in range(250))
+        )
+        data = encode(entry)
+        self.assertGreater(data.index(b"\n"), MIN_ITEM_LIMIT)
+        await store.put(key, entry, LONG_TTL)
+        raw = self.server.get(key.encode())
         assert raw is not None
         self.assertTrue(raw.startswith(b"manifest 1 "), raw[:40])
-        self.assertTrue(raw.endswith(b"\n"))
-        manifest = parse_manifest(raw, LARGEST)
-        data = encode(entry)
-        self.assertEqual(manifest.count, math.ceil(len(data) / chunk_size(DEFAULT_ITEM_LIMIT)))
-        self.assertEqual(manifest.length, len(data))
-        self.assertEqual(manifest.sha256, hashlib.sha256(data).hexdigest())
-        namespace, _, rest = key.partition(":")
-        chunks = []
-        for i in range(manifest.count):
-            chunk = f"{namespace}:chunk:{manifest.generation}:{i}:{rest}"
-            value = self.server.get(chunk.encode())
-            assert value is not None
-            self.assertLessEqual(len(chunk) + len(value) + 1024, DEFAULT_ITEM_LIMIT)
-            chunks.append(value)
-        self.assertEqual(b"".join(chunks), data)
+        self.assertTrue(raw.endswith(b"\n") and raw.count(b"\n") == 1)
+        _, version, generation, count, length, digest = raw.decode().split()
+        self.assertEqual((int(length), digest), (len(data), hashlib.sha256(data).hexdigest()))
+        self.assertEqual(self.chunks_of(key, generation, int(count), MIN_ITEM_LIMIT), data)
+        self.assertEqual(await store.get(key), entry)
 
     async def test_chunks_expire_after_their_manifest(self) -> None:
         store = await self.ready_store()
@@ -223,8 +252,8 @@ class MemcachedLayoutTests(MemcachedTestCase):
     def server_body(self, key: str) -> bytes:
         """The body of the entry under C{key}, read from the server without the store."""
         manifest = parse_manifest(self.server.get(key.encode()) or b"", LARGEST)
-        data = b"".join(self.server.get(c.encode()) or b"" for c in manifest.chunk_keys(key))
-        body = decode(data).body
+        chunks = [self.server.get(c.encode()) or b"" for c in manifest.chunk_keys(key)]
+        body = decode(manifest.join(chunks)).body
         assert body is not None
         return body
 
