@@ -8,6 +8,7 @@ connection, layout functions, ring and URL: tests/unit/test_store_memcached.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -23,12 +24,13 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from refresherd.entry import decode, encode
+from refresherd.entry import Entry, decode, encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
 from refresherd.keys import entry_key
 from refresherd.stores.memcached.layout import (
     MIN_ITEM_LIMIT,
+    Manifest,
     chunk_size,
     lease_key,
     parse_manifest,
@@ -410,6 +412,183 @@ class MemcachedChunkTests(MemcachedTestCase):
         got = await store.get(key)
         # The unfenced write broke the lease: the fenced one lost, or came first.
         self.assertEqual(got, sample_entry(b"user"))
+
+
+def renewed(entry: Entry, after: float = 10.0, **changes: Any) -> Entry:
+    """C{entry} as a renewal C{after} seconds later writes it: same body, new times."""
+    return attrs.evolve(
+        entry,
+        fetched_at=entry.fetched_at + after,
+        fresh_until=entry.fresh_until + after,
+        stale_until=entry.stale_until + after,
+        error_until=entry.error_until + after,
+        duration=0.25,
+        failures=0,
+        last_error=None,
+        retry_at=0.0,
+        **changes,
+    )
+
+
+class MemcachedRenewalTests(MemcachedTestCase):
+    """
+    A put of the body a manifest of version 2 already names writes only a new
+    manifest and extends its chunks' expiry; anything else writes every chunk.
+    """
+
+    def manifest(self, server: MemcachedServer, key: str) -> Manifest:
+        return parse_manifest(server.get(key.encode()) or b"", LARGEST)
+
+    def counts(self, server: MemcachedServer) -> dict[str, int]:
+        stats = server.stats()
+        names = ("cmd_set", "cmd_touch", "touch_hits", "touch_misses", "bytes_read")
+        return {name: int(stats[name]) for name in names}
+
+    async def put_counted(
+        self, server: MemcachedServer, call: Callable[[], Deferred[bool]]
+    ) -> dict[str, int]:
+        """What the server counted while C{call} ran: commands and bytes it read."""
+        before = self.counts(server)
+        self.assertIs(await call(), True)
+        after = self.counts(server)
+        return {name: after[name] - before[name] for name in after}
+
+    async def test_a_renewal_writes_only_the_manifest_and_touches_every_chunk(self) -> None:
+        server = self.own_server()
+        store, reader = await self.ready_store(server), await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        self.assertEqual(first.version, 2)
+        self.assertGreater(first.count, 2)
+        for fenced in (False, True):
+            lease = await store.acquire_lease(key, LONG_TTL) if fenced else None
+            again = renewed(entry, after=10.0 + fenced, validators=('"v2"', ""))
+            put = functools.partial(store.put, key, again, LONG_TTL, lease=lease)
+            counted = await self.put_counted(server, put)
+            self.assertEqual(counted["cmd_set"], 1, counted)  # the manifest: set, or cas
+            self.assertEqual(counted["cmd_touch"], first.count, counted)
+            self.assertEqual(counted["touch_hits"], first.count, counted)
+            self.assertLess(counted["bytes_read"], 16 * 1024, counted)
+            now = self.manifest(server, key)
+            self.assertEqual(now, attrs.evolve(first, metadata=now.metadata))
+            self.assertNotEqual(now.metadata, first.metadata)
+            self.assertEqual(await store.get(key), again)
+            self.assertEqual(await reader.get(key), again)
+
+    async def test_a_put_of_another_body_writes_every_chunk_under_a_new_generation(
+        self,
+    ) -> None:
+        server = self.own_server()
+        store = await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        assert entry.body is not None
+        other = renewed(entry, body=entry.body[:-1] + bytes([entry.body[-1] ^ 1]))
+        counted = await self.put_counted(server, lambda: store.put(key, other, LONG_TTL))
+        self.assertEqual(counted["cmd_set"], first.count + 1, counted)
+        self.assertEqual(counted["cmd_touch"], 0, counted)
+        self.assertGreater(counted["bytes_read"], 3 * MIB, counted)
+        self.assertNotEqual(self.manifest(server, key).generation, first.generation)
+        self.assertEqual(await store.get(key), other)
+
+    async def test_a_renewal_extends_the_chunks_expiry_past_the_new_manifest(self) -> None:
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(2 * MIB))
+        await store.put(key, entry, 100)
+        await store.put(key, renewed(entry), 1000)
+        expires = int(self.server.item(key)["exp"])
+        self.assertTrue(998 < expires - time.time() <= 1003, expires - time.time())
+        for chunk in self.manifest(self.server, key).chunk_keys(key):
+            self.assertGreaterEqual(int(self.server.item(chunk)["exp"]), expires + 4)
+
+    async def test_a_renewed_entry_reads_after_its_chunks_would_have_expired(self) -> None:
+        """Chunks written to expire in 2 s, renewed for longer: they are there after 2 s."""
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(2 * MIB))
+        assert entry.body is not None
+        data = encode(entry)
+        manifest, chunks = split(entry.body, DEFAULT_ITEM_LIMIT, data[: data.index(b"\n") + 1])
+        for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True):
+            self.server.set(chunk_key.encode(), chunk, exptime=2)
+        self.server.set(key.encode(), manifest.to_bytes(), exptime=2)
+        written = time.monotonic()
+        self.assertEqual(await store.get(key), entry)
+        again = renewed(entry)
+        await store.put(key, again, 5)
+        self.assertEqual(self.manifest(self.server, key).generation, manifest.generation)
+        # memcached's clock ticks once a second: past 3 s, the old expiry has passed.
+        deadline = written + 3.5
+        while time.monotonic() < deadline:
+            self.assertEqual(await store.get(key), again)
+            await sleep(0.25)
+        self.assertEqual(await store.get(key), again)
+
+    async def test_a_renewal_whose_chunk_is_gone_writes_every_chunk(self) -> None:
+        server = self.own_server()
+        store = await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        self.assertEqual(server.delete(first.chunk_keys(key)[1].encode()), b"DELETED")
+        again = renewed(entry)
+        token = await store.acquire_lease(key, LONG_TTL)
+        counted = await self.put_counted(
+            server, lambda: store.put(key, again, LONG_TTL, lease=token)
+        )
+        self.assertEqual(counted["touch_misses"], 1, counted)
+        self.assertEqual(counted["cmd_set"], first.count + 1, counted)
+        self.assertNotEqual(self.manifest(server, key).generation, first.generation)
+        self.assertEqual(await store.get(key), again)
+
+    async def test_chunks_that_failed_their_check_are_never_renewed(self) -> None:
+        """Else a value whose chunks were spoiled would stay absent while its body stands."""
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(self.server, key)
+        chunk = first.chunk_keys(key)[0].encode()
+        spoiled = self.server.get(chunk)
+        assert spoiled is not None
+        self.server.set(chunk, bytes(len(spoiled)))
+        self.assertIsNone(await store.get(key))
+        again = renewed(entry)
+        await store.put(key, again, LONG_TTL)
+        self.assertNotEqual(self.manifest(self.server, key).generation, first.generation)
+        self.assertEqual(await store.get(key), again)
+
+    async def test_a_renewal_that_lost_its_lease_never_lands(self) -> None:
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        token = await store.acquire_lease(key, LONG_TTL)
+        assert token is not None
+        self.assertIs(await store.put(key, entry, LONG_TTL, lease=token), True)
+        await store.release_lease(key, token)
+        other = await store.acquire_lease(key, LONG_TTL)
+        self.assertIsNotNone(other)
+        raw = self.server.get(key.encode())
+        self.assertIs(await store.put(key, renewed(entry), LONG_TTL, lease=token), False)
+        self.assertEqual(self.server.get(key.encode()), raw)
+        self.assertEqual(await store.get(key), entry)
+
+    async def test_a_manifest_of_version_1_reads_and_its_renewal_writes_version_2(self) -> None:
+        """What an older release wrote (manifest_version=1 writes as it did)."""
+        server = self.own_server()
+        old = await self.ready_store(server, manifest_version=1)
+        store = await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await old.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        self.assertEqual(first.version, 1)
+        self.assertEqual(await store.get(key), entry)
+        again = renewed(entry)
+        counted = await self.put_counted(server, lambda: old.put(key, again, LONG_TTL))
+        self.assertEqual(counted["cmd_set"], first.count + 1, counted)
+        counted = await self.put_counted(server, lambda: store.put(key, entry, LONG_TTL))
+        self.assertEqual(counted["cmd_touch"], 0, counted)
+        self.assertEqual(self.manifest(server, key).version, 2)
+        self.assertEqual(await old.get(key), entry)
 
 
 class MemcachedKeyTests(MemcachedTestCase):
