@@ -46,7 +46,7 @@ from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
 from tests.memcached_keys import BAD_KEYS
 from tests.memcached_server import MemcachedServer
 from tests.store_contract import LONG_TTL, StoreContract, sample_entry
-from tests.store_hostile import HostileEntries
+from tests.store_hostile import FETCHED, SECRET, HostileEntries
 
 NAMESPACE = "rfdtest"
 MIB = 1024 * 1024
@@ -147,6 +147,69 @@ class MemcachedHostileEntryTests(HostileEntries, MemcachedTestCase):
             self.assertIn(
                 f"{count} chunks" if length == 1000 else "over the largest entry", warning
             )
+
+    def write_in_chunks(self, key: str, entry: Entry, **claims: Any) -> None:
+        """
+        C{entry} written as a manifest of version 2 and its chunks, by another
+        program; the manifest claiming C{claims} (count, length) if given.
+        """
+        assert entry.body is not None
+        data = encode(entry)
+        manifest, chunks = split(entry.body, MIN_ITEM_LIMIT, data[: data.index(b"\n") + 1])
+        for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True):
+            self.write_raw(chunk_key, chunk)
+        self.write_raw(key, attrs.evolve(manifest, **claims).to_bytes())
+
+    async def test_a_manifest_of_version_2_well_formed_is_a_hit(self) -> None:
+        """The baseline of the tests below: a value in chunks that another program wrote."""
+        stub, fetcher, namespace = await self.api()
+        key, entry = self.hit(namespace, body=b'{"stored": true}' + b" " * 10_000)
+        self.write_in_chunks(key, entry)
+        response, body = await self.answer(stub, fetcher, "GET", "/v1/jobs/j?id=1")
+        self.assertEqual((body["status"], body["value"]), ("hit", {"stored": True}))
+        self.assertEqual(fetcher.calls, [])
+
+    async def test_a_manifest_of_version_2_with_a_hostile_metadata_line_is_fetched_instead(
+        self,
+    ) -> None:
+        """Its metadata line goes through every check an entry's does."""
+        hostile: list[dict[str, Any]] = [{"etag": 'W/"caf\u00e9"'}, {"fresh_until": 1e300}]
+        for i, changes in enumerate(hostile):
+            stub, fetcher, namespace = await self.api()
+            logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+            key, entry = self.hit(namespace, body=b'{"stored": true}' + b" " * 10_000)
+            key = key.replace("id=1", f"id={i}")
+            self.write_in_chunks(key, attrs.evolve(entry, **changes))
+            response, body = await self.answer(stub, fetcher, "GET", f"/v1/jobs/j?id={i}")
+            self.assertEqual((body["status"], body["value"]), ("miss", FETCHED))
+            warnings = [formatEvent(e) for e in logged if e["log_level"] == LogLevel.warn]
+            self.assertEqual(len(warnings), 1, warnings)
+            self.assertIn(key, warnings[0])
+            self.assertNotIn(SECRET, warnings[0])
+
+    async def test_a_manifest_of_version_2_claiming_more_than_the_store_reads_is_fetched_instead(
+        self,
+    ) -> None:
+        stub, fetcher, namespace = await self.api()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        claims: list[dict[str, int]] = [
+            {"count": 999_999_999, "length": 999_999_999_999},
+            {"count": 999_999_999},
+            {"length": LARGEST},  # with the metadata line, over the largest entry
+        ]
+        for i, claim in enumerate(claims):
+            key, entry = self.hit(namespace, body=b'{"stored": true}' + b" " * 10_000)
+            key = key.replace("id=1", f"id={i}")
+            self.write_in_chunks(key, entry, **claim)
+            response, body = await self.answer(stub, fetcher, "GET", f"/v1/jobs/j?id={i}")
+            self.assertEqual((response.code, body["status"]), (200, "miss"))
+            self.assertEqual(len(fetcher.calls), i + 1)
+            [warning] = [
+                formatEvent(e)
+                for e in logged
+                if e["log_level"] == LogLevel.warn and e["key"] == key
+            ]
+            self.assertIn("chunks for" if len(claim) == 1 and "count" in claim else "over", warning)
 
 
 class MemcachedLayoutTests(MemcachedTestCase):
