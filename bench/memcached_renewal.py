@@ -159,7 +159,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"--renewals {args.renewals} --sizes {sizes}`.",
         "",
         f"Per renewal (a fenced put of the same body with new times), median of "
-        f"{args.rounds} rounds of {args.renewals}; memcached's item limit is 1 MiB:",
+        f"{args.rounds * args.renewals} ({args.rounds} rounds of {args.renewals}); "
+        "memcached's item limit is 1 MiB:",
         "",
         "| value | way | ms | bytes sent | storage commands | touch commands | time against full |",
         "|---|---|---|---|---|---|---|",

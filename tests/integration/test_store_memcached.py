@@ -12,8 +12,13 @@ import functools
 import hashlib
 import math
 import os
+import re
+import sys
 import time
+import types
+import unittest.mock
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -253,6 +258,40 @@ class MemcachedLayoutTests(MemcachedTestCase):
         self.assertEqual(digest, hashlib.sha256(body).hexdigest())
         joined = self.chunks_of(key, generation, int(count), DEFAULT_ITEM_LIMIT)
         self.assertEqual(rest + joined, data)
+
+    async def test_the_reader_of_docs_memcached_md_reads_both_versions(self) -> None:
+        """Its reference code, as printed there, with a stand-in for pymemcache's client."""
+        page = (Path(__file__).parents[2] / "docs" / "memcached.md").read_text()
+        [code] = [
+            block
+            for block in re.findall(r"```python\n(.*?)```", page, flags=re.S)
+            if "def read_value" in block
+        ]
+        code = code[: code.index("\nkey = entry_key(")]  # its example, which needs more
+
+        class Client:
+            def __init__(client, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            def get(client, key: str) -> bytes | None:
+                return self.server.get(key.encode())
+
+        base = types.ModuleType("pymemcache.client.base")
+        base.Client = Client  # type: ignore[attr-defined]
+        names: dict[str, Any] = {"server_of": lambda key, servers: servers[0]}
+        with unittest.mock.patch.dict(sys.modules, {"pymemcache.client.base": base}):
+            exec(compile(code, "docs/memcached.md", "exec"), names)
+        read_value = names["read_value"]
+        for version in (1, 2):
+            store = await self.ready_store(manifest_version=version, item_limit=MIN_ITEM_LIMIT)
+            key, entry = self.unique_key(id=str(version)), sample_entry(os.urandom(20_000))
+            await store.put(key, entry, LONG_TTL)
+            raw = self.server.get(key.encode()) or b""
+            self.assertTrue(raw.startswith(f"manifest {version} ".encode()), raw[:20])
+            self.assertEqual(read_value(key), encode(entry))
+            chunk = parse_manifest(raw, LARGEST).chunk_keys(key)
+            self.server.set(chunk[-1].encode(), b"x")
+            self.assertIsNone(read_value(key))
 
     async def test_metadata_too_large_for_a_manifest_makes_one_of_version_1(self) -> None:
         """Version 1 names chunks that join into the whole entry, as older releases wrote."""
