@@ -1,7 +1,8 @@
 """
 End to end on memcached alone: C{twistd -n refresherd} processes on a pool of
 real memcached servers, one of which dies under load, and values larger than
-memcached's item limit carried whole from one process to another.  What both
+memcached's item limit carried whole from one process to another, and
+renewed (a 304) by writing only their manifest.  What both
 shared stores do alike is in C{test_e2e_shared}.
 """
 
