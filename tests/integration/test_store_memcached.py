@@ -50,7 +50,7 @@ from refresherd.stores.memcached.store import (
 from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
 from tests.memcached_keys import BAD_KEYS
 from tests.memcached_server import MemcachedServer
-from tests.store_contract import LONG_TTL, StoreContract, sample_entry
+from tests.store_contract import LONG_TTL, StoreContract, failure_entry, sample_entry
 from tests.store_hostile import FETCHED, SECRET, HostileEntries
 
 NAMESPACE = "rfdtest"
@@ -371,6 +371,19 @@ class MemcachedLayoutTests(MemcachedTestCase):
             self.assertIsNone(await store.get(key))
             warnings = [e for e in logged if e["log_level"] == LogLevel.warn and e["key"] == key]
             self.assertEqual(len(warnings), 1)
+
+    async def test_a_manifest_of_version_2_of_a_failure_reads_as_absent(self) -> None:
+        """No writer puts a remembered failure in chunks: its chunks would name no body."""
+        store = await self.ready_store()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        key = self.unique_key(id="1")
+        manifest, chunks = split(b"x" * 10_000, MIN_ITEM_LIMIT, encode(failure_entry()))
+        for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True):
+            self.server.set(chunk_key.encode(), chunk)
+        self.server.set(key.encode(), manifest.to_bytes())
+        self.assertIsNone(await store.get(key))
+        [warning] = [e for e in logged if e["log_level"] == LogLevel.warn and e["key"] == key]
+        self.assertIn("no body", formatEvent(warning))
 
 
 class MemcachedChunkTests(MemcachedTestCase):
