@@ -1,7 +1,8 @@
 """
 End to end on memcached alone: C{twistd -n refresherd} processes on a pool of
 real memcached servers, one of which dies under load, and values larger than
-memcached's item limit carried whole from one process to another.  What both
+memcached's item limit carried whole from one process to another, and
+renewed (a 304) by writing only their manifest.  What both
 shared stores do alike is in C{test_e2e_shared}.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -17,8 +19,9 @@ import httpx
 import pytest
 
 from refresherd.keys import entry_key
+from refresherd.stores.memcached.layout import parse_manifest
 from refresherd.stores.memcached.ring import Ring
-from tests.harness import Origin, Service, start_service
+from tests.harness import Origin, Service, start_service, wait_until
 from tests.memcached_server import MemcachedServer, running_pool
 
 CONFIG = """
@@ -35,6 +38,17 @@ args = ["name"]
 url = "{origin}/blobs/{{name}}"
 fresh = "1h"
 wait_timeout = "10s"
+early_refresh = 0
+
+[jobs.doc]
+args = ["name"]
+url = "{origin}/docs/{{name}}"
+freshness = "origin"
+fresh = "1m"
+stale = "1h"
+min_refresh = "0.1s"
+wait_timeout = "10s"
+timeout = "5s"
 early_refresh = 0
 """
 
@@ -144,6 +158,49 @@ def test_a_5_mib_value_fetched_by_one_process_is_read_whole_by_another(
         assert second.headers["etag"] == first.headers["etag"]
         assert origin.count("/blobs/big") == 1
         raw = server.get(entry_key("rfd", "blob", 1, {"name": "big"}).encode())
-        assert raw is not None and raw.startswith(b"manifest 1 ")
+        assert raw is not None and raw.startswith(b"manifest 2 ")
+    finally:
+        server.cleanup()
+
+
+def test_a_304_renewal_of_a_value_in_chunks_writes_only_its_manifest(
+    start: Start, origin: Origin
+) -> None:
+    """
+    A 5 MiB value with an ETag, stale after a second: its refresh is answered
+    304, and the renewal that lands keeps the chunks (same generation, a few
+    KB sent to memcached); the other process reads it whole, renewed.
+    """
+    server = MemcachedServer()
+    server.start()
+    try:
+        one, two = start([server])
+        body = os.urandom(5 * 1024 * 1024).replace(b"{n}", b"{m}")
+        origin.set(
+            "/docs/big",
+            body=body,
+            content_type="application/octet-stream",
+            headers={"ETag": '"v1"', "Cache-Control": "max-age=1"},
+            not_modified=True,
+        )
+        key = entry_key("rfd", "doc", 1, {"name": "big"})
+
+        def manifest() -> tuple[str, bytes]:
+            found = parse_manifest(server.get(key.encode()) or b"", 64 * 1024 * 1024)
+            return found.generation, found.metadata
+
+        assert one.get("/v1/jobs/doc/raw?name=big").status_code == 200
+        generation, metadata = manifest()
+        sent = int(server.stats()["bytes_read"])
+        time.sleep(1.05)
+        stale = one.get("/v1/jobs/doc/raw?name=big")  # starts the refresh, answered 304
+        assert stale.headers["cache-status"] == "refresherd; hit; ttl=-1"
+        wait_until(lambda: manifest()[1] != metadata)
+        assert manifest()[0] == generation
+        assert int(server.stats()["bytes_read"]) - sent < 64 * 1024
+        assert origin.conditions["/docs/big"] == [None, '"v1"']
+        renewed = two.get("/v1/jobs/doc/raw?name=big")
+        assert renewed.headers["cache-status"].startswith("refresherd; hit;")
+        assert hashlib.sha256(renewed.content).digest() == hashlib.sha256(body).digest()
     finally:
         server.cleanup()

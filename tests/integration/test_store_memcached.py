@@ -8,11 +8,17 @@ connection, layout functions, ring and URL: tests/unit/test_store_memcached.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
+import re
+import sys
 import time
+import types
+import unittest.mock
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,12 +29,13 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from refresherd.entry import decode, encode
+from refresherd.entry import Entry, decode, encode
 from refresherd.errors import StoreUnavailable
 from refresherd.interfaces import IStore
 from refresherd.keys import entry_key
 from refresherd.stores.memcached.layout import (
     MIN_ITEM_LIMIT,
+    Manifest,
     chunk_size,
     lease_key,
     parse_manifest,
@@ -43,8 +50,8 @@ from refresherd.stores.memcached.store import (
 from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES
 from tests.memcached_keys import BAD_KEYS
 from tests.memcached_server import MemcachedServer
-from tests.store_contract import LONG_TTL, StoreContract, sample_entry
-from tests.store_hostile import HostileEntries
+from tests.store_contract import LONG_TTL, StoreContract, failure_entry, sample_entry
+from tests.store_hostile import FETCHED, SECRET, HostileEntries
 
 NAMESPACE = "rfdtest"
 MIB = 1024 * 1024
@@ -146,6 +153,69 @@ class MemcachedHostileEntryTests(HostileEntries, MemcachedTestCase):
                 f"{count} chunks" if length == 1000 else "over the largest entry", warning
             )
 
+    def write_in_chunks(self, key: str, entry: Entry, **claims: Any) -> None:
+        """
+        C{entry} written as a manifest of version 2 and its chunks, by another
+        program; the manifest claiming C{claims} (count, length) if given.
+        """
+        assert entry.body is not None
+        data = encode(entry)
+        manifest, chunks = split(entry.body, MIN_ITEM_LIMIT, data[: data.index(b"\n") + 1])
+        for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True):
+            self.write_raw(chunk_key, chunk)
+        self.write_raw(key, attrs.evolve(manifest, **claims).to_bytes())
+
+    async def test_a_manifest_of_version_2_well_formed_is_a_hit(self) -> None:
+        """The baseline of the tests below: a value in chunks that another program wrote."""
+        stub, fetcher, namespace = await self.api()
+        key, entry = self.hit(namespace, body=b'{"stored": true}' + b" " * 10_000)
+        self.write_in_chunks(key, entry)
+        response, body = await self.answer(stub, fetcher, "GET", "/v1/jobs/j?id=1")
+        self.assertEqual((body["status"], body["value"]), ("hit", {"stored": True}))
+        self.assertEqual(fetcher.calls, [])
+
+    async def test_a_manifest_of_version_2_with_a_hostile_metadata_line_is_fetched_instead(
+        self,
+    ) -> None:
+        """Its metadata line goes through every check an entry's does."""
+        hostile: list[dict[str, Any]] = [{"etag": 'W/"caf\u00e9"'}, {"fresh_until": 1e300}]
+        for i, changes in enumerate(hostile):
+            stub, fetcher, namespace = await self.api()
+            logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+            key, entry = self.hit(namespace, body=b'{"stored": true}' + b" " * 10_000)
+            key = key.replace("id=1", f"id={i}")
+            self.write_in_chunks(key, attrs.evolve(entry, **changes))
+            response, body = await self.answer(stub, fetcher, "GET", f"/v1/jobs/j?id={i}")
+            self.assertEqual((body["status"], body["value"]), ("miss", FETCHED))
+            warnings = [formatEvent(e) for e in logged if e["log_level"] == LogLevel.warn]
+            self.assertEqual(len(warnings), 1, warnings)
+            self.assertIn(key, warnings[0])
+            self.assertNotIn(SECRET, warnings[0])
+
+    async def test_a_manifest_of_version_2_claiming_more_than_the_store_reads_is_fetched_instead(
+        self,
+    ) -> None:
+        stub, fetcher, namespace = await self.api()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        claims: list[dict[str, int]] = [
+            {"count": 999_999_999, "length": 999_999_999_999},
+            {"count": 999_999_999},
+            {"length": LARGEST},  # with the metadata line, over the largest entry
+        ]
+        for i, claim in enumerate(claims):
+            key, entry = self.hit(namespace, body=b'{"stored": true}' + b" " * 10_000)
+            key = key.replace("id=1", f"id={i}")
+            self.write_in_chunks(key, entry, **claim)
+            response, body = await self.answer(stub, fetcher, "GET", f"/v1/jobs/j?id={i}")
+            self.assertEqual((response.code, body["status"]), (200, "miss"))
+            self.assertEqual(len(fetcher.calls), i + 1)
+            [warning] = [
+                formatEvent(e)
+                for e in logged
+                if e["log_level"] == LogLevel.warn and e["key"] == key
+            ]
+            self.assertIn("chunks for" if len(claim) == 1 and "count" in claim else "over", warning)
+
 
 class MemcachedLayoutTests(MemcachedTestCase):
     """What other programs find in memcached: docs/memcached.md."""
@@ -156,28 +226,91 @@ class MemcachedLayoutTests(MemcachedTestCase):
         await store.put(key, entry, LONG_TTL)
         self.assertEqual(self.server.get(key.encode()), encode(entry))
 
-    async def test_large_entry_is_a_manifest_naming_chunks_that_join_into_the_entry(self) -> None:
+    def chunks_of(self, key: str, generation: str, count: int, item_limit: int) -> bytes:
+        """The chunks of C{generation} under C{key}, joined, read as docs/memcached.md says."""
+        namespace, _, rest = key.partition(":")
+        chunks = []
+        for i in range(count):
+            chunk = f"{namespace}:chunk:{generation}:{i}:{rest}"
+            value = self.server.get(chunk.encode())
+            assert value is not None
+            self.assertLessEqual(len(chunk) + len(value) + 1024, item_limit)
+            chunks.append(value)
+        return b"".join(chunks)
+
+    async def test_large_entry_is_a_manifest_with_its_metadata_naming_chunks_of_its_body(
+        self,
+    ) -> None:
         store = await self.ready_store()
         key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
         await store.put(key, entry, LONG_TTL)
         raw = self.server.get(key.encode())
+        assert raw is not None and entry.body is not None
+        data = encode(entry)
+        metadata = data[: data.index(b"\n") + 1]
+        head, _, rest = raw.partition(b"\n")
+        self.assertTrue(head.startswith(b"manifest 2 "), head)
+        self.assertEqual(rest, metadata)
+        _, version, generation, count, length, digest = head.decode().split(" ")
+        body = entry.body
+        self.assertEqual(int(count), math.ceil(len(body) / chunk_size(DEFAULT_ITEM_LIMIT)))
+        self.assertEqual(int(length), len(body))
+        self.assertEqual(digest, hashlib.sha256(body).hexdigest())
+        joined = self.chunks_of(key, generation, int(count), DEFAULT_ITEM_LIMIT)
+        self.assertEqual(rest + joined, data)
+
+    async def test_the_reader_of_docs_memcached_md_reads_both_versions(self) -> None:
+        """Its reference code, as printed there, with a stand-in for pymemcache's client."""
+        page = (Path(__file__).parents[2] / "docs" / "memcached.md").read_text()
+        [code] = [
+            block
+            for block in re.findall(r"```python\n(.*?)```", page, flags=re.S)
+            if "def read_value" in block
+        ]
+        code = code[: code.index("\nkey = entry_key(")]  # its example, which needs more
+
+        class Client:
+            def __init__(client, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            def get(client, key: str) -> bytes | None:
+                return self.server.get(key.encode())
+
+        base = types.ModuleType("pymemcache.client.base")
+        base.Client = Client  # type: ignore[attr-defined]
+        names: dict[str, Any] = {"server_of": lambda key, servers: servers[0]}
+        with unittest.mock.patch.dict(sys.modules, {"pymemcache.client.base": base}):
+            exec(compile(code, "docs/memcached.md", "exec"), names)
+        read_value = names["read_value"]
+        for version in (1, 2):
+            store = await self.ready_store(manifest_version=version, item_limit=MIN_ITEM_LIMIT)
+            key, entry = self.unique_key(id=str(version)), sample_entry(os.urandom(20_000))
+            await store.put(key, entry, LONG_TTL)
+            raw = self.server.get(key.encode()) or b""
+            self.assertTrue(raw.startswith(f"manifest {version} ".encode()), raw[:20])
+            self.assertEqual(read_value(key), encode(entry))
+            chunk = parse_manifest(raw, LARGEST).chunk_keys(key)
+            self.server.set(chunk[-1].encode(), b"x")
+            self.assertIsNone(read_value(key))
+
+    async def test_metadata_too_large_for_a_manifest_makes_one_of_version_1(self) -> None:
+        """Version 1 names chunks that join into the whole entry, as older releases wrote."""
+        store = await self.ready_store(item_limit=MIN_ITEM_LIMIT)
+        key = self.unique_key(id="1")
+        entry = sample_entry(
+            os.urandom(20_000), tags=tuple(f"tag:{i:04}:{'x' * 20}" for i in range(250))
+        )
+        data = encode(entry)
+        self.assertGreater(data.index(b"\n"), MIN_ITEM_LIMIT)
+        await store.put(key, entry, LONG_TTL)
+        raw = self.server.get(key.encode())
         assert raw is not None
         self.assertTrue(raw.startswith(b"manifest 1 "), raw[:40])
-        self.assertTrue(raw.endswith(b"\n"))
-        manifest = parse_manifest(raw, LARGEST)
-        data = encode(entry)
-        self.assertEqual(manifest.count, math.ceil(len(data) / chunk_size(DEFAULT_ITEM_LIMIT)))
-        self.assertEqual(manifest.length, len(data))
-        self.assertEqual(manifest.sha256, hashlib.sha256(data).hexdigest())
-        namespace, _, rest = key.partition(":")
-        chunks = []
-        for i in range(manifest.count):
-            chunk = f"{namespace}:chunk:{manifest.generation}:{i}:{rest}"
-            value = self.server.get(chunk.encode())
-            assert value is not None
-            self.assertLessEqual(len(chunk) + len(value) + 1024, DEFAULT_ITEM_LIMIT)
-            chunks.append(value)
-        self.assertEqual(b"".join(chunks), data)
+        self.assertTrue(raw.endswith(b"\n") and raw.count(b"\n") == 1)
+        _, version, generation, count, length, digest = raw.decode().split()
+        self.assertEqual((int(length), digest), (len(data), hashlib.sha256(data).hexdigest()))
+        self.assertEqual(self.chunks_of(key, generation, int(count), MIN_ITEM_LIMIT), data)
+        self.assertEqual(await store.get(key), entry)
 
     async def test_chunks_expire_after_their_manifest(self) -> None:
         store = await self.ready_store()
@@ -223,8 +356,8 @@ class MemcachedLayoutTests(MemcachedTestCase):
     def server_body(self, key: str) -> bytes:
         """The body of the entry under C{key}, read from the server without the store."""
         manifest = parse_manifest(self.server.get(key.encode()) or b"", LARGEST)
-        data = b"".join(self.server.get(c.encode()) or b"" for c in manifest.chunk_keys(key))
-        body = decode(data).body
+        chunks = [self.server.get(c.encode()) or b"" for c in manifest.chunk_keys(key)]
+        body = decode(manifest.join(chunks)).body
         assert body is not None
         return body
 
@@ -238,6 +371,19 @@ class MemcachedLayoutTests(MemcachedTestCase):
             self.assertIsNone(await store.get(key))
             warnings = [e for e in logged if e["log_level"] == LogLevel.warn and e["key"] == key]
             self.assertEqual(len(warnings), 1)
+
+    async def test_a_manifest_of_version_2_of_a_failure_reads_as_absent(self) -> None:
+        """No writer puts a remembered failure in chunks: its chunks would name no body."""
+        store = await self.ready_store()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        key = self.unique_key(id="1")
+        manifest, chunks = split(b"x" * 10_000, MIN_ITEM_LIMIT, encode(failure_entry()))
+        for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True):
+            self.server.set(chunk_key.encode(), chunk)
+        self.server.set(key.encode(), manifest.to_bytes())
+        self.assertIsNone(await store.get(key))
+        [warning] = [e for e in logged if e["log_level"] == LogLevel.warn and e["key"] == key]
+        self.assertIn("no body", formatEvent(warning))
 
 
 class MemcachedChunkTests(MemcachedTestCase):
@@ -381,6 +527,183 @@ class MemcachedChunkTests(MemcachedTestCase):
         got = await store.get(key)
         # The unfenced write broke the lease: the fenced one lost, or came first.
         self.assertEqual(got, sample_entry(b"user"))
+
+
+def renewed(entry: Entry, after: float = 10.0, **changes: Any) -> Entry:
+    """C{entry} as a renewal C{after} seconds later writes it: same body, new times."""
+    return attrs.evolve(
+        entry,
+        fetched_at=entry.fetched_at + after,
+        fresh_until=entry.fresh_until + after,
+        stale_until=entry.stale_until + after,
+        error_until=entry.error_until + after,
+        duration=0.25,
+        failures=0,
+        last_error=None,
+        retry_at=0.0,
+        **changes,
+    )
+
+
+class MemcachedRenewalTests(MemcachedTestCase):
+    """
+    A put of the body a manifest of version 2 already names writes only a new
+    manifest and extends its chunks' expiry; anything else writes every chunk.
+    """
+
+    def manifest(self, server: MemcachedServer, key: str) -> Manifest:
+        return parse_manifest(server.get(key.encode()) or b"", LARGEST)
+
+    def counts(self, server: MemcachedServer) -> dict[str, int]:
+        stats = server.stats()
+        names = ("cmd_set", "cmd_touch", "touch_hits", "touch_misses", "bytes_read")
+        return {name: int(stats[name]) for name in names}
+
+    async def put_counted(
+        self, server: MemcachedServer, call: Callable[[], Deferred[bool]]
+    ) -> dict[str, int]:
+        """What the server counted while C{call} ran: commands and bytes it read."""
+        before = self.counts(server)
+        self.assertIs(await call(), True)
+        after = self.counts(server)
+        return {name: after[name] - before[name] for name in after}
+
+    async def test_a_renewal_writes_only_the_manifest_and_touches_every_chunk(self) -> None:
+        server = self.own_server()
+        store, reader = await self.ready_store(server), await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        self.assertEqual(first.version, 2)
+        self.assertGreater(first.count, 2)
+        for fenced in (False, True):
+            lease = await store.acquire_lease(key, LONG_TTL) if fenced else None
+            again = renewed(entry, after=10.0 + fenced, validators=('"v2"', ""))
+            put = functools.partial(store.put, key, again, LONG_TTL, lease=lease)
+            counted = await self.put_counted(server, put)
+            self.assertEqual(counted["cmd_set"], 1, counted)  # the manifest: set, or cas
+            self.assertEqual(counted["cmd_touch"], first.count, counted)
+            self.assertEqual(counted["touch_hits"], first.count, counted)
+            self.assertLess(counted["bytes_read"], 16 * 1024, counted)
+            now = self.manifest(server, key)
+            self.assertEqual(now, attrs.evolve(first, metadata=now.metadata))
+            self.assertNotEqual(now.metadata, first.metadata)
+            self.assertEqual(await store.get(key), again)
+            self.assertEqual(await reader.get(key), again)
+
+    async def test_a_put_of_another_body_writes_every_chunk_under_a_new_generation(
+        self,
+    ) -> None:
+        server = self.own_server()
+        store = await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        assert entry.body is not None
+        other = renewed(entry, body=entry.body[:-1] + bytes([entry.body[-1] ^ 1]))
+        counted = await self.put_counted(server, lambda: store.put(key, other, LONG_TTL))
+        self.assertEqual(counted["cmd_set"], first.count + 1, counted)
+        self.assertEqual(counted["cmd_touch"], 0, counted)
+        self.assertGreater(counted["bytes_read"], 3 * MIB, counted)
+        self.assertNotEqual(self.manifest(server, key).generation, first.generation)
+        self.assertEqual(await store.get(key), other)
+
+    async def test_a_renewal_extends_the_chunks_expiry_past_the_new_manifest(self) -> None:
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(2 * MIB))
+        await store.put(key, entry, 100)
+        await store.put(key, renewed(entry), 1000)
+        expires = int(self.server.item(key)["exp"])
+        self.assertTrue(998 < expires - time.time() <= 1003, expires - time.time())
+        for chunk in self.manifest(self.server, key).chunk_keys(key):
+            self.assertGreaterEqual(int(self.server.item(chunk)["exp"]), expires + 4)
+
+    async def test_a_renewed_entry_reads_after_its_chunks_would_have_expired(self) -> None:
+        """Chunks written to expire in 2 s, renewed for longer: they are there after 2 s."""
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(2 * MIB))
+        assert entry.body is not None
+        data = encode(entry)
+        manifest, chunks = split(entry.body, DEFAULT_ITEM_LIMIT, data[: data.index(b"\n") + 1])
+        for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True):
+            self.server.set(chunk_key.encode(), chunk, exptime=2)
+        self.server.set(key.encode(), manifest.to_bytes(), exptime=2)
+        written = time.monotonic()
+        self.assertEqual(await store.get(key), entry)
+        again = renewed(entry)
+        await store.put(key, again, 5)
+        self.assertEqual(self.manifest(self.server, key).generation, manifest.generation)
+        # memcached's clock ticks once a second: past 3 s, the old expiry has passed.
+        deadline = written + 3.5
+        while time.monotonic() < deadline:
+            self.assertEqual(await store.get(key), again)
+            await sleep(0.25)
+        self.assertEqual(await store.get(key), again)
+
+    async def test_a_renewal_whose_chunk_is_gone_writes_every_chunk(self) -> None:
+        server = self.own_server()
+        store = await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        self.assertEqual(server.delete(first.chunk_keys(key)[1].encode()), b"DELETED")
+        again = renewed(entry)
+        token = await store.acquire_lease(key, LONG_TTL)
+        counted = await self.put_counted(
+            server, lambda: store.put(key, again, LONG_TTL, lease=token)
+        )
+        self.assertEqual(counted["touch_misses"], 1, counted)
+        self.assertEqual(counted["cmd_set"], first.count + 1, counted)
+        self.assertNotEqual(self.manifest(server, key).generation, first.generation)
+        self.assertEqual(await store.get(key), again)
+
+    async def test_chunks_that_failed_their_check_are_never_renewed(self) -> None:
+        """Else a value whose chunks were spoiled would stay absent while its body stands."""
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await store.put(key, entry, LONG_TTL)
+        first = self.manifest(self.server, key)
+        chunk = first.chunk_keys(key)[0].encode()
+        spoiled = self.server.get(chunk)
+        assert spoiled is not None
+        self.server.set(chunk, bytes(len(spoiled)))
+        self.assertIsNone(await store.get(key))
+        again = renewed(entry)
+        await store.put(key, again, LONG_TTL)
+        self.assertNotEqual(self.manifest(self.server, key).generation, first.generation)
+        self.assertEqual(await store.get(key), again)
+
+    async def test_a_renewal_that_lost_its_lease_never_lands(self) -> None:
+        store = await self.ready_store()
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        token = await store.acquire_lease(key, LONG_TTL)
+        assert token is not None
+        self.assertIs(await store.put(key, entry, LONG_TTL, lease=token), True)
+        await store.release_lease(key, token)
+        other = await store.acquire_lease(key, LONG_TTL)
+        self.assertIsNotNone(other)
+        raw = self.server.get(key.encode())
+        self.assertIs(await store.put(key, renewed(entry), LONG_TTL, lease=token), False)
+        self.assertEqual(self.server.get(key.encode()), raw)
+        self.assertEqual(await store.get(key), entry)
+
+    async def test_a_manifest_of_version_1_reads_and_its_renewal_writes_version_2(self) -> None:
+        """What an older release wrote (manifest_version=1 writes as it did)."""
+        server = self.own_server()
+        old = await self.ready_store(server, manifest_version=1)
+        store = await self.ready_store(server)
+        key, entry = self.unique_key(id="1"), sample_entry(os.urandom(3 * MIB))
+        await old.put(key, entry, LONG_TTL)
+        first = self.manifest(server, key)
+        self.assertEqual(first.version, 1)
+        self.assertEqual(await store.get(key), entry)
+        again = renewed(entry)
+        counted = await self.put_counted(server, lambda: old.put(key, again, LONG_TTL))
+        self.assertEqual(counted["cmd_set"], first.count + 1, counted)
+        counted = await self.put_counted(server, lambda: store.put(key, entry, LONG_TTL))
+        self.assertEqual(counted["cmd_touch"], 0, counted)
+        self.assertEqual(self.manifest(server, key).version, 2)
+        self.assertEqual(await old.get(key), entry)
 
 
 class MemcachedKeyTests(MemcachedTestCase):

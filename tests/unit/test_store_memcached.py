@@ -12,6 +12,7 @@ import hashlib
 import re
 from typing import Any
 
+import attrs
 import pytest
 from twisted.application.service import Service
 from twisted.internet import reactor
@@ -21,9 +22,11 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.memcache import ServerError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from refresherd.entry import METADATA_MAX_BYTES
 from refresherd.errors import StoreUnavailable
 from refresherd.keys import entry_key
 from refresherd.stores.memcached.layout import (
+    MANIFEST_HEADER_MAX,
     MIN_ITEM_LIMIT,
     Manifest,
     check_key,
@@ -31,6 +34,7 @@ from refresherd.stores.memcached.layout import (
     chunk_size,
     exptime,
     lease_key,
+    metadata_fits,
     most_chunks,
     parse_manifest,
     split,
@@ -126,6 +130,21 @@ class ConnectionTests(SynchronousTestCase):
         self.connection.dataReceived(b"SERVER_ERROR out of memory writing get response\r\n")
         self.assertDropped(d)
 
+    def test_touch_sends_the_expiry_and_tells_touched_from_not_found(self) -> None:
+        touched, missing = self.connection.touch(b"a", 12), self.connection.touch(b"b", 3)
+        self.assertEqual(self.transport.value(), b"touch a 12\r\ntouch b 3\r\n")
+        self.connection.dataReceived(b"TOUCHED\r\nNOT_FOUND\r\n")
+        self.assertIs(self.successResultOf(touched), True)
+        self.assertIs(self.successResultOf(missing), False)
+        self.assertFalse(self.transport.disconnected)
+
+    def test_any_other_reply_to_touch_drops_the_connection(self) -> None:
+        for reply in (b"STORED", b"END", b"SERVER_ERROR busy", b"ERROR", b"TOUCHED extra"):
+            self.setUp()
+            d = self.connection.touch(b"a", 1)
+            self.connection.dataReceived(reply + b"\r\n")
+            self.assertDropped(d)
+
 
 class LayoutFunctionTests(SynchronousTestCase):
     """The pure functions of memcached_layout."""
@@ -209,12 +228,92 @@ class LayoutFunctionTests(SynchronousTestCase):
         with self.assertRaisesRegex(ValueError, "2 chunks"):
             parse_manifest(two, 33 * MIB)
 
+    def test_a_manifest_of_version_2_carries_the_metadata_line_and_joins_into_the_entry(
+        self,
+    ) -> None:
+        metadata, body = b'{"format":1}\n', b"y" * 10_000
+        manifest, chunks = split(body, MIN_ITEM_LIMIT, metadata)
+        self.assertEqual((manifest.version, len(chunks), manifest.length), (2, 4, 10_000))
+        self.assertEqual(manifest.sha256, hashlib.sha256(body).hexdigest())
+        data = manifest.to_bytes()
+        head = f"manifest 2 {manifest.generation} 4 10000 {manifest.sha256}\n".encode() + metadata
+        self.assertEqual(data, head)
+        self.assertLessEqual(data.index(b"\n") + 1, MANIFEST_HEADER_MAX)
+        self.assertEqual(parse_manifest(data, 10_000 + len(metadata)), manifest)
+        self.assertEqual(manifest.join(chunks), metadata + body)
+        with self.assertRaises(ValueError):
+            manifest.join([*chunks[:-1], chunks[-1][:-1] + b"z"])
+
+    def test_a_malformed_manifest_of_version_2_is_refused(self) -> None:
+        manifest, _ = split(b"y" * 100, MIN_ITEM_LIMIT, b'{"format":1}\n')
+        good = manifest.to_bytes()
+        head = good[: good.index(b"\n") + 1]
+        for bad in [
+            head,  # no metadata line
+            good[:-1],  # the metadata line without its newline
+            good + b'{"format":1}\n',  # two metadata lines
+            head + b"x\n",  # not a JSON object
+            head.replace(b"manifest 2", b"manifest 3") + b"{}\n",
+            head.replace(b"manifest 2", b"manifest 1") + b"{}\n",  # version 1 is one line
+            head.replace(b"manifest 2", b"manifest 0002") + b"{}\n",
+            head.replace(b" 100 ", b" 100  ") + b"{}\n",
+            b"manifest 2\n{}\n",
+            head + b"{" + b" " * METADATA_MAX_BYTES + b"}\n",
+        ]:
+            with self.assertRaises(ValueError, msg=bad[:80]):
+                parse_manifest(bad, 10 * MIB)
+
+    def test_a_manifest_of_version_2_claiming_more_than_an_entry_needs_is_refused(self) -> None:
+        """Its metadata line counts towards the largest entry, and its body bounds its chunks."""
+        sha, metadata = "0" * 64, b'{"format":1}\n'
+        size = 33 * MIB
+        largest = Manifest("f" * 32, most_chunks(size), size - len(metadata), sha, metadata)
+        self.assertEqual(parse_manifest(largest.to_bytes(), size), largest)
+        over = attrs.evolve(largest, length=largest.length + 1)
+        with self.assertRaisesRegex(ValueError, "over the largest entry"):
+            parse_manifest(over.to_bytes(), size)
+        many = Manifest("f" * 32, 999_999_999, 1000, sha, metadata)
+        with self.assertRaisesRegex(ValueError, "999999999 chunks for 1000 bytes"):
+            parse_manifest(many.to_bytes(), size)
+        two = Manifest("f" * 32, 2, chunk_size(MIN_ITEM_LIMIT), sha, metadata)
+        with self.assertRaisesRegex(ValueError, "2 chunks"):
+            parse_manifest(two.to_bytes(), size)
+
+    def test_a_renewal_names_the_same_chunks_only_for_the_same_body_in_version_2(self) -> None:
+        body = b"y" * 10_000
+        digest = hashlib.sha256(body).hexdigest()
+        old, _ = split(body, MIN_ITEM_LIMIT, b'{"old":1}\n')
+        renewed = old.renewal(b'{"new":1}\n', len(body), digest)
+        assert renewed is not None
+        self.assertEqual(renewed.metadata, b'{"new":1}\n')
+        self.assertEqual(
+            (renewed.generation, renewed.count, renewed.length, renewed.sha256),
+            (old.generation, old.count, old.length, old.sha256),
+        )
+        other = hashlib.sha256(b"z" * 10_000).hexdigest()
+        self.assertIsNone(old.renewal(b"{}\n", len(body), other))
+        self.assertIsNone(old.renewal(b"{}\n", len(body) + 1, digest))
+        version_1, _ = split(body, MIN_ITEM_LIMIT)
+        self.assertIsNone(version_1.renewal(b"{}\n", len(body), digest))
+
+    def test_metadata_fits_with_the_longest_manifest_line_beside_it(self) -> None:
+        key = "rfd:j:v1:"
+        room = MIN_ITEM_LIMIT - len(key) - 1024 - MANIFEST_HEADER_MAX
+        self.assertTrue(metadata_fits(key, b"m" * room, MIN_ITEM_LIMIT))
+        self.assertFalse(metadata_fits(key, b"m" * (room + 1), MIN_ITEM_LIMIT))
+        widest = Manifest("f" * 32, 999_999_999, 999_999_999_999, "0" * 64, b"{}\n")
+        self.assertEqual(widest.to_bytes().index(b"\n") + 1, MANIFEST_HEADER_MAX)
+
     def test_every_manifest_a_writer_makes_is_taken(self) -> None:
         """The bounds refuse no layout a writer makes, whatever its item limit."""
         for limit in (MIN_ITEM_LIMIT, MIN_ITEM_LIMIT + 1, 2 * MIN_ITEM_LIMIT, DEFAULT_ITEM_LIMIT):
             for length in (0, 1, chunk_size(limit), chunk_size(limit) + 1, 5 * chunk_size(limit)):
                 manifest, _ = split(b"x" * length, limit)
                 self.assertEqual(parse_manifest(manifest.to_bytes(), length), manifest)
+                metadata = b'{"format":1}\n'
+                manifest, _ = split(b"x" * length, limit, metadata)
+                taken = parse_manifest(manifest.to_bytes(), length + len(metadata))
+                self.assertEqual(taken, manifest)
 
 
 class RingTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ The layout other programs read is documented in C{docs/memcached.md}, and
 built by L{refresherd.stores.memcached.layout}:
 
     K                                    ->  encode(entry), or a manifest of chunks
+                                             (version 2: with the entry's metadata line)
     {ns}:chunk:{generation}:{i}:{rest}   ->  chunk i of a value too large for one item
     {ns}:lease:{rest}                    ->  the token of the fetch that holds K's lease
 
@@ -18,16 +19,19 @@ request it answers (a connection that goes out of step is dropped), no item
 over the item limit is ever sent, and every call has a deadline.
 
 memcached has no transactions and no notifications: a fenced write checks its
-lease, then writes with C{cas}; waiters in other processes poll.  What that
+lease, then writes with C{cas}; waiters in other processes poll.  A put of a
+large value whose body the manifest under its key already names (a renewal)
+writes only a new manifest, and extends its chunks' expiry with C{touch}.  What that
 makes weaker than Redis is in C{docs/memcached.md}.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -41,6 +45,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.memcache import Command, MemCacheProtocol, ServerError
+from twisted.python.compat import networkString
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -54,9 +59,11 @@ from refresherd.stores.memcached.layout import (
     Manifest,
     check_key,
     exptime,
+    fits,
     inline_fits,
     is_manifest,
     lease_key,
+    metadata_fits,
     parse_manifest,
     split,
 )
@@ -90,6 +97,9 @@ is clean again.
 MULTIGET_BATCH = 100
 """Keys in one C{get} command."""
 
+SPOILED_KEPT = 1024
+"""Generations whose chunks failed their manifest's check, remembered (all forgotten past this)."""
+
 _REPLIES: dict[bytes, frozenset[bytes]] = {
     b"get": frozenset({b"VALUE", b"END"}),
     b"gets": frozenset({b"VALUE", b"END"}),
@@ -97,6 +107,7 @@ _REPLIES: dict[bytes, frozenset[bytes]] = {
     b"add": frozenset({b"STORED", b"NOT_STORED"}),
     b"cas": frozenset({b"STORED", b"EXISTS", b"NOT_FOUND"}),
     b"delete": frozenset({b"DELETED", b"NOT_FOUND"}),
+    b"touch": frozenset({b"TOUCHED", b"NOT_FOUND"}),
     b"stats": frozenset({b"STAT", b"END"}),
     b"version": frozenset({b"VERSION"}),
 }
@@ -158,6 +169,11 @@ class MemcachedStore(Service):
     @ivar connect_timeout: seconds one connection attempt may take.
     @ivar max_entry_bytes: the largest entry read: larger ones, and manifests
         that claim more bytes or chunks than such an entry needs, read as absent.
+    @ivar manifest_version: 2 (the default): a value in chunks gets a manifest
+        of version 2 when its metadata fits in it, and a put of the body such a
+        manifest already names writes only a new manifest.  1: every manifest
+        is of version 1 and every put writes every chunk, as releases before
+        version 2 did (for comparisons; both are always read).
     """
 
     shared: ClassVar[bool] = True
@@ -171,11 +187,14 @@ class MemcachedStore(Service):
     dead_min: float = DEAD_MIN
     dead_max: float = DEAD_MAX
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
+    manifest_version: int = 2
 
     _log: ClassVar[Logger] = Logger()
     _pool: list[_Server] = attrs.field(init=False, repr=False, factory=list)
     _ring: Ring[_Server] = attrs.field(init=False, repr=False)
     _readiness: list[Deferred[None]] = attrs.field(init=False, repr=False, factory=list)
+    _spoiled: set[str] = attrs.field(init=False, repr=False, factory=set)
+    """Generations whose chunks a read found not to match their manifest: never renewed."""
     _waiters: ChangeWaiters = attrs.field(
         init=False,
         repr=False,
@@ -194,6 +213,8 @@ class MemcachedStore(Service):
             raise ValueError("a memcached store needs at least one server")
         if not MIN_ITEM_LIMIT <= self.item_limit <= MAX_ITEM_LIMIT:
             raise ValueError(f"item_limit must be from {MIN_ITEM_LIMIT} to {MAX_ITEM_LIMIT} bytes")
+        if self.manifest_version not in (1, 2):
+            raise ValueError("manifest_version must be 1 or 2")
         self._pool = [_Server(host, port) for host, port in self.servers]
         self._ring = Ring([(server.address, server) for server in self._pool])
 
@@ -347,10 +368,15 @@ class MemcachedStore(Service):
     # -- the operations ------------------------------------------------------
 
     async def _get(self, key: str) -> Entry | None:
-        k = check_key(key)
         deadline = self._deadline()
+        return await self._entry(key, await self._raw(key, deadline), deadline)
+
+    async def _raw(self, key: str, deadline: float) -> bytes | None:
+        """The bytes C{key} holds, as they are."""
+        k = check_key(key)
         _, (_, data) = await self._keyed(key, "get", lambda c: c.get(k), deadline)
-        return await self._entry(key, data, deadline)
+        found: bytes | None = data
+        return found
 
     async def _entry(self, key: str, data: bytes | None, deadline: float) -> Entry | None:
         """The entry of the bytes C{data} found under C{key}: itself, or its chunks."""
@@ -366,8 +392,16 @@ class MemcachedStore(Service):
             try:
                 data = manifest.join(chunks)
             except ValueError as e:
+                if len(self._spoiled) >= SPOILED_KEPT:
+                    self._spoiled.clear()
+                self._spoiled.add(manifest.generation)
                 self._reader.unreadable(key, str(e))
                 return None
+            entry = self._reader.entry(key, data)
+            if entry is not None and entry.is_failure and manifest.version == 2:
+                self._reader.unreadable(key, "a manifest of version 2 for an entry with no body")
+                return None
+            return entry
         return self._reader.entry(key, data)
 
     async def _read_chunks(
@@ -416,43 +450,124 @@ class MemcachedStore(Service):
         check_key(key)
         deadline = self._deadline()
         now = self.reactor.seconds()
-        value: bytes | None = None
-        if ttl > 0:
-            value = encode(entry)
-            limit = self.effective_item_limit
-            if not inline_fits(key, value, limit):
-                manifest, chunks = split(value, limit)
-                expires = exptime(ttl + CHUNK_MARGIN, now)
-                writes = [
-                    Deferred.fromCoroutine(self._store(chunk_key, chunk, expires, deadline))
-                    for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True)
-                ]
-                await _all(writes)
-                value = manifest.to_bytes()
-        if lease is None:
+        if lease is not None:
+            written = await self._put_fenced(key, entry, ttl, now, lease, deadline)
+        else:
+            value = None
+            if ttl > 0:
+                read = lambda: self._raw(key, deadline)  # noqa: E731
+                value = await self._value(key, entry, ttl, now, deadline, read)
             await self._remove(lease_key(key), deadline)
             if value is None:
                 await self._remove(key, deadline)
             else:
                 await self._store(key, value, exptime(ttl, now), deadline)
             written = True
-        else:
-            written = await self._put_fenced(key, value, exptime(ttl, now), lease, deadline)
         if written:
             self._waiters.notify(key)
         return written
 
-    async def _put_fenced(
-        self, key: str, value: bytes | None, expires: int, lease: str, deadline: float
+    async def _value(
+        self,
+        key: str,
+        entry: Entry,
+        ttl: float,
+        now: float,
+        deadline: float,
+        current: Callable[[], Awaitable[bytes | None]],
+    ) -> bytes:
+        """
+        The bytes to write under C{key} for C{entry}: the entry itself if it fits
+        in one item, else a manifest whose chunks are written first.  When
+        C{current} (what C{key} holds) is a manifest of version 2 whose chunks
+        hold this very body (same length and SHA-256), those chunks get a new
+        expiry (C{touch}) instead, and the new manifest names them; if one is
+        gone, every chunk is written under a new generation.
+        """
+        limit = self.effective_item_limit
+        body = entry.body
+        if body is None or self.manifest_version == 1:
+            data = encode(entry)
+            if inline_fits(key, data, limit):
+                return data
+            manifest, chunks = split(data, limit)
+        else:
+            # The entry's bytes are its metadata line, then its body: an empty
+            # body leaves the line alone, without copying the body.
+            metadata = encode(attrs.evolve(entry, body=b""))
+            if fits(key, len(metadata) + len(body), limit):
+                return metadata + body
+            if not metadata_fits(key, metadata, limit):
+                manifest, chunks = split(encode(entry), limit)
+            else:
+                digest = hashlib.sha256(body).hexdigest()
+                renewal = self._renewal(await current(), metadata, len(body), digest)
+                if renewal is not None and await self._renew_chunks(
+                    key, renewal, ttl, now, deadline
+                ):
+                    return renewal.to_bytes()
+                manifest, chunks = split(body, limit, metadata, digest)
+        expires = exptime(ttl + CHUNK_MARGIN, now)
+        writes = [
+            Deferred.fromCoroutine(self._store(chunk_key, chunk, expires, deadline))
+            for chunk_key, chunk in zip(manifest.chunk_keys(key), chunks, strict=True)
+        ]
+        await _all(writes)
+        return manifest.to_bytes()
+
+    def _renewal(
+        self, current: bytes | None, metadata: bytes, length: int, sha256: str
+    ) -> Manifest | None:
+        """
+        The manifest of a renewal of C{current}, a manifest read from the store
+        whose chunks hold the body of C{length} bytes and C{sha256}; else None.
+        """
+        if current is None or not is_manifest(current):
+            return None
+        try:
+            manifest = parse_manifest(current, self.max_entry_bytes)
+        except ValueError:
+            return None
+        if manifest.generation in self._spoiled:
+            return None
+        return manifest.renewal(metadata, length, sha256)
+
+    async def _renew_chunks(
+        self, key: str, manifest: Manifest, ttl: float, now: float, deadline: float
     ) -> bool:
         """
-        Write C{value} (None: delete) under C{key} while C{lease} holds its
-        lease.  The C{gets} comes before the lease check, so that a write by
-        anyone after that check makes the C{cas} fail.
+        Give every chunk of C{manifest} the expiry of chunks written now
+        (C{touch}); whether every one was there.
+        """
+        expires = exptime(ttl + CHUNK_MARGIN, now)
+
+        async def touch(chunk: str) -> bool:
+            k = check_key(chunk)
+            _, touched = await self._keyed(chunk, "touch", lambda c: c.touch(k, expires), deadline)
+            return bool(touched)
+
+        touches = [Deferred.fromCoroutine(touch(chunk)) for chunk in manifest.chunk_keys(key)]
+        answers: list[bool] = await _all(touches)
+        return all(answers)
+
+    async def _put_fenced(
+        self, key: str, entry: Entry, ttl: float, now: float, lease: str, deadline: float
+    ) -> bool:
+        """
+        Write C{entry} (a C{ttl} of zero or less: delete it) under C{key} while
+        C{lease} holds its lease.  The C{gets} comes first (what it reads is
+        what a renewal is checked against), then the chunks, then the lease
+        check, so that a write by anyone after that C{gets} makes the C{cas}
+        fail.
         """
         k = check_key(key)
         gets = lambda c: c.get(k, withIdentifier=True)  # noqa: E731
         server, (_, cas, current) = await self._keyed(key, "gets", gets, deadline)
+        value: bytes | None = None
+        expires = exptime(ttl, now)
+        if ttl > 0:
+            read = lambda: defer.succeed(current)  # noqa: E731
+            value = await self._value(key, entry, ttl, now, deadline, read)
         if not await self._holds(key, lease, deadline):
             return False
         if value is None:
@@ -739,6 +854,24 @@ class _Connection(MemCacheProtocol):
             super().lineReceived(line)
         except Exception as e:
             self._out_of_step(f"{line[:80]!r} to {head.command.decode()} ({e})", head)
+
+    def touch(self, key: bytes, expireTime: int) -> Deferred[bool]:
+        """
+        Give C{key} a new expiry time (C{touch}, which Twisted's client lacks):
+        fires True if the item was there (C{TOUCHED}), False if not
+        (C{NOT_FOUND}).  Any other reply drops the connection, as for every
+        command.  C{key} must have passed L{check_key}.
+        """
+        if self._disconnected:
+            return defer.fail(RuntimeError("not connected"))
+        self.sendLine(b"touch " + key + b" " + networkString(str(int(expireTime))))
+        command = Command(b"touch", key=key)
+        self._current.append(command)
+        answer: Deferred[bool] = command._deferred
+        return answer
+
+    def cmd_TOUCHED(self) -> None:
+        self._current.popleft().success(True)
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.broken:
