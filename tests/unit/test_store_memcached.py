@@ -394,6 +394,12 @@ def test_memcached_store_from_url(
     assert not store.running
 
 
+def test_memcached_manifests_are_written_in_version_2_unless_the_url_says_1() -> None:
+    assert memcached_store_from_url("memcached://a:1", "ns", reactor).manifest_version == 2
+    url = "memcached://a:1?item_limit=4096&manifest_version=1"
+    assert memcached_store_from_url(url, "ns", reactor).manifest_version == 1
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -421,6 +427,8 @@ def test_memcached_store_from_url(
         ("memcached://a:1?item_limit=", "item_limit must be a number of bytes"),
         ("memcached://a:1?item_limit=1073741825", "item_limit must be a number of bytes"),
         ("memcached://a:1?item_limit=4096&item_limit=4096", "item_limit is given twice"),
+        ("memcached://a:1?manifest_version=3", "manifest_version must be 1 or 2, not '3'"),
+        ("memcached://a:1?manifest_version=1&manifest_version=1", "manifest_version is given"),
     ],
 )
 def test_memcached_store_from_url_refuses(url: str, message: str) -> None:

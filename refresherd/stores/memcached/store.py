@@ -938,6 +938,7 @@ def memcached_store_from_url(
 ) -> MemcachedStore:
     """
     The L{MemcachedStore} of C{memcached://host[:port][,host[:port]...][?item_limit=N]}
+    (and C{manifest_version=1} to write manifests as releases before 2 did)
     (port 11211 by default; IPv6 addresses in brackets), reading entries of
     at most C{max_entry_bytes}.  Anything wrong is a L{ValueError} whose
     message is one line.
@@ -961,14 +962,22 @@ def memcached_store_from_url(
         if server in servers[:i]:
             raise ValueError(f"{what} names {server[0]}:{server[1]} twice")
     item_limit = DEFAULT_ITEM_LIMIT
+    manifest_version = 2
     seen: set[str] = set()
     for param in query.split("&") if query else []:
         name, _, value = param.partition("=")
-        if name != "item_limit":
-            raise ValueError(f"{what}: unknown parameter {name[:40]!r}; only item_limit")
+        if name not in ("item_limit", "manifest_version"):
+            raise ValueError(
+                f"{what}: unknown parameter {name[:40]!r}; only item_limit and manifest_version"
+            )
         if name in seen:
-            raise ValueError(f"{what}: item_limit is given twice")
+            raise ValueError(f"{what}: {name} is given twice")
         seen.add(name)
+        if name == "manifest_version":
+            if value not in ("1", "2"):
+                raise ValueError(f"{what}: manifest_version must be 1 or 2, not {value[:40]!r}")
+            manifest_version = int(value)
+            continue
         if not _DIGITS.fullmatch(value) or not MIN_ITEM_LIMIT <= int(value) <= MAX_ITEM_LIMIT:
             raise ValueError(
                 f"{what}: item_limit must be a number of bytes from {MIN_ITEM_LIMIT} "
@@ -981,6 +990,7 @@ def memcached_store_from_url(
         namespace=namespace,
         item_limit=item_limit,
         max_entry_bytes=max_entry_bytes,
+        manifest_version=manifest_version,
     )
 
 
