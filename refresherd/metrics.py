@@ -88,6 +88,13 @@ class Metrics:
         self.fetches = Counter(
             "refresherd_fetches", "Fetch attempts, by outcome.", ["job", "outcome"], registry=r
         )
+        self.refreshes = Counter(
+            "refresherd_refreshes",
+            "Fetches started (one per key however many wait), by why: request, early, warm, "
+            "hot, purge.",
+            ["job", "reason"],
+            registry=r,
+        )
         self.origin_tags_dropped = Counter(
             "refresherd_origin_tags_dropped",
             "Tags an origin sent (Surrogate-Key) that were dropped: over the bounds.",

@@ -50,6 +50,10 @@ their leases (store operations are not cut: a cut lease SET would leave the
 lease behind) before the stop goes on without them."""
 
 
+BACKGROUND = frozenset({"warm", "hot", "purge"})
+"""The reasons of fetches no request waits for (L{refresherd.core.slots})."""
+
+
 class ShuttingDown(Overloaded):
     """The service stopped before the fetch finished."""
 
@@ -70,15 +74,34 @@ class Flight:
     """Write the result to the store (false while the store is unreachable)."""
     marks: tuple[str, str] = ("", "")
     """The purge marks of the job and tags when the flight began, for what it writes."""
+    reason: str = "request"
+    """Why it runs: C{request}, C{early} (XFetch), or in the background (L{BACKGROUND})."""
+    background: bool = attrs.field(init=False)
+    """Whether it runs in the background: its slot comes after requests' (L{Slots})."""
+    _slot_wait: Deferred[None] | None = attrs.field(default=None, init=False)
+    slot_background: bool = attrs.field(default=False, init=False)
+    """Whether the slot it holds is a background one (released as such)."""
     _waiters: list[Deferred[Entry]] = attrs.field(factory=list, init=False)
     _outcome: Entry | Exception | None = attrs.field(default=None, init=False)
     running: Deferred[None] | None = attrs.field(default=None, init=False)
     aborted: bool = attrs.field(default=False, init=False)
     _abortable: Deferred[Any] | None = attrs.field(default=None, init=False)
 
+    @background.default
+    def _in_background(self) -> bool:
+        return self.reason in BACKGROUND
+
     @property
     def key(self) -> str:
         return self.target.key
+
+    def promote(self) -> None:
+        """A request needs it now: it waits for a slot as a request's fetch would."""
+        if not self.background:
+            return
+        waiting = self._slot_wait
+        if waiting is None or self.target.job.slots.promote(waiting):
+            self.background = False  # its slot, when it comes, is a request's
 
     def wait(self) -> Deferred[Entry]:
         """The flight's entry for one caller; cancelling it leaves the flight alone."""
@@ -156,18 +179,28 @@ class Flights:
         persist: bool,
         marks: tuple[str, str],
         early: bool = False,
+        reason: str = "request",
     ) -> Flight:
-        """The flight of C{target}'s key: the one running, or a new one."""
+        """
+        The flight of C{target}'s key: the one running (promoted to a
+        request's if it ran in the background and this is not), or a new one
+        started for C{reason}.
+        """
         job = target.job
         flight = self.running.get(target.key)
         if flight is not None:
+            if reason not in BACKGROUND:
+                flight.promote()
             self.metrics.coalesced.labels(job=job.name).inc()
             return flight
-        flight = Flight(target, previous, persist, marks)
+        if early:
+            reason = "early"
+        flight = Flight(target, previous, persist, marks, reason)
         if self.stopping:
             flight.finish(ShuttingDown("refresherd is shutting down; try again"))
             return flight
         self.running[target.key] = flight
+        self.metrics.refreshes.labels(job=job.name, reason=reason).inc()
         if early:
             self.metrics.early_refreshes.labels(job=job.name).inc()
         flight.running = Deferred.fromCoroutine(self._fly(flight))
@@ -282,11 +315,23 @@ class Flights:
                 if lease is not None:
                     await self._release(flight, lease)
         finally:
-            job.slots.release()
+            job.slots.release(background=flight.slot_background)
 
     async def _slot(self, flight: Flight) -> None:
+        """
+        One of the job's slots: a request's (L{Overloaded} past C{max_queue}),
+        or a background one, which waits behind every request's.
+        """
         job = flight.target.job
-        if job.slots.tokens == 0 and job.queued >= job.config.max_queue:
+        if flight.background:
+            waiting = flight._slot_wait = job.slots.acquire_background()
+            try:
+                await flight.abortable(lambda: waiting)
+            finally:
+                flight._slot_wait = None
+            flight.slot_background = flight.background  # unless promoted meanwhile
+            return
+        if job.slots.free == 0 and job.queued >= job.config.max_queue:
             raise Overloaded(f"job {job.name!r} has {job.config.max_queue} fetches waiting")
         depth = self.metrics.queue_depth.labels(job=job.name)
         depth.inc()
@@ -294,6 +339,7 @@ class Flights:
             await flight.abortable(job.slots.acquire)
         finally:
             depth.dec()
+        flight.slot_background = False
 
     async def _landed_meanwhile(self, flight: Flight) -> Entry | None:
         """

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import attrs
-from twisted.internet import defer
 
 from refresherd.config import JobConfig
 from refresherd.core.args import check_args
@@ -19,6 +18,7 @@ from refresherd.core.marks import (
     namespace_of,
     own_tags,
 )
+from refresherd.core.slots import Slots
 from refresherd.core.templates import render_tags
 from refresherd.entry import Entry, Fetched, value_entry
 from refresherd.errors import UnknownJob
@@ -35,10 +35,10 @@ class Job:
 
     config: JobConfig
     fetcher: IFetcher
-    slots: defer.DeferredSemaphore = attrs.field(init=False)
+    slots: Slots = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.slots = defer.DeferredSemaphore(self.config.concurrency)
+        self.slots = Slots(self.config.concurrency)
 
     @property
     def name(self) -> str:
@@ -46,7 +46,8 @@ class Job:
 
     @property
     def queued(self) -> int:
-        return len(self.slots.waiting)
+        """Fetches that requests wait for, waiting for a slot (what C{max_queue} bounds)."""
+        return self.slots.queued
 
 
 def may_tag(job: Job) -> bool:

@@ -456,6 +456,36 @@ class Refresher(Service):
         tokens = await self.store.get_purge_tokens(keys.all)
         return entry, purge_of(entry.marks, keys.marks(tokens))
 
+    async def refresh_background(self, target: Target, reason: str, lead: float = 0.0) -> Answer:
+        """
+        A refresh no request waits for (C{reason}: C{warm}, C{hot} or
+        C{purge}): its fetch takes a slot only after requests' and holds at
+        most C{concurrency - 1} (L{refresherd.core.slots}).  Nothing is
+        fetched while the value stays fresh for C{lead} more seconds (the
+        answer is its C{hit}), nor before its C{retry_at} (C{min_refresh},
+        or backoff after failures: the answer is the value as it is, or
+        L{FetchFailed} for a failure remembered).  Otherwise it fetches (or
+        joins the fetch running) and answers C{miss} with what was written,
+        failing as a waiting lookup does (L{FetchFailed}, L{StoreUnavailable},
+        L{Overloaded} when the service stops).
+        """
+        entry, marks, persist = await self._read(target, cached=False)
+        job, now = target.job, self.clock.seconds()
+        if not persist:
+            raise StoreUnavailable("the store is unreachable; a refresh would not be stored")
+        if entry is not None and target.key not in self.flights.running:
+            if entry.is_failure and now < entry.retry_at:
+                raise FetchFailed(public_reason(entry.last_error or ""))
+            if not entry.is_failure and (now + lead < entry.fresh_until or now < entry.retry_at):
+                status = "hit" if now < entry.fresh_until else "stale"
+                return Answer(job.name, target.key, status, entry)
+        flight = self.flights.start(target, entry, persist, marks, reason=reason)
+        try:
+            fetched = await flight.wait()
+        except FetchError as e:
+            raise FetchFailed(public_reason(str(e))) from None
+        return Answer(job.name, target.key, "miss", fetched, stored=flight.persist)
+
     async def refresh(self, target: Target) -> str:
         """Start a refresh of C{target} now, or join the one running; fires with its key."""
         entry, marks, persist = await self._read(target, cached=False)

@@ -32,6 +32,7 @@ DOCUMENTED = {
     "refresherd_requests": ("counter", {"job", "status"}),
     "refresherd_fetches": ("counter", {"job", "outcome"}),
     "refresherd_origin_tags_dropped": ("counter", {"job"}),
+    "refresherd_refreshes": ("counter", {"job", "reason"}),
     "refresherd_fetch_duration_seconds": ("histogram", {"job"}),
     "refresherd_fetches_in_flight": ("gauge", {"job"}),
     "refresherd_coalesced": ("counter", {"job"}),
