@@ -123,6 +123,8 @@ class JobConfig:
     tags: tuple[str, ...] = ()
     version: int = 1
     early_refresh: float = 1.0
+    keep_hot: int = 0
+    """The hottest keys of the job refreshed before they would go stale (refresh-ahead)."""
     min_refresh: float = 1.0
     """Background refreshes of one key are never closer together, whatever an origin asks."""
     max_value_bytes: int = 32 * MIB
@@ -158,7 +160,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HTTP_ONLY = ("url", "method", "headers", "body", "sign", "path_slash", "freshness", "max_fresh")
 _POSITIVE_DURATIONS = ("fresh", "timeout", "wait_timeout")
 _DURATIONS = ("stale", "stale_if_error", "error_ttl", "min_refresh", *_POSITIVE_DURATIONS)
-_INT_MINIMUMS = {"retries": 0, "concurrency": 1, "max_queue": 0, "version": 1, "max_value_bytes": 1}
+_INT_MINIMUMS = {
+    "retries": 0,
+    "concurrency": 1,
+    "max_queue": 0,
+    "version": 1,
+    "max_value_bytes": 1,
+    "keep_hot": 0,
+}
 _TOML_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (bool, "a boolean"),
     (int, "an integer"),

@@ -130,6 +130,10 @@ class Refresher(Service):
     """
     _own_tag_keys: int = attrs.field(init=False, default=0)
     """How many generation keys L{_own_tags} holds."""
+    after_purge: Callable[[list[str], list[str], list[str], bool], None] | None = attrs.field(
+        default=None, kw_only=True
+    )
+    """Told of every purge done here (keys, jobs, tags, soft): regeneration listens."""
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     # Service is an old-style class with class attributes; attrs leaves them alone.
@@ -414,7 +418,14 @@ class Refresher(Service):
         for kind, given in (("key", keys), ("job", jobs), ("tag", tags)):
             if given:
                 self.metrics.purged.labels(kind=kind).inc(len(given))
+        if self.after_purge is not None:
+            self.after_purge(keys, jobs, tags, soft)
         return len(keys) + len(jobs) + len(tags)
+
+    def tags_of(self, target: Target) -> tuple[str, ...]:
+        """The tags of C{target}'s entry as last read here: its job's, and its own."""
+        own = self._own_tags.get(target.key)
+        return target.tags + own.names if own is not None else target.tags
 
     def _longest_lifetime(self) -> float:
         """How long the store may keep an entry of any job: its windows, a soft purge's

@@ -211,6 +211,7 @@ def describe_job(job: JobConfig) -> dict[str, Any]:
         "version",
         "early_refresh",
         "min_refresh",
+        "keep_hot",
         "max_value_bytes",
         "writable",
     ):

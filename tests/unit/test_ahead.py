@@ -1,0 +1,145 @@
+"""
+Refresh-ahead of the hottest keys (C{keep_hot}) and their regeneration after
+a soft purge (docs/README.md, "Background refreshes"), with a sketch given
+by the test; all on task.Clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+
+from refresherd.config import JobConfig
+from refresherd.core.ahead import Ahead, after_purge
+from refresherd.core.jobs import Job
+from refresherd.core.refresher import Refresher
+from refresherd.metrics import metrics_for
+from refresherd.stores.memory import MemoryStore
+from refresherd.testing import FakeFetcher
+from tests.deferreds import as_deferred, result
+
+
+@attrs.define
+class Hot:
+    key: str
+    args: Mapping[str, str]
+
+
+@attrs.define
+class Sketch:
+    """The hot keys, hottest first, as the test sets them."""
+
+    ids: list[str] = attrs.field(factory=list)
+
+    def top(self, job: str, now: float, n: int | None = None) -> list[Hot]:
+        hot = [Hot(f"rfd:j:v1:id={i}", {"id": i}) for i in self.ids]
+        return hot[:n]
+
+
+def make(**settings: Any) -> tuple[Refresher, FakeFetcher, task.Clock, Sketch, Ahead]:
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    fetcher = FakeFetcher()
+    settings.setdefault("fresh", 10.0)
+    settings.setdefault("stale", 100.0)
+    settings.setdefault("keep_hot", 2)
+    config = JobConfig(
+        name="j", fetch="python", callable="x:y", args=("id",), tags=("t:{id}",), **settings
+    )
+    refresher = Refresher(
+        MemoryStore(clock),
+        {"j": Job(config, fetcher)},
+        clock,
+        "rfd",
+        metrics_for(["j"]),
+        random=lambda: 0.99,
+    )
+    sketch = Sketch()
+    ahead = Ahead(refresher, sketch, clock)
+    refresher.after_purge = after_purge(ahead)
+    ahead.start()
+    return refresher, fetcher, clock, sketch, ahead
+
+
+def lookup(refresher: Refresher, id: str) -> Any:
+    return as_deferred(lambda: refresher.lookup(refresher.target("j", {"id": id})))
+
+
+def succeed_all(fetcher: FakeFetcher, clock: task.Clock, duration: float = 0.0) -> None:
+    clock.advance(duration)
+    while fetcher.pending:
+        fetcher.succeed(index=fetcher.calls.index(fetcher.pending[0]))
+
+
+def test_a_hot_key_is_refreshed_before_it_goes_stale_and_never_served_stale() -> None:
+    refresher, fetcher, clock, sketch, _ = make()
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock, 0.5)  # its fetch takes 0.5 s: lead max(1, 1) + the tick
+    sketch.ids = ["a"]
+    statuses = []
+    for _ in range(120):  # a minute of requests, one every 0.5 s
+        clock.advance(0.5)
+        statuses.append(result(lookup(refresher, "a")).status)
+        succeed_all(fetcher, clock)
+    assert set(statuses) == {"hit"}
+    # One refresh every fresh (10 s) less the lead (2 s): about 7 in the minute, no more.
+    assert 7 <= len(fetcher.calls) - 1 <= 8
+    assert (
+        refresher.metrics.registry.get_sample_value(
+            "refresherd_refreshes_total", {"job": "j", "reason": "hot"}
+        )
+        == len(fetcher.calls) - 1
+    )
+
+
+def test_only_the_n_hottest_and_a_cooled_key_is_no_longer_refreshed() -> None:
+    refresher, fetcher, clock, sketch, _ = make(keep_hot=1)
+    for id in ("a", "b"):
+        lookup(refresher, id)
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a", "b"]
+    clock.advance(30)
+    assert {c.args["id"] for c in fetcher.calls[2:]} == {"a"}
+    succeed_all(fetcher, clock)
+    sketch.ids = ["b"]  # a cooled down
+    before = len(fetcher.calls)
+    clock.advance(60)
+    succeed_all(fetcher, clock)
+    assert {c.args["id"] for c in fetcher.calls[before:]} == {"b"}
+
+
+def test_a_soft_purge_regenerates_the_hot_keys_it_covers_at_once() -> None:
+    refresher, fetcher, clock, sketch, _ = make()
+    for id in ("a", "b"):
+        lookup(refresher, id)
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a", "b"]
+    result(Deferred.fromCoroutine(refresher.purge([], [], ["t:a"], True)))
+    assert [c.args["id"] for c in fetcher.pending] == ["a"]  # at once, no request
+    succeed_all(fetcher, clock)
+    assert result(lookup(refresher, "a")).status == "hit"
+    result(Deferred.fromCoroutine(refresher.purge([], ["j"], [], True)))
+    assert sorted(c.args["id"] for c in fetcher.pending) == ["a", "b"]
+
+
+def test_a_hard_purge_regenerates_nothing() -> None:
+    refresher, fetcher, clock, sketch, _ = make()
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    result(Deferred.fromCoroutine(refresher.purge([], ["j"], [], False)))
+    assert fetcher.pending == []
+
+
+def test_a_job_without_keep_hot_is_never_refreshed_ahead() -> None:
+    refresher, fetcher, clock, sketch, ahead = make(keep_hot=0)
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    clock.advance(60)
+    assert len(fetcher.calls) == 1
+    ahead.stop()
