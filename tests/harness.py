@@ -46,6 +46,8 @@ class Origin:
 
     server: ThreadingHTTPServer
     behaviours: dict[str, Behaviour] = attrs.field(factory=dict)
+    default: Behaviour = attrs.field(factory=Behaviour)
+    """How it answers a path not in C{behaviours}."""
     hits: Counter[str] = attrs.field(factory=Counter)
     sent: dict[str, list[bytes]] = attrs.field(factory=dict)
     conditions: dict[str, list[str | None]] = attrs.field(factory=dict)
@@ -81,7 +83,7 @@ def start_origin() -> Origin:
             with origin.lock:
                 origin.hits[path] += 1
                 origin.conditions.setdefault(path, []).append(condition)
-            behaviour = origin.behaviours.get(path, Behaviour())
+            behaviour = origin.behaviours.get(path, origin.default)
             if behaviour.delay:
                 time.sleep(behaviour.delay)
             if behaviour.not_modified and condition == behaviour.headers.get("ETag"):

@@ -29,6 +29,10 @@ TIMEOUT = 3.0
 LEASE = lease_ttl(TIMEOUT, 0)
 """Long enough that a lease left behind is still there when the test looks."""
 DEADLINE = WAIT_TIMEOUT + 2 * STORE_DEADLINE + 1
+IN_FLIGHT = 0.1
+"""Seconds before the signal in which a request may still be on its way to the process."""
+CLOSED_UNANSWERED = "unanswered:RemoteProtocolError"
+"""A connection closed with no answer to the request sent on it (httpx's name for it)."""
 STOP = 25.0
 """
 The drain (10 s, which a steady load on open connections uses whole), the
@@ -58,12 +62,20 @@ def check_stopped(
     outcomes: list[Outcome], fleet: Fleet, signalled: float, exited: float, status: int
 ) -> None:
     """What the clients of the process stopped saw, and how it exited."""
-    print(f"stopped in {exited - signalled:.2f}s; {dict(tally(outcomes))}")
+    print(
+        f"signalled at +{signalled:.2f}s, stopped in {exited - signalled:.2f}s; {dict(tally(outcomes))}"
+    )
     assert status == 0
     assert wrong_values(outcomes, fleet.produced) == []
     assert late(outcomes, DEADLINE) == []
-    before = [o for o in outcomes if o.sent < signalled]
+    # A request its client sent just before the signal may still be on its way when the
+    # process closes the kept-alive connection it was sent on as idle: closed with no
+    # answer, which an HTTP/1.1 client sends again elsewhere (RFC 9112 9.3.1).  Nothing
+    # the process had received goes unanswered.
+    before = [o for o in outcomes if o.sent < signalled - IN_FLIGHT]
     assert not_answered(before, ("value", "error:overloaded")) == []
+    racing = [o for o in outcomes if signalled - IN_FLIGHT <= o.sent < signalled]
+    assert not_answered(racing, ("value", "error:overloaded", CLOSED_UNANSWERED)) == []
     after = [o for o in outcomes if o.sent >= signalled]
     allowed = {"value", "error:overloaded"} | {o.kind for o in after if not o.answered}
     assert after and not_answered(after, allowed) == []
