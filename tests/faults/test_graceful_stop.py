@@ -62,9 +62,8 @@ def check_stopped(
     outcomes: list[Outcome], fleet: Fleet, signalled: float, exited: float, status: int
 ) -> None:
     """What the clients of the process stopped saw, and how it exited."""
-    print(
-        f"signalled at +{signalled:.2f}s, stopped in {exited - signalled:.2f}s; {dict(tally(outcomes))}"
-    )
+    took = exited - signalled
+    print(f"signalled at +{signalled:.2f}s, stopped in {took:.2f}s; {dict(tally(outcomes))}")
     assert status == 0
     assert wrong_values(outcomes, fleet.produced) == []
     assert late(outcomes, DEADLINE) == []
