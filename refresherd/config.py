@@ -65,6 +65,14 @@ class ServerConfig:
     """Open connections per client address, per listener and process; 0: no bound."""
     head_timeout: float = 10.0
     """Seconds a request's head may take: from the connection's start, or its first byte."""
+    hot_keys: int = 100
+    """The keys each job's hot keys sketch keeps (K); 0: no sketch."""
+    hot_half_life: float = 60.0
+    """Seconds after which a request counts half in the hot keys sketch."""
+
+
+MAX_HOT_KEYS = 10_000
+"""The most keys a job's hot keys sketch may keep (C{[server] hot_keys})."""
 
 
 @attrs.frozen
@@ -406,6 +414,12 @@ def _server(t: _Table) -> ServerConfig:
         values["head_timeout"] = t.duration("head_timeout", positive=True)
     if "access_log" in t:
         values["access_log"] = t.get("access_log", "boolean")
+    if "hot_keys" in t:
+        values["hot_keys"] = t.integer("hot_keys", 0)
+        if values["hot_keys"] > MAX_HOT_KEYS:
+            raise t.error("hot_keys", f"must be at most {MAX_HOT_KEYS}, not {values['hot_keys']}")
+    if "hot_half_life" in t:
+        values["hot_half_life"] = t.duration("hot_half_life", positive=True)
     return ServerConfig(**values)
 
 

@@ -25,13 +25,18 @@ L{FLUSH_INTERVAL} seconds and when the worker stops.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
@@ -76,10 +81,15 @@ class Metrics:
     """The hot metrics: all of them in one process; in a worker, those not flushed yet."""
     process: ProcessCollector = attrs.field(factory=lambda: ProcessCollector(registry=None))
     """This process's C{process_*} metrics (CPU, memory, file descriptors)."""
+    hot_keys: Callable[[], Mapping[str, int]] = lambda: {}
+    """How many keys each job's hot keys sketch holds, as the admin API shows them."""
+    _hot_gauge: _HotKeysGauge = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
         r.register(self.process)
+        self._hot_gauge = _HotKeysGauge(self)
+        r.register(self._hot_gauge)
         if self.multiprocess_dir is None:
             r.register(self._tally)
         else:
@@ -188,7 +198,7 @@ class Metrics:
         if self.multiprocess_dir is not None:
             # This worker's values are in the directory (once flushed); its process's are not.
             self.flush()
-            return render_multiprocess(self.multiprocess_dir, also=self.process)
+            return render_multiprocess(self.multiprocess_dir, also=[self.process, self._hot_gauge])
         if self.workers_dir is not None:
             return render_multiprocess(self.workers_dir, also=self.registry)
         return generate_latest(self.registry)
@@ -226,13 +236,35 @@ class _Tally:
         yield http
 
 
+@attrs.define(eq=False)
+class _HotKeysGauge:
+    """
+    C{refresherd_hot_keys}: the keys each configured job's hot keys sketch
+    holds, read when scraped (never written to the shared directory: the
+    view it reads is already the workers' merged).
+    """
+
+    metrics: Metrics
+
+    def collect(self) -> Iterator[Metric]:
+        sizes = self.metrics.hot_keys()
+        gauge = GaugeMetricFamily(
+            "refresherd_hot_keys", "Keys each job's hot keys sketch holds.", labels=["job"]
+        )
+        for job in sorted(self.metrics.jobs):
+            gauge.add_metric([job], sizes.get(job, 0))
+        yield gauge
+
+
 def render_multiprocess(path: str, also: Any = None) -> bytes:
     """
     The Prometheus text format of the sum of the values every worker wrote in
-    C{path}, and of those of the collector (or registry) C{also}.
+    C{path}, and of those of the collector (or registry, or list of them) C{also}.
     """
     collectors: list[Any] = [MultiProcessCollector(None, path=path)]
-    if also is not None:
+    if isinstance(also, list):
+        collectors.extend(also)
+    elif also is not None:
         collectors.append(also)
     registry = CollectorRegistry()
     registry.register(_Summed(collectors))

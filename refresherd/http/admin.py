@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from refresherd.config import JobConfig, Secret
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.marks import Purge
 from refresherd.core.refresher import Refresher
 from refresherd.entry import Entry, is_json_content_type, parse_json
@@ -34,6 +35,7 @@ from refresherd.errors import (
     BadJson,
     BatchTooLarge,
     Forbidden,
+    UnknownJob,
     UnsupportedMediaType,
     one_line,
 )
@@ -224,6 +226,41 @@ def describe_jobs(jobs: Mapping[str, JobConfig]) -> bytes:
     return json.dumps({"jobs": [describe_job(jobs[name]) for name in sorted(jobs)]}).encode()
 
 
+MAX_HOT_N = 10_000
+"""The largest C{n} of C{GET /v1/hot} (the largest C{hot_keys})."""
+
+
+def parse_hot_query(
+    args: dict[str, str], configured: Mapping[str, object]
+) -> tuple[list[str], int | None]:
+    """
+    The jobs (C{job}, default every configured one) and how many keys of each
+    (C{n}, default all the sketch keeps) C{GET /v1/hot} asks for.
+    """
+    job, n = args.pop("job", None), args.pop("n", None)
+    if args:
+        raise BadArgs(f"unknown parameter {sorted(args)[0][:40]!r}; use job and n")
+    if job is not None and job not in configured:
+        raise UnknownJob(f"no job named {job[:64]!r}")
+    if n is not None and not (
+        n.isascii() and n.isdigit() and len(n) <= 5 and 1 <= int(n) <= MAX_HOT_N
+    ):
+        raise BadArgs(f"n must be a whole number from 1 to {MAX_HOT_N}")
+    return ([job] if job is not None else sorted(configured)), None if n is None else int(n)
+
+
+def hot_json(registry: HotKeysRegistry, jobs: list[str], now: float, n: int | None) -> bytes:
+    """C{GET /v1/hot}: the hottest keys of each of C{jobs} at C{now}, highest rate first."""
+    shown = {
+        job: [
+            {"key": hot.key, "args": dict(hot.args), "rate": hot.rate, "error": hot.error}
+            for hot in registry.top(job, now, n)
+        ]
+        for job in jobs
+    }
+    return json.dumps({"jobs": shown}).encode("utf-8")
+
+
 @attrs.define(slots=False)
 class AdminAPI:
     """The routes of the admin listener."""
@@ -233,6 +270,13 @@ class AdminAPI:
     metrics: Metrics
     clock: IReactorTime
     access_log: bool = False
+    hot_keys: Callable[[], HotKeysRegistry] = attrs.field(
+        default=lambda: HotKeysRegistry(0), kw_only=True
+    )
+    """
+    The hot keys C{GET /v1/hot} shows: the process's (L{Engine.hot}), merged
+    with the workers' in the parent of C{--workers}.
+    """
     app = Klein()
 
     handle_errors(
@@ -309,6 +353,15 @@ class AdminAPI:
         request.setResponseCode(202)
         request.setHeader(b"Content-Type", JSON)
         return json.dumps({"job": job, "key": key, "status": "pending"}).encode()
+
+    @app.route("/v1/hot", methods=["GET", "HEAD"])
+    def hot(self, request: IRequest) -> bytes:
+        self._admin(request, "/v1/hot")
+        jobs, n = parse_hot_query(parse_query(query(request)), self.refresher.jobs)
+        registry = self.hot_keys()
+        now = self.clock.seconds()
+        request.setHeader(b"Content-Type", JSON)
+        return hot_json(registry, jobs, now, n)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: IRequest) -> bytes:

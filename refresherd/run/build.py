@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from refresherd import __version__
 from refresherd.config import ServerConfig
 from refresherd.core.flights import ABORT_TIMEOUT
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.refresher import DRAIN_TIMEOUT
 from refresherd.errors import ConfigError
 from refresherd.http.admin import AdminAPI
@@ -45,6 +46,7 @@ from refresherd.run.wiring import (
     max_entry_bytes,
     outage_bytes,
 )
+from refresherd.run.workers.hot import HotKeysView
 from refresherd.run.workers.lifeline import Lifeline, connect_lifeline
 from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
 from refresherd.run.workers.options import worker_arguments
@@ -89,6 +91,7 @@ def engine_for(
         reactor,
         multiprocess_dir,
         outage_bytes(settings.store.value),
+        HotKeysRegistry(config.server.hot_keys, config.server.hot_half_life),
     )
 
 
@@ -136,8 +139,18 @@ def build_service(
         settings, reactor, environ, environ.get(MULTIPROCESS_DIR) if worker is not None else None
     )
     refresher, metrics = engine.refresher, engine.refresher.metrics
+    multiprocess_dir = environ.get(MULTIPROCESS_DIR) if worker is not None else None
+    hot = HotKeysView(engine.hot, lambda: multiprocess_dir, None if worker is None else worker.id)
+    metrics.hot_keys = hot.sizes
     authorizer = Authorizer.from_config(config.auth)
-    admin = AdminAPI(refresher, authorizer, metrics, reactor, config.server.access_log)
+    admin = AdminAPI(
+        refresher,
+        authorizer,
+        metrics,
+        reactor,
+        config.server.access_log,
+        hot_keys=hot.current,
+    )
     public = PublicAPI(
         refresher,
         authorizer,
@@ -165,6 +178,7 @@ def build_service(
             log_output=log_output(settings, reactor),
             on_started=lambda: start_worker(signals, lifeline),
             worker=worker.id,
+            hot_keys=hot,
         )
     ports = [listen(reactor, settings.listen.value, settings.listen.where, public_site)]
     sites = [public_site]
@@ -202,7 +216,18 @@ def build_parent(
     engine = engine_for(settings, reactor, environ)
     metrics = engine.refresher.metrics
     authorizer = Authorizer.from_config(config.auth)
-    admin = AdminAPI(engine.refresher, authorizer, metrics, reactor, config.server.access_log)
+    # The parent serves no public request: what it shows is the workers' (the
+    # directory the supervisor makes for them when it starts).
+    hot = HotKeysView(engine.hot, lambda: supervisor.metrics_dir)
+    metrics.hot_keys = hot.sizes
+    admin = AdminAPI(
+        engine.refresher,
+        authorizer,
+        metrics,
+        reactor,
+        config.server.access_log,
+        hot_keys=hot.current,
+    )
     public = listen(
         reactor, settings.listen.value, settings.listen.where, HeldForWorkers(), shared=True
     )

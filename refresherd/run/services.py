@@ -17,10 +17,12 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver, Logger
 from twisted.python.threadpool import ThreadPool
 
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.refresher import Refresher
 from refresherd.http.site import LimitedSite
 from refresherd.logs import LogOutput
 from refresherd.metrics import FLUSH_INTERVAL
+from refresherd.run.workers.hot import HotKeysView
 from refresherd.run.workers.sockets import release
 from refresherd.run.workers.supervisor import Supervisor
 
@@ -63,10 +65,14 @@ class Engine(MultiService):
     The store, the thread pools and the refresher on them, started in that
     order.  Stopping it lets the fetches in flight finish (answering the
     requests that wait on them), then stops the pools and the store.
+
+    @ivar hot: this process's hot keys (C{[server] hot_keys}), which the
+        admin API shows (C{GET /v1/hot}) and its lookups observe.
     """
 
     refresher: Refresher
     pools: ThreadPools
+    hot: HotKeysRegistry = attrs.field(factory=HotKeysRegistry)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
@@ -163,11 +169,13 @@ class RefresherdService(_Process):
 
     @ivar worker: in a worker of C{--workers}, its number: it then announces
         that it serves the inherited socket rather than where it listens, and
-        writes its tallied metrics to the shared directory every
-        L{FLUSH_INTERVAL} seconds and once more when it has stopped.
+        writes its tallied metrics and its hot keys to the shared directory
+        every L{FLUSH_INTERVAL} seconds and once more when it has stopped.
     """
 
     worker: int | None = None
+    hot_keys: HotKeysView | None = None
+    """In a worker, its hot keys, written with its metrics (L{HotKeysView.write})."""
     _flushing: task.LoopingCall | None = attrs.field(default=None, init=False)
 
     def startService(self) -> None:
@@ -176,7 +184,7 @@ class RefresherdService(_Process):
             self.announce()
             return
         refresher = self.engine.refresher
-        self._flushing = task.LoopingCall(refresher.metrics.flush)
+        self._flushing = task.LoopingCall(self._flush)
         self._flushing.clock = refresher.clock
         self._flushing.start(FLUSH_INTERVAL, now=False)
         self._log.info(
@@ -196,8 +204,17 @@ class RefresherdService(_Process):
         if self._flushing is not None:
             if self._flushing.running:
                 self._flushing.stop()
-            self.engine.refresher.metrics.flush()  # the answers given while stopping
+            self._flush()  # the answers given while stopping
         self._stop_logging()
+
+    def _flush(self) -> None:
+        """A worker's tallied metrics and hot keys, to the shared directory (errors logged)."""
+        try:
+            self.engine.refresher.metrics.flush()
+        except Exception:
+            self._log.failure("refresherd: cannot write the metrics")
+        if self.hot_keys is not None:
+            self.hot_keys.write()
 
 
 @attrs.define(eq=False)

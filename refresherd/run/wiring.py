@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from refresherd.config import JobConfig
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.jobs import Job
 from refresherd.core.outage import DEFAULT_OUTAGE_BYTES, Outage
 from refresherd.core.refresher import Refresher
@@ -176,10 +177,12 @@ def build_engine(
     reactor: Any,
     multiprocess_dir: str | None = None,
     outage_bytes: int = DEFAULT_OUTAGE_BYTES,
+    hot: HotKeysRegistry | None = None,
 ) -> Engine:
     """
     The jobs and the refresher on C{store}, with their thread pools and metrics,
-    keeping up to C{outage_bytes} of values while C{store} does not answer.
+    keeping up to C{outage_bytes} of values while C{store} does not answer, and
+    the process's C{hot} keys (default: L{HotKeysRegistry}'s defaults).
     """
     pools = ThreadPools()
     client = make_http_client(reactor)
@@ -191,4 +194,4 @@ def build_engine(
     refresher = Refresher(
         store, jobs, reactor, namespace, metrics, outage=Outage(reactor, outage_bytes)
     )
-    return Engine(refresher, pools)
+    return Engine(refresher, pools, HotKeysRegistry() if hot is None else hot)

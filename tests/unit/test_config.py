@@ -936,3 +936,25 @@ def test_a_bad_connection_bound_stops_start_up_with_one_line(text: str, expected
     message = error_of(f"[server]\n{text}\n")
     assert message.startswith(f"refresherd.toml: {expected}"), message
     assert "\n" not in message
+
+
+def test_hot_keys_default_to_100_keys_of_a_60_s_half_life_and_are_read_from_server() -> None:
+    server = load("").server
+    assert (server.hot_keys, server.hot_half_life) == (100, 60.0)
+    server = load('[server]\nhot_keys = 0\nhot_half_life = "5m"\n').server
+    assert (server.hot_keys, server.hot_half_life) == (0, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hot_keys = -1", "server.hot_keys: must be at least 0, not -1"),
+        ("hot_keys = 10001", "server.hot_keys: must be at most 10000, not 10001"),
+        ("hot_keys = '5'", "server.hot_keys: must be an integer, not a string"),
+        ("hot_half_life = '0s'", "server.hot_half_life: must be more than 0 seconds, not '0s'"),
+        ("hot_half_life = 'soon'", "server.hot_half_life: not a duration: 'soon'"),
+    ],
+)
+def test_a_bad_hot_keys_setting_stops_start_up_with_one_line(text: str, expected: str) -> None:
+    message = error_of(f"[server]\n{text}\n")
+    assert message.startswith(f"refresherd.toml: {expected}"), message
