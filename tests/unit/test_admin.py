@@ -8,6 +8,7 @@ C{GET /v1/jobs} must never show.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
 from refresherd.errors import BadArgs, BadJson, BatchTooLarge
@@ -73,7 +75,10 @@ class AdminTestCase(SynchronousTestCase):
             random=lambda: 0.999,
         )
         authorizer = Authorizer.from_config(auth)
-        self.admin = AdminAPI(self.refresher, authorizer, self.metrics, self.clock)
+        self.hot = HotKeysRegistry(capacity=3, half_life=60.0)
+        self.admin = AdminAPI(
+            self.refresher, authorizer, self.metrics, self.clock, hot_keys=lambda: self.hot
+        )
         self.public = PublicAPI(
             self.refresher, authorizer, ServerConfig(), self.metrics, self.clock
         )
@@ -135,6 +140,7 @@ class AuthTests(AdminTestCase):
         ("GET", "/v1/entries/rfd%3Auser%3Av1%3Aid%3D1", {}),
         ("GET", "/v1/jobs", {}),
         ("POST", "/v1/jobs/user/refresh?id=1", {"json": {}}),
+        ("GET", "/v1/hot?job=user&n=2", {}),
     ]
 
     def test_every_admin_route_needs_an_admin_token(self) -> None:
@@ -207,7 +213,7 @@ class OpenAdminTests(AdminTestCase):
     def test_gets_with_a_host_that_is_not_loopback_are_forbidden(self) -> None:
         """A page on another name that resolves to 127.0.0.1 (DNS rebinding) cannot read."""
         key = self.cached()
-        for path in (f"/v1/entries/{key}?value=1", "/v1/jobs"):
+        for path in (f"/v1/entries/{key}?value=1", "/v1/jobs", "/v1/hot"):
             for host in ("evil.example", "evil.example:8081", "127.0.0.1.evil.example"):
                 code = self.error(403, "GET", path, headers={"Host": host})
                 self.assertEqual(code, "forbidden", (path, host))
@@ -372,6 +378,48 @@ class RefreshTests(AdminTestCase):
                 (response.code, body), (202, {"job": "user", "key": key, "status": "pending"})
             )
         self.assertEqual(len(self.fetcher.calls), 2)
+
+    def test_hot_keys_of_every_job_highest_rate_first(self) -> None:
+        now = self.clock.seconds()
+        for id, times in (("1", 3), ("2", 5), ("3", 1), ("4", 2)):
+            for _ in range(times):
+                self.hot.observe("user", f"rfd:user:v1:id={id}", {"id": id}, now)
+        self.clock.advance(60)  # one half-life: every rate halves
+        headers = bearer("a-token")
+        response, body = self.request("GET", "/v1/hot", headers=headers)
+        self.assertEqual(response.code, 200)
+        shown = [
+            (hot["key"], hot["args"], hot["rate"], hot["error"]) for hot in body["jobs"]["user"]
+        ]
+        per_request = math.log(2) / 60 / 2
+        # K = 3: "3" (one request) was replaced by "4", which took over its count.
+        self.assertEqual(
+            shown,
+            [
+                ("rfd:user:v1:id=2", {"id": "2"}, pytest.approx(5 * per_request), 0.0),
+                (
+                    "rfd:user:v1:id=4",
+                    {"id": "4"},
+                    pytest.approx(3 * per_request),
+                    pytest.approx(per_request),
+                ),
+                ("rfd:user:v1:id=1", {"id": "1"}, pytest.approx(3 * per_request), 0.0),
+            ],
+        )
+        _, body = self.request("GET", "/v1/hot?job=user&n=1", headers=headers)
+        self.assertEqual([hot["key"] for hot in body["jobs"]["user"]], ["rfd:user:v1:id=2"])
+
+    def test_hot_keys_of_a_job_never_requested_are_an_empty_list(self) -> None:
+        response, body = self.request("GET", "/v1/hot?job=user", headers=bearer("a-token"))
+        self.assertEqual((response.code, body), (200, {"jobs": {"user": []}}))
+
+    def test_bad_hot_key_queries(self) -> None:
+        headers = bearer("a-token")
+        self.assertEqual(self.error(404, "GET", "/v1/hot?job=nope", headers=headers), "unknown_job")
+        for query in ("n=0", "n=-1", "n=x", "n=10001", "n=" + "9" * 40, "jobs=user", "n=1&n=2"):
+            self.assertEqual(
+                self.error(400, "GET", f"/v1/hot?{query}", headers=headers), "bad_args"
+            )
 
     def test_bad_refreshes(self) -> None:
         headers = {**JSON_BODY, **bearer("a-token")}

@@ -18,6 +18,7 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.config import AuthConfig, JobConfig, ServerConfig
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
 from refresherd.http.admin import AdminAPI
@@ -42,6 +43,7 @@ DOCUMENTED = {
     "refresherd_http_request_duration_seconds": ("histogram", {"route", "code"}),
     "refresherd_stale_served_age_seconds": ("histogram", {"job"}),
     "refresherd_queue_depth": ("gauge", {"job"}),
+    "refresherd_hot_keys": ("gauge", {"job"}),
 }
 """docs/README.md's metrics: each family (counters without C{_total}), its type and its labels."""
 
@@ -140,6 +142,16 @@ class MetricsTests(SynchronousTestCase):
                 self.assertEqual(set(s.labels) - {"le"}, labels, (name, s))
         self.assertIn("process_cpu_seconds", found)
         self.assertIn("process_resident_memory_bytes", found)
+
+    def test_the_hot_keys_gauge_counts_each_jobs_sketch_and_nothing_per_key(self) -> None:
+        hot = HotKeysRegistry(capacity=2)
+        self.metrics.hot_keys = hot.sizes
+        for id in ("1", "2", "3"):
+            hot.observe("j", f"rfd:j:v1:id={id}", {"id": id}, self.clock.seconds())
+        text = self.metrics_text()
+        self.assertEqual(sample(text, "refresherd_hot_keys", job="j"), 2)
+        self.assertEqual(sample(text, "refresherd_hot_keys", job="e"), 0)
+        self.assertNotIn("id=", text)
 
     def test_counts_agree_with_known_traffic(self) -> None:
         j = self.fetchers["j"]
