@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections import Counter
+from collections import Counter, defaultdict
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -106,11 +107,8 @@ def test_two_sketches_merge_into_one_of_k_keys() -> None:
     merged.merge(json.loads(json.dumps(right.export())))
     lam = math.log(2) / 60
     top = merged.top(now=0.0)
-    assert [(hot.key, hot.rate / lam) for hot in top] == [
-        ("a", pytest.approx(60)),
-        ("b", pytest.approx(20)),
-        ("c", pytest.approx(1)),
-    ]
+    assert [hot.key for hot in top] == ["a", "b", "c"]
+    assert [hot.rate / lam for hot in top] == pytest.approx([60, 20, 1])
     assert top[1].args == {"n": "b"}
 
 
@@ -126,15 +124,13 @@ def test_a_merge_brings_both_to_one_time_and_keeps_k() -> None:
     top = late.top(now=10.0)
     assert top[0].key == "c"
     # "late" was full: "a", missing from it, counts its least count (1) too.
-    assert (top[1].key, top[1].rate / lam, top[1].error / lam) == (
-        "a",
-        pytest.approx(2),
-        pytest.approx(1),
-    )
+    assert top[1].key == "a"
+    assert (top[1].rate / lam, top[1].error / lam) == pytest.approx((2, 1))
 
 
 def test_a_sketch_that_is_not_one_is_refused() -> None:
     sketch = HotKeys()
+    bad: Any
     for bad in (
         [],
         {"capacity": 0, "landmark": 0, "entries": []},
@@ -144,7 +140,7 @@ def test_a_sketch_that_is_not_one_is_refused() -> None:
         {"capacity": 2, "landmark": 0, "entries": [["k", {}, float("nan"), 0]]},
     ):
         with pytest.raises(ValueError):
-            sketch.merge(bad)  # type: ignore[arg-type]
+            sketch.merge(bad)
     assert len(sketch) == 0
 
 
@@ -197,11 +193,11 @@ def test_space_saving_bounds_hold_on_any_stream(
     sketch = HotKeys(capacity=capacity, half_life=half_life)
     now = 0.0
     seen: list[tuple[str, float]] = []
-    for key, step in stream:
+    for number, step in stream:
         now += step
-        sketch.observe(f"k{key}", {}, now)
-        seen.append((f"k{key}", now))
-    true: Counter[str] = Counter()
+        sketch.observe(f"k{number}", {}, now)
+        seen.append((f"k{number}", now))
+    true: defaultdict[str, float] = defaultdict(float)
     for key, at in seen:
         true[key] += lam * math.exp(-lam * (now - at))
     total = sum(true.values())
@@ -224,11 +220,11 @@ def test_a_merge_keeps_the_bounds(
     """Two sketches of the same time merged: never low, at most the error high, K keys."""
     lam = math.log(2) / 60
     sketches = [HotKeys(capacity, 60), HotKeys(capacity, 60)]
-    true: Counter[str] = Counter()
+    true: defaultdict[str, float] = defaultdict(float)
     for sketch, stream in zip(sketches, (left, right), strict=True):
-        for key, _ in stream:
-            sketch.observe(f"k{key}", {}, now=0.0)
-            true[f"k{key}"] += lam
+        for number, _ in stream:
+            sketch.observe(f"k{number}", {}, now=0.0)
+            true[f"k{number}"] += lam
     merged = HotKeys(capacity, 60)
     for sketch in sketches:
         merged.merge(sketch.export())
