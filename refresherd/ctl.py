@@ -229,7 +229,7 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
 )
 @_common
 def cli() -> None:
-    """Operate a refresherd: purge, inspect, refresh and list its jobs."""
+    """Operate a refresherd: purge, inspect, refresh, list its jobs and hot keys."""
 
 
 def _arguments(ctx: click.Context, pairs: Sequence[str]) -> dict[str, str]:
@@ -439,6 +439,38 @@ def _job_row(job: Mapping[str, Any]) -> tuple[str, ...]:
         seconds("stale"),
         listed("tags"),
     )
+
+
+HOT_COLUMNS = ("JOB", "KEY", "RATE")
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.argument("job", required=False)
+@click.option("-n", "n", type=click.IntRange(1), metavar="N", help="At most N keys per job.")
+@_common
+@click.pass_context
+def hot(ctx: click.Context, job: str | None, n: int | None) -> None:
+    """List the keys requested most lately, per job (only JOB, if given).
+
+    RATE is requests per second, each request counting half after the half-life.
+    """
+    state = _state(ctx)
+    with state.client(ctx) as client:
+        jobs = client.hot(job, n)
+    if state.json:
+        state.print_json({"jobs": jobs})
+        return
+    rows = [HOT_COLUMNS]
+    for name in sorted(jobs):
+        for hot_key in jobs[name]:
+            rate = hot_key.get("rate")
+            shown = f"{rate:.3f}" if isinstance(rate, int | float) else "-"
+            rows.append((name, str(hot_key.get("key", "-")), shown))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(HOT_COLUMNS))]
+    for row in rows:
+        state.out(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 # -- running ------------------------------------------------------------------------------

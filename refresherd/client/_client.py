@@ -382,6 +382,26 @@ class Client:
             raise BadResponse("the jobs answer has no list of jobs")
         return jobs
 
+    def hot(self, job: str | None = None, n: int | None = None) -> dict[str, list[dict[str, Any]]]:
+        """
+        The keys requested most lately (C{GET /v1/hot}): per job (only C{job},
+        if given), at most C{n} (default: all the service keeps), each
+        C{{"key", "args", "rate", "error"}}, highest rate first.
+        """
+        params = {}
+        if job is not None:
+            params["job"] = job
+        if n is not None:
+            params["n"] = str(n)
+        answer = self._object(self._send("GET", self.admin_url, "/v1/hot", params=params))
+        jobs = answer.get("jobs")
+        if not isinstance(jobs, dict) or not all(
+            isinstance(keys, list) and all(isinstance(hot, dict) for hot in keys)
+            for keys in jobs.values()
+        ):
+            raise BadResponse("the hot keys answer has no object of jobs")
+        return jobs
+
     # -- plumbing -----------------------------------------------------------------------
 
     def _send(

@@ -48,6 +48,25 @@ JOBS = [
 ]
 
 
+HOT = {
+    "tweets": [
+        {
+            "key": "rfd:tweets:v1:username=bob",
+            "args": {"username": "bob"},
+            "rate": 12.25,
+            "error": 0,
+        },
+        {
+            "key": "rfd:tweets:v1:username=al",
+            "args": {"username": "al"},
+            "rate": 0.0116,
+            "error": 0,
+        },
+    ],
+    "report": [],
+}
+
+
 def answer(job: str, key: str, content_type: str, **value: Any) -> dict[str, Any]:
     """A job GET answer as the public API renders it."""
     return {
@@ -95,6 +114,12 @@ class FakeRefresherd:
             )
         if request.method == "GET" and path == "/v1/jobs":
             return httpx.Response(200, json={"jobs": JOBS})
+        if request.method == "GET" and path == "/v1/hot":
+            if args.get("job", "tweets") not in ("tweets", "report"):
+                return error(404, "unknown_job", f"no job named {args['job']!r}")
+            n = int(args.get("n", "100"))
+            hot = {name: keys[:n] for name, keys in HOT.items() if args.get("job", name) == name}
+            return httpx.Response(200, json={"jobs": hot})
         if request.method == "GET" and path.startswith("/v1/entries/"):
             key = unquote(path[len("/v1/entries/") :])
             entry: dict[str, Any] = {
@@ -465,6 +490,42 @@ def test_jobs_with_no_job_configured_prints_the_header_only() -> None:
 def test_jobs_json_prints_the_list() -> None:
     result = ctl(["jobs", "--json"])
     assert result.out == json.dumps(JOBS, indent=2) + "\n"
+
+
+# -- hot ------------------------------------------------------------------------------------
+
+
+def test_hot_prints_each_jobs_keys_with_their_rates() -> None:
+    fake = FakeRefresherd()
+    result = ctl(["hot"], fake)
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        "JOB     KEY                         RATE",
+        "tweets  rfd:tweets:v1:username=bob  12.250",
+        "tweets  rfd:tweets:v1:username=al   0.012",
+    ]
+    request = fake.only
+    assert (request.method, request.url.port, request.url.path) == ("GET", 8081, "/v1/hot")
+    assert query(request) == {}
+
+
+def test_hot_of_one_job_at_most_n_keys() -> None:
+    fake = FakeRefresherd()
+    result = ctl(["hot", "tweets", "-n", "1"], fake)
+    assert result.out.splitlines()[1:] == ["tweets  rfd:tweets:v1:username=bob  12.250"]
+    assert query(fake.only) == {"job": ["tweets"], "n": ["1"]}
+
+
+def test_hot_json_prints_the_answer() -> None:
+    result = ctl(["hot", "report", "--json"])
+    assert json.loads(result.out) == {"jobs": {"report": []}}
+
+
+def test_hot_of_an_unknown_job_and_a_bad_n() -> None:
+    assert_one_error_line(ctl(["hot", "nope"]), "refresherctl: unknown_job: no job named 'nope'")
+    result = ctl(["hot", "-n", "0"])
+    assert result.code == 2
+    assert "Invalid value for '-n'" in result.err
 
 
 # -- where options stand, defaults, environment -----------------------------------------------
