@@ -256,13 +256,20 @@ def load_config(
         raise ConfigError(one_line(f"{file}: {e}")) from None
     root = _Table(file, "", document, environ, read_file)
     root.only({"server", "store", "auth", "jobs"})
-    return Config(
+    config = Config(
         source=file,
         server=_server(root.table("server")),
         store=_store(root.table("store")),
         auth=_auth(root.table("auth")),
         jobs=_jobs(root.table("jobs")),
     )
+    for name, job in config.jobs.items():
+        if job.keep_hot > config.server.hot_keys:
+            raise ConfigError(
+                f"{file}: jobs.{name}.keep_hot: {job.keep_hot} is more than the hot keys "
+                f"kept per job (server.hot_keys = {config.server.hot_keys})"
+            )
+    return config
 
 
 def _join(path: str, key: str) -> str:

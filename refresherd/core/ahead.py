@@ -37,8 +37,11 @@ MIN_LEAD = 1.0
 
 
 class Hot(typing.Protocol):
-    key: str
-    args: Mapping[str, str]
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def args(self) -> Mapping[str, str]: ...
 
 
 class HotSource(typing.Protocol):

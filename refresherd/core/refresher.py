@@ -26,8 +26,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from refresherd.core import policy
+from refresherd.core.ahead import Ahead, after_purge
 from refresherd.core.attempts import Attempts
 from refresherd.core.flights import Flight, Flights, store_ttl
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.jobs import Job, Target, Targets
 from refresherd.core.marks import (
     OwnTags,
@@ -120,6 +122,10 @@ class Refresher(Service):
         attrs.field(init=False, default=None)
     )
     """The store's L{IReadsAtHand.read_at_hand}, if it has one."""
+    _observe: Callable[[str, str, Mapping[str, str], float], None] | None = attrs.field(
+        init=False, default=None
+    )
+    """L{hot}'s C{observe}, if there is one."""
     _lags: bool = attrs.field(init=False, default=False)
     """Whether what the store has at hand may be behind it (L{IReadsAtHand.lags})."""
     _own_tags: OrderedDict[str, OwnTags] = attrs.field(init=False, factory=OrderedDict)
@@ -130,10 +136,19 @@ class Refresher(Service):
     """
     _own_tag_keys: int = attrs.field(init=False, default=0)
     """How many generation keys L{_own_tags} holds."""
+    hot: HotKeysRegistry | None = attrs.field(
+        default=None, kw_only=True, on_setattr=attrs.setters.frozen
+    )
+    """The keys this process's requests ask for most lately: every lookup is counted."""
     after_purge: Callable[[list[str], list[str], list[str], bool], None] | None = attrs.field(
         default=None, kw_only=True
     )
-    """Told of every purge done here (keys, jobs, tags, soft): regeneration listens."""
+    """
+    Told of every purge done here (keys, jobs, tags, soft): with L{hot}, the
+    regeneration of hot keys (L{Ahead}) unless set otherwise.
+    """
+    ahead: Ahead | None = attrs.field(init=False, default=None)
+    """Refresh-ahead of the hottest keys of C{keep_hot} jobs, with L{hot}."""
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     # Service is an old-style class with class attributes; attrs leaves them alone.
@@ -147,6 +162,11 @@ class Refresher(Service):
         if IReadsAtHand.providedBy(self.store):
             self._at_hand = self.store.read_at_hand
             self._lags = bool(self.store.lags)
+        if self.hot is not None:
+            self._observe = self.hot.observe
+            self.ahead = Ahead(self, self.hot, self.clock)
+            if self.after_purge is None:
+                self.after_purge = after_purge(self.ahead)
 
     def target(self, job_name: str, args: Mapping[str, object]) -> Target:
         """What C{job_name} with C{args} names: L{UnknownJob} or L{BadArgs} if nothing."""
@@ -161,6 +181,8 @@ class Refresher(Service):
         fetch or a read; else a Deferred of it.  Errors a caller can cause
         (L{refresherd.errors.RefresherdError}) are raised or failed with.
         """
+        if self._observe is not None:
+            self._observe(target.job.name, target.key, target.args, self.clock.seconds())
         keys = target.generation_keys.all
         remembered = self._own_tags.get(target.key) if self._own_tags else None
         if remembered is not None:
@@ -513,4 +535,11 @@ class Refresher(Service):
         then cancel the rest; their callers are answered either way.
         """
         Service.stopService(self)
+        if self.ahead is not None:
+            self.ahead.stop()
         return self.flights.drain(self.drain_timeout)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.ahead is not None:
+            self.ahead.start()

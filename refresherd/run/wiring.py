@@ -191,7 +191,8 @@ def build_engine(
         for name, job in config_jobs.items()
     }
     metrics = metrics_for(jobs, multiprocess_dir)
+    hot = HotKeysRegistry() if hot is None else hot
     refresher = Refresher(
-        store, jobs, reactor, namespace, metrics, outage=Outage(reactor, outage_bytes)
+        store, jobs, reactor, namespace, metrics, outage=Outage(reactor, outage_bytes), hot=hot
     )
-    return Engine(refresher, pools, HotKeysRegistry() if hot is None else hot)
+    return Engine(refresher, pools, hot)

@@ -515,9 +515,6 @@ def test_the_parent_shows_the_hot_keys_of_every_worker_merged(
     assert running.stop() == 0, running.output()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Refresher.lookup does not observe the hot keys yet: remove when it does"
-)
 def test_keys_asked_of_the_workers_reach_the_parents_hot_keys_within_a_second(
     service: Callable[..., Running],
 ) -> None:

@@ -445,6 +445,16 @@ def test_freshness_from_the_origin_is_for_http_jobs(key: str) -> None:
     assert error_of(text) == f"refresherd.toml: jobs.j.{key}: not allowed for a python job"
 
 
+def test_keep_hot_is_at_most_the_hot_keys_kept() -> None:
+    assert load(job("keep_hot = 100")).jobs["j"].keep_hot == 100
+    assert error_of(job("keep_hot = 101")) == (
+        "refresherd.toml: jobs.j.keep_hot: 101 is more than the hot keys kept per job "
+        "(server.hot_keys = 100)"
+    )
+    text = "[server]\nhot_keys = 0\n" + job("keep_hot = 1")
+    assert "server.hot_keys = 0" in error_of(text)
+
+
 def test_fresh_is_required() -> None:
     assert error_of('[jobs.j]\ncallable = "m:f"\n') == (
         "refresherd.toml: jobs.j: missing required key 'fresh'"
