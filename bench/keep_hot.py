@@ -45,6 +45,9 @@ KEYS = 10_000
 GROUPS = 10
 
 CONFIG = """
+[server]
+hot_keys = {sketch}
+
 [jobs.item]
 args = ["id", "group"]
 url = "{origin}/items/{{id}}"
@@ -66,6 +69,7 @@ class Run:
     origin_requests: int = 0
     seconds: float = 0.0
     purges: int = 0
+    refreshes: dict[str, float] = field(default_factory=dict)
 
 
 def zipf_ranks(seed: int) -> itertools.cycle[int]:
@@ -116,7 +120,9 @@ def one_run(
     run = Run()
     with tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "refresherd.toml"
-        config.write_text(CONFIG.format(origin=origin.url, fresh=5, keep_hot=keep_hot))
+        config.write_text(
+            CONFIG.format(origin=origin.url, fresh=5, keep_hot=keep_hot, sketch=10 * hot)
+        )
         service = start_service(config)
         try:
             port = service.ports["public"]
@@ -134,6 +140,11 @@ def one_run(
             measuring(main())
             run.seconds = time.monotonic() - warm_until
             run.origin_requests = sum(origin.hits.values()) - before
+            metrics = httpx.get(service.admin_url + "/metrics", timeout=10).text
+            for line in metrics.splitlines():
+                if line.startswith("refresherd_refreshes_total{"):
+                    reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                    run.refreshes[reason] = float(line.rsplit(" ", 1)[1])
         finally:
             service.stop()
     return run
@@ -161,14 +172,16 @@ def share(counts: Counter[str], status: str) -> str:
 def report(results: dict[str, Run], hot: int, purge_every: float, origin_ms: float) -> str:
     rows = [
         f"| run | requests | {hot} hottest: stale | {hot} hottest: miss | all: stale | "
-        "all: miss | origin requests/s |",
-        "|---|---|---|---|---|---|---|",
+        "all: miss | origin requests/s | fetches started, by reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, run in results.items():
         rows.append(
             f"| {name} | {sum(run.all.values()):,} | {share(run.hot, 'stale')} | "
             f"{share(run.hot, 'miss')} | {share(run.all, 'stale')} | {share(run.all, 'miss')} | "
-            f"{run.origin_requests / run.seconds:,.1f} |"
+            f"{run.origin_requests / run.seconds:,.1f} | "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(run.refreshes.items()))
+            + " |"
         )
     return "\n".join(
         [
