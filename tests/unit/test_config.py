@@ -1045,10 +1045,10 @@ def test_a_bad_warm_argument_set_stops_start_up_with_one_line(
 
 def test_at_most_ten_thousand_warm_argument_sets() -> None:
     names = ["".join(letters) for letters in itertools.product(string.ascii_lowercase, repeat=3)]
-    lines = "".join(f'{{"name": "{name}"}}\n' for name in names[:10_001])
+    lines = [f'{{"name": "{name}"}}\n' for name in names[:10_001]]
     text = WARM_JOB + 'warm_file = "a.jsonl"\n'
-    assert len(load(text, files={"a.jsonl": lines[: lines.index(names[10_000])]}).jobs["u"].warm)
-    message = error_of(text, files={"a.jsonl": lines})
+    assert len(load(text, files={"a.jsonl": "".join(lines[:-1])}).jobs["u"].warm) == 10_000
+    message = error_of(text, files={"a.jsonl": "".join(lines)})
     assert message.endswith(
         "a.jsonl line 10001: more than 10000 argument sets to warm (warm and warm_file)"
     )
