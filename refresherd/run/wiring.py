@@ -199,5 +199,7 @@ def build_engine(
     refresher = Refresher(
         store, jobs, reactor, namespace, metrics, outage=Outage(reactor, outage_bytes), hot=hot
     )
-    warmer = Warmer(refresher, reactor) if warm and any(j.warm for j in config_jobs.values()) else None
+    warmer = (
+        Warmer(refresher, reactor) if warm and any(j.warm for j in config_jobs.values()) else None
+    )
     return Engine(refresher, pools, hot, warmer)

@@ -443,7 +443,10 @@ class WarmTests(AdminTestCase):
     def warm(self, *sets: Any, succeed: bool = True) -> tuple[Any, Any]:
         """POST /v1/jobs/user/warm with C{sets}, its fetches answered (else failed) in turn."""
         d = self.stub.request(
-            "POST", f"{self.base}/v1/jobs/user/warm", json={"args": list(sets)}, headers=self.HEADERS
+            "POST",
+            f"{self.base}/v1/jobs/user/warm",
+            json={"args": list(sets)},
+            headers=self.HEADERS,
         )
         self.stub.flush()
         while self.fetcher.pending:

@@ -37,7 +37,11 @@ def make(
         name="j", fetch="python", callable="x:y", args=("id",), warm=warm, **settings
     )
     refresher = Refresher(
-        store, {"j": Job(config, fetcher)}, clock, "rfd", metrics_for(["j"]),
+        store,
+        {"j": Job(config, fetcher)},
+        clock,
+        "rfd",
+        metrics_for(["j"]),
         random=lambda: 0.9,
     )
     return Warmer(refresher, clock, random=lambda: 1.0), fetcher, clock
