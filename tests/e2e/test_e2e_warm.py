@@ -131,6 +131,7 @@ def test_two_processes_keep_a_warm_list_ready_with_one_fetch_per_refresh(
         for line in text.splitlines()
         if line.startswith('refresherd_refreshes_total{job="user",reason="warm"}')
     ]
+    print(f"warm refreshes started by each process (bob and ann, since start-up): {warm}")
     assert sum(warm) >= len(fetched)  # both processes started refreshes: the lease kept one
     assert any("warming 2 key(s) of user" in s.output() for s in pair)
 
