@@ -275,6 +275,7 @@ def describe_job(job: JobConfig) -> dict[str, Any]:
     ):
         shown[name] = getattr(job, name)
     shown["tags"] = list(job.tags)
+    shown["warm"] = len(job.warm)  # how many argument sets: the list may be 10,000 long
     return shown
 
 

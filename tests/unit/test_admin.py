@@ -598,6 +598,9 @@ def test_jobs_are_described_with_every_secret_redacted() -> None:
     assert shown["sign"] == "<redacted>"
     assert (shown["fresh"], shown["args"], shown["method"]) == (60.0, ["id"], "POST")
     assert shown["writable"] is False
+    assert shown["warm"] == 0
+    warm = describe_job(attrs.evolve(SECRET_JOB, warm=({"id": "1"}, {"id": "2"})))
+    assert warm["warm"] == 2
 
 
 @pytest.mark.parametrize(
