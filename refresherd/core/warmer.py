@@ -105,6 +105,7 @@ class Warmer(Service):
     random: Callable[[], float] = random.random
     keys: list[_Key] = attrs.field(init=False, factory=list)
     _lanes: dict[str, _Lane] = attrs.field(init=False, factory=dict)
+    _starting: IDelayedCall | None = attrs.field(init=False, default=None)
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -118,9 +119,13 @@ class Warmer(Service):
                 self.keys.append(_Key(self.refresher.targets.resolve(name, args)))
 
     def startService(self) -> None:
+        """Warm every key once the reactor runs (after the start-up lines)."""
         Service.startService(self)
-        if not self.keys:
-            return
+        if self.keys:
+            self._starting = self.clock.callLater(0, self._start)
+
+    def _start(self) -> None:
+        self._starting = None
         self._log.info(
             "refresherd: warming {count} key(s) of {jobs}",
             count=len(self.keys),
@@ -132,6 +137,9 @@ class Warmer(Service):
     def stopService(self) -> None:
         """No more refreshes start; those running finish with the refresher's drain."""
         Service.stopService(self)
+        if self._starting is not None and self._starting.active():
+            self._starting.cancel()
+        self._starting = None
         for key in self.keys:
             if key.timer is not None and key.timer.active():
                 key.timer.cancel()

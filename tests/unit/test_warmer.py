@@ -47,6 +47,13 @@ def make(
     return Warmer(refresher, clock, random=lambda: 1.0), fetcher, clock
 
 
+def start(warmer: Warmer, clock: task.Clock) -> None:
+    """Start the warmer, and let the reactor run (the start-up refreshes begin then)."""
+    warmer.startService()
+    assert not warmer.refresher.flights.running
+    clock.advance(0)
+
+
 def entry(**fields: Any) -> Entry:
     values: dict[str, Any] = {
         "body": b"1",
@@ -87,7 +94,7 @@ def test_a_failed_refresh_is_retried_at_retry_at_else_after_a_backoff() -> None:
 
 def test_a_warm_key_is_fetched_at_start_up_and_refreshed_before_it_goes_stale() -> None:
     warmer, fetcher, clock = make(fresh=300.0)
-    warmer.startService()
+    start(warmer, clock)
     assert [c.args for c in fetcher.calls] == [{"id": "1"}]
     clock.advance(2)
     fetcher.succeed()  # took 2 s: fresh until 302 s from now, refreshed 4 s before
@@ -108,7 +115,7 @@ def test_a_fresh_value_is_not_fetched_at_start_up_but_timed_by_its_fresh_until()
     warmer.refresher.lookup(target)
     fetcher.succeed()  # a request fetched it
     clock.advance(100)
-    warmer.startService()
+    start(warmer, clock)
     assert len(fetcher.calls) == 1
     clock.advance(198.9)
     assert len(fetcher.calls) == 1
@@ -118,7 +125,7 @@ def test_a_fresh_value_is_not_fetched_at_start_up_but_timed_by_its_fresh_until()
 
 def test_a_failed_warm_is_retried_after_its_backoff() -> None:
     warmer, fetcher, clock = make(error_ttl=10.0)
-    warmer.startService()
+    start(warmer, clock)
     fetcher.fail()
     assert warmer.timers == 1
     clock.advance(9.9)
@@ -133,7 +140,7 @@ def test_a_failed_warm_is_retried_after_its_backoff() -> None:
 
 def test_a_failing_refresh_of_a_value_waits_for_the_values_backoff() -> None:
     warmer, fetcher, clock = make(fresh=10.0, stale=100.0, error_ttl=4.0)
-    warmer.startService()
+    start(warmer, clock)
     fetcher.succeed()
     clock.advance(9)  # a lead of 1 s before fresh_until
     fetcher.fail()
@@ -146,7 +153,7 @@ def test_a_failing_refresh_of_a_value_waits_for_the_values_backoff() -> None:
 
 def test_timers_are_cancelled_on_stop_and_nothing_starts_after() -> None:
     warmer, fetcher, clock = make(warm=({"id": "1"}, {"id": "2"}), concurrency=2)
-    warmer.startService()
+    start(warmer, clock)
     assert len(fetcher.calls) == 1  # one background slot: the second waits its turn
     fetcher.succeed()
     assert len(fetcher.calls) == 2
@@ -157,9 +164,17 @@ def test_timers_are_cancelled_on_stop_and_nothing_starts_after() -> None:
     assert len(fetcher.calls) == 2
 
 
+def test_stopped_before_the_reactor_runs_it_warms_nothing() -> None:
+    warmer, fetcher, clock = make()
+    warmer.startService()
+    warmer.stopService()
+    clock.advance(3600)
+    assert fetcher.calls == [] and not clock.getDelayedCalls()
+
+
 def test_stopping_drops_the_keys_waiting_their_turn() -> None:
     warmer, fetcher, clock = make(warm=tuple({"id": str(i)} for i in range(5)), concurrency=1)
-    warmer.startService()
+    start(warmer, clock)
     warmer.stopService()
     fetcher.succeed()
     clock.advance(3600)
@@ -167,8 +182,8 @@ def test_stopping_drops_the_keys_waiting_their_turn() -> None:
 
 
 def test_at_most_concurrency_minus_one_warm_refreshes_run_at_once() -> None:
-    warmer, fetcher, _ = make(warm=tuple({"id": str(i)} for i in range(10)), concurrency=4)
-    warmer.startService()
+    warmer, fetcher, clock = make(warm=tuple({"id": str(i)} for i in range(10)), concurrency=4)
+    start(warmer, clock)
     assert len(fetcher.pending) == 3
     while fetcher.pending:
         fetcher.succeed(index=fetcher.calls.index(fetcher.pending[0]))
@@ -177,7 +192,7 @@ def test_at_most_concurrency_minus_one_warm_refreshes_run_at_once() -> None:
 
 def test_an_unreachable_store_is_tried_again_soon() -> None:
     warmer, fetcher, clock = make(down=True)
-    warmer.startService()
+    start(warmer, clock)
     assert fetcher.calls == [] and warmer.timers == 1
     warmer.refresher.store.down = False  # type: ignore[attr-defined]
     clock.advance(1.0)
@@ -185,8 +200,8 @@ def test_an_unreachable_store_is_tried_again_soon() -> None:
 
 
 def test_the_warm_refreshes_are_counted_as_warm() -> None:
-    warmer, fetcher, _ = make()
-    warmer.startService()
+    warmer, fetcher, clock = make()
+    start(warmer, clock)
     fetcher.succeed()
     sample = warmer.refresher.metrics.registry.get_sample_value(
         "refresherd_refreshes_total", {"job": "j", "reason": "warm"}
