@@ -10,6 +10,7 @@ import datetime
 import difflib
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
+from refresherd.core.args import check_args
 from refresherd.core.patterns import ArgPattern, compile_pattern
 from refresherd.core.templates import (
     PLACEHOLDER,
@@ -24,7 +26,7 @@ from refresherd.core.templates import (
     json_placeholders,
     placeholders,
 )
-from refresherd.errors import ConfigError, one_line
+from refresherd.errors import BadArgs, ConfigError, one_line
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
@@ -138,6 +140,8 @@ class JobConfig:
     max_value_bytes: int = 32 * MIB
     writable: bool = False
     """PUT may write this job's values (with a write or admin token)."""
+    warm: tuple[Mapping[str, str], ...] = ()
+    """The argument sets kept ready with no request (C{warm} and C{warm_file}), each once."""
 
 
 @attrs.frozen
@@ -152,6 +156,8 @@ class Config:
 
 _DEFAULT_PATH = "refresherd.toml"
 MAX_JOB_TAGS = 128
+MAX_WARM = 10_000
+"""Argument sets a job's C{warm} and C{warm_file} may name in all (one timer each)."""
 """Tags per job; with an origin's, an entry carries at most 256 (refresherd.entry.MAX_TAGS)."""
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _DURATION_HINT = 'a number of seconds or a string like "500ms", "30s", "15m", "2h", "7d"'
@@ -468,7 +474,7 @@ def _jobs(t: _Table) -> dict[str, JobConfig]:
 
 
 def _job(t: _Table, name: str) -> JobConfig:
-    t.only(_fields(JobConfig) - {"name", "url_secret"})
+    t.only(_fields(JobConfig) - {"name", "url_secret"} | {"warm_file"})
     if "fresh" not in t:
         raise t.error(None, "missing required key 'fresh'")
     args = _args(t)
@@ -497,7 +503,66 @@ def _job(t: _Table, name: str) -> JobConfig:
         values["on_miss"] = t.choice("on_miss", ("wait", "empty"))
     if "writable" in t:
         values["writable"] = t.get("writable", "boolean")
-    return JobConfig(**values)
+    job = JobConfig(**values)
+    if "warm" in t or "warm_file" in t:
+        job = attrs.evolve(job, warm=_warm(t, job))
+    return job
+
+
+def _warm(t: _Table, job: JobConfig) -> tuple[Mapping[str, str], ...]:
+    """
+    The argument sets of C{warm} (an array of tables) and C{warm_file} (JSON
+    lines), each checked as a request's arguments are, each once; at most
+    L{MAX_WARM} in all.
+    """
+    given: list[tuple[str, Any]] = []
+    if "warm" in t:
+        given += t.items("warm", "table")
+    if "warm_file" in t:
+        given += _warm_lines(t, t.get("warm_file", "string"))
+    sets: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+    for where, args in given:
+        try:
+            checked = check_args(job, args)
+        except BadArgs as e:
+            raise t.error(where, e.message) from None
+        sets.setdefault(tuple(sorted(checked.items())), checked)
+        if len(sets) > MAX_WARM:
+            raise t.error(where, f"more than {MAX_WARM} argument sets to warm (warm and warm_file)")
+    return tuple(sets.values())
+
+
+def _warm_lines(t: _Table, path: str) -> list[tuple[str, Any]]:
+    """
+    The argument sets of a C{warm_file}, one JSON object a line (blank lines
+    and lines starting with C{#} skipped), each with where it is for errors;
+    a relative C{path} is relative to the configuration file's directory.
+    """
+    full = os.path.join(os.path.dirname(t.file), path)
+    try:
+        data = t.read_file(full)
+    except OSError as e:
+        raise t.error("warm_file", f"cannot read {full!r}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise t.error("warm_file", f"{full!r} is not UTF-8 text") from None
+    sets: list[tuple[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"warm_file: {full} line {number}"
+        try:
+            args = json.loads(line, parse_constant=_no_constant)
+        except ValueError as e:
+            raise t.error(where, f"not a JSON object: {e}") from None
+        if not isinstance(args, dict):
+            raise t.error(where, f"must be a JSON object of arguments, not {_kind(args)}")
+        sets.append((where, args))
+        if len(sets) > MAX_WARM:
+            raise t.error(where, f"more than {MAX_WARM} argument sets to warm (warm and warm_file)")
+    return sets
 
 
 def _args(t: _Table) -> tuple[str, ...]:

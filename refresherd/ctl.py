@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TextIO, TypeVar, cast
 
 import attrs
 import click
@@ -62,6 +62,7 @@ class _Run:
     environ: Mapping[str, str]
     transport: httpx.BaseTransport | None
     given: dict[str, Any] = attrs.Factory(dict)
+    stdin: IO[str] = sys.stdin
     """The common options given on the command line; the command's own override the group's."""
 
     @property
@@ -229,7 +230,7 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
 )
 @_common
 def cli() -> None:
-    """Operate a refresherd: purge, inspect, refresh, list its jobs and hot keys."""
+    """Operate a refresherd: purge, inspect, refresh, warm, list its jobs and hot keys."""
 
 
 def _arguments(ctx: click.Context, pairs: Sequence[str]) -> dict[str, str]:
@@ -398,6 +399,157 @@ def refresh(ctx: click.Context, job: str, pairs: tuple[str, ...]) -> None:
         state.out(f"refreshing {answer.get('key')}")
 
 
+WARM_BATCH = 100
+"""Argument sets sent in one C{POST /v1/jobs/{job}/warm} (the most the service takes)."""
+WARM_TIMEOUT = 300.0
+"""Seconds a batch of C{warm} may take, unless C{--timeout} is given: it answers when done."""
+WARM_FAILURES_LISTED = 20
+INTERRUPTED = 130
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.argument("job")
+@click.argument("pairs", nargs=-1, metavar="[ARG=VALUE]...")
+@click.option(
+    "--file",
+    "path",
+    metavar="ARGS.jsonl",
+    help="One JSON object of arguments a line (# comments, blank lines); - for stdin.",
+)
+@_common
+@click.pass_context
+def warm(ctx: click.Context, job: str, pairs: tuple[str, ...], path: str | None) -> int:
+    """Make values ready: fetch each argument set's value unless it is fresh.
+
+    One argument set from ARG=VALUE words, or one per line of --file (the format
+    of a job's warm_file). Sent in batches of 100; exit status 1 if any failed,
+    130 when interrupted (what is fresh is skipped when run again).
+    """
+    if path is not None and pairs:
+        raise click.UsageError("give ARG=VALUE words or --file, not both", ctx)
+    state = _state(ctx)
+    sets = [_arguments(ctx, pairs)] if path is None else _warm_file(state, path)
+    tally = _WarmTally()
+    timeout = state.given.get("timeout", WARM_TIMEOUT)
+    with state.client(ctx) as client, _WarmProgress(state, job, len(sets)) as progress:
+        try:
+            for start in range(0, len(sets), WARM_BATCH):
+                batch = sets[start : start + WARM_BATCH]
+                tally.add(batch, client.warm(job, batch, timeout=timeout))
+                progress.batch(len(batch), tally)
+        except KeyboardInterrupt:
+            progress.close()
+            tally.report(state, job, interrupted=True)
+            return INTERRUPTED
+        except RefresherdClientError:
+            progress.close()
+            if tally.results:
+                tally.report(state, job)
+            raise
+    tally.report(state, job)
+    return 1 if tally.counts["failed"] else 0
+
+
+def _warm_file(state: _Run, path: str) -> list[dict[str, Any]]:
+    """The argument sets of a warm file (C{-}: stdin); a line that is not one stops here."""
+    try:
+        if path == "-":
+            text = state.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise click.ClickException(f"{path}: cannot read: {reason}") from None
+    sets = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            arguments = json.loads(line)
+        except ValueError as e:
+            raise click.ClickException(f"{path} line {number}: not a JSON object: {e}") from None
+        if not isinstance(arguments, dict):
+            raise click.ClickException(f"{path} line {number}: not a JSON object of arguments")
+        sets.append(arguments)
+    return sets
+
+
+@attrs.define
+class _WarmTally:
+    """What the warm batches answered so far, and the failures with their arguments."""
+
+    counts: dict[str, int] = attrs.Factory(
+        lambda: {"done": 0, "fresh": 0, "not_stored": 0, "failed": 0}
+    )
+    results: list[dict[str, Any]] = attrs.Factory(list)
+    failures: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = attrs.Factory(list)
+
+    def add(self, batch: Sequence[Mapping[str, Any]], results: list[dict[str, Any]]) -> None:
+        for arguments, result in zip(batch, results, strict=True):
+            self.results.append(result)
+            kind = result["result"]
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            if kind == "failed":
+                self.failures.append((arguments, result))
+
+    def line(self) -> str:
+        c = self.counts
+        return (
+            f"{c['done']} done, {c['fresh']} already fresh, {c['not_stored']} not stored, "
+            f"{c['failed']} failed"
+        )
+
+    def report(self, state: _Run, job: str, interrupted: bool = False) -> None:
+        if state.json:
+            state.print_json({"job": job, "results": self.results})
+            return
+        state.out(("interrupted: " if interrupted else "") + self.line())
+        for arguments, result in self.failures[:WARM_FAILURES_LISTED]:
+            reason = f"{result.get('code') or 'failed'}: {result.get('error') or ''}".rstrip(": ")
+            state.out(f"  {json.dumps(arguments, ensure_ascii=False)}: {reason}")
+        more = len(self.failures) - WARM_FAILURES_LISTED
+        if more > 0:
+            state.out(f"  and {more} more failed")
+
+
+@attrs.define
+class _WarmProgress:
+    """A progress bar on a terminal, else one plain line per batch."""
+
+    state: _Run
+    job: str
+    total: int
+    sent: int = 0
+    _bar: Any = None
+
+    def __enter__(self) -> _WarmProgress:
+        if self.state.stdout.isatty() and not self.state.json:
+            self._bar = click.progressbar(
+                length=self.total,
+                label=f"warming {self.job}",
+                file=cast(TextIO, self.state.stdout),
+            )
+            self._bar.__enter__()
+        return self
+
+    def batch(self, size: int, tally: _WarmTally) -> None:
+        self.sent += size
+        if self._bar is not None:
+            self._bar.update(size)
+        elif not self.state.json:
+            self.state.out(f"{self.sent}/{self.total}: {tally.line()}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 JOB_COLUMNS = ("NAME", "FETCH", "ARGS", "FRESH", "STALE", "TAGS")
 
 
@@ -500,13 +652,17 @@ def run(
     stderr: IO[str],
     environ: Mapping[str, str] | None = None,
     transport: httpx.BaseTransport | None = None,
+    stdin: IO[str] | None = None,
 ) -> int:
     """
     Run C{refresherctl} with the words C{argv} and return its exit status.
     C{environ} supplies C{$REFRESHERD_URL}, C{$REFRESHERD_ADMIN_URL} and
-    C{$REFRESHERD_TOKEN} (none when C{None}); C{transport} replaces the network.
+    C{$REFRESHERD_TOKEN} (none when C{None}); C{transport} replaces the network;
+    C{stdin} is what C{warm --file -} reads (the process's when C{None}).
     """
-    state = _Run(stdout, stderr, {} if environ is None else environ, transport)
+    state = _Run(
+        stdout, stderr, {} if environ is None else environ, transport, stdin=stdin or sys.stdin
+    )
     secrets = _secrets(argv, state.environ)
 
     def hidden() -> set[str]:

@@ -374,6 +374,29 @@ class Client:
         path = _job_path(job) + "/refresh"
         return self._object(self._send("POST", self.admin_url, path, params=params, body={}))
 
+    def warm(
+        self, job: str, sets: Sequence[Mapping[str, Any]], timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """
+        Make the values of C{job} for each argument set of C{sets} (at most 100)
+        ready: fetched and stored unless fresh.  One result per set, in order,
+        as the service gives it (C{{"key", "result": "fresh" | "done" |
+        "not_stored" | "failed", "code", "error"}}): a bad set fails alone.  The
+        answer comes when every fetch is done, so C{timeout} may be longer
+        than the client's.
+        """
+        body = {"args": [dict(arguments) for arguments in sets]}
+        path = _job_path(job) + "/warm"
+        answer = self._object(self._send("POST", self.admin_url, path, body=body, timeout=timeout))
+        results = answer.get("results")
+        if (
+            not isinstance(results, list)
+            or len(results) != len(sets)
+            or not all(isinstance(r, dict) and isinstance(r.get("result"), str) for r in results)
+        ):
+            raise BadResponse("the warm answer has no result for each argument set")
+        return results
+
     def jobs(self) -> list[dict[str, Any]]:
         """The configured jobs, as the service describes them (secrets redacted)."""
         answer = self._object(self._send("GET", self.admin_url, "/v1/jobs"))
@@ -415,6 +438,7 @@ class Client:
         content: bytes | None = None,
         content_type: str | None = None,
         accept: str | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         """
         One request to C{base}, raising L{Unreachable} when it cannot be made
@@ -437,7 +461,16 @@ class Client:
             raise CircuitOpen(shown, f"cannot reach {shown}: {refused}")
         try:
             response = self._http.request(
-                method, base + path, params=params or None, headers=headers, content=content
+                method,
+                base + path,
+                params=params or None,
+                headers=headers,
+                content=content,
+                timeout=(
+                    httpx.USE_CLIENT_DEFAULT
+                    if timeout is None
+                    else httpx.Timeout(timeout, connect=self.connect_timeout)
+                ),
             )
         except httpx.TransportError as e:
             if breaker.failed():
@@ -448,7 +481,7 @@ class Client:
                     breaker.failures,
                     breaker.cooldown,
                 )
-            raise self._unreachable(shown, e) from None
+            raise self._unreachable(shown, e, timeout or self.timeout) from None
         except BaseException:
             breaker.abandoned()
             raise
@@ -458,13 +491,13 @@ class Client:
             raise service_error(response)
         return response
 
-    def _unreachable(self, shown: str, error: httpx.TransportError) -> Unreachable:
+    def _unreachable(self, shown: str, error: httpx.TransportError, timeout: float) -> Unreachable:
         if isinstance(error, httpx.ConnectTimeout):
             return Unreachable(
                 shown, f"cannot reach {shown}: no connection within {self.connect_timeout:g} s"
             )
         if isinstance(error, httpx.TimeoutException):
-            return Unreachable(shown, f"no answer from {shown} within {self.timeout:g} s")
+            return Unreachable(shown, f"no answer from {shown} within {timeout:g} s")
         return Unreachable(shown, f"cannot reach {shown}: {_reason(error)}")
 
     def _object(self, response: httpx.Response) -> dict[str, Any]:

@@ -10,10 +10,13 @@ decodes C{%2F} before routing would otherwise see other path segments.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from refresherd.config import JobConfig
 from refresherd.core.templates import path_placeholders, placeholders
 from refresherd.errors import BadArgs
+
+if TYPE_CHECKING:  # refresherd.config checks warm lists with check_args
+    from refresherd.config import JobConfig
 
 MAX_VALUE_BYTES = 1024
 

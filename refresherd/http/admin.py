@@ -22,6 +22,7 @@ import attrs
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
@@ -34,10 +35,13 @@ from refresherd.errors import (
     BadArgs,
     BadJson,
     BatchTooLarge,
+    FetchFailed,
     Forbidden,
+    RefresherdError,
     UnknownJob,
     UnsupportedMediaType,
     one_line,
+    public_reason,
 )
 from refresherd.http.auth import ADMIN, METRICS, Authorizer, is_loopback_host
 from refresherd.http.common import JSON, guarded, handle_errors, header, observe, query, with_value
@@ -54,6 +58,8 @@ _ONLY_PLACEHOLDERS = re.compile(r"(\{[A-Za-z_][A-Za-z0-9_]*\})+")
 MAX_TAG_BYTES = 1024
 MAX_PURGE_NAMES = 1000
 """The keys, jobs and tags one purge may name in all (each is a write to the store)."""
+MAX_WARM_SETS = 100
+"""The argument sets one C{POST /v1/jobs/{job}/warm} may name."""
 
 
 @attrs.frozen
@@ -96,6 +102,56 @@ def parse_purge(body: bytes) -> PurgeRequest:
         if len(tag.encode("utf-8")) > MAX_TAG_BYTES:
             raise BadArgs(f"a tag is at most {MAX_TAG_BYTES} bytes")
     return PurgeRequest(soft=soft, **lists)
+
+
+def parse_warm(body: bytes) -> list[Any]:
+    """
+    The argument sets of C{POST /v1/jobs/{job}/warm} (each checked later, on
+    its own); L{BadJson}, L{BadArgs} or L{BatchTooLarge} saying what is wrong.
+    """
+    try:
+        document = parse_json(body)
+    except ValueError as e:
+        raise BadJson(one_line(f"the body is not valid JSON: {e}")) from None
+    if not isinstance(document, dict) or not isinstance(document.get("args"), list):
+        raise BadJson('the body must be an object {"args": [{...}, ...]}')
+    unknown = sorted(set(document) - {"args"})
+    if unknown:
+        raise BadJson(f"unknown field {unknown[0][:40]!r}; the only one is args")
+    sets: list[Any] = document["args"]
+    if not sets:
+        raise BadArgs("nothing to warm: args is empty")
+    if len(sets) > MAX_WARM_SETS:
+        raise BatchTooLarge(
+            f"a warm names at most {MAX_WARM_SETS} argument sets; "
+            f"this one names {len(sets)}: send several"
+        )
+    return sets
+
+
+async def warm_one(refresher: Refresher, job: str, args: Any) -> dict[str, Any]:
+    """
+    Refresh one argument set of C{job} unless its value is fresh (in the
+    background: C{warm}), and say how it went: C{fresh}, C{done},
+    C{not_stored} or C{failed} with the error's code and message.
+    """
+    key = None
+    try:
+        if not isinstance(args, dict):
+            raise BadArgs("an argument set must be an object of argument names to values")
+        target = refresher.target(job, args)
+        key = target.key
+        answer = await refresher.refresh_background(target, "warm")
+    except RefresherdError as e:
+        return {"key": key, "result": "failed", "error": e.message, "code": e.code}
+    entry = answer.entry
+    if answer.status == "miss":
+        return {"key": key, "result": "done" if answer.stored else "not_stored"}
+    if answer.status == "stale" and entry is not None and entry.failures:
+        # Refreshes of this value fail: the next is not due yet (its backoff).
+        reason = public_reason(entry.last_error or "")
+        return {"key": key, "result": "failed", "error": reason, "code": FetchFailed.code}
+    return {"key": key, "result": "fresh"}
 
 
 def entry_json(key: str, entry: Entry, purge: Purge | None, value: bool) -> bytes:
@@ -219,6 +275,7 @@ def describe_job(job: JobConfig) -> dict[str, Any]:
     ):
         shown[name] = getattr(job, name)
     shown["tags"] = list(job.tags)
+    shown["warm"] = len(job.warm)  # how many argument sets: the list may be 10,000 long
     return shown
 
 
@@ -362,6 +419,18 @@ class AdminAPI:
         now = self.clock.seconds()
         request.setHeader(b"Content-Type", JSON)
         return hot_json(registry, jobs, now, n)
+
+    @app.route("/v1/jobs/<job>/warm", methods=["POST"])
+    async def warm(self, request: IRequest, job: str) -> bytes:
+        self._admin(request, "/v1/jobs/{job}/warm")
+        self._post(request)
+        self.refresher.targets.job(job)  # unknown_job before anything
+        sets = parse_warm(request.content.read())
+        results = await gatherResults(
+            [Deferred.fromCoroutine(warm_one(self.refresher, job, args)) for args in sets]
+        )
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps({"job": job, "results": results}).encode()
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: IRequest) -> bytes:

@@ -72,8 +72,12 @@ def engine_for(
     reactor: Any,
     environ: Mapping[str, str],
     multiprocess_dir: str | None = None,
+    warm: bool = True,
 ) -> Engine:
-    """The engine of C{settings}: their store, jobs and refresher."""
+    """
+    The engine of C{settings}: their store, jobs and refresher, and with
+    C{warm} their warm lists kept ready (not in a worker: its parent does).
+    """
     config = settings.config
     store = make_store(
         settings.store.value,
@@ -92,6 +96,7 @@ def engine_for(
         multiprocess_dir,
         outage_bytes(settings.store.value),
         HotKeysRegistry(config.server.hot_keys, config.server.hot_half_life),
+        warm=warm,
     )
 
 
@@ -136,7 +141,11 @@ def build_service(
     config = settings.config
     worker = settings.worker
     engine = engine_for(
-        settings, reactor, environ, environ.get(MULTIPROCESS_DIR) if worker is not None else None
+        settings,
+        reactor,
+        environ,
+        environ.get(MULTIPROCESS_DIR) if worker is not None else None,
+        warm=worker is None,
     )
     refresher, metrics = engine.refresher, engine.refresher.metrics
     multiprocess_dir = environ.get(MULTIPROCESS_DIR) if worker is not None else None

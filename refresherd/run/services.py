@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.refresher import Refresher
+from refresherd.core.warmer import Warmer
 from refresherd.http.site import LimitedSite
 from refresherd.logs import LogOutput
 from refresherd.metrics import FLUSH_INTERVAL
@@ -62,9 +63,10 @@ class ThreadPools(Service):
 @attrs.define(eq=False)
 class Engine(MultiService):
     """
-    The store, the thread pools and the refresher on them, started in that
-    order.  Stopping it lets the fetches in flight finish (answering the
-    requests that wait on them), then stops the pools and the store.
+    The store, the thread pools, the refresher on them and the warmer (warm
+    lists, if any), started in that order.  Stopping it stops the warmer's
+    timers, lets the fetches in flight finish (answering the requests that
+    wait on them), then stops the pools and the store.
 
     @ivar hot: this process's hot keys (C{[server] hot_keys}), which the
         admin API shows (C{GET /v1/hot}) and its lookups observe.
@@ -73,6 +75,7 @@ class Engine(MultiService):
     refresher: Refresher
     pools: ThreadPools
     hot: HotKeysRegistry = attrs.field(factory=HotKeysRegistry)
+    warmer: Warmer | None = None
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
@@ -81,10 +84,14 @@ class Engine(MultiService):
             store.setServiceParent(self)
         self.pools.setServiceParent(self)
         self.refresher.setServiceParent(self)
+        if self.warmer is not None:
+            self.warmer.setServiceParent(self)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         Service.stopService(self)
+        if self.warmer is not None:
+            self.warmer.stopService()
         yield self.refresher.stopService()
         self.pools.stopService()
         store = self.refresher.store

@@ -15,6 +15,7 @@ from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.jobs import Job
 from refresherd.core.outage import DEFAULT_OUTAGE_BYTES, Outage
 from refresherd.core.refresher import Refresher
+from refresherd.core.warmer import Warmer
 from refresherd.entry import largest_entry
 from refresherd.errors import ConfigError
 from refresherd.fetchers.http import HTTPFetcher, make_http_client
@@ -178,11 +179,14 @@ def build_engine(
     multiprocess_dir: str | None = None,
     outage_bytes: int = DEFAULT_OUTAGE_BYTES,
     hot: HotKeysRegistry | None = None,
+    warm: bool = False,
 ) -> Engine:
     """
     The jobs and the refresher on C{store}, with their thread pools and metrics,
     keeping up to C{outage_bytes} of values while C{store} does not answer, and
-    the process's C{hot} keys (default: L{HotKeysRegistry}'s defaults).
+    the process's C{hot} keys (default: L{HotKeysRegistry}'s defaults); with
+    C{warm}, the jobs' warm lists kept ready (one process of a fleet started
+    together: the single one, or the parent of C{--workers}).
     """
     pools = ThreadPools()
     client = make_http_client(reactor)
@@ -195,4 +199,7 @@ def build_engine(
     refresher = Refresher(
         store, jobs, reactor, namespace, metrics, outage=Outage(reactor, outage_bytes), hot=hot
     )
-    return Engine(refresher, pools, hot)
+    warmer = (
+        Warmer(refresher, reactor) if warm and any(j.warm for j in config_jobs.values()) else None
+    )
+    return Engine(refresher, pools, hot, warmer)

@@ -50,6 +50,16 @@ def busy_port() -> Iterator[int]:
     ("config", "args", "expected"),
     [
         (GOOD + "frsh = 1\n", (), "refresherd.toml: jobs.square: unknown key 'frsh'"),
+        (
+            GOOD + 'warm = [{n = "1"}, {m = "2"}]\n',
+            (),
+            "refresherd.toml: jobs.square.warm[1]: job 'square' takes no argument 'm'",
+        ),
+        (
+            GOOD + 'warm_file = "nowhere.jsonl"\n',
+            (),
+            "refresherd.toml: jobs.square.warm_file: cannot read 'nowhere.jsonl': ",
+        ),
         ('[jobs.x]\nurl = "http://h/"\nfresh = "15x"\n', (), "jobs.x.fresh: not a duration"),
         ("[jobs.x\n", (), "refresherd.toml"),
         (

@@ -136,6 +136,7 @@ class AuthTests(AdminTestCase):
     """Each admin route: no token 401, a token of the wrong class 403, the right one 200."""
 
     ROUTES: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/v1/jobs/user/warm", {"json": {"args": [{"id": "1"}]}}),  # fresh: at once
         ("POST", "/v1/purge", {"json": {"jobs": ["user"]}}),
         ("GET", "/v1/entries/rfd%3Auser%3Av1%3Aid%3D1", {}),
         ("GET", "/v1/jobs", {}),
@@ -232,6 +233,9 @@ class OpenAdminTests(AdminTestCase):
             code = self.error(415, "POST", "/v1/purge", data=data, headers={"Content-Type": kind})
             self.assertEqual(code, "unsupported_media_type")
         code = self.error(415, "POST", "/v1/jobs/user/refresh?id=1", data=b"")
+        self.assertEqual(code, "unsupported_media_type")
+        data = b'{"args": [{"id": "1"}]}'
+        code = self.error(415, "POST", "/v1/jobs/user/warm", data=data)
         self.assertEqual(code, "unsupported_media_type")
         self.assertEqual(self.fetcher.calls, [])
 
@@ -433,6 +437,111 @@ class RefreshTests(AdminTestCase):
         self.assertEqual(self.fetcher.calls, [])
 
 
+class WarmTests(AdminTestCase):
+    HEADERS = {**JSON_BODY, **bearer("a-token")}
+
+    def warm(self, *sets: Any, succeed: bool = True) -> tuple[Any, Any]:
+        """POST /v1/jobs/user/warm with C{sets}, its fetches answered (else failed) in turn."""
+        d = self.stub.request(
+            "POST",
+            f"{self.base}/v1/jobs/user/warm",
+            json={"args": list(sets)},
+            headers=self.HEADERS,
+        )
+        self.stub.flush()
+        while self.fetcher.pending:
+            index = self.fetcher.calls.index(self.fetcher.pending[0])
+            if succeed:
+                self.fetcher.succeed(index=index)
+            else:
+                self.fetcher.fail(index=index, reason="origin answered 503")
+            self.stub.flush()
+        response = self.successResultOf(d)
+        return response, json.loads(self.successResultOf(response.content()))
+
+    def test_each_set_is_fetched_unless_fresh_and_one_bad_set_fails_alone(self) -> None:
+        fresh = self.cached("1")
+        response, body = self.warm({"id": "1"}, {"id": "2"}, {"nope": "x"}, "3", {"id": 3})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body["job"], "user")
+        self.assertEqual(
+            body["results"],
+            [
+                {"key": fresh, "result": "fresh"},
+                {"key": "rfd:user:v1:id=2", "result": "done"},
+                {
+                    "key": None,
+                    "result": "failed",
+                    "code": "bad_args",
+                    "error": "job 'user' takes no argument 'nope'",
+                },
+                {
+                    "key": None,
+                    "result": "failed",
+                    "code": "bad_args",
+                    "error": "an argument set must be an object of argument names to values",
+                },
+                {
+                    "key": None,
+                    "result": "failed",
+                    "code": "bad_args",
+                    "error": "argument 'id' must be a string",
+                },
+            ],
+        )
+        self.assertEqual([c.args for c in self.fetcher.calls], [{"id": "1"}, {"id": "2"}])
+        self.assertEqual(self.status_of("2"), "hit")  # stored: no request ever missed it
+
+    def test_a_failed_fetch_says_why_and_a_failing_value_is_not_retried_before_its_backoff(
+        self,
+    ) -> None:
+        _, body = self.warm({"id": "1"}, succeed=False)
+        failed = {
+            "key": "rfd:user:v1:id=1",
+            "result": "failed",
+            "code": "fetch_failed",
+            "error": "origin answered 503",
+        }
+        self.assertEqual(body["results"], [failed])
+        self.cached("2")
+        self.clock.advance(61)  # stale: refreshed, and that fails
+        _, body = self.warm({"id": "2"}, succeed=False)
+        self.assertEqual(body["results"][0]["result"], "failed")
+        _, body = self.warm({"id": "2"})  # before its retry_at: nothing fetched
+        self.assertEqual(body["results"][0], {**failed, "key": "rfd:user:v1:id=2"})
+        self.assertEqual(len(self.fetcher.calls), 3)
+
+    def test_sets_run_at_once_within_the_background_slots(self) -> None:
+        d = self.stub.request(
+            "POST",
+            f"{self.base}/v1/jobs/user/warm",
+            json={"args": [{"id": str(i)} for i in range(10)]},
+            headers=self.HEADERS,
+        )
+        self.stub.flush()
+        self.assertEqual(len(self.fetcher.pending), 7)  # concurrency 8 - 1
+        self.assertNoResult(d)
+
+    def test_bad_warms(self) -> None:
+        def error(status: int, path: str, body: Any) -> str:
+            return self.error(status, "POST", path, json=body, headers=self.HEADERS)
+
+        self.assertEqual(error(404, "/v1/jobs/nope/warm", {"args": [{}]}), "unknown_job")
+        self.assertEqual(error(400, "/v1/jobs/user/warm", {"args": []}), "bad_args")
+        self.assertEqual(error(400, "/v1/jobs/user/warm", [{"id": "1"}]), "bad_json")
+        self.assertEqual(error(400, "/v1/jobs/user/warm", {"arg": [{"id": "1"}]}), "bad_json")
+        self.assertEqual(error(400, "/v1/jobs/user/warm", {"args": [], "x": 1}), "bad_json")
+        many = {"args": [{"id": str(i)} for i in range(101)]}
+        self.assertEqual(error(413, "/v1/jobs/user/warm", many), "batch_too_large")
+        self.assertEqual(self.fetcher.calls, [])
+
+    def test_with_the_store_unreachable_each_set_fails(self) -> None:
+        self.build(store=UnreachableStore(MemoryStore(self.clock)))
+        _, body = self.warm({"id": "1"})
+        self.assertEqual(body["results"][0]["code"], "store_unavailable")
+        self.assertEqual(self.fetcher.calls, [])
+
+
 SECRET_JOB = JobConfig(
     name="secret",
     fetch="http",
@@ -489,6 +598,9 @@ def test_jobs_are_described_with_every_secret_redacted() -> None:
     assert shown["sign"] == "<redacted>"
     assert (shown["fresh"], shown["args"], shown["method"]) == (60.0, ["id"], "POST")
     assert shown["writable"] is False
+    assert shown["warm"] == 0
+    warm = describe_job(attrs.evolve(SECRET_JOB, warm=({"id": "1"}, {"id": "2"})))
+    assert warm["warm"] == 2
 
 
 @pytest.mark.parametrize(

@@ -164,3 +164,16 @@ def test_a_shared_store_reads_entries_up_to_the_largest_value_of_any_job() -> No
     memcached = engine_for(settings_of(config, "memcached://h:1"), reactor, {})
     assert isinstance(memcached.refresher.store, MemcachedStore)
     assert memcached.refresher.store.max_entry_bytes == largest
+
+
+def test_an_engine_warms_only_when_asked_and_a_job_has_a_warm_list() -> None:
+    """A single process and the parent of --workers warm; a worker does not (its parent does)."""
+    warm = JOBS + b"warm = [{}]\n"
+    reactor = MemoryReactorClock()
+    config = load_config("refresherd.toml", {}, read_file=lambda path: warm)
+    engine = engine_for(settings_of(config), reactor, {})
+    assert engine.warmer is not None and [k.target.key for k in engine.warmer.keys] == ["rfd:a:v1:"]
+    assert engine.warmer.parent is engine
+    assert engine_for(settings_of(config), reactor, {}, warm=False).warmer is None
+    plain = load_config("refresherd.toml", {}, read_file=lambda path: JOBS)
+    assert engine_for(settings_of(plain), reactor, {}).warmer is None

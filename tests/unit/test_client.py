@@ -274,6 +274,39 @@ def test_refresh_posts_an_empty_json_object_with_the_arguments_in_the_query() ->
     assert request.content == b"{}"
 
 
+def test_warm_posts_the_argument_sets_and_returns_one_result_each() -> None:
+    results = [{"key": "rfd:user:v1:name=bob", "result": "done"}, {"key": None, "result": "failed"}]
+    client, recorder = make(httpx.Response(200, json={"job": "user", "results": results}))
+    assert client.warm("user", [{"name": "bob"}, {"nom": "x"}], timeout=120) == results
+    request = recorder.only
+    assert (request.method, request.url.port, raw_path(request)) == (
+        "POST",
+        8081,
+        b"/v1/jobs/user/warm",
+    )
+    assert json.loads(request.content) == {"args": [{"name": "bob"}, {"nom": "x"}]}
+    assert request.extensions["timeout"]["read"] == 120
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"job": "user"}, {"results": [{"key": "k", "result": "done"}] * 2}, {"results": ["done"]}],
+)
+def test_a_warm_answer_without_a_result_per_set_is_a_bad_response(answer: Any) -> None:
+    client, _ = make(httpx.Response(200, json=answer))
+    with pytest.raises(BadResponse, match="no result for each argument set"):
+        client.warm("user", [{"name": "bob"}])
+
+
+def test_a_warm_that_gets_no_answer_in_time_names_its_own_timeout() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    client, _ = make(slow, timeout=2)
+    with pytest.raises(Unreachable, match="within 300 s"):
+        client.warm("user", [{"name": "bob"}], timeout=300)
+
+
 def test_jobs_returns_the_list_of_jobs() -> None:
     described = [{"name": "tweets", "fetch": "http", "fresh": 900.0}]
     client, recorder = make(httpx.Response(200, json={"jobs": described}))

@@ -4,8 +4,10 @@ Tests for L{refresherd.config}: the TOML configuration of docs/configuration.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import string
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -968,3 +970,85 @@ def test_hot_keys_default_to_100_keys_of_a_60_s_half_life_and_are_read_from_serv
 def test_a_bad_hot_keys_setting_stops_start_up_with_one_line(text: str, expected: str) -> None:
     message = error_of(f"[server]\n{text}\n")
     assert message.startswith(f"refresherd.toml: {expected}"), message
+
+
+# warm and warm_file
+
+WARM_JOB = """
+[jobs.u]
+args = ["name"]
+arg_patterns = { name = "[a-z]+" }
+url = "https://x.example/{name}"
+fresh = "5m"
+"""
+
+
+def test_warm_lists_and_warm_files_give_the_argument_sets_each_once() -> None:
+    text = WARM_JOB + 'warm = [{name = "bob"}, {name = "alice"}]\nwarm_file = "args.jsonl"\n'
+    lines = '# kept ready\n\n{"name": "carol"}\n  {"name": "bob"}\n'
+    config = load(text, files={"args.jsonl": lines})
+    assert config.jobs["u"].warm == ({"name": "bob"}, {"name": "alice"}, {"name": "carol"})
+    assert load(WARM_JOB).jobs["u"].warm == ()
+
+
+def test_a_warm_file_is_relative_to_the_configuration_files_directory() -> None:
+    text = WARM_JOB + 'warm_file = "args.jsonl"\n'
+    config = load_config(
+        "/etc/rfd/refresherd.toml",
+        {},
+        read_file=fake_files(
+            {"/etc/rfd/refresherd.toml": text, "/etc/rfd/args.jsonl": '{"name": "bob"}'}
+        ),
+    )
+    assert config.jobs["u"].warm == ({"name": "bob"},)
+
+
+@pytest.mark.parametrize(
+    ("extra", "lines", "expected"),
+    [
+        (
+            'warm = [{name = "Bob"}]',
+            "",
+            "jobs.u.warm[0]: argument 'name' does not match '[a-z]+'",
+        ),
+        ('warm = [{nom = "bob"}]', "", "jobs.u.warm[0]: job 'u' takes no argument 'nom'"),
+        ('warm = ["bob"]', "", "jobs.u.warm[0]: must be a table, not a string"),
+        (
+            'warm_file = "a.jsonl"',
+            '{"name": "bob"}\n# x\n{"name": "B"}\n',
+            "jobs.u.warm_file: a.jsonl line 3: argument 'name' does not match '[a-z]+'",
+        ),
+        (
+            'warm_file = "a.jsonl"',
+            '{"name": "bob"\n',
+            "jobs.u.warm_file: a.jsonl line 1: not a JSON object: ",
+        ),
+        (
+            'warm_file = "a.jsonl"',
+            '["bob"]\n',
+            "jobs.u.warm_file: a.jsonl line 1: must be a JSON object of arguments, not an array",
+        ),
+        (
+            'warm_file = "a.jsonl"',
+            '{"name": 1}\n',
+            "jobs.u.warm_file: a.jsonl line 1: argument 'name' must be a string",
+        ),
+        ('warm_file = "b.jsonl"', "", "jobs.u.warm_file: cannot read 'b.jsonl': "),
+    ],
+)
+def test_a_bad_warm_argument_set_stops_start_up_with_one_line(
+    extra: str, lines: str, expected: str
+) -> None:
+    message = error_of(WARM_JOB + extra + "\n", files={"a.jsonl": lines})
+    assert message.startswith(f"{FILE}: {expected}")
+
+
+def test_at_most_ten_thousand_warm_argument_sets() -> None:
+    names = ["".join(letters) for letters in itertools.product(string.ascii_lowercase, repeat=3)]
+    lines = [f'{{"name": "{name}"}}\n' for name in names[:10_001]]
+    text = WARM_JOB + 'warm_file = "a.jsonl"\n'
+    assert len(load(text, files={"a.jsonl": "".join(lines[:-1])}).jobs["u"].warm) == 10_000
+    message = error_of(text, files={"a.jsonl": "".join(lines)})
+    assert message.endswith(
+        "a.jsonl line 10001: more than 10000 argument sets to warm (warm and warm_file)"
+    )

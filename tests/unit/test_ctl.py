@@ -138,6 +138,17 @@ class FakeRefresherd:
             if args.get("value") == "1":
                 entry["value"] = [{"id": 1}]
             return httpx.Response(200, json=entry)
+        if request.method == "POST" and path.endswith("/warm"):
+            job = path.split("/")[3]
+            return httpx.Response(
+                200,
+                json={
+                    "job": job,
+                    "results": [
+                        warm_result(job, args) for args in json.loads(request.content)["args"]
+                    ],
+                },
+            )
         if request.method == "POST" and path.endswith("/refresh"):
             job = path.split("/")[3]
             key = f"rfd:{job}:v1:" + "&".join(f"{k}={v}" for k, v in sorted(args.items()))
@@ -155,6 +166,24 @@ class FakeRefresherd:
     def only(self) -> httpx.Request:
         assert len(self.requests) == 1
         return self.requests[0]
+
+
+def warm_result(job: str, args: dict[str, Any]) -> dict[str, Any]:
+    """What the fake service answers for one argument set: by its C{name}."""
+    key = f"rfd:{job}:v1:" + "&".join(f"{k}={v}" for k, v in sorted(args.items()))
+    name = str(args.get("name", ""))
+    if name.startswith("bad"):
+        return {
+            "key": key,
+            "result": "failed",
+            "code": "fetch_failed",
+            "error": "origin answered 503",
+        }
+    if name.startswith("fresh"):
+        return {"key": key, "result": "fresh"}
+    if name.startswith("nostore"):
+        return {"key": key, "result": "not_stored"}
+    return {"key": key, "result": "done"}
 
 
 def error(status: int, code: str, message: str) -> httpx.Response:
@@ -180,10 +209,19 @@ def ctl(
     argv: list[str],
     fake: FakeRefresherd | None = None,
     environ: Mapping[str, str] | None = None,
+    stdin: str = "",
+    stdout: io.StringIO | None = None,
 ) -> Result:
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = stdout or io.StringIO(), io.StringIO()
     transport = httpx.MockTransport(fake if fake is not None else FakeRefresherd())
-    code = run(argv, stdout=stdout, stderr=stderr, environ=environ or {}, transport=transport)
+    code = run(
+        argv,
+        stdout=stdout,
+        stderr=stderr,
+        environ=environ or {},
+        transport=transport,
+        stdin=io.StringIO(stdin),
+    )
     return Result(code, stdout.getvalue(), stderr.getvalue())
 
 
@@ -626,6 +664,130 @@ def test_timeout_is_applied_to_the_request() -> None:
         "write": 0.25,
         "pool": 0.25,
     }
+
+
+# -- warm -----------------------------------------------------------------------------------
+
+
+def lines_of(*names: str) -> str:
+    return "".join(json.dumps({"name": name}) + "\n" for name in names)
+
+
+def test_warm_sends_one_argument_set_from_words_and_prints_the_summary() -> None:
+    fake = FakeRefresherd()
+    result = ctl(["warm", "user", "name=bob"], fake)
+    assert (result.code, result.err) == (0, "")
+    assert fake.only.url.path == "/v1/jobs/user/warm"
+    assert json.loads(fake.only.content) == {"args": [{"name": "bob"}]}
+    assert fake.only.headers["Content-Type"] == "application/json"
+    assert result.out == "1/1: 1 done, 0 already fresh, 0 not stored, 0 failed\n" + (
+        "1 done, 0 already fresh, 0 not stored, 0 failed\n"
+    )
+
+
+def test_warm_sends_a_file_in_batches_of_100_with_a_line_per_batch(tmp_path: Any) -> None:
+    names = [f"fresh{i}" if i % 2 else f"u{i}" for i in range(250)]
+    path = tmp_path / "args.jsonl"
+    path.write_text("# users\n\n" + lines_of(*names), encoding="utf-8")
+    fake = FakeRefresherd()
+    result = ctl(["warm", "user", "--file", str(path)], fake)
+    assert result.code == 0
+    sent = [json.loads(r.content)["args"] for r in fake.requests]
+    assert [len(batch) for batch in sent] == [100, 100, 50]
+    assert [a["name"] for batch in sent for a in batch] == names
+    assert result.out.splitlines() == [
+        "100/250: 50 done, 50 already fresh, 0 not stored, 0 failed",
+        "200/250: 100 done, 100 already fresh, 0 not stored, 0 failed",
+        "250/250: 125 done, 125 already fresh, 0 not stored, 0 failed",
+        "125 done, 125 already fresh, 0 not stored, 0 failed",
+    ]
+
+
+def test_warm_lists_at_most_20_failures_with_their_arguments_and_exits_1() -> None:
+    names = [f"bad{i}" for i in range(25)] + ["ok", "nostore"]
+    result = ctl(["warm", "user", "--file", "-"], stdin=lines_of(*names))
+    assert result.code == 1
+    out = result.out.splitlines()
+    assert out[1] == "1 done, 0 already fresh, 1 not stored, 25 failed"
+    assert out[2] == '  {"name": "bad0"}: fetch_failed: origin answered 503'
+    assert len(out) == 2 + 20 + 1 and out[-1] == "  and 5 more failed"
+
+
+def test_warm_json_prints_every_result() -> None:
+    result = ctl(["warm", "user", "--json", "--file", "-"], stdin=lines_of("a", "fresh"))
+    assert result.code == 0
+    assert json.loads(result.out) == {
+        "job": "user",
+        "results": [
+            {"key": "rfd:user:v1:name=a", "result": "done"},
+            {"key": "rfd:user:v1:name=fresh", "result": "fresh"},
+        ],
+    }
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_warm_on_a_terminal_shows_a_progress_bar_instead_of_lines() -> None:
+    terminal = Terminal()
+    result = ctl(["warm", "user", "--file", "-"], stdin=lines_of("a", "b"), stdout=terminal)
+    assert result.code == 0
+    assert "warming user" in result.out and "100%" in result.out
+    assert "2/2:" not in result.out
+    assert result.out.endswith("2 done, 0 already fresh, 0 not stored, 0 failed\n")
+
+
+def test_warm_interrupted_prints_the_summary_so_far_and_exits_130() -> None:
+    calls = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        return FakeRefresherd().route(request)
+
+    names = ["bad"] + [f"u{i}" for i in range(149)]
+    result = ctl(["warm", "user", "--file", "-"], FakeRefresherd(answer), stdin=lines_of(*names))
+    assert result.code == 130
+    assert result.out.splitlines()[-2:] == [
+        "interrupted: 99 done, 0 already fresh, 0 not stored, 1 failed",
+        '  {"name": "bad"}: fetch_failed: origin answered 503',
+    ]
+
+
+def test_warm_waits_longer_than_other_commands_unless_timeout_is_given() -> None:
+    fake = FakeRefresherd()
+    ctl(["warm", "user", "name=a"], fake)
+    assert fake.only.extensions["timeout"]["read"] == 300
+    fake = FakeRefresherd()
+    ctl(["warm", "user", "name=a", "--timeout", "7"], fake)
+    assert fake.only.extensions["timeout"]["read"] == 7
+
+
+@pytest.mark.parametrize(
+    ("stdin", "line"),
+    [
+        ('{"name": "a"}\n{"name": \n', "refresherctl: - line 2: not a JSON object: "),
+        ('["a"]\n', "refresherctl: - line 1: not a JSON object of arguments"),
+    ],
+)
+def test_warm_stops_at_a_bad_line_before_sending_anything(stdin: str, line: str) -> None:
+    fake = FakeRefresherd()
+    result = ctl(["warm", "user", "--file", "-"], fake, stdin=stdin)
+    assert result.code == 1 and result.err.startswith(line) and fake.requests == []
+
+
+def test_warm_with_words_and_a_file_is_a_usage_error() -> None:
+    result = ctl(["warm", "user", "a=b", "--file", "-"])
+    assert result.code == 2 and "not both" in result.err
+
+
+def test_a_warm_the_service_refuses_exits_1_with_its_error() -> None:
+    fake = FakeRefresherd(error(404, "unknown_job", "no job named 'x'"))
+    assert_one_error_line(ctl(["warm", "x"], fake), "refresherctl: unknown_job: no job named 'x'")
 
 
 # -- errors and exit statuses ---------------------------------------------------------------
