@@ -144,9 +144,13 @@ class Refresher(Service):
         default=None, kw_only=True
     )
     """
-    Told of every purge done here (keys, jobs, tags, soft): with L{hot}, the
-    regeneration of hot keys (L{Ahead}) unless set otherwise.
+    Told of every purge done here (keys, jobs, tags, soft): unless set
+    otherwise, each of L{purge_listeners} (the regeneration of hot and warm keys).
     """
+    purge_listeners: list[Callable[[list[str], list[str], list[str], bool], None]] = attrs.field(
+        init=False, factory=list
+    )
+    """What L{after_purge} tells by default: the regeneration of hot and warm keys."""
     ahead: Ahead | None = attrs.field(init=False, default=None)
     """Refresh-ahead of the hottest keys of C{keep_hot} jobs, with L{hot}."""
     _log: Logger = attrs.field(factory=Logger, init=False)
@@ -165,8 +169,9 @@ class Refresher(Service):
         if self.hot is not None:
             self._observe = self.hot.observe
             self.ahead = Ahead(self, self.hot, self.clock)
-            if self.after_purge is None:
-                self.after_purge = after_purge(self.ahead)
+            self.purge_listeners.append(after_purge(self.ahead))
+        if self.after_purge is None:
+            self.after_purge = self._purged
 
     def target(self, job_name: str, args: Mapping[str, object]) -> Target:
         """What C{job_name} with C{args} names: L{UnknownJob} or L{BadArgs} if nothing."""
@@ -443,6 +448,10 @@ class Refresher(Service):
         if self.after_purge is not None:
             self.after_purge(keys, jobs, tags, soft)
         return len(keys) + len(jobs) + len(tags)
+
+    def _purged(self, keys: list[str], jobs: list[str], tags: list[str], soft: bool) -> None:
+        for listener in self.purge_listeners:
+            listener(keys, jobs, tags, soft)
 
     def tags_of(self, target: Target) -> tuple[str, ...]:
         """The tags of C{target}'s entry as last read here: its job's, and its own."""

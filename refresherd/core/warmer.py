@@ -85,6 +85,8 @@ class _Key:
     failures: int = 0
     unavailable: int = 0
     timer: IDelayedCall | None = None
+    reason: str = "warm"
+    """Why its next refresh runs: C{warm}, or C{purge} right after a soft purge covering it."""
 
 
 @attrs.define(eq=False)
@@ -117,6 +119,26 @@ class Warmer(Service):
             for args in job.config.warm:
                 # Resolved, not remembered: the requests' targets stay theirs.
                 self.keys.append(_Key(self.refresher.targets.resolve(name, args)))
+        self.refresher.purge_listeners.append(self.purged)
+
+    def purged(self, keys: list[str], jobs: list[str], tags: list[str], soft: bool) -> None:
+        """After a soft purge: refresh at once the warm keys it covers (reason C{purge})."""
+        if not soft or not self.running:
+            return
+        named, jobs_named, tags_named = set(keys), set(jobs), set(tags)
+        for key in self.keys:
+            target = key.target
+            if not (
+                target.key in named
+                or target.job.name in jobs_named
+                or (tags_named and not tags_named.isdisjoint(self.refresher.tags_of(target)))
+            ):
+                continue
+            if key.timer is None or not key.timer.active():
+                continue  # refreshing now, or queued: it reads the purge anyway
+            key.timer.cancel()
+            key.reason = "purge"
+            self._due(key)
 
     def startService(self) -> None:
         """Warm every key once the reactor runs (after the start-up lines)."""
@@ -173,7 +195,8 @@ class Warmer(Service):
         """Refresh one warm key, then set its timer (unless the service stopped meanwhile)."""
         target, config = key.target, key.target.job.config
         try:
-            answer = await self.refresher.refresh_background(target, "warm", key.lead + SLACK)
+            reason, key.reason = key.reason, "warm"
+            answer = await self.refresher.refresh_background(target, reason, key.lead + SLACK)
         except StoreUnavailable:
             key.unavailable += 1
             at = self.clock.seconds() + policy.backoff(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 
 from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
@@ -207,3 +208,23 @@ def test_the_warm_refreshes_are_counted_as_warm() -> None:
         "refresherd_refreshes_total", {"job": "j", "reason": "warm"}
     )
     assert sample == 1
+
+
+def test_a_soft_purge_regenerates_the_warm_keys_it_covers_at_once() -> None:
+    warmer, fetcher, clock = make(warm=({"id": "1"}, {"id": "2"}), tags=("t:{id}",))
+    start(warmer, clock)
+    while fetcher.pending:
+        fetcher.succeed(index=fetcher.calls.index(fetcher.pending[0]))
+    refresher = warmer.refresher
+    result(Deferred.fromCoroutine(refresher.purge([], [], ["t:2"], True)))
+    assert [c.args for c in fetcher.pending] == [{"id": "2"}]  # at once, no request
+    fetcher.succeed(index=-1)
+    assert (
+        refresher.metrics.registry.get_sample_value(
+            "refresherd_refreshes_total", {"job": "j", "reason": "purge"}
+        )
+        == 1
+    )
+    result(Deferred.fromCoroutine(refresher.purge([], ["j"], [], False)))
+    assert fetcher.pending == []  # a hard purge regenerates nothing
+    assert warmer.timers == 2
