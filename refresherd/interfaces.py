@@ -6,7 +6,7 @@ or a new kind of fetch plugs in without touching the refresh logic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
@@ -130,6 +130,28 @@ class IReadsAtHand(Interface):
         The C{(entry, tokens)} that L{IStore.read} would fire with, returned at
         once when the store has them here; else L{None}, and the caller calls
         L{IStore.read}.
+        """
+
+
+class IPurgeNotices(Interface):
+    """
+    A store on which the processes sharing it tell one another of soft
+    purges (L{refresherd.core.notices}), so that each regenerates the hot keys
+    the purge covers.  Optional: on a store without it (memcached), only the
+    process that purged does.
+    """
+
+    def publish_purge(notice: bytes) -> Deferred[None]:
+        """
+        Tell every process listening (this one too) of C{notice}; fail with
+        L{refresherd.errors.StoreUnavailable} when the store cannot be reached
+        in time.  Delivery is at most once.
+        """
+
+    def listen_purges(heard: Callable[[bytes], None]) -> None:
+        """
+        Call C{heard} with every notice published from now on, by any client
+        of the store: what it hears is untrusted.
         """
 
 

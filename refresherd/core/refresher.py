@@ -14,6 +14,7 @@ with no Deferred: that is nearly every request.
 from __future__ import annotations
 
 import random
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from refresherd.core import policy
+from refresherd.core import notices, policy
 from refresherd.core.ahead import Ahead, after_purge
 from refresherd.core.attempts import Attempts
 from refresherd.core.flights import Flight, Flights, store_ttl
@@ -61,7 +62,7 @@ from refresherd.errors import (
     one_line,
     public_reason,
 )
-from refresherd.interfaces import IReadsAtHand, IStore, Tokens
+from refresherd.interfaces import IPurgeNotices, IReadsAtHand, IStore, Tokens
 from refresherd.keys import check_entry_key, generation_key
 from refresherd.metrics import Metrics
 
@@ -76,6 +77,9 @@ oldest forgotten first: 256 entries with 64 tags of their own, 16384 with 2.
 
 NO_MARKS = ("", "")
 """The purge marks of a job and tags none of whose generation keys was ever written."""
+
+NOTICE_WARNING_INTERVAL = 60.0
+"""Seconds between two warnings of purge notices ignored."""
 
 
 @attrs.define
@@ -144,8 +148,9 @@ class Refresher(Service):
         default=None, kw_only=True
     )
     """
-    Told of every purge done here (keys, jobs, tags, soft): unless set
-    otherwise, each of L{purge_listeners} (the regeneration of hot and warm keys).
+    Told of every purge done here (keys, jobs, tags, soft), and of every soft
+    purge another process tells of (L{IPurgeNotices}): unless set otherwise,
+    each of L{purge_listeners} (the regeneration of hot and warm keys).
     """
     purge_listeners: list[Callable[[list[str], list[str], list[str], bool], None]] = attrs.field(
         init=False, factory=list
@@ -153,6 +158,12 @@ class Refresher(Service):
     """What L{after_purge} tells by default: the regeneration of hot and warm keys."""
     ahead: Ahead | None = attrs.field(init=False, default=None)
     """Refresh-ahead of the hottest keys of C{keep_hot} jobs, with L{hot}."""
+    _notices: IPurgeNotices | None = attrs.field(init=False, default=None)
+    _origin: str = attrs.field(init=False, factory=lambda: secrets.token_hex(16))
+    """Names this process in the purge notices it publishes, so that it ignores its own."""
+    _notice_warned_at: float | None = attrs.field(init=False, default=None)
+    _notices_ignored: int = attrs.field(init=False, default=0)
+    """Notices ignored since the last warning."""
     _log: Logger = attrs.field(factory=Logger, init=False)
 
     # Service is an old-style class with class attributes; attrs leaves them alone.
@@ -172,6 +183,9 @@ class Refresher(Service):
             self.purge_listeners.append(after_purge(self.ahead))
         if self.after_purge is None:
             self.after_purge = self._purged
+        if IPurgeNotices.providedBy(self.store):
+            self._notices = self.store
+            self.store.listen_purges(self._heard)
 
     def target(self, job_name: str, args: Mapping[str, object]) -> Target:
         """What C{job_name} with C{args} names: L{UnknownJob} or L{BadArgs} if nothing."""
@@ -413,7 +427,9 @@ class Refresher(Service):
         every process sharing the store: removed, or with C{soft} marked stale
         so that the next request is answered with the old value while one
         refresh regenerates it.  Fires with how many keys, jobs and tags were
-        named.  Nothing is done unless every key and job is valid.
+        named.  Nothing is done unless every key and job is valid.  After a
+        soft purge, the processes sharing the store are told of it when the
+        store can (L{IPurgeNotices}), so that each regenerates its hot keys.
         """
         keys = [self.check_key(key) for key in keys]
         for name in jobs:
@@ -447,11 +463,63 @@ class Refresher(Service):
                 self.metrics.purged.labels(kind=kind).inc(len(given))
         if self.after_purge is not None:
             self.after_purge(keys, jobs, tags, soft)
+        if soft and self._notices is not None:
+            await self._tell(self._notices, keys, jobs, tags)
         return len(keys) + len(jobs) + len(tags)
 
     def _purged(self, keys: list[str], jobs: list[str], tags: list[str], soft: bool) -> None:
         for listener in self.purge_listeners:
             listener(keys, jobs, tags, soft)
+
+    async def _tell(
+        self, to: IPurgeNotices, keys: list[str], jobs: list[str], tags: list[str]
+    ) -> None:
+        """Publish the notice of a soft purge; a failure is logged (the purge is done)."""
+        try:
+            for notice in notices.encode(self._origin, keys, jobs, tags):
+                await to.publish_purge(notice)
+        except StoreUnavailable as e:
+            self.metrics.store_errors.labels(operation="notice").inc()
+            self._log.warn(
+                "Soft purge done, but other processes were not told of it: {why}",
+                why=one_line(e.message),
+            )
+
+    def _heard(self, data: bytes) -> None:
+        """
+        A purge notice, published by any client of the store: one of another
+        process that names keys of this namespace and jobs configured here
+        regenerates the hot keys it covers; anything else is ignored.
+        """
+        try:
+            notice = notices.decode(data)
+            if notice.origin == self._origin:
+                return  # Regenerated when it was made.
+            for key in notice.keys:
+                check_entry_key(key, self.namespace)
+            for name in notice.jobs:
+                if name not in self.jobs:
+                    raise ValueError(f"no job named {name[:80]!r}")
+        except ValueError as e:
+            self._ignored(str(e))
+            return
+        if self.after_purge is not None:
+            self.after_purge(notice.keys, notice.jobs, notice.tags, True)
+
+    def _ignored(self, why: str) -> None:
+        """A notice ignored: a warning at most every L{NOTICE_WARNING_INTERVAL} seconds."""
+        self._notices_ignored += 1
+        now = self.clock.seconds()
+        if self._notice_warned_at is not None and now < (
+            self._notice_warned_at + NOTICE_WARNING_INTERVAL
+        ):
+            return
+        self._log.warn(
+            "Ignored {count} purge notice(s) heard on the store (the last: {why})",
+            count=self._notices_ignored,
+            why=one_line(why),
+        )
+        self._notice_warned_at, self._notices_ignored = now, 0
 
     def tags_of(self, target: Target) -> tuple[str, ...]:
         """The tags of C{target}'s entry as last read here: its job's, and its own."""

@@ -34,10 +34,10 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from refresherd.entry import Entry
-from refresherd.interfaces import IReadsAtHand, IStore
+from refresherd.interfaces import IPurgeNotices, IReadsAtHand, IStore
 from refresherd.stores.memory import entry_cost
 
 DEFAULT_TTL = 1.0
@@ -97,6 +97,8 @@ class NearCache(Service):
         watch: Callable[..., None] | None = getattr(self.store, "watch", None)
         if watch is not None:
             watch(self.drop, self.clear)
+        if IPurgeNotices.providedBy(self.store):
+            alsoProvides(self, IPurgeNotices)
 
     @property
     def shared(self) -> bool:
@@ -283,6 +285,14 @@ class NearCache(Service):
 
     def ping(self) -> Deferred[None]:
         return self.store.ping()  # type: ignore[no-any-return]
+
+    # IPurgeNotices, provided when the store provides it.
+
+    def publish_purge(self, notice: bytes) -> Deferred[None]:
+        return self.store.publish_purge(notice)  # type: ignore[no-any-return]
+
+    def listen_purges(self, heard: Callable[[bytes], None]) -> None:
+        self.store.listen_purges(heard)
 
 
 _NEAR_PARAMETERS = ("near_ttl", "near_bytes")

@@ -6,6 +6,7 @@ The layout other programs read is documented in C{docs/redis.md}:
     key K                          ->  encode(entry), expiring after the ttl given to put
     {ns}:lease:{rest of K}         ->  the token of the fetch that holds K's lease
     PUBLISH {namespace}:changes K  on every change of K, for other programs
+    PUBLISH {namespace}:purges N   a purge notice N (refresherd.core.notices), heard by all
 
 where C{ns} is K's own namespace (the text before its first C{:}) and
 C{namespace} the store's.  Every change is one Lua script, so it is atomic
@@ -13,7 +14,8 @@ without MULTI (which is broken with hiredis and C{charset=None}).
 
 Talking to Redis is txredisapi's (bytes in, bytes out: C{charset=None},
 C{convertNumbers=False}), with hiredis when installed, on two connections:
-one for commands and one subscribed to C{__redis__:invalidate}.  The command
+one for commands and one subscribed to C{__redis__:invalidate} (and to the
+purge notices, C{{namespace}:purges}: L{IPurgeNotices}).  The command
 connection turns on Redis's client-side caching, C{CLIENT TRACKING on
 REDIRECT <the subscriber's id> NOLOOP}: Redis then tells this process, on its
 subscriber, of every change made by another client to a key that this process
@@ -61,7 +63,7 @@ from zope.interface import implementer
 from refresherd.core.marks import GENERATION_MARGIN, renewed
 from refresherd.entry import Entry, encode
 from refresherd.errors import StoreUnavailable, one_line
-from refresherd.interfaces import IStore
+from refresherd.interfaces import IPurgeNotices, IStore
 from refresherd.stores.reader import DEFAULT_MAX_ENTRY_BYTES, EntryReader
 from refresherd.stores.tls import tls_failure
 from refresherd.stores.waiters import ChangeWaiters
@@ -197,7 +199,7 @@ def _milliseconds(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-@implementer(IStore)
+@implementer(IStore, IPurgeNotices)
 @attrs.define(eq=False)
 class RedisStore(Service):
     """
@@ -211,7 +213,8 @@ class RedisStore(Service):
 
     @ivar reactor: provides C{IReactorTime} and C{IReactorTCP}.
     @ivar namespace: names the change channel, C{{namespace}:changes}, on which
-        every change is published for other programs.
+        every change is published for other programs, and the purge notice
+        channel, C{{namespace}:purges}.
     @ivar tracking: learn of other processes' changes by C{CLIENT TRACKING}
         (only those of keys this process read); false: by listening to the
         change channel, where every change reaches every process (the way of
@@ -276,6 +279,10 @@ class RedisStore(Service):
     _watchers: list[tuple[Callable[[str], None], Callable[[], None]]] = attrs.field(
         init=False, repr=False, factory=list
     )
+    _purge_listeners: list[Callable[[bytes], None]] = attrs.field(
+        init=False, repr=False, factory=list
+    )
+    _purges_refused: str | None = attrs.field(init=False, repr=False, default=None)
     replicas: int = attrs.field(init=False, default=0)
     """How many replicas the primary had when last asked (L{ROLE_INTERVAL})."""
     _roles: task.LoopingCall | None = attrs.field(init=False, repr=False, default=None)
@@ -293,6 +300,11 @@ class RedisStore(Service):
     def channel(self) -> str:
         """The pub/sub channel on which every change publishes its key."""
         return f"{self.namespace}:changes"
+
+    @property
+    def purge_channel(self) -> str:
+        """The pub/sub channel of purge notices (L{IPurgeNotices})."""
+        return f"{self.namespace}:purges"
 
     @property
     def listening(self) -> bool:
@@ -479,6 +491,19 @@ class RedisStore(Service):
         ms = _milliseconds(ttl)
         d = self._eval("purge", _NEW_GENERATION, [key], [token, ms, self.channel])
         return self._acknowledged(d, "purge").addCallback(lambda _: token)
+
+    # -- IPurgeNotices ------------------------------------------------------
+
+    def publish_purge(self, notice: bytes) -> Deferred[None]:
+        """See L{IPurgeNotices.publish_purge}: C{PUBLISH {namespace}:purges notice}."""
+        d = self._call(
+            "purge notice", lambda c: c.execute_command("PUBLISH", self.purge_channel, notice)
+        )
+        return d.addCallback(lambda _: None)
+
+    def listen_purges(self, heard: Callable[[bytes], None]) -> None:
+        """See L{IPurgeNotices.listen_purges}: what the subscriber hears on L{purge_channel}."""
+        self._purge_listeners.append(heard)
 
     def watch(self, changed: Callable[[str], None], reset: Callable[[], None]) -> None:
         """
@@ -668,6 +693,32 @@ class RedisStore(Service):
                 address=self.address,
             )
 
+    def _purges_unheard(self, why: str | None) -> None:
+        """
+        Redis refused the subscription to L{purge_channel} for C{why} (an ACL
+        without that channel), or accepted it (C{None}); logged once until the
+        reason changes.  The store works on, but purge notices go unheard.
+        """
+        if why is not None and why != self._purges_refused:
+            self._log.error(
+                "Redis at {address} refused SUBSCRIBE {channel}: {why}; soft purges made by "
+                "other processes do not regenerate this process's hot keys",
+                address=self.address,
+                channel=self.purge_channel,
+                why=one_line(why),
+            )
+        self._purges_refused = why
+
+    def _heard_purge(self, notice: object) -> None:
+        """A message on L{purge_channel}: given to every listener, which judges it."""
+        if not isinstance(notice, bytes):
+            return
+        for heard in self._purge_listeners:
+            try:
+                heard(notice)
+            except Exception:
+                self._log.failure("A purge notice's listener failed")
+
     def _heard(self, message: object) -> None:
         """
         A message on the subscriber: the keys changed (a list of them, from
@@ -847,6 +898,18 @@ class _SubscriberConnection(_Connection, txredisapi.SubscriberProtocol):  # type
     async def set_up(self, store: RedisStore) -> None:
         self.client_id = int(await self.execute_command("CLIENT", "ID"))
         await self.subscribe(INVALIDATIONS if store.tracking else store.channel)
+        # A subscription of its own, so that a refusal (an ACL without the
+        # channel) names it and costs the notices only.
+        try:
+            await self.subscribe(store.purge_channel)
+        except txredisapi.ResponseError as e:
+            store._purges_unheard(str(e))
+        else:
+            store._purges_unheard(None)
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
-        self.factory.store._heard(message)
+        store = self.factory.store
+        if channel == store.purge_channel.encode():
+            store._heard_purge(message)
+        else:
+            store._heard(message)
