@@ -13,8 +13,8 @@ import attrs
 import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from zope.interface import implementer
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import implementer, provider
 
 from refresherd.core import notices
 from refresherd.core.notices import MAX_NOTICE_BYTES, MAX_NOTICE_NAMES, Notice
@@ -54,6 +54,7 @@ class NoticeStore(MemoryStore):
 def warnings() -> Any:
     events: list[dict[str, Any]] = []
 
+    @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
         if event.get("log_level") == LogLevel.warn:
             events.append(event)
