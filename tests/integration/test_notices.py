@@ -91,7 +91,7 @@ class PurgeNoticeTests(RedisTestCase):
 
     async def channels_apart(self, tracking: bool) -> None:
         store = await self.ready_store(tracking=tracking)
-        heard, changed = self.heard_by(store), []
+        heard, changed = self.heard_by(store), list[str]()
         store.watch(changed.append, lambda: None)
         messages = store.messages
         self.server.command("PUBLISH", store.channel, b"rfdtest:job:v1:a=1")

@@ -555,9 +555,11 @@ class RedisTrackingTests(RedisTestCase):
 
     async def test_the_documented_rights_are_enough(self) -> None:
         # docs/redis.md: CLIENT ID, CLIENT TRACKING, and the channel __redis__:invalidate
-        # (besides the scripts' PUBLISH on {ns}:changes); no other CLIENT subcommand.
+        # (besides the scripts' PUBLISH on {ns}:changes, and the purge notices' channel);
+        # no other CLIENT subcommand.
         server = self.own_server()
-        rights = ("resetchannels", f"&{NAMESPACE}:changes", "&__redis__:invalidate", "-client")
+        channels = (f"&{NAMESPACE}:changes", f"&{NAMESPACE}:purges", "&__redis__:invalidate")
+        rights = ("resetchannels", *channels, "-client")
         server.command("ACL", "SETUSER", "default", *rights, "+client|id", "+client|tracking")
         here, there = await self.ready_store(server), await self.ready_store(server)
         key = self.unique_key(id="1")

@@ -284,10 +284,14 @@ def rights_for(user: str, password: str, rights: list[str]) -> list[str]:
     """
     The documented rights for this test's user: its password, and the
     namespace C{rfd} replaced.  The contract writes keys in namespaces
-    C{rfdtest-<random>}, so C{~rfd:*} becomes C{~rfdtest-*}; the change channel
-    is the store's, C{rfdtest:changes}.
+    C{rfdtest-<random>}, so C{~rfd:*} becomes C{~rfdtest-*}; the change and
+    purge notice channels are the store's, C{rfdtest:changes} and C{rfdtest:purges}.
     """
-    replaced = {"~rfd:*": "~rfdtest-*", "&rfd:changes": f"&{NAMESPACE}:changes"}
+    replaced = {
+        "~rfd:*": "~rfdtest-*",
+        "&rfd:changes": f"&{NAMESPACE}:changes",
+        "&rfd:purges": f"&{NAMESPACE}:purges",
+    }
     out = [f">{password}" if r.startswith(">") else replaced.get(r, r) for r in rights]
     return ["ACL", "SETUSER", user, *out]
 
@@ -376,6 +380,7 @@ class ACLTests(URLTestCase):
             lambda: store.delete(key),
             lambda: store._ask_role(),
             lambda: store._call("wait", lambda c: c.execute_command("WAIT", 0, 1)),
+            lambda: store.publish_purge(b"{}"),
         ]
         said = []
         for call in calls:
