@@ -28,7 +28,7 @@ from refresherd.metrics import metrics_for
 from refresherd.stores.near import NearCache
 from refresherd.stores.redis import RedisStore
 from refresherd.testing import FakeFetcher
-from tests.redis_stores import NAMESPACE, RedisTestCase, sleep
+from tests.redis_stores import NAMESPACE, READY, RedisTestCase, sleep
 
 Purged = tuple[list[str], list[str], list[str], bool]
 CHANNEL = f"{NAMESPACE}:purges"
@@ -169,7 +169,7 @@ class PurgeNoticeTests(RedisTestCase):
             password="s3cret-pw",
         )  # fmt: skip
         self.started(store)
-        await until(lambda: store._commands is not None)
+        await store.ready().addTimeout(READY, reactor)  # usable without the channel
         a, purged = self.refresher(store)
         self.assertEqual(await a.purge([], [], ["user:bob"], soft=True), 1)
         self.assertEqual(purged, [([], [], ["user:bob"], True)])
