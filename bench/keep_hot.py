@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ import httpx
 from bench.load import measuring
 from bench.shared_stores import write_section
 from bench.throughput import machine, versions
-from tests.harness import Behaviour, Origin, start_origin, start_service
+from tests.harness import start_service
 
 START, END = "<!-- bench:keep_hot:start -->", "<!-- bench:keep_hot:end -->"
 HEADING = "Refresh-ahead of the hottest keys"
@@ -54,7 +55,7 @@ url = "{origin}/items/{{id}}"
 fresh = "{fresh}s"
 stale = "1m"
 early_refresh = 0
-concurrency = 16
+concurrency = 64
 max_queue = 10000
 wait_timeout = "30s"
 tags = ["group:{{group}}"]
@@ -118,32 +119,56 @@ async def purger(admin: str, until: float, every: float, run: Run) -> None:
             run.purges += 1
 
 
+ORIGIN = """
+import sys, time
+from tests.harness import Behaviour, start_origin
+origin = start_origin()
+origin.default = Behaviour(body=b'{"item": {n}}', delay=float(sys.argv[1]))
+print(origin.url, flush=True)
+sys.stdin.read()
+"""
+
+
+def fetched(admin: str) -> int:
+    """How many fetch attempts refresherd made (its origin's requests)."""
+    text = httpx.get(admin + "/metrics", timeout=10).text
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("refresherd_fetches_total{")
+    )
+
+
 def one_run(
-    origin: Origin, keep_hot: int, hot: int, seconds: float, clients: int, purge_every: float
+    origin: str, keep_hot: int, hot: int, seconds: float, clients: int, purge_every: float
 ) -> Run:
     run = Run()
     with tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "refresherd.toml"
-        config.write_text(
-            CONFIG.format(origin=origin.url, fresh=5, keep_hot=keep_hot, sketch=10 * hot)
-        )
+        config.write_text(CONFIG.format(origin=origin, fresh=5, keep_hot=keep_hot, sketch=10 * hot))
         service = start_service(config)
         try:
             port = service.ports["public"]
-            before = sum(origin.hits.values())
             start = time.monotonic()
             warm_until, until = start + min(5.0, seconds / 3), start + seconds
+            before: list[int] = []
 
             async def main() -> None:
                 ranks = zipf_ranks(seed=7)
+
+                async def mark() -> None:
+                    await asyncio.sleep(warm_until - time.monotonic())
+                    before.append(await asyncio.to_thread(fetched, service.admin_url))
+
                 await asyncio.gather(
+                    mark(),
                     purger(service.admin_url, until, purge_every, run),
                     *(client(port, ranks, until, warm_until, hot, run) for _ in range(clients)),
                 )
 
             measuring(main())
             run.seconds = time.monotonic() - warm_until
-            run.origin_requests = sum(origin.hits.values()) - before
+            run.origin_requests = fetched(service.admin_url) - before[0]
             metrics = httpx.get(service.admin_url + "/metrics", timeout=10).text
             for line in metrics.splitlines():
                 if line.startswith("refresherd_refreshes_total{"):
@@ -157,15 +182,25 @@ def one_run(
 def run_both(
     seconds: float, hot: int, clients: int, purge_every: float, origin_ms: float
 ) -> dict[str, Run]:
-    origin = start_origin()
-    origin.default = Behaviour(body=b'{"item": {n}}', delay=origin_ms / 1000)
+    """Both runs against one origin in a process of its own (so that it never waits for
+    the load generator's)."""
+    origin = subprocess.Popen(
+        [sys.executable, "-c", ORIGIN, str(origin_ms / 1000)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
+        assert origin.stdout is not None
+        url = origin.stdout.readline().strip()
         return {
-            f"keep_hot = {keep_hot}": one_run(origin, keep_hot, hot, seconds, clients, purge_every)
+            f"keep_hot = {keep_hot}": one_run(url, keep_hot, hot, seconds, clients, purge_every)
             for keep_hot in (0, hot)
         }
     finally:
-        origin.server.shutdown()
+        origin.kill()
+        origin.wait()
 
 
 def share(counts: Counter[str], status: str) -> str:
