@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 
 @attrs.define(eq=False)
@@ -46,9 +46,7 @@ class Slots:
         """A slot for a fetch a request waits for: at once, or before any background fetch."""
         if self.running < self.size:
             self.running += 1
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
+            return succeed(None)
         waiter: Deferred[None] = Deferred(self._forget)
         self._requests.append(waiter)
         return waiter
@@ -58,9 +56,7 @@ class Slots:
         if not self._requests and not self._waiting and self._background_may_start():
             self.running += 1
             self.background += 1
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
+            return succeed(None)
         waiter: Deferred[None] = Deferred(self._forget)
         self._waiting.append(waiter)
         return waiter
