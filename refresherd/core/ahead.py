@@ -4,8 +4,9 @@ purge (docs/README.md, "Background refreshes").
 
 For each job with C{keep_hot = N}, once a second, the N keys this process's
 requests asked for most lately (L{HotSource}) are looked at, and each that
-would go stale within its lead (twice its last fetch's duration, at least
-1 s, plus the second until the next look) is refreshed in the background
+would go stale within its lead (twice its last refresh's duration, from
+asking for a slot to the write, at least 1 s, plus the second until the
+next look) is refreshed in the background
 (reason C{hot}).  A key that cools down leaves the top N and is no longer
 refreshed.  After a soft purge, the hot keys it covers (by key, by job, or
 by tag: the job's tags and the tags of their own the entries carried) are
@@ -51,7 +52,10 @@ class HotSource(typing.Protocol):
 
 
 def lead(duration: float) -> float:
-    """How long before a hot key would go stale it is refreshed: twice its fetch, 1 s at least."""
+    """
+    How long before a hot key would go stale it is refreshed: twice its
+    refresh (its fetch, or the wait for a slot and the fetch), 1 s at least.
+    """
     return max(MIN_LEAD, 2 * duration) + TICK
 
 
@@ -140,13 +144,18 @@ class Ahead:
         self._running.add(target.key)
         key = target.key
         ahead = self._due.get(key, (0.0, lead(0.0)))[1]
+        started = self.clock.seconds()
 
         def done(answer: Answer) -> None:
             entry = answer.entry
+            now = self.clock.seconds()
             if entry is None or entry.is_failure:
-                self._due[key] = (self.clock.seconds() + TICK, ahead)
+                self._due[key] = (now + TICK, ahead)
             else:
-                ahead_next = lead(entry.duration)
+                # Twice the whole refresh when it took longer than its fetch (it waited
+                # for a slot behind requests): the next one starts that much earlier.
+                took = now - started if answer.status == "miss" else 0.0
+                ahead_next = max(lead(entry.duration), lead(took))
                 due = max(entry.fresh_until - ahead_next, entry.retry_at)
                 self._due[key] = (due, ahead_next)
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
@@ -143,3 +144,20 @@ def test_a_job_without_keep_hot_is_never_refreshed_ahead() -> None:
     clock.advance(60)
     assert len(fetcher.calls) == 1
     ahead.stop()
+
+
+def test_a_refresh_that_waited_behind_requests_starts_earlier_next_time() -> None:
+    refresher, fetcher, clock, sketch, ahead = make(concurrency=1, fresh=20.0)
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    clock.advance(16)  # due at fresh_until - 2 s, looked at each second
+    lookup(refresher, "b")  # a request's fetch holds the only slot...
+    clock.advance(2)  # ...while a's refresh ahead comes due and waits behind it
+    assert [c.args["id"] for c in fetcher.pending] == ["b"]
+    clock.advance(1.5)
+    fetcher.succeed(index=1)  # b done after 3.5 s: a's refresh gets the slot, fetches
+    fetcher.succeed(index=2)  # at once
+    due, lead = ahead._due["rfd:j:v1:id=a"]
+    assert lead == pytest.approx(2 * 1.5 + 1)  # twice its wait and fetch (its fetch took 0 s)
+    assert due <= clock.seconds() + 20 - lead
