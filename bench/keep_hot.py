@@ -140,7 +140,13 @@ def fetched(admin: str) -> int:
 
 
 def one_run(
-    origin: str, keep_hot: int, hot: int, seconds: float, clients: int, purge_every: float
+    origin: str,
+    keep_hot: int,
+    hot: int,
+    seconds: float,
+    clients: int,
+    purge_every: float,
+    fresh: float = 5.0,
 ) -> Run:
     run = Run()
     with tempfile.TemporaryDirectory() as directory:
@@ -180,7 +186,12 @@ def one_run(
 
 
 def run_both(
-    seconds: float, hot: int, clients: int, purge_every: float, origin_ms: float
+    seconds: float,
+    hot: int,
+    clients: int,
+    purge_every: float,
+    origin_ms: float,
+    fresh: float = 5.0,
 ) -> dict[str, Run]:
     """Both runs against one origin in a process of its own (so that it never waits for
     the load generator's)."""
@@ -195,7 +206,9 @@ def run_both(
         assert origin.stdout is not None
         url = origin.stdout.readline().strip()
         return {
-            f"keep_hot = {keep_hot}": one_run(url, keep_hot, hot, seconds, clients, purge_every)
+            f"keep_hot = {keep_hot}": one_run(
+                url, keep_hot, hot, seconds, clients, purge_every, fresh
+            )
             for keep_hot in (0, hot)
         }
     finally:

@@ -108,7 +108,7 @@ def test_two_processes_keep_a_warm_list_ready_with_one_fetch_per_refresh(
     wait_until(lambda: origin.count("/users/bob") >= 1 and origin.count("/users/ann") >= 1)
     times = FetchTimes(origin, "/users/bob")
     statuses: list[str] = []
-    window = 10.0
+    window = 5.0
     end = time.monotonic() + window
     while time.monotonic() < end:
         for service in pair:
