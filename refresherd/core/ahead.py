@@ -125,18 +125,11 @@ class Ahead:
         After a soft purge of C{keys}, C{jobs} and C{tags}: refresh at once the
         hottest keys it covers; how many were started.
         """
-        keys, jobs, tags = set(keys), set(jobs), set(tags)
-        started = 0
-        for target in self.hottest(self.clock.seconds()):
-            if (
-                target.key in keys
-                or target.job.name in jobs
-                or (tags and not tags.isdisjoint(self.refresher.tags_of(target)))
-            ):
-                self._due.pop(target.key, None)
-                self._refresh(target, "purge")
-                started += 1
-        return started
+        covered = self.refresher.covered(self.hottest(self.clock.seconds()), keys, jobs, tags)
+        for target in covered:
+            self._due.pop(target.key, None)
+            self._refresh(target, "purge")
+        return len(covered)
 
     def _refresh(self, target: Target, reason: str) -> None:
         if target.key in self._running:

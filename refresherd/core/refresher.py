@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -521,8 +521,28 @@ class Refresher(Service):
         )
         self._notice_warned_at, self._notices_ignored = now, 0
 
-    def tags_of(self, target: Target) -> tuple[str, ...]:
-        """The tags of C{target}'s entry as last read here: its job's, and its own."""
+    def covered(
+        self,
+        targets: Iterable[Target],
+        keys: Iterable[str],
+        jobs: Iterable[str],
+        tags: Iterable[str],
+    ) -> list[Target]:
+        """
+        Those of C{targets} that a purge of C{keys}, C{jobs} and C{tags}
+        covers: by key, by job, or by one of the tags of their entry as last
+        read here (the job's, and its own).
+        """
+        keys, jobs, tags = set(keys), set(jobs), set(tags)
+        return [
+            target
+            for target in targets
+            if target.key in keys
+            or target.job.name in jobs
+            or (tags and not tags.isdisjoint(self._tags_of(target)))
+        ]
+
+    def _tags_of(self, target: Target) -> tuple[str, ...]:
         own = self._own_tags.get(target.key)
         return target.tags + own.names if own is not None else target.tags
 

@@ -125,14 +125,10 @@ class Warmer(Service):
         """After a soft purge: refresh at once the warm keys it covers (reason C{purge})."""
         if not soft or not self.running:
             return
-        named, jobs_named, tags_named = set(keys), set(jobs), set(tags)
+        targets = [key.target for key in self.keys]
+        covered = {target.key for target in self.refresher.covered(targets, keys, jobs, tags)}
         for key in self.keys:
-            target = key.target
-            if not (
-                target.key in named
-                or target.job.name in jobs_named
-                or (tags_named and not tags_named.isdisjoint(self.refresher.tags_of(target)))
-            ):
+            if key.target.key not in covered:
                 continue
             if key.timer is None or not key.timer.active():
                 continue  # refreshing now, or queued: it reads the purge anyway
