@@ -137,8 +137,23 @@ def start(
                     running.ports[match.group(1)] = int(match.group(3))
 
     threading.Thread(target=read, daemon=True).start()
-    running.wait_for_workers(count)
+    try:
+        running.wait_for_workers(count)
+    except BaseException:
+        kill(running)  # nothing left behind by a start that failed
+        raise
     return running
+
+
+def kill(running: Running) -> None:
+    """SIGKILL the parent and every worker it announced."""
+    pids = running.workers().values()
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.wait()
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:
@@ -175,13 +190,7 @@ def service(tmp_path: Path, origin: Origin, redis: RedisServer) -> Iterator[Call
 
     yield run
     for running in started:
-        pids = running.workers().values()
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill(running)
 
 
 def metric(text: str, prefix: str) -> float:
@@ -436,8 +445,7 @@ def test_two_workers_on_a_shared_store_fetch_a_stampeded_key_once(
         counted_within_flush(running.admin_url, 'refresherd_requests_total{job="user"', 200)
         assert running.stop() == 0, running.output()
     finally:
-        if running.process.poll() is None:
-            running.process.kill()
+        kill(running)
 
 
 def test_the_parent_of_workers_purges_for_all_of_them(
@@ -471,8 +479,7 @@ def test_the_parent_of_workers_purges_for_all_of_them(
         assert metric(text, 'refresherd_purged_total{kind="tag"}') == 1
         assert running.stop() == 0, running.output()
     finally:
-        if running.process.poll() is None:
-            running.process.kill()
+        kill(running)
 
 
 def hot_keys(url: str) -> dict[str, Any]:
