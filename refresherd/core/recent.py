@@ -36,6 +36,8 @@ ANSWER_OF = {"hit": 0, "stale": 1, "miss": 2, "pending": 2, "error": 3}
 Each status C{refresherd_requests_total} counts, as the kind of answer it is:
 C{pending} (a miss answered 202 while its fetch runs) is a miss.
 """
+_ANSWER_AT = {status: 1 + index for status, index in ANSWER_OF.items()}
+"""Where a bucket of the ring counts each status (after the second it counts)."""
 BOUNDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 """
 The upper bounds of the fetch durations' buckets (seconds), those of
@@ -126,6 +128,9 @@ class Recent:
     _rings: dict[str, list[list[int] | None]] = attrs.field(init=False)
     """Per job, L{WINDOW} buckets: the second it counts, then L{WIDTH} counts."""
     _errors: dict[str, deque[tuple[float, str]]] = attrs.field(init=False)
+    _second: int = attrs.field(init=False, default=-1)
+    _now: dict[str, list[int]] = attrs.field(init=False, factory=dict)
+    """The buckets of L{_second} at hand (every answer is counted in one)."""
 
     def __attrs_post_init__(self) -> None:
         self.started = self.seconds()
@@ -134,23 +139,29 @@ class Recent:
 
     def _bucket(self, job: str) -> list[int] | None:
         """This second's bucket of C{job} (None: not one of the jobs)."""
+        second = int(self.seconds())
+        if second != self._second:
+            self._second, self._now = second, {}
+        return self._now.get(job) or self._open(job, second)
+
+    def _open(self, job: str, second: int) -> list[int] | None:
+        """A new bucket of C{job} for C{second}, in its ring (None: not one of the jobs)."""
         ring = self._rings.get(job)
         if ring is None:
             return None
-        second = int(self.seconds())
-        index = second % WINDOW
-        bucket = ring[index]
-        if bucket is None or bucket[0] != second:
-            bucket = ring[index] = [second] + [0] * WIDTH
+        bucket = self._now[job] = ring[second % WINDOW] = [second] + [0] * WIDTH
         return bucket
 
     def answer(self, job: str, status: str) -> None:
         """One answer of C{job} with C{status} (one of L{ANSWER_OF}'s; others are not counted)."""
-        index = ANSWER_OF.get(status)
-        if index is not None:
-            bucket = self._bucket(job)
-            if bucket is not None:
-                bucket[1 + index] += 1
+        # Every answer comes here: _bucket inlined.
+        second = int(self.seconds())
+        if second != self._second:
+            self._second, self._now = second, {}
+        bucket = self._now.get(job) or self._open(job, second)
+        index = _ANSWER_AT.get(status)
+        if bucket is not None and index is not None:
+            bucket[index] += 1
 
     def fetch(self, job: str, took: float, error: str | None = None) -> None:
         """One fetch attempt of C{job} that took C{took} seconds, failed with C{error} if given."""
