@@ -89,7 +89,8 @@ class Tally:
         if not (
             isinstance(counts, list)
             and len(counts) == WIDTH
-            and all(_count(n) for n in counts)
+            and set(map(type, counts)) == {int}  # not bool, a subclass
+            and min(counts) >= 0
             and _count(in_flight)
             and _count(queued)
         ):
@@ -119,45 +120,67 @@ class Recent:
     What each of C{jobs} did over the last L{WINDOW} seconds of C{seconds}
     (a clock), counted by whole seconds: a bucket per second, the current
     one included.
+
+    Each job keeps its buckets oldest first, and the sum of those of the
+    seconds past (a bucket is added to it when its second is over, and taken
+    from it when it leaves the window), so that reading a job's tally costs
+    the same however busy the minute was.
     """
 
     jobs: Iterable[str]
     seconds: Callable[[], float]
     started: float = attrs.field(init=False)
     """When this began counting (the process's start)."""
-    _rings: dict[str, list[list[int] | None]] = attrs.field(init=False)
-    """Per job, L{WINDOW} buckets: the second it counts, then L{WIDTH} counts."""
+    _buckets: dict[str, deque[list[int]]] = attrs.field(init=False)
+    """Per job, at most L{WINDOW} buckets, oldest first: its second, then L{WIDTH} counts."""
+    _sums: dict[str, list[int]] = attrs.field(init=False)
+    """Per job, the sum of its buckets but the current second's."""
     _errors: dict[str, deque[tuple[float, str]]] = attrs.field(init=False)
     _second: int = attrs.field(init=False, default=-1)
     _now: dict[str, list[int]] = attrs.field(init=False, factory=dict)
-    """The buckets of L{_second} at hand (every answer is counted in one)."""
+    """The buckets of the current second, L{_second} (every answer is counted in one)."""
 
     def __attrs_post_init__(self) -> None:
         self.started = self.seconds()
-        self._rings = {job: [None] * WINDOW for job in self.jobs}
+        self._buckets = {job: deque() for job in self.jobs}
+        self._sums = {job: [0] * WIDTH for job in self.jobs}
         self._errors = {job: deque(maxlen=KEEP_ERRORS) for job in self.jobs}
+
+    def _turn(self, second: int) -> None:
+        """A new second: the buckets of the one before go into their jobs' sums."""
+        for job, bucket in self._now.items():
+            self._sums[job] = [a + b for a, b in zip(self._sums[job], bucket[1:], strict=True)]
+        self._second, self._now = second, {}
+
+    def _open(self, job: str, second: int) -> list[int] | None:
+        """A new bucket of C{job} for C{second} (None: not one of the jobs)."""
+        buckets = self._buckets.get(job)
+        if buckets is None:
+            return None
+        if len(buckets) == WINDOW:  # the oldest has left the window (or the clock went back)
+            self._drop(job)
+        bucket = self._now[job] = [second] + [0] * WIDTH
+        buckets.append(bucket)
+        return bucket
+
+    def _drop(self, job: str) -> None:
+        """The oldest bucket of C{job} leaves, and its sum."""
+        bucket = self._buckets[job].popleft()
+        self._sums[job] = [a - b for a, b in zip(self._sums[job], bucket[1:], strict=True)]
 
     def _bucket(self, job: str) -> list[int] | None:
         """This second's bucket of C{job} (None: not one of the jobs)."""
         second = int(self.seconds())
         if second != self._second:
-            self._second, self._now = second, {}
+            self._turn(second)
         return self._now.get(job) or self._open(job, second)
-
-    def _open(self, job: str, second: int) -> list[int] | None:
-        """A new bucket of C{job} for C{second}, in its ring (None: not one of the jobs)."""
-        ring = self._rings.get(job)
-        if ring is None:
-            return None
-        bucket = self._now[job] = ring[second % WINDOW] = [second] + [0] * WIDTH
-        return bucket
 
     def answer(self, job: str, status: str) -> None:
         """One answer of C{job} with C{status} (one of L{ANSWER_OF}'s; others are not counted)."""
         # Every answer comes here: _bucket inlined.
         second = int(self.seconds())
         if second != self._second:
-            self._second, self._now = second, {}
+            self._turn(second)
         bucket = self._now.get(job) or self._open(job, second)
         index = _ANSWER_AT.get(status)
         if bucket is not None and index is not None:
@@ -176,12 +199,21 @@ class Recent:
 
     def tallies(self) -> dict[str, Tally]:
         """Each job's tally over the window now."""
-        oldest = int(self.seconds()) - WINDOW
+        second = int(self.seconds())
+        if second != self._second:
+            self._turn(second)
+        oldest = second - WINDOW
         tallies = {}
-        for job, ring in self._rings.items():
-            live = [bucket for bucket in ring if bucket is not None and bucket[0] > oldest]
-            counts = [sum(column) for column in zip(*live, strict=True)][1:] if live else None
-            tallies[job] = Tally(counts or [0] * WIDTH, list(self._errors[job]))
+        for job, buckets in self._buckets.items():
+            while buckets and buckets[0][0] <= oldest:
+                self._drop(job)
+            current = self._now.get(job)
+            sums = self._sums[job]
+            if current is None:
+                counts = list(sums)
+            else:
+                counts = [a + b for a, b in zip(sums, current[1:], strict=True)]
+            tallies[job] = Tally(counts, list(self._errors[job]))
         return tallies
 
 

@@ -64,13 +64,27 @@ def test_counts_leave_the_window_a_second_at_a_time() -> None:
     assert r.tallies()["job"] == Tally()
 
 
-def test_a_bucket_is_reused_when_its_second_comes_round_again() -> None:
+def test_a_job_keeps_at_most_a_bucket_per_second_of_the_window() -> None:
     clock, r = recent()
+    for _ in range(3 * WINDOW):
+        r.answer("job", "hit")
+        r.answer("job", "miss")
+        clock.advance(1)
+        assert len(r._buckets["job"]) <= WINDOW
+    assert answers(r.tallies()["job"]) == [WINDOW - 1, 0, WINDOW - 1, 0]  # the current: none yet
     r.answer("job", "hit")
-    clock.advance(WINDOW)  # the same slot of the ring, a minute later
-    r.answer("job", "miss")
-    assert answers(r.tallies()["job"]) == [0, 0, 1, 0]
-    assert len(r._rings["job"]) == WINDOW
+    assert answers(r.tallies()["job"]) == [WINDOW, 0, WINDOW - 1, 0]
+
+
+def test_a_clock_that_goes_back_keeps_the_bound() -> None:
+    now = [1000.0]
+    r = Recent(["job"], lambda: now[0])
+    for second in [*range(1000, 1100), *range(1050, 1100), 900, 1101]:
+        now[0] = float(second)
+        r.answer("job", "hit")
+        assert len(r._buckets["job"]) <= WINDOW
+        assert all(n >= 0 for n in r.tallies()["job"].counts)
+    assert sum(answers(r.tallies()["job"])) <= WINDOW + 1
 
 
 def test_fetches_failures_and_durations_are_counted() -> None:

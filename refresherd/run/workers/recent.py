@@ -89,7 +89,7 @@ class RecentView:
         }
         try:
             with open(aside, "w", encoding="utf-8") as f:
-                json.dump(document, f, separators=(",", ":"))
+                f.write(json.dumps(document, separators=(",", ":")))
             os.replace(aside, path)
         except OSError as e:
             self._log.warn("refresherd: cannot write the status to {path}: {why}", path=path, why=e)
