@@ -342,9 +342,14 @@ def test_admin_routes_on_the_public_listener_sum_over_the_workers(
     service: Callable[..., Running],
 ) -> None:
     running = service(admin="none")
+    started = time.time()
     seen, asked = ask_until_both_answer(running.url)
     assert len(seen) == 2
     counted_within_flush(running.url, 'refresherd_requests_total{job="pid"', asked)
+    # The worker that answers: its own figures added to the other worker's file.
+    status = httpx.get(running.url + "/v1/status", timeout=10).json()
+    assert status["started"] < started
+    assert status["jobs"][0]["requests"] == asked
     assert running.stop() == 0
 
 
