@@ -133,6 +133,19 @@ class IReadsAtHand(Interface):
         """
 
 
+class IHoldsEntries(Interface):
+    """
+    A store whose entries are all in this process (the memory store), so
+    that it can say at once how many it holds and what they count against
+    its bound (C{GET /v1/status}).  Optional.
+    """
+
+    used_bytes = Attribute("What the entries kept now count against the store's bound, in bytes.")
+
+    def entry_count() -> int:
+        """The entries kept now (those past their time but not dropped yet included)."""
+
+
 class IPurgeNotices(Interface):
     """
     A store on which the processes sharing it tell one another of soft

@@ -25,6 +25,7 @@ L{FLUSH_INTERVAL} seconds and when the worker stops.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
+
+from refresherd.core.recent import Recent, Tally
 
 UNKNOWN_JOB = "_unknown"
 
@@ -71,6 +74,8 @@ class Metrics:
         reports their sum.
     @ivar workers_dir: in the parent of C{--workers}, that directory, once it
         has made it; L{render} then reports the workers' sum plus its own.
+    @ivar recent: what each job did over the last minute (C{GET /v1/status}),
+        fed with the answers and fetch attempts counted here.
     """
 
     jobs: frozenset[str]
@@ -84,8 +89,13 @@ class Metrics:
     hot_keys: Callable[[], Mapping[str, int]] = lambda: {}
     """How many keys each job's hot keys sketch holds, as the admin API shows them."""
     _hot_gauge: _HotKeysGauge = attrs.field(init=False, repr=False)
+    seconds: Callable[[], float] = time.time
+    """The clock of L{recent}."""
+    recent: Recent = attrs.field(init=False, repr=False)
+    _running: dict[str, tuple[Any, Any]] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        self.recent = Recent(sorted(self.jobs | {UNKNOWN_JOB}), self.seconds)
         r = self.registry
         r.register(self.process)
         self._hot_gauge = _HotKeysGauge(self)
@@ -154,15 +164,39 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        for job in self.jobs:
-            self.in_flight.labels(job=job)
-            self.queue_depth.labels(job=job)
+        self._running = {
+            job: (self.in_flight.labels(job=job), self.queue_depth.labels(job=job))
+            for job in self.jobs
+        }
 
     def count_request(self, job: str, status: str) -> None:
         """One answer of C{job} with C{status}."""
         key = (job if job in self.jobs else UNKNOWN_JOB, status)
         counts = self._tally.requests
         counts[key] = counts.get(key, 0) + 1
+        self.recent.answer(key[0], status)
+
+    def count_fetch(self, job: str, outcome: str, took: float, error: str | None = None) -> None:
+        """
+        One fetch attempt of C{job} that ended with C{outcome} after C{took}
+        seconds; a failed one's C{error} as callers may read it.
+        """
+        self.fetches.labels(job=job, outcome=outcome).inc()
+        self.fetch_duration.labels(job=job).observe(took)
+        self.recent.fetch(job if job in self.jobs else UNKNOWN_JOB, took, error)
+
+    def tallies(self) -> dict[str, Tally]:
+        """
+        What each job did over the last minute in this process, with the
+        fetches it runs and those waiting for a slot now.
+        """
+        tallies = self.recent.tallies()
+        for job, (in_flight, queued) in self._running.items():
+            tally = tallies[job]
+            # The gauges' values in this process (in a worker too: what it wrote).
+            tally.in_flight = max(0, int(in_flight._value.get()))
+            tally.queued = max(0, int(queued._value.get()))
+        return tallies
 
     def observe_http(self, route: str, code: int, seconds: float) -> None:
         """One HTTP request of C{route} answered with C{code} in C{seconds}."""
@@ -299,5 +333,9 @@ class _Summed:
             yield family
 
 
-def metrics_for(jobs: Iterable[str], multiprocess_dir: str | None = None) -> Metrics:
-    return Metrics(frozenset(jobs), multiprocess_dir=multiprocess_dir)
+def metrics_for(
+    jobs: Iterable[str],
+    multiprocess_dir: str | None = None,
+    seconds: Callable[[], float] = time.time,
+) -> Metrics:
+    return Metrics(frozenset(jobs), multiprocess_dir=multiprocess_dir, seconds=seconds)

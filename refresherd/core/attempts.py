@@ -17,8 +17,11 @@ from twisted.logger import Logger
 from refresherd.core import policy
 from refresherd.core.jobs import Job
 from refresherd.entry import NO_VALIDATORS, Fetched
-from refresherd.errors import FetchError, FetchTimeout, one_line
+from refresherd.errors import FetchError, FetchTimeout, one_line, public_reason
 from refresherd.metrics import Metrics
+
+ABANDONED = "the fetch was abandoned"
+"""A cancelled attempt's reason, as C{GET /v1/status} shows it (the service stopping, say)."""
 
 
 @attrs.define
@@ -52,7 +55,7 @@ class Attempts:
                 await task.deferLater(self.clock, pause)
             start = self.clock.seconds()
             self.metrics.in_flight.labels(job=job.name).inc()
-            outcome = None
+            outcome, reason = None, None
             try:
                 revalidate = (validators,) if any(validators) else ()
                 d = defer.maybeDeferred(job.fetcher.fetch, args, *revalidate)
@@ -69,7 +72,7 @@ class Attempts:
                 outcome = "error"
                 error = e
             except CancelledError:
-                outcome = "error"
+                outcome, reason = "error", ABANDONED
                 raise
             except Exception as e:
                 outcome = "error"
@@ -78,8 +81,9 @@ class Attempts:
             finally:
                 self.metrics.in_flight.labels(job=job.name).dec()
                 if outcome is not None:  # None: the coroutine was closed, nothing happened
-                    self.metrics.fetches.labels(job=job.name, outcome=outcome).inc()
-                    self.metrics.fetch_duration.labels(job=job.name).observe(
-                        self.clock.seconds() - start
+                    if outcome in ("timeout", "error") and reason is None:
+                        reason = public_reason(str(error))
+                    self.metrics.count_fetch(
+                        job.name, outcome, self.clock.seconds() - start, reason
                     )
         raise error

@@ -22,13 +22,15 @@ import attrs
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from refresherd import __version__
 from refresherd.config import JobConfig, Secret
 from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.marks import Purge
+from refresherd.core.recent import Tally
 from refresherd.core.refresher import Refresher
 from refresherd.entry import Entry, is_json_content_type, parse_json
 from refresherd.errors import (
@@ -38,6 +40,7 @@ from refresherd.errors import (
     FetchFailed,
     Forbidden,
     RefresherdError,
+    StoreUnavailable,
     UnknownJob,
     UnsupportedMediaType,
     one_line,
@@ -46,6 +49,8 @@ from refresherd.errors import (
 from refresherd.http.auth import ADMIN, METRICS, Authorizer, is_loopback_host
 from refresherd.http.common import JSON, guarded, handle_errors, header, observe, query, with_value
 from refresherd.http.query import parse_query
+from refresherd.http.status import StoreStatus, status_json
+from refresherd.interfaces import IHoldsEntries
 from refresherd.metrics import Metrics
 
 REDACTED = "<redacted>"
@@ -60,6 +65,8 @@ MAX_PURGE_NAMES = 1000
 """The keys, jobs and tags one purge may name in all (each is a write to the store)."""
 MAX_WARM_SETS = 100
 """The argument sets one C{POST /v1/jobs/{job}/warm} may name."""
+READY_TIMEOUT = 1.0
+"""Seconds C{GET /v1/status} waits for the store to answer before it says it is not ready."""
 
 
 @attrs.frozen
@@ -334,6 +341,16 @@ class AdminAPI:
     The hot keys C{GET /v1/hot} shows: the process's (L{Engine.hot}), merged
     with the workers' in the parent of C{--workers}.
     """
+    store_kind: str = attrs.field(default="memory", kw_only=True)
+    """The kind of store, as C{GET /v1/status} shows it."""
+    tallies: Callable[[], Mapping[str, Tally]] | None = attrs.field(default=None, kw_only=True)
+    """
+    What each job did over the last minute (C{GET /v1/status}): the
+    process's (None: L{Metrics.tallies}), merged with the workers' in the
+    parent of C{--workers}.
+    """
+    started: float | None = attrs.field(default=None, kw_only=True)
+    """When the service started (None: when L{metrics} began counting)."""
     app = Klein()
 
     handle_errors(
@@ -419,6 +436,37 @@ class AdminAPI:
         now = self.clock.seconds()
         request.setHeader(b"Content-Type", JSON)
         return hot_json(registry, jobs, now, n)
+
+    @app.route("/v1/status", methods=["GET", "HEAD"])
+    async def status(self, request: IRequest) -> bytes:
+        self._admin(request, "/v1/status")
+        if parse_query(query(request)):
+            raise BadArgs("/v1/status takes no parameter")
+        store = await self._store_status()
+        tallies = (self.tallies or self.metrics.tallies)()
+        started = self.metrics.recent.started if self.started is None else self.started
+        request.setHeader(b"Content-Type", JSON)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return status_json(
+            version=__version__,
+            now=self.clock.seconds(),
+            started=started,
+            store=store,
+            jobs=self.refresher.jobs,
+            tallies=tallies,
+        )
+
+    async def _store_status(self) -> StoreStatus:
+        """The store's kind, whether it answers (within L{READY_TIMEOUT}), and its size if known."""
+        store = self.refresher.store
+        try:
+            await store.ping().addTimeout(READY_TIMEOUT, self.clock)
+            ready = True
+        except (StoreUnavailable, TimeoutError):
+            ready = False
+        if IHoldsEntries.providedBy(store):
+            return StoreStatus(self.store_kind, ready, store.used_bytes, store.entry_count())
+        return StoreStatus(self.store_kind, ready)
 
     @app.route("/v1/jobs/<job>/warm", methods=["POST"])
     async def warm(self, request: IRequest, job: str) -> bytes:

@@ -7,6 +7,7 @@ raised as one L{ConfigError}.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -45,11 +46,13 @@ from refresherd.run.wiring import (
     make_store,
     max_entry_bytes,
     outage_bytes,
+    store_kind,
 )
 from refresherd.run.workers.hot import HotKeysView
 from refresherd.run.workers.lifeline import Lifeline, connect_lifeline
 from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
 from refresherd.run.workers.options import worker_arguments
+from refresherd.run.workers.recent import RecentView
 from refresherd.run.workers.sockets import HeldForWorkers, adopt, hold, release, shareable
 from refresherd.run.workers.supervisor import Supervisor
 
@@ -151,6 +154,12 @@ def build_service(
     multiprocess_dir = environ.get(MULTIPROCESS_DIR) if worker is not None else None
     hot = HotKeysView(engine.hot, lambda: multiprocess_dir, None if worker is None else worker.id)
     metrics.hot_keys = hot.sizes
+    recent = RecentView(
+        metrics.tallies,
+        reactor.seconds,
+        lambda: multiprocess_dir,
+        None if worker is None else worker.id,
+    )
     authorizer = Authorizer.from_config(config.auth)
     admin = AdminAPI(
         refresher,
@@ -159,6 +168,9 @@ def build_service(
         reactor,
         config.server.access_log,
         hot_keys=hot.current,
+        store_kind=store_kind(settings.store.value),
+        tallies=recent.current,
+        started=parent_started(environ) if worker is not None else None,
     )
     public = PublicAPI(
         refresher,
@@ -188,6 +200,7 @@ def build_service(
             on_started=lambda: start_worker(signals, lifeline),
             worker=worker.id,
             hot_keys=hot,
+            recent=recent,
         )
     ports = [listen(reactor, settings.listen.value, settings.listen.where, public_site)]
     sites = [public_site]
@@ -229,6 +242,7 @@ def build_parent(
     # directory the supervisor makes for them when it starts).
     hot = HotKeysView(engine.hot, lambda: supervisor.metrics_dir)
     metrics.hot_keys = hot.sizes
+    recent = RecentView(metrics.tallies, reactor.seconds, lambda: supervisor.metrics_dir)
     admin = AdminAPI(
         engine.refresher,
         authorizer,
@@ -236,7 +250,11 @@ def build_parent(
         reactor,
         config.server.access_log,
         hot_keys=hot.current,
+        store_kind=store_kind(settings.store.value),
+        tallies=recent.current,
     )
+    # The workers' GET /v1/status (--admin-listen none) shows when the parent started.
+    environ = {**environ, STARTED: repr(metrics.recent.started)}
     public = listen(
         reactor, settings.listen.value, settings.listen.where, HeldForWorkers(), shared=True
     )
@@ -269,6 +287,19 @@ def build_parent(
         summary=summary(settings),
         supervisor=supervisor,
     )
+
+
+STARTED = "REFRESHERD_STARTED"
+"""The environment variable that tells a worker when its parent started (unix seconds)."""
+
+
+def parent_started(environ: Mapping[str, str]) -> float | None:
+    """When the parent of this worker started, as it told it (None: not told, or not a time)."""
+    try:
+        started = float(environ.get(STARTED, ""))
+    except ValueError:
+        return None
+    return started if math.isfinite(started) and started > 0 else None
 
 
 def admin_listener(

@@ -24,6 +24,7 @@ from refresherd.http.site import LimitedSite
 from refresherd.logs import LogOutput
 from refresherd.metrics import FLUSH_INTERVAL
 from refresherd.run.workers.hot import HotKeysView
+from refresherd.run.workers.recent import RecentView
 from refresherd.run.workers.sockets import release
 from refresherd.run.workers.supervisor import Supervisor
 
@@ -183,6 +184,8 @@ class RefresherdService(_Process):
     worker: int | None = None
     hot_keys: HotKeysView | None = None
     """In a worker, its hot keys, written with its metrics (L{HotKeysView.write})."""
+    recent: RecentView | None = None
+    """In a worker, what its jobs did lately, written with its metrics (L{RecentView.write})."""
     _flushing: task.LoopingCall | None = attrs.field(default=None, init=False)
 
     def startService(self) -> None:
@@ -215,13 +218,15 @@ class RefresherdService(_Process):
         self._stop_logging()
 
     def _flush(self) -> None:
-        """A worker's tallied metrics and hot keys, to the shared directory (errors logged)."""
+        """A worker's tallied metrics, hot keys and status, to the shared directory."""
         try:
             self.engine.refresher.metrics.flush()
         except Exception:
             self._log.failure("refresherd: cannot write the metrics")
         if self.hot_keys is not None:
             self.hot_keys.write()
+        if self.recent is not None:
+            self.recent.write()
 
 
 @attrs.define(eq=False)

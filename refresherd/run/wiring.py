@@ -142,6 +142,16 @@ def outage_bytes(url: str) -> int:
     return outage_option(url)[1]
 
 
+STORE_KINDS = {"rediss": "redis", "unix": "redis", "rediss+sentinel": "redis+sentinel"}
+"""The store schemes that are another's kind (C{GET /v1/status}); the others are their own."""
+
+
+def store_kind(url: str) -> str:
+    """The kind of store of a store URL: memory, redis, redis+sentinel or memcached."""
+    scheme = urlsplit(url).scheme
+    return STORE_KINDS.get(scheme, scheme)
+
+
 def describe_store(url: str) -> str:
     """A store URL for a log line: its scheme, hosts and path, never a password or option."""
     parts = urlsplit(url)
@@ -194,7 +204,7 @@ def build_engine(
         name: Job(job, FETCHERS[job.fetch](job, source, reactor, pools, client))
         for name, job in config_jobs.items()
     }
-    metrics = metrics_for(jobs, multiprocess_dir)
+    metrics = metrics_for(jobs, multiprocess_dir, reactor.seconds)
     hot = HotKeysRegistry() if hot is None else hot
     refresher = Refresher(
         store, jobs, reactor, namespace, metrics, outage=Outage(reactor, outage_bytes), hot=hot

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from refresherd.core.marks import GENERATION_MARGIN, renewed
 from refresherd.entry import Entry
-from refresherd.interfaces import IReadsAtHand, IStore
+from refresherd.interfaces import IHoldsEntries, IReadsAtHand, IStore
 from refresherd.stores.waiters import ChangeWaiters
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -63,7 +63,7 @@ class _Slot:
     cost: int
 
 
-@implementer(IStore, IReadsAtHand)
+@implementer(IStore, IReadsAtHand, IHoldsEntries)
 @attrs.define(eq=False)
 class MemoryStore:
     """
@@ -99,6 +99,10 @@ class MemoryStore:
     def used_bytes(self) -> int:
         """What the entries kept now count, per L{entry_cost}."""
         return self._used
+
+    def entry_count(self) -> int:
+        """See L{IHoldsEntries.entry_count}."""
+        return len(self._entries)
 
     def get(self, key: str) -> Deferred[Entry | None]:
         """See L{IStore.get}; a hit makes C{key} the most recently used."""

@@ -351,9 +351,14 @@ def test_admin_routes_on_the_public_listener_sum_over_the_workers(
     service: Callable[..., Running],
 ) -> None:
     running = service(admin="none")
+    started = time.time()
     seen, asked = ask_until_both_answer(running.url)
     assert len(seen) == 2
     counted_within_flush(running.url, 'refresherd_requests_total{job="pid"', asked)
+    # The worker that answers: its own figures added to the other worker's file.
+    status = httpx.get(running.url + "/v1/status", timeout=10).json()
+    assert status["started"] < started
+    assert status["jobs"][0]["requests"] == asked
     assert running.stop() == 0
 
 
@@ -522,11 +527,12 @@ def test_the_parent_shows_the_hot_keys_of_every_worker_merged(
     assert running.stop() == 0, running.output()
 
 
-def test_keys_asked_of_the_workers_reach_the_parents_hot_keys_within_a_second(
+def test_what_the_workers_did_reaches_the_parents_hot_keys_and_status_within_a_second(
     service: Callable[..., Running],
 ) -> None:
     running = service()
-    seen, asked = ask_until_both_answer(running.url)
+    before = time.time()
+    seen, asked = ask_until_both_answer(running.url)  # each n once: a miss and its fetch
     assert len(seen) == 2
     with httpx.Client(timeout=30) as client:
         for _ in range(20):
@@ -537,3 +543,22 @@ def test_keys_asked_of_the_workers_reach_the_parents_hot_keys_within_a_second(
         return bool(keys) and keys[0]["key"] == "rfd:pid:v1:n=0"
 
     wait_until(shown, timeout=FLUSH_INTERVAL + 2.0)
+
+    statuses: list[Any] = []
+
+    def counted() -> bool:
+        response = httpx.get(running.admin_url + "/v1/status", timeout=10)
+        assert response.status_code == 200, response.text
+        statuses.append(response.json())
+        return bool(statuses[-1]["totals"]["requests"] == asked + 20)
+
+    wait_until(counted, timeout=FLUSH_INTERVAL + 2.0)
+    status = statuses[-1]
+    assert status["started"] < before
+    assert status["store"] == {"kind": "redis", "ready": True, "bytes": None, "entries": None}
+    pid, slow = status["jobs"]
+    assert (pid["name"], pid["requests"], pid["fetches"]) == ("pid", asked + 20, asked)
+    assert pid["answers"]["hit"] == round(20 / (asked + 20), 6)
+    assert pid["fetch_p50_seconds"] is not None
+    assert (pid["failed_fetches"], pid["in_flight"], pid["last_errors"]) == (0, 0, [])
+    assert (slow["name"], slow["requests"]) == ("slow", 0)

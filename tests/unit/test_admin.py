@@ -15,6 +15,7 @@ from urllib.parse import quote
 import attrs
 import pytest
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
@@ -22,7 +23,13 @@ from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
 from refresherd.errors import BadArgs, BadJson, BatchTooLarge
-from refresherd.http.admin import AdminAPI, describe_job, parse_purge, redact_url
+from refresherd.http.admin import (
+    READY_TIMEOUT,
+    AdminAPI,
+    describe_job,
+    parse_purge,
+    redact_url,
+)
 from refresherd.http.auth import Authorizer
 from refresherd.http.public import PublicAPI
 from refresherd.metrics import metrics_for
@@ -64,7 +71,7 @@ class AdminTestCase(SynchronousTestCase):
                 stale=600.0,
             ),
         }
-        self.metrics = metrics_for(jobs)
+        self.metrics = metrics_for(jobs, seconds=self.clock.seconds)
         self.store = store if store is not None else MemoryStore(self.clock)
         self.refresher = Refresher(
             self.store,
@@ -93,7 +100,8 @@ class AdminTestCase(SynchronousTestCase):
         response = self.successResultOf(d)
         body = self.successResultOf(response.content())
         kind = response.headers.getRawHeaders("content-type", [""])[0]
-        return response, json.loads(body) if kind.startswith("application/json") else body
+        parsed = body and kind.startswith("application/json")  # a HEAD has no body
+        return response, json.loads(body) if parsed else body
 
     def error(self, status: int, method: str, path: str, **kwargs: Any) -> str:
         """The error code of a request that must fail with C{status}, checking the object."""
@@ -142,6 +150,7 @@ class AuthTests(AdminTestCase):
         ("GET", "/v1/jobs", {}),
         ("POST", "/v1/jobs/user/refresh?id=1", {"json": {}}),
         ("GET", "/v1/hot?job=user&n=2", {}),
+        ("GET", "/v1/status", {}),
     ]
 
     def test_every_admin_route_needs_an_admin_token(self) -> None:
@@ -214,7 +223,7 @@ class OpenAdminTests(AdminTestCase):
     def test_gets_with_a_host_that_is_not_loopback_are_forbidden(self) -> None:
         """A page on another name that resolves to 127.0.0.1 (DNS rebinding) cannot read."""
         key = self.cached()
-        for path in (f"/v1/entries/{key}?value=1", "/v1/jobs", "/v1/hot"):
+        for path in (f"/v1/entries/{key}?value=1", "/v1/jobs", "/v1/hot", "/v1/status"):
             for host in ("evil.example", "evil.example:8081", "127.0.0.1.evil.example"):
                 code = self.error(403, "GET", path, headers={"Host": host})
                 self.assertEqual(code, "forbidden", (path, host))
@@ -435,6 +444,95 @@ class RefreshTests(AdminTestCase):
             self.error(400, "POST", "/v1/jobs/user/refresh", json={}, headers=headers), "bad_args"
         )
         self.assertEqual(self.fetcher.calls, [])
+
+
+class SilentStore(MemoryStore):
+    """A memory store whose pings never answer."""
+
+    def ping(self) -> Deferred[None]:
+        return Deferred()
+
+
+class StatusTests(AdminTestCase):
+    """GET /v1/status: the service's figures over the last minute, on the fake clock."""
+
+    def status(self) -> Any:
+        response, body = self.request("GET", "/v1/status", headers=bearer("a-token"))
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(response.headers.getRawHeaders("cache-control"), ["no-store"])
+        return body
+
+    def test_answers_fetches_and_errors_of_the_last_minute(self) -> None:
+        started = self.clock.seconds()
+        self.cached("1")  # a miss, one fetch
+        self.clock.advance(0.05)
+        self.assertEqual(self.status_of("1"), "hit")
+        self.assertIsNone(self.status_of("2"))  # a miss waiting on its fetch
+        self.clock.advance(0.02)
+        shown = self.status()
+        self.assertEqual((shown["version"], shown["started"]), ("0.1.0", started))
+        self.assertEqual(shown["now"], self.clock.seconds())
+        self.assertEqual(shown["uptime_seconds"], 0.07)
+        self.assertEqual(shown["window_seconds"], 1.0)  # less than a second up
+        self.assertEqual(
+            shown["store"],
+            {"kind": "memory", "ready": True, "bytes": self.store.used_bytes, "entries": 1},
+        )
+        (user,) = shown["jobs"]
+        self.assertEqual(user["name"], "user")
+        self.assertEqual((user["requests"], user["fetches"]), (2, 1))
+        self.assertEqual(user["answers"], {"hit": 0.5, "stale": 0.0, "miss": 0.5, "error": 0.0})
+        self.assertEqual((user["in_flight"], user["queued"]), (1, 0))  # id=2's fetch
+        self.assertEqual(user["fetch_p50_seconds"], 0.0005)  # the fake fetch took no time
+        self.clock.advance(1)
+        self.fetcher.fail(reason="origin answered 503")  # id=2's fetch, in the next second
+        self.public_stub.flush()
+        self.clock.advance(59.5)  # the first second (id=1's miss, fetch and hit) has left
+        shown = self.status()
+        (user,) = shown["jobs"]
+        self.assertEqual(shown["window_seconds"], 60.0)
+        self.assertEqual((user["requests"], user["fetches"], user["failed_fetches"]), (1, 1, 1))
+        self.assertEqual(user["answers"]["error"], 1.0)  # id=2's caller got the error
+        self.assertEqual((user["error_ratio"], user["errors_per_second"]), (1.0, 0.016667))
+        error = {"time": started + 1.07, "message": "origin answered 503"}
+        self.assertEqual(user["last_errors"], [error])
+        self.assertEqual(shown["totals"]["in_flight"], 0)
+        self.clock.advance(60)
+        (user,) = self.status()["jobs"]
+        self.assertEqual(
+            (user["requests"], user["fetches"], user["fetch_p99_seconds"]), (0, 0, None)
+        )
+        self.assertEqual(user["last_errors"], [error])  # kept however old
+
+    def test_head_answers_as_get_without_a_body(self) -> None:
+        response, body = self.request("HEAD", "/v1/status", headers=bearer("a-token"))
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertEqual(response.headers.getRawHeaders("cache-control"), ["no-store"])
+        for token, code in ((None, 401), ("r-token", 403), ("m-token", 403)):
+            headers = bearer(token) if token else {}
+            response, body = self.request("HEAD", "/v1/status", headers=headers)
+            self.assertEqual((response.code, body), (code, b""))
+
+    def test_a_store_that_does_not_answer_is_not_ready(self) -> None:
+        self.build(store=UnreachableStore(MemoryStore(self.clock)))
+        shown = self.status()
+        self.assertEqual(
+            shown["store"], {"kind": "memory", "ready": False, "bytes": None, "entries": None}
+        )
+
+    def test_a_store_that_answers_too_late_is_not_ready(self) -> None:
+        self.build(store=SilentStore(self.clock))
+        d = self.stub.request("GET", self.base + "/v1/status", headers=bearer("a-token"))
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.clock.advance(READY_TIMEOUT)
+        self.stub.flush()
+        body = json.loads(self.successResultOf(self.successResultOf(d).content()))
+        self.assertFalse(body["store"]["ready"])
+
+    def test_any_parameter_is_refused(self) -> None:
+        code = self.error(400, "GET", "/v1/status?job=user", headers=bearer("a-token"))
+        self.assertEqual(code, "bad_args")
 
 
 class WarmTests(AdminTestCase):

@@ -12,7 +12,7 @@ from refresherd.config import Config, load_config
 from refresherd.core.outage import DEFAULT_OUTAGE_BYTES
 from refresherd.entry import METADATA_MAX_BYTES
 from refresherd.errors import ConfigError
-from refresherd.run.build import engine_for, summary
+from refresherd.run.build import STARTED, engine_for, parent_started, summary
 from refresherd.run.settings import Setting, Settings
 from refresherd.run.wiring import (
     STORES,
@@ -20,6 +20,7 @@ from refresherd.run.wiring import (
     make_store,
     max_entry_bytes,
     outage_bytes,
+    store_kind,
 )
 from refresherd.stores.memcached.store import MemcachedStore
 from refresherd.stores.memory import MemoryStore
@@ -85,6 +86,28 @@ def test_no_jobs_and_no_file_are_said_with_a_warning() -> None:
 )
 def test_a_store_is_described_without_secrets_or_options(url: str, shown: str) -> None:
     assert describe_store(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("memory://", "memory"),
+        ("redis://h:6379/0", "redis"),
+        ("rediss://h", "redis"),
+        ("unix:///run/redis.sock", "redis"),
+        ("redis+sentinel://a,b/svc", "redis+sentinel"),
+        ("rediss+sentinel://a/svc", "redis+sentinel"),
+        ("memcached://a,b", "memcached"),
+    ],
+)
+def test_the_kind_of_store_get_v1_status_shows(url: str, kind: str) -> None:
+    assert store_kind(url) == kind
+
+
+def test_a_worker_is_told_when_its_parent_started() -> None:
+    assert parent_started({STARTED: "1795459543.25"}) == 1795459543.25
+    for told in ({}, {STARTED: ""}, {STARTED: "soon"}, {STARTED: "nan"}, {STARTED: "-1"}):
+        assert parent_started(told) is None
 
 
 def test_every_scheme_has_a_store_and_an_unknown_one_is_named() -> None:
