@@ -216,8 +216,9 @@ function showOverview(status) {
   $("o-in-flight").textContent = fmt.int(totals.in_flight);
   $("o-queued").textContent = fmt.int(totals.queued);
   const store = status.store;
-  $("o-store").textContent = store.kind + (store.ready ? " · ready" : " · not ready");
-  $("o-store").classList.toggle("bad", !store.ready);
+  $("o-store").textContent = store.kind;
+  $("o-ready").textContent = store.ready ? "yes" : "no";
+  $("o-ready").classList.toggle("bad", !store.ready);
   $("o-bytes").textContent = fmt.bytes(store.bytes);
   $("o-entries").textContent = fmt.int(store.entries);
   $("o-uptime").textContent = fmt.duration(status.uptime_seconds);
@@ -249,22 +250,32 @@ function configSummary(job) {
   return parts.join(" · ");
 }
 
+/** A job's rows: its configuration and figures, then its last errors and hot keys. */
 function jobRow(job) {
   const cells = {};
-  const tr = el("tr");
+  const tr = el("tr", { cls: "job" });
   tr.append(el("th", { attrs: { scope: "row" } }, el("code", { text: job.name })));
   const where = job.fetch === "http" ? job.method + " " + job.url : job.callable;
   tr.append(el("td", { cls: "config" }, el("div", { text: configSummary(job) }),
     el("code", { cls: "muted", text: where })));
-  for (const name of ["rps", "hit", "p50", "p99", "eps", "ratio", "in_flight", "queued"]) {
-    cells[name] = el("td", { cls: "n", text: "–" });
+  const labels = {
+    rps: "Requests/s", hit: "Hit", p50: "Fetch p50", p99: "Fetch p99", eps: "Errors/s",
+    ratio: "Error ratio", in_flight: "In flight", queued: "Queued",
+  };
+  for (const [name, label] of Object.entries(labels)) {
+    // The label is shown beside the figure when the table is laid out as cards (narrow screens).
+    cells[name] = el("td", { cls: "n", text: "–", attrs: { "data-label": label } });
     tr.append(cells[name]);
   }
-  cells.errors = el("td", { cls: "errors" }, el("span", { cls: "muted", text: "none" }));
-  cells.hot = el("td", { cls: "hot" }, el("span", { cls: "muted", text: "none yet" }));
-  tr.append(cells.errors, cells.hot);
-  tr.dataset.job = job.name;
-  return { tr, cells };
+  cells.errors = el("div", { cls: "errors" }, el("span", { cls: "muted", text: "none" }));
+  cells.hot = el("div", { cls: "hot" }, el("span", { cls: "muted", text: "none yet" }));
+  const details = el("tr", { cls: "details" }, el("td", { attrs: { colspan: "10" } },
+    el("div", { cls: "split" },
+      el("div", {}, el("h3", { text: "Last errors" }), cells.errors),
+      el("div", {}, el("h3", { text: "Hot keys" }), cells.hot))));
+  const group = el("tbody", {}, tr, details);
+  group.dataset.job = job.name;
+  return { group, cells };
 }
 
 let jobsShown = "";
@@ -279,13 +290,13 @@ function setJobs(list) {
 }
 
 function showJobs() {
-  const body = $("jobs-body");
-  body.replaceChildren();
+  const table = $("jobs-table");
+  for (const group of table.querySelectorAll("tbody")) group.remove();
   rows.clear();
   for (const job of jobs) {
     const row = jobRow(job);
     rows.set(job.name, row);
-    body.append(row.tr);
+    table.append(row.group);
   }
   $("jobs-message").textContent = jobs.length ? "" : "No job is configured.";
   for (const select of [$("inspect-job"), $("refresh-job")]) {
@@ -454,13 +465,13 @@ $("entry-show-all").addEventListener("click", () => {
 
 /** fetched, fresh until, stale until and now on one axis, in SVG. */
 function drawTimeline(entry, now) {
-  const width = 600;
+  const width = Math.max(280, Math.round($("timeline").clientWidth || 600));
   const start = Math.min(entry.fetched_at, now);
   const end = Math.max(entry.stale_until, entry.fresh_until, now);
   const span = Math.max(end - start, 1);
   const x = (t) => 10 + ((width - 20) * (t - start)) / span;
   const box = svg("svg", {
-    viewBox: "0 0 " + width + " 88", preserveAspectRatio: "none", role: "img",
+    viewBox: "0 0 " + width + " 88", width, height: 88, role: "img",
     "aria-label": "Freshness: fetched " + fmt.datetime(entry.fetched_at) + ", fresh until "
       + fmt.datetime(entry.fresh_until) + ", stale until " + fmt.datetime(entry.stale_until),
   });
@@ -482,6 +493,12 @@ function drawTimeline(entry, now) {
   box.append(svg("text", { x: x(now), y: 12, "text-anchor": x(now) > width * 0.8 ? "end" : x(now) < width * 0.2 ? "start" : "middle", class: "now" }, "now"));
   $("timeline").replaceChildren(box);
 }
+
+let resized = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resized);
+  resized = setTimeout(() => shownEntry && drawTimeline(shownEntry, Date.now() / 1000), 100);
+});
 
 $("entry-reload").addEventListener("click", () => shownEntry && inspect(shownEntry.key));
 $("entry-refresh").addEventListener("click", () => shownEntry && refresh(shownEntry.job, shownEntry.args));

@@ -188,18 +188,19 @@ def public_get(service: Service, id: str) -> Any:
 def test_the_overview_and_a_job_row_show_live_figures(browser: Browser, service: Service) -> None:
     page, seen = open_page(browser, service.admin_url)
     expect(page.locator("#o-version")).to_have_text("0.1.0", timeout=WAIT)
-    expect(page.locator("#o-store")).to_have_text("memory · ready")
+    expect(page.locator("#o-store")).to_have_text("memory")
+    expect(page.locator("#o-ready")).to_have_text("yes")
     before = page.locator("#o-rps").inner_text()
     for n in range(30):
         public_get(service, f"k{n % 3}")
     expect(page.locator("#o-rps")).not_to_have_text(before, timeout=WAIT)
     expect(page.locator("#o-hit")).not_to_have_text("0.0 %", timeout=WAIT)
     # One row per job, with its figures and its hot keys.
-    row = page.locator("#jobs-body tr[data-job=item]")
-    expect(row.locator("th")).to_have_text("item")
+    row = page.locator("#jobs-table tbody[data-job=item]")
+    expect(row.locator("th[scope=row]")).to_have_text("item")
     expect(row.locator("td.config")).to_contain_text("fresh 3600 s")
     expect(row.locator("td.n").first).not_to_have_text("–", timeout=WAIT)
-    expect(row.locator("td.hot")).to_contain_text("rfd:item:v1:id=k0", timeout=WAIT)
+    expect(row.locator(".hot")).to_contain_text("rfd:item:v1:id=k0", timeout=WAIT)
     # The charts are drawn from the history the page keeps.
     expect(page.locator("#charts polyline").first).not_to_have_attribute("points", "")
     assert seen.problems(page) == []
@@ -268,7 +269,7 @@ def test_a_soft_purge_confirmed_in_the_dialog(browser: Browser, service: Service
 def test_the_page_fits_a_narrow_screen(browser: Browser, service: Service) -> None:
     public_get(service, "narrow")
     page, seen = open_page(browser, service.admin_url, width=375)
-    expect(page.locator("#jobs-body tr[data-job=item]")).to_be_visible(timeout=WAIT)
+    expect(page.locator("#jobs-table tbody[data-job=item]")).to_be_visible(timeout=WAIT)
     expect(page.locator("#o-version")).to_have_text("0.1.0", timeout=WAIT)
     page.get_by_label("Key", exact=True).fill("rfd:item:v1:id=narrow")
     page.get_by_role("button", name="Look up key").click()
@@ -294,7 +295,7 @@ def test_with_an_admin_token_the_page_asks_for_it(browser: Browser, guarded: Ser
     field.fill(ADMIN)
     page.get_by_role("button", name="Use this token").click()
     expect(token).to_be_hidden(timeout=WAIT)
-    expect(page.locator("#jobs-body tr[data-job=item]")).to_be_visible(timeout=WAIT)
+    expect(page.locator("#jobs-table tbody[data-job=item]")).to_be_visible(timeout=WAIT)
     expect(page.locator("#o-version")).to_have_text("0.1.0", timeout=WAIT)
     # Kept for this tab only; never in a cookie or localStorage.
     assert page.evaluate("sessionStorage.getItem('refresherd.admin_token')") == ADMIN
