@@ -38,6 +38,7 @@ fresh = "1h"
 stale = "1h"
 """
 EVIL = "<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>"
+BIG = "0123456789abcdef" * 5000  # 80,000 characters: more than the 64 KiB shown at first
 WAIT = 15_000  # ms: a few polls of the page, on a loaded machine
 
 # Every CSP violation the page causes, recorded before any script of the page runs.
@@ -58,6 +59,7 @@ def chromium() -> str:
 def origin() -> Iterator[Origin]:
     origin = start_origin()
     origin.set("/items/evil", body=EVIL.encode(), content_type="text/plain")
+    origin.set("/items/big", body=BIG.encode(), content_type="text/plain")
     yield origin
     origin.server.shutdown()
 
@@ -216,6 +218,14 @@ def test_an_origins_value_is_shown_as_text_never_run(browser: Browser, service: 
     expect(page.locator("#entry-value")).to_have_text(EVIL)
     assert page.locator("#entry-value *").count() == 0  # text, no element
     assert page.evaluate("window.__pwned") is None
+    # A long value is cut at 64 KiB, the rest a button away.
+    page.get_by_label("Key", exact=True).fill(public_get(service, "big")["key"])
+    page.get_by_role("button", name="Look up key").click()
+    expect(page.locator("#entry-cut")).to_contain_text("Showing 65536 of 80000", timeout=WAIT)
+    assert len(page.locator("#entry-value").inner_text()) == 65536
+    page.get_by_role("button", name="Show all").click()
+    expect(page.locator("#entry-cut")).to_be_hidden()
+    assert page.locator("#entry-value").inner_text() == BIG
     assert seen.problems(page) == []
     page.close()
 
