@@ -581,6 +581,10 @@ async function poll() {
   const mine = generation;
   timer = null;
   if (waitingForToken) return;
+  if (document.hidden) { // a tab in the background asks nothing
+    timer = setTimeout(poll, POLL_MS);
+    return;
+  }
   const problems = [];
   const step = async (what, work) => {
     if (waitingForToken) return;
