@@ -1,7 +1,7 @@
 """
 The admin API (docs/admin.md): purges, entries, the configured jobs,
-refreshes on demand, and C{/metrics}; on the admin listener, or mounted on the
-public one with C{--admin-listen none}.
+refreshes on demand, C{/metrics} and the operator's page; on the admin
+listener, or mounted on the public one with C{--admin-listen none}.
 
 Every route needs an admin token (a purge of keys and tags also takes a write
 token), unless no admin token is configured: the routes are then open, and
@@ -354,7 +354,7 @@ class AdminAPI:
     started: float | None = attrs.field(default=None, kw_only=True)
     """When the service started (None: when L{metrics} began counting)."""
     page_files: PageFiles = attrs.field(factory=load_page, kw_only=True)
-    """The operator's page: its HTML, stylesheet and script (L{refresherd.http.page})."""
+    """The operator's page: its HTML and the files it loads (L{refresherd.http.page})."""
     app = Klein()
 
     handle_errors(
@@ -383,8 +383,8 @@ class AdminAPI:
         serve it to the operator by DNS rebinding.
         """
         observe(self.metrics, self.clock, request, route, self.access_log)
-        for name_, value in HEADERS:
-            request.setHeader(name_, value)
+        for name, value in HEADERS:
+            request.setHeader(name, value)
         self._loopback(request)
         if asset is None:
             raise NotFound("no such file of the operator's page")
@@ -392,6 +392,7 @@ class AdminAPI:
         return asset.body
 
     def _loopback(self, request: IRequest) -> None:
+        """With no admin token configured: a loopback C{Host}, or a UNIX socket."""
         if (
             self.authorizer.admin_open
             and not isinstance(request.getHost(), UNIXAddress)
