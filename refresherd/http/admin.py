@@ -3,11 +3,12 @@ The admin API (docs/admin.md): purges, entries, the configured jobs,
 refreshes on demand, C{/metrics} and the operator's page; on the admin
 listener, or mounted on the public one with C{--admin-listen none}.
 
-Every route needs an admin token (a purge of keys and tags also takes a write
-token), unless no admin token is configured: the routes are then open, and
-start-up makes sure they are served on loopback only.  Admin POSTs need a
-JSON content type, and without admin tokens a loopback C{Host} (or a UNIX
-socket), so that a web page cannot make an operator's browser forge them.
+Every route but the operator's page's files needs an admin token (a purge of
+keys and tags also takes a write token), unless no admin token is configured:
+the routes are then open, and start-up makes sure they are served on loopback
+only.  Admin POSTs need a JSON content type, and without admin tokens a
+loopback C{Host} (or a UNIX socket), so that a web page cannot make an
+operator's browser forge them.
 """
 
 from __future__ import annotations
