@@ -10,17 +10,15 @@ Content-Security-Policy violation; values of an origin shown as text only.
 
 from __future__ import annotations
 
-import re
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from tests.harness import Origin, Service, start_origin, start_service
 
@@ -60,6 +58,7 @@ def origin() -> Iterator[Origin]:
     origin = start_origin()
     origin.set("/items/evil", body=EVIL.encode(), content_type="text/plain")
     origin.set("/items/big", body=BIG.encode(), content_type="text/plain")
+    origin.set("/items/broken", status=503, body=b"down")
     yield origin
     origin.server.shutdown()
 
@@ -110,65 +109,9 @@ class Seen:
         return console + self.errors + violations
 
 
-REQUESTS = re.compile(r'^refresherd_requests_total\{job="([^"]+)",status="([a-z]+)"\} (\S+)$', re.M)
-
-
-def status_stand_in(admin_url: str) -> Callable[[Route], None]:
-    """
-    C{GET /v1/status} as the page reads it, for a service that does not
-    answer it yet: its shape, with request counts of C{/metrics} for rates.
-    """
-
-    def fulfil(route: Route) -> None:
-        counts: dict[str, dict[str, float]] = {}
-        for job, answer, value in REQUESTS.findall(httpx.get(admin_url + "/metrics").text):
-            counts.setdefault(job, {})[answer] = float(value)
-
-        def figures(answers: dict[str, float]) -> dict[str, Any]:
-            total = sum(answers.values()) or 1.0
-            shares = {a: answers.get(a, 0.0) / total for a in ("hit", "stale", "miss", "error")}
-            return {"requests_per_second": sum(answers.values()), "answers": shares}
-
-        every: dict[str, float] = {}
-        for answers in counts.values():
-            for answer, value in answers.items():
-                every[answer] = every.get(answer, 0.0) + value
-        jobs = [
-            {
-                "name": job,
-                **figures(answers),
-                "fetches_per_second": 0.0,
-                "fetch_p50_seconds": None,
-                "fetch_p99_seconds": None,
-                "errors_per_second": 0.0,
-                "error_ratio": 0.0,
-                "in_flight": 0,
-                "queued": 0,
-                "last_errors": [],
-            }
-            for job, answers in counts.items()
-        ]
-        now = time.time()
-        status = {
-            "version": "0.1.0",
-            "now": now,
-            "started": now - 1,
-            "uptime_seconds": 1,
-            "window_seconds": 60,
-            "store": {"kind": "memory", "ready": True, "bytes": 0, "entries": 0},
-            "totals": {**figures(every), "in_flight": 0, "queued": 0},
-            "jobs": jobs,
-        }
-        route.fulfill(status=200, json=status)
-
-    return fulfil
-
-
 def open_page(browser: Browser, url: str, width: int = 1200) -> tuple[Page, Seen]:
     page = browser.new_page(viewport={"width": width, "height": 900})
     seen = Seen()
-    if httpx.get(url + "/v1/status").status_code == 404:  # not in this version yet
-        page.route("**/v1/status", status_stand_in(url))
 
     def console(message: ConsoleMessage) -> None:
         if message.type in ("error", "warning"):
@@ -203,6 +146,9 @@ def test_the_overview_and_a_job_row_show_live_figures(browser: Browser, service:
     expect(row.locator("td.config")).to_contain_text("fresh 3600 s")
     expect(row.locator("td.n").first).not_to_have_text("–", timeout=WAIT)
     expect(row.locator(".hot")).to_contain_text("rfd:item:v1:id=k0", timeout=WAIT)
+    assert service.get("/v1/jobs/item?id=broken").status_code == 502
+    expect(row.locator(".errors")).to_contain_text("origin answered 503", timeout=WAIT)
+    expect(row.locator("td[data-label='Fetch p50']")).not_to_have_text("–")
     # The charts are drawn from the history the page keeps.
     expect(page.locator("#charts polyline").first).not_to_have_attribute("points", "")
     assert seen.problems(page) == []
