@@ -1,13 +1,14 @@
 """
 The admin API (docs/admin.md): purges, entries, the configured jobs,
-refreshes on demand, and C{/metrics}; on the admin listener, or mounted on the
-public one with C{--admin-listen none}.
+refreshes on demand, C{/metrics} and the operator's page; on the admin
+listener, or mounted on the public one with C{--admin-listen none}.
 
-Every route needs an admin token (a purge of keys and tags also takes a write
-token), unless no admin token is configured: the routes are then open, and
-start-up makes sure they are served on loopback only.  Admin POSTs need a
-JSON content type, and without admin tokens a loopback C{Host} (or a UNIX
-socket), so that a web page cannot make an operator's browser forge them.
+Every route but the operator's page's files needs an admin token (a purge of
+keys and tags also takes a write token), unless no admin token is configured:
+the routes are then open, and start-up makes sure they are served on loopback
+only.  Admin POSTs need a JSON content type, and without admin tokens a
+loopback C{Host} (or a UNIX socket), so that a web page cannot make an
+operator's browser forge them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from refresherd.errors import (
     BatchTooLarge,
     FetchFailed,
     Forbidden,
+    NotFound,
     RefresherdError,
     StoreUnavailable,
     UnknownJob,
@@ -48,6 +50,7 @@ from refresherd.errors import (
 )
 from refresherd.http.auth import ADMIN, METRICS, Authorizer, is_loopback_host
 from refresherd.http.common import JSON, guarded, handle_errors, header, observe, query, with_value
+from refresherd.http.page import HEADERS, Asset, PageFiles, load_page
 from refresherd.http.query import parse_query
 from refresherd.http.status import StoreStatus, status_json
 from refresherd.interfaces import IHoldsEntries
@@ -351,6 +354,8 @@ class AdminAPI:
     """
     started: float | None = attrs.field(default=None, kw_only=True)
     """When the service started (None: when L{metrics} began counting)."""
+    page_files: PageFiles = attrs.field(factory=load_page, kw_only=True)
+    """The operator's page: its HTML and the files it loads (L{refresherd.http.page})."""
     app = Klein()
 
     handle_errors(
@@ -368,6 +373,27 @@ class AdminAPI:
         """
         observe(self.metrics, self.clock, request, route, self.access_log)
         self.authorizer.check_admin(header(request, b"Authorization"), writers_too)
+        self._loopback(request)
+
+    def _page(self, request: IRequest, route: str, asset: Asset | None) -> bytes:
+        """
+        One file of the operator's page.  It needs no token (it holds no
+        secret, and a browser loads it before the operator types one; the
+        admin routes it calls do), but with no admin token configured, a
+        loopback C{Host} as every admin route, so that no other site can
+        serve it to the operator by DNS rebinding.
+        """
+        observe(self.metrics, self.clock, request, route, self.access_log)
+        for name, value in HEADERS:
+            request.setHeader(name, value)
+        self._loopback(request)
+        if asset is None:
+            raise NotFound("no such file of the operator's page")
+        request.setHeader(b"Content-Type", asset.content_type)
+        return asset.body
+
+    def _loopback(self, request: IRequest) -> None:
+        """With no admin token configured: a loopback C{Host}, or a UNIX socket."""
         if (
             self.authorizer.admin_open
             and not isinstance(request.getHost(), UNIXAddress)
@@ -427,6 +453,21 @@ class AdminAPI:
         request.setResponseCode(202)
         request.setHeader(b"Content-Type", JSON)
         return json.dumps({"job": job, "key": key, "status": "pending"}).encode()
+
+    @app.route("/v1/jobs/<job>/key", methods=["GET", "HEAD"])
+    def key(self, request: IRequest, job: str) -> bytes:
+        self._admin(request, "/v1/jobs/{job}/key")
+        key = self.refresher.target(job, parse_query(query(request))).key
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps({"job": job, "key": key}).encode()
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def page(self, request: IRequest) -> bytes:
+        return self._page(request, "/", self.page_files.index)
+
+    @app.route("/ui/<asset>", methods=["GET", "HEAD"])
+    def page_file(self, request: IRequest, asset: str) -> bytes:
+        return self._page(request, "/ui/{asset}", self.page_files.files.get(asset))
 
     @app.route("/v1/hot", methods=["GET", "HEAD"])
     def hot(self, request: IRequest) -> bytes:

@@ -177,7 +177,12 @@ def plausible(context: Any, case: Any) -> st.SearchStrategy[Any]:
     path = case.operation.path
 
     def rewrite(draw: st.DrawFn) -> Any:
-        if path in ("/v1/jobs/{job}", "/v1/jobs/{job}/raw", "/v1/jobs/{job}/refresh"):
+        if path in (
+            "/v1/jobs/{job}",
+            "/v1/jobs/{job}/raw",
+            "/v1/jobs/{job}/refresh",
+            "/v1/jobs/{job}/key",
+        ):
             job = draw(st.sampled_from(sorted(VALID_ARGS)))
             case.path_parameters = {"job": job}
             case.query = draw(VALID_ARGS[job])

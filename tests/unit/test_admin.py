@@ -151,6 +151,7 @@ class AuthTests(AdminTestCase):
         ("POST", "/v1/jobs/user/refresh?id=1", {"json": {}}),
         ("GET", "/v1/hot?job=user&n=2", {}),
         ("GET", "/v1/status", {}),
+        ("GET", "/v1/jobs/user/key?id=1", {}),
     ]
 
     def test_every_admin_route_needs_an_admin_token(self) -> None:
@@ -223,7 +224,13 @@ class OpenAdminTests(AdminTestCase):
     def test_gets_with_a_host_that_is_not_loopback_are_forbidden(self) -> None:
         """A page on another name that resolves to 127.0.0.1 (DNS rebinding) cannot read."""
         key = self.cached()
-        for path in (f"/v1/entries/{key}?value=1", "/v1/jobs", "/v1/hot", "/v1/status"):
+        for path in (
+            f"/v1/entries/{key}?value=1",
+            "/v1/jobs",
+            "/v1/hot",
+            "/v1/status",
+            "/v1/jobs/user/key?id=1",
+        ):
             for host in ("evil.example", "evil.example:8081", "127.0.0.1.evil.example"):
                 code = self.error(403, "GET", path, headers={"Host": host})
                 self.assertEqual(code, "forbidden", (path, host))
