@@ -94,6 +94,8 @@ class Ahead:
     _timers: dict[str, IDelayedCall] = attrs.field(factory=dict, init=False)
     """The timer of each key kept whose refresh is not running."""
     _running: set[str] = attrs.field(factory=set, init=False)
+    _purged: set[str] = attrs.field(factory=set, init=False)
+    """Keys soft-purged while their refresh ran: regenerated once it ends."""
     _loop: LoopingCall | None = attrs.field(default=None, init=False)
     _log: Logger = attrs.field(factory=Logger, init=False)
 
@@ -157,6 +159,7 @@ class Ahead:
 
     def _drop(self, key: str) -> None:
         del self._kept[key]
+        self._purged.discard(key)
         self._due.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer is not None and timer.active():
@@ -177,6 +180,16 @@ class Ahead:
             self._refresh(target, "hot")  # (skipped if covered: already running)
         return len(covered)
 
+    def _again(self, target: Target) -> bool:
+        """Regenerate C{target} now if it was soft-purged while its refresh ran."""
+        if target.key not in self._purged:
+            return False
+        self._purged.discard(target.key)
+        if target.key not in self._kept:
+            return False
+        self._refresh(target, "purge")
+        return True
+
     def _schedule(self, key: str, due: float, ahead: float) -> None:
         """Refresh C{key} at C{due} (with the lead C{ahead}), if it is still kept."""
         if key not in self._kept:
@@ -194,6 +207,8 @@ class Ahead:
 
     def _refresh(self, target: Target, reason: str) -> None:
         if target.key in self._running:
+            if reason == "purge":
+                self._purged.add(target.key)
             return
         key = target.key
         timer = self._timers.pop(key, None)
@@ -207,6 +222,8 @@ class Ahead:
             entry = answer.entry
             now = self.clock.seconds()
             self._running.discard(key)
+            if self._again(target):
+                return
             if entry is None or entry.is_failure:
                 self._schedule(key, now + RETRY, ahead)
                 return
@@ -219,7 +236,8 @@ class Ahead:
         def failed(reason: object) -> None:
             # Again a little later: refresh_background waits out a backoff itself.
             self._running.discard(key)
-            self._schedule(key, self.clock.seconds() + RETRY, ahead)
+            if not self._again(target):
+                self._schedule(key, self.clock.seconds() + RETRY, ahead)
 
         d: Deferred[Answer] = Deferred.fromCoroutine(
             self.refresher.refresh_background(target, reason, ahead)

@@ -231,3 +231,41 @@ def test_stopping_leaves_no_timer_behind() -> None:
     assert clock.getDelayedCalls()
     ahead.stop()
     assert clock.getDelayedCalls() == []
+
+
+def purge_count(refresher: Refresher) -> float | None:
+    return refresher.metrics.registry.get_sample_value(
+        "refresherd_refreshes_total", {"job": "j", "reason": "purge"}
+    )
+
+
+def test_a_soft_purge_during_a_hot_keys_refresh_ahead_regenerates_it_once_that_ends() -> None:
+    refresher, fetcher, clock, sketch, _ = make(fresh=10.0)
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    clock.advance(9)  # its refresh ahead fetches (due at 9 s)...
+    assert len(fetcher.pending) == 1
+    result(Deferred.fromCoroutine(refresher.purge([], [], ["t:a"], True)))  # ...when purged
+    assert len(fetcher.pending) == 1
+    fetcher.succeed(index=1)  # what it fetched began before the purge: fetched again at once
+    assert [c.args["id"] for c in fetcher.pending] == ["a"]
+    assert purge_count(refresher) == 1
+    succeed_all(fetcher, clock)
+    assert result(lookup(refresher, "a")).status == "hit"
+
+
+def test_a_regeneration_waits_for_a_fetch_begun_before_the_purge_then_fetches() -> None:
+    refresher, fetcher, clock, sketch, _ = make(fresh=10.0)
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    clock.advance(1)
+    result(Deferred.fromCoroutine(refresher.refresh(refresher.target("j", {"id": "a"}))))
+    result(Deferred.fromCoroutine(refresher.purge([], [], ["t:a"], True)))
+    assert len(fetcher.pending) == 1  # the regeneration waits for the fetch running...
+    fetcher.succeed(index=1)
+    assert [c.args["id"] for c in fetcher.pending] == ["a"]  # ...whose value is purged: again
+    succeed_all(fetcher, clock)
+    assert result(lookup(refresher, "a")).status == "hit"
+    assert purge_count(refresher) == 1
