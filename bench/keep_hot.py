@@ -127,7 +127,8 @@ class Run:
         keys asked for again before the next purge).
         """
         windows = []
-        for sent, next_one in zip(self.purges, [*self.purges[1:], math.inf], strict=True):
+        for i, sent in enumerate(self.purges):
+            next_one = self.purges[i + 1] if i + 1 < len(self.purges) else math.inf
             for rank in range(0, hot, GROUPS):
                 after = [f for f in self.values.get(rank, ()) if sent < f < next_one]
                 if after:  # (unless the key was not asked for again before the next purge)
