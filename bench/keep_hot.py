@@ -98,6 +98,11 @@ class Run:
     hot: Counter[str] = field(default_factory=Counter)
     all: Counter[str] = field(default_factory=Counter)
     origin_requests: int = 0
+    """The origin's requests after the warm-up."""
+    origin_hot: int = 0
+    """The origin's requests for the N hottest keys, in the whole run."""
+    origin_total: int = 0
+    """The origin's requests in the whole run."""
     seconds: float = 0.0
     purges: list[float] = field(default_factory=list)
     """When each soft purge was sent (wall clock)."""
@@ -192,12 +197,14 @@ async def purger(admin: str, until: float, every: float, run: Run) -> None:
 
 
 ORIGIN = """
-import sys, time
+import json, sys, time
 from tests.harness import Behaviour, start_origin
 origin = start_origin()
 origin.default = Behaviour(body=b'{"item": {n}}', delay=float(sys.argv[1]))
 print(origin.url, flush=True)
 sys.stdin.read()
+with origin.lock:
+    print(json.dumps(origin.hits), flush=True)
 """
 
 
@@ -286,27 +293,30 @@ def run_both(
     trace: bool = False,
     warm_up: float = 5.0,
 ) -> dict[str, Run]:
-    """Both runs against one origin in a process of its own (so that it never waits for
-    the load generator's)."""
-    origin = subprocess.Popen(
-        [sys.executable, "-c", ORIGIN, str(origin_ms / 1000)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        assert origin.stdout is not None
-        url = origin.stdout.readline().strip()
-        return {
-            f"keep_hot = {keep_hot}": one_run(
-                url, keep_hot, hot, seconds, clients, purge_every, fresh, trace, warm_up
-            )
-            for keep_hot in (0, hot)
-        }
-    finally:
-        origin.kill()
-        origin.wait()
+    """Both runs, each against an origin in a process of its own (so that it never waits
+    for the load generator's), which counts its requests per key."""
+    results = {}
+    for keep_hot in (0, hot):
+        origin = subprocess.Popen(
+            [sys.executable, "-c", ORIGIN, str(origin_ms / 1000)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        try:
+            assert origin.stdin is not None and origin.stdout is not None
+            url = origin.stdout.readline().strip()
+            run = one_run(url, keep_hot, hot, seconds, clients, purge_every, fresh, trace, warm_up)
+            origin.stdin.close()
+            hits = json.loads(origin.stdout.readline())
+            run.origin_hot = sum(hits.get(f"/items/{rank}", 0) for rank in range(hot))
+            run.origin_total = sum(hits.values())
+            results[f"keep_hot = {keep_hot}"] = run
+        finally:
+            origin.kill()
+            origin.wait()
+    return results
 
 
 def share(counts: Counter[str], status: str) -> str:
@@ -331,7 +341,7 @@ def report(results: dict[str, Run], hot: int, purge_every: float, origin_ms: flo
         f"| run | requests | {hot // 2} hottest: stale | {hot} hottest: stale | "
         f"of which after a purge | other | purge to regenerated, ms (median / p99) | "
         f"{hot} hottest: miss (at a first request) | all: stale | all: miss | origin requests/s | "
-        "origin requests per 1,000 answers | fetches started, by reason |",
+        f"origin requests, whole run: all, {hot} hottest | fetches started, by reason |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in results.items():
@@ -345,7 +355,7 @@ def report(results: dict[str, Run], hot: int, purge_every: float, origin_ms: flo
             f"{share(run.hot, 'miss')} ({percent(run.first_misses, hot_answers)}) | "
             f"{share(run.all, 'stale')} | {share(run.all, 'miss')} | "
             f"{run.origin_requests / run.seconds:,.1f} | "
-            f"{1000 * run.origin_requests / max(1, sum(run.all.values())):,.0f} | "
+            f"{run.origin_total:,}, {run.origin_hot:,} | "
             + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(run.refreshes.items()))
             + " |"
         )
