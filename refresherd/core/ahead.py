@@ -146,9 +146,15 @@ class Ahead:
         return targets
 
     def tick(self) -> None:
-        """Keep the hottest keys: refresh now those that were not kept (if due)."""
-        for target in self._keep(self.kept(self.clock.seconds())):
-            self._refresh(target, "hot")
+        """
+        Keep the hottest keys: refresh now (if due) each that has no timer
+        and no refresh running (those that were not kept).
+        """
+        targets = self.kept(self.clock.seconds())
+        self._keep(targets)
+        for target in targets:
+            if target.key not in self._timers and target.key not in self._running:
+                self._refresh(target, "hot")
 
     def _keep(self, targets: list[Target]) -> list[Target]:
         """Keep C{targets}; those not kept before."""
