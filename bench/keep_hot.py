@@ -93,6 +93,9 @@ class Stale:
 class Run:
     fresh: float = 5.0
     warm_up: float = 5.0
+    rate: float = 0.0
+    """Requests per second asked (0: as fast as the clients get answers)."""
+    clients: int = 0
     hotter: Counter[str] = field(default_factory=Counter)
     """The statuses of the N/2 hottest keys."""
     hot: Counter[str] = field(default_factory=Counter)
@@ -149,11 +152,28 @@ def zipf_ranks(seed: int) -> itertools.cycle[int]:
 
 
 async def client(
-    port: int, ranks: itertools.cycle[int], until: float, warm_until: float, hot: int, run: Run
+    port: int,
+    ranks: itertools.cycle[int],
+    until: float,
+    warm_until: float,
+    hot: int,
+    run: Run,
+    interval: float,
+    offset: float,
 ) -> None:
+    """
+    One keep-alive connection asking one request after another: every
+    C{interval} seconds (from C{offset}), or at once with an interval of 0.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    next_at = time.monotonic() + offset
     try:
         while (now := time.monotonic()) < until:
+            if interval:
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                    now = time.monotonic()
+                next_at += interval
             rank = next(ranks)
             writer.write(
                 f"GET /v1/jobs/item?id={rank}&group={rank % GROUPS} HTTP/1.1\r\n"
@@ -228,8 +248,10 @@ def one_run(
     fresh: float = 5.0,
     trace: bool = False,
     warm_up: float = 5.0,
+    rate: float = 0.0,
 ) -> Run:
-    run = Run(fresh)
+    run = Run(fresh, rate=rate, clients=clients)
+    interval = clients / rate if rate else 0.0
     with tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "refresherd.toml"
         config.write_text(
@@ -265,7 +287,19 @@ def one_run(
                 await asyncio.gather(
                     mark(),
                     purger(service.admin_url, until, purge_every, run),
-                    *(client(port, ranks, until, warm_until, hot, run) for _ in range(clients)),
+                    *(
+                        client(
+                            port,
+                            ranks,
+                            until,
+                            warm_until,
+                            hot,
+                            run,
+                            interval,
+                            i * interval / clients,
+                        )
+                        for i in range(clients)
+                    ),
                 )
 
             measuring(main())
@@ -292,6 +326,7 @@ def run_both(
     fresh: float = 5.0,
     trace: bool = False,
     warm_up: float = 5.0,
+    rate: float = 0.0,
 ) -> dict[str, Run]:
     """Both runs, each against an origin in a process of its own (so that it never waits
     for the load generator's), which counts its requests per key."""
@@ -307,7 +342,9 @@ def run_both(
         try:
             assert origin.stdin is not None and origin.stdout is not None
             url = origin.stdout.readline().strip()
-            run = one_run(url, keep_hot, hot, seconds, clients, purge_every, fresh, trace, warm_up)
+            run = one_run(
+                url, keep_hot, hot, seconds, clients, purge_every, fresh, trace, warm_up, rate
+            )
             origin.stdin.close()
             hits = json.loads(origin.stdout.readline())
             run.origin_hot = sum(hits.get(f"/items/{rank}", 0) for rank in range(hot))
@@ -362,11 +399,21 @@ def report(results: dict[str, Run], hot: int, purge_every: float, origin_ms: flo
     first = next(iter(results.values()))
     return "\n".join(
         [
-            f"`python -m bench.keep_hot`: 10,000 keys, Zipf popularity, "
+            "`python -m bench.keep_hot`: 10,000 keys, Zipf popularity, "
+            + (
+                f"{first.rate:g} requests per second"
+                if first.rate
+                else "requests as fast as they are answered"
+            )
+            + f" on {first.clients} connections, "
             f'`fresh = "{first.fresh:g}s"`, `stale = "1m"`, an origin answering in '
-            f"{origin_ms:g} ms, a soft purge of the group holding the hottest key every "
-            f"{purge_every:g} s; counted for {first.seconds:.0f} s after a warm-up of "
-            f"{first.warm_up:g} s.",
+            f"{origin_ms:g} ms, "
+            + (
+                f"a soft purge of the group holding the hottest key every {purge_every:g} s"
+                if first.purges
+                else "no purge"
+            )
+            + f"; counted for {first.seconds:.0f} s after a warm-up of {first.warm_up:g} s.",
             "",
             *rows,
             "",
@@ -421,7 +468,14 @@ def explain(run: Run) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=60, help="each run's, warm-up included")
+    parser.add_argument("--seconds", type=float, default=80, help="each run's, warm-up included")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=300,
+        help="requests per second, all clients together (0: each asks again at once); the "
+        "same in both runs, so that their origin requests compare",
+    )
     parser.add_argument(
         "--warm-up",
         type=float,
@@ -448,6 +502,7 @@ def main() -> None:
         options.origin_ms,
         trace=options.trace,
         warm_up=options.warm_up,
+        rate=options.rate,
     )
     text = report(results, options.hot, options.purge_every, options.origin_ms)
     if not options.no_write:
