@@ -9,11 +9,22 @@ API.  Once without C{keep_hot} and once with C{keep_hot = N}.
 
 For the N hottest keys and for all keys, after a warm-up: the share of
 answers served stale, the share that waited on the origin (misses), and the
-origin's requests per second.
+origin's requests per second.  The stale answers of the N hottest keys are
+split in two: those a soft purge made stale (their value's C{fresh_until}
+cut short: served while it is regenerated, as a soft purge means), and all
+the others.  For each purge and each of the N hottest keys it covers, its
+regeneration window: from the purge (sent) to the write of the value fetched
+after it.
+
+With C{--trace}, the refresherd process records what refresh-ahead did
+(L{bench.keep_hot_trace}), and each other stale answer of the N hottest keys
+is explained on standard output: whether the key was kept hot at the last
+look before it, whether a background refresh of it had started since its
+value was fetched, and how late the answer was past C{fresh_until}.
 
 Run from the repository root after C{bash .ci/run}:
 
-    .venv/bin/python -m bench.keep_hot [--seconds 30] [--hot 100]
+    .venv/bin/python -m bench.keep_hot [--seconds 30] [--hot 100] [--trace]
 
 It writes its results into docs/benchmarks.md between its markers.
 """
@@ -24,7 +35,10 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
+import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +46,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,15 +79,69 @@ keep_hot = {keep_hot}
 
 
 @dataclass
+class Stale:
+    """A stale answer of one of the N hottest keys."""
+
+    at: float
+    """When it was read (wall clock, as refresherd's)."""
+    rank: int
+    fetched_at: float
+    fresh_until: float
+
+
+@dataclass
 class Run:
+    fresh: float = 5.0
+    warm_up: float = 5.0
+    rate: float = 0.0
+    """Requests per second asked (0: as fast as the clients get answers)."""
+    clients: int = 0
     hotter: Counter[str] = field(default_factory=Counter)
     """The statuses of the N/2 hottest keys."""
     hot: Counter[str] = field(default_factory=Counter)
     all: Counter[str] = field(default_factory=Counter)
     origin_requests: int = 0
+    """The origin's requests after the warm-up."""
+    origin_hot: int = 0
+    """The origin's requests for the N hottest keys, in the whole run."""
+    origin_total: int = 0
+    """The origin's requests in the whole run."""
     seconds: float = 0.0
-    purges: int = 0
+    purges: list[float] = field(default_factory=list)
+    """When each soft purge was sent (wall clock)."""
     refreshes: dict[str, float] = field(default_factory=dict)
+    stale: list[Stale] = field(default_factory=list)
+    asked: set[int] = field(default_factory=set)
+    """The ranks asked for so far, warm-up included."""
+    first_misses: int = 0
+    """Misses of the N hottest keys at their first request (nobody could have known them)."""
+    """The stale answers of the N hottest keys."""
+    values: dict[int, set[float]] = field(default_factory=dict)
+    """The C{fetched_at} of each value served of each of the N hottest keys."""
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+    def purged(self, stale: Stale) -> bool:
+        """Whether a soft purge made C{stale} stale (cut its C{fresh_until} short)."""
+        return stale.fresh_until < stale.fetched_at + self.fresh - 0.001
+
+    @property
+    def other_stale(self) -> list[Stale]:
+        return [s for s in self.stale if not self.purged(s)]
+
+    def windows(self, hot: int) -> list[float]:
+        """
+        For each purge and each of the N hottest keys it covers: seconds from
+        the purge to the write of the first value fetched after it (among the
+        keys asked for again before the next purge).
+        """
+        windows = []
+        for i, sent in enumerate(self.purges):
+            next_one = self.purges[i + 1] if i + 1 < len(self.purges) else math.inf
+            for rank in range(0, hot, GROUPS):
+                after = [f for f in self.values.get(rank, ()) if sent < f < next_one]
+                if after:  # (unless the key was not asked for again before the next purge)
+                    windows.append(min(after) - sent)
+        return windows
 
 
 def zipf_ranks(seed: int) -> itertools.cycle[int]:
@@ -83,11 +152,28 @@ def zipf_ranks(seed: int) -> itertools.cycle[int]:
 
 
 async def client(
-    port: int, ranks: itertools.cycle[int], until: float, warm_until: float, hot: int, run: Run
+    port: int,
+    ranks: itertools.cycle[int],
+    until: float,
+    warm_until: float,
+    hot: int,
+    run: Run,
+    interval: float,
+    offset: float,
 ) -> None:
+    """
+    One keep-alive connection asking one request after another: every
+    C{interval} seconds (from C{offset}), or at once with an interval of 0.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    next_at = time.monotonic() + offset
     try:
         while (now := time.monotonic()) < until:
+            if interval:
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                    now = time.monotonic()
+                next_at += interval
             rank = next(ranks)
             writer.write(
                 f"GET /v1/jobs/item?id={rank}&group={rank % GROUPS} HTTP/1.1\r\n"
@@ -99,11 +185,21 @@ async def client(
                 for line in head.split(b"\r\n")
                 if line.lower().startswith(b"content-length:")
             )
-            status = json.loads(await reader.readexactly(length)).get("status", "error")
+            answer = json.loads(await reader.readexactly(length))
+            status = answer.get("status", "error")
+            first = rank not in run.asked
+            run.asked.add(rank)
             if now >= warm_until:
                 run.all[status] += 1
                 if rank < hot:
                     run.hot[status] += 1
+                    if status == "miss" and first:
+                        run.first_misses += 1
+                    run.values.setdefault(rank, set()).add(answer["fetched_at"])
+                    if status == "stale":
+                        run.stale.append(
+                            Stale(time.time(), rank, answer["fetched_at"], answer["fresh_until"])
+                        )
                 if rank < hot // 2:
                     run.hotter[status] += 1
     finally:
@@ -114,18 +210,21 @@ async def purger(admin: str, until: float, every: float, run: Run) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         while time.monotonic() + every < until:
             await asyncio.sleep(every)
+            sent = time.time()
             answer = await http.post(admin + "/v1/purge", json={"tags": ["group:0"], "soft": True})
             answer.raise_for_status()
-            run.purges += 1
+            run.purges.append(sent)
 
 
 ORIGIN = """
-import sys, time
+import json, sys, time
 from tests.harness import Behaviour, start_origin
 origin = start_origin()
 origin.default = Behaviour(body=b'{"item": {n}}', delay=float(sys.argv[1]))
 print(origin.url, flush=True)
 sys.stdin.read()
+with origin.lock:
+    print(json.dumps(origin.hits), flush=True)
 """
 
 
@@ -147,16 +246,35 @@ def one_run(
     clients: int,
     purge_every: float,
     fresh: float = 5.0,
+    trace: bool = False,
+    warm_up: float = 5.0,
+    rate: float = 0.0,
 ) -> Run:
-    run = Run()
+    run = Run(fresh, rate=rate, clients=clients)
+    interval = clients / rate if rate else 0.0
     with tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "refresherd.toml"
-        config.write_text(CONFIG.format(origin=origin, fresh=5, keep_hot=keep_hot, sketch=10 * hot))
-        service = start_service(config)
+        config.write_text(
+            CONFIG.format(origin=origin, fresh=f"{fresh:g}", keep_hot=keep_hot, sketch=10 * hot)
+        )
+        traced = Path(directory) / "trace.jsonl"
+        env = None
+        if trace:
+            env = {
+                "KEEP_HOT_TRACE": str(traced),
+                "PYTHONPATH": os.pathsep.join(
+                    [
+                        str(Path(__file__).with_name("keep_hot_trace")),
+                        os.environ.get("PYTHONPATH", ""),
+                    ]
+                ),
+            }
+        service = start_service(config, env=env)
         try:
             port = service.ports["public"]
             start = time.monotonic()
-            warm_until, until = start + min(5.0, seconds / 3), start + seconds
+            run.warm_up = min(warm_up, seconds / 2)
+            warm_until, until = start + run.warm_up, start + seconds
             before: list[int] = []
 
             async def main() -> None:
@@ -169,7 +287,19 @@ def one_run(
                 await asyncio.gather(
                     mark(),
                     purger(service.admin_url, until, purge_every, run),
-                    *(client(port, ranks, until, warm_until, hot, run) for _ in range(clients)),
+                    *(
+                        client(
+                            port,
+                            ranks,
+                            until,
+                            warm_until,
+                            hot,
+                            run,
+                            interval,
+                            i * interval / clients,
+                        )
+                        for i in range(clients)
+                    ),
                 )
 
             measuring(main())
@@ -182,6 +312,8 @@ def one_run(
                     run.refreshes[reason] = float(line.rsplit(" ", 1)[1])
         finally:
             service.stop()
+        if trace and traced.exists():
+            run.trace = [json.loads(line) for line in traced.read_text().splitlines() if line]
     return run
 
 
@@ -192,56 +324,96 @@ def run_both(
     purge_every: float,
     origin_ms: float,
     fresh: float = 5.0,
+    trace: bool = False,
+    warm_up: float = 5.0,
+    rate: float = 0.0,
 ) -> dict[str, Run]:
-    """Both runs against one origin in a process of its own (so that it never waits for
-    the load generator's)."""
-    origin = subprocess.Popen(
-        [sys.executable, "-c", ORIGIN, str(origin_ms / 1000)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        assert origin.stdout is not None
-        url = origin.stdout.readline().strip()
-        return {
-            f"keep_hot = {keep_hot}": one_run(
-                url, keep_hot, hot, seconds, clients, purge_every, fresh
+    """Both runs, each against an origin in a process of its own (so that it never waits
+    for the load generator's), which counts its requests per key."""
+    results = {}
+    for keep_hot in (0, hot):
+        origin = subprocess.Popen(
+            [sys.executable, "-c", ORIGIN, str(origin_ms / 1000)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        try:
+            assert origin.stdin is not None and origin.stdout is not None
+            url = origin.stdout.readline().strip()
+            run = one_run(
+                url, keep_hot, hot, seconds, clients, purge_every, fresh, trace, warm_up, rate
             )
-            for keep_hot in (0, hot)
-        }
-    finally:
-        origin.kill()
-        origin.wait()
+            origin.stdin.close()
+            hits = json.loads(origin.stdout.readline())
+            run.origin_hot = sum(hits.get(f"/items/{rank}", 0) for rank in range(hot))
+            run.origin_total = sum(hits.values())
+            results[f"keep_hot = {keep_hot}"] = run
+        finally:
+            origin.kill()
+            origin.wait()
+    return results
 
 
 def share(counts: Counter[str], status: str) -> str:
-    total = sum(counts.values())
-    return f"{100 * counts[status] / total:.2f}%" if total else "-"
+    return percent(counts[status], sum(counts.values()))
+
+
+def percent(part: int, total: int) -> str:
+    return f"{100 * part / total:.2f}%" if total else "-"
+
+
+def window(run: Run, hot: int) -> str:
+    """The median and p99 of the regeneration windows, in ms."""
+    windows = sorted(run.windows(hot))
+    if not windows:
+        return "-"
+    p99 = windows[min(len(windows) - 1, int(0.99 * len(windows)))]
+    return f"{1000 * statistics.median(windows):.0f} / {1000 * p99:.0f}"
 
 
 def report(results: dict[str, Run], hot: int, purge_every: float, origin_ms: float) -> str:
     rows = [
         f"| run | requests | {hot // 2} hottest: stale | {hot} hottest: stale | "
-        f"{hot} hottest: miss | all: stale | all: miss | origin requests/s | "
-        "fetches started, by reason |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"of which after a purge | other | purge to regenerated, ms (median / p99) | "
+        f"{hot} hottest: miss (at a first request) | all: stale | all: miss | origin requests/s | "
+        f"origin requests, whole run: all, {hot} hottest | fetches started, by reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in results.items():
+        hot_answers = sum(run.hot.values())
+        other = len(run.other_stale)
         rows.append(
             f"| {name} | {sum(run.all.values()):,} | {share(run.hotter, 'stale')} | "
             f"{share(run.hot, 'stale')} | "
-            f"{share(run.hot, 'miss')} | {share(run.all, 'stale')} | {share(run.all, 'miss')} | "
+            f"{percent(len(run.stale) - other, hot_answers)} | {percent(other, hot_answers)} | "
+            f"{window(run, hot)} | "
+            f"{share(run.hot, 'miss')} ({percent(run.first_misses, hot_answers)}) | "
+            f"{share(run.all, 'stale')} | {share(run.all, 'miss')} | "
             f"{run.origin_requests / run.seconds:,.1f} | "
+            f"{run.origin_total:,}, {run.origin_hot:,} | "
             + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(run.refreshes.items()))
             + " |"
         )
+    first = next(iter(results.values()))
     return "\n".join(
         [
-            f'`python -m bench.keep_hot`: 10,000 keys, Zipf popularity, `fresh = "5s"`, '
-            f'`stale = "1m"`, an origin answering in {origin_ms:g} ms, a soft purge of the '
-            f"group holding the hottest key every {purge_every:g} s; counted after a warm-up.",
+            "`python -m bench.keep_hot`: 10,000 keys, Zipf popularity, "
+            + (
+                f"{first.rate:g} requests per second"
+                if first.rate
+                else "requests as fast as they are answered"
+            )
+            + f" on {first.clients} connections, "
+            f'`fresh = "{first.fresh:g}s"`, `stale = "1m"`, an origin answering in '
+            f"{origin_ms:g} ms, "
+            + (
+                f"a soft purge of the group holding the hottest key every {purge_every:g} s"
+                if first.purges
+                else "no purge"
+            )
+            + f"; counted for {first.seconds:.0f} s after a warm-up of {first.warm_up:g} s.",
             "",
             *rows,
             "",
@@ -250,20 +422,95 @@ def report(results: dict[str, Run], hot: int, purge_every: float, origin_ms: flo
     )
 
 
+def explain(run: Run) -> str:
+    """
+    The other stale answers of the N hottest keys of a traced run, one line
+    per episode (a key's value served stale), with what refresh-ahead did.
+    """
+    looks = [(e["t"], set(e["ids"])) for e in run.trace if e["e"] == "kept"]
+    starts: dict[str, list[dict[str, Any]]] = {}
+    ends: dict[str, list[dict[str, Any]]] = {}
+    for e in run.trace:
+        if e["e"] in ("start", "end"):
+            (starts if e["e"] == "start" else ends).setdefault(str(e["id"]), []).append(e)
+    episodes: dict[tuple[int, float], list[Stale]] = {}
+    for stale in run.other_stale:
+        episodes.setdefault((stale.rank, stale.fetched_at), []).append(stale)
+    lines, kinds = [], Counter[str]()
+    for (rank, fetched_at), answers in sorted(episodes.items(), key=lambda i: i[1][0].at):
+        first = answers[0]
+        last_look = max((look for look in looks if look[0] <= first.at), default=None)
+        kept = last_look is not None and str(rank) in last_look[1]
+        began = [e for e in starts.get(str(rank), []) if fetched_at <= e["t"] <= answers[-1].at]
+        ended = [
+            e
+            for e in ends.get(str(rank), [])
+            if began and e["t"] >= began[0]["t"] and e["reason"] == began[0]["reason"]
+        ]
+        kind = ("kept" if kept else "not kept") + (
+            ", refresh started" if began else ", no refresh started"
+        )
+        kinds[kind] += len(answers)
+        detail = ""
+        if began:
+            b = began[0]
+            end = ended[0]["t"] if ended else None
+            detail = f"; {b['reason']} started {b['t'] - first.fresh_until:+.2f} s"
+            if end is not None:
+                detail += f", ended {end - first.fresh_until:+.2f} s ({ended[0].get('status')})"
+        lines.append(
+            f"  rank {rank}: {len(answers)} stale, {first.at - first.fresh_until:.2f}"
+            f"-{answers[-1].at - first.fresh_until:.2f} s past fresh_until; {kind}{detail}"
+        )
+    summary = ", ".join(f"{k}: {v}" for k, v in kinds.most_common())
+    return f"other stale answers by cause: {summary or 'none'}\n" + "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=80, help="each run's, warm-up included")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=300,
+        help="requests per second, all clients together (0: each asks again at once); the "
+        "same in both runs, so that their origin requests compare",
+    )
+    parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=20,
+        help="seconds not counted (at most half the run): the first requests of each key, "
+        "and the sketch learning which keys are hottest",
+    )
     parser.add_argument("--hot", type=int, default=100)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--purge-every", type=float, default=3.0)
     parser.add_argument("--origin-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--trace", action="store_true", help="explain the other stale answers of the hottest keys"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the results only (docs/benchmarks.md kept)"
+    )
     options = parser.parse_args()
     results = run_both(
-        options.seconds, options.hot, options.clients, options.purge_every, options.origin_ms
+        options.seconds,
+        options.hot,
+        options.clients,
+        options.purge_every,
+        options.origin_ms,
+        trace=options.trace,
+        warm_up=options.warm_up,
+        rate=options.rate,
     )
     text = report(results, options.hot, options.purge_every, options.origin_ms)
-    write_section(START, END, HEADING, text)
+    if not options.no_write:
+        write_section(START, END, HEADING, text)
     sys.stdout.write(text + "\n")
+    for name, run in results.items():
+        if run.trace:
+            sys.stdout.write(f"\n{name}: {explain(run)}\n")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,17 @@ class Origin:
             return list(self.sent.get(path, ()))
 
 
+class OriginServer(ThreadingHTTPServer):
+    """
+    A thread per connection, and a listen backlog as long as a real server's:
+    Python's default of 5 drops connections opened in a burst (the client
+    tries again a second later).
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+
+
 def start_origin() -> Origin:
     origin: Origin
 
@@ -106,8 +117,7 @@ def start_origin() -> Origin:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = OriginServer(("127.0.0.1", 0), Handler)
     origin = Origin(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return origin

@@ -2,15 +2,18 @@
 Refresh-ahead of the hottest keys, and their regeneration right after a soft
 purge (docs/README.md, "Background refreshes").
 
-For each job with C{keep_hot = N}, once a second, the N keys this process's
-requests asked for most lately (L{HotSource}) are looked at, and each that
-would go stale within its lead (twice its last refresh's duration, from
-asking for a slot to the write, at least 1 s, plus the second until the
-next look) is refreshed in the background
-(reason C{hot}).  A key that cools down leaves the top N and is no longer
-refreshed.  After a soft purge, the hot keys it covers (by key, by job, or
-by tag: the job's tags and the tags of their own the entries carried) are
-refreshed at once (reason C{purge}).
+For each job with C{keep_hot = N}, once a second, the keys this process's
+requests asked for most lately (L{HotSource}) are looked at: the N hottest
+are kept hot, and a key kept already stays kept while it is among the 2N
+hottest (so that a key near the bottom of the N, whose rank moves with the
+sketch's noise, keeps its schedule).  Each key kept is refreshed in the
+background (reason C{hot}) at its own time: when it would go stale within
+its lead (twice its last refresh's duration, from asking for a slot to the
+write, at least 1 s), with a timer per key.  A key that cools down past the
+2N hottest is dropped, its timer cancelled: nothing is fetched for keys
+nobody reads.  After a soft purge, the keys kept that it covers (by key, by
+job, or by tag: the job's tags and the tags of their own the entries
+carried) are refreshed at once (reason C{purge}).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -31,10 +34,16 @@ if typing.TYPE_CHECKING:
     from refresherd.core.refresher import Answer, Refresher
 
 TICK = 1.0
-"""Seconds between looks at the hottest keys."""
+"""Seconds between looks at the hottest keys (which keys are kept)."""
 
 MIN_LEAD = 1.0
 """The shortest lead: a hot key is refreshed at least this long before it would go stale."""
+
+RETRY = 1.0
+"""Seconds after a refresh that failed before a key kept is refreshed again."""
+
+MARGIN = 2
+"""A key kept stays kept while it is among the C{MARGIN × N} hottest."""
 
 
 class Hot(typing.Protocol):
@@ -56,7 +65,16 @@ def lead(duration: float) -> float:
     How long before a hot key would go stale it is refreshed: twice its
     refresh (its fetch, or the wait for a slot and the fetch), 1 s at least.
     """
-    return max(MIN_LEAD, 2 * duration) + TICK
+    return max(MIN_LEAD, 2 * duration)
+
+
+def still_kept(top: Sequence[str], kept: Iterable[str], n: int) -> list[str]:
+    """
+    Which of C{top} (keys, hottest first: the C{MARGIN × n} hottest) to keep
+    hot: the C{n} hottest, and those further down that were C{kept} already.
+    """
+    before = set(kept)
+    return [key for rank, key in enumerate(top) if rank < n or key in before]
 
 
 @attrs.define(eq=False)
@@ -66,12 +84,18 @@ class Ahead:
     refresher: Refresher
     hot: HotSource
     clock: IReactorTime
+    _kept: dict[str, Target] = attrs.field(factory=dict, init=False)
+    """The keys kept hot, of every job."""
     _due: dict[str, tuple[float, float]] = attrs.field(factory=dict, init=False)
     """
-    When each hot key is next to be refreshed (its C{fresh_until} minus its
+    When each key kept is next to be refreshed (its C{fresh_until} minus its
     lead), and that lead.
     """
+    _timers: dict[str, IDelayedCall] = attrs.field(factory=dict, init=False)
+    """The timer of each key kept whose refresh is not running."""
     _running: set[str] = attrs.field(factory=set, init=False)
+    _purged: set[str] = attrs.field(factory=set, init=False)
+    """Keys soft-purged while their refresh ran: regenerated once it ends."""
     _loop: LoopingCall | None = attrs.field(default=None, init=False)
     _log: Logger = attrs.field(factory=Logger, init=False)
 
@@ -97,72 +121,134 @@ class Ahead:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        for key in list(self._kept):
+            self._drop(key)  # (a refresh running schedules nothing when it ends)
 
-    def hottest(self, now: float) -> list[Target]:
-        """The targets of the hottest keys of every C{keep_hot} job."""
+    def kept(self, now: float) -> list[Target]:
+        """
+        Look at the hottest keys of every C{keep_hot} job: the targets to keep
+        hot from now on (L{still_kept}); those kept before and not now are dropped.
+        """
         targets = []
         for name, count in self.jobs.items():
-            for hot in self.hot.top(name, now, count):
-                try:
-                    targets.append(self.refresher.target(name, hot.args))
-                except RefresherdError:  # the job changed since: not a key of it now
-                    continue
+            top: dict[str, Hot] = {hot.key: hot for hot in self.hot.top(name, now, MARGIN * count)}
+            for key in still_kept(list(top), self._kept, count):
+                target = self._kept.get(key)
+                if target is None:
+                    try:
+                        target = self.refresher.target(name, top[key].args)
+                    except RefresherdError:  # the job changed since: not a key of it now
+                        continue
+                targets.append(target)
+        keys = {target.key for target in targets}
+        for key in [key for key in self._kept if key not in keys]:
+            self._drop(key)  # cooled down
         return targets
 
     def tick(self) -> None:
-        """Refresh each hottest key that would go stale before its lead."""
-        now = self.clock.seconds()
-        hottest = self.hottest(now)
-        keys = {target.key for target in hottest}
-        for key in [key for key in self._due if key not in keys]:
-            del self._due[key]  # cooled down
-        for target in hottest:
-            if now >= self._due.get(target.key, (0.0, 0.0))[0]:
+        """
+        Keep the hottest keys: refresh now (if due) each that has no timer
+        and no refresh running (those that were not kept).
+        """
+        targets = self.kept(self.clock.seconds())
+        self._keep(targets)
+        for target in targets:
+            if target.key not in self._timers and target.key not in self._running:
                 self._refresh(target, "hot")
+
+    def _keep(self, targets: list[Target]) -> list[Target]:
+        """Keep C{targets}; those not kept before."""
+        new = [target for target in targets if target.key not in self._kept]
+        for target in new:
+            self._kept[target.key] = target
+        return new
+
+    def _drop(self, key: str) -> None:
+        del self._kept[key]
+        self._purged.discard(key)
+        self._due.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def regenerate(self, keys: Iterable[str], jobs: Iterable[str], tags: Iterable[str]) -> int:
         """
         After a soft purge of C{keys}, C{jobs} and C{tags}: refresh at once the
-        hottest keys it covers; how many were started.
+        keys kept hot it covers; how many were started.
         """
-        covered = self.refresher.covered(self.hottest(self.clock.seconds()), keys, jobs, tags)
+        targets = self.kept(self.clock.seconds())
+        new = self._keep(targets)
+        covered = self.refresher.covered(targets, keys, jobs, tags)
         for target in covered:
             self._due.pop(target.key, None)
             self._refresh(target, "purge")
+        for target in new:
+            self._refresh(target, "hot")  # (skipped if covered: already running)
         return len(covered)
+
+    def _again(self, target: Target) -> bool:
+        """Regenerate C{target} now if it was soft-purged while its refresh ran."""
+        if target.key not in self._purged:
+            return False
+        self._purged.discard(target.key)
+        if target.key not in self._kept:
+            return False
+        self._refresh(target, "purge")
+        return True
+
+    def _schedule(self, key: str, due: float, ahead: float) -> None:
+        """Refresh C{key} at C{due} (with the lead C{ahead}), if it is still kept."""
+        if key not in self._kept:
+            return
+        self._due[key] = (due, ahead)
+        self._timers[key] = self.clock.callLater(
+            max(0.0, due - self.clock.seconds()), self._when_due, key
+        )
+
+    def _when_due(self, key: str) -> None:
+        self._timers.pop(key, None)
+        target = self._kept.get(key)
+        if target is not None:
+            self._refresh(target, "hot")
 
     def _refresh(self, target: Target, reason: str) -> None:
         if target.key in self._running:
+            if reason == "purge":
+                self._purged.add(target.key)
             return
-        self._running.add(target.key)
         key = target.key
+        timer = self._timers.pop(key, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._running.add(key)
         ahead = self._due.get(key, (0.0, lead(0.0)))[1]
         started = self.clock.seconds()
 
         def done(answer: Answer) -> None:
             entry = answer.entry
             now = self.clock.seconds()
+            self._running.discard(key)
+            if self._again(target):
+                return
             if entry is None or entry.is_failure:
-                self._due[key] = (now + TICK, ahead)
-            else:
-                # Twice the whole refresh when it took longer than its fetch (it waited
-                # for a slot behind requests): the next one starts that much earlier.
-                took = now - started if answer.status == "miss" else 0.0
-                ahead_next = max(lead(entry.duration), lead(took))
-                due = max(entry.fresh_until - ahead_next, entry.retry_at)
-                self._due[key] = (due, ahead_next)
+                self._schedule(key, now + RETRY, ahead)
+                return
+            # Twice the whole refresh when it took longer than its fetch (it waited
+            # for a slot behind requests): the next one starts that much earlier.
+            took = now - started if answer.status == "miss" else 0.0
+            ahead_next = max(lead(entry.duration), lead(took))
+            self._schedule(key, max(entry.fresh_until - ahead_next, entry.retry_at), ahead_next)
 
         def failed(reason: object) -> None:
-            # Looked at again next time: refresh_background waits out a backoff itself.
-            self._due[key] = (self.clock.seconds() + TICK, ahead)
-
-        def finished(_: object) -> None:
+            # Again a little later: refresh_background waits out a backoff itself.
             self._running.discard(key)
+            if not self._again(target):
+                self._schedule(key, self.clock.seconds() + RETRY, ahead)
 
         d: Deferred[Answer] = Deferred.fromCoroutine(
             self.refresher.refresh_background(target, reason, ahead)
         )
-        d.addCallbacks(done, failed).addBoth(finished)
+        d.addCallbacks(done, failed)
 
 
 def after_purge(ahead: Ahead) -> Callable[[list[str], list[str], list[str], bool], None]:

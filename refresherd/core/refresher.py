@@ -598,8 +598,19 @@ class Refresher(Service):
         joins the fetch running) and answers C{miss} with what was written,
         failing as a waiting lookup does (L{FetchFailed}, L{StoreUnavailable},
         L{Overloaded} when the service stops).
+        A fetch of the key running that began before a purge of its job or a
+        tag is not joined (what it writes is purged): it is waited for, then
+        the refresh goes on as above.
         """
         entry, marks, persist = await self._read(target, cached=False)
+        running = self.flights.running.get(target.key)
+        while persist and running is not None and running.marks != marks:
+            try:
+                await running.wait()
+            except (FetchError, FetchFailed, Overloaded, StoreUnavailable, WaitTimeout):
+                pass  # Refreshed again below, as after any failure.
+            entry, marks, persist = await self._read(target, cached=False)
+            running = self.flights.running.get(target.key)
         job, now = target.job, self.clock.seconds()
         if not persist:
             raise StoreUnavailable("the store is unreachable; a refresh would not be stored")

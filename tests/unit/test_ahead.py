@@ -15,7 +15,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from refresherd.config import JobConfig
-from refresherd.core.ahead import Ahead, after_purge
+from refresherd.core.ahead import Ahead, after_purge, still_kept
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
 from refresherd.metrics import metrics_for
@@ -79,7 +79,7 @@ def succeed_all(fetcher: FakeFetcher, clock: task.Clock, duration: float = 0.0) 
 def test_a_hot_key_is_refreshed_before_it_goes_stale_and_never_served_stale() -> None:
     refresher, fetcher, clock, sketch, _ = make()
     lookup(refresher, "a")
-    succeed_all(fetcher, clock, 0.5)  # its fetch takes 0.5 s: lead max(1, 1) + the tick
+    succeed_all(fetcher, clock, 0.5)  # its fetch takes 0.5 s: lead max(1, 2 × 0.5)
     sketch.ids = ["a"]
     statuses = []
     for _ in range(120):  # a minute of requests, one every 0.5 s
@@ -87,8 +87,8 @@ def test_a_hot_key_is_refreshed_before_it_goes_stale_and_never_served_stale() ->
         statuses.append(result(lookup(refresher, "a")).status)
         succeed_all(fetcher, clock)
     assert set(statuses) == {"hit"}
-    # One refresh every fresh (10 s) less the lead (2 s): about 7 in the minute, no more.
-    assert 7 <= len(fetcher.calls) - 1 <= 8
+    # One refresh every fresh (10 s) less the lead (1 s): about 6 in the minute, no more.
+    assert 6 <= len(fetcher.calls) - 1 <= 7
     assert (
         refresher.metrics.registry.get_sample_value(
             "refresherd_refreshes_total", {"job": "j", "reason": "hot"}
@@ -151,7 +151,7 @@ def test_a_refresh_that_waited_behind_requests_starts_earlier_next_time() -> Non
     lookup(refresher, "a")
     succeed_all(fetcher, clock)
     sketch.ids = ["a"]
-    clock.advance(16)  # due at fresh_until - 2 s, looked at each second
+    clock.advance(17)  # due at fresh_until - 1 s
     lookup(refresher, "b")  # a request's fetch holds the only slot...
     clock.advance(2)  # ...while a's refresh ahead comes due and waits behind it
     assert [c.args["id"] for c in fetcher.pending] == ["b"]
@@ -159,5 +159,113 @@ def test_a_refresh_that_waited_behind_requests_starts_earlier_next_time() -> Non
     fetcher.succeed(index=1)  # b done after 3.5 s: a's refresh gets the slot, fetches
     fetcher.succeed(index=2)  # at once
     due, lead = ahead._due["rfd:j:v1:id=a"]
-    assert lead == pytest.approx(2 * 1.5 + 1)  # twice its wait and fetch (its fetch took 0 s)
+    assert lead == pytest.approx(2 * 1.5)  # twice its wait and fetch (its fetch took 0 s)
     assert due <= clock.seconds() + 20 - lead
+
+
+def test_the_keys_kept_are_the_n_hottest_and_those_kept_already_among_2n() -> None:
+    assert still_kept(["a", "b", "c", "d"], [], 2) == ["a", "b"]
+    assert still_kept(["a", "c", "b", "d"], ["a", "b"], 2) == ["a", "c", "b"]
+    assert still_kept(["c", "d", "a", "e"], ["a", "b"], 2) == ["c", "d", "a"]
+
+
+def test_a_key_flipping_at_the_bottom_of_the_n_keeps_its_schedule_and_stays_fresh() -> None:
+    refresher, fetcher, clock, sketch, ahead = make(keep_hot=2)
+    for id in ("a", "b", "c"):
+        lookup(refresher, id)
+    succeed_all(fetcher, clock)
+    statuses = []
+    for second in range(60):  # b and c swap places below a every second
+        sketch.ids = ["a", "c", "b"] if second % 2 else ["a", "b", "c"]
+        clock.advance(1)
+        if second:  # each once in the top 2: kept since, with its schedule
+            assert "rfd:j:v1:id=b" in ahead._due and "rfd:j:v1:id=c" in ahead._due
+        statuses += [result(lookup(refresher, id)).status for id in ("b", "c")]
+        succeed_all(fetcher, clock)
+    assert set(statuses) == {"hit"}
+    # Each refreshed once every fresh (10 s) less its lead (1 s), no more.
+    refreshed = [c.args["id"] for c in fetcher.calls[3:]]
+    assert 6 <= refreshed.count("b") <= 7 and 6 <= refreshed.count("c") <= 7
+
+
+def test_a_cooled_key_is_dropped_once_it_leaves_the_2n_hottest() -> None:
+    refresher, fetcher, clock, sketch, ahead = make(keep_hot=1)
+    for id in ("a", "b", "c"):
+        lookup(refresher, id)
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a", "b"]
+    clock.advance(1)
+    sketch.ids = ["b", "a", "c"]  # a second: still among the 2 hottest, kept
+    clock.advance(30)
+    succeed_all(fetcher, clock)
+    assert {"a", "b"} <= {c.args["id"] for c in fetcher.calls[3:]}
+    sketch.ids = ["b", "c", "a"]  # a third: dropped, and c (never in the top 1) not kept
+    clock.advance(1)
+    succeed_all(fetcher, clock)
+    before = len(fetcher.calls)
+    clock.advance(60)
+    succeed_all(fetcher, clock)
+    assert {c.args["id"] for c in fetcher.calls[before:]} == {"b"}
+    assert "rfd:j:v1:id=a" not in ahead._due
+
+
+def test_a_hot_key_is_refreshed_at_its_due_time_not_at_the_next_look() -> None:
+    refresher, fetcher, clock, sketch, _ = make(fresh=10.0)
+    lookup(refresher, "a")
+    clock.advance(0.3)
+    succeed_all(fetcher, clock)  # fresh until 10.3 s from the start, lead 1 s
+    sketch.ids = ["a"]
+    clock.advance(0.7)  # the first look: a kept, not due
+    clock.advance(8.29)
+    assert fetcher.pending == []
+    clock.advance(0.01)  # 9.3 s: between two looks
+    assert [c.args["id"] for c in fetcher.pending] == ["a"]
+
+
+def test_stopping_leaves_no_timer_behind() -> None:
+    refresher, fetcher, clock, sketch, ahead = make()
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    clock.advance(1)
+    assert clock.getDelayedCalls()
+    ahead.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def purge_count(refresher: Refresher) -> float | None:
+    return refresher.metrics.registry.get_sample_value(
+        "refresherd_refreshes_total", {"job": "j", "reason": "purge"}
+    )
+
+
+def test_a_soft_purge_during_a_hot_keys_refresh_ahead_regenerates_it_once_that_ends() -> None:
+    refresher, fetcher, clock, sketch, _ = make(fresh=10.0)
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    clock.advance(9)  # its refresh ahead fetches (due at 9 s)...
+    assert len(fetcher.pending) == 1
+    result(Deferred.fromCoroutine(refresher.purge([], [], ["t:a"], True)))  # ...when purged
+    assert len(fetcher.pending) == 1
+    fetcher.succeed(index=1)  # what it fetched began before the purge: fetched again at once
+    assert [c.args["id"] for c in fetcher.pending] == ["a"]
+    assert purge_count(refresher) == 1
+    succeed_all(fetcher, clock)
+    assert result(lookup(refresher, "a")).status == "hit"
+
+
+def test_a_regeneration_waits_for_a_fetch_begun_before_the_purge_then_fetches() -> None:
+    refresher, fetcher, clock, sketch, _ = make(fresh=10.0)
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)
+    sketch.ids = ["a"]
+    clock.advance(1)
+    result(Deferred.fromCoroutine(refresher.refresh(refresher.target("j", {"id": "a"}))))
+    result(Deferred.fromCoroutine(refresher.purge([], [], ["t:a"], True)))
+    assert len(fetcher.pending) == 1  # the regeneration waits for the fetch running...
+    fetcher.succeed(index=1)
+    assert [c.args["id"] for c in fetcher.pending] == ["a"]  # ...whose value is purged: again
+    succeed_all(fetcher, clock)
+    assert result(lookup(refresher, "a")).status == "hit"
+    assert purge_count(refresher) == 1
