@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
-
-import httpx
+from typing import Any, Protocol
 
 MAX_MESSAGE = 300
 
@@ -256,7 +254,16 @@ def _error_object(document: Any, status: int | None) -> ServiceError | None:
     return None
 
 
-def service_error(response: httpx.Response) -> ServiceError:
+class _Answer(Protocol):
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def reason_phrase(self) -> str: ...
+    @property
+    def content(self) -> bytes: ...
+
+
+def service_error(response: _Answer) -> ServiceError:
     """
     The L{ServiceError} of an error answer: the subclass of its code when the
     body is refresherd's error object, else a L{ServiceError} of code

@@ -6,6 +6,8 @@ the module; each test uses values of its own.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from refresherd.client import (
+    AsyncClient,
     BadArgs,
     CircuitOpen,
     Client,
@@ -344,3 +347,68 @@ def test_the_appengine_example_reads_json_and_raw_values_over_plain_http(
     # A bad argument is a bug, not an outage.
     with pytest.raises(RuntimeError, match="400 bad_args"):
         call(app, "/", "base=euro")
+
+
+# -- AsyncClient: the same calls, awaited, on the same service ------------------------------
+
+
+def test_the_async_client_gets_values_batches_and_raw_bodies(
+    service: Service, origin_server: Origin
+) -> None:
+    origin_server.set("/users/ann", body=b'{"name": "ann", "fetch": {n}}')
+    origin_server.set("/snippets/9", body=b"<p>nine</p>", content_type="text/html")
+
+    async def main() -> None:
+        async with AsyncClient(service.url, service.admin_url, token=READ) as reader:
+            first, second = await asyncio.gather(
+                reader.get("user", name="ann"), reader.get("user", {"name": "ann"})
+            )
+            assert {first["status"], second["status"]} <= {"miss", "hit"}
+            assert first["value"] == second["value"] == {"name": "ann", "fetch": 1}
+            assert (await reader.get("user", name="ann"))["status"] == "hit"
+            found, unknown, broken = await reader.get_many(
+                [("user", {"name": "ann"}), "nope", "broken"]
+            )
+            assert isinstance(found, dict) and found["value"] == {"name": "ann", "fetch": 1}
+            assert isinstance(unknown, UnknownJob) and isinstance(broken, FetchFailed)
+            assert (await reader.raw("snippet", id=9)).pending
+            assert await reader.raw("snippet", id=10, default="later") == "later"
+            while (raw := await reader.raw("snippet", id=9)).pending:
+                await asyncio.sleep(0.05)
+            assert raw.text == "<p>nine</p>" and raw.content_type == "text/html"
+
+    asyncio.run(main())
+    assert origin_server.count("/users/ann") == 1
+
+
+def test_the_async_client_raises_typed_errors_and_falls_back_on_outages(
+    service: Service,
+) -> None:
+    async def main() -> None:
+        async with AsyncClient(service.url, service.admin_url, token=READ) as reader:
+            with pytest.raises(BadArgs):
+                await reader.get("user", name="ada", extra="x")
+            with pytest.raises(FetchFailed):
+                await reader.get("broken")
+            assert await reader.value("broken", default="fallback") == "fallback"
+            with pytest.raises(Forbidden):
+                await reader.purge(jobs=["user"])
+        async with AsyncClient(service.url, service.admin_url, token=WRITE) as writer:
+            assert (await writer.put("motd", "Hi", lang="xx"))["value"] == "Hi"
+            assert await writer.purge(tags=["user:ann"], soft=True) == 1
+
+    asyncio.run(main())
+
+
+def test_the_async_client_of_a_port_nothing_listens_on_falls_back_then_fails_at_once() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+    async def main() -> None:
+        async with AsyncClient(url, url, timeout=2) as down:
+            assert [await down.get("user", default=None) for _ in range(3)] == [None] * 3
+            with pytest.raises(CircuitOpen):
+                await down.get("user")
+
+    asyncio.run(main())

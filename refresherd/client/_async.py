@@ -1,0 +1,344 @@
+"""
+L{AsyncClient}, the asyncio client of both listeners: the calls of
+L{refresherd.client.Client} (L{refresherd.client.calls}), awaited, over
+L{AsyncHTTPTransport}, HTTP/1.1 on asyncio streams kept alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+from refresherd.client.breaker import DEFAULT_CIRCUIT_COOLDOWN, DEFAULT_CIRCUIT_FAILURES
+from refresherd.client.calls import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    NO_DEFAULT,
+    ArgValue,
+    BatchItem,
+    Call,
+    Failure,
+    JobArgs,
+    Listeners,
+    Origin,
+    Request,
+    Response,
+    TransportError,
+    failure_of,
+)
+from refresherd.client.errors import ServiceError, Unreachable
+from refresherd.client.http11 import MAX_HEAD, BadAnswer, read_answer, request_head
+from refresherd.client.transports import MAX_IDLE
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class AsyncTransport(Protocol):
+    """Sends a request and brings back its answer (L{TransportError} if none)."""
+
+    async def send(
+        self, request: Request, headers: dict[str, str], timeout: float, connect_timeout: float
+    ) -> Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AsyncHTTPTransport:
+    """
+    HTTP/1.1 connections on asyncio streams, kept alive and reused, per event
+    loop: a request takes an idle connection of its listener (or opens one)
+    and gives it back when its answer is read, unless the service closes it.
+    The whole request, its answer read, must be done within the timeout.  A
+    kept connection the service closed while idle is replaced, and a request
+    that finds it closed before any answer is sent again once on a new one.
+    A request cancelled midway closes its connection.  C{context} verifies
+    C{https://} listeners (the system's certificates by default).
+    """
+
+    def __init__(self, context: ssl.SSLContext | None = None, max_idle: int = MAX_IDLE) -> None:
+        self._context = context
+        self._max_idle = max_idle
+        self._idle: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, list[_Connection]]
+        ] = weakref.WeakKeyDictionary()
+        self._closed = False
+
+    async def send(
+        self, request: Request, headers: dict[str, str], timeout: float, connect_timeout: float
+    ) -> Response:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        origin = request.origin
+        pools = self._idle.get(loop := asyncio.get_running_loop())
+        if pools is None:
+            pools = self._idle.setdefault(loop, {})
+        idle = pools.setdefault(origin.base, [])
+        head = request_head(
+            request.method, request.target, origin.host_header, headers, request.body
+        )
+        if request.body:
+            head += request.body
+        while True:
+            if idle:
+                reader, writer = idle.pop()
+                reused = True
+                if reader.at_eof() or writer.is_closing():
+                    writer.close()
+                    continue
+            else:
+                reader, writer = await self._connect(origin, connect_timeout)
+                reused = False
+            try:
+                async with asyncio.timeout(timeout):
+                    writer.write(head)
+                    await writer.drain()
+                    answer = await read_answer(reader, request.method)
+            except asyncio.IncompleteReadError as e:
+                writer.close()
+                if reused and not e.partial:
+                    continue  # closed by the service as the request went: no answer was sent
+                raise TransportError(Failure.CLOSED) from None
+            except (ConnectionResetError, BrokenPipeError) as e:
+                writer.close()
+                if reused:
+                    continue
+                raise failure_of(e) from None
+            except TimeoutError:
+                writer.close()
+                raise TransportError(Failure.TIMEOUT) from None
+            except OSError as e:
+                writer.close()
+                raise failure_of(e) from None
+            except BadAnswer as e:
+                writer.close()
+                raise TransportError(Failure.OTHER, f"a bad answer: {e}") from None
+            except BaseException:
+                writer.close()
+                raise
+            if answer.keep and not self._closed and len(idle) < self._max_idle:
+                idle.append((reader, writer))
+            else:
+                writer.close()
+            return Response(answer.status, answer.reason, answer.headers, answer.body)
+
+    async def _connect(self, origin: Origin, connect_timeout: float) -> _Connection:
+        context = None
+        if origin.scheme == "https":
+            context = self._context or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                return await asyncio.open_connection(
+                    origin.host, origin.port, ssl=context, limit=MAX_HEAD
+                )
+        except TimeoutError:
+            raise TransportError(Failure.CONNECT_TIMEOUT) from None
+        except OSError as e:
+            raise failure_of(e) from None
+
+    async def aclose(self) -> None:
+        """Close the idle connections of this loop (of others, forget them)."""
+        self._closed = True
+        here = self._idle.pop(asyncio.get_running_loop(), {})
+        self._idle.clear()
+        for idle in here.values():
+            for _, writer in idle:
+                writer.close()
+
+
+class AsyncClient:
+    """
+    L{refresherd.client.Client} for asyncio: the same constructor (C{transport}
+    an L{AsyncTransport}, L{AsyncHTTPTransport} by default), the same methods
+    and results, errors, C{default=} and circuit breaker, each method a
+    coroutine: C{answer = await client.get("tweets", username="bob")}.  One
+    client may serve every task of a process, and several event loops (its
+    connections are kept per loop).  Close it with C{await client.aclose()}, or
+    use it as an C{async with} context manager.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        admin_url: str = DEFAULT_ADMIN_URL,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: AsyncTransport | None = None,
+        *,
+        connect_timeout: float | None = None,
+        circuit_failures: int = DEFAULT_CIRCUIT_FAILURES,
+        circuit_cooldown: float = DEFAULT_CIRCUIT_COOLDOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._calls = Listeners.of(
+            url,
+            admin_url,
+            token,
+            timeout,
+            connect_timeout,
+            circuit_failures,
+            circuit_cooldown,
+            clock,
+        )
+        self.url = self._calls.public.base
+        self.admin_url = self._calls.admin.base
+        self.timeout = timeout
+        self.connect_timeout = self._calls.connect_timeout
+        self._transport: AsyncTransport = transport or AsyncHTTPTransport()
+
+    def __repr__(self) -> str:
+        # Never the token.
+        return f"<AsyncClient url={self.url!r} admin_url={self.admin_url!r}>"
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def circuit(self, listener: str = "public") -> str:
+        """The state of the circuit of the C{"public"} or C{"admin"} listener."""
+        return self._calls.circuit(listener)
+
+    # -- public listener: as Client's --------------------------------------------------
+
+    async def get(
+        self,
+        job: str,
+        args: JobArgs | None = None,
+        /,
+        *,
+        default: Any = NO_DEFAULT,
+        **kwargs: ArgValue,
+    ) -> Any:
+        """As L{Client.get}: the answer of C{GET /v1/jobs/{job}?{args}}."""
+        return await self._run(self._calls.get(job, args, kwargs, default))
+
+    async def get_many(self, items: Iterable[BatchItem], /, *, default: Any = NO_DEFAULT) -> Any:
+        """As L{Client.get_many}: many values in one request (C{POST /v1/fetch})."""
+        return await self._run(self._calls.get_many(items, default))
+
+    async def raw(
+        self,
+        job: str,
+        args: JobArgs | None = None,
+        /,
+        *,
+        default: Any = NO_DEFAULT,
+        **kwargs: ArgValue,
+    ) -> Any:
+        """As L{Client.raw}: the stored body itself, a L{Raw}."""
+        return await self._run(self._calls.raw(job, args, kwargs, default))
+
+    async def value(
+        self,
+        job: str,
+        args: JobArgs | None = None,
+        /,
+        *,
+        default: Any = NO_DEFAULT,
+        **kwargs: ArgValue,
+    ) -> Any:
+        """As L{Client.value}: the value alone."""
+        return await self._run(self._calls.value(job, args, kwargs, default))
+
+    async def put(
+        self,
+        job: str,
+        body: Any,
+        args: JobArgs | None = None,
+        /,
+        *,
+        content_type: str | None = None,
+        **kwargs: ArgValue,
+    ) -> dict[str, Any]:
+        """As L{Client.put}: store C{body} as the value of C{job} with C{args}."""
+        answer: dict[str, Any] = await self._run(
+            self._calls.put(job, body, args, kwargs, content_type)
+        )
+        return answer
+
+    # -- admin listener: as Client's ---------------------------------------------------
+
+    async def purge(
+        self,
+        keys: Iterable[str] = (),
+        jobs: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        soft: bool = False,
+    ) -> int:
+        """As L{Client.purge}: the number purged."""
+        purged: int = await self._run(self._calls.purge(keys, jobs, tags, soft))
+        return purged
+
+    async def inspect(self, key: str, value: bool = False) -> dict[str, Any]:
+        """As L{Client.inspect}."""
+        entry: dict[str, Any] = await self._run(self._calls.inspect(key, value))
+        return entry
+
+    async def refresh(
+        self, job: str, args: JobArgs | None = None, /, **kwargs: ArgValue
+    ) -> dict[str, Any]:
+        """As L{Client.refresh}."""
+        answer: dict[str, Any] = await self._run(self._calls.refresh(job, args, kwargs))
+        return answer
+
+    async def warm(
+        self, job: str, sets: Sequence[Mapping[str, Any]], timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """As L{Client.warm}."""
+        results: list[dict[str, Any]] = await self._run(self._calls.warm(job, sets, timeout))
+        return results
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """As L{Client.jobs}."""
+        jobs: list[dict[str, Any]] = await self._run(self._calls.jobs())
+        return jobs
+
+    async def hot(
+        self, job: str | None = None, n: int | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """As L{Client.hot}."""
+        hot: dict[str, list[dict[str, Any]]] = await self._run(self._calls.hot(job, n))
+        return hot
+
+    # -- plumbing: as Client's, awaited ---------------------------------------------------
+
+    async def _run(self, call: Call) -> Any:
+        if call.request is None:
+            return call.read(None)  # type: ignore[arg-type]
+        try:
+            return call.read(await self._send(call.request))
+        except (Unreachable, ServiceError) as e:
+            return self._calls.recover(call, e)
+
+    async def _send(self, request: Request) -> Response:
+        calls = self._calls
+        breaker = calls.start(request)
+        try:
+            response = await self._transport.send(
+                request,
+                calls.headers_of(request),
+                request.timeout or calls.timeout,
+                calls.connect_timeout,
+            )
+        except TransportError as e:
+            raise calls.unreachable(request, breaker, e) from None
+        except BaseException:
+            breaker.abandoned()
+            raise
+        return calls.answered(breaker, request, response)
