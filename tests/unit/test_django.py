@@ -28,8 +28,14 @@ from django.template import Context, Template, TemplateSyntaxError  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
 from django.utils.html import escape  # noqa: E402
 
-from refresherd.client import Client  # noqa: E402
-from refresherd.contrib.django import callback, get_client, register, unregister  # noqa: E402
+from refresherd.client import AsyncClient, Client  # noqa: E402
+from refresherd.contrib.django import (  # noqa: E402
+    callback,
+    get_async_client,
+    get_client,
+    register,
+    unregister,
+)
 from refresherd.contrib.django.callbacks import Callback, registered  # noqa: E402
 from refresherd.contrib.django.conf import load_settings  # noqa: E402
 from refresherd.contrib.django.invalidation import instance_tags  # noqa: E402
@@ -53,6 +59,17 @@ def test_the_client_is_rebuilt_when_the_setting_changes(settings: Any) -> None:
     assert get_client() is first and first.url == "http://127.0.0.1:1"
     settings.REFRESHERD = {"URL": "http://127.0.0.1:2", "TOKEN": "write-token-0123"}
     assert get_client().url == "http://127.0.0.1:2"
+
+
+def test_the_async_client_is_built_on_the_same_settings_and_rebuilt_with_them(
+    settings: Any,
+) -> None:
+    settings.REFRESHERD = {"URL": "http://127.0.0.1:1", "TIMEOUT": 2.5}
+    first = get_async_client()
+    assert isinstance(first, AsyncClient) and get_async_client() is first
+    assert (first.url, first.timeout) == ("http://127.0.0.1:1", 2.5)
+    settings.REFRESHERD = {"URL": "http://127.0.0.1:2"}
+    assert get_async_client().url == "http://127.0.0.1:2"
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ Then:
     C{refreshers.py} module of an installed app (imported at start-up);
   - L{refresh_tags_on_change} soft-purges tags when models are saved or
     deleted; L{purge_tags} does it by hand;
-  - L{get_client} is the process's L{refresherd.client.Client} on these settings.
+  - L{get_client} is the process's L{refresherd.client.Client} on these settings,
+    L{get_async_client} its L{refresherd.client.AsyncClient} (async views).
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ except ImportError as e:  # pragma: no cover - depends on the installation
     ) from e
 
 from refresherd.contrib.django.callbacks import Callback, callback, register, unregister
-from refresherd.contrib.django.conf import RefresherdSettings, get_client, get_settings
+from refresherd.contrib.django.conf import (
+    RefresherdSettings,
+    get_async_client,
+    get_client,
+    get_settings,
+)
 from refresherd.contrib.django.invalidation import purge_tags, refresh_tags_on_change
 
 __all__ = [
     "Callback",
     "RefresherdSettings",
     "callback",
+    "get_async_client",
     "get_client",
     "get_settings",
     "purge_tags",

@@ -1,5 +1,5 @@
 """
-C{settings.REFRESHERD}, and the one L{Client} of the process built on it.
+C{settings.REFRESHERD}, and the one L{Client} (and L{AsyncClient}) of the process built on it.
 
     REFRESHERD = {
         "URL": "http://127.0.0.1:8080",      # public listener
@@ -38,6 +38,7 @@ from refresherd.client import (
     DEFAULT_CIRCUIT_FAILURES,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    AsyncClient,
     Client,
 )
 
@@ -74,7 +75,14 @@ class RefresherdSettings:
 
     def client(self) -> Client:
         """A new client on these settings."""
-        return Client(
+        return Client(**self._client_options())
+
+    def async_client(self) -> AsyncClient:
+        """A new async client on these settings."""
+        return AsyncClient(**self._client_options())
+
+    def _client_options(self) -> dict[str, Any]:
+        return dict(
             url=self.url,
             admin_url=self.admin_url,
             token=self.token,
@@ -150,6 +158,7 @@ def load_settings() -> RefresherdSettings:
 _lock = threading.Lock()
 _settings: RefresherdSettings | None = None
 _client: Client | None = None
+_async_client: AsyncClient | None = None
 
 
 def get_settings() -> RefresherdSettings:
@@ -172,11 +181,26 @@ def get_client() -> Client:
         return _client
 
 
-def reset() -> None:
-    """Forget the settings and close the client: the next use reads C{settings.REFRESHERD} anew."""
-    global _settings, _client
+def get_async_client() -> AsyncClient:
+    """The process's L{AsyncClient} on C{settings.REFRESHERD}; built once, for every event loop."""
+    global _settings, _async_client
     with _lock:
-        client, _client, _settings = _client, None, None
+        if _settings is None:
+            _settings = load_settings()
+        if _async_client is None:
+            _async_client = _settings.async_client()
+        return _async_client
+
+
+def reset() -> None:
+    """
+    Forget the settings and close the client (the async client is forgotten:
+    its connections belong to their event loops): the next use reads
+    C{settings.REFRESHERD} anew.
+    """
+    global _settings, _client, _async_client
+    with _lock:
+        client, _client, _settings, _async_client = _client, None, None, None
     if client is not None:
         client.close()
 
