@@ -203,6 +203,18 @@ def test_the_tag_escapes_the_value_of_a_job_not_trusted_as_html(rfd: Service) ->
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>" not in html
 
 
+def test_a_batch_of_blocks_renders_each_as_it_would_alone(rfd: Service) -> None:
+    template = Template(
+        "{% load refresherd %}{% refreshed_batch %}"
+        '{% for q in qs %}[{% refreshed "echo" q=q %}-{% endrefreshed %}]{% endfor %}'
+        "{% endrefreshed_batch %}"
+    )
+    html = template.render(Context({"qs": ["<b>batch</b>", "two"]}))
+    alone = Template('{% load refresherd %}{% refreshed "echo" q=q %}-{% endrefreshed %}')
+    expected = "".join(f"[{alone.render(Context({'q': q}))}]" for q in ["<b>batch</b>", "two"])
+    assert html == expected and "&lt;b&gt;batch&lt;/b&gt;" in html
+
+
 def test_the_tag_raises_for_an_unknown_job(rfd: Service) -> None:
     with pytest.raises(UnknownJob):
         Template('{% load refresherd %}{% refreshed "nope" %}-{% endrefreshed %}').render(Context())

@@ -9,8 +9,10 @@ connection: tests/integration/test_django.py).
 from __future__ import annotations
 
 import ast
+import base64
 import datetime
 import decimal
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from django.template import Context, Template, TemplateSyntaxError  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
 from django.utils.html import escape  # noqa: E402
 
-from refresherd.client import AsyncClient, Client  # noqa: E402
+from refresherd.client import AsyncClient, Client, UnknownJob  # noqa: E402
 from refresherd.contrib.django import (  # noqa: E402
     callback,
     get_async_client,
@@ -355,3 +357,137 @@ def test_the_contrib_modules_import_nothing_of_the_server() -> None:
                     assert name in ("refresherd.client", "refresherd.signing") or name.startswith(
                         "refresherd.contrib"
                     ), f"{module.name} imports {name}"
+
+
+# -- refreshed_batch ------------------------------------------------------------------------
+
+
+class Batches:
+    """
+    A refresherd for the batch tag: C{POST /v1/fetch} answers each item as
+    C{answers} says by job (C{"pending"}, C{"down"}, C{"json"}, C{"nope"}, else
+    the job's HTML), C{/raw} gives a JSON body; every request is kept.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []
+        self.down = False
+
+    def item(self, job: str, args: dict[str, str]) -> dict[str, Any]:
+        if job == "pending":
+            return {"job": job, "key": f"rfd:{job}:v1:", "status": "pending"}
+        if job == "down":
+            return {"error": {"code": "fetch_failed", "message": "origin down"}}
+        if job == "nope":
+            return {"error": {"code": "unknown_job", "message": "no job 'nope'"}}
+        if job == "json":
+            return {"status": "hit", "content_type": "application/json", "value": {"a": 1}}
+        if job == "bytes":
+            body = base64.b64encode("<i>é</i>".encode("latin-1")).decode()
+            return {
+                "status": "hit",
+                "content_type": "text/html; charset=latin-1",
+                "value_b64": body,
+            }
+        text = f"<p>{job} {args.get('n', '')}</p>"
+        return {"status": "hit", "content_type": "text/html; charset=utf-8", "value": text}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/fetch":
+            items = json.loads(request.read())["items"]
+            self.requests.append(("fetch", [(i["job"], i["args"]) for i in items]))
+            if self.down:
+                return httpx.Response(503, json={"error": {"code": "overloaded", "message": "x"}})
+            return httpx.Response(
+                200, json={"items": [self.item(i["job"], i["args"]) for i in items]}
+            )
+        self.requests.append(("raw", request.url.path))
+        return httpx.Response(
+            200, content=b'{"a": 1}', headers={"Content-Type": "application/json"}
+        )
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[Batches]:
+    fake = Batches()
+    client = Client("http://refresherd.test", transport=httpx.MockTransport(fake))
+    monkeypatch.setattr(refreshed_tag, "get_client", lambda: client)
+    yield fake
+    client.close()
+
+
+def batch_page(body: str, **context: Any) -> str:
+    source = "{% load refresherd %}{% refreshed_batch %}" + body + "{% endrefreshed_batch %}"
+    return str(Template(source).render(Context(context)))
+
+
+def test_a_batch_asks_for_every_block_in_one_request_loops_and_includes_too(
+    settings: Any, batches: Batches
+) -> None:
+    settings.REFRESHERD = {"TRUSTED_HTML_JOBS": ["side"]}
+    included = Template('{% load refresherd %}[{% refreshed "side" n=9 %}-{% endrefreshed %}]')
+    html = batch_page(
+        '{% for n in ns %}{% refreshed "side" n=n %}-{% endrefreshed %}{% endfor %}'
+        '{% refreshed "motd" %}-{% endrefreshed %}{% include sub %}'
+        '{% refreshed "side" n=1 %}again{% endrefreshed %}',
+        ns=[1, 2],
+        sub=included,
+    )
+    assert batches.requests == [
+        ("fetch", [("side", {"n": "1"}), ("side", {"n": "2"}), ("motd", {}), ("side", {"n": "9"})])
+    ]
+    assert html == (
+        "<p>side 1</p><p>side 2</p>&lt;p&gt;motd &lt;/p&gt;[<p>side 9</p>]<p>side 1</p>"
+    )
+
+
+def test_a_batch_renders_fallbacks_for_pending_values_and_outages_and_raises_mistakes(
+    batches: Batches,
+) -> None:
+    page = (
+        '{% refreshed "pending" %}wait{% endrefreshed %}|'
+        '{% refreshed "down" %}down{% endrefreshed %}'
+    )
+    assert batch_page(page) == "wait|down"
+    batches.down = True
+    assert batch_page('{% refreshed "side" %}later{% endrefreshed %}') == "later"
+    batches.down = False
+    with pytest.raises(UnknownJob):
+        batch_page(
+            '{% refreshed "side" %}-{% endrefreshed %}{% refreshed "nope" %}-{% endrefreshed %}'
+        )
+
+
+def test_a_batch_asks_alone_for_a_value_it_cannot_give_as_its_body(batches: Batches) -> None:
+    html = batch_page(
+        '{% autoescape off %}{% refreshed "json" %}-{% endrefreshed %}'
+        '{% refreshed "bytes" %}-{% endrefreshed %}{% endautoescape %}'
+    )
+    assert html == '{"a": 1}<i>é</i>'
+    assert batches.requests == [
+        ("fetch", [("json", {}), ("bytes", {})]),
+        ("raw", "/v1/jobs/json/raw"),
+    ]
+
+
+def test_a_batch_of_more_blocks_than_the_service_takes_is_split_and_nested_batches_join(
+    batches: Batches,
+) -> None:
+    html = batch_page(
+        '{% for n in ns %}{% refreshed_batch %}{% refreshed "s" n=n %}-{% endrefreshed %}'
+        "{% endrefreshed_batch %}{% endfor %}",
+        ns=range(150),
+    )
+    assert [len(items) for kind, items in batches.requests] == [100, 50]
+    assert html == "".join(f"&lt;p&gt;s {n}&lt;/p&gt;" for n in range(150))
+
+
+def test_a_filter_around_a_block_changes_its_marker_not_its_snippet(batches: Batches) -> None:
+    html = batch_page('{% filter upper %}{% refreshed "side" %}-{% endrefreshed %}{% endfilter %}')
+    assert html == "&lt;p&gt;side &lt;/p&gt;"
+
+
+def test_a_batch_without_blocks_asks_nothing_and_takes_no_arguments(batches: Batches) -> None:
+    assert batch_page("plain") == "plain" and batches.requests == []
+    with pytest.raises(TemplateSyntaxError):
+        Template("{% load refresherd %}{% refreshed_batch x %}{% endrefreshed_batch %}")
