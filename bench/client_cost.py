@@ -220,13 +220,8 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--no-write", action="store_true", help="print, do not write the docs")
-    args = parser.parse_args()
-    args.load = os.getloadavg()[0]
+def run(rounds: int, calls: int) -> dict[str, list[Sample]]:
+    """Start Redis, an origin and refresherd, make the value a hit, and measure every way."""
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rfd-bench-")))
         store = RedisServer()
@@ -245,9 +240,17 @@ def main() -> None:
                 assert len(statuses) < 100, statuses
                 statuses.append(client.get("big", id=1)["status"])
                 time.sleep(0.05)
-            print(f"bench: reads until a hit: {statuses}", file=sys.stderr)
-        samples = measure(service, store, args.rounds, args.calls)
-    text = report(samples, args)
+        return measure(service, store, rounds, calls)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--no-write", action="store_true", help="print, do not write the docs")
+    args = parser.parse_args()
+    args.load = os.getloadavg()[0]
+    text = report(run(args.rounds, args.calls), args)
     print(text)
     if not args.no_write:
         write_section(START, END, HEADING, text)
