@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 
@@ -338,7 +338,7 @@ class Listeners:
         """A request; C{body} is sent as JSON, else C{content} with C{content_type}."""
         target = origin.prefix + path
         if params:
-            target += "?" + urlencode(params, quote_via=quote, safe="")
+            target += "?" + "&".join(f"{_quoted(n)}={_quoted(v)}" for n, v in params.items())
         headers = {}
         if body is not None:
             headers["Content-Type"] = _JSON
@@ -528,6 +528,14 @@ class Listeners:
             return document
 
         return read
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quoted(text: str) -> str:
+    """C{text} percent-encoded for a query (every byte but A-Z a-z 0-9 _ . ~ -)."""
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
 
 
 def _fallback(default: Any) -> Callable[[], Any] | None:
