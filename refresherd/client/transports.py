@@ -9,6 +9,7 @@ L{Response}, or raises a L{TransportError}.
 from __future__ import annotations
 
 import http.client
+import os
 import select
 import ssl
 from collections import deque
@@ -49,7 +50,9 @@ class HTTPTransport:
     it was idle is replaced before it is used, and a request that finds it
     closed anyway is sent again once on a new connection (it had no answer).
     C{context} verifies C{https://} listeners (the system's certificates by
-    default).
+    default).  In a process forked from the one that opened them (a server's
+    workers forked after the client was used), the connections kept are left
+    to the parent, and the child opens its own.
     """
 
     def __init__(self, context: ssl.SSLContext | None = None, max_idle: int = MAX_IDLE) -> None:
@@ -57,12 +60,15 @@ class HTTPTransport:
         self._max_idle = max_idle
         self._idle: dict[str, deque[http.client.HTTPConnection]] = {}
         self._closed = False
+        self._pid = os.getpid()
 
     def send(
         self, request: Request, headers: dict[str, str], timeout: float, connect_timeout: float
     ) -> Response:
         if self._closed:
             raise RuntimeError("the client is closed")
+        if self._pid != os.getpid():
+            self._forked()
         origin = request.origin
         idle = self._idle.get(origin.base)
         if idle is None:
@@ -105,6 +111,14 @@ class HTTPTransport:
             else:
                 idle.append(connection)
             return Response(answer.status, answer.reason, answer.msg, body)
+
+    def _forked(self) -> None:
+        """In a child process: the parent's connections are the parent's; close our copies."""
+        self._pid = os.getpid()
+        parents, self._idle = self._idle, {}
+        for idle in parents.values():
+            for connection in idle:
+                connection.close()
 
     def _connect(self, origin: Origin, connect_timeout: float) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection

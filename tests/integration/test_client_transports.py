@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -219,3 +220,24 @@ def test_async_tasks_share_one_client() -> None:
         assert 1 <= scripted.connections <= 50 and len(scripted.requests) == 50
     finally:
         scripted.stop()
+
+
+def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents(
+    server: Scripted,
+) -> None:
+    with Client(server.url, server.url) as client:
+        assert client.get("ok") == HIT
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if its request was answered right
+            try:
+                os._exit(0 if client.get("ok", n="child") == HIT else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert client.get("ok", n="parent") == HIT
+    assert server.connections == 2
+    assert [head.split(b"\r\n")[0] for head in server.requests][1:] == [
+        b"GET /v1/jobs/ok?n=child HTTP/1.1",
+        b"GET /v1/jobs/ok?n=parent HTTP/1.1",
+    ]

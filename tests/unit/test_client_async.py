@@ -1,6 +1,7 @@
 """
 L{refresherd.client.AsyncClient} on a fake transport (the calls it shares with
-L{refresherd.client.Client} are tested in test_client.py), and
+L{refresherd.client.Client} are tested in test_client.py), the pure pieces of
+those calls (L{refresherd.client.calls}: failures, origins, queries), and
 L{refresherd.client.http11}, the HTTP/1.1 it speaks on asyncio streams, on
 streams fed by hand.  No network.
 """
@@ -8,7 +9,9 @@ streams fed by hand.  No network.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -24,7 +27,14 @@ from refresherd.client import (
     Raw,
     Unreachable,
 )
-from refresherd.client.calls import Failure, Request, Response, TransportError
+from refresherd.client.calls import (
+    Failure,
+    Origin,
+    Request,
+    Response,
+    TransportError,
+    failure_of,
+)
 from refresherd.client.http11 import BadAnswer, Caseless, read_answer, request_head
 
 T = TypeVar("T")
@@ -248,3 +258,59 @@ def test_an_answer_cut_short_is_an_incomplete_read() -> None:
         read(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     with pytest.raises(asyncio.IncompleteReadError):
         read(b"")
+
+
+# -- the shared calls -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "failure", "reason"),
+    [
+        (TimeoutError("timed out"), Failure.TIMEOUT, ""),
+        (ConnectionRefusedError(111, "Connection refused"), Failure.REFUSED, ""),
+        (socket.gaierror(-2, "Name or service not known"), Failure.UNKNOWN_HOST, ""),
+        (
+            ConnectionResetError(104, "Connection reset\nby peer"),
+            Failure.OTHER,
+            "[Errno 104] Connection reset by peer",
+        ),
+        (OSError(), Failure.OTHER, "OSError"),
+    ],
+)
+def test_a_socket_error_becomes_the_failure_a_message_names(
+    error: OSError, failure: Failure, reason: str
+) -> None:
+    got = failure_of(error)
+    assert (got.failure, got.reason) == (failure, reason)
+
+
+def test_an_origin_knows_its_host_header_prefix_and_credentials() -> None:
+    origin = Origin.of("https://user:p%40ss@cache.example/rfd")
+    assert (origin.scheme, origin.host, origin.port, origin.prefix) == (
+        "https",
+        "cache.example",
+        443,
+        "/rfd",
+    )
+    assert origin.shown == "https://cache.example/rfd" and origin.host_header == "cache.example"
+    assert origin.basic == "Basic " + base64.b64encode(b"user:p@ss").decode()
+    assert Origin.of("http://[::1]:8080").host_header == "[::1]:8080"
+
+
+def test_the_token_and_not_the_urls_credentials_is_the_authorization() -> None:
+    transport = FakeTransport(lambda request: answer(200, HIT))
+    with_token = AsyncClient("http://u:p@h:1", transport=transport, token="t0ken")
+    without = AsyncClient("http://u:p@h:1", transport=transport)
+    run(with_token.get("j"))
+    run(without.get("j"))
+    assert [headers["Authorization"] for _, headers, _ in transport.sent] == [
+        "Bearer t0ken",
+        "Basic " + base64.b64encode(b"u:p").decode(),
+    ]
+
+
+def test_a_query_encodes_every_byte_but_the_unreserved_ones() -> None:
+    transport = FakeTransport(lambda request: answer(200, HIT))
+    client = AsyncClient(transport=transport)
+    run(client.get("j", {"a b": "x/y+é", "plain": "A-z_0.9~"}))
+    assert transport.sent[0][0].target == "/v1/jobs/j?a%20b=x%2Fy%2B%C3%A9&plain=A-z_0.9~"
