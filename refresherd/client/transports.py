@@ -157,7 +157,11 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
     sock = connection.sock
     if sock is None:
         return True
-    readable, _, _ = select.select([sock], [], [], 0)
+    if hasattr(select, "poll"):  # any descriptor, however high (select() stops at 1024)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([sock], [], [], 0)  # pragma: no cover - Windows
     return bool(readable)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -241,3 +242,21 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents(
         b"GET /v1/jobs/ok?n=child HTTP/1.1",
         b"GET /v1/jobs/ok?n=parent HTTP/1.1",
     ]
+
+
+def test_a_kept_connection_on_a_descriptor_above_1024_is_reused(server: Scripted) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("this process may not open 2048 files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    held: list[int] = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with Client(server.url, server.url) as client:
+            assert [client.get("ok"), client.get("ok")] == [HIT, HIT]
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.connections == 1
