@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import http.client
 import json
 import os
@@ -52,6 +53,9 @@ from tests.redis_server import RedisServer
 BASE = "raw http.client + json.loads"
 NOW = "Client.get (http.client, now)"
 BEFORE = "Client.get over httpx (before)"
+ASYNC = "AsyncClient.get (asyncio)"
+STRIDE = 100
+"""Calls of one way before the next way's turn."""
 START, END = "<!-- bench:client_cost:start -->", "<!-- bench:client_cost:end -->"
 HEADING = "What a read costs the application"
 PATH = "/v1/jobs/big?id=1"
@@ -163,21 +167,35 @@ def p99(times: list[float]) -> float:
 def measure(
     service: Service, store: RedisServer, rounds: int, calls: int
 ) -> dict[str, list[Sample]]:
+    """
+    C{rounds} rounds of C{calls} calls of each way; within a round the ways
+    take turns by C{STRIDE} calls, so that the machine's drift touches them alike.
+    """
     readers = ways(service, store)
     loop = asyncio.new_event_loop()
     async_client = AsyncClient(service.url, service.admin_url, timeout=10)
     first = loop.run_until_complete(async_client.get("big", id=1))
     assert first["status"] == "hit", {k: v for k, v in first.items() if k != "value"}
-    samples: dict[str, list[Sample]] = {name: [] for name in readers}
-    samples["AsyncClient.get (asyncio)"] = []
-    for way in readers.values():
-        time_calls(way, calls // 10)  # warm up: connections open, code paths hot
+
+    def async_get(n: int) -> Sample:
+        return time_async_calls(loop, lambda: async_client.get("big", id=1), n)
+
+    timers: dict[str, Callable[[int], Sample]] = {
+        name: functools.partial(time_calls, way) for name, way in readers.items()
+    }
+    timers[ASYNC] = async_get
+    for timer in timers.values():
+        timer(max(1, calls // 10))  # warm up: connections open, code paths hot
+    samples: dict[str, list[Sample]] = {name: [] for name in timers}
     for n in range(rounds):
-        for name, way in readers.items():
-            samples[name].append(time_calls(way, calls))
-        samples["AsyncClient.get (asyncio)"].append(
-            time_async_calls(loop, lambda: async_client.get("big", id=1), calls)
-        )
+        parts: dict[str, list[Sample]] = {name: [] for name in timers}
+        for start in range(0, calls, STRIDE):
+            for name, timer in timers.items():
+                parts[name].append(timer(min(STRIDE, calls - start)))
+        for name, pieces in parts.items():
+            times = [t for piece in pieces for t in piece.times]
+            cpu = sum(piece.cpu * len(piece.times) for piece in pieces) / len(times)
+            samples[name].append(Sample(times, cpu))
         medians = ", ".join(
             f"{statistics.median(s[-1].times):.0f}/{s[-1].cpu:.0f}" for s in samples.values()
         )
@@ -189,8 +207,6 @@ def measure(
 
 def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> str:
     base_rounds = samples[BASE]
-    base_median = statistics.median(t for r in base_rounds for t in r.times)
-    base_cpu = statistics.median(r.cpu for r in base_rounds)
     lines = [
         f"`python -m bench.client_cost --rounds {args.rounds} --calls {args.calls}`: "
         f"{machine()}; {versions()}, redis-py {redis.__version__}, "
@@ -198,11 +214,13 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> str:
         f"Load average at the start {args.load:.1f}.",
         "",
         "A hit of a 10 KB JSON value (`GET /v1/jobs/big?id=1`, refresherd on Redis), one call at "
-        "a time from one thread on a kept-alive connection; every way in turn in each round. "
+        "a time from one thread on a kept-alive connection. "
         "Wall: the median and p99 of every call. CPU: the calling thread's CPU time per call "
         "(the median over the rounds), which the service's and the machine's load do not touch. "
         "Ratios: the median over the rounds of each way's median (or CPU) / raw http.client's "
-        "in the same round. Own: its median (or CPU) minus raw http.client's.",
+        "in the same round. Own: the median over the rounds of its median (or CPU) minus raw "
+        "http.client's in the same round. Within a round the ways take turns every "
+        f"{STRIDE} calls.",
         "",
         "| way | wall median µs | wall p99 µs | wall ratio | own wall µs "
         "| CPU µs | CPU ratio | own CPU µs |",
@@ -216,13 +234,19 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> str:
             for mine, base in zip(rounds, base_rounds, strict=True)
         ]
         cpu_ratios = [mine.cpu / base.cpu for mine, base in zip(rounds, base_rounds, strict=True)]
-        cpu = statistics.median(r.cpu for r in rounds)
-        median = statistics.median(times)
-        own[name] = (median - base_median, cpu - base_cpu)
+        own_wall = statistics.median(
+            statistics.median(mine.times) - statistics.median(base.times)
+            for mine, base in zip(rounds, base_rounds, strict=True)
+        )
+        own_cpu = statistics.median(
+            mine.cpu - base.cpu for mine, base in zip(rounds, base_rounds, strict=True)
+        )
+        own[name] = (own_wall, own_cpu)
         lines.append(
-            f"| {name} | {median:.0f} | {p99(times):.0f} "
-            f"| {statistics.median(wall_ratios):.2f}× | {median - base_median:+.0f} | {cpu:.0f} "
-            f"| {statistics.median(cpu_ratios):.2f}× | {cpu - base_cpu:+.0f} |"
+            f"| {name} | {statistics.median(times):.0f} | {p99(times):.0f} "
+            f"| {statistics.median(wall_ratios):.2f}× | {own_wall:+.0f} "
+            f"| {statistics.median(r.cpu for r in rounds):.0f} "
+            f"| {statistics.median(cpu_ratios):.2f}× | {own_cpu:+.0f} |"
         )
     now, before = own[NOW], own[BEFORE]
     lines += [
