@@ -7,9 +7,9 @@ L{AsyncHTTPTransport}, HTTP/1.1 on asyncio streams kept alive.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -64,9 +64,7 @@ class AsyncHTTPTransport:
     def __init__(self, context: ssl.SSLContext | None = None, max_idle: int = MAX_IDLE) -> None:
         self._context = context
         self._max_idle = max_idle
-        self._idle: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, list[_Connection]]
-        ] = weakref.WeakKeyDictionary()
+        self._idle: dict[asyncio.AbstractEventLoop, dict[str, list[_Connection]]] = {}
         self._closed = False
 
     async def send(
@@ -77,6 +75,7 @@ class AsyncHTTPTransport:
         origin = request.origin
         pools = self._idle.get(loop := asyncio.get_running_loop())
         if pools is None:
+            self._forget_closed_loops()
             pools = self._idle.setdefault(loop, {})
         idle = pools.setdefault(origin.base, [])
         head = request_head(
@@ -126,6 +125,22 @@ class AsyncHTTPTransport:
             else:
                 writer.close()
             return Response(answer.status, answer.reason, answer.headers, answer.body)
+
+    def _forget_closed_loops(self) -> None:
+        """
+        Drop the connections of event loops closed since (one per request of a
+        sync view run by asgiref's C{async_to_sync}, one per C{asyncio.run}):
+        each is shut down at once, so the service sees it end, and its socket is
+        closed as it is collected (its loop cannot close it any more).
+        """
+        for loop in [loop for loop in self._idle if loop.is_closed()]:
+            for idle in self._idle.pop(loop).values():
+                for _, writer in idle:
+                    sock = writer.get_extra_info("socket")
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except (AttributeError, OSError):
+                        pass  # no socket, or one already shut
 
     async def _connect(self, origin: Origin, connect_timeout: float) -> _Connection:
         context = None

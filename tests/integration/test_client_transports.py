@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from refresherd.client import AsyncClient, Client, Unreachable
+from tests.harness import wait_until
 
 HIT = {"job": "j", "key": "rfd:j:v1:", "status": "hit", "value": 1}
 
@@ -33,6 +34,7 @@ class Scripted:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
+        self.ended = 0
         self.requests: list[bytes] = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -53,6 +55,13 @@ class Scripted:
             threading.Thread(target=self.serve, args=(connection,), daemon=True).start()
 
     def serve(self, connection: socket.socket) -> None:
+        try:
+            self.converse(connection)
+        finally:
+            with self.lock:
+                self.ended += 1
+
+    def converse(self, connection: socket.socket) -> None:
         buffer = b""
         with connection:
             while True:
@@ -260,3 +269,15 @@ def test_a_kept_connection_on_a_descriptor_above_1024_is_reused(server: Scripted
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert server.connections == 1
+
+
+def test_an_async_client_used_by_one_event_loop_after_another_keeps_only_the_live_ones(
+    server: Scripted,
+) -> None:
+    client = AsyncClient(server.url, server.url)
+    pools = client._transport._idle  # type: ignore[attr-defined]
+    for _ in range(3):
+        assert asyncio.run(client.get("ok")) == HIT
+        assert len(pools) == 1  # the closed loops' connections are forgotten
+    assert server.connections == 3
+    wait_until(lambda: server.ended == 2)  # and shut down: the server saw them end
