@@ -33,7 +33,7 @@ from refresherd.client.calls import (
     failure_of,
 )
 from refresherd.client.errors import ServiceError, Unreachable
-from refresherd.client.http11 import MAX_HEAD, BadAnswer, read_answer, request_head
+from refresherd.client.http11 import MAX_HEAD, Answer, BadAnswer, read_answer, request_head
 from refresherd.client.transports import MAX_IDLE
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -96,7 +96,16 @@ class AsyncHTTPTransport:
             try:
                 async with asyncio.timeout(timeout):
                     writer.write(head)
-                    await writer.drain()
+                    try:
+                        await writer.drain()
+                    except (ConnectionResetError, BrokenPipeError):
+                        # Refused at its head (a 401 before a large body was taken): the
+                        # answer may have come before the connection was closed.
+                        early = await _answer_after_failed_write(reader, request.method)
+                        if early is None:
+                            raise
+                        writer.close()
+                        return Response(early.status, early.reason, early.headers, early.body)
                     answer = await read_answer(reader, request.method)
             except asyncio.IncompleteReadError as e:
                 writer.close()
@@ -164,6 +173,21 @@ class AsyncHTTPTransport:
         for idle in here.values():
             for _, writer in idle:
                 writer.close()
+
+
+async def _answer_after_failed_write(reader: asyncio.StreamReader, method: str) -> Answer | None:
+    """
+    The answer the service sent before it closed the connection a request was
+    sent on, from what C{reader} holds (it refuses to be read once the
+    connection failed, so its buffer is read as it is).
+    """
+    buffered = asyncio.StreamReader()
+    buffered.feed_data(bytes(getattr(reader, "_buffer", b"")))
+    buffered.feed_eof()
+    try:
+        return await read_answer(buffered, method)
+    except (asyncio.IncompleteReadError, BadAnswer):
+        return None
 
 
 class AsyncClient:

@@ -87,7 +87,17 @@ class HTTPTransport:
                 if connection.timeout != timeout:  # a system call: only when it changes
                     connection.sock.settimeout(timeout)
                     connection.timeout = timeout
-                connection.request(request.method, request.target, request.body, headers)
+                try:
+                    connection.request(request.method, request.target, request.body, headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    # Refused at its head (a 401 before a large body was taken): the
+                    # answer may have come before the connection was closed.
+                    early = _answer_after_failed_write(connection)
+                    if early is None:
+                        raise
+                    answer, body = early
+                    connection.close()
+                    return Response(answer.status, answer.reason, answer.msg, body)
                 answer = connection.getresponse()
                 body = answer.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
@@ -150,6 +160,17 @@ class HTTPTransport:
                     idle.pop().close()
                 except IndexError:
                     break
+
+
+def _answer_after_failed_write(
+    connection: http.client.HTTPConnection,
+) -> tuple[http.client.HTTPResponse, bytes] | None:
+    """The answer the service sent before it closed the connection a request was sent on."""
+    try:
+        answer = connection.getresponse()
+        return answer, answer.read()
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def _dropped(connection: http.client.HTTPConnection) -> bool:

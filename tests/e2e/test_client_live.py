@@ -229,6 +229,22 @@ def test_put_needs_a_write_token(reader: Client) -> None:
     assert raised.value.status == 403
 
 
+def test_a_large_put_refused_at_its_head_gets_its_error_object(
+    service: Service, reader: Client
+) -> None:
+    # The service answers and closes before it takes the body: the clients read that answer.
+    large = b"x" * 30_000_000
+    with pytest.raises(Forbidden):
+        reader.put("motd", large, lang="en")
+
+    async def put() -> None:
+        async with AsyncClient(service.url, service.admin_url, token=READ) as client:
+            with pytest.raises(Forbidden):
+                await client.put("motd", large, lang="en")
+
+    asyncio.run(put())
+
+
 def test_put_to_a_job_that_is_not_writable_is_forbidden(writer: Client) -> None:
     with pytest.raises(Forbidden, match=r"'user' is not writable: set writable = true"):
         writer.put("user", "forged", name="eve")

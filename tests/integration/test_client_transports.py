@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from refresherd.client import AsyncClient, Client, Unreachable
+from refresherd.client import AsyncClient, Client, Unauthorized, Unreachable
 from tests.harness import wait_until
 
 HIT = {"job": "j", "key": "rfd:j:v1:", "status": "hit", "value": 1}
@@ -76,12 +76,20 @@ class Scripted:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value)
+                path = head.split(b" ")[1].split(b"?")[0]
+                if path.endswith(b"/refused"):  # answered at its head, the body left unread
+                    body = json.dumps({"error": {"code": "unauthorized", "message": "no"}})
+                    connection.sendall(
+                        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(body), body.encode())
+                    )
+                    return
                 while len(buffer) < length:
                     buffer += connection.recv(65536)
                 buffer = buffer[length:]
                 with self.lock:
                     self.requests.append(head)
-                path = head.split(b" ")[1].split(b"?")[0]
                 if not self.answer(connection, path):
                     return
 
@@ -127,17 +135,24 @@ Get = Callable[..., Any]
 
 
 def sync_gets(url: str, **options: Any) -> Iterator[Get]:
+    """C{get} of a L{Client}; with C{put=BODY}, a C{put} of it instead."""
     with Client(url, url, **options) as client:
-        yield client.get
+
+        def get(job: str, put: bytes | None = None, **kwargs: Any) -> Any:
+            return client.get(job, **kwargs) if put is None else client.put(job, put)
+
+        yield get
 
 
 def async_gets(url: str, **options: Any) -> Iterator[Get]:
-    """C{get} of an L{AsyncClient}, each call run to its end on one event loop."""
+    """As L{sync_gets}, of an L{AsyncClient}, each call run to its end on one event loop."""
     loop = asyncio.new_event_loop()
     client = AsyncClient(url, url, **options)
 
-    def get(*args: Any, **kwargs: Any) -> Any:
-        coroutine: Awaitable[Any] = client.get(*args, **kwargs)
+    def get(job: str, put: bytes | None = None, **kwargs: Any) -> Any:
+        coroutine: Awaitable[Any] = (
+            client.get(job, **kwargs) if put is None else client.put(job, put)
+        )
         return loop.run_until_complete(coroutine)
 
     try:
@@ -281,3 +296,17 @@ def test_an_async_client_used_by_one_event_loop_after_another_keeps_only_the_liv
         assert len(pools) == 1  # the closed loops' connections are forgotten
     assert server.connections == 3
     wait_until(lambda: server.ended == 2)  # and shut down: the server saw them end
+
+
+@CLIENTS
+def test_an_answer_sent_before_the_body_was_taken_is_read_after_the_failed_write(
+    server: Scripted, gets: Callable[..., Iterator[Get]]
+) -> None:
+    """A PUT refused at its head (401): its error object, not a reset connection."""
+    body = b"x" * 30_000_000
+    for get in gets(server.url):
+        assert get("ok") == HIT  # a kept connection, as for the PUT that follows
+        with pytest.raises(Unauthorized) as raised:
+            get("refused", put=body)
+        assert (raised.value.status, raised.value.message) == (401, "no")
+        assert get("ok") == HIT
