@@ -154,7 +154,9 @@ class AsyncHTTPTransport:
     async def _connect(self, origin: Origin, connect_timeout: float) -> _Connection:
         context = None
         if origin.scheme == "https":
-            context = self._context or ssl.create_default_context()
+            if self._context is None:  # made once: it reads the system's certificates
+                self._context = ssl.create_default_context()
+            context = self._context
         try:
             async with asyncio.timeout(connect_timeout):
                 return await asyncio.open_connection(

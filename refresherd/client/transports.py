@@ -133,7 +133,9 @@ class HTTPTransport:
     def _connect(self, origin: Origin, connect_timeout: float) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection
         if origin.scheme == "https":
-            context = self._context or ssl.create_default_context()
+            if self._context is None:  # made once: it reads the system's certificates
+                self._context = ssl.create_default_context()
+            context = self._context
             connection = http.client.HTTPSConnection(
                 origin.host, origin.port, timeout=connect_timeout, context=context
             )

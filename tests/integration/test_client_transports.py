@@ -14,14 +14,23 @@ import json
 import os
 import resource
 import socket
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import trustme
 
-from refresherd.client import AsyncClient, Client, Unauthorized, Unreachable
+from refresherd.client import (
+    AsyncClient,
+    AsyncHTTPTransport,
+    Client,
+    HTTPTransport,
+    Unauthorized,
+    Unreachable,
+)
 from tests.harness import wait_until
 
 HIT = {"job": "j", "key": "rfd:j:v1:", "status": "hit", "value": 1}
@@ -30,8 +39,9 @@ HIT = {"job": "j", "key": "rfd:j:v1:", "status": "hit", "value": 1}
 class Scripted:
     """A threaded HTTP/1.1 server answering each request as its path says."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
+        self.tls = tls
         self.port = self.listener.getsockname()[1]
         self.connections = 0
         self.ended = 0
@@ -42,7 +52,7 @@ class Scripted:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def accept(self) -> None:
         while not self.stopping.is_set():
@@ -52,6 +62,12 @@ class Scripted:
                 return
             with self.lock:
                 self.connections += 1
+            if self.tls is not None:
+                try:
+                    connection = self.tls.wrap_socket(connection, server_side=True)
+                except OSError:
+                    connection.close()
+                    continue
             threading.Thread(target=self.serve, args=(connection,), daemon=True).start()
 
     def serve(self, connection: socket.socket) -> None:
@@ -310,3 +326,22 @@ def test_an_answer_sent_before_the_body_was_taken_is_read_after_the_failed_write
             get("refused", put=body)
         assert (raised.value.status, raised.value.message) == (401, "no")
         assert get("ok") == HIT
+
+
+@CLIENTS
+def test_a_kept_tls_connection_serves_the_next_requests(
+    gets: Callable[..., Iterator[Get]],
+) -> None:
+    authority = trustme.CA()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(served)
+    trusted = ssl.create_default_context()
+    authority.configure_trust(trusted)
+    server = Scripted(tls=served)
+    transport = HTTPTransport(trusted) if gets is sync_gets else AsyncHTTPTransport(trusted)
+    try:
+        for get in gets(server.url, transport=transport):
+            assert [get("ok", n=i) for i in range(3)] == [HIT] * 3
+        assert server.connections == 1
+    finally:
+        server.stop()
