@@ -264,6 +264,10 @@ class RedisStore(Service):
     _tracking_refused: str | None = attrs.field(init=False, repr=False, default=None)
     _refusal: str | None = attrs.field(init=False, repr=False, default=None)
     _readiness: list[Deferred[None]] = attrs.field(init=False, repr=False, factory=list)
+    _starting: list[Deferred[None]] | None = attrs.field(init=False, repr=False, factory=list)
+    """The calls made before the first connection attempt ended, which wait for
+    it (within their deadline); None once it has: calls then fail at once
+    while the store is down."""
     _waiters: ChangeWaiters = attrs.field(
         init=False,
         repr=False,
@@ -338,6 +342,7 @@ class RedisStore(Service):
         if self._roles is not None and self._roles.running:
             self._roles.stop()
         self._commands = self._subscriber = self._redirected = None
+        self._started()
         readiness, self._readiness = self._readiness, []
         for d in readiness:
             d.errback(StoreUnavailable(f"the Redis store of {self.address} was stopped"))
@@ -538,6 +543,8 @@ class RedisStore(Service):
         L{StoreUnavailable}.
         """
         connection = self._commands
+        if connection is None and self._starting is not None and self.running:
+            return self._after_start(operation, command)
         if connection is None:
             why = f": {self._refusal}" if self._refusal else ""
             return defer.fail(
@@ -546,6 +553,36 @@ class RedisStore(Service):
         d = defer.maybeDeferred(command, connection)
         d.addTimeout(self.timeout, self.reactor)
         return d.addErrback(self._unavailable, operation, connection)
+
+    def _after_start(
+        self, operation: str, command: Callable[[Any], Deferred[Any]]
+    ) -> Deferred[Any]:
+        """
+        A call made while the store is still connecting for the first time (a
+        request that reached a process just started) waits for that attempt
+        rather than failing as if Redis were down, within its deadline.
+        """
+        assert self._starting is not None
+        waiting: Deferred[None] = Deferred(self._starting.remove)
+        self._starting.append(waiting)
+        waiting.addTimeout(self.timeout, self.reactor)
+
+        def late(failure: Failure) -> Failure:
+            failure.trap(defer.TimeoutError)
+            return Failure(
+                StoreUnavailable(
+                    f"Redis at {self.address} was not connected within {self.timeout:g} s"
+                )
+            )
+
+        waiting.addCallbacks(lambda _: self._call(operation, command), late)
+        return waiting
+
+    def _started(self) -> None:
+        """The first connection attempt has ended: the calls waiting for it go on."""
+        waiting, self._starting = self._starting, None
+        for d in waiting or ():
+            d.callback(None)
 
     def _unavailable(self, failure: Failure, operation: str, connection: Any) -> Failure:
         where = f"Redis at {self.address}"
@@ -596,6 +633,7 @@ class RedisStore(Service):
             self._listen()
         if not subscriber:
             self._ask_role()
+            self._started()
 
     def _redirect(self) -> None:
         """
@@ -767,6 +805,7 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
         txredisapi counts a connection it refused as a success and would
         otherwise start again from the shortest.
         """
+        self.store._started()  # an attempt failed: calls fail at once from now on
         if self.store._refusal is not None:
             return RECONNECT_MAX_DELAY
         delay: float = super().retryDelay(attempt)

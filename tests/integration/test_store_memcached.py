@@ -794,6 +794,29 @@ class MemcachedPoolTests(MemcachedTestCase):
             self.assertEqual(int(server.stats()["curr_items"]), expected[id(server)])
             self.assertGreater(expected[id(server)], 0)
 
+    async def test_calls_made_while_it_first_connects_go_to_the_servers_the_ring_says(
+        self,
+    ) -> None:
+        # Requests reaching a process just started: not servers down.
+        servers = [self.own_server() for _ in range(3)]
+        store = self.new_store(*servers)
+        keys = [self.unique_key(id=str(i)) for i in range(12)]
+        for key in keys:
+            self.assertIs(await store.put(key, sample_entry(), LONG_TTL), True)
+        ring = Ring([(s.address, s) for s in servers])
+        for key in keys:
+            self.assertIs(self.holder(servers, key), ring.server(key.encode()))
+
+    async def test_a_server_down_at_start_delays_the_first_calls_only_its_attempt(self) -> None:
+        up, down = self.own_server(), self.own_server()
+        down.stop()
+        store = self.new_store(up, down, timeout=1.0)
+        key = self.unique_key(id="1")
+        start = time.monotonic()
+        await store.put(key, sample_entry(), LONG_TTL)  # the next server when its own is down
+        self.assertLess(time.monotonic() - start, 0.5)
+        self.assertEqual(await store.get(key), sample_entry())
+
     async def test_a_killed_server_is_skipped_and_every_call_answers_in_time(self) -> None:
         servers = [self.own_server() for _ in range(3)]
         store = await self.ready_store(*servers, timeout=1.0)

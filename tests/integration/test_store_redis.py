@@ -343,6 +343,22 @@ class RedisOutageTests(RedisTestCase):
             self.assertLess(time.monotonic() - start, within)
             self.assertNotIn("\n", raised.exception.message)
 
+    async def test_calls_made_while_it_first_connects_wait_for_the_connection(self) -> None:
+        # A request reaching a process just started: not an outage.
+        store = self.new_store()
+        key = self.unique_key(id="1")
+        self.assertIs(await store.put(key, sample_entry(), LONG_TTL), True)
+        self.assertEqual(await store.get(key), sample_entry())
+
+    async def test_a_store_that_cannot_connect_at_start_fails_calls_at_once(self) -> None:
+        server = self.own_server()
+        server.kill()
+        store = self.new_store(server, timeout=1.0)
+        # The first calls wait for the first attempt (refused at once), the later ones not at all.
+        await self.assertEveryCallUnavailable(store, within=1.0 + 0.3)
+        await sleep(0.2)
+        await self.assertEveryCallUnavailable(store, within=0.1)
+
     async def test_killed_redis_fails_every_call_within_the_deadline(self) -> None:
         server = self.own_server()
         store = await self.ready_store(server, timeout=1.0)

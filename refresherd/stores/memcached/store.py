@@ -139,6 +139,8 @@ class _Server:
     losses: int = 0
     up_since: float = 0.0
     warned_limit: bool = False
+    attempted: bool = False
+    """Whether its first connection attempt has ended (connected or not)."""
 
     @property
     def address(self) -> str:
@@ -193,6 +195,9 @@ class MemcachedStore(Service):
     _pool: list[_Server] = attrs.field(init=False, repr=False, factory=list)
     _ring: Ring[_Server] = attrs.field(init=False, repr=False)
     _readiness: list[Deferred[None]] = attrs.field(init=False, repr=False, factory=list)
+    _starting: list[Deferred[None]] | None = attrs.field(init=False, repr=False, factory=list)
+    """The calls made before every server's first connection attempt ended,
+    which wait for them (within their deadline); None once they have."""
     _spoiled: set[str] = attrs.field(init=False, repr=False, factory=set)
     """Generations whose chunks a read found not to match their manifest: never renewed."""
     _waiters: ChangeWaiters = attrs.field(
@@ -250,10 +255,14 @@ class MemcachedStore(Service):
                 clock=self.reactor,
             )
             server.service.startService()
+            first = server.service.whenConnected(failAfterFailures=1)
+            first.addErrback(lambda _, server: self._attempted(server), server)
 
     def stopService(self) -> Deferred[None]:
         """Disconnect from every server; fires once every connection is closed."""
         super().stopService()
+        for server in self._pool:
+            self._attempted(server)
         readiness, self._readiness = self._readiness, []
         for d in readiness:
             d.errback(StoreUnavailable(f"the memcached store of {self.addresses} was stopped"))
@@ -420,6 +429,7 @@ class MemcachedStore(Service):
 
     async def _get_many(self, keys: Sequence[str], deadline: float) -> dict[str, bytes]:
         """The values of those of C{keys} that exist: one multi-get per server and batch."""
+        await self._started(deadline)
         by_server: dict[_Server, list[bytes]] = {}
         for key in keys:
             k = check_key(key)
@@ -653,6 +663,30 @@ class MemcachedStore(Service):
     def _deadline(self) -> float:
         return float(self.reactor.seconds()) + self.timeout
 
+    async def _started(self, deadline: float) -> None:
+        """
+        A call made while the store is still connecting for the first time (a
+        request that reached a process just started) waits for every server's
+        first attempt rather than routing as if some were down, until its deadline.
+        """
+        if self._starting is None or not self.running:
+            return
+        waiting: Deferred[None] = Deferred(self._starting.remove)
+        self._starting.append(waiting)
+        waiting.addTimeout(max(deadline - self.reactor.seconds(), 0.0), self.reactor)
+        try:
+            await waiting
+        except defer.TimeoutError:
+            pass  # routed as things are: a server not connected yet is skipped
+
+    def _attempted(self, server: _Server) -> None:
+        """C{server}'s first connection attempt has ended; once all have, waiting calls go on."""
+        server.attempted = True
+        if self._starting is not None and all(s.attempted for s in self._pool):
+            waiting, self._starting = self._starting, None
+            for d in waiting:
+                d.callback(None)
+
     def _route(self, key: bytes, tried: Sequence[_Server]) -> _Server:
         """
         The server for C{key}: the first one round the ring from it that is
@@ -686,6 +720,7 @@ class MemcachedStore(Service):
         answered comes with the reply, for a C{cas} that must go to the same one.
         """
         k = check_key(key)
+        await self._started(deadline)
         tried: list[_Server] = []
         while True:
             server = self._route(k, tried)
@@ -742,6 +777,7 @@ class MemcachedStore(Service):
             lambda settings: self._up(server, connection, settings),
             lambda _: connection.abort(),
         )
+        d.addBoth(lambda _: self._attempted(server))
 
     def _up(self, server: _Server, connection: _Connection, settings: dict[bytes, bytes]) -> None:
         if not self.running or connection.broken:
