@@ -56,6 +56,15 @@ class BadJson(RefresherdError):
     status, code = 400, "bad_json"
 
 
+class BadRequest(RefresherdError):
+    """
+    A request HTTP/1.1 itself cannot read: a malformed request line or
+    header, a body whose length could be read two ways.
+    """
+
+    status, code = 400, "bad_request"
+
+
 class BodyTooLarge(RefresherdError):
     """The request body is larger than the configured limit."""
 

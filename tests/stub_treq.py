@@ -11,6 +11,7 @@ where a type checker cannot see them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from treq import testing
 from treq.response import _Response
@@ -31,5 +32,13 @@ class StubTreq(testing.StubTreq):
     flush: Callable[[], None]
     """Deliver what the resource has answered so far."""
 
-    def __init__(self, resource: IResource) -> None:
+    def __init__(self, resource: IResource, site: Callable[[Any], Any] | None = None) -> None:
+        """
+        C{site}, if given, makes the server's factory from the in-memory
+        reactor in place of twisted.web's C{Site} (L{WireSite}: the public
+        listener's llhttp channel).
+        """
         super().__init__(resource)
+        if site is not None:
+            agent: Any = self._agent
+            agent._serverFactory = site(agent._memoryReactor)

@@ -132,6 +132,12 @@ class HeadersTooLarge(ServiceError):
     code = "headers_too_large"
 
 
+class BadRequest(ServiceError):
+    """The request is not HTTP/1.1 the service reads (a malformed request line or header)."""
+
+    code = "bad_request"
+
+
 class Unauthorized(ServiceError):
     """No token was given, or the service does not know it."""
 
@@ -211,6 +217,7 @@ ERRORS: Mapping[str, type[ServiceError]] = {
         BatchTooLarge,
         UriTooLong,
         HeadersTooLarge,
+        BadRequest,
     )
 }
 """The L{ServiceError} subclass of each error code (docs/README.md, "Errors")."""
@@ -232,6 +239,7 @@ STATUSES: Mapping[str, int] = {
     "batch_too_large": 413,
     "uri_too_long": 414,
     "headers_too_large": 431,
+    "bad_request": 400,
 }
 """
 The HTTP status of each error code (docs/README.md, "Errors"); an item of a

@@ -25,6 +25,7 @@ from werkzeug.routing import RequestRedirect
 from refresherd.entry import Entry, is_json_content_type
 from refresherd.errors import BadArgs, MethodNotAllowed, NotFound, RefresherdError, Unauthorized
 from refresherd.http.site import LimitedRequest
+from refresherd.http.wire import QuickRequest
 from refresherd.metrics import Metrics
 
 JSON = b"application/json"
@@ -133,7 +134,7 @@ def observe(
                 client=client,
             )
 
-    if isinstance(web_request, LimitedRequest):
+    if isinstance(web_request, LimitedRequest | QuickRequest):
         web_request.when_answered = done
     else:  # A request of another Site (tests' StubTreq).
         web_request.notifyFinish().addBoth(done)

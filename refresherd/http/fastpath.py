@@ -25,6 +25,7 @@ from refresherd.http.answers import Bodies, render_answer
 from refresherd.http.auth import Authorizer
 from refresherd.http.common import header, observe, query, render_error, render_unexpected
 from refresherd.http.query import parse_query
+from refresherd.http.wire import QuickRequest
 from refresherd.metrics import Metrics
 
 TARGETS_KEPT = 4096
@@ -128,6 +129,43 @@ _RAW = b"/raw"
 _NAME = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 
 
+def value_route(path: bytes) -> tuple[str, bool] | None:
+    """
+    The job name of C{/v1/jobs/{job}} and whether it is C{.../raw}; None for
+    any other path, or a name Klein would have to decode.
+    """
+    if not path.startswith(_JOBS):
+        return None
+    name = path[len(_JOBS) :]
+    raw = name.endswith(_RAW)
+    if raw:
+        name = name[: -len(_RAW)]
+    if _NAME.fullmatch(name):
+        return name.decode("ascii"), raw
+    return None
+
+
+@attrs.define
+class QuickValues:
+    """
+    C{GET}/C{HEAD} of a value on the public listener's L{WireChannel}, without
+    twisted.web: L{Values} on a L{QuickRequest}, the answer written in one piece.
+    """
+
+    values: Values
+
+    def answer(self, request: QuickRequest) -> bool:
+        route = value_route(request.path)
+        if route is None:
+            return False
+        answering = self.values.value(request, route[0], route[1])  # type: ignore[arg-type]
+        if isinstance(answering, bytes):
+            request.respond(answering)
+        else:
+            answering.addCallback(request.respond)
+        return True
+
+
 class FastValues(Resource):
     """
     The root resource of the public listener: L{Values} answers C{GET} and
@@ -143,14 +181,10 @@ class FastValues(Resource):
         self.other = other
 
     def render(self, request: IRequest) -> Any:
-        path: bytes = request.path
-        if request.method in (b"GET", b"HEAD") and path.startswith(_JOBS):
-            name = path[len(_JOBS) :]
-            raw = name.endswith(_RAW)
-            if raw:
-                name = name[: -len(_RAW)]
-            if _NAME.fullmatch(name):
-                return self._answer(request, self.values.value(request, name.decode("ascii"), raw))
+        if request.method in (b"GET", b"HEAD"):
+            route = value_route(request.path)
+            if route is not None:
+                return self._answer(request, self.values.value(request, route[0], route[1]))
         return self.other.render(request)
 
     @staticmethod

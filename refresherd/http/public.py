@@ -45,7 +45,7 @@ from refresherd.http.common import (
     observe,
     query,
 )
-from refresherd.http.fastpath import FastValues, Values
+from refresherd.http.fastpath import FastValues, QuickValues, Values
 from refresherd.http.query import parse_query
 from refresherd.metrics import Metrics
 
@@ -76,6 +76,10 @@ class PublicAPI:
 
     def resource(self) -> Any:
         return FastValues(self.values, guarded(self.app.resource()))
+
+    def quick(self) -> QuickValues:
+        """What answers a value's C{GET}/C{HEAD} on the public listener before L{resource}."""
+        return QuickValues(self.values)
 
     def body_limit(self, method: bytes, path: bytes) -> int:
         """

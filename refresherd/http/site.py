@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
@@ -215,7 +215,24 @@ class LimitedRequest(server.Request):
             self.processingFailed(Failure())
 
 
-def _transport(channel: http.HTTPChannel) -> Any:
+class Connection(Protocol):
+    """
+    What a L{LimitedSite} keeps of each of its connections: a
+    L{DeadlineChannel}, or the public listener's
+    L{refresherd.http.wire.WireChannel}.
+    """
+
+    address: str | None
+    persistent: int
+
+    @property
+    def transport(self) -> Any: ...
+
+    @property
+    def head_arriving(self) -> bool: ...
+
+
+def _transport(channel: Connection) -> Any:
     """The TCP (or UNIX) transport of a connected channel: it can abort."""
     return channel.transport
 
@@ -248,9 +265,9 @@ class DeadlineChannel(http.HTTPChannel):
     _timer: IDelayedCall | None = None
     _wake_at = math.inf
     """When L{_timer} fires (infinity: not set)."""
-    _idle: dict[DeadlineChannel, None]
+    _idle: dict[Connection, None]
     """L{LimitedSite.idle}."""
-    _heads: dict[DeadlineChannel, None]
+    _heads: dict[Connection, None]
     """L{LimitedSite.heads}."""
     _host: IAddress | None = None
     _peer: IAddress | None = None
@@ -389,10 +406,10 @@ class LimitedSite(server.Site):
         self.max_connections_per_address = max_connections_per_address
         """0: no bound."""
         self.head_timeout = head_timeout
-        self.channels: set[DeadlineChannel] = set()
-        self.idle: dict[DeadlineChannel, None] = {}
+        self.channels: set[Connection] = set()
+        self.idle: dict[Connection, None] = {}
         """Connections with no request under way, the longest idle first (kept by each)."""
-        self.heads: dict[DeadlineChannel, None] = {}
+        self.heads: dict[Connection, None] = {}
         """
         Connections whose request has begun, the first to begin first (kept by
         each, and here: one whose head is in is dropped when L{_make_room} meets it).
@@ -411,7 +428,7 @@ class LimitedSite(server.Site):
             self._date = (second, http.datetimeToString(second))
         return self._date[1]
 
-    def buildProtocol(self, addr: IAddress) -> DeadlineChannel | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress) -> Any:  # type: ignore[override]
         address = getattr(addr, "host", None) if self.max_connections_per_address else None
         if address is not None and self._per_address.get(address, 0) >= (
             self.max_connections_per_address
@@ -419,7 +436,7 @@ class LimitedSite(server.Site):
             return None
         if len(self.channels) >= self.max_connections and not self._make_room():
             return None
-        channel: DeadlineChannel = super().buildProtocol(addr)
+        channel: Connection = super().buildProtocol(addr)
         channel.address = address
         return channel
 
@@ -438,14 +455,14 @@ class LimitedSite(server.Site):
                     return True
         return False
 
-    def opened(self, channel: DeadlineChannel) -> None:
+    def opened(self, channel: Connection) -> None:
         """A connection is made: idle until its first byte."""
         self.channels.add(channel)
         self.idle[channel] = None
         if channel.address is not None:
             self._per_address[channel.address] = self._per_address.get(channel.address, 0) + 1
 
-    def _forget(self, channel: DeadlineChannel) -> bool:
+    def _forget(self, channel: Connection) -> bool:
         """Count C{channel} no more; C{False} if it was not counted."""
         self.idle.pop(channel, None)
         self.heads.pop(channel, None)
@@ -460,7 +477,7 @@ class LimitedSite(server.Site):
                 del self._per_address[channel.address]
         return True
 
-    def channel_closed(self, channel: DeadlineChannel) -> None:
+    def channel_closed(self, channel: Connection) -> None:
         self._forget(channel)
         if not self.channels and self._closed is not None:
             closed, self._closed = self._closed, None
@@ -510,7 +527,7 @@ class LimitedSite(server.Site):
         """
         if isinstance(request, LimitedRequest):
             request.answered()
-        channel: DeadlineChannel = request.channel  # type: ignore[assignment]
+        channel: Connection = request.channel  # type: ignore[assignment]
         if channel.persistent:  # Idle, unless a request that came meanwhile begins now.
             self.heads.pop(channel, None)
             if self.winding_down:

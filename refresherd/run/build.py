@@ -29,6 +29,7 @@ from refresherd.http.admin import AdminAPI
 from refresherd.http.auth import Authorizer, is_loopback_ip
 from refresherd.http.public import PublicAPI
 from refresherd.http.site import LimitedSite
+from refresherd.http.wire import WireSite
 from refresherd.logs import JSONLinesObserver, LazyFlushFile, LogOutput, text_observer
 from refresherd.metrics import MULTIPROCESS_DIR
 from refresherd.run.services import (
@@ -180,13 +181,14 @@ def build_service(
         reactor,
         fallback=admin.resource() if settings.admin_mounted else None,
     )
-    public_site = LimitedSite(
+    public_site = WireSite(
         public.resource(),
         public.body_limit,
         reactor,
         check_head=authorizer.check_head,
         **connection_limits(config.server),
     )
+    public_site.quick = public.quick()
     signals = ShutdownSignals(reactor)
     if worker is not None:
         # The parent listens, serves the admin API and checked both endpoints.
@@ -203,7 +205,7 @@ def build_service(
             recent=recent,
         )
     ports = [listen(reactor, settings.listen.value, settings.listen.where, public_site)]
-    sites = [public_site]
+    sites: list[LimitedSite] = [public_site]
     try:
         ports += admin_listener(settings, admin, authorizer, reactor, sites, ports[0])
     except ConfigError:

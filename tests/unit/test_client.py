@@ -24,6 +24,7 @@ from refresherd.client import (
     ERRORS,
     BadArgs,
     BadJson,
+    BadRequest,
     BadResponse,
     BatchTooLarge,
     BodyTooLarge,
@@ -386,6 +387,7 @@ ERROR_CODES = [
     ("batch_too_large", 413, BatchTooLarge),
     ("uri_too_long", 414, UriTooLong),
     ("headers_too_large", 431, HeadersTooLarge),
+    ("bad_request", 400, BadRequest),
 ]
 
 

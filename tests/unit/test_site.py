@@ -3,6 +3,10 @@ The HTTP server's limits (refresherd.http.site), driven without sockets: the
 channel built by L{LimitedSite} on a L{task.Clock}, connected to a
 L{StringTransport}, fed request bytes, and judged by the bytes it writes back
 and whether it closes or aborts the connection.
+
+Every test runs on both channels: twisted.web's (L{DeadlineChannel}, the
+admin listener's) and llhttp's (L{WireChannel} of L{WireSite}, the public
+listener's).
 """
 
 from __future__ import annotations
@@ -37,9 +41,20 @@ from refresherd.http.site import (
     HeadCheck,
     LimitedSite,
 )
+from refresherd.http.wire import WireSite
 
 LIMIT = 10
 PUT_LIMIT = 100
+
+SITES: list[type[LimitedSite]] = [LimitedSite, WireSite]
+_site_class: list[type[LimitedSite]] = [LimitedSite]
+
+
+@pytest.fixture(autouse=True, params=SITES, ids=["twisted-web", "llhttp"])
+def site_class(request: pytest.FixtureRequest) -> type[LimitedSite]:
+    """The site every test of this module builds: each test runs on both."""
+    _site_class[0] = request.param
+    return _site_class[0]
 
 
 class AbortableTransport(StringTransport):
@@ -81,7 +96,10 @@ class Server:
 
     def build(self, host: str = "127.0.0.1") -> DeadlineChannel | None:
         self.port += 1
-        return self.site.buildProtocol(IPv4Address("TCP", host, self.port))
+        channel: DeadlineChannel | None = self.site.buildProtocol(
+            IPv4Address("TCP", host, self.port)
+        )
+        return channel
 
     def connect(self, host: str = "127.0.0.1") -> tuple[DeadlineChannel, AbortableTransport]:
         proto = self.build(host)
@@ -107,7 +125,7 @@ def make_server(
             return body_limit(method, path)
         return LIMIT
 
-    site = LimitedSite(
+    site = _site_class[0](
         resource,
         limit,
         reactor=clock,
@@ -452,10 +470,15 @@ def test_the_most_headers_read_reach_the_resource(server: Server) -> None:
     assert parse_response(transport.value()).body == b"ok"
 
 
-def test_a_request_twisted_web_cannot_read_still_gets_its_bare_400(server: Server) -> None:
+def test_a_request_twisted_web_cannot_read_still_gets_its_bare_400(
+    server: Server, site_class: type[LimitedSite]
+) -> None:
     proto, transport = server.connect()
     proto.dataReceived(b"GET /a HTTP/1.1\r\nNo colon here\r\n\r\n")
-    assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n"
+    if site_class is WireSite:  # llhttp's channel answers with the error object
+        assert_refused(transport, b"400", "bad_request")
+    else:
+        assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n"
     assert transport.disconnecting
 
 
@@ -946,7 +969,7 @@ def test_requests_are_what_twisted_web_makes_of_them(
 ) -> None:
     """The shortcuts of LimitedRequest change nothing that a resource or client sees."""
     plain = answers(Site(root(), reactor=Clock()), request_bytes)
-    limited = answers(LimitedSite(root(), lambda m, p: 100, reactor=Clock()), request_bytes)
+    limited = answers(_site_class[0](root(), lambda m, p: 100, reactor=Clock()), request_bytes)
     assert limited == plain
     assert plain[0].startswith(b"HTTP/1.1 ")
     if b"boom" in request_bytes:  # both logged the resource's failure

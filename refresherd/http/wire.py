@@ -1,0 +1,609 @@
+"""
+The public listener's HTTP/1.1 connections, parsed in C by llhttp (through
+C{httptools}) on Twisted's reactor, with the limits of L{refresherd.http.site}.
+
+L{WireChannel} reads requests and keeps them in order; L{WireSite} is the
+L{LimitedSite} that builds it (the same connection bounds, deadlines, head
+checks and body limits).  A request is answered in one of two ways:
+
+- C{GET}/C{HEAD} of a value (C{/v1/jobs/{job}} and C{/v1/jobs/{job}/raw}),
+  nearly all traffic, by the site's C{quick} answerer
+  (L{refresherd.http.fastpath.QuickValues}) on a L{QuickRequest}: no
+  twisted.web C{Request}, no resource lookup, the answer written in one
+  piece;
+- anything else by the site's twisted.web resource tree, on a
+  L{refresherd.http.site.LimitedRequest} made as twisted.web's own channel
+  makes it, the channel standing in for twisted.web's.
+
+What the parser refuses (a malformed request line or header, obsolete line
+folding, a bare CR or LF, both C{Content-Length} and C{Transfer-Encoding}, a
+duplicate or invalid C{Content-Length}, a transfer coding other than
+C{chunked}, an HTTP version other than 1.0 and 1.1) gets 400 C{bad_request}
+and the connection closed.  Answers go out in the order the requests came;
+while one is under way, the requests after it are read (their limits
+enforced as they arrive) and wait, and reading pauses once one waits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Protocol
+
+import attrs
+import httptools
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http_headers import Headers
+
+from refresherd.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeadersTooLarge,
+    RefresherdError,
+    UriTooLong,
+)
+from refresherd.http.site import (
+    IDLE_TIMEOUT,
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_LINE,
+    REQUEST_DEADLINE,
+    LimitedRequest,
+    LimitedSite,
+    error_response,
+)
+
+_log = Logger()
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing: the request was refused."""
+
+
+class QuickAnswerer(Protocol):
+    """What answers C{GET}/C{HEAD} of values without twisted.web (L{QuickValues})."""
+
+    def answer(self, request: QuickRequest) -> bool:
+        """
+        Answer C{request} (now or later, by L{QuickRequest.respond}), or
+        return C{False} to leave it to the resource tree.
+        """
+
+
+@attrs.define(eq=False)
+class Incoming:
+    """A request as read: its head, and its body once it has come."""
+
+    method: bytes
+    uri: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]
+    length: int | None
+    """C{Content-Length}; None for a chunked body."""
+    limit: int
+    request: LimitedRequest | None = None
+    """The twisted.web request its body is read into (a request with a body)."""
+    received: int = 0
+    persistent: bool = True
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header C{name} (lower case), if any."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+@attrs.define(eq=False)
+class _Refusal:
+    """An error to answer once the requests before it are, then close."""
+
+    error: RefresherdError
+
+
+class WireChannel(TwistedProtocol):
+    """
+    One HTTP/1.1 connection of a L{WireSite}: requests parsed by llhttp,
+    answered in order, with the head and request deadlines, idle timeout and
+    place among the site's connections that L{refresherd.http.site} gives a
+    twisted.web channel.
+
+    It also stands in for twisted.web's channel for the L{LimitedRequest}s it
+    makes (C{site}, C{getPeer}, C{writeHeaders}, C{requestDone}, ...).
+    """
+
+    factory: WireSite
+    site: WireSite
+    """Its factory (set by twisted.web's C{Site.buildProtocol}), as a request reads it."""
+    address: str | None = None
+    """The client's address, when its site bounds the connections of each."""
+    persistent: int = True
+    """Whether the request under way leaves the connection open (read by L{LimitedSite.log})."""
+
+    _host: IAddress | None = None
+    _peer: IAddress | None = None
+    _timer: IDelayedCall | None = None
+    _wake_at = math.inf
+    _started: float | None = None
+    """When the first byte of the request arriving now came; none between requests."""
+    _head_from: float | None = None
+    """Whence the head arriving is timed; none once it is in."""
+    _last: float = 0.0
+    """When the connection last did something (a byte in, an answer out): for the idle timeout."""
+    _busy = False
+    """A request is being answered."""
+    _running = False
+    _closing = False
+    """Nothing more is read: a request was refused, or the last one read closes the connection."""
+    _current: LimitedRequest | QuickRequest | None = None
+    _incoming: Incoming | None = None
+    _url: bytes = b""
+    _head_size = 0
+    _header_count = 0
+    _unparsed = 0
+    """Bytes read since the parser last reported something (a head's line may wait in it)."""
+    _in_head = False
+    _paused = False
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Incoming | _Refusal] = deque()
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    # -- the connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        site = self.factory
+        transport: Any = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        self._last = self._head_from = site.reactor.seconds()
+        self._wake(self._last, site.head_timeout)
+        site.opened(self)
+
+    def getHost(self) -> IAddress:
+        if self._host is None:
+            self._host = self._transport().getHost()
+        return self._host
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = self._transport().getPeer()
+        return self._peer
+
+    def isSecure(self) -> bool:
+        return False
+
+    def _transport(self) -> Any:
+        return self.transport
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        now = self._last = self.factory.reactor.seconds()
+        if self._started is None:
+            self._started = now
+            if self._head_from is None:
+                self._head_from = now
+            due = self._head_from + self.factory.head_timeout
+            if due < self._wake_at:
+                self._wake(now, due - now)
+            self.factory.idle.pop(self, None)
+            self.factory.heads[self] = None
+        self._unparsed += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # After a request asking to switch protocols (or a CONNECT),
+            # answered as HTTP: nothing more is read.
+            self._closing = True
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _Stop):
+                raise
+        except httptools.HttpParserError as e:
+            reason = " ".join(str(e).split()) or "malformed"
+            self._refuse(BadRequest(f"the request is not valid HTTP/1.1: {reason}"))
+        if self._in_head and not self._closing and self._unparsed > MAX_HEAD:
+            # Bytes of a head none of whose lines ended: never buffered for ever.
+            self._refuse(HeadersTooLarge(f"the request head is larger than {MAX_HEAD} bytes"))
+        if self._queue and self._busy and not self._paused:
+            self._paused = True
+            self._transport().pauseProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closing = True
+        self._started = self._head_from = None
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer, self._wake_at = None, math.inf
+        current, self._current = self._current, None
+        self._queue.clear()
+        self.factory.channel_closed(self)
+        if current is not None:
+            current.connectionLost(reason)
+        incoming, self._incoming = self._incoming, None
+        if (
+            incoming is not None
+            and incoming.request is not None
+            and incoming.request is not current
+        ):
+            incoming.request.connectionLost(reason)
+
+    @property
+    def head_arriving(self) -> bool:
+        """Whether a request's head is awaited or arriving (on a new connection: from its start)."""
+        return self._head_from is not None and not self._busy and not self._closing
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def _wake(self, now: float, delay: float) -> None:
+        if self._timer is None:
+            self._timer = self.factory.reactor.callLater(delay, self._check_deadlines)
+        else:
+            self._timer.reset(delay)
+        self._wake_at = now + delay
+
+    def _check_deadlines(self) -> None:
+        self._timer, self._wake_at = None, math.inf
+        if self._closing and not self._busy:
+            return
+        due = math.inf
+        if not self._busy:
+            if self._head_from is not None:
+                due = self._head_from + self.factory.head_timeout
+            if self._started is not None:
+                due = min(due, self._started + REQUEST_DEADLINE)
+        abort = due
+        idle = self._last + IDLE_TIMEOUT if not self._busy and self._started is None else math.inf
+        now = self.factory.reactor.seconds()
+        if abort <= now:
+            self._transport().abortConnection()
+        elif idle <= now:
+            self._closing = True
+            self._transport().loseConnection()
+        elif min(abort, idle) < math.inf:
+            self._wake(now, min(abort, idle) - now)
+
+    # -- parsing (llhttp's callbacks) ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = self._header_count = 0
+        self._incoming = None
+        self._in_head = True
+        if self._started is None:  # A request after another in the same read.
+            self._started = self._head_from = self._last
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._unparsed = 0
+        if self._line_size() > MAX_LINE:
+            self._stop(UriTooLong(f"the request line is longer than {MAX_LINE} bytes"))
+
+    def _line_size(self) -> int:
+        method = self._parser.get_method() or b""
+        return len(method) + len(self._url) + len(b"  HTTP/1.1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._unparsed = 0
+        if not self._headers:
+            self._head_size = self._line_size()
+        self._head_size += len(name) + len(value) + 2
+        self._header_count += 1
+        if self._head_size > MAX_HEAD:
+            self._stop(HeadersTooLarge(f"the request head is larger than {MAX_HEAD} bytes"))
+        if self._header_count > MAX_HEADERS:
+            self._stop(HeadersTooLarge(f"the request has more than {MAX_HEADERS} headers"))
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._unparsed = 0
+        self._in_head = False
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            self._stop(BadRequest("the request is not HTTP/1.1 or HTTP/1.0"))
+        method = parser.get_method()
+        length: int | None = 0
+        assert version is not None  # (else stopped)
+        incoming = Incoming(method, self._url, version, self._headers, 0, 0)
+        coding = incoming.header(b"transfer-encoding")
+        declared = incoming.header(b"content-length")
+        if coding is not None:
+            if coding.strip().lower() != b"chunked":
+                self._stop(BadRequest("the only transfer coding read is chunked"))
+            length = None
+        elif declared is not None:
+            length = int(declared)  # llhttp checked it: digits only, one header.
+        incoming.length = length
+        self._incoming = incoming
+        self._head_from = None
+        if length == 0:
+            return
+        site = self.factory
+        try:
+            if site.check_head is not None:
+                site.check_head(method, _headers(self._headers))
+            incoming.limit = site.body_limit(method, self._url)
+            if length is not None and length > incoming.limit:
+                raise BodyTooLarge(f"the request body is larger than {incoming.limit} bytes")
+        except RefresherdError as error:
+            self._stop(error)
+        request = incoming.request = self._make_request(incoming)
+        http.Request.gotLength(request, length)
+        expect = incoming.header(b"expect")
+        if (
+            expect is not None
+            and expect.lower() == b"100-continue"
+            and version == b"HTTP/1.1"
+            and not self._busy
+            and not self._queue
+        ):
+            self._transport().write(_CONTINUE)
+
+    def on_body(self, data: bytes) -> None:
+        incoming = self._incoming
+        assert incoming is not None and incoming.request is not None
+        self._unparsed = 0
+        incoming.received += len(data)
+        if incoming.received > incoming.limit:
+            self._stop(BodyTooLarge(f"the request body is larger than {incoming.limit} bytes"))
+        http.Request.handleContentChunk(incoming.request, data)
+
+    def on_message_complete(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        assert incoming is not None
+        self._started = self._head_from = None
+        self._unparsed = 0
+        tokens = (incoming.header(b"connection") or b"").lower().replace(b",", b" ").split()
+        if incoming.version != b"HTTP/1.1" or b"close" in tokens or self._parser.should_upgrade():
+            incoming.persistent = False
+            self._closing = True
+        self._queue.append(incoming)
+        if not self._busy:
+            self._run()
+        if self._closing:
+            raise _Stop()
+
+    def _stop(self, error: RefresherdError) -> None:
+        self._refuse(error)
+        raise _Stop()
+
+    def _refuse(self, error: RefresherdError) -> None:
+        """Answer C{error}'s object once the requests before are answered, then close."""
+        self._closing = True
+        self._started = self._head_from = None
+        self._in_head = False
+        self._incoming = None
+        self._queue.append(_Refusal(error))
+        if not self._busy:
+            self._run()
+
+    # -- answering, in order -----------------------------------------------------
+
+    def _run(self) -> None:
+        """Answer the requests waiting, in order, until one is under way."""
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._queue and not self._busy:
+                item = self._queue.popleft()
+                if isinstance(item, _Refusal):
+                    transport = self._transport()
+                    transport.write(error_response(item.error))
+                    transport.loseConnection()
+                    self._queue.clear()
+                    return
+                self._busy = True
+                self.persistent = item.persistent
+                self._answer(item)
+        finally:
+            self._running = False
+        if self._paused and not self._queue:
+            self._paused = False
+            self._transport().resumeProducing()
+
+    def _answer(self, incoming: Incoming) -> None:
+        site = self.factory
+        site.idle.pop(self, None)
+        if site.quick is not None and incoming.request is None and incoming.method in _QUICK:
+            quick = QuickRequest(self, incoming)
+            self._current = quick
+            if site.quick.answer(quick):
+                return
+        request = incoming.request or self._make_request(incoming)
+        self._current = request
+        request.requestReceived(incoming.method, incoming.uri, incoming.version)
+
+    def _make_request(self, incoming: Incoming) -> LimitedRequest:
+        request: LimitedRequest = self.factory.requestFactory(self)
+        for name, value in incoming.headers:
+            request.requestHeaders.addRawHeader(name, value)
+        if incoming.length == 0:
+            http.Request.gotLength(request, 0)
+        return request
+
+    def answered(self, request: object) -> None:
+        """C{request} is answered: the next one waiting may be, or the connection closes."""
+        if request is not self._current:
+            return
+        self._current = None
+        self._busy = False
+        self._last = self.factory.reactor.seconds()
+        if not self.persistent:
+            self._closing = True
+            self._queue.clear()
+            self._transport().loseConnection()
+            return
+        site = self.factory
+        if self._started is not None:  # A request began while this one was answered.
+            self._started = self._last
+            if self._in_head:
+                self._head_from = self._last
+            if self._last + site.head_timeout < self._wake_at:
+                self._wake(self._last, site.head_timeout)
+        elif not self._queue:
+            site.heads.pop(self, None)
+            site.idle[self] = None
+            if self._last + IDLE_TIMEOUT < self._wake_at:
+                self._wake(self._last, IDLE_TIMEOUT)
+        self._run()
+
+    # -- twisted.web's channel, for the LimitedRequests made here --------------------
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        if self.factory.winding_down and self.persistent:
+            self.persistent = False
+            headers.setRawHeaders(b"connection", [b"close"])
+        elif not self.persistent and version == b"HTTP/1.1":
+            headers.setRawHeaders(b"connection", [b"close"])
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self._transport().writeSequence(lines)
+
+    def write(self, data: bytes) -> None:
+        self._transport().write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self._transport().writeSequence(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._transport().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport().unregisterProducer()
+
+    def loseConnection(self) -> None:
+        self._closing = True
+        self._transport().loseConnection()
+
+    def requestDone(self, request: http.Request) -> None:
+        self.answered(request)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # A form body twisted.web cannot parse.
+        self._closing = True
+        transport = self._transport()
+        transport.write(error_response(BadRequest("the request body is not a valid form")))
+        transport.loseConnection()
+
+
+_QUICK = (b"GET", b"HEAD")
+
+
+def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name, value)
+    return headers
+
+
+_REASONS = http.RESPONSES
+
+
+class QuickRequest:
+    """
+    As much of twisted.web's request as a value's answer uses
+    (L{refresherd.http.fastpath.Values}, L{refresherd.http.answers},
+    L{refresherd.http.common.observe}), its answer written in one piece.
+    """
+
+    code = 200
+    when_answered: Any = None
+    _finished = False
+    _lost = False
+
+    def __init__(self, channel: WireChannel, incoming: Incoming) -> None:
+        self.channel = channel
+        self.incoming = incoming
+        self.method = incoming.method
+        self.uri = incoming.uri
+        self.path = incoming.uri.partition(b"?")[0]
+        self.clientproto = incoming.version
+        self.response: list[tuple[bytes, bytes]] = []
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        return self.incoming.header(name.lower())
+
+    def getClientAddress(self) -> IAddress:
+        return self.channel.getPeer()
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        self.response = [(n, v) for n, v in self.response if n.lower() != lower]
+        self.response.append((name, value))
+
+    def removeHeader(self, name: bytes) -> None:
+        lower = name.lower()
+        self.response = [(n, v) for n, v in self.response if n.lower() != lower]
+
+    def respond(self, body: bytes) -> None:
+        """Write the answer with C{body}, and the request is done."""
+        if self._finished or self._lost:
+            return
+        self._finished = True
+        channel = self.channel
+        site = channel.site
+        persistent = channel.persistent
+        if site.winding_down and persistent:
+            persistent = channel.persistent = False
+        code = self.code
+        head = [
+            b"%s %d %s\r\n" % (self.clientproto, code, _REASONS.get(code, b"Unknown")),
+            b"Server: %s\r\nDate: %s\r\n" % (server.version, site.date()),
+        ]
+        for name, value in self.response:
+            head.append(b"%s: %s\r\n" % (name, value))
+        head.append(b"Content-Length: %d\r\n" % len(body))
+        if not persistent and self.clientproto == b"HTTP/1.1":
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        if self.method != b"HEAD" and code != 304:
+            head.append(body)
+        channel.write(b"".join(head))
+        self._done()
+        channel.answered(self)
+
+    def _done(self) -> None:
+        done, self.when_answered = self.when_answered, None
+        if done is not None:
+            try:
+                done()
+            except Exception:
+                _log.failure("timing or logging a request failed")
+
+    @property
+    def responseHeaders(self) -> QuickRequest:
+        """Itself: what removes a header (twisted.web's C{responseHeaders.removeHeader})."""
+        return self
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._lost = True
+        self._done()
+
+
+class WireSite(LimitedSite):
+    """
+    A L{LimitedSite} whose connections are L{WireChannel}s; C{quick}, if
+    set, answers C{GET} and C{HEAD} before the resource tree is asked.
+    """
+
+    protocol = WireChannel  # type: ignore[assignment]
+    quick: QuickAnswerer | None = None

@@ -1,0 +1,270 @@
+"""
+The public listener's llhttp channel (refresherd.http.wire) on what twisted.web's
+channel does not meet the same way: request smuggling and malformed requests
+refused with the error object, pipelined requests answered in order when the
+first is answered later, HTTP/1.0, C{Connection: close}, C{Expect:
+100-continue}, and the quick answerer.  The limits both channels share are in
+test_site.py, which runs on both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from refresherd.http.wire import QuickRequest, WireChannel, WireSite
+
+
+class Recording(Resource):
+    """A leaf recording each request; it answers its URI, or (C{hang}) later."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, bytes, bytes]] = []
+        self.pending: list[Request] = []
+        self.hang = False
+
+    def render(self, request: Any) -> bytes | int:
+        self.seen.append((request.method, request.uri, request.content.read()))
+        if self.hang:
+            self.pending.append(request)
+            return NOT_DONE_YET
+        uri: bytes = request.uri
+        return b"uri=" + uri
+
+
+@attrs.define
+class Quick:
+    """A quick answerer: C{/quick...} answered at once, C{/later...} when told."""
+
+    later: list[QuickRequest] = attrs.field(factory=list)
+
+    def answer(self, request: QuickRequest) -> bool:
+        if request.path.startswith(b"/quick"):
+            request.setHeader(b"Content-Type", b"text/plain")
+            request.respond(b"quick=" + request.uri)
+            return True
+        if request.path.startswith(b"/later"):
+            self.later.append(request)
+            return True
+        return False
+
+
+@attrs.define
+class Wire:
+    site: WireSite
+    resource: Recording
+    quick: Quick
+    clock: Clock
+
+    def connect(self) -> tuple[WireChannel, StringTransport]:
+        proto: WireChannel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert proto is not None
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+
+@pytest.fixture
+def wire() -> Wire:
+    clock = Clock()
+    resource = Recording()
+    site = WireSite(resource, lambda method, path: 100, reactor=clock)
+    quick = Quick()
+    site.quick = quick
+    return Wire(site, resource, quick, clock)
+
+
+def responses(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Every response in C{data} (each with a Content-Length): status line, headers, body."""
+    found = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status, *lines = head.split(b"\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"0"))
+        found.append((status, headers, data[:length]))
+        data = data[length:]
+    return found
+
+
+GET = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+# Request smuggling and malformed requests
+
+
+POST = b"POST /a HTTP/1.1\r\n"
+SMUGGLING = {
+    "content-length-and-chunked": b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "chunked-and-content-length": b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+    "two-content-lengths": POST + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "two-different-lengths": POST + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "signed-length": b"POST /a HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
+    "length-list": b"POST /a HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc",
+    "obsolete-line-folding": b"GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  2\r\n\r\n",
+    "bare-lf": b"GET /a HTTP/1.1\nHost: h\n\n",
+    "bare-cr-in-a-value": b"GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r2\r\n\r\n",
+    "space-in-a-name": b"GET /a HTTP/1.1\r\nHost: h\r\nX A: 1\r\n\r\n",
+    "space-before-the-colon": b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length : 0\r\n\r\n",
+    "no-colon": b"GET /a HTTP/1.1\r\nNo colon here\r\n\r\n",
+    "nul-in-a-value": b"GET /a HTTP/1.1\r\nX-A: 1\x002\r\n\r\n",
+    "gzip-transfer-coding": POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "identity-transfer-coding": b"POST /a HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+    "http-2-version": b"GET /a HTTP/2.0\r\nHost: h\r\n\r\n",
+    "space-in-the-target": b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+    "unknown-method": b"FROB /a HTTP/1.1\r\nHost: h\r\n\r\n",
+    "bad-chunk-size": POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", list(SMUGGLING.values()), ids=list(SMUGGLING))
+def test_a_request_that_could_be_read_two_ways_is_refused_and_the_connection_closed(
+    wire: Wire, request_bytes: bytes
+) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(request_bytes + GET % b"/smuggled")
+    [(status, headers, body)] = responses(transport.value())
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert headers[b"connection"] == b"close"
+    assert headers[b"content-type"] == b"application/json"
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    assert transport.disconnecting
+    assert wire.resource.seen == []
+
+
+def test_a_refusal_behind_a_request_under_way_is_answered_after_it(wire: Wire) -> None:
+    wire.resource.hang = True
+    proto, transport = wire.connect()
+    proto.dataReceived(GET % b"/first" + b"GET /a HTTP/1.1\r\nX A: 1\r\n\r\n")
+    assert transport.value() == b""
+    assert not transport.disconnecting
+    finish(wire.resource.pending[0])
+    first, refused = responses(transport.value())
+    assert first[2] == b"ok"
+    assert refused[0] == b"HTTP/1.1 400 Bad Request"
+    assert transport.disconnecting
+
+
+# Pipelined requests, in order
+
+
+def finish(request: Request) -> None:
+    request.setHeader(b"content-length", b"2")
+    request.write(b"ok")
+    request.finish()
+
+
+def test_pipelined_requests_are_answered_in_order_when_the_first_is_answered_later(
+    wire: Wire,
+) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(GET % b"/later/1" + GET % b"/quick/2" + GET % b"/tree/3")
+    assert transport.value() == b""
+    assert wire.resource.seen == []  # waiting behind the first
+    assert transport.producerState == "paused"  # reading waits too
+    wire.quick.later[0].respond(b"one")
+    bodies = [body for _, _, body in responses(transport.value())]
+    assert bodies == [b"one", b"quick=/quick/2", b"uri=/tree/3"]
+    assert transport.producerState == "producing"
+    assert not transport.disconnecting
+
+
+def test_a_quick_answer_given_after_the_connection_is_lost_writes_nothing(wire: Wire) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(GET % b"/later/1")
+    proto.connectionLost(Failure(ConnectionDone()))
+    wire.quick.later[0].respond(b"one")
+    assert transport.value() == b""
+    assert wire.site.channels == set()
+
+
+def test_a_request_body_pipelined_behind_is_read_into_its_own_request(wire: Wire) -> None:
+    proto, transport = wire.connect()
+    post = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+    proto.dataReceived(GET % b"/later/1" + post + GET % b"/quick/3")
+    wire.quick.later[0].respond(b"one")
+    assert wire.resource.seen == [(b"POST", b"/p", b"abc")]
+    bodies = [body for _, _, body in responses(transport.value())]
+    assert bodies == [b"one", b"uri=/p", b"quick=/quick/3"]
+
+
+# HTTP/1.0, Connection: close, HEAD, Expect
+
+
+@pytest.mark.parametrize("path", [b"/tree", b"/quick"])
+def test_an_http_1_0_request_is_answered_in_1_0_and_the_connection_closed(
+    wire: Wire, path: bytes
+) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(b"GET " + path + b" HTTP/1.0\r\n\r\n" + GET % b"/dropped")
+    [(status, _, _)] = responses(transport.value())
+    assert status == b"HTTP/1.0 200 OK"
+    assert transport.disconnecting
+    assert len(wire.resource.seen) <= 1
+
+
+@pytest.mark.parametrize("path", [b"/tree", b"/quick"])
+def test_connection_close_is_answered_with_it_and_closes(wire: Wire, path: bytes) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(b"GET " + path + b" HTTP/1.1\r\nConnection: close\r\n\r\n")
+    [(status, headers, _)] = responses(transport.value())
+    assert status == b"HTTP/1.1 200 OK"
+    assert headers[b"connection"] == b"close"
+    assert transport.disconnecting
+
+
+def test_a_quick_head_answers_the_length_without_the_body(wire: Wire) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(b"HEAD /quick HTTP/1.1\r\nHost: h\r\n\r\n" + GET % b"/quick")
+    head, _, rest = transport.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: 12" in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert responses(rest)[0][2] == b"quick=/quick"
+
+
+def test_expect_continue_is_told_to_continue_then_answered(wire: Wire) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(
+        b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.dataReceived(b"abc")
+    assert wire.resource.seen == [(b"POST", b"/p", b"abc")]
+
+
+def test_a_chunked_body_with_extensions_and_trailers_reaches_the_resource(wire: Wire) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(
+        b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    assert wire.resource.seen == [(b"POST", b"/p", b"abcde")]
+    assert not transport.disconnecting
+
+
+def test_a_quick_answer_while_winding_down_says_connection_close(wire: Wire) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(GET % b"/later")
+    wire.site.wind_down()
+    wire.quick.later[0].respond(b"one")
+    [(_, headers, _)] = responses(transport.value())
+    assert headers[b"connection"] == b"close"
+    assert transport.disconnecting
