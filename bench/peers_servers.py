@@ -172,19 +172,26 @@ def render(template: str, values: dict[str, str]) -> str:
     return re.sub(r"@([A-Z_]+)@", value, template)
 
 
-def nginx(directory: Path, origin: Origin, fresh: float) -> tuple[Process, int]:
-    """nginx with C{proxy_cache} in front of C{origin}, in C{directory}; its port."""
+def nginx(
+    directory: Path, origin: Origin | int, fresh: float, template: Path = NGINX_TEMPLATE
+) -> tuple[Process, int]:
+    """
+    nginx with C{proxy_cache} in front of C{origin} (or the server on that
+    port), in C{directory}; its port.  C{template}: L{NGINX_TEMPLATE}, or
+    another with the same placeholders.
+    """
+    origin_port = origin if isinstance(origin, int) else origin.port
     directory.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
         port = free_port()
         conf = directory / "nginx.conf"
         conf.write_text(
             render(
-                NGINX_TEMPLATE.read_text(),
+                template.read_text(),
                 {
                     "PREFIX": str(directory),
                     "PORT": str(port),
-                    "ORIGIN_PORT": str(origin.port),
+                    "ORIGIN_PORT": str(origin_port),
                     "FRESH": f"{fresh:g}",
                     "USER": "user root;" if os.geteuid() == 0 else "",
                 },
