@@ -22,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import RequestRedirect
 
+from refresherd import logs
 from refresherd.entry import Entry, is_json_content_type
 from refresherd.errors import BadArgs, MethodNotAllowed, NotFound, RefresherdError, Unauthorized
 from refresherd.http.site import LimitedRequest
@@ -98,7 +99,7 @@ def with_value(head: dict[str, Any], entry: Entry) -> bytes:
     return json.dumps(head).encode("utf-8")[:-1] + b"," + field + value + b"}"
 
 
-ACCESS = Logger(namespace="refresherd.access")
+ACCESS = Logger(namespace=logs.ACCESS_NAMESPACE)
 """Where access log lines go (C{[server] access_log = true})."""
 
 
@@ -122,6 +123,10 @@ def observe(
             address = web_request.getClientAddress()
             client = getattr(address, "host", None) or str(address)
             method = web_request.method.decode("latin-1")
+            lines = logs.access_log()
+            if lines is not None:  # formatted once, written in batches
+                lines.write(method, route, code, duration, client)
+                return
             # The line is the format itself (braces escaped): formatting an
             # event field by field would cost more than the rest of the request.
             line = f"{method} {route} {code} {duration:.4f}s {client}"

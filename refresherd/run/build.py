@@ -30,7 +30,14 @@ from refresherd.http.auth import Authorizer, is_loopback_ip
 from refresherd.http.public import PublicAPI
 from refresherd.http.site import LimitedSite
 from refresherd.http.wire import WireSite
-from refresherd.logs import JSONLinesObserver, LazyFlushFile, LogOutput, text_observer
+from refresherd.logs import (
+    AccessLog,
+    JSONLinesObserver,
+    LazyFlushFile,
+    LogOutput,
+    log_file,
+    text_observer,
+)
 from refresherd.metrics import MULTIPROCESS_DIR
 from refresherd.run.services import (
     CLOSE_TIMEOUT,
@@ -412,7 +419,7 @@ def log_output(settings: Settings, reactor: Any) -> LogOutput | None:
     flushes (L{LogOutput}).  None: twistd's own text observer.
     """
     worker = settings.worker
-    file = LazyFlushFile(sys.stdout)
+    file = LazyFlushFile(sys.stdout if worker is not None else log_file(settings.log_file))
     writer: Callable[[dict[str, Any]], None]
     if settings.log_format == "json":
         json_observer = JSONLinesObserver(file)  # type: ignore[arg-type]
@@ -423,7 +430,12 @@ def log_output(settings: Settings, reactor: Any) -> LogOutput | None:
         writer = text_observer(file)
     else:
         return None
-    return LogOutput(file, writer, reactor)
+    access = None
+    if settings.config.server.access_log:
+        access = AccessLog(
+            file, json=settings.log_format == "json", worker=None if worker is None else worker.id
+        )
+    return LogOutput(file, writer, reactor, access)
 
 
 PASSED_TO_WORKERS = ("listen", "admin-listen", "store", "log-format")

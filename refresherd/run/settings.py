@@ -35,6 +35,11 @@ class Settings:
     log_format: str
     worker: WorkerOptions | None = None
     """In a worker process, what its parent told it."""
+    log_file: str | None = None
+    """
+    The file twistd logs to (C{--logfile}, or C{twistd.log} when it runs as a
+    daemon); None: standard output.
+    """
 
     @property
     def admin_mounted(self) -> bool:
@@ -69,7 +74,23 @@ def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]) -> Set
         workers=int(workers_text),
         log_format=log_format,
         worker=worker_options(options),
+        log_file=twistd_log_file(options),
     )
+
+
+def twistd_log_file(options: Mapping[str, Any]) -> str | None:
+    """
+    Where twistd would write its log: the C{--logfile} given, C{twistd.log}
+    for a daemon without one, None for standard output (C{--logfile -}, or
+    C{-n} without one), as twistd's own logger decides.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    name = parent.get("logfile")
+    if name == "-" or (parent.get("nodaemon") and not name):
+        return None
+    return str(name or "twistd.log")
 
 
 def require_shared_store(settings: Settings) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import run_twistd, start_service
+from tests.harness import LISTENING, TWISTD, run_twistd, start_service
 from tests.redis_server import RedisServer
 
 GOOD = """
@@ -246,3 +247,39 @@ def test_a_redis_cluster_node_is_refused_with_one_error_and_never_ready(tmp_path
         f"Redis at 127.0.0.1:{node.port} is a Redis Cluster node; refresherd needs a single "
         "primary (see docs/scaling.md)"
     ]
+
+
+def test_access_log_lines_go_to_twistd_s_logfile(tmp_path: Path) -> None:
+    """With --logfile, every line (the access log's too) goes to that file, none to stdout."""
+    config = tmp_path / "refresherd.toml"
+    config.write_text("[server]\naccess_log = true\n" + GOOD)
+    log = tmp_path / "refresherd.log"
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "refresherd", "--config", str(config)]
+        + ["--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "tcp:0:interface=127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline and process.poll() is None:
+            match = LISTENING.search(log.read_text() if log.exists() else "")
+            port = int(match.group(3)) if match else None
+            time.sleep(0.05)
+        assert port is not None, log.read_text() if log.exists() else "no log file"
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/v1/jobs/square?n=3", timeout=10).status_code == 200
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+    finally:
+        process.terminate()
+        stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    lines = [line for line in log.read_text().splitlines() if "[refresherd.access#info]" in line]
+    assert [line.split("] ", 1)[1].rsplit(" ", 2)[0] for line in lines] == [
+        "GET /v1/jobs/{job} 200",
+        "GET /healthz 200",
+    ]
+    assert "refresherd.access" not in stdout

@@ -8,11 +8,29 @@ from __future__ import annotations
 import io
 import json
 import math
+import signal
+import sys
+from pathlib import Path
 
+import pytest
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, LogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
+from twisted.python.logfile import LogFile
 
-from refresherd.logs import FLUSH_INTERVAL, JSONLinesObserver, LazyFlushFile, LogOutput
+from refresherd.logs import (
+    ACCESS_BUFFER,
+    ACCESS_NAMESPACE,
+    FLUSH_INTERVAL,
+    AccessLog,
+    JSONLinesObserver,
+    LazyFlushFile,
+    LogOutput,
+    access_log,
+    log_file,
+    text_observer,
+)
+from refresherd.run.settings import twistd_log_file
+from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
 
 
 class CountingFlushes(io.StringIO):
@@ -114,3 +132,150 @@ def test_stopping_flushes_what_waits_and_leaves_no_timer() -> None:
     log_output.stopService()
     assert "last" in out.flushed
     assert clock.getDelayedCalls() == []
+
+
+# The access log: formatted once, written in batches
+
+
+def access_event(when: float) -> dict[str, object]:
+    """The event refresherd.http.common.observe logs through twisted.logger for one request."""
+    line = "GET /v1/jobs/{job} 200 0.0012s 127.0.0.1"
+    return {
+        "log_format": line.replace("{", "{{").replace("}", "}}"),
+        "log_namespace": ACCESS_NAMESPACE,
+        "log_level": LogLevel.info,
+        "log_time": when,
+        "method": "GET",
+        "route": "/v1/jobs/{job}",
+        "code": 200,
+        "duration": 0.0012,
+        "client": "127.0.0.1",
+    }
+
+
+def observers(json_lines: bool, worker: int | None, out: io.StringIO) -> ILogObserver:
+    """The observer refresherd.run.build installs for that output."""
+    observer: ILogObserver
+    if json_lines:
+        observer = JSONLinesObserver(out)
+        return observer if worker is None else WorkerLogObserver(worker, observer)
+    return text_observer(out) if worker is None else worker_text_observer(worker, out)
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("worker", [None, 2], ids=["single", "worker"])
+def test_an_access_line_is_what_the_observer_would_have_written(
+    json_lines: bool, worker: int | None
+) -> None:
+    when = 1_796_300_000.123456
+    expected = io.StringIO()
+    observers(json_lines, worker, expected)(access_event(when))
+    written = io.StringIO()
+    access = AccessLog(LazyFlushFile(written), json=json_lines, worker=worker, clock=lambda: when)
+    access.write("GET", "/v1/jobs/{job}", 200, 0.0012, "127.0.0.1")
+    access.flush()
+    if json_lines:
+        assert json.loads(written.getvalue()) == json.loads(expected.getvalue())
+    else:
+        assert written.getvalue() == expected.getvalue()
+
+
+def test_access_lines_wait_for_the_tick_and_go_out_in_one_write() -> None:
+    log_output, out, clock, _ = output()
+    log_output.access = AccessLog(log_output.file, clock=clock.seconds)
+    log_output.startService()
+    assert access_log() is log_output.access
+    writes: list[str] = []
+    log_output.file.out = WritesRecorded(out, writes)  # type: ignore[assignment]
+    for code in (200, 404, 200):
+        log_output.access.write("GET", "/healthz", code, 0.001, "127.0.0.1")
+    assert writes == []
+    clock.advance(FLUSH_INTERVAL)
+    assert len(writes) == 1 and writes[0].count("\n") == 3
+    assert out.flushed.count("refresherd.access#info") == 3  # flushed on that tick too
+    log_output.stopService()
+    assert access_log() is None
+
+
+def test_access_lines_are_written_before_any_later_event_and_at_stop() -> None:
+    log_output, out, clock, log = output()
+    log_output.access = AccessLog(log_output.file, clock=clock.seconds)
+    log_output.startService()
+    log_output.access.write("GET", "/healthz", 200, 0.001, "127.0.0.1")
+    log.info("after")
+    lines = out.getvalue().splitlines()
+    assert "GET /healthz 200" in lines[0] and json.loads(lines[1])["message"] == "after"
+    log_output.access.write("GET", "/healthz", 201, 0.001, "127.0.0.1")
+    log_output.stopService()
+    assert "GET /healthz 201" in out.flushed
+
+
+def test_access_lines_past_the_buffer_are_written_at_once() -> None:
+    def write(access: AccessLog) -> None:
+        access.write("GET", "/healthz", 200, 0.001, "127.0.0.1")
+
+    one = AccessLog(LazyFlushFile(io.StringIO()), clock=lambda: 0.0)
+    write(one)
+    one.flush()
+    size = len(one.file.out.getvalue())  # type: ignore[attr-defined]
+    out = io.StringIO()
+    access = AccessLog(LazyFlushFile(out), clock=lambda: 0.0)
+    kept = (ACCESS_BUFFER - 1) // size
+    for _ in range(kept):
+        write(access)
+    assert out.getvalue() == ""
+    write(access)
+    write(access)
+    assert out.getvalue().count("\n") >= kept + 1
+
+
+class WritesRecorded:
+    """A text file that records each write, over another."""
+
+    def __init__(self, out: io.StringIO, writes: list[str]) -> None:
+        self.out, self.writes = out, writes
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def test_the_log_file_is_twistd_s(tmp_path: Path) -> None:
+    assert log_file(None) is sys.stdout
+    path = tmp_path / "refresherd.log"
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        file = log_file(str(path))
+        file.write("a line\n")
+        file.flush()
+        assert path.read_text() == "a line\n"
+        assert (
+            isinstance(file, LogFile) and file.rotateLength == LogFile(str(path), ".").rotateLength
+        )
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+class TwistdOptions(dict[str, object]):
+    """The plugin's options, with twistd's own as C{parent}."""
+
+    def __init__(self, **twistd: object) -> None:
+        super().__init__()
+        self.parent = twistd
+
+
+@pytest.mark.parametrize(
+    ("twistd", "expected"),
+    [
+        ({"nodaemon": True, "logfile": None}, None),
+        ({"nodaemon": True, "logfile": "-"}, None),
+        ({"nodaemon": True, "logfile": "/var/log/r.log"}, "/var/log/r.log"),
+        ({"nodaemon": False, "logfile": None}, "twistd.log"),
+    ],
+)
+def test_the_log_goes_where_twistd_s_would(twistd: dict[str, object], expected: str | None) -> None:
+    assert twistd_log_file(TwistdOptions(**twistd)) == expected
+    assert twistd_log_file({}) is None
