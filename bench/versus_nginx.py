@@ -79,15 +79,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is C{pid} (nginx's workers)."""
+def workers(pid: int) -> list[int]:
+    """nginx's worker processes, children of its master C{pid} (not its cache loader)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
+            command = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"worker process" in command:
             found.append(int(stat.parent.name))
     return found
 
@@ -127,12 +128,15 @@ def main() -> None:
                     urls[f"refresherd {kind}"] = plain.url + path
                     pids[f"refresherd {kind}"] = [plain.process.pid]
                     urls[f"nginx {kind}"] = f"http://127.0.0.1:{port}{path}"
-                    pids[f"nginx {kind}"] = children(proxy.popen.pid)
                 urls["refresherd JSON, access log"] = logged.url + PATHS["JSON"]
                 pids["refresherd JSON, access log"] = [logged.process.pid]
                 for url in urls.values():  # a value in each, and nginx's cache warm
                     for _ in range(2):
                         assert httpx.get(url).status_code == 200, url
+                nginx_workers = workers(proxy.popen.pid)  # started by now
+                assert nginx_workers, "no nginx worker process found"
+                for kind in PATHS:
+                    pids[f"nginx {kind}"] = nginx_workers
                 rates = {name: [] for name in urls}
                 per_cpu = {name: [] for name in urls}
                 for _ in range(args.rounds):
