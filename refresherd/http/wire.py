@@ -87,6 +87,7 @@ class Incoming:
     uri: bytes
     version: bytes
     headers: list[tuple[bytes, bytes]]
+    """Each header's name (lower case) and value, as they came."""
     length: int | None
     """C{Content-Length}; None for a chunked body."""
     limit: int
@@ -98,7 +99,7 @@ class Incoming:
     def header(self, name: bytes) -> bytes | None:
         """The first value of header C{name} (lower case), if any."""
         for key, value in self.headers:
-            if key.lower() == name:
+            if key == name:
                 return value
         return None
 
@@ -309,7 +310,7 @@ class WireChannel(TwistedProtocol):
             self._stop(HeadersTooLarge(f"the request head is larger than {MAX_HEAD} bytes"))
         if self._header_count > MAX_HEADERS:
             self._stop(HeadersTooLarge(f"the request has more than {MAX_HEADERS} headers"))
-        self._headers.append((name, value))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self._unparsed = 0
@@ -565,7 +566,8 @@ class QuickRequest:
         self.uri = incoming.uri
         self.path = incoming.uri.partition(b"?")[0]
         self.clientproto = incoming.version
-        self.response: list[tuple[bytes, bytes]] = []
+        self.response: dict[bytes, tuple[bytes, bytes]] = {}
+        """The answer's headers by lower-case name: the name as set, and the value."""
 
     def getHeader(self, name: bytes) -> bytes | None:
         return self.incoming.header(name.lower())
@@ -577,13 +579,10 @@ class QuickRequest:
         self.code = code
 
     def setHeader(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        self.response = [(n, v) for n, v in self.response if n.lower() != lower]
-        self.response.append((name, value))
+        self.response[name.lower()] = (name, value)
 
     def removeHeader(self, name: bytes) -> None:
-        lower = name.lower()
-        self.response = [(n, v) for n, v in self.response if n.lower() != lower]
+        self.response.pop(name.lower(), None)
 
     def respond(self, body: bytes) -> None:
         """Write the answer with C{body}, and the request is done."""
@@ -600,8 +599,8 @@ class QuickRequest:
             b"%s %d %s\r\n" % (self.clientproto, code, _REASONS.get(code, b"Unknown")),
             b"Server: %s\r\nDate: %s\r\n" % (server.version, site.date()),
         ]
-        for name, value in self.response:
-            head.append(b"%s: %s\r\n" % (name, value))
+        for name, value in self.response.values():
+            head += (name, b": ", value, b"\r\n")
         head.append(b"Content-Length: %d\r\n" % len(body))
         if not persistent and self.clientproto == b"HTTP/1.1":
             head.append(b"Connection: close\r\n")
