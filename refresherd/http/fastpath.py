@@ -1,22 +1,20 @@
 """
 C{GET} and C{HEAD} of C{/v1/jobs/{job}} and C{/v1/jobs/{job}/raw}, the
-requests nearly all traffic is, answered without Klein's routing and Deferred
-chain (which cost as much as the rest of a hit): synchronously when the value
-is at hand, with a C{Content-Length}.
+requests nearly all traffic is: L{Values} answers them on either route (Klein's
+for twisted.web, L{QuickValues} on the public listener's channel, without
+twisted.web's request or Klein's routing and Deferred chain, which cost as
+much as the rest of a hit): synchronously when the value is at hand.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
 
 from refresherd.core.jobs import Target
 from refresherd.core.refresher import Answer, Refresher
@@ -114,10 +112,15 @@ class Values:
             return render_unexpected(request, Failure())
 
     def _failed(self, request: IRequest, job: str, failure: Failure) -> bytes:
-        """A lookup's failure as its answer: the error object, or a JSON 500."""
+        """
+        A lookup's failure as its answer: the error object, or a JSON 500;
+        nothing for a wait Klein cancelled because its caller went away.
+        """
         if isinstance(failure.value, RefresherdError):
             self.metrics.count_request(job, "error")
             return render_error(request, failure.value)
+        if isinstance(failure.value, CancelledError):
+            return b""
         return render_unexpected(request, failure)
 
 
@@ -164,49 +167,3 @@ class QuickValues:
         else:
             answering.addCallback(request.respond)
         return True
-
-
-class FastValues(Resource):
-    """
-    The root resource of the public listener: L{Values} answers C{GET} and
-    C{HEAD} of a value itself; every other request, and any job name Klein
-    would have to decode, goes to C{other} (the Klein resource).
-    """
-
-    isLeaf = True
-
-    def __init__(self, values: Values, other: IResource) -> None:
-        super().__init__()
-        self.values = values
-        self.other = other
-
-    def render(self, request: IRequest) -> Any:
-        if request.method in (b"GET", b"HEAD"):
-            route = value_route(request.path)
-            if route is not None:
-                return self._answer(request, self.values.value(request, route[0], route[1]))
-        return self.other.render(request)
-
-    @staticmethod
-    def _answer(request: IRequest, answering: bytes | Deferred[bytes]) -> Any:
-        if isinstance(answering, bytes):
-            return answering
-        now: list[bytes] = []
-        gone: list[object] = []
-        later = False
-
-        def deliver(body: bytes) -> None:
-            if not later:
-                now.append(body)
-            elif not gone:
-                request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
-                request.write(body)
-                request.finish()
-
-        answering.addCallback(deliver)
-        if now:
-            return now[0]
-        later = True
-        finishing: Any = request
-        finishing.notifyFinish().addErrback(gone.append)
-        return NOT_DONE_YET

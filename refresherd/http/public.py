@@ -45,7 +45,7 @@ from refresherd.http.common import (
     observe,
     query,
 )
-from refresherd.http.fastpath import FastValues, QuickValues, Values
+from refresherd.http.fastpath import QuickValues, Values
 from refresherd.http.query import parse_query
 from refresherd.metrics import Metrics
 
@@ -75,7 +75,11 @@ class PublicAPI:
         )
 
     def resource(self) -> Any:
-        return FastValues(self.values, guarded(self.app.resource()))
+        """
+        The routes (a value's C{GET}/C{HEAD} too, through twisted.web: the
+        public listener's channel answers those with L{quick} first).
+        """
+        return guarded(self.app.resource())
 
     def quick(self) -> QuickValues:
         """What answers a value's C{GET}/C{HEAD} on the public listener before L{resource}."""

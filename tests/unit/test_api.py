@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
 
 from refresherd.config import AuthConfig, JobConfig, Secret, ServerConfig
 from refresherd.core.jobs import Job
@@ -25,6 +24,7 @@ from refresherd.core.refresher import Refresher
 from refresherd.errors import StoreUnavailable
 from refresherd.http.auth import Authorizer
 from refresherd.http.public import PublicAPI
+from refresherd.http.site import LimitedSite
 from refresherd.http.wire import WireSite
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
@@ -601,34 +601,22 @@ class HostileRequestTests(APITestCase):
         )
 
 
-class PathRequest(DummyRequest):
-    """A DummyRequest with the path, URI and code of a Request, which the fast path reads."""
-
-    def __init__(self, path: bytes, uri: bytes) -> None:
-        super().__init__(path.lstrip(b"/").split(b"/"))
-        self.path = path
-        self.uri = uri
-        self.code = 200
-
-
 class FastPathTests(APITestCase):
-    """GET and HEAD of values bypass Klein; what they answer does not change."""
+    """
+    GET and HEAD of values: on the public listener's channel answered by
+    L{QuickValues} without twisted.web, through twisted.web by Klein's routes;
+    what they answer does not change.
+    """
 
-    def dummy(self) -> DummyRequest:
-        return PathRequest(b"/v1/jobs/j", b"/v1/jobs/j?id=9")
-
-    def test_a_miss_answered_later_has_a_content_length_and_a_hit_is_answered_at_once(
-        self,
-    ) -> None:
-        request = self.dummy()
-        self.assertEqual(self.api.resource().render(request), NOT_DONE_YET)
+    def test_a_miss_answered_later_and_a_hit_answered_at_once(self) -> None:
+        d = self.request("GET", "/v1/jobs/j?id=9")
+        self.assertNoResult(d)
         self.fetched()
-        (body,) = request.written
-        self.assertEqual(request.responseHeaders.getRawHeaders("content-length"), [str(len(body))])
-        self.assertEqual(json.loads(body)["status"], "miss")
-        self.assertTrue(request.finished)
-        hit = self.api.resource().render(self.dummy())
-        self.assertEqual(json.loads(hit)["status"], "hit")
+        response, body = self.answer(d)
+        self.assertEqual(body["status"], "miss")
+        if self.wire:  # written in one piece, with its length
+            self.assertEqual(response.length, len(self.successResultOf(response.content())))
+        self.assertEqual(self.answer(self.request("GET", "/v1/jobs/j?id=9"))[1]["status"], "hit")
 
     def test_head_answers_the_headers_without_a_body(self) -> None:
         d = self.request("GET", "/v1/jobs/j?id=1")
@@ -649,13 +637,12 @@ class FastPathTests(APITestCase):
     def _errors(self, no_logged_errors: list[dict[str, Any]]) -> None:
         self.logged_errors = no_logged_errors
 
-    def assertInternal(self, request: DummyRequest, body: bytes) -> None:
-        self.assertEqual(request.responseCode, 500)
-        self.assertEqual(
-            json.loads(body), {"error": {"code": "internal", "message": "internal error"}}
-        )
-        for name in (b"etag", b"age", b"cache-status"):
-            self.assertFalse(request.responseHeaders.hasHeader(name), name)
+    def assertInternal(self, d: Any) -> None:
+        response, body = self.answer(d)
+        self.assertEqual(response.code, 500)
+        self.assertEqual(body, {"error": {"code": "internal", "message": "internal error"}})
+        for name in ("etag", "age", "cache-status"):
+            self.assertIsNone(self.header(response, name), name)
         [logged] = self.logged_errors
         self.assertEqual(logged["log_failure"].type, UnicodeEncodeError)
         self.logged_errors.clear()
@@ -663,27 +650,37 @@ class FastPathTests(APITestCase):
 
     def test_an_answer_that_fails_to_render_later_is_a_500_not_left_unanswered(self) -> None:
         """A waiting request always gets an answer, even when rendering it is a bug."""
-        request = PathRequest(b"/v1/jobs/j/raw", b"/v1/jobs/j/raw?id=9")
-        self.assertEqual(self.api.resource().render(request), NOT_DONE_YET)
+        d = self.request("GET", "/v1/jobs/j/raw?id=9")
         self.fetched(b"x", ctype="text/\u0100")  # no Content-Type can carry it
-        self.assertTrue(request.finished)
-        (body,) = request.written
-        self.assertInternal(request, body)
+        self.assertInternal(d)
 
     def test_an_answer_that_fails_to_render_at_once_is_a_500(self) -> None:
         d = self.request("GET", "/v1/jobs/j?id=9")
         self.fetched(b"x", ctype="text/\u0100")
         self.answer(d)
-        request = PathRequest(b"/v1/jobs/j/raw", b"/v1/jobs/j/raw?id=9")
-        self.assertInternal(request, self.api.resource().render(request))
+        self.assertInternal(self.request("GET", "/v1/jobs/j/raw?id=9"))
 
-    def test_a_caller_gone_before_the_answer_costs_nothing(self) -> None:
-        request = self.dummy()
-        self.assertEqual(self.api.resource().render(request), NOT_DONE_YET)
-        request.processingFailed(Failure(ConnectionDone()))
+
+class CallerGoneTests(APITestCase):
+    """A caller that goes away while its value is fetched costs nothing, on either channel."""
+
+    def gone(self, site: LimitedSite) -> None:
+        proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"GET /v1/jobs/j?id=9 HTTP/1.1\r\nHost: h\r\n\r\n")
+        proto.connectionLost(Failure(ConnectionDone()))
         self.fetched()
-        self.assertEqual(request.written, [])
+        self.assertEqual(transport.value(), b"")
         self.assertEqual(len(self.fetcher.calls), 1)
+
+    def test_on_the_public_listener_s_channel(self) -> None:
+        site = WireSite(self.api.resource(), self.api.body_limit, self.clock)
+        site.quick = self.api.quick()
+        self.gone(site)
+
+    def test_through_twisted_web_and_klein_whose_cancelled_wait_is_no_error(self) -> None:
+        self.gone(LimitedSite(self.api.resource(), self.api.body_limit, self.clock))
 
 
 class BodiesTests(SynchronousTestCase):
