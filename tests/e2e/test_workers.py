@@ -355,10 +355,16 @@ def test_admin_routes_on_the_public_listener_sum_over_the_workers(
     seen, asked = ask_until_both_answer(running.url)
     assert len(seen) == 2
     counted_within_flush(running.url, 'refresherd_requests_total{job="pid"', asked)
-    # The worker that answers: its own figures added to the other worker's file.
-    status = httpx.get(running.url + "/v1/status", timeout=10).json()
-    assert status["started"] < started
-    assert status["jobs"][0]["requests"] == asked
+    # The worker that answers: its own figures added to the other worker's file, which it
+    # writes every second (not at the same moment as its metrics).
+    statuses: list[dict[str, Any]] = []
+
+    def summed() -> bool:
+        statuses.append(httpx.get(running.url + "/v1/status", timeout=10).json())
+        return bool(statuses[-1]["jobs"][0]["requests"] == asked)
+
+    wait_until(summed, timeout=5)
+    assert statuses[-1]["started"] < started
     assert running.stop() == 0
 
 
