@@ -625,6 +625,32 @@ def hot(ctx: click.Context, job: str | None, n: int | None) -> None:
         )
 
 
+@cli.command(context_settings=_SETTINGS)
+@_common
+@click.pass_context
+def reload(ctx: click.Context) -> None:
+    """Have the service read its configuration file again.
+
+    It is validated in full first: refused, the service keeps the configuration it has,
+    and the reason is printed.
+    """
+    state = _state(ctx)
+    with state.client(ctx) as client:
+        answer = client.reload()
+    if state.json:
+        state.print_json(answer)
+        return
+    jobs = answer.get("jobs")
+    listed = ", ".join(str(job) for job in jobs) if isinstance(jobs, list) else "-"
+    state.out(f"reloaded {answer.get('source')}: {listed or 'no jobs'}")
+    for what in ("added", "changed", "removed", "new_keys"):
+        names = answer.get(what)
+        if isinstance(names, list) and names:
+            state.out(f"  {what.replace('_', ' ')}: {', '.join(str(name) for name in names)}")
+    if answer.get("tokens"):
+        state.out("  tokens changed")
+
+
 # -- running ------------------------------------------------------------------------------
 
 

@@ -143,6 +143,27 @@ class UnsupportedMediaType(RefresherdError):
     status, code = 415, "unsupported_media_type"
 
 
+class ReloadRefused(RefresherdError):
+    """
+    The configuration file, read again, was refused: it would not start, or it
+    changes what only a restart can.  The process keeps serving the one it had.
+    """
+
+    status, code = 422, "reload_refused"
+
+
+class ReloadRunning(RefresherdError):
+    """A reload is already running: one at a time."""
+
+    status, code = 409, "reload_running"
+
+
+class ReloadUnsupported(RefresherdError):
+    """This process cannot reload its configuration (the parent of C{--workers})."""
+
+    status, code = 501, "reload_unsupported"
+
+
 class ConfigError(Exception):
     """
     The configuration, an option or an endpoint is wrong.  The message is one

@@ -93,11 +93,17 @@ class Metrics:
     """The clock of L{recent}."""
     recent: Recent = attrs.field(init=False, repr=False)
     _running: dict[str, tuple[Any, Any]] = attrs.field(init=False, repr=False)
+    reload_successful: bool = attrs.field(default=True, init=False)
+    """Whether the last reload of the configuration succeeded (true before any)."""
+    reload_success_at: float = attrs.field(default=0.0, init=False)
+    """When the configuration was last loaded: at start, then by each reload that succeeded."""
 
     def __attrs_post_init__(self) -> None:
         self.recent = Recent(sorted(self.jobs | {UNKNOWN_JOB}), self.seconds)
+        self.reload_success_at = self.seconds()
         r = self.registry
         r.register(self.process)
+        r.register(_ReloadGauges(self))
         self._hot_gauge = _HotKeysGauge(self)
         r.register(self._hot_gauge)
         if self.multiprocess_dir is None:
@@ -168,6 +174,22 @@ class Metrics:
             job: (self.in_flight.labels(job=job), self.queue_depth.labels(job=job))
             for job in self.jobs
         }
+
+    def set_jobs(self, jobs: Iterable[str]) -> None:
+        """
+        The jobs after a reload: answers of another job count as C{unknown_job};
+        a removed job's counters stay as they were, as Prometheus expects.
+        """
+        self.jobs = frozenset(jobs)
+        self.recent.add_jobs(self.jobs)
+        for job in self.jobs - self._running.keys():
+            self._running[job] = (self.in_flight.labels(job=job), self.queue_depth.labels(job=job))
+
+    def reloaded(self, successful: bool) -> None:
+        """A reload of the configuration ended: C{successful}, or refused."""
+        self.reload_successful = successful
+        if successful:
+            self.reload_success_at = self.seconds()
 
     def count_request(self, job: str, status: str) -> None:
         """One answer of C{job} with C{status}."""
@@ -288,6 +310,29 @@ class _HotKeysGauge:
         for job in sorted(self.metrics.jobs):
             gauge.add_metric([job], sizes.get(job, 0))
         yield gauge
+
+
+@attrs.define(eq=False)
+class _ReloadGauges:
+    """
+    C{refresherd_config_last_reload_successful} and
+    C{refresherd_config_last_reload_success_timestamp_seconds}, as Prometheus
+    names its own.
+    """
+
+    metrics: Metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "refresherd_config_last_reload_successful",
+            "Whether the last reload of the configuration succeeded (1 before any).",
+            value=1.0 if self.metrics.reload_successful else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "refresherd_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded: at start, or by a reload that succeeded.",
+            value=self.metrics.reload_success_at,
+        )
 
 
 def render_multiprocess(path: str, also: Any = None) -> bytes:

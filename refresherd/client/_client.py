@@ -274,6 +274,15 @@ class Client:
         jobs: list[dict[str, Any]] = self._run(self._calls.jobs())
         return jobs
 
+    def reload(self) -> dict[str, Any]:
+        """
+        Have the service read its configuration file again (C{POST /v1/reload}):
+        what changed (C{{"source", "jobs", "added", "changed", "removed",
+        "new_keys", "tokens"}}), or L{ReloadRefused} with the reason, the
+        configuration loaded before still served.
+        """
+        return self._object(self._send("POST", self.admin_url, "/v1/reload", body={}))
+
     def hot(self, job: str | None = None, n: int | None = None) -> dict[str, list[dict[str, Any]]]:
         """
         The keys requested most lately (C{GET /v1/hot}): per job (only C{job},

@@ -198,6 +198,24 @@ class BatchTooLarge(ServiceError):
     code = "batch_too_large"
 
 
+class ReloadRefused(ServiceError):
+    """The configuration file, read again, was refused; the service serves the one it had."""
+
+    code = "reload_refused"
+
+
+class ReloadRunning(ServiceError):
+    """A reload of the configuration is already running."""
+
+    code = "reload_running"
+
+
+class ReloadUnsupported(ServiceError):
+    """The service cannot reload its configuration (a restart changes it)."""
+
+    code = "reload_unsupported"
+
+
 ERRORS: Mapping[str, type[ServiceError]] = {
     cls.code: cls
     for cls in (
@@ -218,6 +236,9 @@ ERRORS: Mapping[str, type[ServiceError]] = {
         UriTooLong,
         HeadersTooLarge,
         BadRequest,
+        ReloadRefused,
+        ReloadRunning,
+        ReloadUnsupported,
     )
 }
 """The L{ServiceError} subclass of each error code (docs/README.md, "Errors")."""
@@ -240,6 +261,9 @@ STATUSES: Mapping[str, int] = {
     "uri_too_long": 414,
     "headers_too_large": 431,
     "bad_request": 400,
+    "reload_refused": 422,
+    "reload_running": 409,
+    "reload_unsupported": 501,
 }
 """
 The HTTP status of each error code (docs/README.md, "Errors"); an item of a

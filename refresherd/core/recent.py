@@ -146,6 +146,14 @@ class Recent:
         self._sums = {job: [0] * WIDTH for job in self.jobs}
         self._errors = {job: deque(maxlen=KEEP_ERRORS) for job in self.jobs}
 
+    def add_jobs(self, jobs: Iterable[str]) -> None:
+        """Count these jobs too from now on (a reload added them); the others are kept."""
+        for job in jobs:
+            if job not in self._buckets:
+                self._buckets[job] = deque()
+                self._sums[job] = [0] * WIDTH
+                self._errors[job] = deque(maxlen=KEEP_ERRORS)
+
     def _turn(self, second: int) -> None:
         """A new second: the buckets of the one before go into their jobs' sums."""
         for job, bucket in self._now.items():

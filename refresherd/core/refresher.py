@@ -108,6 +108,7 @@ class Refresher(Service):
     # What the flights were built on cannot change under them.
     store: IStore = attrs.field(on_setattr=attrs.setters.frozen)
     jobs: Mapping[str, Job] = attrs.field(on_setattr=attrs.setters.frozen)
+    """The configured jobs; a reload replaces them (L{set_jobs}), never changes one."""
     clock: IReactorTime = attrs.field(on_setattr=attrs.setters.frozen)
     namespace: str = attrs.field(on_setattr=attrs.setters.frozen)
     metrics: Metrics = attrs.field(on_setattr=attrs.setters.frozen)
@@ -186,6 +187,18 @@ class Refresher(Service):
         if IPurgeNotices.providedBy(self.store):
             self._notices = self.store
             self.store.listen_purges(self._heard)
+
+    def set_jobs(self, jobs: Mapping[str, Job]) -> None:
+        """
+        Serve C{jobs} from now on (a reload): lookups resolve their targets
+        anew; the fetches in flight finish with the jobs they started with, and
+        answer the callers that wait on them.
+        """
+        object.__setattr__(self, "jobs", jobs)
+        self.targets = Targets(jobs, self.namespace)
+        if self.ahead is not None and self.running:
+            self.ahead.stop()  # started again for the keep_hot jobs there are now
+            self.ahead.start()
 
     def target(self, job_name: str, args: Mapping[str, object]) -> Target:
         """What C{job_name} with C{args} names: L{UnknownJob} or L{BadArgs} if nothing."""

@@ -42,6 +42,7 @@ from refresherd.errors import (
     Forbidden,
     NotFound,
     RefresherdError,
+    ReloadUnsupported,
     StoreUnavailable,
     UnknownJob,
     UnsupportedMediaType,
@@ -356,6 +357,8 @@ class AdminAPI:
     """When the service started (None: when L{metrics} began counting)."""
     page_files: PageFiles = attrs.field(factory=load_page, kw_only=True)
     """The operator's page: its HTML and the files it loads (L{refresherd.http.page})."""
+    reload: Callable[[], Deferred[dict[str, Any]]] | None = attrs.field(default=None, kw_only=True)
+    """Reloads the configuration (C{POST /v1/reload}); None: this process cannot."""
     app = Klein()
 
     handle_errors(
@@ -520,6 +523,16 @@ class AdminAPI:
         )
         request.setHeader(b"Content-Type", JSON)
         return json.dumps({"job": job, "results": results}).encode()
+
+    @app.route("/v1/reload", methods=["POST"])
+    async def reload_config(self, request: IRequest) -> bytes:
+        self._admin(request, "/v1/reload")
+        self._post(request)
+        if self.reload is None:
+            raise ReloadUnsupported("this process does not reload its configuration")
+        reloaded = await self.reload()
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps(reloaded).encode()
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: IRequest) -> bytes:

@@ -27,8 +27,14 @@ WRITERS = frozenset({WRITE, ADMIN})
 ADMINS = frozenset({ADMIN})
 
 
-@attrs.frozen
+@attrs.define
 class Authorizer:
+    """
+    Who may do what, by the configured tokens.  One instance serves every
+    listener of a process, so that a reload changes the tokens for all at once
+    (L{replace}).
+    """
+
     tokens: tuple[tuple[bytes, str], ...]
     """Every configured token with its class."""
     reads_open: bool = attrs.field(init=False, repr=False, eq=False)
@@ -37,6 +43,10 @@ class Authorizer:
     @reads_open.default
     def _no_read_token(self) -> bool:
         return not self.configured([READ])
+
+    def replace(self, other: Authorizer) -> None:
+        """Authorize from now on as C{other} does (a reload of the tokens)."""
+        self.tokens, self.reads_open = other.tokens, other.reads_open
 
     @classmethod
     def from_config(cls, auth: AuthConfig) -> Authorizer:

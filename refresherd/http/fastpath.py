@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from refresherd.core.jobs import Target
+from refresherd.core.jobs import Target, Targets
 from refresherd.core.refresher import Answer, Refresher
 from refresherd.errors import RefresherdError
 from refresherd.http.answers import Bodies, render_answer
@@ -40,8 +40,13 @@ class QueryTargets:
 
     refresher: Refresher
     _kept: dict[tuple[str, bytes], Target] = attrs.field(factory=dict, init=False)
+    _of: Targets | None = attrs.field(default=None, init=False)
+    """The refresher's targets those kept were resolved by: a reload replaces them."""
 
     def target(self, job_name: str, raw_query: bytes) -> Target:
+        if self._of is not self.refresher.targets:
+            self._kept.clear()
+            self._of = self.refresher.targets
         memo = (job_name, raw_query)
         target = self._kept.get(memo)
         if target is None:

@@ -39,6 +39,7 @@ from refresherd.logs import (
     text_observer,
 )
 from refresherd.metrics import MULTIPROCESS_DIR
+from refresherd.run.reload import Reloader, apply_to_engine, unsupported
 from refresherd.run.services import (
     CLOSE_TIMEOUT,
     Engine,
@@ -75,7 +76,7 @@ def build(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) 
         require_shared_store(settings)
         if settings.workers > 1:
             return build_parent(options, settings, reactor, environ)
-    return build_service(settings, reactor, environ)
+    return build_service(settings, reactor, environ, lambda: settings_from(options, environ))
 
 
 def engine_for(
@@ -146,9 +147,15 @@ def summary(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
 
 
 def build_service(
-    settings: Settings, reactor: Any, environ: Mapping[str, str]
+    settings: Settings,
+    reactor: Any,
+    environ: Mapping[str, str],
+    read: Callable[[], Settings] | None = None,
 ) -> RefresherdService:
-    """A process that serves the API: on its own, or as one of the workers."""
+    """
+    A process that serves the API: on its own, or as one of the workers.
+    C{read}: the settings read again, as start-up reads them (a reload).
+    """
     config = settings.config
     worker = settings.worker
     engine = engine_for(
@@ -169,6 +176,18 @@ def build_service(
         None if worker is None else worker.id,
     )
     authorizer = Authorizer.from_config(config.auth)
+    admin_port: list[IListeningPort] = []  # the listener that serves the admin API, once open
+    reloader = Reloader(
+        settings,
+        read or (lambda: settings),
+        apply_to_engine(
+            engine,
+            authorizer,
+            lambda new, tokens: check_admin_listener(admin_port[0], new, tokens),
+            reactor,
+        ),
+        metrics,
+    )
     admin = AdminAPI(
         refresher,
         authorizer,
@@ -179,6 +198,7 @@ def build_service(
         store_kind=store_kind(settings.store.value),
         tallies=recent.current,
         started=parent_started(environ) if worker is not None else None,
+        reload=reloader.reload,
     )
     public = PublicAPI(
         refresher,
@@ -219,6 +239,8 @@ def build_service(
         for port in ports:
             port.stopListening()
         raise
+    admin_port.append(ports[-1])  # its own, or the public one (--admin-listen none)
+    signals.reload = lambda: reloader.reload().addErrback(lambda _: None)  # logged
     return RefresherdService(
         engine,
         ports,
@@ -247,6 +269,15 @@ def build_parent(
     engine = engine_for(settings, reactor, environ)
     metrics = engine.refresher.metrics
     authorizer = Authorizer.from_config(config.auth)
+    reloader = Reloader(
+        settings,
+        lambda: settings,
+        unsupported(
+            f"--workers {settings.workers}: the configuration is not reloaded with --workers; "
+            "restart to change it"
+        ),
+        metrics,
+    )
     # The parent serves no public request: what it shows is the workers' (the
     # directory the supervisor makes for them when it starts).
     hot = HotKeysView(engine.hot, lambda: supervisor.metrics_dir)
@@ -261,6 +292,7 @@ def build_parent(
         hot_keys=hot.current,
         store_kind=store_kind(settings.store.value),
         tallies=recent.current,
+        reload=reloader.reload,
     )
     # The workers' GET /v1/status (--admin-listen none) shows when the parent started.
     environ = {**environ, STARTED: repr(metrics.recent.started)}
@@ -286,7 +318,11 @@ def build_parent(
         metrics,
         stop_timeout=DRAIN_TIMEOUT + ABORT_TIMEOUT + CLOSE_TIMEOUT + 10,
     )
-    signals = ShutdownSignals(reactor, at_once=supervisor.kill)
+    signals = ShutdownSignals(
+        reactor,
+        at_once=supervisor.kill,
+        reload=lambda: reloader.reload().addErrback(lambda _: None),  # logged
+    )
     return ParentService(
         engine,
         ports,

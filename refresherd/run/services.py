@@ -17,7 +17,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver, Logger
 from twisted.python.threadpool import ThreadPool
 
+from refresherd.config import JobConfig
 from refresherd.core.hotkeys import HotKeysRegistry
+from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
 from refresherd.core.warmer import Warmer
 from refresherd.http.site import LimitedSite
@@ -46,6 +48,26 @@ class ThreadPools(Service):
         Service.startService(self)
         for pool in self.pools:
             pool.start()
+
+    def add(self, pool: ThreadPool) -> None:
+        """A new job's pool (a reload), started at once if the service runs."""
+        self.pools.append(pool)
+        if self.running:
+            pool.start()
+
+    def retire(self, pool: ThreadPool, clock: Any) -> None:
+        """
+        A pool whose job a reload removed or replaced: stopped once the fetches
+        it runs are over (checked every second), never blocking the reactor.
+        """
+        if pool not in self.pools:
+            return
+        if pool.working or pool.q.qsize():
+            clock.callLater(1.0, self.retire, pool, clock)
+            return
+        self.pools.remove(pool)
+        if pool.started:
+            pool.stop()
 
     def stopService(self) -> None:
         """
@@ -77,6 +99,12 @@ class Engine(MultiService):
     pools: ThreadPools
     hot: HotKeysRegistry = attrs.field(factory=HotKeysRegistry)
     warmer: Warmer | None = None
+    make_job: Callable[[JobConfig, ThreadPools], Job] | None = attrs.field(
+        default=None, kw_only=True
+    )
+    """Builds a job as start-up did (a reload's new and changed jobs), its pool in the one given."""
+    warms: bool = attrs.field(default=False, kw_only=True)
+    """Whether this engine keeps the warm lists ready (not a worker's)."""
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)

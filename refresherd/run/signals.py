@@ -1,6 +1,7 @@
 """
 SIGTERM and SIGINT: the first stops the service gracefully, a second ends the
-process at once.
+process at once.  SIGHUP reloads the configuration (ignored by a worker of
+C{--workers}: its parent reloads).
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ class ShutdownSignals:
 
     reactor: Any
     at_once: Callable[[], None] = lambda: None
+    reload: Callable[[], object] | None = None
+    """What SIGHUP does, in the reactor's thread (None: SIGHUP is ignored)."""
 
     def install(self) -> None:
         """Handle the signals from now on (once the reactor runs: it installs its own)."""
         signal.signal(signal.SIGTERM, self._first)
         signal.signal(signal.SIGINT, self._first)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if self.reload is None else self._hangup)
 
     def guard(self) -> None:
         """
@@ -59,6 +63,10 @@ class ShutdownSignals:
     def _second_ends_all(self) -> None:
         signal.signal(signal.SIGTERM, self._second)
         signal.signal(signal.SIGINT, self._second)
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        if self.reload is not None:
+            self.reactor.callFromThread(self.reload)
 
     def _first(self, signum: int, frame: object) -> None:
         self._second_ends_all()

@@ -200,10 +200,11 @@ def build_engine(
     """
     pools = ThreadPools()
     client = make_http_client(reactor)
-    jobs = {
-        name: Job(job, FETCHERS[job.fetch](job, source, reactor, pools, client))
-        for name, job in config_jobs.items()
-    }
+
+    def make_job(job: JobConfig, pools: ThreadPools) -> Job:
+        return Job(job, FETCHERS[job.fetch](job, source, reactor, pools, client))
+
+    jobs = {name: make_job(job, pools) for name, job in config_jobs.items()}
     metrics = metrics_for(jobs, multiprocess_dir, reactor.seconds)
     hot = HotKeysRegistry() if hot is None else hot
     refresher = Refresher(
@@ -212,4 +213,4 @@ def build_engine(
     warmer = (
         Warmer(refresher, reactor) if warm and any(j.warm for j in config_jobs.values()) else None
     )
-    return Engine(refresher, pools, hot, warmer)
+    return Engine(refresher, pools, hot, warmer, make_job=make_job, warms=warm)

@@ -40,6 +40,9 @@ from refresherd.client import (
     Pending,
     Raw,
     RefresherdClientError,
+    ReloadRefused,
+    ReloadRunning,
+    ReloadUnsupported,
     ServiceError,
     StoreUnavailable,
     Unauthorized,
@@ -388,6 +391,9 @@ ERROR_CODES = [
     ("uri_too_long", 414, UriTooLong),
     ("headers_too_large", 431, HeadersTooLarge),
     ("bad_request", 400, BadRequest),
+    ("reload_refused", 422, ReloadRefused),
+    ("reload_running", 409, ReloadRunning),
+    ("reload_unsupported", 501, ReloadUnsupported),
 ]
 
 

@@ -924,3 +924,42 @@ def test_the_ctl_module_imports_only_the_client_of_refresherd() -> None:
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     ours = [line for line in imports if "refresherd" in line]
     assert ours == ["from refresherd import __version__", "from refresherd.client import ("]
+
+
+# -- reload ---------------------------------------------------------------------------------
+
+
+RELOADED = {
+    "source": "/etc/refresherd/refresherd.toml",
+    "jobs": ["report", "tweets"],
+    "added": ["report"],
+    "changed": ["tweets"],
+    "removed": [],
+    "new_keys": ["tweets"],
+    "tokens": True,
+}
+
+
+def test_reload_posts_to_the_admin_listener_and_prints_what_changed() -> None:
+    fake = FakeRefresherd(httpx.Response(200, json=RELOADED))
+    result = ctl(["reload"], fake)
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        "reloaded /etc/refresherd/refresherd.toml: report, tweets",
+        "  added: report",
+        "  changed: tweets",
+        "  new keys: tweets",
+        "  tokens changed",
+    ]
+    request = fake.only
+    assert (request.method, request.url.port, request.url.path) == ("POST", 8081, "/v1/reload")
+    assert (request.headers["Content-Type"], request.content) == ("application/json", b"{}")
+
+
+def test_reload_refused_prints_the_reason_and_exits_1() -> None:
+    reason = "refresherd.toml: jobs.c.url: must be a string, not an integer"
+    refused = {"error": {"code": "reload_refused", "message": reason}}
+    result = ctl(["reload"], FakeRefresherd(httpx.Response(422, json=refused)))
+    assert result.code == 1
+    assert reason in result.err
+    assert result.out == ""

@@ -44,6 +44,8 @@ DOCUMENTED = {
     "refresherd_stale_served_age_seconds": ("histogram", {"job"}),
     "refresherd_queue_depth": ("gauge", {"job"}),
     "refresherd_hot_keys": ("gauge", {"job"}),
+    "refresherd_config_last_reload_successful": ("gauge", set()),
+    "refresherd_config_last_reload_success_timestamp_seconds": ("gauge", set()),
 }
 """docs/README.md's metrics: each family (counters without C{_total}), its type and its labels."""
 

@@ -493,7 +493,7 @@ def test_how_a_worker_ended_is_told_in_words(reason: Exception, text: str) -> No
 
 @pytest.fixture
 def signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     yield
     for number, handler in saved.items():
         signal.signal(number, handler)
@@ -511,6 +511,24 @@ def test_a_graceful_stop_makes_the_next_signal_end_the_process() -> None:
     assert signal.getsignal(signal.SIGTERM) == signals._second
     assert signal.getsignal(signal.SIGINT) == signals._second
     signals.stop()  # the reactor stopping already is no error
+
+
+@pytest.mark.usefixtures("signal_handlers")
+def test_sighup_reloads_in_the_reactor_thread_and_a_worker_ignores_it() -> None:
+    reactor = MemoryReactorClock()
+    reloads: list[str] = []
+    called: list[Any] = []
+    reactor.callFromThread = lambda f, *a: called.append(f)  # type: ignore[attr-defined]
+    signals = ShutdownSignals(reactor, reload=lambda: reloads.append("reload"))
+    signals.install()
+    handler = signal.getsignal(signal.SIGHUP)
+    assert handler == signals._hangup
+    signals._hangup(signal.SIGHUP, None)
+    assert reloads == []  # not in the signal handler: in the reactor
+    called.pop()()
+    assert reloads == ["reload"]
+    ShutdownSignals(reactor).install()  # a worker: its parent reloads
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
 # -- a worker's metrics, flushed on a fake clock -------------------------------------
