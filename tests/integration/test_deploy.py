@@ -109,8 +109,9 @@ def test_dashboard_queries_pass_promtool(tmp_path: Path) -> None:
 def unit_root(tmp_path: Path) -> Path:
     """
     A root directory for systemd-analyze: this machine's unit directory (for
-    the targets the unit depends on), the unit, and a stand-in twistd at the
-    path of ExecStart, so that the unit file itself is checked unchanged.
+    the targets the unit depends on), the unit, and stand-ins at the paths of
+    ExecStart (twistd) and ExecReload (kill), so that the unit file itself is
+    checked unchanged.
     """
     tool("systemd-analyze")
     source = next(
@@ -127,10 +128,11 @@ def unit_root(tmp_path: Path) -> Path:
     shutil.copytree(source, root / source.relative_to("/"), symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    program = root / shlex.split(value("Service", "ExecStart"))[0].lstrip("/")
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\n")
-    program.chmod(0o755)
+    for command in ("ExecStart", "ExecReload"):
+        program = root / shlex.split(value("Service", command))[0].lstrip("/")
+        program.parent.mkdir(parents=True, exist_ok=True)
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
     return root
 
 

@@ -659,6 +659,11 @@ def test_unit_runs_refresherd_in_the_foreground() -> None:
     assert value("Install", "WantedBy") == "multi-user.target"
 
 
+def test_unit_reload_sends_sighup_to_the_main_process() -> None:
+    """systemctl reload: the signal refresherd reloads its configuration on (docs/deploy.md)."""
+    assert shlex.split(value("Service", "ExecReload")) == ["/bin/kill", "-HUP", "$MAINPID"]
+
+
 def test_unit_user_restarts_and_stopping() -> None:
     users = values("Service", "User")
     assert values("Service", "DynamicUser") == ["yes"] or users[-1:] not in ([], ["root"], ["0"])
