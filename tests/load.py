@@ -120,6 +120,8 @@ class Load:
     pause: float = 0.01
     pause_unanswered: float = 0.2
     """The pause after a request that got no answer (its server is gone, say)."""
+    headers: Callable[[], dict[str, str]] = dict
+    """The headers of each request, asked for each (a token the test changes meanwhile)."""
     outcomes: list[Outcome] = attrs.field(factory=list, init=False)
     started: float = attrs.field(factory=time.monotonic, init=False)
     _stopping: threading.Event = attrs.field(factory=threading.Event, init=False)
@@ -184,7 +186,7 @@ class Load:
     def _ask(self, http: httpx.Client, client: int, url: str, key: str) -> Outcome:
         sent = time.monotonic()
         try:
-            response = http.get(url + self.path % key)
+            response = http.get(url + self.path % key, headers=self.headers())
         except httpx.HTTPError as e:
             took = time.monotonic() - sent
             error = f"{type(e).__name__}: {e}"
