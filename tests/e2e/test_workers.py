@@ -253,6 +253,16 @@ def test_two_workers_share_one_port_and_metrics_sum_over_both(
     assert 'refresherd_fetches_in_flight{job="pid"} 0.0' in text
     assert [p.name for p in tmp_path.glob("refresherd-metrics-*")] != []
 
+    # No reload with --workers yet: a worker ignores SIGHUP, the parent refuses it and says so.
+    os.kill(pids[1], signal.SIGHUP)
+    running.signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in running.output())
+    answer = httpx.post(running.admin_url + "/v1/reload", json={}, timeout=5)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (501, "reload_unsupported")
+    text = httpx.get(running.admin_url + "/metrics", timeout=5).text
+    assert metric(text, "refresherd_config_last_reload_successful") == 0
+    assert running.workers() == pids and all(alive(pid) for pid in pids.values())
+
     assert running.stop() == 0, running.output()
     assert not any(alive(pid) for pid in pids.values())
     assert list(tmp_path.glob("refresherd-metrics-*")) == []
