@@ -154,7 +154,8 @@ class Config:
     jobs: Mapping[str, JobConfig] = attrs.field(factory=dict)
 
 
-_DEFAULT_PATH = "refresherd.toml"
+DEFAULT_PATH = "refresherd.toml"
+"""The configuration file read when none is given, if it exists."""
 MAX_JOB_TAGS = 128
 MAX_WARM = 10_000
 """Argument sets a job's C{warm} and C{warm_file} may name in all (one timer each)."""
@@ -226,7 +227,8 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-def _read_file(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+    """The bytes of a file (the configuration file, C{file:} secrets, warm files)."""
     with open(path, "rb") as f:
         return f.read()
 
@@ -235,7 +237,7 @@ def load_config(
     path: str | None,
     environ: Mapping[str, str],
     *,
-    read_file: Callable[[str], bytes] = _read_file,
+    read_file: Callable[[str], bytes] = read_bytes,
 ) -> Config:
     """
     Read and validate the configuration file at C{path}; with C{None}, read
@@ -245,7 +247,7 @@ def load_config(
     C{environ} resolves C{env:} secrets; C{read_file} reads the configuration
     file and C{file:} secrets (tests replace it).
     """
-    file = _DEFAULT_PATH if path is None else path
+    file = DEFAULT_PATH if path is None else path
     try:
         data = read_file(file)
     except FileNotFoundError:

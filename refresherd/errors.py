@@ -159,7 +159,7 @@ class ReloadRunning(RefresherdError):
 
 
 class ReloadUnsupported(RefresherdError):
-    """This process cannot reload its configuration (the parent of C{--workers})."""
+    """This process does not reload: a worker of C{--workers} (its parent does)."""
 
     status, code = 501, "reload_unsupported"
 

@@ -211,7 +211,7 @@ class ReloadRunning(ServiceError):
 
 
 class ReloadUnsupported(ServiceError):
-    """The service cannot reload its configuration (a restart changes it)."""
+    """This process does not reload (a worker of C{--workers}: its parent does)."""
 
     code = "reload_unsupported"
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.python.failure import Failure
 
 from refresherd import __version__
-from refresherd.config import ServerConfig
+from refresherd.config import DEFAULT_PATH, ServerConfig, read_bytes
 from refresherd.core.flights import ABORT_TIMEOUT
 from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.refresher import DRAIN_TIMEOUT
@@ -39,7 +40,7 @@ from refresherd.logs import (
     text_observer,
 )
 from refresherd.metrics import MULTIPROCESS_DIR
-from refresherd.run.reload import Reloader, apply_to_engine, unsupported
+from refresherd.run.reload import Changes, Reloader, apply_to_engine, prepare_engine
 from refresherd.run.services import (
     CLOSE_TIMEOUT,
     Engine,
@@ -63,7 +64,7 @@ from refresherd.run.workers.logs import WorkerLogObserver, worker_text_observer
 from refresherd.run.workers.options import worker_arguments
 from refresherd.run.workers.recent import RecentView
 from refresherd.run.workers.sockets import HeldForWorkers, adopt, hold, release, shareable
-from refresherd.run.workers.supervisor import Supervisor
+from refresherd.run.workers.supervisor import RolloutFailed, Supervisor
 
 
 def build(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> IService:
@@ -198,7 +199,8 @@ def build_service(
         store_kind=store_kind(settings.store.value),
         tallies=recent.current,
         started=parent_started(environ) if worker is not None else None,
-        reload=reloader.reload,
+        # A worker's admin routes (--admin-listen none) do not reload: its parent does.
+        reload=reloader.reload if worker is None else None,
     )
     public = PublicAPI(
         refresher,
@@ -269,15 +271,39 @@ def build_parent(
     engine = engine_for(settings, reactor, environ)
     metrics = engine.refresher.metrics
     authorizer = Authorizer.from_config(config.auth)
-    reloader = Reloader(
-        settings,
-        lambda: settings,
-        unsupported(
-            f"--workers {settings.workers}: the configuration is not reloaded with --workers; "
-            "restart to change it"
-        ),
-        metrics,
+    validated: list[bytes | None] = [None]  # the contents of the file the last reload read
+    admin_port: list[IListeningPort] = []
+
+    def read_again() -> Settings:
+        try:
+            validated[0] = read_bytes(options.get("config") or DEFAULT_PATH)
+        except OSError:
+            validated[0] = None  # and settings_from says what is wrong, as start-up does
+        return settings_from(options, environ, validated[0])
+
+    prepare = prepare_engine(
+        engine,
+        authorizer,
+        lambda new, tokens: check_admin_listener(admin_port[0], new, tokens),
+        reactor,
     )
+
+    def roll_out(old: Settings, new: Settings, changes: Changes) -> Deferred[None]:
+        """Check, replace the workers one at a time on what was read, then change the parent."""
+        change = prepare(new, changes)
+        contents = validated[0]
+        handed = None if contents is None else supervisor.keep_config(contents)
+        rolled = supervisor.replace(
+            lambda n: worker_arguments(n, shared.family, plugin_options, reactor_name, handed)
+        )
+
+        def failed(failure: Failure) -> None:
+            failure.trap(RolloutFailed)
+            raise ConfigError(str(failure.value))
+
+        return rolled.addCallbacks(lambda _: change(), failed)
+
+    reloader = Reloader(settings, read_again, roll_out, metrics)
     # The parent serves no public request: what it shows is the workers' (the
     # directory the supervisor makes for them when it starts).
     hot = HotKeysView(engine.hot, lambda: supervisor.metrics_dir)
@@ -307,6 +333,7 @@ def build_parent(
     except ConfigError:
         release(public)
         raise
+    admin_port.append(ports[-1])
     plugin_options = worker_plugin_options(options, settings)
     reactor_name = twistd_reactor(options)
     supervisor = Supervisor(

@@ -24,7 +24,6 @@ from refresherd.errors import (
     RefresherdError,
     ReloadRefused,
     ReloadRunning,
-    ReloadUnsupported,
 )
 from refresherd.http.auth import Authorizer
 from refresherd.metrics import Metrics
@@ -197,16 +196,31 @@ def apply_to_engine(
     check_admin: Callable[[Settings, Authorizer], None],
     clock: Any,
 ) -> Apply:
+    """The apply step of a single process: L{prepare_engine}, then its change at once."""
+    prepare = prepare_engine(engine, authorizer, check_admin, clock)
+
+    def apply(old: Settings, new: Settings, changes: Changes) -> None:
+        prepare(new, changes)()
+
+    return apply
+
+
+def prepare_engine(
+    engine: Engine,
+    authorizer: Authorizer,
+    check_admin: Callable[[Settings, Authorizer], None],
+    clock: Any,
+) -> Callable[[Settings, Changes], Callable[[], None]]:
     """
-    The apply step of a single process: check what only building finds
-    (each new or changed job's fetcher, a python job's function; the admin
-    listener allowed with the new tokens: C{check_admin}), then, with
-    nothing left to fail, swap the jobs, their metrics, the warm lists and the
-    tokens at once.  The fetches in flight finish with the jobs they started
+    Check what only building finds (each new or changed job's fetcher, a
+    python job's function; the admin listener allowed with the new tokens:
+    C{check_admin}): L{ConfigError}, or the change, which cannot fail, to make
+    when wanted: the jobs, their metrics, the warm lists and the tokens
+    swapped at once.  The fetches in flight finish with the jobs they started
     with; the pools of python jobs removed or replaced stop once idle.
     """
 
-    def apply(old: Settings, new: Settings, changes: Changes) -> None:
+    def prepare(new: Settings, changes: Changes) -> Callable[[], None]:
         refresher = engine.refresher
         new_authorizer = Authorizer.from_config(new.config.auth)
         check_admin(new, new_authorizer)
@@ -221,23 +235,28 @@ def apply_to_engine(
             )
             for name, config in new.config.jobs.items()
         }
-        # Nothing fails from here on.
-        for pool in staged.pools:
-            engine.pools.add(pool)
-        engine.refresher.metrics.set_jobs(jobs)
-        refresher.set_jobs(jobs)
-        authorizer.replace(new_authorizer)
-        warm_jobs = {*changes.added, *changes.changed, *changes.removed}
-        if engine.warms and any(
-            job.config.warm for name, job in (*current.items(), *jobs.items()) if name in warm_jobs
-        ):
-            rewarm(engine, clock)
-        for name, job in current.items():
-            retired = getattr(job.fetcher, "thread_pool", None)  # a python job's
-            if jobs.get(name) is not job and retired is not None:
-                engine.pools.retire(retired, clock)
 
-    return apply
+        def change() -> None:
+            for pool in staged.pools:
+                engine.pools.add(pool)
+            engine.refresher.metrics.set_jobs(jobs)
+            refresher.set_jobs(jobs)
+            authorizer.replace(new_authorizer)
+            warm_jobs = {*changes.added, *changes.changed, *changes.removed}
+            if engine.warms and any(
+                job.config.warm
+                for name, job in (*current.items(), *jobs.items())
+                if name in warm_jobs
+            ):
+                rewarm(engine, clock)
+            for name, job in current.items():
+                retired = getattr(job.fetcher, "thread_pool", None)  # a python job's
+                if jobs.get(name) is not job and retired is not None:
+                    engine.pools.retire(retired, clock)
+
+        return change
+
+    return prepare
 
 
 def rewarm(engine: Engine, clock: Any) -> None:
@@ -251,12 +270,3 @@ def rewarm(engine: Engine, clock: Any) -> None:
     if any(job.config.warm for job in refresher.jobs.values()):
         engine.warmer = Warmer(refresher, clock)
         engine.warmer.setServiceParent(engine)
-
-
-def unsupported(reason: str) -> Apply:
-    """The apply step of a process that cannot reload: refused, for C{reason}."""
-
-    def refuse(old: Settings, new: Settings, changes: Changes) -> None:
-        raise ReloadUnsupported(reason)
-
-    return refuse

@@ -5,12 +5,12 @@ line applied, each setting with where it came from (for one-line errors).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from refresherd.config import Config, load_config
+from refresherd.config import DEFAULT_PATH, Config, load_config, read_bytes
 from refresherd.errors import ConfigError
 from refresherd.run.workers.options import WorkerOptions, worker_options
 
@@ -47,9 +47,19 @@ class Settings:
         return self.admin_listen.value == "none"
 
 
-def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    """The settings of twistd's C{options}: L{ConfigError} naming the first mistake."""
-    config = load_config(options.get("config"), environ)
+def settings_from(
+    options: Mapping[str, Any], environ: Mapping[str, str], contents: bytes | None = None
+) -> Settings:
+    """
+    The settings of twistd's C{options}: L{ConfigError} naming the first
+    mistake.  C{contents}: the configuration file's, already read (a reload);
+    in a worker told so, those its parent validated (L{WorkerOptions.config}).
+    """
+    worker = worker_options(options)
+    path = options.get("config")
+    if contents is None and worker is not None and worker.config is not None:
+        contents = read_validated(worker.config)
+    config = load_config(path, environ, read_file=_reading(path, contents))
     source = config.source
 
     def pick(option: str, key: str, value: str) -> Setting:
@@ -73,7 +83,7 @@ def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]) -> Set
         store=pick("store", "store.url", config.store.url),
         workers=int(workers_text),
         log_format=log_format,
-        worker=worker_options(options),
+        worker=worker,
         log_file=twistd_log_file(options),
     )
 
@@ -91,6 +101,22 @@ def twistd_log_file(options: Mapping[str, Any]) -> str | None:
     if name == "-" or (parent.get("nodaemon") and not name):
         return None
     return str(name or "twistd.log")
+
+
+def _reading(path: str | None, contents: bytes | None) -> Callable[[str], bytes]:
+    """How to read files: the configuration file's C{contents} if given, the others as they are."""
+    if contents is None:
+        return read_bytes
+    wanted = DEFAULT_PATH if path is None else path
+    return lambda file: contents if file == wanted else read_bytes(file)
+
+
+def read_validated(path: str) -> bytes:
+    """The configuration a worker's parent validated (L{WorkerOptions.config})."""
+    try:
+        return read_bytes(path)
+    except OSError as e:
+        raise ConfigError(f"--worker-config: cannot read {path!r}: {e.strerror or e}") from None
 
 
 def require_shared_store(settings: Settings) -> None:

@@ -60,6 +60,12 @@ class Options(usage.Options):
         ["worker-fd", None, None, f"{_INTERNAL}: the inherited listening socket"],
         ["worker-family", None, None, f"{_INTERNAL}: its address family, inet, inet6 or unix"],
         ["worker-lifeline", None, None, f"{_INTERNAL}: the lifeline to the parent"],
+        [
+            "worker-config",
+            None,
+            None,
+            f"{_INTERNAL}: the configuration file's contents as the parent validated them",
+        ],
     ]
 
 

@@ -31,6 +31,7 @@ import twisted.test
 from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.metrics import FLUSH_INTERVAL
 from tests.harness import LISTENING, TWISTD, Origin, run_twistd, wait_until
+from tests.load import Load
 from tests.memcached_server import MemcachedServer
 from tests.redis_server import RedisServer
 
@@ -253,16 +254,6 @@ def test_two_workers_share_one_port_and_metrics_sum_over_both(
     assert 'refresherd_fetches_in_flight{job="pid"} 0.0' in text
     assert [p.name for p in tmp_path.glob("refresherd-metrics-*")] != []
 
-    # No reload with --workers yet: a worker ignores SIGHUP, the parent refuses it and says so.
-    os.kill(pids[1], signal.SIGHUP)
-    running.signal(signal.SIGHUP)
-    wait_until(lambda: "reload refused" in running.output())
-    answer = httpx.post(running.admin_url + "/v1/reload", json={}, timeout=5)
-    assert (answer.status_code, answer.json()["error"]["code"]) == (501, "reload_unsupported")
-    text = httpx.get(running.admin_url + "/metrics", timeout=5).text
-    assert metric(text, "refresherd_config_last_reload_successful") == 0
-    assert running.workers() == pids and all(alive(pid) for pid in pids.values())
-
     assert running.stop() == 0, running.output()
     assert not any(alive(pid) for pid in pids.values())
     assert list(tmp_path.glob("refresherd-metrics-*")) == []
@@ -270,6 +261,57 @@ def test_two_workers_share_one_port_and_metrics_sum_over_both(
     assert "Traceback" not in output
     for n, pid in pids.items():
         assert f"refresherd: worker {n} (pid {pid}) exited with status 0" in output
+
+
+ADDED = """
+[jobs.added]
+args = ["n"]
+fetch = "python"
+callable = "tests.jobs:pid"
+fresh = "1h"
+"""
+
+
+def test_a_reload_replaces_the_workers_one_at_a_time_under_load(
+    service: Callable[..., Running], tmp_path: Path, origin: Origin
+) -> None:
+    running = service()
+    pids = running.wait_for_workers(2)
+    os.kill(pids[1], signal.SIGHUP)  # a worker ignores it: its parent reloads
+    config = tmp_path / "refresherd.toml"
+    keys = [f"pid?n={n}" for n in range(20)]
+    with Load([running.url], keys, clients=4, path="/v1/jobs/%s", pause=0.005) as load:
+        load.wait_for(100)
+        config.write_text(CONFIG.format(origin=origin.url) + ADDED)
+        running.signal(signal.SIGHUP)
+        wait_until(lambda: "refresherd: reloaded" in running.output(), timeout=30)
+        for _ in range(4):  # whichever worker answers
+            added = httpx.get(running.url + "/v1/jobs/added?n=1", timeout=5)
+            assert added.status_code == 200, added.text
+        load.wait_for(100, since=load.now())
+
+        # A broken file: refused, the workers go on as they are.
+        replaced = running.workers()
+        config.write_text(CONFIG.format(origin=origin.url) + ADDED + "[jobs.broken]\n")
+        answer = httpx.post(running.admin_url + "/v1/reload", json={}, timeout=30)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (422, "reload_refused")
+        assert "jobs.broken" in answer.json()["error"]["message"]
+        load.wait_for(50, since=load.now())
+    outcomes = load.results()
+    text = httpx.get(running.admin_url + "/metrics", timeout=5).text
+    assert metric(text, "refresherd_config_last_reload_successful") == 0
+    assert running.workers() == replaced
+    assert set(replaced.values()).isdisjoint(pids.values())
+    assert not any(alive(pid) for pid in pids.values())
+    # A replaced worker closes its idle kept-alive connections: a request its client sent on
+    # one at that moment is closed unanswered, never received, which an HTTP/1.1 client may
+    # send again (RFC 9112 9.3.1), as in a rolling restart.  At most once per connection
+    # and replaced worker; nothing else fails.
+    closed = [o for o in outcomes if o.kind == "unanswered:RemoteProtocolError"]
+    failed = [o for o in outcomes if o.kind != "value" and o not in closed]
+    assert failed == [], "\n".join(o.describe() for o in failed[:20])
+    assert len(closed) <= 4 * 2, "\n".join(o.describe() for o in closed)
+    assert running.stop() == 0, running.output()
 
 
 def test_a_killed_worker_is_started_again(service: Callable[..., Running]) -> None:

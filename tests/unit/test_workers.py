@@ -53,8 +53,10 @@ from refresherd.run.workers.options import TWISTD as TWISTD_PROGRAM
 from refresherd.run.workers.sockets import SharedSocket, adopt, shareable
 from refresherd.run.workers.supervisor import (
     MAX_RESTART_DELAY,
+    READY_TIMEOUT,
     RESTART_DELAY,
     STABLE_AFTER,
+    RolloutFailed,
     Supervisor,
     describe_exit,
 )
@@ -451,6 +453,114 @@ def test_kill_ends_every_worker_at_once(supervised: Supervised) -> None:
     reactor.processes[0].exit(signal=9)
     reactor.advance(60)
     assert len(reactor.processes) == 2
+
+
+# -- a reload: the workers replaced one at a time ------------------------------------
+
+
+def test_a_reload_replaces_each_worker_once_its_successor_is_ready(
+    supervised: Supervised,
+) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    old = supervised.connect()
+    rolled = supervisor.replace(lambda n: ["new", str(n)])
+    assert [p.args for p in reactor.processes[2:]] == [["new", "1"]]  # one at a time
+    assert [t.disconnecting for t in old] == [False, False]  # the old ones serve meanwhile
+    protocol, new_1 = reactor.channel(2)
+    protocol.dataReceived(b"ready\r\n")
+    assert [t.disconnecting for t in old] == [True, False]  # the first old one drains
+    assert [p.args for p in reactor.processes[3:]] == [["new", "2"]]
+    reactor.processes[0].exit()  # and exits: not started again
+    protocol, new_2 = reactor.channel(3)
+    protocol.dataReceived(b"ready\r\n")
+    assert rolled.called and old[1].disconnecting
+    reactor.processes[1].exit()
+    reactor.advance(60)
+    assert supervisor.pids == {1: 1002, 2: 1003}
+    reactor.processes[2].exit(code=1)  # a new worker that exits is started the new way
+    reactor.advance(60)
+    assert reactor.processes[-1].args == ["new", "1"]
+
+
+def test_a_new_worker_not_ready_in_time_stops_the_reload_and_the_old_ones_go_on(
+    supervised: Supervised,
+) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    old = supervised.connect()
+    rolled = supervisor.replace(lambda n: ["new", str(n)])
+    reactor.advance(READY_TIMEOUT)
+    failures: list[Failure] = []
+    rolled.addErrback(failures.append)
+    [failure] = failures
+    assert isinstance(failure.value, RolloutFailed)
+    assert str(failure.value) == (
+        "--workers: the new worker 1 was not ready within 30 s; the workers not replaced yet go on"
+    )
+    assert reactor.processes[2].signals == ["KILL"]
+    reactor.processes[2].exit(signal=9)
+    reactor.advance(60)
+    assert [t.disconnecting for t in old] == [False, False]
+    assert supervisor.pids == {1: 1000, 2: 1001} and len(reactor.processes) == 3
+
+
+def test_a_new_worker_that_exits_stops_the_reload(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    supervised.connect()
+    rolled = supervisor.replace(lambda n: ["new", str(n)])
+    reactor.processes[2].exit(code=1)
+    failures: list[Failure] = []
+    rolled.addErrback(failures.append)
+    assert "the new worker 1 exited within 30 s" in str(failures[0].value)
+    reactor.advance(60)
+    assert supervisor.pids == {1: 1000, 2: 1001} and len(reactor.processes) == 3
+
+
+def test_stopping_during_a_reload_stops_the_new_worker_too(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    supervisor.startService()
+    supervised.connect()
+    supervisor.replace(lambda n: ["new", str(n)]).addErrback(lambda _: None)
+    stopped = supervisor.stopService()
+    assert reactor.processes[2].signals == ["TERM"]  # no lifeline connected yet
+    for process in reactor.processes:
+        process.exit()
+    assert stopped.called
+
+
+def test_the_configuration_handed_to_new_workers_is_kept_in_the_private_directory(
+    supervised: Supervised,
+) -> None:
+    supervisor = supervised.supervisor
+    supervisor.startService()
+    path = supervisor.keep_config(b"[jobs.a]\n")
+    assert Path(path).read_bytes() == b"[jobs.a]\n"
+    assert Path(path).parent == Path(str(supervisor.metrics_dir))
+    assert supervisor.keep_config(b"[jobs.b]\n") == path
+    assert Path(path).read_bytes() == b"[jobs.b]\n"
+
+
+def test_a_worker_reads_the_configuration_its_parent_validated(tmp_path: Path) -> None:
+    (tmp_path / "refresherd.toml").write_text(
+        '[jobs.changed_since]\nurl = "http://h/"\nfresh = 1\n'
+    )
+    validated = tmp_path / "validated.toml"
+    validated.write_text('[jobs.validated]\nurl = "http://h/"\nfresh = 1\n')
+    options = {
+        "config": str(tmp_path / "refresherd.toml"),
+        "worker-id": "1",
+        "worker-fd": "3",
+        "worker-family": "inet",
+        "worker-lifeline": "4",
+        "worker-config": str(validated),
+    }
+    settings = settings_from(options, {})
+    assert list(settings.config.jobs) == ["validated"]
+    assert settings.config.source == str(tmp_path / "refresherd.toml")
+    with pytest.raises(ConfigError, match="^--worker-config: cannot read"):
+        settings_from({**options, "worker-config": str(tmp_path / "gone")}, {})
 
 
 def test_a_worker_that_cannot_be_spawned_is_tried_again(

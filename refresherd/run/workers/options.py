@@ -30,6 +30,11 @@ class WorkerOptions:
     fd: int
     family: str
     lifeline: int
+    config: str | None = None
+    """
+    After a reload, a file holding the configuration file's contents as the
+    parent validated them: read instead of that file, which may have changed since.
+    """
 
 
 WORKER_OPTIONS = ("worker-id", "worker-fd", "worker-family", "worker-lifeline")
@@ -58,19 +63,28 @@ def worker_options(options: Mapping[str, Any]) -> WorkerOptions | None:
             f"--worker-family: internal option of --workers, one of {', '.join(FAMILIES)}, "
             f"not {family!r}"
         )
+    config = options.get("worker-config")
     return WorkerOptions(
-        numbers["worker-id"], numbers["worker-fd"], str(family), numbers["worker-lifeline"]
+        numbers["worker-id"],
+        numbers["worker-fd"],
+        str(family),
+        numbers["worker-lifeline"],
+        None if config is None else str(config),
     )
 
 
 def worker_arguments(
-    worker: int, family: str, plugin_options: list[str], reactor_name: str | None
+    worker: int,
+    family: str,
+    plugin_options: list[str],
+    reactor_name: str | None,
+    config: str | None = None,
 ) -> list[str]:
     """
     The command line of a worker after the interpreter: twistd with the
     parent's reactor, in the foreground and with no pid file, then the
     plugin with the parent's own options (C{plugin_options}) and the
-    internal ones.
+    internal ones (after a reload, C{config}: the validated contents).
     """
     twistd = ["-P", "-c", TWISTD, "-n", "--pidfile="]
     if reactor_name is not None:
@@ -83,4 +97,5 @@ def worker_arguments(
         f"--worker-fd={PUBLIC_FD}",
         f"--worker-family={family}",
         f"--worker-lifeline={LIFELINE_FD}",
+        *([] if config is None else [f"--worker-config={config}"]),
     ]

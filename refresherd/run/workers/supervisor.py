@@ -35,6 +35,12 @@ STABLE_AFTER = 10.0
 """A worker that exits after serving this long is restarted after L{RESTART_DELAY} again."""
 STOP_TIMEOUT = 30.0
 """Seconds that workers have to stop before the parent kills them."""
+READY_TIMEOUT = 30.0
+"""Seconds a worker started by a reload has to be ready before the reload fails."""
+
+
+class RolloutFailed(Exception):
+    """A worker started by a reload was not ready in time, or exited first (one line)."""
 
 
 @attrs.define(eq=False)
@@ -50,6 +56,10 @@ class _Worker:
     failures: int = 0
     restart: IDelayedCall | None = None
     ended: list[Deferred[None]] = attrs.field(factory=list)
+    ready: Deferred[None] | None = None
+    """For a worker started by a reload: fires once it is ready (fails if it exits first)."""
+    retired: bool = False
+    """Replaced by a reload (or never ready): it stops, and is not started again."""
 
 
 class _Channel(LineOnlyReceiver):
@@ -125,6 +135,11 @@ class Supervisor(Service):
     """Where the metrics directory is made; None: the system's temporary directory."""
     metrics_dir: str | None = attrs.field(default=None, init=False)
     _workers: dict[int, _Worker] = attrs.field(factory=dict, init=False)
+    _retiring: list[_Worker] = attrs.field(factory=list, init=False)
+    """Workers replaced by a reload that have not exited yet."""
+    _starting: _Worker | None = attrs.field(default=None, init=False)
+    """The worker a reload started, until it is ready."""
+    ready_timeout: float = READY_TIMEOUT
     _stopping: bool = attrs.field(default=False, init=False)
     _devnull: int | None = attrs.field(default=None, init=False)
     _log: Logger = attrs.field(factory=Logger, init=False)
@@ -154,7 +169,7 @@ class Supervisor(Service):
         Service.stopService(self)
         self._stopping = True
         waits: list[Deferred[None]] = []
-        for worker in self._workers.values():
+        for worker in self._every():
             if worker.restart is not None and worker.restart.active():
                 worker.restart.cancel()
             worker.restart = None
@@ -183,7 +198,7 @@ class Supervisor(Service):
         for a second SIGTERM, when the parent ends at once too.
         """
         self._stopping = True
-        for worker in self._workers.values():
+        for worker in self._every():
             if worker.process is not None:
                 try:
                     worker.process.signalProcess("KILL")
@@ -199,6 +214,80 @@ class Supervisor(Service):
             for n, worker in self._workers.items()
             if worker.process is not None and worker.pid is not None
         }
+
+    def _every(self) -> list[_Worker]:
+        """Every worker, those a reload replaced that have not exited yet included."""
+        starting = [] if self._starting is None else [self._starting]
+        return [*self._workers.values(), *self._retiring, *starting]
+
+    # -- a reload ---------------------------------------------------------------
+
+    def replace(self, arguments: Callable[[int], list[str]]) -> Deferred[None]:
+        """
+        Replace the workers one at a time with workers started with
+        C{arguments} (from now on also those started again): each old one is
+        told to stop (it answers what it took) only once its successor is
+        ready, so that the shared socket always has workers accepting.  Fails
+        with L{RolloutFailed} when a new worker is not ready within
+        C{ready_timeout} seconds: the rollout stops there, the workers not
+        replaced yet go on.
+        """
+        self.arguments = arguments
+        return Deferred.fromCoroutine(self._replace_all())
+
+    async def _replace_all(self) -> None:
+        for n in sorted(self._workers):
+            if self._stopping:
+                return
+            new = self._starting = _Worker(n, ready=Deferred())
+            assert new.ready is not None
+            self._spawn(new)
+            if new.process is None:
+                self._starting = None
+                raise RolloutFailed(f"--workers: cannot start a new worker {n}")
+            try:
+                await new.ready.addTimeout(self.ready_timeout, self.reactor)
+            except Exception as e:
+                self._starting = None
+                self._retire(new, kill=True)
+                why = "exited" if isinstance(e, RolloutFailed) else "was not ready"
+                raise RolloutFailed(
+                    f"--workers: the new worker {n} {why} within {self.ready_timeout:g} s; "
+                    f"the workers not replaced yet go on"
+                ) from None
+            old, self._workers[n] = self._workers[n], new
+            new.ready, self._starting = None, None
+            self._retire(old)
+
+    def keep_config(self, contents: bytes) -> str:
+        """
+        The path of a file holding C{contents} (a configuration the parent
+        validated), for the workers started from now on; replaced at once
+        (atomically) by the next.  In the metrics directory: the parent's own.
+        """
+        assert self.metrics_dir is not None
+        path = os.path.join(self.metrics_dir, "config.toml")
+        fd, written = tempfile.mkstemp(dir=self.metrics_dir, prefix="config-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(contents)
+        os.replace(written, path)
+        return path
+
+    def _retire(self, worker: _Worker, kill: bool = False) -> None:
+        """A worker replaced (or never ready) stops, and is not started again."""
+        worker.retired = True
+        if worker.restart is not None and worker.restart.active():
+            worker.restart.cancel()
+        worker.restart = None
+        if worker.process is None:
+            return
+        self._retiring.append(worker)
+        if kill:
+            worker.process.signalProcess("KILL")
+        elif worker.channel is not None:
+            worker.channel.close()
+        else:
+            worker.process.signalProcess("TERM")
 
     # -- one worker -------------------------------------------------------------
 
@@ -233,7 +322,8 @@ class Supervisor(Service):
                 )
             except Exception:
                 self._log.failure("refresherd: cannot start worker {worker}", worker=worker.id)
-                self._restart_later(worker)
+                if worker.ready is None:
+                    self._restart_later(worker)
                 return
             worker.process, worker.pid = process, process.pid
             worker.started_at, worker.ready_at = self.reactor.seconds(), None
@@ -249,6 +339,8 @@ class Supervisor(Service):
 
     def _ready(self, worker: _Worker) -> None:
         worker.ready_at = self.reactor.seconds()
+        if worker.ready is not None and not worker.ready.called:
+            worker.ready.callback(None)
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
         pid, worker.pid, worker.process = worker.pid, None, None
@@ -260,7 +352,11 @@ class Supervisor(Service):
         for d in ended:
             d.callback(None)
         how = describe_exit(reason)
-        if self._stopping:
+        if worker.ready is not None and not worker.ready.called:
+            worker.ready.errback(RolloutFailed(how))
+        if worker in self._retiring:
+            self._retiring.remove(worker)
+        if self._stopping or worker.retired:
             self._log.info(
                 "refresherd: worker {worker} (pid {pid}) {how}", worker=worker.id, pid=pid, how=how
             )
@@ -284,7 +380,7 @@ class Supervisor(Service):
         return delay
 
     def _kill_late(self) -> None:
-        for worker in self._workers.values():
+        for worker in self._every():
             if worker.process is not None:
                 self._log.warn(
                     "refresherd: worker {worker} (pid {pid}) did not stop in {timeout} s; "
