@@ -350,6 +350,11 @@ class AsyncClient:
         jobs: list[dict[str, Any]] = await self._run(self._calls.jobs())
         return jobs
 
+    async def reload(self) -> dict[str, Any]:
+        """As L{Client.reload}."""
+        answer: dict[str, Any] = await self._run(self._calls.reload())
+        return answer
+
     async def hot(
         self, job: str | None = None, n: int | None = None
     ) -> dict[str, list[dict[str, Any]]]:

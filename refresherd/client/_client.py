@@ -281,7 +281,8 @@ class Client:
         "new_keys", "tokens"}}), or L{ReloadRefused} with the reason, the
         configuration loaded before still served.
         """
-        return self._object(self._send("POST", self.admin_url, "/v1/reload", body={}))
+        answer: dict[str, Any] = self._run(self._calls.reload())
+        return answer
 
     def hot(self, job: str | None = None, n: int | None = None) -> dict[str, list[dict[str, Any]]]:
         """

@@ -479,6 +479,10 @@ class Listeners:
 
         return Call(request, read)
 
+    def reload(self) -> Call:
+        request = self._request(self.admin, "POST", "/v1/reload", body={})
+        return Call(request, self.json_object(request))
+
     def jobs(self) -> Call:
         request = self._request(self.admin, "GET", "/v1/jobs")
         as_object = self.json_object(request)
