@@ -99,6 +99,18 @@ def test_reloads_under_load_fail_no_request_but_those_the_changes_make(tmp_path:
             assert moved["key"] == "rfd:a:v2:k=0"
             load.wait_for(200, since=load.now())
 
+            # 3b. Six more in a row, by both ways, each changing c's lifetimes (same keys).
+            done = reloads(service, "refresherd: reloaded")
+            for i in range(1, 7):
+                jobs = {"a": ("30s", 2), "c": (("1m", "2m")[i % 2], 1)}
+                path.write_text(config(origin.url, ["tok-2"], jobs))
+                if i % 2:
+                    service.process.send_signal(signal.SIGHUP)
+                else:
+                    assert reload(service)["changed"] == ["c"]
+                wait_until(lambda i=i: reloads(service, "refresherd: reloaded") == done + i)
+                load.wait_for(30, since=load.now())
+
             # 4. A broken file by SIGHUP: refused, nothing changes, the log and metric say why.
             served = httpx.get(service.admin_url + "/v1/jobs", timeout=5).json()
             assert metric(service, SUCCESSFUL) == 1
