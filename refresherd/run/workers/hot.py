@@ -8,19 +8,16 @@ the files when asked.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 
 import attrs
-from twisted.logger import Logger
 
 from refresherd.core.hotkeys import HotKeysRegistry
+from refresherd.run.workers.files import WorkerFiles
 
-PREFIX, SUFFIX = "hot-", ".json"
-"""A worker's file: C{hot-N.json}, N its number (a restarted worker takes its slot's)."""
-MAX_FILE_BYTES = 64 * 1024 * 1024
-"""A file larger than this is not read (K = 10000 keys of many jobs stays far below)."""
+FILES = WorkerFiles("hot-", "hot keys", 64 * 1024 * 1024)
+"""A worker's file: C{hot-N.json}; one larger than 64 MiB is not read (K = 10000 keys of many
+jobs stays far below)."""
 
 
 @attrs.define(eq=False)
@@ -36,7 +33,6 @@ class HotKeysView:
     directory: Callable[[], str | None] = lambda: None
     worker: int | None = None
     """In a worker, its number: L{write} writes its file."""
-    _log: Logger = attrs.field(factory=Logger, init=False)
 
     def current(self) -> HotKeysRegistry:
         """The hot keys now: L{own}, or a new registry with the workers' files merged in."""
@@ -44,46 +40,15 @@ class HotKeysView:
         if directory is None:
             return self.own
         merged = self.own.copy()
-        mine = None if self.worker is None else _name(self.worker)
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            return merged  # Not made yet, or removed as the parent stops.
-        for name in names:
-            if not (name.startswith(PREFIX) and name.endswith(SUFFIX)) or name == mine:
-                continue
-            try:
-                with open(os.path.join(directory, name), "rb") as f:
-                    data = f.read(MAX_FILE_BYTES + 1)
-                if len(data) > MAX_FILE_BYTES:
-                    raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-                merged.merge(json.loads(data))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as e:
-                self._log.warn("refresherd: hot keys file {name} skipped: {why}", name=name, why=e)
+        FILES.read(directory, merged.merge, skip=self.worker)
         return merged
 
     def write(self) -> None:
         """In a worker, replace its file with its sketches now (an error is logged)."""
         directory = self.directory()
-        if directory is None or self.worker is None:
-            return
-        path = os.path.join(directory, _name(self.worker))
-        aside = path + ".tmp"
-        try:
-            with open(aside, "w", encoding="utf-8") as f:
-                json.dump(self.own.export(), f, separators=(",", ":"))
-            os.replace(aside, path)
-        except OSError as e:
-            self._log.warn(
-                "refresherd: cannot write the hot keys to {path}: {why}", path=path, why=e
-            )
+        if directory is not None and self.worker is not None:
+            FILES.write(directory, self.worker, self.own.export())
 
     def sizes(self) -> dict[str, int]:
         """How many keys each job's sketch holds, as L{current} shows them."""
         return self.current().sizes()
-
-
-def _name(worker: int) -> str:
-    return f"{PREFIX}{worker}{SUFFIX}"

@@ -8,20 +8,17 @@ adds the files up when asked.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from twisted.logger import Logger
 
 from refresherd.core.recent import WINDOW, Tally, merge
+from refresherd.run.workers.files import WorkerFiles
 
-PREFIX, SUFFIX = "status-", ".json"
-"""A worker's file: C{status-N.json}, N its number (a restarted worker takes its slot's)."""
-MAX_FILE_BYTES = 16 * 1024 * 1024
-"""A file larger than this is not read (a tally is a few hundred bytes per job)."""
+FILES = WorkerFiles("status-", "status", 16 * 1024 * 1024)
+"""A worker's file: C{status-N.json}; one larger than 16 MiB is not read (a tally is a few
+hundred bytes per job)."""
 LIVE_FOR = 5.0
 """
 A file older than this (seconds) is a worker's that no longer writes (killed,
@@ -43,7 +40,6 @@ class RecentView:
     directory: Callable[[], str | None] = lambda: None
     worker: int | None = None
     """In a worker, its number: L{write} writes its file."""
-    _log: Logger = attrs.field(factory=Logger, init=False)
 
     def current(self) -> dict[str, Tally]:
         """Each job's tally now: L{own}, with the workers' files added when there is a directory."""
@@ -51,34 +47,15 @@ class RecentView:
         directory = self.directory()
         if directory is None:
             return dict(own)
-        now, found = self.seconds(), [own]
-        mine = None if self.worker is None else _name(self.worker)
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            names = []  # Not made yet, or removed as the parent stops.
-        for name in names:
-            if not (name.startswith(PREFIX) and name.endswith(SUFFIX)) or name == mine:
-                continue
-            try:
-                with open(os.path.join(directory, name), "rb") as f:
-                    data = f.read(MAX_FILE_BYTES + 1)
-                if len(data) > MAX_FILE_BYTES:
-                    raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-                found.append(_parse(json.loads(data), now))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as e:
-                self._log.warn("refresherd: status file {name} skipped: {why}", name=name, why=e)
-        return merge(found, own)
+        now = self.seconds()
+        found = FILES.read(directory, lambda document: _parse(document, now), skip=self.worker)
+        return merge([own, *found], own)
 
     def write(self) -> None:
         """In a worker, replace its file with its tallies now (an error is logged)."""
         directory = self.directory()
         if directory is None or self.worker is None:
             return
-        path = os.path.join(directory, _name(self.worker))
-        aside = path + ".tmp"
         document = {
             "written": self.seconds(),
             "jobs": {
@@ -87,12 +64,7 @@ class RecentView:
                 if tally != Tally()  # the idle jobs of a worker: nothing to add
             },
         }
-        try:
-            with open(aside, "w", encoding="utf-8") as f:
-                f.write(json.dumps(document, separators=(",", ":")))
-            os.replace(aside, path)
-        except OSError as e:
-            self._log.warn("refresherd: cannot write the status to {path}: {why}", path=path, why=e)
+        FILES.write(directory, self.worker, document)
 
 
 def _parse(document: Any, now: float) -> dict[str, Tally]:
@@ -115,7 +87,3 @@ def _parse(document: Any, now: float) -> dict[str, Tally]:
             tally.in_flight = tally.queued = 0
         tallies[job] = tally
     return tallies
-
-
-def _name(worker: int) -> str:
-    return f"{PREFIX}{worker}{SUFFIX}"
