@@ -6,12 +6,16 @@ L{Client}, the synchronous client of both listeners: each method's call
 
 from __future__ import annotations
 
+import json
+import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from refresherd.client.answers import Raw
+from refresherd.client import direct
+from refresherd.client.answers import Raw, answer_value
 from refresherd.client.breaker import DEFAULT_CIRCUIT_COOLDOWN, DEFAULT_CIRCUIT_FAILURES
 from refresherd.client.calls import (
     DEFAULT_ADMIN_URL,
@@ -26,11 +30,13 @@ from refresherd.client.calls import (
     Request,
     Response,
     TransportError,
+    _job_args,
 )
 from refresherd.client.errors import ServiceError, Unreachable
 from refresherd.client.transports import Transport, transport_of
 
 T = TypeVar("T")
+log = logging.getLogger("refresherd.client")
 _NO_DEFAULT = NO_DEFAULT
 
 
@@ -55,6 +61,12 @@ class Client:
     name for names that are also parameters of a method (C{default}, C{args},
     C{content_type}): C{client.get("report", {"default": "x"}, year=2024)}.
     Values are strings, integers or UUIDs.
+
+    With C{redis_url}, the URL of the Redis the service stores in (a
+    read-only user is enough), L{get} and L{value} read fresh hits straight
+    from Redis and answer them without asking the service; anything else
+    goes to the service (docs/clients.md, "Direct reads").  This needs the
+    C{redis} package (C{pip install refresherd[redis-client]}).
     """
 
     def __init__(
@@ -69,6 +81,7 @@ class Client:
         circuit_failures: int = DEFAULT_CIRCUIT_FAILURES,
         circuit_cooldown: float = DEFAULT_CIRCUIT_COOLDOWN,
         clock: Callable[[], float] = time.monotonic,
+        redis_url: str | None = None,
     ) -> None:
         self._calls = Listeners.of(
             url,
@@ -85,6 +98,7 @@ class Client:
         self.timeout = timeout
         self.connect_timeout = self._calls.connect_timeout
         self._transport: Transport = transport_of(transport)
+        self._direct = None if redis_url is None else DirectReads(self, redis_url, clock)
 
     def __repr__(self) -> str:
         # Never the token.
@@ -93,6 +107,8 @@ class Client:
     def close(self) -> None:
         """Close the pooled connections."""
         self._transport.close()
+        if self._direct is not None:
+            self._direct.close()
 
     def __enter__(self) -> Client:
         return self
@@ -140,6 +156,10 @@ class Client:
         fetches in the background on a miss.  With C{default}, that is
         returned instead when refresherd is down (unreachable or 5xx).
         """
+        if self._direct is not None:
+            hit = self._direct.hit(job, _job_args(args, kwargs))
+            if hit is not None:
+                return hit
         return self._run(self._calls.get(job, args, kwargs, default))
 
     @overload
@@ -200,6 +220,10 @@ class Client:
         L{Pending} when there is no value yet; with it, the default then and
         when refresherd is down.
         """
+        if self._direct is not None:
+            hit = self._direct.hit(job, _job_args(args, kwargs))
+            if hit is not None:
+                return answer_value(hit)
         return self._run(self._calls.value(job, args, kwargs, default))
 
     def put(
@@ -320,3 +344,73 @@ class Client:
             breaker.abandoned()
             raise
         return calls.answered(breaker, request, response)
+
+
+class DirectReads:
+    """
+    The direct reads of a L{Client} (docs/clients.md, "Direct reads"): the
+    layout asked of the service at most every L{direct.LAYOUT_RECHECK}
+    seconds, one C{MGET} per read, and no read of Redis for
+    L{direct.REDIS_BACKOFF} seconds after it failed.
+    """
+
+    def __init__(self, client: Client, redis_url: str, clock: Callable[[], float]) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise ImportError(
+                "direct reads need the redis package: pip install refresherd[redis-client]"
+            ) from None
+        self._redis = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=client.timeout,
+            socket_connect_timeout=client.connect_timeout,
+        )
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._client = client
+        self._clock = clock
+        self._now: Callable[[], float] = time.time
+        self._random: Callable[[], float] = random.random
+        self.layout: direct.Layout | None = None
+        self._layout_due = 0.0
+        self._redis_due = 0.0
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def hit(self, job: str, args: dict[str, str]) -> dict[str, Any] | None:
+        """The answer of a fresh hit read in Redis; None when the service must answer."""
+        layout = self._current_layout()
+        read = None if layout is None else direct.read_of(layout, job, args)
+        if read is None or self._clock() < self._redis_due:
+            return None
+        try:
+            values: Any = self._redis.mget(read.keys)
+        except self._errors as e:
+            self._redis_due = self._clock() + direct.REDIS_BACKOFF
+            log.warning("direct reads stop for %g s: Redis: %s", direct.REDIS_BACKOFF, e)
+            return None
+        answer: dict[str, Any] | None = direct.hit_of(read, values, self._now(), self._random())
+        return answer
+
+    def _current_layout(self) -> direct.Layout | None:
+        """The layout, asked for again (with its ETag) when it is L{direct.LAYOUT_RECHECK} old."""
+        now = self._clock()
+        if now < self._layout_due:
+            return self.layout
+        self._layout_due = now + direct.LAYOUT_RECHECK
+        known = self.layout
+        calls = self._client._calls
+        headers = {} if known is None or known.etag is None else {"If-None-Match": known.etag}
+        request = Request(calls.public, "GET", calls.public.prefix + "/v1/layout", headers)
+        try:
+            response = self._client._send(request)
+            if response.status_code == 304 and known is not None:
+                return known
+            self.layout = direct.parse_layout(
+                json.loads(response.content), response.headers.get("ETag")
+            )
+        except (Unreachable, ServiceError, ValueError) as e:
+            log.warning("direct reads stop for %g s: no layout: %s", direct.LAYOUT_RECHECK, e)
+            self.layout = None
+        return self.layout

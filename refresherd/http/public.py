@@ -9,8 +9,10 @@ traceback.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,6 +26,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from refresherd.config import ServerConfig
+from refresherd.core.jobs import Job
 from refresherd.core.refresher import Answer, Refresher
 from refresherd.entry import parse_json
 from refresherd.errors import (
@@ -35,7 +38,7 @@ from refresherd.errors import (
     StoreUnavailable,
     one_line,
 )
-from refresherd.http.answers import render_answer
+from refresherd.http.answers import etag_matches, render_answer
 from refresherd.http.auth import Authorizer
 from refresherd.http.common import (
     JSON,
@@ -66,12 +69,21 @@ class PublicAPI:
     clock: IReactorTime
     fallback: IResource | None = None
     """Routes mounted beside these (the admin API with C{--admin-listen none})."""
+    store_kind: str = "memory"
+    """The kind of store (L{refresherd.run.wiring.store_kind}), told by C{/v1/layout}."""
     values: Values = attrs.field(init=False)
+    _layout: tuple[bytes, bytes] = attrs.field(init=False)
+    """The body and the ETag of C{/v1/layout}: the jobs cannot change while the service runs."""
     app = Klein()
 
     def __attrs_post_init__(self) -> None:
         self.values = Values(
             self.refresher, self.authorizer, self.metrics, self.clock, self.server.access_log
+        )
+        document = layout(self.refresher.namespace, self.refresher.jobs, self.store_kind)
+        self._layout = (
+            json.dumps(document, sort_keys=True).encode("utf-8"),
+            f'"{document["generation"]}"'.encode("ascii"),
         )
 
     def resource(self) -> Any:
@@ -206,9 +218,56 @@ class PublicAPI:
         request.setHeader(b"Content-Type", JSON)
         return b'{"status":"ready"}'
 
+    @app.route("/v1/layout", methods=["GET", "HEAD"])
+    def get_layout(self, request: IRequest) -> bytes:
+        self._observe(request, "/v1/layout")
+        self.authorizer.check_read(header(request, b"Authorization"))
+        body, etag = self._layout
+        request.setHeader(b"ETag", etag)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        if etag_matches(header(request, b"If-None-Match"), etag.decode("ascii")):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"Content-Type", JSON)
+        return body
+
     @app.route("/v1/openapi.json", methods=["GET", "HEAD"])
     def openapi(self, request: IRequest) -> bytes:
         self._observe(request, "/v1/openapi.json")
         self.authorizer.check_read(header(request, b"Authorization"))
         request.setHeader(b"Content-Type", JSON)
         return OPENAPI
+
+
+LAYOUT_FORMAT = 1
+"""The version of the document C{GET /v1/layout} answers (docs/clients.md, "Direct reads")."""
+
+
+def layout(namespace: str, jobs: Mapping[str, Job], store_kind: str) -> dict[str, Any]:
+    """
+    What a client needs to read hits straight from the store (docs/clients.md,
+    "Direct reads"): the store's kind and namespace, and per job what makes
+    its keys and its generation keys, and what its decision takes; with a
+    C{generation}, the digest of all that.  A job with C{arg_patterns} is
+    C{direct: false}: its arguments are checked by the service alone.
+    """
+    described = {
+        name: {
+            "version": job.config.version,
+            "args": list(job.config.args),
+            "tags": list(job.config.tags),
+            "early_refresh": job.config.early_refresh,
+            "max_value_bytes": job.config.max_value_bytes,
+            "direct": not job.config.arg_patterns,
+        }
+        for name, job in sorted(jobs.items())
+    }
+    document: dict[str, Any] = {
+        "format": LAYOUT_FORMAT,
+        "store": store_kind,
+        "namespace": namespace,
+        "jobs": described,
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    document["generation"] = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+    return document

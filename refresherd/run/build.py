@@ -209,6 +209,7 @@ def build_service(
         metrics,
         reactor,
         fallback=admin.resource() if settings.admin_mounted else None,
+        store_kind=store_kind(settings.store.value),
     )
     public_site = WireSite(
         public.resource(),

@@ -6,7 +6,9 @@ C{httpx.MockTransport} that answers as refresherd would.  No network.
 
 from __future__ import annotations
 
+import ast
 import base64
+import importlib.util
 import json
 import logging
 import threading
@@ -502,9 +504,21 @@ def test_timeouts_and_lost_connections_are_unreachable_with_one_line(
     assert raised.value.message == message
 
 
-def test_the_client_module_imports_nothing_of_the_server() -> None:
-    # Every module of refresherd.client imports only its siblings of refresherd, and
-    # them by absolute name (a relative import would slip past this test).
+# The pure modules of the server that direct reads share with it (keys, entries,
+# marks, the decision, tag templates): none imports Twisted.
+SHARED_WITH_THE_SERVER = (
+    "from refresherd.keys ",
+    "from refresherd.entry ",
+    "from refresherd.core import policy",
+    "from refresherd.core.marks ",
+    "from refresherd.core.templates ",
+)
+
+
+def test_the_client_module_imports_nothing_of_the_server_but_its_pure_modules() -> None:
+    # Every module of refresherd.client imports only its siblings of refresherd and
+    # the pure modules direct reads share with the server, by absolute name (a
+    # relative import would slip past this test).
     package = Path(client_module.__file__).parent
     modules = sorted(package.rglob("*.py"))
     assert [module.name for module in modules if module.name != "__init__.py"]
@@ -513,7 +527,50 @@ def test_the_client_module_imports_nothing_of_the_server() -> None:
         imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
         assert not [line for line in imports if line.startswith("from .")], module.name
         ours = [line for line in imports if "refresherd" in line]
-        assert all(line.startswith("from refresherd.client.") for line in ours), (module.name, ours)
+        allowed = (
+            "from refresherd.client.",
+            "from refresherd.client import ",
+            *SHARED_WITH_THE_SERVER,
+        )
+        assert all(line.startswith(allowed) for line in ours), (module.name, ours)
+
+
+def _imported(module: str) -> set[str]:
+    """The modules C{module}'s source imports at its top level (read, not run)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if importlib.util.find_spec(name.rsplit(".", 1)[0])}
+
+
+def test_nothing_the_client_imports_imports_twisted() -> None:
+    # Followed through the server's pure modules it shares (and refresherd's
+    # __init__): no Twisted, Klein or treq anywhere.
+    seen: set[str] = set()
+    todo = ["refresherd"] + [
+        f"refresherd.client.{path.stem}"
+        for path in Path(client_module.__file__).parent.glob("*.py")
+        if path.stem != "__init__"
+    ]
+    while todo:
+        module = todo.pop()
+        if module in seen or not module.startswith("refresherd"):
+            continue
+        seen.add(module)
+        try:
+            imported = _imported(module)
+        except (ModuleNotFoundError, AssertionError):
+            continue  # a name imported from a module, not a module
+        assert not [n for n in imported if n.split(".")[0] in ("twisted", "klein", "treq")], module
+        todo.extend(imported)
+    assert "refresherd.core.policy" in seen and "refresherd.entry" in seen
 
 
 # -- job arguments --------------------------------------------------------------------------

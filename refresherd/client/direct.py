@@ -1,0 +1,206 @@
+"""
+Direct reads (docs/clients.md, "Direct reads"), without I/O: what a client
+configured with the shared Redis's URL reads there, and whether what it read
+is a fresh hit it may answer itself.
+
+The keys and the decision are the service's own code (L{refresherd.keys},
+L{refresherd.core.marks}, L{refresherd.core.policy}, L{refresherd.entry}),
+none of which imports Twisted.  Anything but a fresh hit with no early refresh
+due is left to the service: stale, absent, purged (hard or soft), due for an
+early refresh, a failure, unreadable, tagged by its origin beyond its job's
+tags, or a job or arguments the client is not sure of.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from refresherd.core import policy
+from refresherd.core.marks import GenerationKeys, build_generation_keys
+from refresherd.core.templates import render_tags
+from refresherd.entry import (
+    EntryFormatError,
+    decode,
+    entry_problem,
+    is_json_content_type,
+    largest_entry,
+)
+from refresherd.keys import entry_key
+
+LAYOUT_FORMAT = 1
+"""The version of the C{GET /v1/layout} document this client reads."""
+LAYOUT_RECHECK = 5.0
+"""Seconds a layout is used before it is asked for again (with its ETag: a 304 when unchanged)."""
+REDIS_BACKOFF = 5.0
+"""Seconds without direct reads after Redis failed: every read goes to the service meanwhile."""
+MAX_ARG_BYTES = 1024
+_DIRECT_STORES = ("redis", "redis+sentinel")
+
+
+class BadLayout(ValueError):
+    """A C{/v1/layout} answer this client does not read."""
+
+
+@attrs.frozen
+class DirectJob:
+    """What a client needs of one job to read its hits directly."""
+
+    name: str
+    version: int
+    args: tuple[str, ...]
+    tags: tuple[str, ...]
+    early_refresh: float
+    max_entry_bytes: int
+
+
+@attrs.frozen
+class Layout:
+    """The layout of the service's store (C{GET /v1/layout}), checked."""
+
+    namespace: str
+    generation: str
+    etag: str | None
+    jobs: Mapping[str, DirectJob]
+    """The jobs that may be read directly (none when the store is not Redis)."""
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise BadLayout("a job's args and tags are lists of strings")
+    return tuple(value)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadLayout("a job's numbers are numbers")
+    return float(value)
+
+
+def parse_layout(document: object, etag: str | None) -> Layout:
+    """The L{Layout} of a C{/v1/layout} answer; L{BadLayout} if it is not one this client reads."""
+    if not isinstance(document, dict) or document.get("format") != LAYOUT_FORMAT:
+        raise BadLayout("not a layout of a format this client reads")
+    namespace, generation, jobs = (document.get(k) for k in ("namespace", "generation", "jobs"))
+    if not isinstance(namespace, str) or not isinstance(generation, str):
+        raise BadLayout("the layout has no namespace or generation")
+    if not isinstance(jobs, dict):
+        raise BadLayout("the layout has no jobs")
+    direct: dict[str, DirectJob] = {}
+    for name, job in jobs.items():
+        if not isinstance(job, dict):
+            raise BadLayout("a job of the layout is not an object")
+        version = job.get("version")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise BadLayout("a job's version is an integer")
+        described = DirectJob(
+            name=name,
+            version=version,
+            args=_strings(job.get("args")),
+            tags=_strings(job.get("tags")),
+            early_refresh=_number(job.get("early_refresh")),
+            max_entry_bytes=largest_entry(int(_number(job.get("max_value_bytes")))),
+        )
+        if job.get("direct") is True:
+            direct[name] = described
+    if document.get("store") not in _DIRECT_STORES:
+        direct = {}
+    return Layout(namespace, generation, etag, direct)
+
+
+@attrs.frozen
+class Read:
+    """What to read for one lookup: the entry's key, then its generation keys, in one C{MGET}."""
+
+    job: DirectJob
+    key: str
+    tags: tuple[str, ...]
+    generation_keys: GenerationKeys
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, *self.generation_keys.all)
+
+
+def _plain(value: str) -> bool:
+    """
+    A value the service takes for any job: not too long, and none of those the
+    URL checks may refuse (empty, C{.}, C{..}, holding C{/} or C{\\}).
+    """
+    return (
+        value not in ("", ".", "..")
+        and "/" not in value
+        and "\\" not in value
+        and len(value.encode("utf-8", "surrogatepass")) <= MAX_ARG_BYTES
+        and value.isprintable()
+    )
+
+
+def read_of(layout: Layout, job: str, args: Mapping[str, str]) -> Read | None:
+    """
+    What to read for C{job} with C{args}; None when the service must answer
+    (a job it may not read directly, arguments it is not sure the service takes).
+    """
+    described = layout.jobs.get(job)
+    if described is None or set(args) != set(described.args):
+        return None
+    if not all(_plain(value) for value in args.values()):
+        return None
+    key = entry_key(layout.namespace, job, described.version, args)
+    tags = render_tags(described.tags, args)
+    return Read(described, key, tags, build_generation_keys(layout.namespace, job, tags))
+
+
+def _tokens(keys: Sequence[str], values: Sequence[bytes | None]) -> dict[str, str]:
+    """The generation tokens of C{keys} from an C{MGET} of them (as the service reads them)."""
+    return {
+        key: value.decode("ascii", "replace")
+        for key, value in zip(keys, values, strict=True)
+        if value is not None
+    }
+
+
+def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) -> Any:
+    """
+    The answer (as C{GET /v1/jobs/{job}} gives it, status C{hit}) of what an
+    C{MGET} of C{read.keys} found at C{now}, when it is a fresh hit with no
+    early refresh due (C{rand} as the service's random number); else None.
+    """
+    data = values[0] if values else None
+    if data is None or len(values) != len(read.keys) or len(data) > read.job.max_entry_bytes:
+        return None
+    try:
+        entry = decode(data)
+    except EntryFormatError:
+        return None
+    if entry_problem(entry) is not None or entry.tags != read.tags:
+        return None  # unreadable, or tags of an origin's: the service reads their marks
+    current = read.generation_keys.marks(_tokens(read.generation_keys.all, values[1:]))
+    if entry.marks != current:
+        return None  # purged, hard or soft
+    decision = policy.decide(now, entry, read.job.early_refresh, rand)
+    if decision is not policy.HIT:
+        return None
+    answer: dict[str, Any] = {
+        "job": read.job.name,
+        "key": read.key,
+        "status": "hit",
+        "content_type": entry.content_type,
+        "fetched_at": entry.fetched_at,
+        "fresh_until": entry.fresh_until,
+        "stale_until": entry.stale_until,
+        "age": round(max(0.0, now - entry.fetched_at), 3),
+    }
+    body = entry.body or b""
+    if is_json_content_type(entry.content_type):
+        answer["value"] = json.loads(body)
+    else:
+        try:
+            answer["value"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            answer["value_b64"] = base64.b64encode(body).decode("ascii")
+    return answer

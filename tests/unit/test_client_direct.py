@@ -1,0 +1,410 @@
+"""
+Direct reads (docs/clients.md, "Direct reads"): the client answers a read of
+the store itself only when the service would answer the same hit, with no
+refresh to start.  A table of entries, purges and times is run through both the
+service's lookup (a L{Refresher} on a memory store, on task.Clock) and the
+client's decision (L{direct.hit_of}) on the same bytes, at the same now, with
+the same random number.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from twisted.internet import task
+
+from refresherd import errors
+from refresherd.client import Client, direct
+from refresherd.config import JobConfig
+from refresherd.core.jobs import Job
+from refresherd.core.patterns import compile_pattern
+from refresherd.core.refresher import Answer, Refresher
+from refresherd.entry import Entry, encode, make_etag
+from refresherd.http.answers import answer_body
+from refresherd.http.public import layout
+from refresherd.keys import generation_key
+from refresherd.metrics import metrics_for
+from refresherd.stores.memory import MemoryStore
+from refresherd.testing import FakeFetcher
+from tests.deferreds import result
+
+NOW = 1_000_000.0
+ARGS = {"id": "7"}
+
+
+def job_config(**settings: Any) -> JobConfig:
+    settings.setdefault("fresh", 60.0)
+    settings.setdefault("stale", 30.0)
+    settings.setdefault("tags", ("obj:{id}", "all"))
+    return JobConfig(name="j", fetch="python", args=("id",), callable="x:y", **settings)
+
+
+def the_layout(*configs: JobConfig, store: str = "redis") -> direct.Layout:
+    """The layout as the service serves it, through JSON, as the client reads it."""
+    jobs = {config.name: Job(config, FakeFetcher()) for config in configs}
+    document = json.loads(json.dumps(layout("rfd", jobs, store)))
+    return direct.parse_layout(document, f'"{document["generation"]}"')
+
+
+def entry(**changes: Any) -> Entry:
+    """A fresh JSON value of j with ARGS fetched 10 s before NOW (fresh 60, stale 30)."""
+    body = changes.pop("body", b'{"n": 7}')
+    fetched_at = changes.pop("fetched_at", NOW - 10)
+    fields: dict[str, Any] = {
+        "body": body,
+        "content_type": "application/json",
+        "fetched_at": fetched_at,
+        "fresh_until": fetched_at + 60,
+        "stale_until": fetched_at + 90,
+        "error_until": fetched_at + 60,
+        "duration": 0.5,
+        "job": "j",
+        "args": dict(ARGS),
+        "tags": ("obj:7", "all"),
+        "etag": make_etag(body or b"", fetched_at),
+    }
+    fields.update(changes)
+    return Entry(**fields)
+
+
+@attrs.frozen
+class Case:
+    name: str
+    entry: Entry | None
+    purges: tuple[tuple[str, str, bool], ...] = ()
+    """(kind, name, hard) of each purge done after the entry was written."""
+    before: tuple[tuple[str, str, bool], ...] = ()
+    """Purges done before its fetch began: the entry carries their marks."""
+    rand: float = 0.999999
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    local: bool = False
+    """Whether the client answers it itself."""
+
+
+CASES = [
+    Case("fresh", entry(), local=True),
+    Case("fresh text", entry(body=b"caf\xc3\xa9", content_type="text/plain"), local=True),
+    Case("fresh bytes", entry(body=b"\xff\x00", content_type="image/png"), local=True),
+    Case(
+        "fresh, its job purged before its fetch", entry(), before=(("job", "j", True),), local=True
+    ),
+    Case(
+        "fresh, a tag soft-purged before its fetch",
+        entry(),
+        before=(("tag", "all", False),),
+        local=True,
+    ),
+    Case(
+        "fresh, early refresh off",
+        entry(fetched_at=NOW - 59.9),
+        rand=1e-12,
+        config={"early_refresh": 0},
+        local=True,
+    ),
+    Case("fresh, early refresh due", entry(fetched_at=NOW - 59.9), rand=1e-12),
+    Case("stale", entry(fetched_at=NOW - 70)),
+    Case("past stale", entry(fetched_at=NOW - 100)),
+    Case("absent", None),
+    Case(
+        "fresh, refreshes failing", entry(failures=2, last_error="x", retry_at=NOW + 5), local=True
+    ),
+    Case(
+        "a failure remembered",
+        entry(
+            body=None,
+            fetched_at=NOW,
+            fresh_until=NOW,
+            stale_until=NOW,
+            error_until=NOW,
+            retry_at=NOW + 5,
+            failures=1,
+            last_error="boom",
+            etag="",
+        ),
+    ),
+    Case("job purged", entry(), purges=(("job", "j", True),)),
+    Case("job soft-purged", entry(), purges=(("job", "j", False),)),
+    Case("tag purged", entry(), purges=(("tag", "obj:7", True),)),
+    Case("tag soft-purged", entry(), purges=(("tag", "all", False),)),
+    Case("another tag purged", entry(), purges=(("tag", "obj:8", True),), local=True),
+    Case("another job purged", entry(), purges=(("job", "k", True),), local=True),
+    Case("tags of its origin's", entry(tags=("obj:7", "all", "origin:1"))),
+    Case("written for other tags", entry(tags=("obj:7",))),
+]
+
+
+def marks_of(read: direct.Read, tokens: Mapping[str, str]) -> tuple[str, str]:
+    return read.generation_keys.marks(tokens)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_the_client_answers_only_what_the_service_answers_as_a_plain_hit(case: Case) -> None:
+    clock = task.Clock()
+    clock.advance(NOW)
+    store = MemoryStore(clock)
+    config = job_config(**case.config)
+    refresher = Refresher(
+        store,
+        {"j": Job(config, FakeFetcher())},
+        clock,
+        "rfd",
+        metrics_for(["j"]),
+        random=lambda: case.rand,
+    )
+    read = direct.read_of(the_layout(config), "j", ARGS)
+    assert read is not None
+    purge = lambda kind, name, hard: result(  # noqa: E731
+        store.new_purge_token(generation_key("rfd", kind, name, hard), 3600)
+    )
+    for done in case.before:
+        purge(*done)
+    stored = case.entry
+    if stored is not None:
+        if case.before:
+            tokens = result(store.get_purge_tokens(read.generation_keys.all))
+            stored = attrs.evolve(stored, marks=marks_of(read, tokens))
+        result(store.put(read.key, stored, 3600))
+    for done in case.purges:
+        purge(*done)
+    tokens = result(store.get_purge_tokens(read.generation_keys.all))
+    values = [None if stored is None else encode(stored)] + [
+        None if key not in tokens else tokens[key].encode("ascii")
+        for key in read.generation_keys.all
+    ]
+
+    mine = direct.hit_of(read, values, clock.seconds(), case.rand)
+
+    target = refresher.target("j", ARGS)
+    assert target.key == read.key
+    try:
+        answering = refresher.lookup(target)
+    except errors.RefresherdError:  # a failure remembered: 502
+        answering = None
+    theirs = answering if isinstance(answering, Answer) else None  # else waiting for a fetch
+    plain_hit = theirs is not None and theirs.status == "hit" and not refresher.flights.running
+    assert (mine is not None) == case.local
+    if mine is not None:
+        assert plain_hit and theirs is not None
+        assert mine == json.loads(answer_body(theirs, clock.seconds()))
+
+
+def test_the_layout_names_what_reads_need_and_its_generation_changes_with_it() -> None:
+    one, two = the_layout(job_config()), the_layout(job_config(version=2))
+    assert one.namespace == "rfd" and one.etag == f'"{one.generation}"'
+    assert one.jobs["j"] == direct.DirectJob(
+        "j", 1, ("id",), ("obj:{id}", "all"), 1.0, one.jobs["j"].max_entry_bytes
+    )
+    assert two.generation != one.generation
+    assert direct.read_of(two, "j", ARGS).key == "rfd:j:v2:id=7"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("store", ["memory", "memcached"])
+def test_a_store_that_is_not_redis_is_never_read_directly(store: str) -> None:
+    assert direct.read_of(the_layout(job_config(), store=store), "j", ARGS) is None
+
+
+def test_a_job_with_argument_patterns_is_left_to_the_service() -> None:
+    config = job_config()
+    patterned = attrs.evolve(config, arg_patterns={"id": compile_pattern("[0-9]+")})
+    assert direct.read_of(the_layout(patterned), "j", ARGS) is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {},
+        {"id": "1", "x": "2"},
+        {"x": "1"},
+        {"id": ""},
+        {"id": "."},
+        {"id": "a/b"},
+        {"id": "a\\b"},
+        {"id": "x" * 1025},
+        {"id": "\n"},
+    ],
+)
+def test_arguments_the_service_may_refuse_are_left_to_it(args: dict[str, str]) -> None:
+    assert direct.read_of(the_layout(job_config()), "j", args) is None
+
+
+def test_an_unknown_job_is_left_to_the_service() -> None:
+    assert direct.read_of(the_layout(job_config()), "nope", ARGS) is None
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [b"not an entry", None, None, None, None],
+        [b'{"format": 99}\n', None, None, None, None],
+        [encode(entry())],
+    ],
+)
+def test_what_it_cannot_read_is_left_to_the_service(values: list[bytes | None]) -> None:
+    read = direct.read_of(the_layout(job_config()), "j", ARGS)
+    assert read is not None
+    assert direct.hit_of(read, values, NOW, 0.5) is None
+
+
+def test_an_entry_over_the_jobs_largest_is_left_to_the_service() -> None:
+    read = direct.read_of(the_layout(job_config(max_value_bytes=4)), "j", ARGS)
+    assert read is not None
+    values: list[bytes | None] = [encode(entry(body=b"[1,2,3,4,5,6,7,8,9]"))] + [None] * 4
+    assert direct.hit_of(read, values, NOW, 0.5) is None
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        None,
+        [],
+        {"format": 2},
+        {"format": 1, "namespace": "rfd", "generation": "g"},
+        {"format": 1, "namespace": "rfd", "generation": "g", "jobs": {"j": []}},
+        {"format": 1, "namespace": "rfd", "generation": "g", "jobs": {"j": {"version": "1"}}},
+        {
+            "format": 1,
+            "namespace": "rfd",
+            "generation": "g",
+            "jobs": {"j": {"version": 1, "args": "id"}},
+        },
+        {"format": 1, "namespace": 7, "generation": "g", "jobs": {}},
+    ],
+)
+def test_a_layout_it_does_not_read_is_refused(document: object) -> None:
+    with pytest.raises(direct.BadLayout):
+        direct.parse_layout(document, None)
+
+
+# -- the sync client ------------------------------------------------------------------------
+
+SERVICE_HIT = {"job": "j", "key": "rfd:j:v1:id=7", "status": "hit", "value": "from the service"}
+
+
+@attrs.define
+class FakeRedis:
+    """What C{MGET} finds, or the error it raises; the keys of each call."""
+
+    found: dict[str, bytes] = attrs.field(factory=dict)
+    error: Exception | None = None
+    calls: list[list[str]] = attrs.field(factory=list)
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        self.calls.append(list(keys))
+        if self.error is not None:
+            raise self.error
+        return [self.found.get(key) for key in keys]
+
+    def close(self) -> None:
+        pass
+
+
+@attrs.define
+class Service:
+    """The service as a mock transport: its layout (with ETag and 304) and SERVICE_HIT."""
+
+    config: JobConfig = attrs.field(factory=job_config)
+    layout_status: int = 200
+    paths: list[str] = attrs.field(factory=list)
+    conditions: list[str | None] = attrs.field(factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if request.url.path != "/v1/layout":
+            return httpx.Response(200, json=SERVICE_HIT)
+        self.conditions.append(request.headers.get("If-None-Match"))
+        if self.layout_status != 200:
+            return httpx.Response(self.layout_status, json={"error": "x", "message": "x"})
+        document = layout("rfd", {"j": Job(self.config, FakeFetcher())}, "redis")
+        etag = f'"{document["generation"]}"'
+        if request.headers.get("If-None-Match") == etag:
+            return httpx.Response(304, headers={"ETag": etag})
+        return httpx.Response(200, json=document, headers={"ETag": etag})
+
+
+def direct_client(service: Service, redis: FakeRedis) -> tuple[Client, list[float]]:
+    """A client with direct reads on C{redis}, its monotonic clock a list to move."""
+    now = [100.0]
+    client = Client(
+        transport=httpx.MockTransport(service),
+        redis_url="redis://127.0.0.1:1/0",
+        clock=lambda: now[0],
+    )
+    assert client._direct is not None
+    client._direct._redis = redis  # type: ignore[assignment]
+    client._direct._now = lambda: NOW
+    client._direct._random = lambda: 0.999999
+    return client, now
+
+
+def test_a_fresh_hit_is_answered_from_redis_and_the_layout_rechecked_every_5_seconds() -> None:
+    service, redis = Service(), FakeRedis({"rfd:j:v1:id=7": encode(entry())})
+    client, now = direct_client(service, redis)
+    first = client.get("j", id="7")
+    assert first["status"] == "hit" and first["value"] == {"n": 7}
+    assert client.value("j", id=7) == {"n": 7}
+    assert service.paths == ["/v1/layout"]
+    names = [("job", "j"), ("tag", "obj:7"), ("tag", "all")]
+    generations = [generation_key("rfd", k, n, hard) for hard in (True, False) for k, n in names]
+    assert redis.calls[0] == ["rfd:j:v1:id=7", *generations]
+    now[0] += direct.LAYOUT_RECHECK
+    client.get("j", id="7")
+    assert service.paths == ["/v1/layout", "/v1/layout"]
+    layout_now = client._direct.layout  # type: ignore[union-attr]
+    assert layout_now is not None
+    assert service.conditions == [None, f'"{layout_now.generation}"']  # answered 304
+
+
+def test_anything_but_a_fresh_hit_goes_to_the_service() -> None:
+    service, redis = Service(), FakeRedis({"rfd:j:v1:id=7": encode(entry(fetched_at=NOW - 70))})
+    client, _ = direct_client(service, redis)
+    assert client.get("j", id="7") == SERVICE_HIT
+    assert client.get("j", id="8") == SERVICE_HIT
+    assert service.paths == ["/v1/layout", "/v1/jobs/j", "/v1/jobs/j"]
+
+
+def test_a_version_bump_is_read_after_the_recheck() -> None:
+    service = Service()
+    redis = FakeRedis({"rfd:j:v1:id=7": encode(entry()), "rfd:j:v2:id=7": encode(entry(body=b"2"))})
+    client, now = direct_client(service, redis)
+    assert client.value("j", id="7") == {"n": 7}
+    service.config = job_config(version=2)
+    assert client.value("j", id="7") == {"n": 7}  # not rechecked yet
+    now[0] += direct.LAYOUT_RECHECK
+    assert client.value("j", id="7") == 2
+
+
+def test_redis_failing_sends_reads_to_the_service_and_is_not_retried_for_5_seconds() -> None:
+    service = Service()
+    redis = FakeRedis({"rfd:j:v1:id=7": encode(entry())}, error=OSError("refused"))
+    client, now = direct_client(service, redis)
+    assert client.get("j", id="7") == SERVICE_HIT
+    assert client.get("j", id="7") == SERVICE_HIT
+    assert len(redis.calls) == 1
+    redis.error = None
+    now[0] += direct.REDIS_BACKOFF
+    assert client.get("j", id="7")["value"] == {"n": 7}
+    assert len(redis.calls) == 2
+
+
+def test_without_a_layout_every_read_goes_to_the_service() -> None:
+    service, redis = Service(layout_status=503), FakeRedis({"rfd:j:v1:id=7": encode(entry())})
+    client, now = direct_client(service, redis)
+    assert client.get("j", id="7") == SERVICE_HIT
+    assert client.get("j", id="7") == SERVICE_HIT
+    assert redis.calls == []
+    assert service.paths == ["/v1/layout", "/v1/jobs/j", "/v1/jobs/j"]
+    service.layout_status = 200
+    now[0] += direct.LAYOUT_RECHECK
+    assert client.get("j", id="7")["value"] == {"n": 7}
+
+
+def test_direct_reads_need_redis_py_and_say_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ImportError, match=r"refresherd\[redis-client\]"):
+        Client(redis_url="redis://127.0.0.1:1/0")
