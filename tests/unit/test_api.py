@@ -521,6 +521,52 @@ class HealthTests(APITestCase):
         )
 
 
+class LayoutTests(APITestCase):
+    """C{GET /v1/layout}: what direct reads need, with an ETag (docs/README.md)."""
+
+    def test_the_layout_names_the_store_namespace_and_jobs_with_its_generation_as_etag(
+        self,
+    ) -> None:
+        response, body = self.answer(self.request("GET", "/v1/layout"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual((body["format"], body["store"], body["namespace"]), (1, "memory", "rfd"))
+        self.assertEqual(
+            body["jobs"]["j"],
+            {
+                "version": 1,
+                "args": ["id"],
+                "tags": [],
+                "early_refresh": 1.0,
+                "max_value_bytes": 32 * 1024 * 1024,
+                "direct": True,
+            },
+        )
+        self.assertEqual(self.header(response, "etag"), f'"{body["generation"]}"')
+
+    def test_a_matching_if_none_match_is_a_304_and_another_the_layout(self) -> None:
+        etag = self.header(self.answer(self.request("GET", "/v1/layout"))[0], "etag")
+        assert etag is not None
+        same, body = self.answer(self.request("GET", "/v1/layout", headers={"If-None-Match": etag}))
+        self.assertEqual((same.code, body), (304, b""))
+        other, _ = self.answer(
+            self.request("GET", "/v1/layout", headers={"If-None-Match": '"other"'})
+        )
+        self.assertEqual(other.code, 200)
+
+    def test_its_generation_changes_with_a_job_version(self) -> None:
+        first = self.answer(self.request("GET", "/v1/layout"))[1]["generation"]
+        self.build(version=2)
+        second = self.answer(self.request("GET", "/v1/layout"))[1]
+        self.assertEqual(second["jobs"]["j"]["version"], 2)
+        self.assertNotEqual(second["generation"], first)
+
+    def test_it_is_a_read_guarded_by_read_tokens(self) -> None:
+        self.build(auth=AuthConfig(read_tokens=(Secret("r-token"),)))
+        self.assertEqual(self.error_code(self.request("GET", "/v1/layout"), 401), "unauthorized")
+        read = {"Authorization": "Bearer r-token"}
+        self.assertEqual(self.answer(self.request("GET", "/v1/layout", headers=read))[0].code, 200)
+
+
 class StrictJSONTests(APITestCase):
     def test_a_put_of_json_with_nan_is_bad_json_since_answers_splice_it(self) -> None:
         self.build(auth=AuthConfig(write_tokens=(Secret("w"),)))
