@@ -6,7 +6,6 @@ L{Client}, the synchronous client of both listeners: each method's call
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -349,9 +348,8 @@ class Client:
 class DirectReads:
     """
     The direct reads of a L{Client} (docs/clients.md, "Direct reads"): the
-    layout asked of the service at most every L{direct.LAYOUT_RECHECK}
-    seconds, one C{MGET} per read, and no read of Redis for
-    L{direct.REDIS_BACKOFF} seconds after it failed.
+    state of L{direct.DirectReads}, the layout asked of the service with the
+    client's own requests, one C{MGET} per read in Redis.
     """
 
     def __init__(self, client: Client, redis_url: str, clock: Callable[[], float]) -> None:
@@ -371,46 +369,38 @@ class DirectReads:
         self._clock = clock
         self._now: Callable[[], float] = time.time
         self._random: Callable[[], float] = random.random
-        self.layout: direct.Layout | None = None
-        self._layout_due = 0.0
-        self._redis_due = 0.0
+        self.state = direct.DirectReads()
 
     def close(self) -> None:
         self._redis.close()
 
     def hit(self, job: str, args: dict[str, str]) -> dict[str, Any] | None:
         """The answer of a fresh hit read in Redis; None when the service must answer."""
-        layout = self._current_layout()
-        read = None if layout is None else direct.read_of(layout, job, args)
-        if read is None or self._clock() < self._redis_due:
+        self._recheck()
+        read = self.state.read(job, args, self._clock())
+        if read is None:
             return None
         try:
             values: Any = self._redis.mget(read.keys)
         except self._errors as e:
-            self._redis_due = self._clock() + direct.REDIS_BACKOFF
+            self.state.redis_failed(self._clock())
             log.warning("direct reads stop for %g s: Redis: %s", direct.REDIS_BACKOFF, e)
             return None
         answer: dict[str, Any] | None = direct.hit_of(read, values, self._now(), self._random())
         return answer
 
-    def _current_layout(self) -> direct.Layout | None:
-        """The layout, asked for again (with its ETag) when it is L{direct.LAYOUT_RECHECK} old."""
-        now = self._clock()
-        if now < self._layout_due:
-            return self.layout
-        self._layout_due = now + direct.LAYOUT_RECHECK
-        known = self.layout
-        calls = self._client._calls
-        headers = {} if known is None or known.etag is None else {"If-None-Match": known.etag}
-        request = Request(calls.public, "GET", calls.public.prefix + "/v1/layout", headers)
+    def _recheck(self) -> None:
+        """Ask the service for its layout, when it is due."""
+        headers = self.state.layout_due(self._clock())
+        if headers is None:
+            return
+        public = self._client._calls.public
+        request = Request(public, "GET", public.prefix + "/v1/layout", headers)
         try:
             response = self._client._send(request)
-            if response.status_code == 304 and known is not None:
-                return known
-            self.layout = direct.parse_layout(
-                json.loads(response.content), response.headers.get("ETag")
+            self.state.layout_answered(
+                response.status_code, response.content, response.headers.get("ETag")
             )
         except (Unreachable, ServiceError, ValueError) as e:
+            self.state.layout_failed()
             log.warning("direct reads stop for %g s: no layout: %s", direct.LAYOUT_RECHECK, e)
-            self.layout = None
-        return self.layout

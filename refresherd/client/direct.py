@@ -204,3 +204,54 @@ def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) 
         except UnicodeDecodeError:
             answer["value_b64"] = base64.b64encode(body).decode("ascii")
     return answer
+
+
+@attrs.define
+class DirectReads:
+    """
+    The state of a client's direct reads, without I/O (shared by a sync and an
+    async client): the layout, asked of the service at most every
+    L{LAYOUT_RECHECK} seconds (with its ETag), and no read of Redis for
+    L{REDIS_BACKOFF} seconds after one failed.  C{now} is a monotonic clock.
+    """
+
+    layout: Layout | None = None
+    _layout_due: float = 0.0
+    _redis_due: float = 0.0
+
+    def layout_due(self, now: float) -> dict[str, str] | None:
+        """
+        The headers of a C{GET /v1/layout} to send now, or None when the
+        layout is recent enough (or was asked for less than L{LAYOUT_RECHECK}
+        ago).  Its answer is then given to L{layout_answered} or
+        L{layout_failed}.
+        """
+        if now < self._layout_due:
+            return None
+        self._layout_due = now + LAYOUT_RECHECK
+        etag = None if self.layout is None else self.layout.etag
+        return {} if etag is None else {"If-None-Match": etag}
+
+    def layout_answered(self, status: int, content: bytes, etag: str | None) -> None:
+        """The service answered C{GET /v1/layout}: a 304 keeps the layout, a 200 replaces it."""
+        if status == 304 and self.layout is not None:
+            return
+        try:
+            self.layout = parse_layout(json.loads(content), etag)
+        except ValueError:  # BadLayout, or not JSON
+            self.layout = None
+            raise
+
+    def layout_failed(self) -> None:
+        """No layout now: every read goes to the service until the next one."""
+        self.layout = None
+
+    def read(self, job: str, args: Mapping[str, str], now: float) -> Read | None:
+        """What to C{MGET} for C{job} with C{args}, or None: ask the service."""
+        if self.layout is None or now < self._redis_due:
+            return None
+        return read_of(self.layout, job, args)
+
+    def redis_failed(self, now: float) -> None:
+        """Redis failed: no direct read for L{REDIS_BACKOFF} seconds."""
+        self._redis_due = now + REDIS_BACKOFF

@@ -355,7 +355,7 @@ def test_a_fresh_hit_is_answered_from_redis_and_the_layout_rechecked_every_5_sec
     now[0] += direct.LAYOUT_RECHECK
     client.get("j", id="7")
     assert service.paths == ["/v1/layout", "/v1/layout"]
-    layout_now = client._direct.layout  # type: ignore[union-attr]
+    layout_now = client._direct.state.layout  # type: ignore[union-attr]
     assert layout_now is not None
     assert service.conditions == [None, f'"{layout_now.generation}"']  # answered 304
 
@@ -408,3 +408,27 @@ def test_direct_reads_need_redis_py_and_say_how_to_get_it(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"refresherd\[redis-client\]"):
         Client(redis_url="redis://127.0.0.1:1/0")
+
+
+def test_the_state_asks_for_the_layout_every_5_seconds_with_its_etag() -> None:
+    state = direct.DirectReads()
+    assert state.layout_due(10.0) == {}
+    assert state.layout_due(14.9) is None
+    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
+    state.layout_answered(200, json.dumps(document).encode(), '"e1"')
+    assert state.read("j", ARGS, 11.0) is not None
+    assert state.layout_due(15.0) == {"If-None-Match": '"e1"'}
+    state.layout_answered(304, b"", '"e1"')
+    assert state.layout is not None and state.layout.etag == '"e1"'
+    with pytest.raises(direct.BadLayout):
+        state.layout_answered(200, b'{"format": 2}', None)
+    assert state.layout is None and state.read("j", ARGS, 16.0) is None
+
+
+def test_the_state_reads_no_redis_for_5_seconds_after_it_failed() -> None:
+    state = direct.DirectReads()
+    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
+    state.layout_answered(200, json.dumps(document).encode(), None)
+    state.redis_failed(20.0)
+    assert state.read("j", ARGS, 24.9) is None
+    assert state.read("j", ARGS, 25.0) is not None
