@@ -7,13 +7,18 @@ L{AsyncHTTPTransport}, HTTP/1.1 on asyncio streams kept alive.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
+from refresherd.client import direct
+from refresherd.client.answers import answer_value
 from refresherd.client.breaker import DEFAULT_CIRCUIT_COOLDOWN, DEFAULT_CIRCUIT_FAILURES
 from refresherd.client.calls import (
     DEFAULT_ADMIN_URL,
@@ -30,11 +35,14 @@ from refresherd.client.calls import (
     Request,
     Response,
     TransportError,
+    _job_args,
     failure_of,
 )
 from refresherd.client.errors import ServiceError, Unreachable
 from refresherd.client.http11 import MAX_HEAD, Answer, BadAnswer, read_answer, request_head
 from refresherd.client.transports import MAX_IDLE
+
+log = logging.getLogger("refresherd.client")
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -201,6 +209,10 @@ class AsyncClient:
     client may serve every task of a process, and several event loops (its
     connections are kept per loop).  Close it with C{await client.aclose()}, or
     use it as an C{async with} context manager.
+
+    With C{redis_url}, as L{refresherd.client.Client}: L{get} and L{value}
+    read fresh hits straight from Redis (C{redis.asyncio}, a connection pool
+    per event loop).
     """
 
     def __init__(
@@ -215,6 +227,7 @@ class AsyncClient:
         circuit_failures: int = DEFAULT_CIRCUIT_FAILURES,
         circuit_cooldown: float = DEFAULT_CIRCUIT_COOLDOWN,
         clock: Callable[[], float] = time.monotonic,
+        redis_url: str | None = None,
     ) -> None:
         self._calls = Listeners.of(
             url,
@@ -231,14 +244,17 @@ class AsyncClient:
         self.timeout = timeout
         self.connect_timeout = self._calls.connect_timeout
         self._transport: AsyncTransport = transport or AsyncHTTPTransport()
+        self._direct = None if redis_url is None else AsyncDirectReads(self, redis_url, clock)
 
     def __repr__(self) -> str:
         # Never the token.
         return f"<AsyncClient url={self.url!r} admin_url={self.admin_url!r}>"
 
     async def aclose(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections (those to Redis: of the running event loop)."""
         await self._transport.aclose()
+        if self._direct is not None:
+            await self._direct.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -267,6 +283,10 @@ class AsyncClient:
         **kwargs: ArgValue,
     ) -> Any:
         """As L{Client.get}: the answer of C{GET /v1/jobs/{job}?{args}}."""
+        if self._direct is not None:
+            hit = await self._direct.hit(job, _job_args(args, kwargs))
+            if hit is not None:
+                return hit
         return await self._run(self._calls.get(job, args, kwargs, default))
 
     async def get_many(self, items: Iterable[BatchItem], /, *, default: Any = NO_DEFAULT) -> Any:
@@ -295,6 +315,10 @@ class AsyncClient:
         **kwargs: ArgValue,
     ) -> Any:
         """As L{Client.value}: the value alone."""
+        if self._direct is not None:
+            hit = await self._direct.hit(job, _job_args(args, kwargs))
+            if hit is not None:
+                return answer_value(hit)
         return await self._run(self._calls.value(job, args, kwargs, default))
 
     async def put(
@@ -388,3 +412,78 @@ class AsyncClient:
             breaker.abandoned()
             raise
         return calls.answered(breaker, request, response)
+
+
+class AsyncDirectReads:
+    """
+    The direct reads of an L{AsyncClient}: as L{refresherd.client.Client}'s,
+    awaited, with a C{redis.asyncio} client per event loop.
+    """
+
+    def __init__(self, client: AsyncClient, redis_url: str, clock: Callable[[], float]) -> None:
+        try:
+            import redis.asyncio
+        except ImportError:
+            raise ImportError(
+                "direct reads need the redis package: pip install refresherd[redis-client]"
+            ) from None
+        timeout, connect_timeout = client.timeout, client.connect_timeout
+
+        def connect() -> Any:
+            return redis.asyncio.Redis.from_url(
+                redis_url, socket_timeout=timeout, socket_connect_timeout=connect_timeout
+            )
+
+        self._connect = connect
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._client = client
+        self._clock = clock
+        self._now: Callable[[], float] = time.time
+        self._random: Callable[[], float] = random.random
+        self.state = direct.DirectReads()
+
+    def _redis(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._by_loop.get(loop)
+        if client is None:
+            client = self._by_loop[loop] = self._connect()
+        return client
+
+    async def aclose(self) -> None:
+        client = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    async def hit(self, job: str, args: dict[str, str]) -> dict[str, Any] | None:
+        """The answer of a fresh hit read in Redis; None when the service must answer."""
+        await self._recheck()
+        read = self.state.read(job, args, self._clock())
+        if read is None:
+            return None
+        try:
+            values: Any = await self._redis().mget(read.keys)
+        except self._errors as e:
+            self.state.redis_failed(self._clock())
+            log.warning("direct reads stop for %g s: Redis: %s", direct.REDIS_BACKOFF, e)
+            return None
+        answer: dict[str, Any] | None = direct.hit_of(read, values, self._now(), self._random())
+        return answer
+
+    async def _recheck(self) -> None:
+        """Ask the service for its layout, when it is due."""
+        headers = self.state.layout_due(self._clock())
+        if headers is None:
+            return
+        public = self._client._calls.public
+        request = Request(public, "GET", public.prefix + "/v1/layout", headers)
+        try:
+            response = await self._client._send(request)
+            self.state.layout_answered(
+                response.status_code, response.content, response.headers.get("ETag")
+            )
+        except (Unreachable, ServiceError, ValueError) as e:
+            self.state.layout_failed()
+            log.warning("direct reads stop for %g s: no layout: %s", direct.LAYOUT_RECHECK, e)

@@ -1,6 +1,7 @@
 """
 Direct reads (docs/clients.md, "Direct reads") against a real redis-server and
-a real C{twistd -n refresherd --store redis://...}: a L{Client} with
+a real C{twistd -n refresherd --store redis://...}: a L{Client} (and an
+L{AsyncClient}) with
 C{redis_url} (a read-only ACL user, as docs/security.md gives it) answers fresh
 hits without an HTTP request, and sends everything else to the service.  The
 client's HTTP requests are counted by its transport.
@@ -8,6 +9,7 @@ client's HTTP requests are counted by its transport.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from refresherd.client import Client, direct
+from refresherd.client import AsyncClient, AsyncHTTPTransport, Client, direct
+from refresherd.client.calls import Request, Response
 from tests.harness import Origin, Service, start_origin, start_service, wait_until
 from tests.redis_server import RedisServer
 
@@ -207,3 +210,46 @@ def test_redis_down_sends_reads_to_the_service(
     assert client.get("user", name="zed")["status"] == "hit"  # from the service
     assert client.get("user", name="zed")["status"] == "hit"
     assert transport.values() == ["/v1/jobs/user"] * 3
+
+
+class AsyncCounting:
+    """The async client's own transport, counting the requests per path."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self._http = AsyncHTTPTransport()
+
+    async def send(
+        self, request: Request, headers: dict[str, str], timeout: float, connect_timeout: float
+    ) -> Response:
+        self.paths.append(request.path)
+        return await self._http.send(request, headers, timeout, connect_timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def test_the_async_client_reads_fresh_hits_in_redis_too(
+    service: Service, redis: RedisServer, admin: Client
+) -> None:
+    transport = AsyncCounting()
+    url = f"redis://reader:reader-pw@{redis.host}:{redis.port}/0"
+
+    async def reads() -> list[Any]:
+        async with AsyncClient(
+            service.url, token=READ, transport=transport, redis_url=url
+        ) as client:
+            answers = [await client.get("user", name="amy"), await client.get("user", name="amy")]
+            answers.append(await client.value("user", name="amy"))
+            admin.purge(tags=["user:amy"])
+            answers.append(await client.get("user", name="amy"))
+            return answers
+
+    miss, hit, value, after_purge = asyncio.run(reads())
+    assert (miss["status"], hit["status"], value, after_purge["status"]) == (
+        "miss",
+        "hit",
+        {"n": 1},
+        "miss",
+    )
+    assert transport.paths == ["/v1/layout", "/v1/jobs/user", "/v1/jobs/user"]

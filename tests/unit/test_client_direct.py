@@ -9,6 +9,7 @@ the same random number.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Mapping
@@ -20,7 +21,9 @@ import pytest
 from twisted.internet import task
 
 from refresherd import errors
-from refresherd.client import Client, direct
+from refresherd.client import AsyncClient, Client, direct
+from refresherd.client.calls import Request, Response
+from refresherd.client.http11 import Caseless
 from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
 from refresherd.core.patterns import compile_pattern
@@ -408,6 +411,8 @@ def test_direct_reads_need_redis_py_and_say_how_to_get_it(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"refresherd\[redis-client\]"):
         Client(redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(ImportError, match=r"refresherd\[redis-client\]"):
+        AsyncClient(redis_url="redis://127.0.0.1:1/0")
 
 
 def test_the_state_asks_for_the_layout_every_5_seconds_with_its_etag() -> None:
@@ -432,3 +437,65 @@ def test_the_state_reads_no_redis_for_5_seconds_after_it_failed() -> None:
     state.redis_failed(20.0)
     assert state.read("j", ARGS, 24.9) is None
     assert state.read("j", ARGS, 25.0) is not None
+
+
+# -- the async client -----------------------------------------------------------------------
+
+
+@attrs.define
+class AsyncFakeRedis(FakeRedis):
+    closed: bool = False
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:  # type: ignore[override]
+        return FakeRedis.mget(self, keys)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@attrs.define
+class AsyncService:
+    """L{Service} as an L{AsyncClient} transport."""
+
+    service: Service
+
+    async def send(
+        self, request: Request, headers: dict[str, str], timeout: float, connect_timeout: float
+    ) -> Response:
+        url = "http://127.0.0.1:8080" + request.target
+        answered = self.service(httpx.Request("GET", url, headers=dict(request.headers)))
+        return Response(answered.status_code, "", Caseless(dict(answered.headers)), answered.read())
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_the_async_client_reads_fresh_hits_in_redis_and_the_rest_from_the_service() -> None:
+    service = Service()
+    redis = AsyncFakeRedis({"rfd:j:v1:id=7": encode(entry())})
+    now = [100.0]
+
+    async def reads() -> list[Any]:
+        client = AsyncClient(
+            transport=AsyncService(service), redis_url="redis://127.0.0.1:1/0", clock=lambda: now[0]
+        )
+        assert client._direct is not None
+        client._direct._by_loop[asyncio.get_running_loop()] = redis
+        client._direct._now = lambda: NOW
+        client._direct._random = lambda: 0.999999
+        answers = [await client.get("j", id="7"), await client.value("j", id="7")]
+        answers.append(await client.get("j", id="8"))  # absent: the service
+        redis.error = OSError("refused")
+        answers.append(await client.get("j", id="7"))  # Redis down: the service
+        answers.append(await client.get("j", id="7"))  # not retried for 5 s
+        now[0] += direct.REDIS_BACKOFF
+        redis.error = None
+        answers.append(await client.value("j", id="7"))
+        await client.aclose()
+        return answers
+
+    first, value, absent, down, still_down, back = asyncio.run(reads())
+    assert first["status"] == "hit" and value == back == {"n": 7}
+    assert absent == down == still_down == SERVICE_HIT
+    assert len(redis.calls) == 5 and redis.closed
+    assert service.paths == ["/v1/layout"] + ["/v1/jobs/j"] * 3 + ["/v1/layout"]
