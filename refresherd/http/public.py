@@ -72,18 +72,13 @@ class PublicAPI:
     store_kind: str = "memory"
     """The kind of store (L{refresherd.run.wiring.store_kind}), told by C{/v1/layout}."""
     values: Values = attrs.field(init=False)
-    _layout: tuple[bytes, bytes] = attrs.field(init=False)
-    """The body and the ETag of C{/v1/layout}: the jobs cannot change while the service runs."""
+    _layout: tuple[object, bytes, bytes] | None = attrs.field(init=False, default=None)
+    """The jobs C{/v1/layout} was made of, its body and its ETag (made again after a reload)."""
     app = Klein()
 
     def __attrs_post_init__(self) -> None:
         self.values = Values(
             self.refresher, self.authorizer, self.metrics, self.clock, self.server.access_log
-        )
-        document = layout(self.refresher.namespace, self.refresher.jobs, self.store_kind)
-        self._layout = (
-            json.dumps(document, sort_keys=True).encode("utf-8"),
-            f'"{document["generation"]}"'.encode("ascii"),
         )
 
     def resource(self) -> Any:
@@ -222,7 +217,12 @@ class PublicAPI:
     def get_layout(self, request: IRequest) -> bytes:
         self._observe(request, "/v1/layout")
         self.authorizer.check_read(header(request, b"Authorization"))
-        body, etag = self._layout
+        jobs = self.refresher.jobs
+        if self._layout is None or self._layout[0] is not jobs:
+            document = layout(self.refresher.namespace, jobs, self.store_kind)
+            body = json.dumps(document, sort_keys=True).encode("utf-8")
+            self._layout = (jobs, body, f'"{document["generation"]}"'.encode("ascii"))
+        _, body, etag = self._layout
         request.setHeader(b"ETag", etag)
         request.setHeader(b"Cache-Control", b"no-cache")
         if etag_matches(header(request, b"If-None-Match"), etag.decode("ascii")):

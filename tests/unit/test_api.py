@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
@@ -559,6 +560,15 @@ class LayoutTests(APITestCase):
         second = self.answer(self.request("GET", "/v1/layout"))[1]
         self.assertEqual(second["jobs"]["j"]["version"], 2)
         self.assertNotEqual(second["generation"], first)
+
+    def test_a_reload_that_bumps_a_version_changes_it(self) -> None:
+        first = self.answer(self.request("GET", "/v1/layout"))[1]
+        jobs = dict(self.refresher.jobs)
+        jobs["j"] = Job(attrs.evolve(jobs["j"].config, version=3), self.fetcher)
+        self.refresher.set_jobs(jobs)
+        second = self.answer(self.request("GET", "/v1/layout"))[1]
+        self.assertEqual(second["jobs"]["j"]["version"], 3)
+        self.assertNotEqual(second["generation"], first["generation"])
 
     def test_it_is_a_read_guarded_by_read_tokens(self) -> None:
         self.build(auth=AuthConfig(read_tokens=(Secret("r-token"),)))
