@@ -170,8 +170,10 @@ def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) 
     C{MGET} of C{read.keys} found at C{now}, when it is a fresh hit with no
     early refresh due (C{rand} as the service's random number); else None.
     """
-    data = values[0] if values else None
-    if data is None or len(values) != len(read.keys) or len(data) > read.job.max_entry_bytes:
+    if len(values) != len(read.keys) or not all(v is None or isinstance(v, bytes) for v in values):
+        return None  # not what an MGET of bytes answers (decode_responses in the URL)
+    data = values[0]
+    if data is None or len(data) > read.job.max_entry_bytes:
         return None
     try:
         entry = decode(data)

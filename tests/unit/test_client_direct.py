@@ -243,22 +243,29 @@ def test_an_unknown_job_is_left_to_the_service() -> None:
 @pytest.mark.parametrize(
     "values",
     [
-        [b"not an entry", None, None, None, None],
-        [b'{"format": 99}\n', None, None, None, None],
+        [b"not an entry", None, None, None, None, None, None],
+        [b'{"format": 99}\n', None, None, None, None, None, None],
+        [encode(entry(content_type="application/json", body=b"{nope")), *[None] * 6],
         [encode(entry())],
+        [encode(entry()).decode(), None, None, None, None, None, None],
+        [encode(entry()), "token", None, None, None, None, None],
     ],
 )
-def test_what_it_cannot_read_is_left_to_the_service(values: list[bytes | None]) -> None:
+def test_what_it_cannot_read_is_left_to_the_service(values: list[Any]) -> None:
     read = direct.read_of(the_layout(job_config()), "j", ARGS)
     assert read is not None
     assert direct.hit_of(read, values, NOW, 0.5) is None
 
 
 def test_an_entry_over_the_jobs_largest_is_left_to_the_service() -> None:
-    read = direct.read_of(the_layout(job_config(max_value_bytes=4)), "j", ARGS)
-    assert read is not None
-    values: list[bytes | None] = [encode(entry(body=b"[1,2,3,4,5,6,7,8,9]"))] + [None] * 4
-    assert direct.hit_of(read, values, NOW, 0.5) is None
+    # The largest entry of a job: its max_value_bytes and a metadata line (1 MiB at most).
+    big = b"[" + b"0," * 600_000 + b"0]"
+    values: list[bytes | None] = [encode(entry(body=big))] + [None] * 6
+    small = direct.read_of(the_layout(job_config(max_value_bytes=4)), "j", ARGS)
+    large = direct.read_of(the_layout(job_config(max_value_bytes=len(big))), "j", ARGS)
+    assert small is not None and large is not None
+    assert direct.hit_of(small, values, NOW, 0.5) is None
+    assert direct.hit_of(large, values, NOW, 0.5) is not None
 
 
 @pytest.mark.parametrize(
