@@ -29,6 +29,7 @@ from refresherd.entry import (
     entry_problem,
     is_json_content_type,
     largest_entry,
+    parse_json,
 )
 from refresherd.keys import entry_key
 
@@ -179,7 +180,7 @@ def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) 
         entry = decode(data)
     except EntryFormatError:
         return None
-    if entry_problem(entry) is not None or entry.tags != read.tags:
+    if entry_problem(entry, body_checked=True) is not None or entry.tags != read.tags:
         return None  # unreadable, or tags of an origin's: the service reads their marks
     current = read.generation_keys.marks(_tokens(read.generation_keys.all, values[1:]))
     if entry.marks != current:
@@ -199,7 +200,10 @@ def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) 
     }
     body = entry.body or b""
     if is_json_content_type(entry.content_type):
-        answer["value"] = json.loads(body)
+        try:  # the check entry_problem skipped, parsed once
+            answer["value"] = parse_json(body)
+        except ValueError:
+            return None  # the content type is JSON but the body is not: unreadable
     else:
         try:
             answer["value"] = body.decode("utf-8")
