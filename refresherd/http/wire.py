@@ -154,6 +154,13 @@ class WireChannel(TwistedProtocol):
     """Bytes read since the parser last reported something (a head's line may wait in it)."""
     _in_head = False
     _paused = False
+    """Whether reading from the client is paused."""
+    _registered = False
+    """Whether it is the transport's producer (not while a request's producer is)."""
+    _blocked_since: float | None = None
+    """Since when the transport's write buffer is full (the client does not read its
+    answers): no request is answered, nor read, until it drains, and the connection is
+    aborted if it has not within L{REQUEST_DEADLINE}."""
     _socket: Any = None
     """The plain TCP (or UNIX) socket under the transport, which L{send} may write to at once."""
 
@@ -173,7 +180,34 @@ class WireChannel(TwistedProtocol):
             self._socket = transport.socket
         self._last = self._head_from = site.reactor.seconds()
         self._wake(self._last, site.head_timeout)
+        # The transport tells when its write buffer is full, and when it drained again.
+        transport.registerProducer(self, True)
+        self._registered = True
         site.opened(self)
+
+    # -- the transport's producer: answers wait while the client does not read them ----
+
+    def pauseProducing(self) -> None:
+        now = self.factory.reactor.seconds()
+        self._blocked_since = now
+        if now + REQUEST_DEADLINE < self._wake_at:
+            self._wake(now, REQUEST_DEADLINE)
+        self._reading()
+
+    def resumeProducing(self) -> None:
+        self._blocked_since = None
+        transport = self._transport()
+        if transport.disconnecting:
+            # Drained, and closing: without a producer, the transport closes now.
+            if self._registered:
+                self._registered = False
+                transport.unregisterProducer()
+            return
+        self._run()
+        self._reading()
+
+    def stopProducing(self) -> None:
+        self._closing = True
 
     def getHost(self) -> IAddress:
         if self._host is None:
@@ -220,9 +254,17 @@ class WireChannel(TwistedProtocol):
         if self._in_head and not self._closing and self._unparsed > MAX_HEAD:
             # Bytes of a head none of whose lines ended: never buffered for ever.
             self._refuse(HeadersTooLarge(f"the request head is larger than {MAX_HEAD} bytes"))
-        if self._queue and self._busy and not self._paused:
-            self._paused = True
-            self._transport().pauseProducing()
+        self._reading()
+
+    def _reading(self) -> None:
+        """Read from the client unless its answers wait (one under way, or unread)."""
+        pause = self._blocked_since is not None or bool(self._queue and self._busy)
+        if pause != self._paused and not self._closing:
+            self._paused = pause
+            if pause:
+                self._transport().pauseProducing()
+            else:
+                self._transport().resumeProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
@@ -260,7 +302,16 @@ class WireChannel(TwistedProtocol):
 
     def _check_deadlines(self) -> None:
         self._timer, self._wake_at = None, math.inf
+        now = self.factory.reactor.seconds()
+        unread = math.inf  # when answers the client leaves unread have waited too long
+        if self._blocked_since is not None:
+            unread = self._blocked_since + REQUEST_DEADLINE
+        if unread <= now:
+            self._transport().abortConnection()
+            return
         if self._closing and not self._busy:
+            if unread < math.inf:
+                self._wake(now, unread - now)
             return
         due = math.inf
         if not self._busy:
@@ -268,9 +319,8 @@ class WireChannel(TwistedProtocol):
                 due = self._head_from + self.factory.head_timeout
             if self._started is not None:
                 due = min(due, self._started + REQUEST_DEADLINE)
-        abort = due
+        abort = min(due, unread)
         idle = self._last + IDLE_TIMEOUT if not self._busy and self._started is None else math.inf
-        now = self.factory.reactor.seconds()
         if abort <= now:
             self._transport().abortConnection()
         elif idle <= now:
@@ -403,7 +453,7 @@ class WireChannel(TwistedProtocol):
             return
         self._running = True
         try:
-            while self._queue and not self._busy:
+            while self._queue and not self._busy and self._blocked_since is None:
                 item = self._queue.popleft()
                 if isinstance(item, _Refusal):
                     transport = self._transport()
@@ -416,9 +466,7 @@ class WireChannel(TwistedProtocol):
                 self._answer(item)
         finally:
             self._running = False
-        if self._paused and not self._queue:
-            self._paused = False
-            self._transport().resumeProducing()
+        self._reading()
 
     def _answer(self, incoming: Incoming) -> None:
         site = self.factory
@@ -514,10 +562,19 @@ class WireChannel(TwistedProtocol):
         self._transport().writeSequence(data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._transport().registerProducer(producer, streaming)
+        # A request's producer takes the channel's place until it is done.
+        transport = self._transport()
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self._transport().unregisterProducer()
+        transport = self._transport()
+        transport.unregisterProducer()
+        if not transport.disconnecting and not self._closing:
+            transport.registerProducer(self, True)
+            self._registered = True
 
     def loseConnection(self) -> None:
         self._closing = True

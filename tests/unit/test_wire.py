@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from refresherd.http.site import REQUEST_DEADLINE
 from refresherd.http.wire import QuickRequest, WireChannel, WireSite
 
 
@@ -185,6 +186,48 @@ def test_pipelined_requests_are_answered_in_order_when_the_first_is_answered_lat
     assert bodies == [b"one", b"quick=/quick/2", b"uri=/tree/3"]
     assert transport.producerState == "producing"
     assert not transport.disconnecting
+
+
+def test_answers_wait_while_the_client_does_not_read_them(wire: Wire) -> None:
+    # A client pipelining requests and reading nothing: once the transport's buffer is full
+    # (it pauses its producer), nothing more is answered, nor read, until it drains.
+    proto, transport = wire.connect()
+    assert transport.producer is proto and transport.streaming
+    proto.dataReceived(GET % b"/quick/1")
+    proto.pauseProducing()  # the transport's write buffer is full
+    proto.dataReceived(GET % b"/quick/2" + GET % b"/tree/3")
+    assert [body for _, _, body in responses(transport.value())] == [b"quick=/quick/1"]
+    assert wire.resource.seen == []
+    assert transport.producerState == "paused"
+    proto.resumeProducing()  # drained
+    bodies = [body for _, _, body in responses(transport.value())]
+    assert bodies == [b"quick=/quick/1", b"quick=/quick/2", b"uri=/tree/3"]
+    assert transport.producerState == "producing"
+    assert not transport.disconnecting
+
+
+def test_answers_left_unread_past_the_request_deadline_abort_the_connection(
+    wire: Wire,
+) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(GET % b"/quick/1")
+    proto.pauseProducing()
+    proto.dataReceived(GET % b"/quick/2")
+    wire.clock.advance(REQUEST_DEADLINE - 1)
+    assert not transport.disconnecting
+    wire.clock.advance(1)
+    assert transport.disconnected  # aborted: what it buffered is dropped
+
+
+def test_a_closing_connection_that_drains_is_no_longer_held_by_its_producer(
+    wire: Wire,
+) -> None:
+    proto, transport = wire.connect()
+    proto.dataReceived(b"GET /quick/1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert transport.disconnecting
+    proto.pauseProducing()
+    proto.resumeProducing()  # drained: the transport may close
+    assert transport.producer is None
 
 
 def test_a_quick_answer_given_after_the_connection_is_lost_writes_nothing(wire: Wire) -> None:
