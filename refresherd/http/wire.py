@@ -97,11 +97,16 @@ class Incoming:
     persistent: bool = True
 
     def header(self, name: bytes) -> bytes | None:
-        """The first value of header C{name} (lower case), if any."""
-        for key, value in self.headers:
+        """The last value of header C{name} (lower case), if any: as twisted.web reads it."""
+        for key, value in reversed(self.headers):
             if key == name:
                 return value
         return None
+
+    def joined(self, name: bytes) -> bytes | None:
+        """Every value of header C{name} (lower case) as one list, if any: C{a, b}."""
+        values = [value for key, value in self.headers if key == name]
+        return b", ".join(values) if values else None
 
 
 @attrs.define(eq=False)
@@ -373,7 +378,7 @@ class WireChannel(TwistedProtocol):
         length: int | None = 0
         assert version is not None  # (else stopped)
         incoming = Incoming(method, self._url, version, self._headers, 0, 0)
-        coding = incoming.header(b"transfer-encoding")
+        coding = incoming.joined(b"transfer-encoding")
         declared = incoming.header(b"content-length")
         if coding is not None:
             if coding.strip().lower() != b"chunked":
@@ -421,7 +426,9 @@ class WireChannel(TwistedProtocol):
         assert incoming is not None
         self._started = self._head_from = None
         self._unparsed = 0
-        tokens = (incoming.header(b"connection") or b"").lower().replace(b",", b" ").split()
+        # The first Connection header, as twisted.web reads it.
+        first = next((value for key, value in incoming.headers if key == b"connection"), b"")
+        tokens = first.lower().replace(b",", b" ").split()
         if incoming.version != b"HTTP/1.1" or b"close" in tokens or self._parser.should_upgrade():
             incoming.persistent = False
             self._closing = True

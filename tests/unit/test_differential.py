@@ -197,6 +197,10 @@ CORPUS: dict[str, tuple[bytes, str]] = {
     "raw-hit": (get(b"/v1/jobs/j/raw?id=1"), SAME),
     "head-hit": (get(b"/v1/jobs/j?id=1").replace(b"GET", b"HEAD", 1), SAME),
     "conditional-hit": (get(b"/v1/jobs/j?id=1", b"If-None-Match: *"), SAME),
+    "repeated-header": (
+        get(b"/v1/jobs/j?id=1", b'If-None-Match: "other"', b"If-None-Match: *"),
+        SAME,
+    ),
     "unknown-job": (get(b"/v1/jobs/nope?id=1"), SAME),
     "bad-args": (get(b"/v1/jobs/j?id=1&id=2"), SAME),
     "unknown-arg": (get(b"/v1/jobs/j?x=1"), SAME),
