@@ -35,6 +35,9 @@ class Behaviour:
     """More headers of its answers (caching headers, an ETag...)."""
     not_modified: bool = False
     """Answer 304 (with C{headers}, no body) when C{If-None-Match} names C{headers["ETag"]}."""
+    gate: threading.Event | None = None
+    """Answer only once it is set (at most a minute later): a fetch held under way for as
+    long as a test needs it to be, however slow the machine."""
 
 
 @attrs.define
@@ -97,6 +100,8 @@ def start_origin() -> Origin:
             behaviour = origin.behaviours.get(path, origin.default)
             if behaviour.delay:
                 time.sleep(behaviour.delay)
+            if behaviour.gate is not None:
+                behaviour.gate.wait(60)
             if behaviour.not_modified and condition == behaviour.headers.get("ETag"):
                 self.send_response(304)
                 for name, value in behaviour.headers.items():

@@ -650,15 +650,16 @@ class Refresher(Service):
 
     # -- lifecycle -----------------------------------------------------------
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self, drain: float | None = None) -> Deferred[None]:
         """
-        Let the fetches in flight finish for up to C{drain_timeout} seconds,
-        then cancel the rest; their callers are answered either way.
+        Let the fetches in flight finish for up to C{drain} seconds (else
+        C{drain_timeout}), then cancel the rest; their callers are answered
+        either way.
         """
         Service.stopService(self)
         if self.ahead is not None:
             self.ahead.stop()
-        return self.flights.drain(self.drain_timeout)
+        return self.flights.drain(self.drain_timeout if drain is None else drain)
 
     def startService(self) -> None:
         Service.startService(self)

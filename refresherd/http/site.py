@@ -416,7 +416,8 @@ class LimitedSite(server.Site):
         """
         self._per_address: dict[str, int] = {}
         """Open connections of each client address (with C{max_connections_per_address})."""
-        self._closed: Deferred[None] | None = None
+        self._closed: list[Deferred[None]] = []
+        """What waits for the last connection to close."""
         self.winding_down = False
         """The process is stopping (L{wind_down})."""
         self.noisy = False
@@ -479,9 +480,10 @@ class LimitedSite(server.Site):
 
     def channel_closed(self, channel: Connection) -> None:
         self._forget(channel)
-        if not self.channels and self._closed is not None:
-            closed, self._closed = self._closed, None
-            closed.callback(None)
+        if not self.channels:
+            closed, self._closed = self._closed, []
+            for d in closed:
+                d.callback(None)
 
     def wind_down(self) -> None:
         """
@@ -494,24 +496,48 @@ class LimitedSite(server.Site):
         for channel in list(self.idle):
             _transport(channel).loseConnection()
 
+    def until_answered(self, timeout: float) -> Deferred[None]:
+        """
+        Once L{wind_down}: fire when every connection is closed, each after
+        the answer to the request it had under way or arriving, or after
+        C{timeout} seconds (the connections left are left open).
+        """
+        return self._until_closed(timeout, abort=False)
+
     def close_connections(self, timeout: float) -> Deferred[None]:
         """
         Close every connection once what was written to it has been sent, so
         that answers given during shutdown reach their clients; fire when all
         are closed, or after C{timeout} seconds (then abort the rest).
         """
-        if not self.channels:
-            return defer.succeed(None)
-        self._closed = Deferred()
         for channel in list(self.channels):
             _transport(channel).loseConnection()
-        timer = self.reactor.callLater(timeout, self._abort)
+        return self._until_closed(timeout, abort=True)
+
+    def _until_closed(self, timeout: float, abort: bool) -> Deferred[None]:
+        """
+        Fire when no connection is left; after C{timeout} seconds, abort those
+        left (and fire once they are gone) or fire at once.
+        """
+        if not self.channels:
+            return defer.succeed(None)
+        closed: Deferred[None] = Deferred()
+        self._closed.append(closed)
+
+        def expire() -> None:
+            if abort:
+                self._abort()
+            elif not closed.called:
+                self._closed.remove(closed)
+                closed.callback(None)
+
+        timer = self.reactor.callLater(timeout, expire)
 
         def stop_timer(result: None) -> None:
             if timer.active():
                 timer.cancel()
 
-        return self._closed.addCallback(stop_timer)
+        return closed.addCallback(stop_timer)
 
     def _abort(self) -> None:
         for channel in list(self.channels):

@@ -117,11 +117,13 @@ class Engine(MultiService):
             self.warmer.setServiceParent(self)
 
     @defer.inlineCallbacks
-    def stopService(self) -> Any:
+    def stopService(self, drain: float | None = None) -> Any:
+        """Stopped, the fetches in flight let finish for up to C{drain} seconds (else the
+        refresher's C{drain_timeout})."""
         Service.stopService(self)
         if self.warmer is not None:
             self.warmer.stopService()
-        yield self.refresher.stopService()
+        yield self.refresher.stopService(drain)
         self.pools.stopService()
         store = self.refresher.store
         if IService.providedBy(store):
@@ -187,6 +189,22 @@ class _Process(MultiService):
         for site in self.sites:
             site.wind_down()
 
+    @defer.inlineCallbacks
+    def _answer_then_stop_engine(self) -> Any:
+        """
+        Once wound down: the requests under way answered (each connection then
+        closes), then the engine stopped, within one drain timeout for both;
+        a request whose lookup was in the store when the stop began may still
+        start a fetch, which the engine then lets finish.
+        """
+        refresher = self.engine.refresher
+        started = refresher.clock.seconds()
+        yield defer.gatherResults(
+            [site.until_answered(refresher.drain_timeout) for site in self.sites]
+        )
+        left = refresher.drain_timeout - (refresher.clock.seconds() - started)
+        yield self.engine.stopService(drain=max(0.0, left))
+
     def _close_connections(self) -> Any:
         """Close the connections once their answers are out (or after L{CLOSE_TIMEOUT})."""
         return defer.gatherResults([site.close_connections(CLOSE_TIMEOUT) for site in self.sites])
@@ -200,8 +218,9 @@ class _Process(MultiService):
 class RefresherdService(_Process):
     """
     A process that serves the API.  Stopping it stops listening first, then
-    stops the engine (fetches in flight finish and their requests are
-    answered), then closes the connections once their answers are out.
+    lets the requests under way be answered (each connection closes after its
+    answer) and the fetches in flight finish, then stops the engine, then
+    closes the connections left once their answers are out.
 
     @ivar worker: in a worker of C{--workers}, its number: it then announces
         that it serves the inherited socket rather than where it listens, and
@@ -237,7 +256,7 @@ class RefresherdService(_Process):
         Service.stopService(self)
         yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
         self._wind_down()
-        yield self.engine.stopService()
+        yield self._answer_then_stop_engine()
         yield self._close_connections()
         if self._flushing is not None:
             if self._flushing.running:
@@ -291,6 +310,6 @@ class ParentService(_Process):
         )
         self._wind_down()
         yield self.supervisor.stopService()
-        yield self.engine.stopService()
+        yield self._answer_then_stop_engine()
         yield self._close_connections()
         self._stop_logging()

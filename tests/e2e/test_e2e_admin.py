@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,11 +119,14 @@ def test_a_soft_purge_answers_stale_then_refreshes_once(
     pair: tuple[Service, Service], origin: Origin
 ) -> None:
     one, two = pair
-    origin.set("/users/dee", body=b'{"fetch": {n}}', delay=0.5)
+    origin.set("/users/dee", body=b'{"fetch": {n}}')
     assert value(one, "/v1/jobs/user?name=dee") == ("miss", {"fetch": 1})
+    refreshing = threading.Event()  # the refresh is held under way until it is set
+    origin.set("/users/dee", gate=refreshing)
     assert purge(one, tags=["user:dee"], soft=True).json() == {"purged": 1}
     for service in (two, one, two):  # nobody waits for the refresh
         assert value(service, "/v1/jobs/user?name=dee") == ("stale", {"fetch": 1})
+    refreshing.set()
     wait_until(lambda: value(two, "/v1/jobs/user?name=dee") == ("hit", {"fetch": 2}))
     assert value(one, "/v1/jobs/user?name=dee") == ("hit", {"fetch": 2})
     time.sleep(0.2)

@@ -797,6 +797,48 @@ def test_close_connections_aborts_the_rest_after_its_timeout(server: Server) -> 
     assert server.clock.getDelayedCalls() == []
 
 
+def test_until_answered_fires_once_the_requests_under_way_are_answered() -> None:
+    server = make_server()
+    idle, idle_transport = server.connect()
+    server.resource.hang = True
+    busy, busy_transport = server.connect()
+    answered(busy)
+    server.site.wind_down()
+    fired: list[object] = []
+    server.site.until_answered(10.0).addCallback(fired.append)
+    lose(idle)
+    assert fired == []  # the request under way is not cut short
+    finish(server.resource.pending[0])
+    assert busy_transport.disconnecting and not busy_transport.aborted
+    lose(busy)
+    assert fired == [None]
+    assert server.clock.getDelayedCalls() == []
+
+
+def test_until_answered_gives_up_at_its_timeout_and_leaves_the_connection_open() -> None:
+    server = make_server()
+    server.resource.hang = True
+    busy, busy_transport = server.connect()
+    answered(busy)
+    server.site.wind_down()
+    fired: list[object] = []
+    server.site.until_answered(3.0).addCallback(fired.append)
+    server.clock.advance(2.99)
+    assert fired == []
+    server.clock.advance(0.01)
+    assert fired == [None]
+    assert not busy_transport.disconnecting and not busy_transport.aborted
+    # The connections left are then closed as before, answers first.
+    closed: list[object] = []
+    server.site.close_connections(5.0).addCallback(closed.append)
+    lose(busy)
+    assert closed == [None]
+
+
+def test_until_answered_fires_at_once_without_connections(server: Server) -> None:
+    assert server.site.until_answered(5.0).called
+
+
 @pytest.mark.parametrize("which", ["getHost", "getPeer"])
 def test_a_channel_asks_its_transport_for_each_address_once(server: Server, which: str) -> None:
     proto, transport = server.connect()
