@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from refresherd.client.answers import Raw
 from refresherd.core import policy
 from refresherd.core.marks import GenerationKeys, build_generation_keys
 from refresherd.core.templates import render_tags
 from refresherd.entry import (
+    Entry,
     EntryFormatError,
     decode,
     entry_problem,
@@ -165,11 +168,12 @@ def _tokens(keys: Sequence[str], values: Sequence[bytes | None]) -> dict[str, st
     }
 
 
-def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) -> Any:
+def _fresh_entry(read: Read, values: Sequence[Any], now: float, rand: float) -> Entry | None:
     """
-    The answer (as C{GET /v1/jobs/{job}} gives it, status C{hit}) of what an
-    C{MGET} of C{read.keys} found at C{now}, when it is a fresh hit with no
-    early refresh due (C{rand} as the service's random number); else None.
+    The entry an C{MGET} of C{read.keys} found at C{now}, when the service
+    would answer it as a fresh hit with no early refresh due (C{rand} as the
+    service's random number); else None.  A JSON body is not checked here:
+    its answer parses it.
     """
     if len(values) != len(read.keys) or not all(v is None or isinstance(v, bytes) for v in values):
         return None  # not what an MGET of bytes answers (decode_responses in the URL)
@@ -185,8 +189,19 @@ def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) 
     current = read.generation_keys.marks(_tokens(read.generation_keys.all, values[1:]))
     if entry.marks != current:
         return None  # purged, hard or soft
-    decision = policy.decide(now, entry, read.job.early_refresh, rand)
-    if decision is not policy.HIT:
+    if policy.decide(now, entry, read.job.early_refresh, rand) is not policy.HIT:
+        return None
+    return entry
+
+
+def hit_of(read: Read, values: Sequence[Any], now: float, rand: float) -> Any:
+    """
+    The answer (as C{GET /v1/jobs/{job}} gives it, status C{hit}) of what an
+    C{MGET} of C{read.keys} found at C{now}, when it is a fresh hit with no
+    early refresh due (C{rand} as the service's random number); else None.
+    """
+    entry = _fresh_entry(read, values, now, rand)
+    if entry is None:
         return None
     answer: dict[str, Any] = {
         "job": read.job.name,
@@ -210,6 +225,61 @@ def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) 
         except UnicodeDecodeError:
             answer["value_b64"] = base64.b64encode(body).decode("ascii")
     return answer
+
+
+def raw_of(read: Read, values: Sequence[Any], now: float, rand: float) -> Raw | None:
+    """
+    As L{hit_of}, the answer as C{GET /v1/jobs/{job}/raw} gives it: the
+    stored body with its content type, C{ETag} and C{Cache-Status}.
+    """
+    entry = _fresh_entry(read, values, now, rand)
+    if entry is None:
+        return None
+    body = entry.body or b""
+    if is_json_content_type(entry.content_type):
+        try:  # the check entry_problem skipped
+            parse_json(body)
+        except ValueError:
+            return None
+    ttl = math.floor(entry.fresh_until - now)
+    return Raw(body, entry.content_type, 200, entry.etag, f"refresherd; hit; ttl={ttl}")
+
+
+AnswerOf = Callable[[Read, Sequence[Any], float, float], Any]
+"""L{hit_of} or L{raw_of}: the answer of a fresh hit, or None."""
+
+
+@attrs.frozen
+class Batch:
+    """The reads of many lookups in one C{MGET}: C{keys}, each key once, in order."""
+
+    reads: tuple[Read | None, ...]
+    keys: tuple[str, ...]
+
+    def answers(
+        self,
+        values: Sequence[Any],
+        now: float,
+        random: Callable[[], float],
+        answer_of: AnswerOf,
+    ) -> list[Any]:
+        """
+        Each lookup's answer (by C{answer_of}, a random number drawn for each)
+        from what the C{MGET} of C{keys} found; None where the service must answer.
+        """
+        if not isinstance(values, list | tuple) or len(values) != len(self.keys):
+            return [None] * len(self.reads)
+        found = dict(zip(self.keys, values, strict=True))
+        return [
+            None if read is None else answer_of(read, [found[k] for k in read.keys], now, random())
+            for read in self.reads
+        ]
+
+
+def merged(hits: Sequence[Any], asked: Iterable[Any]) -> list[Any]:
+    """The answers of a batch: its hits read directly, the service's C{asked} in the gaps."""
+    rest = iter(asked)
+    return [next(rest) if hit is None else hit for hit in hits]
 
 
 @attrs.define
@@ -257,6 +327,14 @@ class DirectReads:
         if self.layout is None or now < self._redis_due:
             return None
         return read_of(self.layout, job, args)
+
+    def batch(self, lookups: Sequence[tuple[str, Mapping[str, str]]], now: float) -> Batch | None:
+        """What to C{MGET} for many lookups (job, args), or None: ask the service for all."""
+        if self.layout is None or now < self._redis_due:
+            return None
+        reads = tuple(read_of(self.layout, job, args) for job, args in lookups)
+        keys = tuple(dict.fromkeys(key for read in reads if read is not None for key in read.keys))
+        return Batch(reads, keys) if keys else None
 
     def redis_failed(self, now: float) -> None:
         """Redis failed: no direct read for L{REDIS_BACKOFF} seconds."""

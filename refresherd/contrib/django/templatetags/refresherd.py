@@ -27,6 +27,10 @@ included templates, the blocks of a child template.  Each block renders as it
 would alone (its fallback for an outage, a pending value or an item the batch
 cannot answer; the same escaping; a 4xx raises).  It renders its content once,
 each block as a marker, then puts the answers in place of the markers.
+
+With C{REFRESHERD["REDIS_URL"]}, both read fresh hits straight from Redis
+(the client's direct reads: one C{MGET} per block, or one for a whole batch)
+and ask refresherd over HTTP for everything else, as the client does.
 """
 
 from __future__ import annotations
