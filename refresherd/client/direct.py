@@ -43,6 +43,10 @@ LAYOUT_RECHECK = 5.0
 REDIS_BACKOFF = 5.0
 """Seconds without direct reads after Redis failed: every read goes to the service meanwhile."""
 MAX_ARG_BYTES = 1024
+MAX_READS = 1024
+"""Lookups whose L{Read} a client remembers (forgotten when more, or when the layout changes)."""
+MEMO_BYTES = 16 * 1024
+"""The largest entry whose decoding a lookup remembers (L{Read.last})."""
 _DIRECT_STORES = ("redis", "redis+sentinel")
 
 
@@ -124,10 +128,17 @@ class Read:
     key: str
     tags: tuple[str, ...]
     generation_keys: GenerationKeys
+    keys: tuple[str, ...] = attrs.field(init=False)
+    last: list[tuple[bytes, Entry] | None] = attrs.field(
+        init=False, factory=lambda: [None], eq=False, repr=False
+    )
+    """
+    The bytes last read at C{key} and their entry, decoded and checked (when
+    at most L{MEMO_BYTES}): the same bytes read again are not decoded again.
+    """
 
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key, *self.generation_keys.all)
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "keys", (self.key, *self.generation_keys.all))
 
 
 def _plain(value: str) -> bool:
@@ -180,12 +191,18 @@ def _fresh_entry(read: Read, values: Sequence[Any], now: float, rand: float) -> 
     data = values[0]
     if data is None or len(data) > read.job.max_entry_bytes:
         return None
-    try:
-        entry = decode(data)
-    except EntryFormatError:
-        return None
-    if entry_problem(entry, body_checked=True) is not None or entry.tags != read.tags:
-        return None  # unreadable, or tags of an origin's: the service reads their marks
+    last = read.last[0]
+    if last is not None and last[0] == data:
+        entry = last[1]  # the same bytes as last time: checked then
+    else:
+        try:
+            entry = decode(data)
+        except EntryFormatError:
+            return None
+        if entry_problem(entry, body_checked=True) is not None or entry.tags != read.tags:
+            return None  # unreadable, or tags of an origin's: the service reads their marks
+        if len(data) <= MEMO_BYTES:
+            read.last[0] = (data, entry)
     current = read.generation_keys.marks(_tokens(read.generation_keys.all, values[1:]))
     if entry.marks != current:
         return None  # purged, hard or soft
@@ -294,6 +311,7 @@ class DirectReads:
     layout: Layout | None = None
     _layout_due: float = 0.0
     _redis_due: float = 0.0
+    _reads: dict[tuple[str, tuple[tuple[str, str], ...]], Read | None] = attrs.field(factory=dict)
 
     def layout_due(self, now: float) -> dict[str, str] | None:
         """
@@ -312,6 +330,7 @@ class DirectReads:
         """The service answered C{GET /v1/layout}: a 304 keeps the layout, a 200 replaces it."""
         if status == 304 and self.layout is not None:
             return
+        self._reads.clear()
         try:
             self.layout = parse_layout(json.loads(content), etag)
         except ValueError:  # BadLayout, or not JSON
@@ -321,18 +340,32 @@ class DirectReads:
     def layout_failed(self) -> None:
         """No layout now: every read goes to the service until the next one."""
         self.layout = None
+        self._reads.clear()
 
     def read(self, job: str, args: Mapping[str, str], now: float) -> Read | None:
         """What to C{MGET} for C{job} with C{args}, or None: ask the service."""
         if self.layout is None or now < self._redis_due:
             return None
-        return read_of(self.layout, job, args)
+        return self._read_of(self.layout, job, args)
+
+    def _read_of(self, layout: Layout, job: str, args: Mapping[str, str]) -> Read | None:
+        """L{read_of}, remembered: the keys of a lookup are the same until the layout changes."""
+        lookup = (job, tuple(args.items()))
+        try:
+            return self._reads[lookup]
+        except KeyError:
+            pass
+        read = read_of(layout, job, args)
+        if len(self._reads) >= MAX_READS:
+            self._reads.clear()
+        self._reads[lookup] = read
+        return read
 
     def batch(self, lookups: Sequence[tuple[str, Mapping[str, str]]], now: float) -> Batch | None:
         """What to C{MGET} for many lookups (job, args), or None: ask the service for all."""
         if self.layout is None or now < self._redis_due:
             return None
-        reads = tuple(read_of(self.layout, job, args) for job, args in lookups)
+        reads = tuple(self._read_of(self.layout, job, args) for job, args in lookups)
         keys = tuple(dict.fromkeys(key for read in reads if read is not None for key in read.keys))
         return Batch(reads, keys) if keys else None
 

@@ -28,7 +28,7 @@ from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
 from refresherd.core.patterns import compile_pattern
 from refresherd.core.refresher import Answer, Refresher
-from refresherd.entry import Entry, encode, make_etag
+from refresherd.entry import Entry, decode, encode, make_etag
 from refresherd.http.answers import answer_body, cache_status
 from refresherd.http.public import layout
 from refresherd.keys import generation_key
@@ -262,6 +262,26 @@ def test_what_it_cannot_read_is_left_to_the_service(values: list[Any]) -> None:
     assert read is not None
     assert direct.hit_of(read, values, NOW, 0.5) is None
     assert direct.raw_of(read, values, NOW, 0.5) is None
+
+
+def test_the_same_bytes_read_again_are_not_decoded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[bytes] = []
+
+    def counting(data: bytes) -> Entry:
+        decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(direct, "decode", counting)
+    read = direct.read_of(the_layout(job_config()), "j", ARGS)
+    assert read is not None
+    one, two = encode(entry()), encode(entry(body=b'{"n": 8}'))
+    big = encode(entry(body=b"[" + b"0," * direct.MEMO_BYTES + b"0]"))
+    for data in (one, one, two, two, one, big, big):
+        assert direct.hit_of(read, [data, *[None] * 6], NOW, 0.5) is not None
+    assert decoded == [one, two, one, big, big]  # a large entry is not remembered
+    # A purge mark or a time that changed is read as ever.
+    assert direct.hit_of(read, [one, *[None] * 6], NOW + 60, 0.5) is None
+    assert direct.hit_of(read, [one, b"0" * 32, *[None] * 5], NOW, 0.5) is None
 
 
 def test_a_batch_reads_each_key_once_and_answers_each_lookup_from_its_own_keys() -> None:
@@ -504,7 +524,8 @@ def test_the_state_asks_for_the_layout_every_5_seconds_with_its_etag() -> None:
     assert state.layout_due(14.9) is None
     document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
     state.layout_answered(200, json.dumps(document).encode(), '"e1"')
-    assert state.read("j", ARGS, 11.0) is not None
+    read = state.read("j", ARGS, 11.0)
+    assert read is not None and state.read("j", dict(ARGS), 11.0) is read  # remembered
     assert state.layout_due(15.0) == {"If-None-Match": '"e1"'}
     state.layout_answered(304, b"", '"e1"')
     assert state.layout is not None and state.layout.etag == '"e1"'
