@@ -212,8 +212,8 @@ class AsyncClient:
     use it as an C{async with} context manager.
 
     With C{redis_url}, as L{refresherd.client.Client}: L{get}, L{value},
-    L{raw} and L{get_many} read fresh hits straight from Redis (C{redis.asyncio}, a connection pool
-    per event loop).
+    L{raw} and L{get_many} read fresh hits straight from Redis
+    (C{redis.asyncio}, a connection pool per event loop).
     """
 
     def __init__(

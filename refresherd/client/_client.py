@@ -65,8 +65,8 @@ class Client:
     With C{redis_url}, the URL of the Redis the service stores in (a
     read-only user is enough), L{get}, L{value}, L{raw} and L{get_many} read
     fresh hits straight from Redis and answer them without asking the
-    service; anything else goes to the service (docs/clients.md, "Direct reads").  This needs the
-    C{redis} package (C{pip install refresherd[redis-client]}).
+    service; anything else goes to the service (docs/clients.md, "Direct
+    reads").  This needs the C{redis} package (C{pip install refresherd[redis-client]}).
     """
 
     def __init__(

@@ -44,7 +44,7 @@ REDIS_BACKOFF = 5.0
 """Seconds without direct reads after Redis failed: every read goes to the service meanwhile."""
 MAX_ARG_BYTES = 1024
 MAX_READS = 1024
-"""Lookups whose L{Read} a client remembers (forgotten when more, or when the layout changes)."""
+"""Lookups whose L{Read} a layout remembers (all forgotten when more)."""
 MEMO_BYTES = 16 * 1024
 """The largest entry whose decoding a lookup remembers (L{Read.last})."""
 _DIRECT_STORES = ("redis", "redis+sentinel")
@@ -75,6 +75,10 @@ class Layout:
     etag: str | None
     jobs: Mapping[str, DirectJob]
     """The jobs that may be read directly (none when the store is not Redis)."""
+    reads: dict[tuple[str, tuple[tuple[str, str], ...]], Read | None] = attrs.field(
+        factory=dict, eq=False, repr=False
+    )
+    """The L{Read} of each lookup made on this layout, remembered (at most L{MAX_READS})."""
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -311,7 +315,6 @@ class DirectReads:
     layout: Layout | None = None
     _layout_due: float = 0.0
     _redis_due: float = 0.0
-    _reads: dict[tuple[str, tuple[tuple[str, str], ...]], Read | None] = attrs.field(factory=dict)
 
     def layout_due(self, now: float) -> dict[str, str] | None:
         """
@@ -330,7 +333,6 @@ class DirectReads:
         """The service answered C{GET /v1/layout}: a 304 keeps the layout, a 200 replaces it."""
         if status == 304 and self.layout is not None:
             return
-        self._reads.clear()
         try:
             self.layout = parse_layout(json.loads(content), etag)
         except ValueError:  # BadLayout, or not JSON
@@ -340,7 +342,6 @@ class DirectReads:
     def layout_failed(self) -> None:
         """No layout now: every read goes to the service until the next one."""
         self.layout = None
-        self._reads.clear()
 
     def read(self, job: str, args: Mapping[str, str], now: float) -> Read | None:
         """What to C{MGET} for C{job} with C{args}, or None: ask the service."""
@@ -349,16 +350,17 @@ class DirectReads:
         return self._read_of(self.layout, job, args)
 
     def _read_of(self, layout: Layout, job: str, args: Mapping[str, str]) -> Read | None:
-        """L{read_of}, remembered: the keys of a lookup are the same until the layout changes."""
+        """L{read_of}, remembered by the layout: a lookup's keys change only with it."""
         lookup = (job, tuple(args.items()))
+        reads = layout.reads
         try:
-            return self._reads[lookup]
+            return reads[lookup]
         except KeyError:
             pass
         read = read_of(layout, job, args)
-        if len(self._reads) >= MAX_READS:
-            self._reads.clear()
-        self._reads[lookup] = read
+        if len(reads) >= MAX_READS:
+            reads.clear()
+        reads[lookup] = read
         return read
 
     def batch(self, lookups: Sequence[tuple[str, Mapping[str, str]]], now: float) -> Batch | None:
