@@ -3,8 +3,10 @@ What a read costs an application, per call, on a hit of a 10 KB JSON value:
 L{refresherd.client.Client.get} (its own transport, C{http.client}), the same
 client over httpx (the transport it had before), the sync calls of other
 libraries on the same request (raw C{http.client} on a kept-alive connection,
-urllib3, httpx), L{refresherd.client.AsyncClient.get}, and redis-py GET of the
-same entry with its metadata and value parsed.  One refresherd on a real
+urllib3, httpx), L{refresherd.client.AsyncClient.get}, redis-py GET of the
+same entry with its metadata and value parsed, and the direct reads of both
+clients (C{redis_url}) against redis-py's GET, sync and async
+(C{redis.asyncio}).  One refresherd on a real
 redis-server (one process, its defaults otherwise), one origin; each round
 times every way in turn, one call at a time from one thread, with the calls
 alternating so that the machine's drift touches them all alike.
@@ -42,6 +44,7 @@ from typing import Any
 
 import httpx
 import redis
+import redis.asyncio
 import urllib3
 
 from bench.shared_stores import write_section
@@ -56,6 +59,8 @@ BEFORE = "Client.get over httpx (before)"
 ASYNC = "AsyncClient.get (asyncio)"
 DIRECT = "Client.get, direct read (redis_url)"
 REDIS = "redis-py GET + parse"
+ASYNC_DIRECT = "AsyncClient.get, direct read (redis_url)"
+ASYNC_REDIS = "redis.asyncio GET + parse"
 STRIDE = 100
 """Calls of one way before the next way's turn."""
 START, END = "<!-- bench:client_cost:start -->", "<!-- bench:client_cost:end -->"
@@ -85,6 +90,13 @@ def value() -> bytes:
 Way = Callable[[], Any]
 
 
+def parsed(entry: Any) -> Any:
+    """An entry as redis-py's GET gives it, its metadata line and JSON value parsed."""
+    assert isinstance(entry, bytes)
+    line, _, body = entry.partition(b"\n")
+    return json.loads(line), json.loads(body)
+
+
 def ways(service: Service, store: RedisServer) -> dict[str, Way]:
     """Each way of reading the value: a function that does one read."""
     port = service.ports["public"]
@@ -112,10 +124,7 @@ def ways(service: Service, store: RedisServer) -> dict[str, Way]:
     assert answer["status"] == "hit", answer["status"]
 
     def redis_get() -> Any:
-        entry = connection.get(KEY)
-        assert isinstance(entry, bytes)
-        line, _, body = entry.partition(b"\n")
-        return json.loads(line), json.loads(body)
+        return parsed(connection.get(KEY))
 
     return {
         BASE: raw_http_client,
@@ -180,16 +189,25 @@ def measure(
     readers = ways(service, store)
     loop = asyncio.new_event_loop()
     async_client = AsyncClient(service.url, service.admin_url, timeout=10)
-    first = loop.run_until_complete(async_client.get("big", id=1))
-    assert first["status"] == "hit", {k: v for k, v in first.items() if k != "value"}
+    async_direct = AsyncClient(service.url, service.admin_url, timeout=10, redis_url=store.url())
+    async_redis = redis.asyncio.Redis(host="127.0.0.1", port=store.port)
+    for client in (async_client, async_direct):
+        first = loop.run_until_complete(client.get("big", id=1))
+        assert first["status"] == "hit", {k: v for k, v in first.items() if k != "value"}
 
-    def async_get(n: int) -> Sample:
-        return time_async_calls(loop, lambda: async_client.get("big", id=1), n)
+    async def redis_get() -> Any:
+        return parsed(await async_redis.get(KEY))
 
+    async_ways: dict[str, Callable[[], Awaitable[Any]]] = {
+        ASYNC: lambda: async_client.get("big", id=1),
+        ASYNC_REDIS: redis_get,
+        ASYNC_DIRECT: lambda: async_direct.get("big", id=1),
+    }
     timers: dict[str, Callable[[int], Sample]] = {
         name: functools.partial(time_calls, way) for name, way in readers.items()
     }
-    timers[ASYNC] = async_get
+    for name, awaited in async_ways.items():
+        timers[name] = functools.partial(time_async_calls, loop, awaited)
     for timer in timers.values():
         timer(max(1, calls // 10))  # warm up: connections open, code paths hot
     samples: dict[str, list[Sample]] = {name: [] for name in timers}
@@ -206,7 +224,9 @@ def measure(
             f"{statistics.median(s[-1].times):.0f}/{s[-1].cpu:.0f}" for s in samples.values()
         )
         print(f"bench: round {n + 1}/{rounds}: median/CPU µs {medians}", file=sys.stderr)
-    loop.run_until_complete(async_client.aclose())
+    for client in (async_client, async_direct):
+        loop.run_until_complete(client.aclose())
+    loop.run_until_complete(async_redis.aclose())
     loop.close()
     return samples
 
@@ -262,7 +282,8 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> str:
         "of the CPU time.",
         "",
         f"A direct read against redis-py's GET and parse of the same entry, in the same rounds: "
-        f"{ratio(samples[DIRECT], samples[REDIS]):.2f}× the wall time.",
+        f"{ratio(samples[DIRECT], samples[REDIS]):.2f}× the wall time; the async client's "
+        f"against redis.asyncio's: {ratio(samples[ASYNC_DIRECT], samples[ASYNC_REDIS]):.2f}×.",
     ]
     return "\n".join(lines)
 

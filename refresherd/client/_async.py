@@ -35,6 +35,7 @@ from refresherd.client.calls import (
     Request,
     Response,
     TransportError,
+    _batch_item,
     _job_args,
     failure_of,
 )
@@ -210,9 +211,9 @@ class AsyncClient:
     connections are kept per loop).  Close it with C{await client.aclose()}, or
     use it as an C{async with} context manager.
 
-    With C{redis_url}, as L{refresherd.client.Client}: L{get} and L{value}
-    read fresh hits straight from Redis (C{redis.asyncio}, a connection pool
-    per event loop).
+    With C{redis_url}, as L{refresherd.client.Client}: L{get}, L{value},
+    L{raw} and L{get_many} read fresh hits straight from Redis
+    (C{redis.asyncio}, a connection pool per event loop).
     """
 
     def __init__(
@@ -291,7 +292,14 @@ class AsyncClient:
 
     async def get_many(self, items: Iterable[BatchItem], /, *, default: Any = NO_DEFAULT) -> Any:
         """As L{Client.get_many}: many values in one request (C{POST /v1/fetch})."""
-        return await self._run(self._calls.get_many(items, default))
+        if self._direct is None:
+            return await self._run(self._calls.get_many(items, default))
+        batch = [_batch_item(item) for item in items]
+        lookups = [(item["job"], item["args"]) for item in batch]
+        hits = await self._direct.hits(lookups, direct.hit_of)
+        rest = [item for item, hit in zip(batch, hits, strict=True) if hit is None]
+        asked = await self._run(self._calls.get_many(rest, default)) if rest else ()
+        return direct.merged(hits, asked)
 
     async def raw(
         self,
@@ -303,6 +311,10 @@ class AsyncClient:
         **kwargs: ArgValue,
     ) -> Any:
         """As L{Client.raw}: the stored body itself, a L{Raw}."""
+        if self._direct is not None:
+            raw = await self._direct.hit(job, _job_args(args, kwargs), direct.raw_of)
+            if raw is not None:
+                return raw
         return await self._run(self._calls.raw(job, args, kwargs, default))
 
     async def value(
@@ -457,20 +469,35 @@ class AsyncDirectReads:
         if client is not None:
             await client.aclose()
 
-    async def hit(self, job: str, args: dict[str, str]) -> dict[str, Any] | None:
-        """The answer of a fresh hit read in Redis; None when the service must answer."""
+    async def hit(
+        self, job: str, args: dict[str, str], answer_of: direct.AnswerOf = direct.hit_of
+    ) -> Any:
+        """As L{refresherd.client._client.DirectReads.hit}, awaited."""
         await self._recheck()
         read = self.state.read(job, args, self._clock())
         if read is None:
             return None
+        values = await self._mget(read.keys)
+        return None if values is None else answer_of(read, values, self._now(), self._random())
+
+    async def hits(
+        self, lookups: Sequence[tuple[str, dict[str, str]]], answer_of: direct.AnswerOf
+    ) -> list[Any]:
+        """As L{refresherd.client._client.DirectReads.hits}, awaited."""
+        await self._recheck()
+        batch = self.state.batch(lookups, self._clock())
+        values = None if batch is None else await self._mget(batch.keys)
+        if batch is None or values is None:
+            return [None] * len(lookups)
+        return batch.answers(values, self._now(), self._random, answer_of)
+
+    async def _mget(self, keys: Sequence[str]) -> Any:
         try:
-            values: Any = await self._redis().mget(read.keys)
+            return await self._redis().mget(keys)
         except self._errors as e:
             self.state.redis_failed(self._clock())
             log.warning("direct reads stop for %g s: Redis: %s", direct.REDIS_BACKOFF, e)
             return None
-        answer: dict[str, Any] | None = direct.hit_of(read, values, self._now(), self._random())
-        return answer
 
     async def _recheck(self) -> None:
         """Ask the service for its layout, when it is due."""

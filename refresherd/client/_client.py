@@ -29,6 +29,7 @@ from refresherd.client.calls import (
     Request,
     Response,
     TransportError,
+    _batch_item,
     _job_args,
 )
 from refresherd.client.errors import ServiceError, Unreachable
@@ -62,10 +63,10 @@ class Client:
     Values are strings, integers or UUIDs.
 
     With C{redis_url}, the URL of the Redis the service stores in (a
-    read-only user is enough), L{get} and L{value} read fresh hits straight
-    from Redis and answer them without asking the service; anything else
-    goes to the service (docs/clients.md, "Direct reads").  This needs the
-    C{redis} package (C{pip install refresherd[redis-client]}).
+    read-only user is enough), L{get}, L{value}, L{raw} and L{get_many} read
+    fresh hits straight from Redis and answer them without asking the
+    service; anything else goes to the service (docs/clients.md, "Direct
+    reads").  This needs the C{redis} package (C{pip install refresherd[redis-client]}).
     """
 
     def __init__(
@@ -176,9 +177,16 @@ class Client:
         L{ServiceError} (not raised).  An item is C{(job, args)},
         C{{"job": job, "args": args}} or a job name alone.  With C{default},
         an item whose error is an outage (5xx) is the default, and so is every
-        item when refresherd is down.
+        item when refresherd is down.  With C{redis_url}, the fresh hits are
+        read in Redis (one C{MGET} for all) and only the other items are
+        asked of the service.
         """
-        return self._run(self._calls.get_many(items, default))
+        if self._direct is None:
+            return self._run(self._calls.get_many(items, default))
+        batch = [_batch_item(item) for item in items]
+        hits = self._direct.hits([(item["job"], item["args"]) for item in batch], direct.hit_of)
+        rest = [item for item, hit in zip(batch, hits, strict=True) if hit is None]
+        return direct.merged(hits, self._run(self._calls.get_many(rest, default)) if rest else ())
 
     @overload
     def raw(
@@ -202,6 +210,10 @@ class Client:
         HTML snippet, an image.  With C{default}, that is returned instead
         when there is no value yet (202 pending) or refresherd is down.
         """
+        if self._direct is not None:
+            raw = self._direct.hit(job, _job_args(args, kwargs), direct.raw_of)
+            if raw is not None:
+                return raw
         return self._run(self._calls.raw(job, args, kwargs, default))
 
     def value(
@@ -374,20 +386,39 @@ class DirectReads:
     def close(self) -> None:
         self._redis.close()
 
-    def hit(self, job: str, args: dict[str, str]) -> dict[str, Any] | None:
-        """The answer of a fresh hit read in Redis; None when the service must answer."""
+    def hit(
+        self, job: str, args: dict[str, str], answer_of: direct.AnswerOf = direct.hit_of
+    ) -> Any:
+        """
+        The answer of a fresh hit read in Redis (by C{answer_of}: L{direct.hit_of}
+        or L{direct.raw_of}); None when the service must answer.
+        """
         self._recheck()
         read = self.state.read(job, args, self._clock())
         if read is None:
             return None
+        values = self._mget(read.keys)
+        return None if values is None else answer_of(read, values, self._now(), self._random())
+
+    def hits(
+        self, lookups: Sequence[tuple[str, dict[str, str]]], answer_of: direct.AnswerOf
+    ) -> list[Any]:
+        """As L{hit}, for many lookups in one C{MGET}: None for each the service must answer."""
+        self._recheck()
+        batch = self.state.batch(lookups, self._clock())
+        values = None if batch is None else self._mget(batch.keys)
+        if batch is None or values is None:
+            return [None] * len(lookups)
+        return batch.answers(values, self._now(), self._random, answer_of)
+
+    def _mget(self, keys: Sequence[str]) -> Any:
+        """What an C{MGET} of C{keys} finds; None when Redis failed (no direct read for a while)."""
         try:
-            values: Any = self._redis.mget(read.keys)
+            return self._redis.mget(keys)
         except self._errors as e:
             self.state.redis_failed(self._clock())
             log.warning("direct reads stop for %g s: Redis: %s", direct.REDIS_BACKOFF, e)
             return None
-        answer: dict[str, Any] | None = direct.hit_of(read, values, self._now(), self._random())
-        return answer
 
     def _recheck(self) -> None:
         """Ask the service for its layout, when it is due."""

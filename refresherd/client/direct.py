@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from refresherd.client.answers import Raw
 from refresherd.core import policy
 from refresherd.core.marks import GenerationKeys, build_generation_keys
 from refresherd.core.templates import render_tags
 from refresherd.entry import (
+    Entry,
     EntryFormatError,
     decode,
     entry_problem,
@@ -40,6 +43,10 @@ LAYOUT_RECHECK = 5.0
 REDIS_BACKOFF = 5.0
 """Seconds without direct reads after Redis failed: every read goes to the service meanwhile."""
 MAX_ARG_BYTES = 1024
+MAX_READS = 1024
+"""Lookups whose L{Read} a layout remembers (all forgotten when more)."""
+MEMO_BYTES = 16 * 1024
+"""The largest entry whose decoding a lookup remembers (L{Read.last})."""
 _DIRECT_STORES = ("redis", "redis+sentinel")
 
 
@@ -68,6 +75,10 @@ class Layout:
     etag: str | None
     jobs: Mapping[str, DirectJob]
     """The jobs that may be read directly (none when the store is not Redis)."""
+    reads: dict[tuple[str, tuple[tuple[str, str], ...]], Read | None] = attrs.field(
+        factory=dict, eq=False, repr=False
+    )
+    """The L{Read} of each lookup made on this layout, remembered (at most L{MAX_READS})."""
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -121,10 +132,17 @@ class Read:
     key: str
     tags: tuple[str, ...]
     generation_keys: GenerationKeys
+    keys: tuple[str, ...] = attrs.field(init=False)
+    last: list[tuple[bytes, Entry] | None] = attrs.field(
+        init=False, factory=lambda: [None], eq=False, repr=False
+    )
+    """
+    The bytes last read at C{key} and their entry, decoded and checked (when
+    at most L{MEMO_BYTES}): the same bytes read again are not decoded again.
+    """
 
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key, *self.generation_keys.all)
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "keys", (self.key, *self.generation_keys.all))
 
 
 def _plain(value: str) -> bool:
@@ -165,28 +183,46 @@ def _tokens(keys: Sequence[str], values: Sequence[bytes | None]) -> dict[str, st
     }
 
 
-def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) -> Any:
+def _fresh_entry(read: Read, values: Sequence[Any], now: float, rand: float) -> Entry | None:
     """
-    The answer (as C{GET /v1/jobs/{job}} gives it, status C{hit}) of what an
-    C{MGET} of C{read.keys} found at C{now}, when it is a fresh hit with no
-    early refresh due (C{rand} as the service's random number); else None.
+    The entry an C{MGET} of C{read.keys} found at C{now}, when the service
+    would answer it as a fresh hit with no early refresh due (C{rand} as the
+    service's random number); else None.  A JSON body is not checked here:
+    its answer parses it.
     """
     if len(values) != len(read.keys) or not all(v is None or isinstance(v, bytes) for v in values):
         return None  # not what an MGET of bytes answers (decode_responses in the URL)
     data = values[0]
     if data is None or len(data) > read.job.max_entry_bytes:
         return None
-    try:
-        entry = decode(data)
-    except EntryFormatError:
-        return None
-    if entry_problem(entry, body_checked=True) is not None or entry.tags != read.tags:
-        return None  # unreadable, or tags of an origin's: the service reads their marks
+    last = read.last[0]
+    if last is not None and last[0] == data:
+        entry = last[1]  # the same bytes as last time: checked then
+    else:
+        try:
+            entry = decode(data)
+        except EntryFormatError:
+            return None
+        if entry_problem(entry, body_checked=True) is not None or entry.tags != read.tags:
+            return None  # unreadable, or tags of an origin's: the service reads their marks
+        if len(data) <= MEMO_BYTES:
+            read.last[0] = (data, entry)
     current = read.generation_keys.marks(_tokens(read.generation_keys.all, values[1:]))
     if entry.marks != current:
         return None  # purged, hard or soft
-    decision = policy.decide(now, entry, read.job.early_refresh, rand)
-    if decision is not policy.HIT:
+    if policy.decide(now, entry, read.job.early_refresh, rand) is not policy.HIT:
+        return None
+    return entry
+
+
+def hit_of(read: Read, values: Sequence[Any], now: float, rand: float) -> Any:
+    """
+    The answer (as C{GET /v1/jobs/{job}} gives it, status C{hit}) of what an
+    C{MGET} of C{read.keys} found at C{now}, when it is a fresh hit with no
+    early refresh due (C{rand} as the service's random number); else None.
+    """
+    entry = _fresh_entry(read, values, now, rand)
+    if entry is None:
         return None
     answer: dict[str, Any] = {
         "job": read.job.name,
@@ -210,6 +246,61 @@ def hit_of(read: Read, values: Sequence[bytes | None], now: float, rand: float) 
         except UnicodeDecodeError:
             answer["value_b64"] = base64.b64encode(body).decode("ascii")
     return answer
+
+
+def raw_of(read: Read, values: Sequence[Any], now: float, rand: float) -> Raw | None:
+    """
+    As L{hit_of}, the answer as C{GET /v1/jobs/{job}/raw} gives it: the
+    stored body with its content type, C{ETag} and C{Cache-Status}.
+    """
+    entry = _fresh_entry(read, values, now, rand)
+    if entry is None:
+        return None
+    body = entry.body or b""
+    if is_json_content_type(entry.content_type):
+        try:  # the check entry_problem skipped
+            parse_json(body)
+        except ValueError:
+            return None
+    ttl = math.floor(entry.fresh_until - now)
+    return Raw(body, entry.content_type, 200, entry.etag, f"refresherd; hit; ttl={ttl}")
+
+
+AnswerOf = Callable[[Read, Sequence[Any], float, float], Any]
+"""L{hit_of} or L{raw_of}: the answer of a fresh hit, or None."""
+
+
+@attrs.frozen
+class Batch:
+    """The reads of many lookups in one C{MGET}: C{keys}, each key once, in order."""
+
+    reads: tuple[Read | None, ...]
+    keys: tuple[str, ...]
+
+    def answers(
+        self,
+        values: Sequence[Any],
+        now: float,
+        random: Callable[[], float],
+        answer_of: AnswerOf,
+    ) -> list[Any]:
+        """
+        Each lookup's answer (by C{answer_of}, a random number drawn for each)
+        from what the C{MGET} of C{keys} found; None where the service must answer.
+        """
+        if not isinstance(values, list | tuple) or len(values) != len(self.keys):
+            return [None] * len(self.reads)
+        found = dict(zip(self.keys, values, strict=True))
+        return [
+            None if read is None else answer_of(read, [found[k] for k in read.keys], now, random())
+            for read in self.reads
+        ]
+
+
+def merged(hits: Sequence[Any], asked: Iterable[Any]) -> list[Any]:
+    """The answers of a batch: its hits read directly, the service's C{asked} in the gaps."""
+    rest = iter(asked)
+    return [next(rest) if hit is None else hit for hit in hits]
 
 
 @attrs.define
@@ -256,7 +347,29 @@ class DirectReads:
         """What to C{MGET} for C{job} with C{args}, or None: ask the service."""
         if self.layout is None or now < self._redis_due:
             return None
-        return read_of(self.layout, job, args)
+        return self._read_of(self.layout, job, args)
+
+    def _read_of(self, layout: Layout, job: str, args: Mapping[str, str]) -> Read | None:
+        """L{read_of}, remembered by the layout: a lookup's keys change only with it."""
+        lookup = (job, tuple(args.items()))
+        reads = layout.reads
+        try:
+            return reads[lookup]
+        except KeyError:
+            pass
+        read = read_of(layout, job, args)
+        if len(reads) >= MAX_READS:
+            reads.clear()
+        reads[lookup] = read
+        return read
+
+    def batch(self, lookups: Sequence[tuple[str, Mapping[str, str]]], now: float) -> Batch | None:
+        """What to C{MGET} for many lookups (job, args), or None: ask the service for all."""
+        if self.layout is None or now < self._redis_due:
+            return None
+        reads = tuple(self._read_of(self.layout, job, args) for job, args in lookups)
+        keys = tuple(dict.fromkeys(key for read in reads if read is not None for key in read.keys))
+        return Batch(reads, keys) if keys else None
 
     def redis_failed(self, now: float) -> None:
         """Redis failed: no direct read for L{REDIS_BACKOFF} seconds."""

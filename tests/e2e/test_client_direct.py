@@ -1,27 +1,34 @@
 """
 Direct reads (docs/clients.md, "Direct reads") against a real redis-server and
 a real C{twistd -n refresherd --store redis://...}: a L{Client} (and an
-L{AsyncClient}) with
-C{redis_url} (a read-only ACL user, as docs/security.md gives it) answers fresh
-hits without an HTTP request, and sends everything else to the service.  The
-client's HTTP requests are counted by its transport.
+L{AsyncClient}, and the Django template tags with C{REFRESHERD["REDIS_URL"]})
+with C{redis_url} (a read-only ACL user, as docs/security.md gives it) answers
+fresh hits without an HTTP request, and sends everything else to the service.
+The client's HTTP requests are counted by its transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import pytest
+from tests.django_setup import setup_django
 
-from refresherd.client import AsyncClient, AsyncHTTPTransport, Client, direct
-from refresherd.client.calls import Request, Response
-from tests.harness import Origin, Service, start_origin, start_service, wait_until
-from tests.redis_server import RedisServer
+setup_django()
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+from django.template import Context, Template  # noqa: E402
+
+from refresherd.client import AsyncClient, AsyncHTTPTransport, Client, direct  # noqa: E402
+from refresherd.client.calls import Request, Response  # noqa: E402
+from refresherd.contrib.django import get_client  # noqa: E402
+from tests.harness import Origin, Service, start_origin, start_service, wait_until  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 READ = "read-token-0123"
 ADMIN = "admin-token-0123"
@@ -38,6 +45,13 @@ fresh = "1h"
 stale = "1h"
 version = {version}
 tags = ["user:{{name}}", "users"]
+
+[jobs.block]
+args = ["n"]
+url = "{origin}/blocks/{{n}}"
+fresh = "1h"
+stale = "1h"
+tags = ["block:{{n}}"]
 
 [jobs.flash]
 args = ["name"]
@@ -253,3 +267,75 @@ def test_the_async_client_reads_fresh_hits_in_redis_too(
         "miss",
     )
     assert transport.paths == ["/v1/layout", "/v1/jobs/user", "/v1/jobs/user"]
+
+
+# -- the Django template tags with REFRESHERD["REDIS_URL"] ---------------------------------
+
+
+@pytest.fixture
+def django_sent(
+    settings: Any, service: Service, redis: RedisServer, origin: Origin
+) -> Iterator[list[tuple[str, int]]]:
+    """
+    The Django app reading the service's Redis directly: each HTTP request its
+    client sends, as (path, the number of items of a batch).  Each block C{n}
+    is an HTML snippet numbered by its fetch.
+    """
+    settings.REFRESHERD = {
+        "URL": service.url,
+        "TOKEN": READ,
+        "REDIS_URL": f"redis://reader:reader-pw@{redis.host}:{redis.port}/0",
+        "TRUSTED_HTML_JOBS": ["block"],
+    }
+    for n in range(1, 20):
+        origin.set(f"/blocks/{n}", body=b"<p>{n}</p>", content_type="text/html; charset=utf-8")
+    client = get_client()
+    send = client._transport.send
+    sent: list[tuple[str, int]] = []
+
+    def counting(request: Request, *args: Any) -> Response:
+        items = json.loads(request.body)["items"] if request.body else ()
+        sent.append((request.path, len(items)))
+        return send(request, *args)
+
+    client._transport.send = counting  # type: ignore[method-assign,assignment]
+    yield sent
+
+
+def test_the_tag_renders_a_fresh_hit_read_in_redis_and_asks_the_service_otherwise(
+    django_sent: list[tuple[str, int]], admin: Client, origin: Origin
+) -> None:
+    page = Template('{% load refresherd %}{% refreshed "block" n=1 %}-{% endrefreshed %}')
+    render = lambda: page.render(Context())  # noqa: E731
+    assert render() == "<p>1</p>"  # a miss: the service fetched it
+    assert render() == "<p>1</p>"  # a fresh hit, read in Redis
+    assert django_sent == [("/v1/layout", 0), ("/v1/jobs/block/raw", 0)]
+    admin.purge(tags=["block:1"], soft=True)
+    assert render() == "<p>1</p>"  # stale: from the service, which refreshes it
+    assert django_sent[-1] == ("/v1/jobs/block/raw", 0) and len(django_sent) == 3
+    wait_until(lambda: origin.count("/blocks/1") == 2)
+    wait_until(lambda: render() == "<p>2</p>")
+    asked = len(django_sent)
+    assert render() == "<p>2</p>" and len(django_sent) == asked  # the refreshed value, fresh
+    admin.purge(tags=["block:1"])
+    assert render() == "<p>3</p>"  # purged: a miss, fetched by the service
+    assert django_sent[asked:] == [("/v1/jobs/block/raw", 0)]
+
+
+def test_the_batch_tag_reads_its_fresh_hits_in_redis_and_asks_the_service_for_the_rest(
+    django_sent: list[tuple[str, int]], admin: Client
+) -> None:
+    page = Template(
+        "{% load refresherd %}{% refreshed_batch %}"
+        '{% for n in ns %}[{% refreshed "block" n=n %}-{% endrefreshed %}]{% endfor %}'
+        "{% endrefreshed_batch %}"
+    )
+    render = lambda: page.render(Context({"ns": [11, 12, 13]}))  # noqa: E731
+    assert render() == "[<p>1</p>][<p>1</p>][<p>1</p>]"  # three misses, in one request
+    assert render() == "[<p>1</p>][<p>1</p>][<p>1</p>]"  # three fresh hits, one MGET
+    assert django_sent == [("/v1/layout", 0), ("/v1/fetch", 3)]
+    admin.purge(tags=["block:12"])
+    admin.purge(tags=["block:13"], soft=True)
+    # The purged one fetched again, the soft-purged one stale (and refreshed behind).
+    assert render() == "[<p>1</p>][<p>2</p>][<p>1</p>]"
+    assert django_sent[2:] == [("/v1/fetch", 2)]

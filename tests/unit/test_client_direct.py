@@ -21,15 +21,15 @@ import pytest
 from twisted.internet import task
 
 from refresherd import errors
-from refresherd.client import AsyncClient, Client, direct
+from refresherd.client import AsyncClient, Client, Raw, direct
 from refresherd.client.calls import Request, Response
 from refresherd.client.http11 import Caseless
 from refresherd.config import JobConfig
 from refresherd.core.jobs import Job
 from refresherd.core.patterns import compile_pattern
 from refresherd.core.refresher import Answer, Refresher
-from refresherd.entry import Entry, encode, make_etag
-from refresherd.http.answers import answer_body
+from refresherd.entry import Entry, decode, encode, make_etag
+from refresherd.http.answers import answer_body, cache_status
 from refresherd.http.public import layout
 from refresherd.keys import generation_key
 from refresherd.metrics import metrics_for
@@ -182,6 +182,7 @@ def test_the_client_answers_only_what_the_service_answers_as_a_plain_hit(case: C
     ]
 
     mine = direct.hit_of(read, values, clock.seconds(), case.rand)
+    raw = direct.raw_of(read, values, clock.seconds(), case.rand)
 
     target = refresher.target("j", ARGS)
     assert target.key == read.key
@@ -191,10 +192,15 @@ def test_the_client_answers_only_what_the_service_answers_as_a_plain_hit(case: C
         answering = None
     theirs = answering if isinstance(answering, Answer) else None  # else waiting for a fetch
     plain_hit = theirs is not None and theirs.status == "hit" and not refresher.flights.running
-    assert (mine is not None) == case.local
+    assert (mine is not None) == case.local and (raw is not None) == case.local
     if mine is not None:
-        assert plain_hit and theirs is not None
+        assert plain_hit and theirs is not None and theirs.entry is not None
         assert mine == json.loads(answer_body(theirs, clock.seconds()))
+        # As GET /v1/jobs/j/raw answers it: its body, Content-Type, ETag and Cache-Status.
+        status = cache_status(theirs, clock.seconds()).decode()
+        assert raw == Raw(
+            theirs.entry.body or b"", theirs.entry.content_type, 200, theirs.entry.etag, status
+        )
 
 
 def test_the_layout_names_what_reads_need_and_its_generation_changes_with_it() -> None:
@@ -255,6 +261,48 @@ def test_what_it_cannot_read_is_left_to_the_service(values: list[Any]) -> None:
     read = direct.read_of(the_layout(job_config()), "j", ARGS)
     assert read is not None
     assert direct.hit_of(read, values, NOW, 0.5) is None
+    assert direct.raw_of(read, values, NOW, 0.5) is None
+
+
+def test_the_same_bytes_read_again_are_not_decoded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[bytes] = []
+
+    def counting(data: bytes) -> Entry:
+        decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(direct, "decode", counting)
+    read = direct.read_of(the_layout(job_config()), "j", ARGS)
+    assert read is not None
+    one, two = encode(entry()), encode(entry(body=b'{"n": 8}'))
+    big = encode(entry(body=b"[" + b"0," * direct.MEMO_BYTES + b"0]"))
+    for data in (one, one, two, two, one, big, big):
+        assert direct.hit_of(read, [data, *[None] * 6], NOW, 0.5) is not None
+    assert decoded == [one, two, one, big, big]  # a large entry is not remembered
+    # A purge mark or a time that changed is read as ever.
+    assert direct.hit_of(read, [one, *[None] * 6], NOW + 60, 0.5) is None
+    assert direct.hit_of(read, [one, b"0" * 32, *[None] * 5], NOW, 0.5) is None
+
+
+def test_a_batch_reads_each_key_once_and_answers_each_lookup_from_its_own_keys() -> None:
+    state = direct.DirectReads()
+    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
+    state.layout_answered(200, json.dumps(document).encode(), None)
+    lookups = [("j", {"id": "7"}), ("j", {"id": "8"}), ("nope", {}), ("j", {"id": "7"})]
+    batch = state.batch(lookups, 1.0)
+    assert batch is not None
+    seven, eight = batch.reads[0], batch.reads[1]
+    assert seven is not None and eight is not None and batch.reads[2] is None
+    # The generation keys of the job and of tag "all" once: 7 keys, and 3 of the second.
+    assert batch.keys == tuple(dict.fromkeys([*seven.keys, *eight.keys]))
+    assert len(seven.keys) == 7 and len(batch.keys) == 10
+    found = {seven.key: encode(entry())}
+    values = [found.get(key) for key in batch.keys]
+    answers = batch.answers(values, NOW, lambda: 0.5, direct.hit_of)
+    assert [None if a is None else a["value"] for a in answers] == [{"n": 7}, None, None, {"n": 7}]
+    assert batch.answers(values[:-1], NOW, lambda: 0.5, direct.hit_of) == [None] * 4
+    assert state.batch([("nope", {})], 1.0) is None  # nothing to read: no MGET
+    assert direct.merged([1, None, 2, None], iter("ab")) == [1, "a", 2, "b"]
 
 
 def test_an_entry_over_the_jobs_largest_is_left_to_the_service() -> None:
@@ -294,6 +342,7 @@ def test_a_layout_it_does_not_read_is_refused(document: object) -> None:
 # -- the sync client ------------------------------------------------------------------------
 
 SERVICE_HIT = {"job": "j", "key": "rfd:j:v1:id=7", "status": "hit", "value": "from the service"}
+SERVICE_RAW = Raw(b"from the service", "text/plain", 200)
 
 
 @attrs.define
@@ -322,9 +371,18 @@ class Service:
     layout_status: int = 200
     paths: list[str] = attrs.field(factory=list)
     conditions: list[str | None] = attrs.field(factory=list)
+    fetched: list[list[Any]] = attrs.field(factory=list)
+    """The items of each C{POST /v1/fetch}."""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.paths.append(request.url.path)
+        if request.url.path == "/v1/fetch":
+            items = json.loads(request.read())["items"]
+            self.fetched.append([(item["job"], item["args"]) for item in items])
+            return httpx.Response(200, json={"items": [SERVICE_HIT] * len(items)})
+        if request.url.path.endswith("/raw"):
+            headers = {"Content-Type": SERVICE_RAW.content_type}
+            return httpx.Response(200, content=SERVICE_RAW.body, headers=headers)
         if request.url.path != "/v1/layout":
             return httpx.Response(200, json=SERVICE_HIT)
         self.conditions.append(request.headers.get("If-None-Match"))
@@ -414,6 +472,44 @@ def test_without_a_layout_every_read_goes_to_the_service() -> None:
     assert client.get("j", id="7")["value"] == {"n": 7}
 
 
+def test_a_fresh_raw_value_is_answered_from_redis() -> None:
+    service, redis = Service(), FakeRedis({"rfd:j:v1:id=7": encode(entry())})
+    client, _ = direct_client(service, redis)
+    raw = client.raw("j", id="7")
+    etag = make_etag(b'{"n": 7}', NOW - 10)
+    assert raw == Raw(b'{"n": 7}', "application/json", 200, etag, "refresherd; hit; ttl=50")
+    assert client.raw("j", id="8") == SERVICE_RAW
+    assert service.paths == ["/v1/layout", "/v1/jobs/j/raw"]
+
+
+def test_a_batch_reads_its_fresh_hits_in_one_mget_and_asks_the_service_for_the_rest() -> None:
+    service = Service()
+    redis = FakeRedis(
+        {"rfd:j:v1:id=7": encode(entry()), "rfd:j:v1:id=9": encode(entry(fetched_at=NOW - 70))}
+    )
+    client, now = direct_client(service, redis)
+    items: list[Any] = [
+        ("j", {"id": 7}),
+        ("j", {"id": "9"}),
+        "other",
+        {"job": "j", "args": {"id": "7"}},
+    ]
+    answers: list[Any] = client.get_many(items)
+    assert [answer["value"] for answer in answers] == [
+        {"n": 7},
+        "from the service",
+        "from the service",
+        {"n": 7},
+    ]
+    assert len(redis.calls) == 1 and service.fetched == [[("j", {"id": "9"}), ("other", {})]]
+    assert [a["value"] for a in client.get_many([("j", {"id": "7"})])] == [{"n": 7}]  # type: ignore[index]
+    assert len(service.fetched) == 1  # all read in Redis: no request
+    redis.error = OSError("refused")
+    assert client.get_many([("j", {"id": "7"})]) == [SERVICE_HIT]
+    assert service.fetched[-1] == [("j", {"id": "7"})]
+    assert client.get_many([]) == []
+
+
 def test_direct_reads_need_redis_py_and_say_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"refresherd\[redis-client\]"):
@@ -428,7 +524,8 @@ def test_the_state_asks_for_the_layout_every_5_seconds_with_its_etag() -> None:
     assert state.layout_due(14.9) is None
     document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
     state.layout_answered(200, json.dumps(document).encode(), '"e1"')
-    assert state.read("j", ARGS, 11.0) is not None
+    read = state.read("j", ARGS, 11.0)
+    assert read is not None and state.read("j", dict(ARGS), 11.0) is read  # remembered
     assert state.layout_due(15.0) == {"If-None-Match": '"e1"'}
     state.layout_answered(304, b"", '"e1"')
     assert state.layout is not None and state.layout.etag == '"e1"'
@@ -470,7 +567,9 @@ class AsyncService:
         self, request: Request, headers: dict[str, str], timeout: float, connect_timeout: float
     ) -> Response:
         url = "http://127.0.0.1:8080" + request.target
-        answered = self.service(httpx.Request("GET", url, headers=dict(request.headers)))
+        answered = self.service(
+            httpx.Request(request.method, url, headers=dict(request.headers), content=request.body)
+        )
         return Response(answered.status_code, "", Caseless(dict(answered.headers)), answered.read())
 
     async def aclose(self) -> None:
@@ -498,11 +597,16 @@ def test_the_async_client_reads_fresh_hits_in_redis_and_the_rest_from_the_servic
         now[0] += direct.REDIS_BACKOFF
         redis.error = None
         answers.append(await client.value("j", id="7"))
+        answers.append(await client.raw("j", id="7"))
+        answers.append(await client.get_many([("j", {"id": "7"}), ("j", {"id": "8"})]))
         await client.aclose()
         return answers
 
-    first, value, absent, down, still_down, back = asyncio.run(reads())
+    first, value, absent, down, still_down, back, raw, many = asyncio.run(reads())
     assert first["status"] == "hit" and value == back == {"n": 7}
     assert absent == down == still_down == SERVICE_HIT
-    assert len(redis.calls) == 5 and redis.closed
-    assert service.paths == ["/v1/layout"] + ["/v1/jobs/j"] * 3 + ["/v1/layout"]
+    assert raw.body == b'{"n": 7}' and raw.cache_status == "refresherd; hit; ttl=50"
+    assert [answer["value"] for answer in many] == [{"n": 7}, "from the service"]
+    assert service.fetched == [[("j", {"id": "8"})]]
+    assert len(redis.calls) == 7 and redis.closed
+    assert service.paths == ["/v1/layout"] + ["/v1/jobs/j"] * 3 + ["/v1/layout", "/v1/fetch"]

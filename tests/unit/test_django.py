@@ -88,6 +88,8 @@ def test_the_async_client_is_built_on_the_same_settings_and_rebuilt_with_them(
         ({"TRUSTED_HTML_JOBS": "sidebar"}, "must be a list of job names"),
         ({"TRUSTED_HTML_JOBS": [""]}, "must be a list of job names"),
         ({"TRUSTED_HTML_JOBS": [1]}, "must be a list of job names"),
+        ({"REDIS_URL": 6379}, "REDIS_URL"),
+        ({"REDIS_URL": "http://redis:6379"}, "Redis URL must specify"),
     ],
 )
 def test_bad_settings_are_improperly_configured_and_fail_the_system_check(
@@ -99,6 +101,14 @@ def test_bad_settings_are_improperly_configured_and_fail_the_system_check(
     assert "two words" not in str(raised.value)
     errors = [e for e in checks.run_checks() if e.id == "refresherd.E001"]
     assert len(errors) == 1 and message in errors[0].msg
+
+
+def test_a_redis_url_gives_both_clients_direct_reads(settings: Any) -> None:
+    settings.REFRESHERD = {"URL": "http://127.0.0.1:1"}
+    assert get_client()._direct is None and get_async_client()._direct is None
+    settings.REFRESHERD = {"URL": "http://127.0.0.1:1", "REDIS_URL": "redis://u:pw@127.0.0.1:1/0"}
+    assert get_client()._direct is not None and get_async_client()._direct is not None
+    assert "pw" not in repr(load_settings())
 
 
 def test_good_settings_pass_the_system_check(settings: Any) -> None:

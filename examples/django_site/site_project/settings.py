@@ -82,6 +82,9 @@ REFRESHERD = {
     # writable in refresherd.toml: the tag inserts it as it is.  Any other job's
     # value the tag escapes.
     "TRUSTED_HTML_JOBS": ["sidebar"],
+    # With refresherd on Redis, the URL of a read-only Redis user: the tags read
+    # fresh snippets there, without a request to refresherd (README.md).
+    "REDIS_URL": os.environ.get("RFD_REDIS_URL"),
 }
 
 LOGGING = {

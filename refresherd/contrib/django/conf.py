@@ -12,6 +12,7 @@ C{settings.REFRESHERD}, and the one L{Client} (and L{AsyncClient}) of the proces
         "CIRCUIT_FAILURES": 3,               # failures in a row that open the circuit (0: never)
         "CIRCUIT_COOLDOWN": 5.0,             # seconds the open circuit fails at once
         "TRUSTED_HTML_JOBS": [],             # jobs whose raw body the tag inserts as HTML
+        "REDIS_URL": None,                   # the service's Redis: fresh hits read there
     }
 
 Every key is optional; an unknown key, or a value of the wrong kind, is
@@ -54,6 +55,7 @@ KEYS = (
     "CIRCUIT_FAILURES",
     "CIRCUIT_COOLDOWN",
     "TRUSTED_HTML_JOBS",
+    "REDIS_URL",
 )
 
 
@@ -72,6 +74,8 @@ class RefresherdSettings:
     circuit_cooldown: float = DEFAULT_CIRCUIT_COOLDOWN
     trusted_html_jobs: frozenset[str] = frozenset()
     """The jobs whose raw body the C{refreshed} tag inserts as HTML, unescaped."""
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    """The Redis the service stores in: fresh hits are read there (direct reads)."""
 
     def client(self) -> Client:
         """A new client on these settings."""
@@ -90,6 +94,7 @@ class RefresherdSettings:
             connect_timeout=self.connect_timeout,
             circuit_failures=self.circuit_failures,
             circuit_cooldown=self.circuit_cooldown,
+            redis_url=self.redis_url,
         )
 
 
@@ -116,7 +121,7 @@ def load_settings() -> RefresherdSettings:
             f"settings.{SETTING} has an unknown key {unknown[0]!r}; the keys are {', '.join(KEYS)}"
         )
     values: dict[str, Any] = {}
-    for name in ("URL", "ADMIN_URL", "NONCE_CACHE"):
+    for name in ("URL", "ADMIN_URL", "NONCE_CACHE", "REDIS_URL"):
         if given.get(name) is not None:
             values[name.lower()] = _string(name, given[name])
     if given.get("TOKEN") is not None:
@@ -150,7 +155,7 @@ def load_settings() -> RefresherdSettings:
     try:
         # The client checks its URLs and token; never the token in the message.
         result.client().close()
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
         raise ImproperlyConfigured(f"settings.{SETTING}: {e}") from None
     return result
 

@@ -27,6 +27,10 @@ included templates, the blocks of a child template.  Each block renders as it
 would alone (its fallback for an outage, a pending value or an item the batch
 cannot answer; the same escaping; a 4xx raises).  It renders its content once,
 each block as a marker, then puts the answers in place of the markers.
+
+With C{REFRESHERD["REDIS_URL"]}, both read fresh hits straight from Redis
+(the client's direct reads: one C{MGET} per block, or one for a whole batch)
+and ask refresherd over HTTP for everything else, as the client does.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ BATCH = "_refresherd_batch"
 MAX_BATCH = 100
 """Blocks asked for in one request: the service's default C{max_batch}."""
 
+_MARKER = re.compile("<!--refreshed:([0-9a-f]{16}):([0-9]+)-->", re.IGNORECASE)
+"""A block's marker (its batch's nonce, its number), whatever the case a filter gave it."""
 Target = tuple[str, tuple[tuple[str, str], ...]]
 """A job and its arguments, sorted, as a batch tells blocks apart."""
 
@@ -119,8 +125,13 @@ class Batch:
             items = [(job, dict(arguments)) for job, arguments in chunk]
             answers.extend(get_client().get_many(items, default=None))
         texts = [_text(target, answer) for target, answer in zip(targets, answers, strict=True)]
-        marker = re.compile(f"<!--refreshed:{self.nonce}:([0-9]+)-->", re.IGNORECASE)
-        return marker.sub(lambda match: self.blocks[int(match.group(1))](texts), page)
+
+        def block(match: re.Match[str]) -> str:
+            if match.group(1).lower() != self.nonce:
+                return match.group(0)  # not this batch's
+            return self.blocks[int(match.group(2))](texts)
+
+        return _MARKER.sub(block, page)
 
 
 def _text(target: Target, answer: Any) -> str | None:
