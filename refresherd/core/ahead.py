@@ -6,14 +6,19 @@ For each job with C{keep_hot = N}, once a second, the keys this process's
 requests asked for most lately (L{HotSource}) are looked at: the N hottest
 are kept hot, and a key kept already stays kept while it is among the 2N
 hottest (so that a key near the bottom of the N, whose rank moves with the
-sketch's noise, keeps its schedule).  Each key kept is refreshed in the
-background (reason C{hot}) at its own time: when it would go stale within
-its lead (twice its last refresh's duration, from asking for a slot to the
-write, at least 1 s), with a timer per key.  A key that cools down past the
-2N hottest is dropped, its timer cancelled: nothing is fetched for keys
-nobody reads.  After a soft purge, the keys kept that it covers (by key, by
-job, or by tag: the job's tags and the tags of their own the entries
-carried) are refreshed at once (reason C{purge}).
+sketch's noise, keeps its schedule).  Only keys asked at least once per
+C{fresh} (by their estimated rate) are kept: refreshing ahead a key asked
+more rarely spares no request a stale answer but costs a fetch per C{fresh}
+that no request would have caused.  The job's sketch is made to hold at
+least 10N keys (L{SKETCH_PER_KEPT}), so that the N-th hottest key's rate is
+told from the others'.  Each key kept is refreshed in the background
+(reason C{hot}) at its own time: when it would go stale within its lead
+(twice its last refresh's duration, from asking for a slot to the write, at
+least 1 s or a tenth of C{fresh} if shorter), with a timer per key.  A key
+that cools down past the 2N hottest is dropped, its timer cancelled: nothing
+is fetched for keys nobody reads.  After a soft purge, the keys kept that it
+covers (by key, by job, or by tag: the job's tags and the tags of their own
+the entries carried) are refreshed at once (reason C{purge}).
 """
 
 from __future__ import annotations
@@ -37,7 +42,19 @@ TICK = 1.0
 """Seconds between looks at the hottest keys (which keys are kept)."""
 
 MIN_LEAD = 1.0
-"""The shortest lead: a hot key is refreshed at least this long before it would go stale."""
+"""The shortest lead: a hot key is refreshed at least this long before it would go stale..."""
+
+MIN_LEAD_SHARE = 0.1
+"""...or this share of its C{fresh} if that is shorter (a lead of 1 s would double the
+fetches of a key fresh for 2 s)."""
+
+ASKED_PER_FRESH = 1.0
+"""A key is kept hot only if its estimated rate × C{fresh} is at least this."""
+
+SKETCH_PER_KEPT = 10
+"""A C{keep_hot = N} job's sketch holds at least this × N keys (at most L{SKETCH_MOST})."""
+
+SKETCH_MOST = 10_000
 
 RETRY = 1.0
 """Seconds after a refresh that failed before a key kept is refreshed again."""
@@ -53,19 +70,26 @@ class Hot(typing.Protocol):
     @property
     def args(self) -> Mapping[str, str]: ...
 
+    @property
+    def rate(self) -> float: ...
+
 
 class HotSource(typing.Protocol):
     """What the hot keys come from: the process's sketch of its requests."""
 
     def top(self, job: str, now: float, n: int | None = None) -> Sequence[Hot]: ...
 
+    def hold(self, job: str, n: int) -> None:
+        """Let C{job}'s sketch hold at least C{n} keys."""
 
-def lead(duration: float) -> float:
+
+def lead(duration: float, fresh: float) -> float:
     """
     How long before a hot key would go stale it is refreshed: twice its
-    refresh (its fetch, or the wait for a slot and the fetch), 1 s at least.
+    refresh (its fetch, or the wait for a slot and the fetch), at least 1 s
+    or a tenth of its C{fresh} if that is shorter.
     """
-    return max(MIN_LEAD, 2 * duration)
+    return max(min(MIN_LEAD, MIN_LEAD_SHARE * fresh), 2 * duration)
 
 
 def still_kept(top: Sequence[str], kept: Iterable[str], n: int) -> list[str]:
@@ -131,7 +155,13 @@ class Ahead:
         """
         targets = []
         for name, count in self.jobs.items():
-            top: dict[str, Hot] = {hot.key: hot for hot in self.hot.top(name, now, MARGIN * count)}
+            self.hot.hold(name, min(SKETCH_PER_KEPT * count, SKETCH_MOST))
+            fresh = self.refresher.jobs[name].config.fresh
+            top: dict[str, Hot] = {
+                hot.key: hot
+                for hot in self.hot.top(name, now, MARGIN * count)
+                if hot.rate * fresh >= ASKED_PER_FRESH
+            }
             for key in still_kept(list(top), self._kept, count):
                 target = self._kept.get(key)
                 if target is None:
@@ -221,7 +251,8 @@ class Ahead:
         if timer is not None and timer.active():
             timer.cancel()
         self._running.add(key)
-        ahead = self._due.get(key, (0.0, lead(0.0)))[1]
+        fresh = target.job.config.fresh
+        ahead = self._due.get(key, (0.0, lead(0.0, fresh)))[1]
         started = self.clock.seconds()
 
         def done(answer: Answer) -> None:
@@ -236,7 +267,7 @@ class Ahead:
             # Twice the whole refresh when it took longer than its fetch (it waited
             # for a slot behind requests): the next one starts that much earlier.
             took = now - started if answer.status == "miss" else 0.0
-            ahead_next = max(lead(entry.duration), lead(took))
+            ahead_next = max(lead(entry.duration, fresh), lead(took, fresh))
             self._schedule(key, max(entry.fresh_until - ahead_next, entry.retry_at), ahead_next)
 
         def failed(reason: object) -> None:

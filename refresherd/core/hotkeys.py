@@ -240,6 +240,8 @@ class HotKeysRegistry:
     capacity: int = DEFAULT_CAPACITY
     half_life: float = DEFAULT_HALF_LIFE
     _sketches: dict[str, HotKeys] = attrs.field(factory=dict, init=False)
+    _held: dict[str, int] = attrs.field(factory=dict, init=False)
+    """The jobs whose sketch holds more than C{capacity} keys (L{hold}), and how many."""
 
     def observe(self, job: str, key: str, args: Mapping[str, str], now: float) -> None:
         """One request of C{job}'s C{key} with C{args} at C{now}."""
@@ -247,8 +249,23 @@ class HotKeysRegistry:
         if sketch is None:
             if not self.capacity:
                 return
-            sketch = self._sketches[job] = HotKeys(self.capacity, self.half_life)
+            sketch = self._sketches[job] = HotKeys(self._capacity(job), self.half_life)
         sketch.observe(key, args, now)
+
+    def _capacity(self, job: str) -> int:
+        return max(self.capacity, self._held.get(job, 0))
+
+    def hold(self, job: str, n: int) -> None:
+        """
+        Let C{job}'s sketch hold at least C{n} keys from now on (refresh-ahead
+        needs more than are shown); nothing with a C{capacity} of 0.
+        """
+        if not self.capacity or n <= self._capacity(job):
+            return
+        self._held[job] = n
+        sketch = self._sketches.get(job)
+        if sketch is not None:
+            sketch.capacity = n
 
     def top(self, job: str, now: float, n: int | None = None) -> list[Hot]:
         """The C{n} (default: all) hottest keys of C{job} at C{now}, highest rate first."""
@@ -291,11 +308,12 @@ class HotKeysRegistry:
             return
         for job, sketch in jobs.items():
             if job not in self._sketches:
-                self._sketches[job] = HotKeys(self.capacity, self.half_life)
+                self._sketches[job] = HotKeys(self._capacity(job), self.half_life)
             self._sketches[job].merge(sketch)
 
     def copy(self) -> HotKeysRegistry:
         """A registry of the same sketches, apart from this one (to merge others into)."""
         copy = HotKeysRegistry(self.capacity, self.half_life)
+        copy._held = dict(self._held)
         copy.merge(self.export())
         return copy

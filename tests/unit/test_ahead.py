@@ -15,7 +15,8 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from refresherd.config import JobConfig
-from refresherd.core.ahead import Ahead, after_purge, still_kept
+from refresherd.core.ahead import Ahead, after_purge, lead, still_kept
+from refresherd.core.hotkeys import HotKeysRegistry
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
 from refresherd.metrics import metrics_for
@@ -28,17 +29,24 @@ from tests.deferreds import as_deferred, result
 class Hot:
     key: str
     args: Mapping[str, str]
+    rate: float
 
 
 @attrs.define
 class Sketch:
-    """The hot keys, hottest first, as the test sets them."""
+    """The hot keys, hottest first, as the test sets them (each asked once a second)."""
 
     ids: list[str] = attrs.field(factory=list)
+    rates: dict[str, float] = attrs.field(factory=dict)
+    """The rates of the keys not asked once a second."""
+    held: dict[str, int] = attrs.field(factory=dict)
 
     def top(self, job: str, now: float, n: int | None = None) -> list[Hot]:
-        hot = [Hot(f"rfd:j:v1:id={i}", {"id": i}) for i in self.ids]
+        hot = [Hot(f"rfd:j:v1:id={i}", {"id": i}, self.rates.get(i, 1.0)) for i in self.ids]
         return hot[:n]
+
+    def hold(self, job: str, n: int) -> None:
+        self.held[job] = n
 
 
 def make(**settings: Any) -> tuple[Refresher, FakeFetcher, task.Clock, Sketch, Ahead]:
@@ -269,3 +277,54 @@ def test_a_regeneration_waits_for_a_fetch_begun_before_the_purge_then_fetches() 
     succeed_all(fetcher, clock)
     assert result(lookup(refresher, "a")).status == "hit"
     assert purge_count(refresher) == 1
+
+
+def test_a_key_asked_less_than_once_per_fresh_is_not_refreshed_ahead() -> None:
+    refresher, fetcher, clock, sketch, ahead = make(fresh=10.0)
+    for id in ("a", "b"):
+        lookup(refresher, id)
+    succeed_all(fetcher, clock)
+    # a asked about twice per fresh, b once every 20 s: a refresh ahead of b would
+    # cost a fetch per fresh that no request needs.
+    sketch.ids, sketch.rates = ["a", "b"], {"a": 0.2, "b": 0.05}
+    clock.advance(1)
+    assert set(ahead._kept) == {"rfd:j:v1:id=a"}
+    clock.advance(60)
+    succeed_all(fetcher, clock)
+    assert {c.args["id"] for c in fetcher.calls[2:]} == {"a"}
+    sketch.rates["b"] = 0.1  # once per fresh: kept from the next look
+    clock.advance(1)
+    assert "rfd:j:v1:id=b" in ahead._kept
+
+
+def test_the_lead_is_at_most_a_tenth_of_a_short_fresh() -> None:
+    assert lead(0.01, fresh=30.0) == 1.0
+    assert lead(0.01, fresh=5.0) == pytest.approx(0.5)
+    assert lead(0.4, fresh=5.0) == pytest.approx(0.8)  # twice the refresh, as for any fresh
+    refresher, fetcher, clock, sketch, _ = make(fresh=5.0)
+    lookup(refresher, "a")
+    succeed_all(fetcher, clock)  # fresh until 5 s from now
+    sketch.ids = ["a"]
+    clock.advance(4.49)
+    assert fetcher.pending == []
+    clock.advance(0.01)  # 4.5 s: fresh (5 s) less a lead of 0.5 s, not 1 s
+    assert [c.args["id"] for c in fetcher.pending] == ["a"]
+
+
+def test_a_keep_hot_jobs_sketch_holds_ten_times_its_n() -> None:
+    clock = task.Clock()
+    hot = HotKeysRegistry(capacity=5, half_life=60.0)
+    config = JobConfig(
+        name="j", fetch="python", callable="x:y", args=("id",), fresh=10.0, stale=100.0, keep_hot=3
+    )
+    refresher = Refresher(
+        MemoryStore(clock), {"j": Job(config, FakeFetcher())}, clock, "rfd", metrics_for(["j"])
+    )
+    ahead = Ahead(refresher, hot, clock)
+    ahead.start()
+    clock.advance(1)  # the first look, before any request
+    for i in range(40):
+        hot.observe("j", f"k{i}", {"id": str(i)}, clock.seconds())
+        hot.observe("other", f"k{i}", {"id": str(i)}, clock.seconds())
+    assert hot.sizes() == {"j": 30, "other": 5}
+    ahead.stop()

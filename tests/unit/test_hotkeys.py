@@ -158,6 +158,26 @@ def test_the_registry_keeps_one_sketch_per_job_and_none_at_capacity_zero() -> No
     assert off.jobs == [] and off.sizes() == {}
 
 
+def test_a_registry_holds_more_keys_of_a_job_when_told_and_never_fewer() -> None:
+    registry = HotKeysRegistry(capacity=2, half_life=60)
+    for i in range(4):
+        registry.observe("a", f"k{i}", {}, now=0.0)
+    registry.hold("a", 3)  # a sketch made already grows
+    registry.hold("b", 4)  # one not made yet is made that large
+    registry.hold("a", 1)
+    for i in range(6):
+        registry.observe("a", f"k{i}", {}, now=1.0)
+        registry.observe("b", f"k{i}", {}, now=1.0)
+        registry.observe("c", f"k{i}", {}, now=1.0)
+    assert registry.sizes() == {"a": 3, "b": 4, "c": 2}
+    copy = registry.copy()
+    assert copy.sizes() == {"a": 3, "b": 4, "c": 2}
+    off = HotKeysRegistry(capacity=0)
+    off.hold("a", 3)
+    off.observe("a", "k", {}, now=0.0)
+    assert off.sizes() == {}
+
+
 def test_registries_merge_and_refuse_another_half_life() -> None:
     one, two = HotKeysRegistry(capacity=5, half_life=60), HotKeysRegistry(capacity=5, half_life=60)
     one.observe("a", "k1", {}, now=0.0)
