@@ -6,6 +6,12 @@ rounds, each timing batches of calls.
 
     .venv/bin/python -m bench.hot_keys [--rounds 5] [--requests 200000]
 
+With C{--ranking}, how well a sketch of K keys ranks the N = 100 hottest keys
+of C{bench.keep_hot}'s load (Zipf, exponent 1, over 10,000 keys, 300
+requests a second): once a second after 40 s, how many of the 100 hottest
+are not among the 200 the sketch ranks first (those refresh-ahead may keep),
+for K = 2N, 5N and 10N.
+
 It prints; it writes no file of the repository.
 """
 
@@ -48,11 +54,35 @@ def measure(requests: int, keys: int = 10_000, capacity: int = 100) -> list[floa
     return per_call
 
 
+def missed(capacity: int, n: int = 100, rate: float = 300, seconds: int = 140) -> list[int]:
+    """Once a second after 40 s: how many of the C{n} hottest keys are not among the
+    2C{n} a sketch of C{capacity} keys ranks first."""
+    stream = zipf_keys(10_000, int(rate * seconds), seed=7, s=1.0)
+    hottest = {f"rfd:user:v1:id={i}" for i in range(n)}
+    registry = HotKeysRegistry(capacity, 60.0)
+    counts = []
+    for i, key in enumerate(stream):
+        registry.observe("user", key, {}, i / rate)
+        if i % int(rate) == 0 and i >= 40 * rate:
+            ranked = {hot.key for hot in registry.top("user", i / rate, 2 * n)}
+            counts.append(len(hottest - ranked))
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--ranking", action="store_true", help="how well K keys rank N = 100")
     options = parser.parse_args(argv)
+    if options.ranking:
+        for capacity in (200, 500, 1000):
+            counts = missed(capacity)
+            print(
+                f"K = {capacity}: of the 100 hottest, not among the 200 ranked first: "
+                f"mean {statistics.mean(counts):.1f}, most {max(counts)}"
+            )
+        return
     medians = [statistics.median(measure(options.requests)) for _ in range(options.rounds)]
     print(
         f"observe: median {statistics.median(medians):.0f} ns per call "
