@@ -73,7 +73,7 @@ FRESH = 30.0
 
 CONFIG = """
 [server]
-hot_keys = {sketch}
+hot_keys = {hot}
 
 [jobs.item]
 args = ["id", "group"]
@@ -266,7 +266,7 @@ def one_run(
     with tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "refresherd.toml"
         config.write_text(
-            CONFIG.format(origin=origin, fresh=f"{fresh:g}", keep_hot=keep_hot, sketch=10 * hot)
+            CONFIG.format(origin=origin, fresh=f"{fresh:g}", keep_hot=keep_hot, hot=hot)
         )
         traced = Path(directory) / "trace.jsonl"
         env = None
