@@ -7,7 +7,8 @@ requests asked for most lately (L{HotSource}) are looked at: the N hottest
 are kept hot, and a key kept already stays kept while it is among the 2N
 hottest (so that a key near the bottom of the N, whose rank moves with the
 sketch's noise, keeps its schedule).  Only keys asked at least once per
-C{fresh} (by their estimated rate) are kept: refreshing ahead a key asked
+C{fresh} (by their estimated rate, read as a steady rate would be by a sketch
+as young as theirs) are kept: refreshing ahead a key asked
 more rarely spares no request a stale answer but costs a fetch per C{fresh}
 that no request would have caused.  The job's sketch is made to hold at
 least 10N keys (L{SKETCH_PER_KEPT}), so that the N-th hottest key's rate is
@@ -81,6 +82,9 @@ class HotSource(typing.Protocol):
 
     def hold(self, job: str, n: int) -> None:
         """Let C{job}'s sketch hold at least C{n} keys."""
+
+    def warmed(self, job: str, now: float) -> float:
+        """The share of a steady rate that C{job}'s rates read at C{now} (a young sketch's less)."""
 
 
 def lead(duration: float, fresh: float) -> float:
@@ -156,11 +160,13 @@ class Ahead:
         targets = []
         for name, count in self.jobs.items():
             self.hot.hold(name, min(SKETCH_PER_KEPT * count, SKETCH_MOST))
+            # Rates read low while the sketch is young (after a start): so does the bar.
+            bar = ASKED_PER_FRESH * self.hot.warmed(name, now)
             fresh = self.refresher.jobs[name].config.fresh
             top: dict[str, Hot] = {
                 hot.key: hot
                 for hot in self.hot.top(name, now, MARGIN * count)
-                if hot.rate * fresh >= ASKED_PER_FRESH
+                if hot.rate * fresh >= bar
             }
             for key in still_kept(list(top), self._kept, count):
                 target = self._kept.get(key)

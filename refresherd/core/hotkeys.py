@@ -73,7 +73,7 @@ class HotKeys:
     its count and the most its count may be over (see the module).
     """
 
-    __slots__ = ("capacity", "half_life", "_lambda", "_landmark", "_entries", "_heap")
+    __slots__ = ("capacity", "half_life", "_lambda", "_landmark", "_started", "_entries", "_heap")
 
     def __init__(
         self, capacity: int = DEFAULT_CAPACITY, half_life: float = DEFAULT_HALF_LIFE
@@ -84,6 +84,8 @@ class HotKeys:
         self.half_life = half_life
         self._lambda = math.log(2) / half_life
         self._landmark: float | None = None
+        self._started: float | None = None
+        """The first request's time (or, after a merge, the earliest landmark)."""
         self._entries: dict[str, list[Any]] = {}
         """key -> [count, error, args]: counts in weights of the landmark."""
         self._heap: list[tuple[float, str]] = []
@@ -96,7 +98,7 @@ class HotKeys:
         """One request of C{key} with C{args} at C{now} (seconds)."""
         landmark = self._landmark
         if landmark is None:
-            self._landmark = landmark = now
+            self._landmark = self._started = landmark = now
         x = self._lambda * (now - landmark)
         if x > RENORMALIZE_AT:
             self._move_landmark(now)
@@ -137,6 +139,16 @@ class HotKeys:
             for count, key, e in heapq.nlargest(wanted, kept)
         ]
 
+    def warmed(self, now: float) -> float:
+        """
+        The share of a steady rate that its (decayed) rate reads at C{now}: the
+        requests before the sketch's first are not counted, so a key asked at
+        r per second since then reads r × (1 - 2^(-age / half-life)).
+        """
+        if self._started is None:
+            return 0.0
+        return -math.expm1(-self._lambda * max(0.0, now - self._started))
+
     def _move_landmark(self, now: float) -> None:
         """Rescale every count to the landmark C{now}, forgetting those decayed to nothing."""
         assert self._landmark is not None
@@ -170,6 +182,8 @@ class HotKeys:
         capacity, landmark, theirs = _parse_sketch(state)
         if landmark is None or not theirs:
             return
+        # Their landmark is their first request or later: their age is never overstated.
+        self._started = landmark if self._started is None else min(self._started, landmark)
         if self._landmark is None:
             self._landmark = landmark
         elif landmark > self._landmark:
@@ -271,6 +285,11 @@ class HotKeysRegistry:
         """The C{n} (default: all) hottest keys of C{job} at C{now}, highest rate first."""
         sketch = self._sketches.get(job)
         return [] if sketch is None else sketch.top(now, n)
+
+    def warmed(self, job: str, now: float) -> float:
+        """The share of a steady rate that C{job}'s sketch reads at C{now} (L{HotKeys.warmed})."""
+        sketch = self._sketches.get(job)
+        return 0.0 if sketch is None else sketch.warmed(now)
 
     @property
     def jobs(self) -> list[str]:

@@ -48,6 +48,9 @@ class Sketch:
     def hold(self, job: str, n: int) -> None:
         self.held[job] = n
 
+    def warmed(self, job: str, now: float) -> float:
+        return 1.0
+
 
 def make(**settings: Any) -> tuple[Refresher, FakeFetcher, task.Clock, Sketch, Ahead]:
     clock = task.Clock()
@@ -328,3 +331,23 @@ def test_a_keep_hot_jobs_sketch_holds_ten_times_its_n() -> None:
         hot.observe("other", f"k{i}", {"id": str(i)}, clock.seconds())
     assert hot.sizes() == {"j": 30, "other": 5}
     ahead.stop()
+
+
+def test_a_young_sketchs_low_rates_are_read_as_the_steady_rates_they_will_be() -> None:
+    clock = task.Clock()
+    hot = HotKeysRegistry(capacity=50, half_life=60.0)
+    config = JobConfig(
+        name="j", fetch="python", callable="x:y", args=("id",), fresh=10.0, stale=100.0, keep_hot=3
+    )
+    refresher = Refresher(
+        MemoryStore(clock), {"j": Job(config, FakeFetcher())}, clock, "rfd", metrics_for(["j"])
+    )
+    ahead = Ahead(refresher, hot, clock)
+    for second in range(0, 20, 5):  # since the start: a asked twice per fresh, b once in 20 s
+        hot.observe("j", "rfd:j:v1:id=a", {"id": "a"}, float(second))
+    hot.observe("j", "rfd:j:v1:id=b", {"id": "b"}, 0.0)
+    clock.advance(20)
+    # a's rate reads about 0.2 × (1 - 2^(-20 / 60)) ≈ 0.04 per second: less than once per fresh...
+    assert hot.top("j", 20.0)[0].rate * 10 < 0.5
+    # ...as a steady 0.2 per second reads in a sketch 20 s old: a is kept, b is not
+    assert [t.key for t in ahead.kept(20.0)] == ["rfd:j:v1:id=a"]

@@ -178,6 +178,27 @@ def test_a_registry_holds_more_keys_of_a_job_when_told_and_never_fewer() -> None
     assert off.sizes() == {}
 
 
+def test_a_sketch_knows_how_much_of_a_steady_rate_its_rates_read() -> None:
+    sketch = HotKeys(capacity=2, half_life=60.0)
+    assert sketch.warmed(now=10.0) == 0.0  # nothing seen yet
+    sketch.observe("a", {}, now=10.0)
+    assert sketch.warmed(now=70.0) == pytest.approx(0.5)
+    assert sketch.warmed(now=130.0) == pytest.approx(0.75)
+    steady = HotKeys(capacity=2, half_life=60.0)
+    for second in range(10, 70):
+        steady.observe("a", {}, now=float(second))
+    assert steady.top(now=70.0)[0].rate / steady.warmed(70.0) == pytest.approx(1.0, rel=0.02)
+    young = HotKeys(capacity=2, half_life=60.0)
+    young.observe("b", {}, now=40.0)
+    young.merge(sketch.export())  # the older sketch's start counts
+    assert young.warmed(now=70.0) == pytest.approx(0.5)
+    registry = HotKeysRegistry(capacity=2, half_life=60.0)
+    assert registry.warmed("j", now=0.0) == 0.0
+    registry.observe("j", "k", {}, now=0.0)
+    assert registry.warmed("j", now=60.0) == pytest.approx(0.5)
+    assert sketch.warmed(now=10.0 + 6000) == pytest.approx(1.0)
+
+
 def test_registries_merge_and_refuse_another_half_life() -> None:
     one, two = HotKeysRegistry(capacity=5, half_life=60), HotKeysRegistry(capacity=5, half_life=60)
     one.observe("a", "k1", {}, now=0.0)
