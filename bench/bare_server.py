@@ -3,17 +3,23 @@ Bare HTTP servers, the baselines of L{bench.throughput}: they answer fixed
 bytes with fixed headers and do nothing else, so that the benchmark can
 compare refresherd's hit path with what twisted.web and Klein cost alone.
 
-    python -m bench.bare_server web|klein --spec SPEC (--port N | --fd N)
+    python -m bench.bare_server web|klein|protocol --spec SPEC (--port N | --fd N)
 
 - C{web}: one twisted.web L{Resource} (a leaf: no child lookup) that answers
   C{GET} with the body of the requested path, returned from C{render_GET}
   (so twisted.web sends a C{Content-Length}).
 - C{klein}: a Klein app with one route per path of the spec, each returning
   its body (Klein writes it and finishes the request, as in refresherd).
+- C{protocol}: the ceiling, no twisted.web at all: a plain Twisted
+  L{Protocol} that answers every request head it receives (found by its
+  blank line, nothing else parsed: no path, no method, no body) with the
+  same bytes, those of the one path of the spec: C{HTTP/1.1 200 OK}, the
+  spec's headers exactly as given (so they include C{Content-Length}), the
+  body.  Requests on a kept-alive connection, pipelined or not, each get one.
 
 C{SPEC} is a JSON file: C{{"/path": {"body": "/file/of/the/body", "headers":
 [["Name", "value"], ...]}, ...}}; the query string is ignored.  Both servers
-run a plain L{Site} whose per-request log line is turned off, as refresherd
+web and Klein run a plain L{Site} whose per-request log line is turned off, as refresherd
 turns off its own, on the default reactor.
 
 C{--port N} listens on C{127.0.0.1:N} (0: a free port) with a backlog of
@@ -38,7 +44,7 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet import stdio
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
@@ -105,6 +111,46 @@ def klein_resource(answers: dict[bytes, Answer]) -> Any:
     return app.resource()
 
 
+MAX_HEAD = 64 * 1024
+"""The longest request head L{Ceiling} waits for; longer, the connection is closed."""
+
+
+class Ceiling(Protocol):
+    """Every request head answered with the same bytes, as soon as its end has arrived."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.pending = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        data = self.pending + data
+        heads = data.count(b"\r\n\r\n")
+        if heads:
+            data = data[data.rfind(b"\r\n\r\n") + 4 :]
+            self.transport.write(self.answer * heads)  # type: ignore[union-attr]
+        if len(data) > MAX_HEAD:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        self.pending = data
+
+
+class CeilingFactory(Factory):
+    """L{Ceiling} connections answering the spec's one answer."""
+
+    noisy = False
+
+    def __init__(self, answers: dict[bytes, Answer]) -> None:
+        if len(answers) != 1:
+            raise SystemExit("bare: protocol answers one path: its spec must have exactly one")
+        (answer,) = answers.values()
+        head = b"".join(b"%s: %s\r\n" % header for header in answer.headers)
+        self.answer = b"HTTP/1.1 200 OK\r\n" + head + b"\r\n" + answer.body
+
+    def buildProtocol(self, addr: Any) -> Ceiling:
+        protocol = Ceiling(self.answer)
+        protocol.factory = self
+        return protocol
+
+
 class QuietSite(Site):
     """A Site that writes no line per request."""
 
@@ -127,7 +173,7 @@ class Lifeline(Protocol):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("kind", choices=["web", "klein"])
+    parser.add_argument("kind", choices=["web", "klein", "protocol"])
     parser.add_argument("--spec", type=Path, required=True)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", type=int)
@@ -137,16 +183,19 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     answers = load_spec(args.spec)
-    resource = Fixed(answers) if args.kind == "web" else klein_resource(answers)
-    site = QuietSite(resource)
+    factory: Any
+    if args.kind == "protocol":
+        factory = CeilingFactory(answers)
+    else:
+        factory = QuietSite(Fixed(answers) if args.kind == "web" else klein_resource(answers))
     r: Any = reactor
     if args.fd is not None:
         # Twisted accepts until EAGAIN: on a blocking socket the reactor would hang in accept().
         os.set_blocking(args.fd, False)
-        port = r.adoptStreamPort(args.fd, socket.AF_INET, site)
+        port = r.adoptStreamPort(args.fd, socket.AF_INET, factory)
         os.close(args.fd)  # The port has its own copy.
     else:
-        port = r.listenTCP(args.port, site, backlog=512, interface="127.0.0.1")
+        port = r.listenTCP(args.port, factory, backlog=512, interface="127.0.0.1")
     stdio.StandardIO(Lifeline(r))
     host = port.getHost()
     print(f"bare: serving on {host.host}:{host.port} (pid {os.getpid()})", flush=True)

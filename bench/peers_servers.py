@@ -173,12 +173,16 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 def nginx(
-    directory: Path, origin: Origin | int, fresh: float, template: Path = NGINX_TEMPLATE
+    directory: Path,
+    origin: Origin | int,
+    fresh: float,
+    template: Path = NGINX_TEMPLATE,
+    workers: int = 1,
 ) -> tuple[Process, int]:
     """
     nginx with C{proxy_cache} in front of C{origin} (or the server on that
     port), in C{directory}; its port.  C{template}: L{NGINX_TEMPLATE}, or
-    another with the same placeholders.
+    another with the same placeholders (and C{@WORKERS@}: C{workers}).
     """
     origin_port = origin if isinstance(origin, int) else origin.port
     directory.mkdir(parents=True, exist_ok=True)
@@ -193,6 +197,7 @@ def nginx(
                     "PORT": str(port),
                     "ORIGIN_PORT": str(origin_port),
                     "FRESH": f"{fresh:g}",
+                    "WORKERS": str(workers),
                     "USER": "user root;" if os.geteuid() == 0 else "",
                 },
             )

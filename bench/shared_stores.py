@@ -69,16 +69,32 @@ def config_file(directory: Path, origin: Origin, fresh: str) -> Path:
 
 def wrk(url: str, seconds: int, connections: int) -> tuple[float, float]:
     """Requests per second and p99 latency in milliseconds of one wrk run."""
-    out = subprocess.run(
-        ["wrk", "--latency", "-t1", f"-c{connections}", f"-d{seconds}s", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    rate, _, p99 = wrk_latencies(url, seconds, connections)
     return rate, p99
+
+
+def wrk_latencies(
+    url: str, seconds: int, connections: int, script: Path | None = None
+) -> tuple[float, float, float]:
+    """
+    Requests per second, p50 and p99 latency in milliseconds of one wrk run
+    (one thread; C{script}: its Lua script); an error if an answer was not 2xx or 3xx.
+    """
+    argv = ["wrk", "--latency", "-t1", f"-c{connections}", f"-d{seconds}s", url]
+    if script is not None:
+        argv += ["-s", str(script)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if failed:
+        raise RuntimeError(f"wrk {url}: {failed.group(1)} answers not 2xx or 3xx:\n{out}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def latency(percent: int) -> float:
+        found = re.search(rf"\b{percent}%\s+([\d.]+)(us|ms|s)\b", out)
+        assert found is not None, out
+        return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+
+    return rate, latency(50), latency(99)
 
 
 def hit_throughput(
