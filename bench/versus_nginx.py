@@ -30,7 +30,9 @@ The machine may be shared, and req/s then say as much about the neighbours
 as about the servers; so each run also counts the CPU time the server's
 processes spent (C{/proc/PID/stat}: refresherd's process, or its parent and
 workers and redis-server; nginx's workers; the ceiling's process), and the
-requests answered per CPU second ("per core") are compared too.
+requests answered per CPU second ("per core") are compared too, beside how
+many cores they kept busy: under one for a single process, the limit was
+elsewhere (wrk's one thread, or the neighbours).
 
 Run from the repository root after C{bash .ci/run} (for the venv) with wrk,
 nginx and redis-server installed (C{apt-get install wrk nginx-light
@@ -347,6 +349,10 @@ def report(
 ) -> str:
     median = {name: statistics.median(values) for name, values in rates.items()}
     cpu = {name: statistics.median(values) for name, values in per_cpu.items()}
+    busy = {
+        name: statistics.median(r / c for r, c in zip(rates[name], per_cpu[name], strict=True))
+        for name in rates
+    }
     nginx_version = version(["nginx", "-v"], r"nginx/([\d.]+)")
     redis_version = version(["redis-server", "--version"], r"v=(\S+)")
     logged = ", ".join(f"{count} as {name.rpartition(' ')[2]}" for name, count in log_lines.items())
@@ -361,11 +367,12 @@ def report(
             f"(wrk, 1 thread, {CONNECTIONS} connections; a 200-byte JSON value; "
             f"access log lines written: {logged}).",
             "",
-            "| target | req/s (median) | rounds | requests per CPU second (median) |",
-            "|---|---|---|---|",
+            "| target | req/s (median) | rounds | requests per CPU second (median) "
+            "| cores busy (median) |",
+            "|---|---|---|---|---|",
             *(
                 f"| {name} | {median[name]:.0f} | {', '.join(f'{r:.0f}' for r in values)} "
-                f"| {cpu[name]:.0f} |"
+                f"| {cpu[name]:.0f} | {busy[name]:.2f} |"
                 for name, values in rates.items()
             ),
             "",

@@ -48,6 +48,8 @@ def test_the_report_names_each_target_and_each_ratio(monkeypatch: pytest.MonkeyP
     assert "--rounds 2 --seconds 3" in text and "42 as text, 41 as JSON" in text
     for name in NAMES:
         assert f"| {name} | " in text
+    # per CPU second twice the req/s: half a core busy
+    assert "| refresherd raw | 1500 | 1000, 2000 | 3000 | 0.50 |" in text
     # raw: 1000/2000 and 2000/3000, in both columns (per CPU second: twice each)
     assert "| refresherd / nginx, raw | 0.58 (0.50 to 0.67) | 0.58 (0.50 to 0.67) |" in text
     for label, _, _, goal in versus_nginx.RATIOS:
