@@ -67,7 +67,7 @@ import httpx
 
 from bench.peers_servers import nginx, version
 from bench.shared_stores import write_section, wrk_latencies
-from bench.throughput import ROOT, SERVING, spawn
+from bench.throughput import ROOT, SERVING, cpu_times, spawn, stolen_share
 from tests.harness import Service, start_origin, start_service, wait_until
 from tests.redis_server import RedisServer
 
@@ -142,6 +142,8 @@ class Paced:
     rates: dict[str, list[float]] = attrs.field(factory=dict)
     p50: dict[str, list[float]] = attrs.field(factory=dict)
     p99: dict[str, list[float]] = attrs.field(factory=dict)
+    stolen: list[float] = attrs.field(factory=list)
+    """The share of the machine's CPU time its hypervisor took during each run."""
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -307,11 +309,13 @@ def main() -> None:
         targets = start_targets(stack, directory, origin.url)
         rates: dict[str, list[float]] = {name: [] for name in targets}
         per_cpu: dict[str, list[float]] = {name: [] for name in targets}
+        stolen: list[float] = []
         for _ in range(args.rounds):
             for name, target in targets.items():
-                spent = cpu_seconds(target.pids)
+                spent, machine = cpu_seconds(target.pids), cpu_times()
                 rate = wrk_latencies(target.url, args.seconds, CONNECTIONS)[0]
                 spent = cpu_seconds(target.pids) - spent
+                stolen.append(stolen_share(machine, cpu_times()))
                 rates[name].append(rate)
                 per_cpu[name].append(rate * args.seconds / max(spent, 0.01))
         paced = Paced(statistics.median(rates["refresherd raw"]) / 2)
@@ -322,13 +326,14 @@ def main() -> None:
             scripts[name] = pacing_script(directory, name, paced.delays[name], paced.rate)
         for _ in range(args.rounds):
             for name in PACED:
-                url, script = targets[name].url, scripts[name]
+                url, script, machine = targets[name].url, scripts[name], cpu_times()
                 rate, p50, p99 = wrk_latencies(url, args.seconds, CONNECTIONS, script)
+                paced.stolen.append(stolen_share(machine, cpu_times()))
                 paced.rates.setdefault(name, []).append(rate)
                 paced.p50.setdefault(name, []).append(p50)
                 paced.p99.setdefault(name, []).append(p99)
         log_lines = {name: access_lines(targets[name].output) for name in (TEXT_LOG, JSON_LOG)}
-    text = report(rates, per_cpu, paced, args.rounds, args.seconds, log_lines)
+    text = report(rates, per_cpu, stolen, paced, args.rounds, args.seconds, log_lines)
     print(text)
     if not args.no_write:
         write_section(START, END, HEADING, text)
@@ -339,9 +344,15 @@ def ratio(rates: dict[str, list[float]], top: str, bottom: str) -> str:
     return f"{statistics.median(each):.2f} ({min(each):.2f} to {max(each):.2f})"
 
 
+def steal(shares: list[float]) -> str:
+    """The median and the largest of the shares the hypervisor took, as percentages."""
+    return f"{100 * statistics.median(shares):.1f}% (at most {100 * max(shares):.1f}%)"
+
+
 def report(
     rates: dict[str, list[float]],
     per_cpu: dict[str, list[float]],
+    stolen: list[float],
     paced: Paced,
     rounds: int,
     seconds: int,
@@ -365,7 +376,9 @@ def report(
             f"nginx {nginx_version}, Redis {redis_version}; "
             f"`python -m bench.versus_nginx --rounds {rounds} --seconds {seconds}` "
             f"(wrk, 1 thread, {CONNECTIONS} connections; a 200-byte JSON value; "
-            f"access log lines written: {logged}).",
+            f"access log lines written: {logged}). The hypervisor took {steal(stolen)} of "
+            f"the machine's CPU time during these runs, {steal(paced.stolen)} during those at "
+            "a fixed rate.",
             "",
             "| target | req/s (median) | rounds | requests per CPU second (median) "
             "| cores busy (median) |",

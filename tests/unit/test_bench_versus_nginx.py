@@ -42,10 +42,14 @@ def test_the_report_names_each_target_and_each_ratio(monkeypatch: pytest.MonkeyP
         rates={"refresherd raw": [498.0, 502.0, 499.0], "nginx raw": [500.0, 500.0, 501.0]},
         p50={"refresherd raw": [0.5, 0.7, 0.6], "nginx raw": [0.2, 0.2, 0.2]},
         p99={"refresherd raw": [3.0, 1.0, 2.0], "nginx raw": [1.0, 1.5, 1.25]},
+        stolen=[0.0, 0.5],
     )
     log_lines = {versus_nginx.TEXT_LOG: 42, versus_nginx.JSON_LOG: 41}
-    text = versus_nginx.report(rates, per_cpu, paced, rounds=2, seconds=3, log_lines=log_lines)
+    stolen = [0.01, 0.02, 0.1]
+    text = versus_nginx.report(rates, per_cpu, stolen, paced, 2, 3, log_lines)
     assert "--rounds 2 --seconds 3" in text and "42 as text, 41 as JSON" in text
+    assert "took 2.0% (at most 10.0%) of the machine's CPU time during these runs, " in text
+    assert "25.0% (at most 50.0%) during those at a fixed rate" in text
     for name in NAMES:
         assert f"| {name} | " in text
     # per CPU second twice the req/s: half a core busy
