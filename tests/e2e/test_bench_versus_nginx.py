@@ -7,22 +7,16 @@ tests/unit/test_bench_versus_nginx.py.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from bench import versus_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("wrk", "nginx", "redis-server")),
-    reason="needs wrk, nginx and redis-server",
-)
 def test_a_tiny_run_measures_every_target() -> None:
     argv = ["-m", "bench.versus_nginx", "--rounds", "1", "--seconds", "1", "--no-write"]
     done = subprocess.run(
