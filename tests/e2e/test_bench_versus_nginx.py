@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from bench import versus_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
