@@ -164,7 +164,7 @@ Part = tuple[str, type, str, Any]
 
 def parts(site: Any) -> list[Part]:
     """The parts of refresherd's own work on the hit C{site} answers, each made free."""
-    values = site.resource.values
+    values = site.quick.values
     query = SMALL_PATH.partition("?")[2].encode("ascii")
     answer = values.refresher.lookup(values.targets.target("user", query))
     body = values.bodies.body(answer, 0.0)
@@ -230,14 +230,16 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
     with origin_server() as origin, tempfile.TemporaryDirectory(prefix="rfd-cost-") as tmp:
         origin.set("/users/small", body=b'{"name": "small", "tweets": ["hello"]}')
         refresherd = await hit_channel(reactor, Path(tmp), origin.url)
-        bare = bare_channel(refresherd.ask())
-        result = measure(bare, refresherd, args.rounds, args.requests)
-        costs = {
-            part[0]: price(refresherd, part, args.rounds, args.requests // 4)
-            for part in parts(refresherd.protocol.factory)
-        }
-        for channel in (bare, refresherd):  # The in-memory transport never tells it.
-            channel.protocol.connectionLost(Failure(ConnectionDone()))
+        try:
+            bare = bare_channel(refresherd.ask())
+            result = measure(bare, refresherd, args.rounds, args.requests)
+            costs = {
+                part[0]: price(refresherd, part, args.rounds, args.requests // 4)
+                for part in parts(refresherd.protocol.factory)
+            }
+            bare.protocol.connectionLost(Failure(ConnectionDone()))
+        finally:  # The in-memory transport never tells it; the service's stop waits for it.
+            refresherd.protocol.connectionLost(Failure(ConnectionDone()))
     text = report(result, args) + "\n\n" + parts_report(costs)
     print(text)
     if args.write:
