@@ -152,20 +152,7 @@ class AccessLog:
         now = self.clock()
         message = f"{method} {route} {code} {duration:.4f}s {client}"
         if self.json:
-            record: dict[str, Any] = {
-                "time": datetime.fromtimestamp(now, UTC).isoformat(),
-                "level": "info",
-                "namespace": ACCESS_NAMESPACE,
-                "message": message,
-                "method": method,
-                "route": route,
-                "code": code,
-                "duration": duration,
-                "client": client,
-            }
-            if self.worker is not None:
-                record["worker"] = self.worker
-            line = json.dumps(record) + "\n"
+            line = self._json_line(now, message, method, route, code, duration, client)
         else:
             second = int(now)
             if second != self._second:
@@ -179,6 +166,35 @@ class AccessLog:
         if self._size >= ACCESS_BUFFER:
             self.flush()
 
+    def _json_line(
+        self,
+        now: float,
+        message: str,
+        method: str,
+        route: str,
+        code: int,
+        duration: float,
+        client: str,
+    ) -> str:
+        """
+        C{json.dumps} of the line's record, written out: the same characters
+        for a fraction of the cost (the time's second formatted once a second,
+        each string escaped by json's own C function).
+        """
+        moment = datetime.fromtimestamp(now, UTC)
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = moment.replace(microsecond=0).isoformat()[: -len("+00:00")]
+        fraction = f".{moment.microsecond:06d}" if moment.microsecond else ""
+        worker = "" if self.worker is None else f', "worker": {self.worker}'
+        return (
+            f'{{"time": "{self._stamp}{fraction}+00:00", "level": "info", '
+            f'"namespace": "{ACCESS_NAMESPACE}", "message": {_escaped(message)}, '
+            f'"method": {_escaped(method)}, "route": {_escaped(route)}, "code": {code:d}, '
+            f'"duration": {float.__repr__(duration)}, "client": {_escaped(client)}{worker}}}\n'
+        )
+
     def flush(self) -> None:
         """Write the lines kept (the file flushes them as it flushes)."""
         if self._lines:
@@ -187,6 +203,9 @@ class AccessLog:
             self._size = 0
             self.file.write(text)
 
+
+_escaped: Callable[[str], str] = json.encoder.encode_basestring_ascii
+"""A string as C{json.dumps} writes it (quoted, escaped, ASCII)."""
 
 _running: list[AccessLog] = []
 """The access log of the running L{LogOutput}, if it has one."""

@@ -10,9 +10,12 @@ import json
 import math
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 from twisted.python.logfile import LogFile
@@ -279,3 +282,38 @@ class TwistdOptions(dict[str, object]):
 def test_the_log_goes_where_twistd_s_would(twistd: dict[str, object], expected: str | None) -> None:
     assert twistd_log_file(TwistdOptions(**twistd)) == expected
     assert twistd_log_file({}) is None
+
+
+@settings(max_examples=300)
+@given(
+    now=st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),
+    method=st.text(max_size=12),
+    route=st.text(max_size=40),
+    code=st.integers(100, 599),
+    duration=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    client=st.text(max_size=60),
+    worker=st.one_of(st.none(), st.integers(1, 64)),
+)
+def test_a_json_access_line_is_json_dumps_of_its_record(
+    now: float, method: str, route: str, code: int, duration: float, client: str, worker: int | None
+) -> None:
+    """Written out by hand for speed, character for character what json.dumps writes."""
+    written = io.StringIO()
+    access = AccessLog(LazyFlushFile(written), json=True, worker=worker, clock=lambda: now)
+    access.write(method, route, code, duration, client)
+    access.write(method, route, code, duration, client)  # (the second's stamp kept)
+    access.flush()
+    record: dict[str, object] = {
+        "time": datetime.fromtimestamp(now, UTC).isoformat(),
+        "level": "info",
+        "namespace": ACCESS_NAMESPACE,
+        "message": f"{method} {route} {code} {duration:.4f}s {client}",
+        "method": method,
+        "route": route,
+        "code": code,
+        "duration": duration,
+        "client": client,
+    }
+    if worker is not None:
+        record["worker"] = worker
+    assert written.getvalue() == 2 * (json.dumps(record) + "\n")
