@@ -20,7 +20,7 @@ CONFIG = """
 [jobs.item]
 args = ["id"]
 url = "{origin}/items/{{id}}"
-fresh = "2s"
+fresh = "4s"
 stale = "1m"
 early_refresh = 0
 keep_hot = 1
@@ -49,11 +49,13 @@ def test_the_hottest_key_is_kept_fresh_and_regenerated_after_a_soft_purge(
     origin.set("/items/1", body=b'{"fetch": {n}}')
     assert status(service, "1") == "miss"
     statuses = []
-    for _ in range(25):  # 5 s of requests: two and a half times fresh
+    # 6 s of requests: one and a half times fresh.  (A fresh of 4 s gives a lead of 0.4 s, a
+    # margin a loaded machine keeps; with 2 s, 0.2 s.)
+    for _ in range(15):
         statuses.append(status(service, "1"))
-        time.sleep(0.2)
+        time.sleep(0.4)
     assert set(statuses) == {"hit"}
-    assert origin.count("/items/1") >= 3  # refreshed ahead, with no request finding it stale
+    assert origin.count("/items/1") >= 2  # refreshed ahead, with no request finding it stale
     before = origin.count("/items/1")
     purged = httpx.post(
         service.admin_url + "/v1/purge", json={"tags": ["item:1"], "soft": True}, timeout=10
