@@ -29,7 +29,11 @@ With C{--trace}, the refresherd process records what refresh-ahead did
 (L{bench.keep_hot_trace}), and each other stale answer of the N hottest keys
 is explained on standard output: whether the key was kept hot at the last
 look before it, whether a background refresh of it had started since its
-value was fetched, and how late the answer was past C{fresh_until}.
+value was fetched, and how late the answer was past C{fresh_until}; and the regeneration windows
+and the stale answers a purge made are split between the keys the purge
+regenerated at once (kept hot at that moment) and the others, which are
+regenerated only when a request finds them stale (their window is the wait
+for that request).
 
 Run from the repository root after C{bash .ci/run}:
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import itertools
 import json
 import math
@@ -145,13 +150,17 @@ class Run:
         the purge to the write of the first value fetched after it (among the
         keys asked for again before the next purge).
         """
+        return [seconds for _, _, seconds in self.timed(hot)]
+
+    def timed(self, hot: int) -> list[tuple[int, int, float]]:
+        """L{windows}, each with the purge's index and the key's rank."""
         windows = []
         for i, sent in enumerate(self.purges):
             next_one = self.purges[i + 1] if i + 1 < len(self.purges) else math.inf
             for rank in range(0, hot, GROUPS):
                 after = [f for f in self.values.get(rank, ()) if sent < f < next_one]
                 if after:  # (unless the key was not asked for again before the next purge)
-                    windows.append(min(after) - sent)
+                    windows.append((i, rank, min(after) - sent))
         return windows
 
 
@@ -436,6 +445,48 @@ def report(results: dict[str, Run], hot: int, purge_every: float, origin_ms: flo
     )
 
 
+def by_regeneration(run: Run, hot: int) -> str:
+    """
+    Of a traced run: the regeneration windows and the stale answers a purge
+    made, split between the keys that the purge regenerated at once (kept hot
+    then, by the trace's record of the purge) and the others, regenerated only
+    when a request found them stale: for those, the window is the wait for
+    that request.
+    """
+    notices = [e for e in run.trace if e["e"] == "purge"]
+    if not notices:
+        return ""
+    covered = []
+    for sent in run.purges:
+        notice = next((n for n in notices if n["t"] >= sent), None)
+        covered.append({str(i) for i in notice["covered"]} if notice is not None else set())
+    names = ("regenerated at the purge", "not kept at the purge")
+    windows: dict[str, list[float]] = {name: [] for name in names}
+    for i, rank, seconds in run.timed(hot):
+        windows[names[str(rank) not in covered[i]]].append(seconds)
+    stale = Counter[str]()
+    for answer in run.stale:
+        i = bisect.bisect(run.purges, answer.at) - 1
+        if run.purged(answer) and i >= 0:
+            stale[names[str(answer.rank) not in covered[i]]] += 1
+    answers = sum(run.hot.values())
+    lines = []
+    for name in names:
+        ms = sorted(windows[name])
+        timing = (
+            f"{1000 * statistics.median(ms):.0f} / "
+            f"{1000 * ms[min(len(ms) - 1, int(0.99 * len(ms)))]:.0f} ms (median / p99) "
+            f"of {len(ms)} windows, longest {1000 * ms[-1]:.0f} ms"
+            if ms
+            else "no windows"
+        )
+        lines.append(
+            f"  {name}: {timing}; {stale[name]} stale answers "
+            f"({percent(stale[name], answers)} of the {hot} hottest keys' answers)"
+        )
+    return "purges, by whether each covered key was kept hot then:\n" + "\n".join(lines)
+
+
 def explain(run: Run) -> str:
     """
     The other stale answers of the N hottest keys of a traced run, one line
@@ -532,6 +583,8 @@ def main() -> None:
     for name, run in results.items():
         if run.trace:
             sys.stdout.write(f"\n{name}: {explain(run)}\n")
+            if split := by_regeneration(run, options.hot):
+                sys.stdout.write(f"{name}: {split}\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ Tracing for C{bench.keep_hot --trace}: imported at start-up by the refresherd
 process the benchmark starts (this directory is put first on its
 C{PYTHONPATH}), it records to the file named by C{KEEP_HOT_TRACE}, one JSON
 object per line, what refresh-ahead does: the keys it keeps hot at each look
-(C{kept}), and each background refresh's start and end (C{start}, C{end}).
+(C{kept}), each soft purge's regeneration (C{purge}: the keys kept that it
+covers, and those of them whose refresh was running), and each background
+refresh's start and end (C{start}, C{end}, with the C{fetched_at} written).
 Nothing of refresherd is changed but these records.
 """
 
@@ -51,11 +53,29 @@ if PATH:
             id=target.args.get("id"),
             reason=reason,
             status=answer.status,
+            fetched_at=entry.fetched_at if entry is not None else None,
             fresh_until=entry.fresh_until if entry is not None else None,
         )
         return answer
 
     Refresher.refresh_background = refresh_background  # type: ignore[method-assign]
+
+    original_regenerate = ahead.Ahead.regenerate
+
+    def regenerate(self: Any, keys: Any, jobs: Any, tags: Any) -> int:
+        keys, jobs, tags = list(keys), list(jobs), list(tags)
+        now = self.clock.seconds()
+        targets = original_kept(self, now)
+        covered = self.refresher.covered(targets, keys, jobs, tags)
+        record(
+            e="purge",
+            tags=tags,
+            covered=[t.args.get("id") for t in covered],
+            running=[t.args.get("id") for t in covered if t.key in self._running],
+        )
+        return original_regenerate(self, keys, jobs, tags)
+
+    ahead.Ahead.regenerate = regenerate  # type: ignore[method-assign]
 
     import atexit
 
