@@ -267,6 +267,12 @@ class LogOutput(Service):
         if level is not None and level >= LogLevel.warn:
             self.file.flush_now()
 
+    def relay(self, lines: str) -> None:
+        """Whole lines another process wrote (a worker's), written as they are."""
+        if self.access is not None:
+            self.access.flush()  # (the lines before, first)
+        self.file.write(lines)
+
     def startService(self) -> None:
         super().startService()
         if self.access is not None:

@@ -337,6 +337,7 @@ def build_parent(
     admin_port.append(ports[-1])
     plugin_options = worker_plugin_options(options, settings)
     reactor_name = twistd_reactor(options)
+    output = log_output(settings, reactor)
     supervisor = Supervisor(
         reactor,
         settings.workers,
@@ -345,6 +346,8 @@ def build_parent(
         environ,
         metrics,
         stop_timeout=DRAIN_TIMEOUT + ABORT_TIMEOUT + CLOSE_TIMEOUT + 10,
+        # With --logfile, the workers' lines go there too, through the parent.
+        output=output.relay if output is not None and settings.log_file is not None else None,
     )
     signals = ShutdownSignals(
         reactor,
@@ -355,7 +358,7 @@ def build_parent(
         engine,
         ports,
         sites,
-        log_output=log_output(settings, reactor),
+        log_output=output,
         on_started=signals.guard,
         summary=summary(settings),
         supervisor=supervisor,
@@ -490,8 +493,8 @@ def log_output(settings: Settings, reactor: Any) -> LogOutput | None:
         writer = json_observer if worker is None else WorkerLogObserver(worker.id, json_observer)
     elif worker is not None:
         writer = worker_text_observer(worker.id, file)  # type: ignore[arg-type]
-    elif settings.config.server.access_log:
-        writer = text_observer(file)
+    elif settings.config.server.access_log or (settings.workers > 1 and settings.log_file):
+        writer = text_observer(file)  # (a parent of workers: the file their lines go to)
     else:
         return None
     access = None

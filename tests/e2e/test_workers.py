@@ -437,6 +437,56 @@ def test_workers_run_the_parents_reactor_and_log_format_with_their_number(
     )
 
 
+def test_with_a_logfile_the_workers_lines_and_access_lines_go_there_too(
+    tmp_path: Path, origin: Origin, redis: RedisServer
+) -> None:
+    """The parent relays its workers' lines to its --logfile: none goes to standard output."""
+    (tmp_path / "refresherd.toml").write_text(
+        "[server]\naccess_log = true\n" + CONFIG.format(origin=origin.url)
+    )
+    log = tmp_path / "refresherd.log"
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "refresherd", "--config"]
+        + [str(tmp_path / "refresherd.toml"), "--workers", "2", "--store", redis.url()]
+        + ["--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "tcp:0:interface=127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": ROOT},
+    )
+    running = Running(process)
+    try:
+
+        def text() -> str:
+            return log.read_text() if log.exists() else ""
+
+        wait_until(lambda: len(SERVING.findall(text())) == 2 or process.poll() is not None, 30)
+        assert len(SERVING.findall(text())) == 2, text()
+        running.lines = [text()]  # (the workers' pids, for kill() if something fails)
+        port = next(int(m[3]) for m in LISTENING.finditer(text()) if m[1] == "public")
+        for n in range(6):
+            answer = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/pid?n={n}", timeout=10)
+            assert answer.status_code == 200, answer.text
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        kill(running)
+    assert process.returncode == 0, text()
+    assert stdout == ""
+    written = text()
+    access = re.findall(
+        r"\[worker (\d) refresherd\.access#info\] GET /v1/jobs/\{job\} 200", written
+    )
+    assert len(access) == 6, written
+    for n in (1, 2):
+        assert f"refresherd: worker {n} (pid " in written
+        assert re.search(
+            rf"\[worker {n} [^]]*\] refresherd: worker {n} \(pid \d+\) serving", written
+        )
+    assert "Traceback" not in written
+
+
 ANY_REDIS = ("--store", "redis://127.0.0.1:1/0")
 """A shared store for start-up checks: building the store connects to nothing."""
 

@@ -53,6 +53,7 @@ from refresherd.run.workers.options import TWISTD as TWISTD_PROGRAM
 from refresherd.run.workers.sockets import SharedSocket, adopt, shareable
 from refresherd.run.workers.supervisor import (
     MAX_RESTART_DELAY,
+    OUTPUT_LINE_MOST,
     READY_TIMEOUT,
     RESTART_DELAY,
     STABLE_AFTER,
@@ -258,7 +259,7 @@ class FakeProcess:
     protocol: ProcessProtocol
     args: list[str]
     env: dict[str, str]
-    child_fds: dict[int, int]
+    child_fds: dict[int, int | str]
     signals: list[str] = attrs.field(factory=list)
 
     def signalProcess(self, name: str) -> None:
@@ -282,7 +283,7 @@ class ProcessReactor(MemoryReactorClock):
         executable: str,
         args: list[str],
         env: dict[str, str],
-        childFDs: dict[int, int],
+        childFDs: dict[int, int | str],
     ) -> FakeProcess:
         assert args[0] == executable
         process = FakeProcess(1000 + len(self.processes), protocol, args[1:], env, childFDs)
@@ -348,6 +349,35 @@ def test_the_supervisor_starts_every_worker_on_the_shared_socket(supervised: Sup
         assert (fds[1], fds[2], fds[PUBLIC_FD]) == (1, 2, supervised.public.fileno())
     assert supervisor.pids == {1: 1000, 2: 1001}
     assert len(reactor.adoptedStreamConnections) == 2
+
+
+def test_with_an_output_the_workers_lines_are_relayed_whole(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    relayed: list[str] = []
+    supervisor.output = relayed.append
+    supervisor.startService()
+    one, two = reactor.processes
+    assert (one.child_fds[1], one.child_fds[2]) == ("r", "r")  # pipes the parent reads
+    one.protocol.childDataReceived(1, b"first line\nsecond ")
+    two.protocol.childDataReceived(1, b"worker 2 line\n")
+    one.protocol.childDataReceived(2, b"an error ")
+    one.protocol.childDataReceived(1, b"line\nthird, unfinished")
+    assert relayed == ["first line\n", "worker 2 line\n", "second line\n"]
+    one.protocol.childDataReceived(2, "\u00e9t\u00e9\n".encode() + b"\xff\n")
+    assert relayed[3:] == ["an error \u00e9t\u00e9\n\ufffd\n"]
+    one.exit(code=1)  # what it wrote last, with no end of line, is not lost
+    assert relayed[4:] == ["third, unfinished\n"]
+
+
+def test_a_worker_line_with_no_end_is_relayed_once_it_is_too_long(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    relayed: list[str] = []
+    supervisor.output = relayed.append
+    supervisor.startService()
+    protocol = reactor.processes[0].protocol
+    for _ in range(OUTPUT_LINE_MOST // 4096):
+        protocol.childDataReceived(1, b"x" * 4096)
+    assert [len(text) for text in relayed] == [OUTPUT_LINE_MOST]  # never held for ever
 
 
 def test_a_worker_that_exits_is_started_again(supervised: Supervised) -> None:

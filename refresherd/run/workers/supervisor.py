@@ -85,12 +85,42 @@ class _Channel(LineOnlyReceiver):
             self.transport.loseConnection()
 
 
+OUTPUT_LINE_MOST = 1 << 20
+"""Bytes of a worker's output line the parent holds before it writes them as they are."""
+
+
 class _WorkerProcess(ProcessProtocol):
-    def __init__(self, supervisor: Supervisor, worker: _Worker) -> None:
+    """
+    A worker's process: its end told to the supervisor; with C{output}, the
+    lines it writes to its standard output and error relayed there whole
+    (never half a line of one beside half a line of another).
+    """
+
+    def __init__(
+        self, supervisor: Supervisor, worker: _Worker, output: Callable[[str], None] | None
+    ) -> None:
         self._supervisor = supervisor
         self._worker = worker
+        self._output = output
+        self._partial: dict[int, bytes] = {}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if self._output is None:
+            return
+        data = self._partial.pop(childFD, b"") + data
+        end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) >= OUTPUT_LINE_MOST:
+            end = len(data)
+        if end:
+            self._output(data[:end].decode("utf-8", "replace"))
+        if end < len(data):
+            self._partial[childFD] = data[end:]
 
     def processEnded(self, reason: Failure) -> None:
+        if self._output is not None:
+            for rest in self._partial.values():  # a last line with no end
+                self._output(rest.decode("utf-8", "replace") + "\n")
+            self._partial.clear()
         self._supervisor._ended(self._worker, reason)
 
 
@@ -133,6 +163,9 @@ class Supervisor(Service):
     stop_timeout: float = STOP_TIMEOUT
     temp_root: str | None = None
     """Where the metrics directory is made; None: the system's temporary directory."""
+    output: Callable[[str], None] | None = None
+    """Where the workers' log lines go (the parent's C{--logfile}); None: the workers
+    write to the parent's standard output and error themselves."""
     metrics_dir: str | None = attrs.field(default=None, init=False)
     _workers: dict[int, _Worker] = attrs.field(factory=dict, init=False)
     _retiring: list[_Worker] = attrs.field(factory=list, init=False)
@@ -307,15 +340,16 @@ class Supervisor(Service):
             }
             environ[MULTIPROCESS_DIR] = self.metrics_dir
             try:
+                relayed = self.output is not None
                 process = self.reactor.spawnProcess(
-                    _WorkerProcess(self, worker),
+                    _WorkerProcess(self, worker, self.output),
                     self.executable,
                     [self.executable, *self.arguments(worker.id)],
                     env=environ,
                     childFDs={
                         0: self._devnull,
-                        1: 1,
-                        2: 2,
+                        1: "r" if relayed else 1,
+                        2: "r" if relayed else 2,
                         PUBLIC_FD: self.public.fd,
                         LIFELINE_FD: theirs.fileno(),
                     },
