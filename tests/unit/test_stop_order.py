@@ -7,6 +7,8 @@ still start its fetch (it would otherwise be refused as "shutting down").
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
@@ -33,12 +35,18 @@ def stopping_service() -> tuple[
     return clock, refresher, service, site, resource
 
 
-def test_the_engine_stops_only_once_the_requests_under_way_are_answered() -> None:
-    clock, refresher, service, site, resource = stopping_service()
+def request_under_way(site: LimitedSite) -> tuple[Any, AbortableTransport]:
+    """A connection whose request the site's resource has not answered yet."""
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = AbortableTransport()
     channel.makeConnection(transport)
     channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    return channel, transport
+
+
+def test_the_engine_stops_only_once_the_requests_under_way_are_answered() -> None:
+    clock, refresher, service, site, resource = stopping_service()
+    channel, transport = request_under_way(site)
     stopped = service.stopService()
     assert not stopped.called
     assert not refresher.flights.stopping  # a fetch this request needs may still start
@@ -53,10 +61,7 @@ def test_the_engine_stops_only_once_the_requests_under_way_are_answered() -> Non
 
 def test_a_request_never_answered_holds_the_stop_up_for_the_drain_timeout_only() -> None:
     clock, refresher, service, site, resource = stopping_service()
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    transport = AbortableTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    channel, transport = request_under_way(site)
     stopped = service.stopService()
     clock.advance(refresher.drain_timeout - 0.01)
     assert not refresher.flights.stopping
