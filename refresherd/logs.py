@@ -23,6 +23,7 @@ order), and at stop.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -146,6 +147,8 @@ class AccessLog:
     _size: int = attrs.field(default=0, init=False)
     _second: int = attrs.field(default=-1, init=False)
     _stamp: str = attrs.field(default="", init=False)
+    _whole: datetime | None = attrs.field(default=None, init=False)
+    """The second the JSON lines' time stamp (C{_stamp}) was made for."""
 
     def write(self, method: str, route: str, code: int, duration: float, client: str) -> None:
         """One request's line: method, route template, status, duration, client address."""
@@ -182,17 +185,19 @@ class AccessLog:
         each string escaped by json's own C function).
         """
         moment = datetime.fromtimestamp(now, UTC)
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = moment.replace(microsecond=0).isoformat()[: -len("+00:00")]
+        whole = moment.replace(microsecond=0)  # (as rounded to the microsecond)
+        if whole != self._whole:
+            self._whole = whole
+            self._stamp = whole.isoformat()[: -len("+00:00")]
         fraction = f".{moment.microsecond:06d}" if moment.microsecond else ""
         worker = "" if self.worker is None else f', "worker": {self.worker}'
+        finite = type(duration) is float and math.isfinite(duration)
+        took = float.__repr__(duration) if finite else json.dumps(duration)
         return (
             f'{{"time": "{self._stamp}{fraction}+00:00", "level": "info", '
             f'"namespace": "{ACCESS_NAMESPACE}", "message": {_escaped(message)}, '
             f'"method": {_escaped(method)}, "route": {_escaped(route)}, "code": {code:d}, '
-            f'"duration": {float.__repr__(duration)}, "client": {_escaped(client)}{worker}}}\n'
+            f'"duration": {took}, "client": {_escaped(client)}{worker}}}\n'
         )
 
     def flush(self) -> None:

@@ -358,6 +358,8 @@ class DirectReads:
         except KeyError:
             pass
         read = read_of(layout, job, args)
+        if read is None:  # (not remembered: its arguments may be of any size)
+            return None
         if len(reads) >= MAX_READS:
             reads.clear()
         reads[lookup] = read

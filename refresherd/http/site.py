@@ -416,8 +416,8 @@ class LimitedSite(server.Site):
         """
         self._per_address: dict[str, int] = {}
         """Open connections of each client address (with C{max_connections_per_address})."""
-        self._closed: list[Deferred[None]] = []
-        """What waits for the last connection to close."""
+        self._closed: list[tuple[Deferred[None], Callable[[], bool]]] = []
+        """What waits for connections to close, each until its condition holds."""
         self.winding_down = False
         """The process is stopping (L{wind_down})."""
         self.noisy = False
@@ -480,10 +480,12 @@ class LimitedSite(server.Site):
 
     def channel_closed(self, channel: Connection) -> None:
         self._forget(channel)
-        if not self.channels:
-            closed, self._closed = self._closed, []
-            for d in closed:
+        waiting, self._closed = self._closed, []
+        for d, done in waiting:
+            if done():
                 d.callback(None)
+            else:
+                self._closed.append((d, done))
 
     def wind_down(self) -> None:
         """
@@ -498,11 +500,14 @@ class LimitedSite(server.Site):
 
     def until_answered(self, timeout: float) -> Deferred[None]:
         """
-        Once L{wind_down}: fire when every connection is closed, each after
-        the answer to the request it had under way or arriving, or after
-        C{timeout} seconds (the connections left are left open).
+        Once L{wind_down}: fire when no connection has a request under way
+        (each closes after its answer; one whose next head is still arriving
+        is left to its deadlines), or after C{timeout} seconds.
         """
-        return self._until_closed(timeout, abort=False)
+        return self._until(self._answered, timeout, abort=False)
+
+    def _answered(self) -> bool:
+        return all(channel.head_arriving for channel in self.channels)
 
     def close_connections(self, timeout: float) -> Deferred[None]:
         """
@@ -512,23 +517,24 @@ class LimitedSite(server.Site):
         """
         for channel in list(self.channels):
             _transport(channel).loseConnection()
-        return self._until_closed(timeout, abort=True)
+        return self._until(lambda: not self.channels, timeout, abort=True)
 
-    def _until_closed(self, timeout: float, abort: bool) -> Deferred[None]:
+    def _until(self, done: Callable[[], bool], timeout: float, abort: bool) -> Deferred[None]:
         """
-        Fire when no connection is left; after C{timeout} seconds, abort those
-        left (and fire once they are gone) or fire at once.
+        Fire once C{done()} holds (asked as each connection closes); after
+        C{timeout} seconds, abort the connections left (and fire once they are
+        gone) or fire at once.
         """
-        if not self.channels:
+        if done():
             return defer.succeed(None)
         closed: Deferred[None] = Deferred()
-        self._closed.append(closed)
+        self._closed.append((closed, done))
 
         def expire() -> None:
             if abort:
                 self._abort()
             elif not closed.called:
-                self._closed.remove(closed)
+                self._closed.remove((closed, done))
                 closed.callback(None)
 
         timer = self.reactor.callLater(timeout, expire)

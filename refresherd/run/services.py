@@ -116,13 +116,19 @@ class Engine(MultiService):
         if self.warmer is not None:
             self.warmer.setServiceParent(self)
 
+    def stop_background(self) -> None:
+        """Start no more warming nor refresh-ahead (those running finish with the drain)."""
+        if self.warmer is not None and self.warmer.running:
+            self.warmer.stopService()
+        if self.refresher.ahead is not None:
+            self.refresher.ahead.stop()
+
     @defer.inlineCallbacks
     def stopService(self, drain: float | None = None) -> Any:
         """Stopped, the fetches in flight let finish for up to C{drain} seconds (else the
         refresher's C{drain_timeout})."""
         Service.stopService(self)
-        if self.warmer is not None:
-            self.warmer.stopService()
+        self.stop_background()
         yield self.refresher.stopService(drain)
         self.pools.stopService()
         store = self.refresher.store
@@ -199,6 +205,7 @@ class _Process(MultiService):
         """
         refresher = self.engine.refresher
         started = refresher.clock.seconds()
+        self.engine.stop_background()
         yield defer.gatherResults(
             [site.until_answered(refresher.drain_timeout) for site in self.sites]
         )

@@ -70,3 +70,20 @@ def test_a_request_never_answered_holds_the_stop_up_for_the_drain_timeout_only()
     assert transport.disconnecting and not stopped.called
     lose(channel)
     assert stopped.called
+
+
+def test_a_head_still_arriving_does_not_hold_the_engine_up() -> None:
+    clock, refresher, service, site, resource = stopping_service()
+    channel, transport = request_under_way(site)
+    slow = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    slow_transport = AbortableTransport()
+    slow.makeConnection(slow_transport)
+    slow.dataReceived(b"GET /x HTT")  # and nothing more for now
+    stopped = service.stopService()
+    finish(resource.pending[0])
+    lose(channel)
+    assert refresher.flights.stopping  # at once, not after the drain timeout
+    assert not stopped.called  # its connection is closed as the others, answers first
+    assert slow_transport.disconnecting
+    lose(slow)
+    assert stopped.called

@@ -377,7 +377,22 @@ def test_a_worker_line_with_no_end_is_relayed_once_it_is_too_long(supervised: Su
     protocol = reactor.processes[0].protocol
     for _ in range(OUTPUT_LINE_MOST // 4096):
         protocol.childDataReceived(1, b"x" * 4096)
-    assert [len(text) for text in relayed] == [OUTPUT_LINE_MOST]  # never held for ever
+    assert relayed == ["x" * OUTPUT_LINE_MOST + "\n"]  # never held for ever, a line of its own
+    protocol.childDataReceived(2, b"an error\n")
+    protocol.childDataReceived(1, b"xx\n")
+    assert relayed[1:] == ["an error\n", "xx\n"]  # nothing glued to the cut line
+
+
+def test_a_character_split_between_two_reads_is_relayed_whole(supervised: Supervised) -> None:
+    supervisor, reactor = supervised.supervisor, supervised.reactor
+    relayed: list[str] = []
+    supervisor.output = relayed.append
+    supervisor.startService()
+    protocol = reactor.processes[0].protocol
+    encoded = "été\n".encode()
+    protocol.childDataReceived(1, encoded[:1])
+    protocol.childDataReceived(1, encoded[1:])
+    assert relayed == ["été\n"]
 
 
 def test_a_worker_that_exits_is_started_again(supervised: Supervised) -> None:

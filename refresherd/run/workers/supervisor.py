@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
 import socket
@@ -86,7 +87,7 @@ class _Channel(LineOnlyReceiver):
 
 
 OUTPUT_LINE_MOST = 1 << 20
-"""Bytes of a worker's output line the parent holds before it writes them as they are."""
+"""Characters of a worker's output line the parent holds: a longer line is cut there."""
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -102,25 +103,40 @@ class _WorkerProcess(ProcessProtocol):
         self._supervisor = supervisor
         self._worker = worker
         self._output = output
-        self._partial: dict[int, bytes] = {}
+        self._partial: dict[int, tuple[list[str], int]] = {}
+        """Per descriptor, the text of a line begun and not ended yet, and its length."""
+        self._decoders: dict[int, codecs.IncrementalDecoder] = {}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if self._output is None:
             return
-        data = self._partial.pop(childFD, b"") + data
-        end = data.rfind(b"\n") + 1
-        if end == 0 and len(data) >= OUTPUT_LINE_MOST:
-            end = len(data)
+        decoder = self._decoders.get(childFD)
+        if decoder is None:
+            decoder = self._decoders[childFD] = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(data)
+        pieces, size = self._partial.pop(childFD, ([], 0))
+        end = text.rfind("\n") + 1
         if end:
-            self._output(data[:end].decode("utf-8", "replace"))
-        if end < len(data):
-            self._partial[childFD] = data[end:]
+            self._output("".join(pieces) + text[:end])
+            pieces, size = [], 0
+        rest = text[end:]
+        if rest:
+            pieces.append(rest)
+            size += len(rest)
+        if size >= OUTPUT_LINE_MOST:  # a line that long is cut, its first part a line
+            self._output("".join(pieces) + "\n")
+            pieces, size = [], 0
+        if pieces:
+            self._partial[childFD] = (pieces, size)
 
     def processEnded(self, reason: Failure) -> None:
         if self._output is not None:
-            for rest in self._partial.values():  # a last line with no end
-                self._output(rest.decode("utf-8", "replace") + "\n")
-            self._partial.clear()
+            for fd, decoder in self._decoders.items():
+                pieces, _ = self._partial.pop(fd, ([], 0))
+                rest = "".join(pieces) + decoder.decode(b"", final=True)
+                if rest:  # a last line with no end
+                    self._output(rest + "\n")
+            self._decoders.clear()
         self._supervisor._ended(self._worker, reason)
 
 
