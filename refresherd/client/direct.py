@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from refresherd.client.answers import Raw
+from refresherd.client.errors import BatchTooLarge
 from refresherd.core import policy
 from refresherd.core.marks import GenerationKeys, build_generation_keys
 from refresherd.core.templates import render_tags
@@ -75,6 +76,8 @@ class Layout:
     etag: str | None
     jobs: Mapping[str, DirectJob]
     """The jobs that may be read directly (none when the store is not Redis)."""
+    max_batch: int | None = None
+    """The most items of a batch the service takes (None: a service that does not say)."""
     reads: dict[tuple[str, tuple[tuple[str, str], ...]], Read | None] = attrs.field(
         factory=dict, eq=False, repr=False
     )
@@ -121,7 +124,12 @@ def parse_layout(document: object, etag: str | None) -> Layout:
             direct[name] = described
     if document.get("store") not in _DIRECT_STORES:
         direct = {}
-    return Layout(namespace, generation, etag, direct)
+    max_batch = document.get("max_batch")
+    if max_batch is not None and (
+        isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+    ):
+        raise BadLayout("the layout's max_batch is a positive integer")
+    return Layout(namespace, generation, etag, direct, max_batch)
 
 
 @attrs.frozen
@@ -366,9 +374,16 @@ class DirectReads:
         return read
 
     def batch(self, lookups: Sequence[tuple[str, Mapping[str, str]]], now: float) -> Batch | None:
-        """What to C{MGET} for many lookups (job, args), or None: ask the service for all."""
+        """
+        What to C{MGET} for many lookups (job, args), or None: ask the service
+        for all.  L{BatchTooLarge} for more lookups than the service takes, as
+        it would answer, whether or not they are hits.
+        """
         if self.layout is None or now < self._redis_due:
             return None
+        most = self.layout.max_batch
+        if most is not None and len(lookups) > most:
+            raise BatchTooLarge(413, "batch_too_large", f"a batch may hold at most {most} items")
         reads = tuple(self._read_of(self.layout, job, args) for job, args in lookups)
         keys = tuple(dict.fromkeys(key for read in reads if read is not None for key in read.keys))
         return Batch(reads, keys) if keys else None

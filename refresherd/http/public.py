@@ -72,8 +72,9 @@ class PublicAPI:
     store_kind: str = "memory"
     """The kind of store (L{refresherd.run.wiring.store_kind}), told by C{/v1/layout}."""
     values: Values = attrs.field(init=False)
-    _layout: tuple[object, bytes, bytes] | None = attrs.field(init=False, default=None)
-    """The jobs C{/v1/layout} was made of, its body and its ETag (made again after a reload)."""
+    _layout: tuple[object, int, bytes, bytes] | None = attrs.field(init=False, default=None)
+    """The jobs and C{max_batch} C{/v1/layout} was made of, its body and its ETag (made
+    again after a reload)."""
     app = Klein()
 
     def __attrs_post_init__(self) -> None:
@@ -217,12 +218,14 @@ class PublicAPI:
     def get_layout(self, request: IRequest) -> bytes:
         self._observe(request, "/v1/layout")
         self.authorizer.check_read(header(request, b"Authorization"))
-        jobs = self.refresher.jobs
-        if self._layout is None or self._layout[0] is not jobs:
-            document = layout(self.refresher.namespace, jobs, self.store_kind)
+        jobs, max_batch = self.refresher.jobs, self.server.max_batch
+        made = self._layout
+        if made is None or made[0] is not jobs or made[1] != max_batch:
+            document = layout(self.refresher.namespace, jobs, self.store_kind, max_batch)
             body = json.dumps(document, sort_keys=True).encode("utf-8")
-            self._layout = (jobs, body, f'"{document["generation"]}"'.encode("ascii"))
-        _, body, etag = self._layout
+            etag = f'"{document["generation"]}"'.encode("ascii")
+            made = self._layout = (jobs, max_batch, body, etag)
+        _, _, body, etag = made
         request.setHeader(b"ETag", etag)
         request.setHeader(b"Cache-Control", b"no-cache")
         if etag_matches(header(request, b"If-None-Match"), etag.decode("ascii")):
@@ -243,12 +246,15 @@ LAYOUT_FORMAT = 1
 """The version of the document C{GET /v1/layout} answers (docs/clients.md, "Direct reads")."""
 
 
-def layout(namespace: str, jobs: Mapping[str, Job], store_kind: str) -> dict[str, Any]:
+def layout(
+    namespace: str, jobs: Mapping[str, Job], store_kind: str, max_batch: int
+) -> dict[str, Any]:
     """
     What a client needs to read hits straight from the store (docs/clients.md,
     "Direct reads"): the store's kind and namespace, and per job what makes
     its keys and its generation keys, and what its decision takes; with a
-    C{generation}, the digest of all that.  A job with C{arg_patterns} is
+    C{generation}, the digest of all that (and of C{max_batch}, the most items of
+    a batch, which a client refuses as the service would).  A job with C{arg_patterns} is
     C{direct: false}: its arguments are checked by the service alone.
     """
     described = {
@@ -267,6 +273,7 @@ def layout(namespace: str, jobs: Mapping[str, Job], store_kind: str) -> dict[str
         "store": store_kind,
         "namespace": namespace,
         "jobs": described,
+        "max_batch": max_batch,
     }
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     document["generation"] = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]

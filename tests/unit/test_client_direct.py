@@ -21,7 +21,7 @@ import pytest
 from twisted.internet import task
 
 from refresherd import errors
-from refresherd.client import AsyncClient, Client, Raw, direct
+from refresherd.client import AsyncClient, BatchTooLarge, Client, Raw, direct
 from refresherd.client.calls import Request, Response
 from refresherd.client.http11 import Caseless
 from refresherd.config import JobConfig
@@ -51,7 +51,7 @@ def job_config(**settings: Any) -> JobConfig:
 def the_layout(*configs: JobConfig, store: str = "redis") -> direct.Layout:
     """The layout as the service serves it, through JSON, as the client reads it."""
     jobs = {config.name: Job(config, FakeFetcher()) for config in configs}
-    document = json.loads(json.dumps(layout("rfd", jobs, store)))
+    document = json.loads(json.dumps(layout("rfd", jobs, store, 100)))
     return direct.parse_layout(document, f'"{document["generation"]}"')
 
 
@@ -286,7 +286,7 @@ def test_the_same_bytes_read_again_are_not_decoded_again(monkeypatch: pytest.Mon
 
 def test_a_batch_reads_each_key_once_and_answers_each_lookup_from_its_own_keys() -> None:
     state = direct.DirectReads()
-    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
+    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis", 100)
     state.layout_answered(200, json.dumps(document).encode(), None)
     lookups = [("j", {"id": "7"}), ("j", {"id": "8"}), ("nope", {}), ("j", {"id": "7"})]
     batch = state.batch(lookups, 1.0)
@@ -332,11 +332,29 @@ def test_an_entry_over_the_jobs_largest_is_left_to_the_service() -> None:
             "jobs": {"j": {"version": 1, "args": "id"}},
         },
         {"format": 1, "namespace": 7, "generation": "g", "jobs": {}},
+        {"format": 1, "namespace": "rfd", "generation": "g", "jobs": {}, "max_batch": 0},
+        {"format": 1, "namespace": "rfd", "generation": "g", "jobs": {}, "max_batch": "5"},
+        {"format": 1, "namespace": "rfd", "generation": "g", "jobs": {}, "max_batch": True},
     ],
 )
 def test_a_layout_it_does_not_read_is_refused(document: object) -> None:
     with pytest.raises(direct.BadLayout):
         direct.parse_layout(document, None)
+
+
+def test_a_batch_larger_than_the_service_takes_is_refused_as_the_service_would() -> None:
+    jobs = {"j": Job(job_config(), FakeFetcher())}
+    document = json.loads(json.dumps(layout("rfd", jobs, "redis", 3)))
+    state = direct.DirectReads(direct.parse_layout(document, None))
+    lookups = [("j", {"id": str(n)}) for n in range(4)]
+    with pytest.raises(BatchTooLarge) as refused:
+        state.batch(lookups, 0.0)  # hits or not, as the service refuses it
+    assert (refused.value.status, refused.value.code) == (413, "batch_too_large")
+    assert str(refused.value) == "batch_too_large: a batch may hold at most 3 items"
+    assert state.batch(lookups[:3], 0.0) is not None
+    del document["max_batch"]  # a service that does not say: the service decides
+    state = direct.DirectReads(direct.parse_layout(document, None))
+    assert state.batch(lookups, 0.0) is not None
 
 
 # -- the sync client ------------------------------------------------------------------------
@@ -388,7 +406,7 @@ class Service:
         self.conditions.append(request.headers.get("If-None-Match"))
         if self.layout_status != 200:
             return httpx.Response(self.layout_status, json={"error": "x", "message": "x"})
-        document = layout("rfd", {"j": Job(self.config, FakeFetcher())}, "redis")
+        document = layout("rfd", {"j": Job(self.config, FakeFetcher())}, "redis", 100)
         etag = f'"{document["generation"]}"'
         if request.headers.get("If-None-Match") == etag:
             return httpx.Response(304, headers={"ETag": etag})
@@ -522,7 +540,7 @@ def test_the_state_asks_for_the_layout_every_5_seconds_with_its_etag() -> None:
     state = direct.DirectReads()
     assert state.layout_due(10.0) == {}
     assert state.layout_due(14.9) is None
-    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
+    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis", 100)
     state.layout_answered(200, json.dumps(document).encode(), '"e1"')
     read = state.read("j", ARGS, 11.0)
     assert read is not None and state.read("j", dict(ARGS), 11.0) is read  # remembered
@@ -536,7 +554,7 @@ def test_the_state_asks_for_the_layout_every_5_seconds_with_its_etag() -> None:
 
 def test_the_state_reads_no_redis_for_5_seconds_after_it_failed() -> None:
     state = direct.DirectReads()
-    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis")
+    document = layout("rfd", {"j": Job(job_config(), FakeFetcher())}, "redis", 100)
     state.layout_answered(200, json.dumps(document).encode(), None)
     state.redis_failed(20.0)
     assert state.read("j", ARGS, 24.9) is None
