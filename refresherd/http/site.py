@@ -110,6 +110,16 @@ def error_response(error: RefresherdError) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
+def tell_answered(request: Any) -> None:
+    """Call the request's C{when_answered}, once; its failure is logged, never the request's."""
+    done, request.when_answered = request.when_answered, None
+    if done is not None:
+        try:
+            done()
+        except Exception:
+            _log.failure("timing or logging a request failed")
+
+
 class LimitedRequest(server.Request):
     """
     A request whose body is refused as soon as it passes its limit.
@@ -138,13 +148,7 @@ class LimitedRequest(server.Request):
         self._args = value
 
     def answered(self) -> None:
-        """Call L{when_answered}, once; its failure is logged, never the request's."""
-        done, self.when_answered = self.when_answered, None
-        if done is not None:
-            try:
-                done()
-            except Exception:
-                _log.failure("timing or logging a request failed")
+        tell_answered(self)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

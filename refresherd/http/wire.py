@@ -36,7 +36,6 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
@@ -57,9 +56,8 @@ from refresherd.http.site import (
     LimitedRequest,
     LimitedSite,
     error_response,
+    tell_answered,
 )
-
-_log = Logger()
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
@@ -672,16 +670,8 @@ class QuickRequest:
         if self.method != b"HEAD" and code != 304:
             head.append(body)
         channel.send(b"".join(head))
-        self._done()
+        tell_answered(self)
         channel.answered(self)
-
-    def _done(self) -> None:
-        done, self.when_answered = self.when_answered, None
-        if done is not None:
-            try:
-                done()
-            except Exception:
-                _log.failure("timing or logging a request failed")
 
     @property
     def responseHeaders(self) -> QuickRequest:
@@ -690,7 +680,7 @@ class QuickRequest:
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost = True
-        self._done()
+        tell_answered(self)
 
 
 class WireSite(LimitedSite):
