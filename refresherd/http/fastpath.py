@@ -8,7 +8,10 @@ much as the rest of a hit): synchronously when the value is at hand.
 
 from __future__ import annotations
 
+import math
 import re
+import weakref
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -18,6 +21,7 @@ from twisted.web.iweb import IRequest
 
 from refresherd.core.jobs import Target, Targets
 from refresherd.core.refresher import Answer, Refresher
+from refresherd.entry import Entry
 from refresherd.errors import RefresherdError
 from refresherd.http.answers import Bodies, render_answer
 from refresherd.http.auth import Authorizer
@@ -72,11 +76,15 @@ class Values:
     def __attrs_post_init__(self) -> None:
         self.targets = QueryTargets(self.refresher)
 
-    def value(self, request: IRequest, job: str, raw: bool) -> bytes | Deferred[bytes]:
+    def value(
+        self, request: IRequest, job: str, raw: bool, known: Known | None = None
+    ) -> bytes | Deferred[bytes]:
         """
         The answer to C{GET /v1/jobs/{job}} (or C{.../raw}), errors rendered
         as their error object: bytes at once when the value was at hand (the
         memory store, the near cache) and nobody waits, else a Deferred.
+        With C{known} (a L{QuickRequest} read before), its target and its
+        last answer's head are reused while they are the same.
         """
         self._observe(request, "/v1/jobs/{job}/raw" if raw else "/v1/jobs/{job}")
         if not self.authorizer.reads_open:  # (else no header to read)
@@ -87,10 +95,16 @@ class Values:
             except Exception:
                 return render_unexpected(request, Failure())
         try:
-            answer = self.refresher.lookup(self.targets.target(job, query(request)))
+            if known is None:
+                target = self.targets.target(job, query(request))
+            else:
+                target = known.target(self.targets, request)
+            answer = self.refresher.lookup(target)
         except Exception:
             return self._failed(request, job, Failure())
         if isinstance(answer, Answer):
+            if known is not None and answer.status == "hit":
+                return self._respond_known(request, job, answer, raw, known)  # type: ignore[arg-type]
             return self._respond(request, job, answer, raw)
         return answer.addCallbacks(
             lambda answer: self._respond(request, job, answer, raw),
@@ -116,6 +130,29 @@ class Values:
                 request.responseHeaders.removeHeader(name)
             return render_unexpected(request, Failure())
 
+    def _respond_known(
+        self, request: QuickRequest, job: str, answer: Answer, raw: bool, known: Known
+    ) -> bytes:
+        """L{_respond} of a hit, its head as written last time while it reads the same."""
+        entry = answer.entry
+        assert entry is not None
+        now = self.clock.seconds()
+        date = request.channel.site.date()
+        ttl = math.floor(entry.fresh_until - now)
+        age = max(0, math.floor(now - entry.fetched_at))
+        if known.entry() is entry and known.ttl == ttl and known.age == age and known.date == date:
+            self.metrics.count_request(job, "hit")
+            request.head, request.code = known.head, known.code
+            if known.code == 304:
+                return b""
+            return (entry.body or b"") if raw else self.bodies.body(answer, now)
+        body = self._respond(request, job, answer, raw)  # type: ignore[arg-type]
+        known.entry = _GONE
+        if request.code in (200, 304) and not request.response.keys() - _KNOWN_HEADERS:
+            known.showing = (entry, ttl, age, date, request.code)
+            request.keep = known.keep
+        return body
+
     def _failed(self, request: IRequest, job: str, failure: Failure) -> bytes:
         """
         A lookup's failure as its answer: the error object, or a JSON 500;
@@ -131,6 +168,58 @@ class Values:
 
 _ANSWER_HEADERS = (b"Cache-Status", b"Age", b"ETag")
 """What L{render_answer} may have set before it raised: they describe no error."""
+_KNOWN_HEADERS = {
+    b"cache-status",
+    b"age",
+    b"etag",
+    b"content-type",
+    b"x-content-type-options",
+    b"content-security-policy",
+}
+"""The headers of a hit's answer, which depend on nothing but what L{Known} compares."""
+
+
+def _GONE() -> None:
+    """No entry."""
+
+
+@attrs.define(eq=False)
+class Known:
+    """
+    What the answers to one request read before (L{refresherd.http.wire.WireSite.known}:
+    the same bytes) reuse: its route, its target (while the jobs are the same), and the
+    head of the last hit it was answered (while the entry, the C{Date}, C{Age} and
+    C{Cache-Status} C{ttl} it shows are the same).
+    """
+
+    job: str
+    raw: bool
+    _target: Target | None = None
+    _of: Targets | None = None
+    entry: Callable[[], Entry | None] = _GONE
+    """The entry the head shows (held weakly: a value let go of is not kept alive here)."""
+    ttl: int = 0
+    age: int = 0
+    date: bytes = b""
+    code: int = 200
+    head: bytes = b""
+    showing: tuple[Entry, int, int, bytes, int] | None = None
+    """What the head being written shows, until it is kept."""
+
+    def target(self, targets: QueryTargets, request: IRequest) -> Target:
+        if self._target is None or self._of is not targets.refresher.targets:
+            self._target = None  # (should resolving raise)
+            self.entry = _GONE
+            self._target = targets.target(self.job, query(request))
+            self._of = targets.refresher.targets
+        return self._target
+
+    def keep(self, head: bytes) -> None:
+        """The head written of the answer that showed L{showing}."""
+        assert self.showing is not None
+        entry, self.ttl, self.age, self.date, self.code = self.showing
+        self.entry, self.head, self.showing = weakref.ref(entry), head, None
+
 
 _JOBS = b"/v1/jobs/"
 _RAW = b"/raw"
@@ -163,10 +252,13 @@ class QuickValues:
     values: Values
 
     def answer(self, request: QuickRequest) -> bool:
-        route = value_route(request.path)
-        if route is None:
-            return False
-        answering = self.values.value(request, route[0], route[1])  # type: ignore[arg-type]
+        known = request.incoming.memo
+        if known is None:
+            route = value_route(request.path)
+            if route is None:
+                return False
+            known = request.incoming.memo = Known(*route)
+        answering = self.values.value(request, known.job, known.raw, known)  # type: ignore[arg-type]
         if isinstance(answering, bytes):
             request.respond(answering)
         else:

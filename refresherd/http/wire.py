@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -93,6 +94,8 @@ class Incoming:
     """The twisted.web request its body is read into (a request with a body)."""
     received: int = 0
     persistent: bool = True
+    memo: Any = None
+    """What the quick answerer keeps of it (L{refresherd.http.fastpath.Known})."""
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of header C{name} (lower case), if any: as twisted.web reads it."""
@@ -164,6 +167,9 @@ class WireChannel(TwistedProtocol):
     """Since when the transport's write buffer is full (the client does not read its
     answers): no request is answered, nor read, until it drains, and the connection is
     aborted if it has not within L{REQUEST_DEADLINE}."""
+    _completed = 0
+    """Requests the parser completed in the bytes it is being fed."""
+    _last_incoming: Incoming | None = None
     _socket: Any = None
     """The plain TCP (or UNIX) socket under the transport, which L{send} may write to at once."""
 
@@ -231,8 +237,20 @@ class WireChannel(TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        now = self._last = self.factory.reactor.seconds()
-        if self._started is None:
+        site = self.factory
+        now = self._last = site.reactor.seconds()
+        alone = self._started is None
+        if alone and not self._busy and not self._queue and self._blocked_since is None:
+            incoming = site.known.get(data)
+            if incoming is not None:
+                # The very bytes of a request read whole before, alone between
+                # requests: what the parser made of them then, without parsing.
+                self._head_from = None
+                self._busy = True
+                self.persistent = True
+                self._answer(incoming)
+                return
+        if alone:
             self._started = now
             if self._head_from is None:
                 self._head_from = now
@@ -242,6 +260,7 @@ class WireChannel(TwistedProtocol):
             self.factory.idle.pop(self, None)
             self.factory.heads[self] = None
         self._unparsed += len(data)
+        self._completed = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -257,6 +276,9 @@ class WireChannel(TwistedProtocol):
         if self._in_head and not self._closing and self._unparsed > MAX_HEAD:
             # Bytes of a head none of whose lines ended: never buffered for ever.
             self._refuse(HeadersTooLarge(f"the request head is larger than {MAX_HEAD} bytes"))
+        elif alone and self._completed == 1 and self._started is None and not self._closing:
+            assert self._last_incoming is not None
+            site.remember(data, self._last_incoming)
         self._reading()
 
     def _reading(self) -> None:
@@ -424,12 +446,13 @@ class WireChannel(TwistedProtocol):
         assert incoming is not None
         self._started = self._head_from = None
         self._unparsed = 0
-        # The first Connection header, as twisted.web reads it.
-        first = next((value for key, value in incoming.headers if key == b"connection"), b"")
-        tokens = first.lower().replace(b",", b" ").split()
+        # Every Connection header, as llhttp reads them (twisted.web reads the first only).
+        tokens = (incoming.joined(b"connection") or b"").lower().replace(b",", b" ").split()
         if incoming.version != b"HTTP/1.1" or b"close" in tokens or self._parser.should_upgrade():
             incoming.persistent = False
             self._closing = True
+        self._completed += 1
+        self._last_incoming = incoming
         self._queue.append(incoming)
         if not self._busy:
             self._run()
@@ -597,6 +620,8 @@ class WireChannel(TwistedProtocol):
 
 
 _QUICK = (b"GET", b"HEAD")
+KNOWN_KEPT = 1024
+KNOWN_SIZE = 2048
 
 
 def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
@@ -618,6 +643,10 @@ class QuickRequest:
 
     code = 200
     when_answered: Any = None
+    head: bytes | None = None
+    """The answer's head up to its C{Content-Length} as written before, to write as is."""
+    keep: Callable[[bytes], None] | None = None
+    """Given the head up to its C{Content-Length} once made, to be written again later."""
     _finished = False
     _lost = False
 
@@ -657,19 +686,24 @@ class QuickRequest:
         if site.winding_down and persistent:
             persistent = channel.persistent = False
         code = self.code
-        head = [
-            b"%s %d %s\r\n" % (self.clientproto, code, _REASONS.get(code, b"Unknown")),
-            b"Server: %s\r\nDate: %s\r\n" % (server.version, site.date()),
-        ]
-        for name, value in self.response.values():
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"Content-Length: %d\r\n" % len(body))
+        head = self.head
+        if head is None:
+            lines = [
+                b"%s %d %s\r\n" % (self.clientproto, code, _REASONS.get(code, b"Unknown")),
+                b"Server: %s\r\nDate: %s\r\n" % (server.version, site.date()),
+            ]
+            for name, value in self.response.values():
+                lines += (name, b": ", value, b"\r\n")
+            head = b"".join(lines)
+            if self.keep is not None:
+                self.keep(head)
+        close = b""
         if not persistent and self.clientproto == b"HTTP/1.1":
-            head.append(b"Connection: close\r\n")
-        head.append(b"\r\n")
-        if self.method != b"HEAD" and code != 304:
-            head.append(body)
-        channel.send(b"".join(head))
+            close = b"Connection: close\r\n"
+        length = len(body)
+        if self.method == b"HEAD" or code == 304:
+            body = b""
+        channel.send(b"%sContent-Length: %d\r\n%s\r\n%s" % (head, length, close, body))
         tell_answered(self)
         channel.answered(self)
 
@@ -691,3 +725,26 @@ class WireSite(LimitedSite):
 
     protocol = WireChannel  # type: ignore[assignment]
     quick: QuickAnswerer | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.known: dict[bytes, Incoming] = {}
+        """
+        Requests read whole in one read, by their bytes (at most L{KNOWN_KEPT},
+        each at most L{KNOWN_SIZE} bytes; all forgotten when more come): what
+        the parser made of them, for the same bytes arriving again alone.
+        Only C{GET} and C{HEAD} with no body that leave the connection open.
+        """
+
+    def remember(self, data: bytes, incoming: Incoming) -> None:
+        """Keep what C{data}, a whole request and nothing more, was read as, if it may be."""
+        if (
+            incoming.method in _QUICK
+            and incoming.length == 0
+            and incoming.persistent
+            and incoming.request is None
+            and len(data) <= KNOWN_SIZE
+        ):
+            if len(self.known) >= KNOWN_KEPT:
+                self.known.clear()
+            self.known[data] = incoming

@@ -311,3 +311,109 @@ def test_a_quick_answer_while_winding_down_says_connection_close(wire: Wire) -> 
     [(_, headers, _)] = responses(transport.value())
     assert headers[b"connection"] == b"close"
     assert transport.disconnecting
+
+
+# Requests read before: the same bytes again, answered without parsing
+
+
+class Feeds:
+    """The parser of a channel, counting what it is fed."""
+
+    def __init__(self, proto: WireChannel) -> None:
+        self.parser, self.fed = proto._parser, 0
+        proto._parser = self  # type: ignore[assignment]
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += 1
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+def test_the_same_request_again_is_answered_as_before_without_parsing(wire: Wire) -> None:
+    request = GET % b"/quick?a=1"
+    first, _ = wire.connect()
+    first.dataReceived(request)
+    proto, transport = wire.connect()
+    feeds = Feeds(proto)
+    for _ in range(3):
+        proto.dataReceived(request)
+    proto.dataReceived(request.replace(b"GET", b"HEAD"))
+    answers = responses(transport.value())
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 200 OK"] * 4
+    assert [body for _, _, body in answers[:3]] == [b"quick=/quick?a=1"] * 3
+    assert answers[3][1][b"content-length"] == b"16"  # HEAD: the length, no body
+    assert feeds.fed == 1  # only the HEAD, read for the first time
+    assert set(wire.site.known) == {request, request.replace(b"GET", b"HEAD")}
+    assert not transport.disconnecting
+
+
+def test_requests_served_by_the_resource_tree_are_known_too(wire: Wire) -> None:
+    proto, transport = wire.connect()
+    feeds = Feeds(proto)
+    proto.dataReceived(GET % b"/tree")
+    proto.dataReceived(GET % b"/tree")
+    assert wire.resource.seen == [(b"GET", b"/tree", b"")] * 2
+    assert [body for _, _, body in responses(transport.value())] == [b"uri=/tree"] * 2
+    assert feeds.fed == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(GET % b"/quick" + GET % b"/quick", id="two-requests-in-one-read"),
+        pytest.param(b"GET /quick HTTP/1.0\r\n\r\n", id="http-1.0"),
+        pytest.param(b"GET /quick HTTP/1.1\r\nConnection: close\r\n\r\n", id="connection-close"),
+        pytest.param(POST + b"Content-Length: 3\r\n\r\nabc", id="a-body"),
+        pytest.param(b"PUT /quick HTTP/1.1\r\nContent-Length: 0\r\n\r\n", id="not-get-or-head"),
+        pytest.param(
+            b"GET /quick HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", id="chunked"
+        ),
+        pytest.param(b"GET /quick HTTP/1.1\r\nX-Pad: " + b"p" * 2048 + b"\r\n\r\n", id="large"),
+        pytest.param(b"GET /quick HTTP/1.1\r\nX: \x01\r\n\r\n", id="refused"),
+    ],
+)
+def test_only_a_whole_get_or_head_alone_in_its_read_that_keeps_the_connection_is_known(
+    wire: Wire, data: bytes
+) -> None:
+    proto, _ = wire.connect()
+    proto.dataReceived(data)
+    assert wire.site.known == {}
+
+
+def test_a_request_split_over_reads_or_after_one_under_way_is_parsed(wire: Wire) -> None:
+    request = GET % b"/quick"
+    proto, transport = wire.connect()
+    proto.dataReceived(request[:5])
+    proto.dataReceived(request[5:])
+    assert wire.site.known == {}
+    proto.dataReceived(request)  # now known
+    proto.dataReceived(GET % b"/later")
+    feeds = Feeds(proto)
+    proto.dataReceived(request)  # behind one under way: parsed, and waits
+    assert feeds.fed == 1
+    wire.quick.later[0].respond(b"later")
+    bodies = [body for _, _, body in responses(transport.value())]
+    assert bodies == [b"quick=/quick", b"quick=/quick", b"later", b"quick=/quick"]
+
+
+def test_known_requests_are_bounded_and_forgotten_together(wire: Wire) -> None:
+    from refresherd.http.wire import KNOWN_KEPT
+
+    proto, _ = wire.connect()
+    for n in range(KNOWN_KEPT + 1):
+        proto.dataReceived(GET % b"/quick?n=%d" % n)
+    assert list(wire.site.known) == [GET % b"/quick?n=%d" % KNOWN_KEPT]
+
+
+def test_a_known_request_after_a_lost_answer_or_while_winding_down(wire: Wire) -> None:
+    request = GET % b"/quick"
+    proto, _ = wire.connect()
+    proto.dataReceived(request)
+    wire.site.wind_down()
+    proto, transport = wire.connect()
+    proto.dataReceived(request)
+    [(_, headers, body)] = responses(transport.value())
+    assert (headers[b"connection"], body) == (b"close", b"quick=/quick")
+    assert transport.disconnecting

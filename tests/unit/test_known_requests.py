@@ -1,0 +1,153 @@
+"""
+A request read before (the same bytes, alone in a read) is answered from what
+was kept of it: its parse, its target, and the head of its last hit.  Its
+answers must be byte for byte those of the same request read for the first
+time, whatever changed in between: the clock (C{Date}, C{Age}, C{Cache-Status}
+C{ttl}, the JSON's C{age}), the value, a purge, the jobs (a reload), a
+conditional request's match.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from refresherd.config import AuthConfig, JobConfig, ServerConfig
+from refresherd.core.jobs import Job
+from refresherd.core.refresher import Refresher
+from refresherd.http import fastpath
+from refresherd.http.auth import Authorizer
+from refresherd.http.public import PublicAPI
+from refresherd.http.wire import WireChannel, WireSite
+from refresherd.metrics import metrics_for
+from refresherd.stores.memory import MemoryStore
+from refresherd.testing import FakeFetcher
+
+pytestmark = pytest.mark.unit
+
+
+def job(name: str, fresh: float = 10.0) -> JobConfig:
+    return JobConfig(
+        name=name, fetch="http", url="http://o.test/{id}", args=("id",), fresh=fresh, stale=60.0
+    )
+
+
+class Service:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000.25)
+        self.jobs = {"j": job("j")}
+        self.refresher = Refresher(
+            MemoryStore(self.clock),
+            {name: Job(config, FakeFetcher()) for name, config in self.jobs.items()},
+            self.clock,
+            "rfd",
+            metrics_for(self.jobs),
+            random=lambda: 0.999,
+        )
+        api = PublicAPI(
+            self.refresher,
+            Authorizer.from_config(AuthConfig()),
+            ServerConfig(),
+            metrics_for(self.jobs),
+            self.clock,
+        )
+        self.site = WireSite(api.resource(), api.body_limit, self.clock)
+        self.site.quick = api.quick()
+        self.proto, self.transport = self.connect()
+        self.fresh = itertools.count()
+
+    def connect(self) -> tuple[WireChannel, StringTransport]:
+        proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def put(self, body: bytes) -> None:
+        target = self.refresher.target("j", {"id": "1"})
+        done = defer.ensureDeferred(self.refresher.put(target, body, "application/json"))
+        assert done.called
+
+    def known(self, request: bytes) -> bytes:
+        """The answer on the one connection that has read C{request} before."""
+        self.transport.clear()
+        self.proto.dataReceived(request)
+        return bytes(self.transport.value())
+
+    def first_time(self, request: bytes) -> bytes:
+        """The answer to C{request} read for the first time: a new connection, never known."""
+        kept = dict(self.site.known)
+        self.site.known.clear()
+        proto, transport = self.connect()
+        proto.dataReceived(request)
+        answer = bytes(transport.value())
+        self.site.known.clear()
+        self.site.known.update(kept)
+        return answer
+
+
+REQUESTS = {
+    "json": b"GET /v1/jobs/j?id=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+    "raw": b"GET /v1/jobs/j/raw?id=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+    "head": b"HEAD /v1/jobs/j/raw?id=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+    "conditional": b'GET /v1/jobs/j/raw?id=1 HTTP/1.1\r\nIf-None-Match: W/"x", *\r\n\r\n',
+}
+
+
+def steps(service: Service) -> Iterator[str]:
+    yield "first"
+    service.put(b'{"v": 1.5}')
+    yield "a new value in the same instant"
+    for delay in (0.0, 0.3, 0.5, 0.2, 1.0, 0.01):
+        service.clock.advance(delay)
+        yield f"+{delay}s"
+    service.put(b'{"v": 2}')
+    yield "a new value"
+    service.clock.advance(10.5)
+    yield "stale"
+    service.put(b'{"v": 3}')
+    done = defer.ensureDeferred(service.refresher.purge([], ["j"], [], soft=True))
+    assert done.called
+    yield "soft-purged"
+    service.clock.advance(0.4)
+    yield "soft-purged, later"
+    service.refresher.set_jobs({"j": Job(job("j", fresh=30.0), FakeFetcher())})
+    service.put(b'{"v": 4}')
+    yield "the jobs reloaded"
+    service.refresher.set_jobs({})
+    yield "the job gone"
+
+
+@pytest.mark.parametrize("name", list(REQUESTS))
+def test_a_known_request_is_answered_byte_for_byte_as_one_read_the_first_time(name: str) -> None:
+    service = Service()
+    service.put(b'{"v": 1}')
+    request = REQUESTS[name]
+    for step in steps(service):
+        known, first = service.known(request), service.first_time(request)
+        assert known == first, step
+        assert known.startswith(b"HTTP/1.1 "), step
+    assert request in service.site.known
+
+
+def test_a_known_hit_in_the_same_second_reuses_its_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    service = Service()
+    service.put(b'{"v": 1}')
+    request = REQUESTS["raw"]
+    rendered = []
+    render = fastpath.render_answer
+    monkeypatch.setattr(
+        fastpath, "render_answer", lambda *a, **k: rendered.append(1) or render(*a, **k)
+    )
+    answers = [service.known(request) for _ in range(3)]
+    assert answers[0] == answers[1] == answers[2]
+    assert len(rendered) == 1  # the first (made known as it was read)
+    service.clock.advance(1.0)
+    assert service.known(request) != answers[0]  # Date and Age moved on
+    assert len(rendered) == 2
