@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from twisted.internet import defer
@@ -21,7 +22,7 @@ from twisted.internet.testing import StringTransport
 from refresherd.config import AuthConfig, JobConfig, ServerConfig
 from refresherd.core.jobs import Job
 from refresherd.core.refresher import Refresher
-from refresherd.http import fastpath
+from refresherd.http import answers, fastpath
 from refresherd.http.auth import Authorizer
 from refresherd.http.public import PublicAPI
 from refresherd.http.wire import WireChannel, WireSite
@@ -140,14 +141,17 @@ def test_a_known_hit_in_the_same_second_reuses_its_head(monkeypatch: pytest.Monk
     service = Service()
     service.put(b'{"v": 1}')
     request = REQUESTS["raw"]
-    rendered = []
-    render = fastpath.render_answer
-    monkeypatch.setattr(
-        fastpath, "render_answer", lambda *a, **k: rendered.append(1) or render(*a, **k)
-    )
-    answers = [service.known(request) for _ in range(3)]
-    assert answers[0] == answers[1] == answers[2]
+    rendered: list[object] = []
+    render = answers.render_answer
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        rendered.append(args)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "render_answer", counted)
+    given = [service.known(request) for _ in range(3)]
+    assert given[0] == given[1] == given[2]
     assert len(rendered) == 1  # the first (made known as it was read)
     service.clock.advance(1.0)
-    assert service.known(request) != answers[0]  # Date and Age moved on
+    assert service.known(request) != given[0]  # Date and Age moved on
     assert len(rendered) == 2
