@@ -216,7 +216,6 @@ def report(result: Result, args: argparse.Namespace) -> str:
             "|---|---|",
             f"| bare twisted.web Resource | {bare:.1f} |",
             f"| refresherd, memory store | {refresherd:.1f} |",
-            f"| refresherd's own work (the difference) | {refresherd - bare:.1f} |",
             "",
             "| ratio | median | per round |",
             "|---|---|---|",
