@@ -279,6 +279,7 @@ class WireChannel(TwistedProtocol):
         elif alone and self._completed == 1 and self._started is None and not self._closing:
             assert self._last_incoming is not None
             site.remember(data, self._last_incoming)
+        self._last_incoming = None  # (not kept alive here: a body's request, its args)
         self._reading()
 
     def _reading(self) -> None:
@@ -446,9 +447,16 @@ class WireChannel(TwistedProtocol):
         assert incoming is not None
         self._started = self._head_from = None
         self._unparsed = 0
-        # Every Connection header, as llhttp reads them (twisted.web reads the first only).
+        # Every Connection header (twisted.web reads the first only), and whatever else
+        # llhttp reads as one (Proxy-Connection): after it, llhttp refuses any request.
+        parser = self._parser
         tokens = (incoming.joined(b"connection") or b"").lower().replace(b",", b" ").split()
-        if incoming.version != b"HTTP/1.1" or b"close" in tokens or self._parser.should_upgrade():
+        if (
+            incoming.version != b"HTTP/1.1"
+            or b"close" in tokens
+            or not parser.should_keep_alive()
+            or parser.should_upgrade()
+        ):
             incoming.persistent = False
             self._closing = True
         self._completed += 1
@@ -622,6 +630,8 @@ class WireChannel(TwistedProtocol):
 _QUICK = (b"GET", b"HEAD")
 KNOWN_KEPT = 1024
 KNOWN_SIZE = 2048
+KNOWN_HEADERS = 32
+"""The most headers a known request may have: its parse holds far more than its bytes."""
 
 
 def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
@@ -744,6 +754,7 @@ class WireSite(LimitedSite):
             and incoming.persistent
             and incoming.request is None
             and len(data) <= KNOWN_SIZE
+            and len(incoming.headers) <= KNOWN_HEADERS
         ):
             if len(self.known) >= KNOWN_KEPT:
                 self.known.clear()

@@ -45,9 +45,10 @@ from refresherd.stores.memory import MemoryStore
 from refresherd.testing import FakeFetcher
 
 CLOSE_AFTER_KEEP_ALIVE = re.compile(
-    rb"(?i)\r\nconnection: keep-alive\r\n(.+\r\n)*connection: close"
+    rb"(?i)\r\n(connection: keep-alive\r\n(.+\r\n)*connection|proxy-connection): close"
 )
-"""A request whose first C{Connection} header is not its last, which says C{close}."""
+"""A request whose first C{Connection} header is not its last, which says C{close};
+or with C{Proxy-Connection: close}, which llhttp reads as C{Connection} (twisted.web not)."""
 
 SAME, BETTER, EITHER = "same", "bad_request", "either"
 """
@@ -240,6 +241,10 @@ CORPUS: dict[str, tuple[bytes, str]] = {
     "connection-close": (get(b"/v1/jobs/j?id=1", b"Connection: close"), SAME),
     "close-in-a-later-connection-header": (
         get(b"/v1/jobs/j?id=1", b"Connection: keep-alive", b"Connection: close") + get(b"/nope"),
+        SAME,
+    ),
+    "proxy-connection-close": (
+        get(b"/v1/jobs/j?id=1", b"Proxy-Connection: close") + get(b"/nope"),
         SAME,
     ),
     "pipelined": (get(b"/v1/jobs/j?id=1") + get(b"/healthz") + get(b"/nope"), SAME),

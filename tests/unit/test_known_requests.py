@@ -155,3 +155,26 @@ def test_a_known_hit_in_the_same_second_reuses_its_head(monkeypatch: pytest.Monk
     service.clock.advance(1.0)
     assert service.known(request) != given[0]  # Date and Age moved on
     assert len(rendered) == 2
+
+
+def test_an_error_rendering_a_known_hit_is_answered_as_the_first_time(
+    monkeypatch: pytest.MonkeyPatch, no_logged_errors: list[dict[str, Any]]
+) -> None:
+    # _respond answers a bug while rendering with a JSON 500 (every request gets an
+    # answer); the kept head's branch called Bodies.body with no such guard.
+    service = Service()
+    service.put(b'{"v": 1}')
+    request = REQUESTS["json"]
+    service.known(request)  # its head kept
+    body = answers.Bodies.body
+
+    def failing(self: answers.Bodies, answer: Any, now: float) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(answers.Bodies, "body", failing)
+    first = service.first_time(request)
+    assert first.startswith(b"HTTP/1.1 500 ")
+    assert service.known(request) == first
+    monkeypatch.setattr(answers.Bodies, "body", body)
+    assert len(no_logged_errors) == 2  # each logged, as a bug
+    no_logged_errors.clear()

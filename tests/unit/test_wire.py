@@ -365,6 +365,9 @@ def test_requests_served_by_the_resource_tree_are_known_too(wire: Wire) -> None:
         pytest.param(GET % b"/quick" + GET % b"/quick", id="two-requests-in-one-read"),
         pytest.param(b"GET /quick HTTP/1.0\r\n\r\n", id="http-1.0"),
         pytest.param(b"GET /quick HTTP/1.1\r\nConnection: close\r\n\r\n", id="connection-close"),
+        pytest.param(
+            b"GET /quick HTTP/1.1\r\nProxy-Connection: close\r\n\r\n", id="proxy-connection-close"
+        ),
         pytest.param(POST + b"Content-Length: 3\r\n\r\nabc", id="a-body"),
         pytest.param(b"PUT /quick HTTP/1.1\r\nContent-Length: 0\r\n\r\n", id="not-get-or-head"),
         pytest.param(
@@ -417,3 +420,44 @@ def test_a_known_request_after_a_lost_answer_or_while_winding_down(wire: Wire) -
     [(_, headers, body)] = responses(transport.value())
     assert (headers[b"connection"], body) == (b"close", b"quick=/quick")
     assert transport.disconnecting
+
+
+# Review (h/review): what llhttp reads as the end of the connection, and what is kept
+
+
+def test_proxy_connection_close_closes_as_llhttp_reads_it(wire: Wire) -> None:
+    # llhttp reads Proxy-Connection as Connection: after this request it refuses any
+    # other ("Data after `Connection: close`").  A first-time read then answered the
+    # next request with a 400, a known one (never fed to the parser) with a 200.
+    proto, transport = wire.connect()
+    proto.dataReceived(b"GET /quick HTTP/1.1\r\nProxy-Connection: close\r\n\r\n")
+    proto.dataReceived(GET % b"/quick")
+    [(status, headers, _)] = responses(transport.value())
+    assert (status, headers.get(b"connection")) == (b"HTTP/1.1 200 OK", b"close")
+    assert transport.disconnecting
+
+
+def test_known_requests_hold_little_more_than_their_bytes(wire: Wire) -> None:
+    # Each kept request may be KNOWN_SIZE bytes, but what its parse holds (a tuple
+    # and two bytes objects per header, up to MAX_HEADERS of them) is far more.
+    import gc
+    import tracemalloc
+
+    from refresherd.http.site import MAX_HEADERS
+    from refresherd.http.wire import KNOWN_KEPT, KNOWN_SIZE
+
+    proto, transport = wire.connect()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(KNOWN_KEPT - 1):
+            transport.clear()
+            proto.dataReceived(
+                b"GET /quick?%d HTTP/1.1\r\n%s\r\n" % (n, b"a:\r\n" * (MAX_HEADERS - 1))
+            )
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * KNOWN_KEPT * KNOWN_SIZE, held
