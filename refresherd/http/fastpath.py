@@ -114,7 +114,9 @@ class Values:
     def _observe(self, request: IRequest, route: str) -> None:
         observe(self.metrics, self.clock, request, route, self.access_log)
 
-    def _respond(self, request: IRequest, job: str, answer: Answer, raw: bool) -> bytes:
+    def _respond(
+        self, request: IRequest, job: str, answer: Answer, raw: bool, now: float | None = None
+    ) -> bytes:
         """
         C{answer} rendered; should that raise (a bug), a JSON 500 and the
         error logged, so that every request gets an answer, later ones too.
@@ -124,7 +126,8 @@ class Values:
             request.setHeader(b"X-Content-Type-Options", b"nosniff")
             request.setHeader(b"Content-Security-Policy", b"sandbox")
         try:
-            return render_answer(request, answer, raw, self.clock.seconds(), self.bodies)
+            now = self.clock.seconds() if now is None else now
+            return render_answer(request, answer, raw, now, self.bodies)
         except Exception:
             for name in _ANSWER_HEADERS:
                 request.responseHeaders.removeHeader(name)
@@ -152,10 +155,10 @@ class Values:
             self.metrics.count_request(job, "hit")
             request.head, request.code = known.head, known.code
             return body
-        body = self._respond(request, job, answer, raw)  # type: ignore[arg-type]
+        body = self._respond(request, job, answer, raw, now)  # type: ignore[arg-type]
         known.entry = _GONE
         if request.code in (200, 304) and not request.response.keys() - _KNOWN_HEADERS:
-            known.showing = (entry, ttl, age, date, request.code)
+            known.showing = (entry, ttl, age, request.code)
             request.keep = known.keep
         return body
 
@@ -209,8 +212,8 @@ class Known:
     date: bytes = b""
     code: int = 200
     head: bytes = b""
-    showing: tuple[Entry, int, int, bytes, int] | None = None
-    """What the head being written shows, until it is kept."""
+    showing: tuple[Entry, int, int, int] | None = None
+    """The entry, C{ttl}, C{Age} and status the head being written shows, until it is kept."""
 
     def target(self, targets: QueryTargets, request: IRequest) -> Target:
         if self._target is None or self._of is not targets.refresher.targets:
@@ -220,11 +223,11 @@ class Known:
             self._of = targets.refresher.targets
         return self._target
 
-    def keep(self, head: bytes) -> None:
-        """The head written of the answer that showed L{showing}."""
+    def keep(self, head: bytes, date: bytes) -> None:
+        """The head written, with C{date}, of the answer that showed L{showing}."""
         assert self.showing is not None
-        entry, self.ttl, self.age, self.date, self.code = self.showing
-        self.entry, self.head, self.showing = weakref.ref(entry), head, None
+        entry, self.ttl, self.age, self.code = self.showing
+        self.entry, self.head, self.date, self.showing = weakref.ref(entry), head, date, None
 
 
 _JOBS = b"/v1/jobs/"

@@ -655,8 +655,8 @@ class QuickRequest:
     when_answered: Any = None
     head: bytes | None = None
     """The answer's head up to its C{Content-Length} as written before, to write as is."""
-    keep: Callable[[bytes], None] | None = None
-    """Given the head up to its C{Content-Length} once made, to be written again later."""
+    keep: Callable[[bytes, bytes], None] | None = None
+    """Given the head up to its C{Content-Length} once made, and its C{Date}: to write it again."""
     _finished = False
     _lost = False
 
@@ -698,15 +698,16 @@ class QuickRequest:
         code = self.code
         head = self.head
         if head is None:
+            date = site.date()
             lines = [
                 b"%s %d %s\r\n" % (self.clientproto, code, _REASONS.get(code, b"Unknown")),
-                b"Server: %s\r\nDate: %s\r\n" % (server.version, site.date()),
+                b"Server: %s\r\nDate: %s\r\n" % (server.version, date),
             ]
             for name, value in self.response.values():
                 lines += (name, b": ", value, b"\r\n")
             head = b"".join(lines)
             if self.keep is not None:
-                self.keep(head)
+                self.keep(head, date)
         close = b""
         if not persistent and self.clientproto == b"HTTP/1.1":
             close = b"Connection: close\r\n"

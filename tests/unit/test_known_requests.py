@@ -40,8 +40,8 @@ def job(name: str, fresh: float = 10.0) -> JobConfig:
 
 
 class Service:
-    def __init__(self) -> None:
-        self.clock = Clock()
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         self.clock.advance(1_800_000_000.25)
         self.jobs = {"j": job("j")}
         self.refresher = Refresher(
@@ -178,3 +178,34 @@ def test_an_error_rendering_a_known_hit_is_answered_as_the_first_time(
     monkeypatch.setattr(answers.Bodies, "body", body)
     assert len(no_logged_errors) == 2  # each logged, as a bug
     no_logged_errors.clear()
+
+
+class Racing(Clock):
+    """Once racing, a clock that moves on by 0.3 s each time it is read (past seconds)."""
+
+    racing = False
+
+    def seconds(self) -> float:
+        if self.racing:
+            self.rightNow += 0.3
+        return self.rightNow
+
+
+def test_a_kept_head_is_kept_with_what_it_shows_however_the_clock_moves() -> None:
+    racing = Racing()
+    service = Service(racing)
+    service.put(b'{"v": 1}')
+    racing.racing = True
+    request = REQUESTS["raw"]
+    for _ in range(6):
+        answer = service.known(request)
+        head = dict(
+            line.split(b": ", 1) for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+        )
+        known = service.site.known[request].memo
+        if known.entry() is not None:
+            assert known.head.endswith(b"\r\n")
+            shown = dict(line.split(b": ", 1) for line in known.head.split(b"\r\n")[1:-1])
+            assert (known.date, b"%d" % known.age) == (shown[b"Date"], shown[b"Age"])
+            assert shown[b"Cache-Status"].endswith(b"ttl=%d" % known.ttl)
+        assert head[b"Content-Length"] == b"8"
