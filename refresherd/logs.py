@@ -131,8 +131,11 @@ class LazyFlushFile:
         self._last = self.monotonic()
 
 
-ESCAPES_KEPT, ESCAPE_KEPT_SIZE = 1024, 64
-"""How many methods, routes and client addresses L{AccessLog} keeps escaped, of what length."""
+PARTS_KEPT, PART_KEPT_SIZE = 1024, 64
+"""
+How many JSON lines' parts (by method, route, status and client address)
+L{AccessLog} keeps, and how long their strings may be.
+"""
 
 
 @attrs.define(eq=False)
@@ -153,7 +156,9 @@ class AccessLog:
     _stamp: str = attrs.field(default="", init=False)
     _whole: float = attrs.field(default=math.nan, init=False)
     """The second the JSON lines' time stamp (C{_stamp}) was made for."""
-    _escapes: dict[str, str] = attrs.field(factory=dict, init=False)
+    _parts: dict[tuple[str, str, int, str], tuple[str, str, str]] = attrs.field(
+        factory=dict, init=False
+    )
 
     def write(self, method: str, route: str, code: int, duration: float, client: str) -> None:
         """One request's line: method, route template, status, duration, client address."""
@@ -189,8 +194,8 @@ class AccessLog:
         The line's record as C{json.dumps} writes it, but for C{duration},
         written as the message writes it (C{took}, seconds to four decimals,
         a JSON number): the same characters for a fraction of the cost (the
-        time's second formatted once a second, each string escaped once by
-        json's own C function and remembered).
+        time's second formatted once a second, the rest escaped by json's own
+        C function and remembered for the same method, route, status and client).
         """
         # The second and microsecond as datetime.fromtimestamp rounds them (half to even).
         part, whole = math.modf(now)
@@ -203,28 +208,33 @@ class AccessLog:
             self._whole = whole
             self._stamp = datetime.fromtimestamp(whole, UTC).isoformat()[: -len("+00:00")]
         fraction = f".{micro:06d}" if micro else ""
-        worker = "" if self.worker is None else f', "worker": {self.worker}'
         number = took
         if not math.isfinite(duration):
             number = json.dumps(duration)  # (NaN, Infinity: as json.dumps writes them)
-        m, r, c = self._escape(method), self._escape(route), self._escape(client)
-        return (
-            f'{{"time": "{self._stamp}{fraction}+00:00", "level": "info", '
-            f'"namespace": "{ACCESS_NAMESPACE}", "message": "{m} {r} {code:d} {took}s {c}", '
-            f'"method": "{m}", "route": "{r}", "code": {code:d}, '
-            f'"duration": {number}, "client": "{c}"{worker}}}\n'
-        )
+        parts = self._parts.get((method, route, code, client))
+        if parts is None:
+            parts = self._line_parts(method, route, code, client)
+        return f'{{"time": "{self._stamp}{fraction}{parts[0]}{took}{parts[1]}{number}{parts[2]}'
 
-    def _escape(self, text: str) -> str:
-        """C{text} as json.dumps writes it inside its quotes (a short one remembered)."""
-        escaped = self._escapes.get(text)
-        if escaped is None:
-            escaped = _escaped(text)[1:-1]
-            if len(text) <= ESCAPE_KEPT_SIZE:
-                if len(self._escapes) >= ESCAPES_KEPT:
-                    self._escapes.clear()
-                self._escapes[text] = escaped
-        return escaped
+    def _line_parts(self, method: str, route: str, code: int, client: str) -> tuple[str, str, str]:
+        """
+        What a JSON line of this request holds around its time, its duration in
+        the message and its duration: remembered (at most L{PARTS_KEPT}) if its
+        strings are short.
+        """
+        m, r, c = (_escaped(text)[1:-1] for text in (method, route, client))
+        worker = "" if self.worker is None else f', "worker": {self.worker}'
+        parts = (
+            f'+00:00", "level": "info", "namespace": "{ACCESS_NAMESPACE}", '
+            f'"message": "{m} {r} {code:d} ',
+            f's {c}", "method": "{m}", "route": "{r}", "code": {code:d}, "duration": ',
+            f', "client": "{c}"{worker}}}\n',
+        )
+        if max(len(method), len(route), len(client)) <= PART_KEPT_SIZE:
+            if len(self._parts) >= PARTS_KEPT:
+                self._parts.clear()
+            self._parts[method, route, code, client] = parts
+        return parts
 
     def flush(self) -> None:
         """Write the lines kept (the file flushes them as it flushes)."""
