@@ -2,7 +2,9 @@
 End to end: what an untrusted client can make C{twistd -n refresherd} do on
 its public listener, over real sockets.  A PUT without a token is refused at
 its head; a request line or headers over the limits get their error objects;
-silent connections from one address do not lock out a client on another.
+silent connections from one address do not lock out a client on another.  The
+same request sent again and again on one connection (answered from what was
+kept of it) is answered as on a new connection, through new values and pipelining.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ args = ["n"]
 fetch = "python"
 callable = "refresherd.demo:slow_square"
 fresh = "1m"
+
+[jobs.note]
+args = ["id"]
+fetch = "python"
+callable = "refresherd.demo:slow_square"
+fresh = "1h"
+writable = true
 """
 
 
@@ -119,3 +128,51 @@ def test_a_connection_that_sends_no_whole_head_is_closed_at_the_head_timeout(
         with pytest.raises(ConnectionResetError):
             s.recv(1)
     assert 1.5 < time.monotonic() - started < 5
+
+
+def read_answers(s: socket.socket, count: int) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """C{count} answers (each with a Content-Length) read from C{s}."""
+    found: list[tuple[bytes, dict[bytes, bytes], bytes]] = []
+    data = b""
+    while len(found) < count:
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536) or pytest.fail("closed")
+        head, _, data = data.partition(b"\r\n\r\n")
+        status, *lines = head.split(b"\r\n")
+        headers = dict(line.split(b": ", 1) for line in lines)
+        length = int(headers[b"Content-Length"])
+        while len(data) < length:
+            data += s.recv(65536) or pytest.fail("closed")
+        found.append((status, headers, data[:length]))
+        data = data[length:]
+    assert data == b""
+    return found
+
+
+def test_the_same_request_again_is_answered_as_on_a_new_connection(service: Service) -> None:
+    request = b"GET /v1/jobs/note/raw?id=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(service) as kept:
+        for value in (b'{"v": 1}', b'{"v": 2}', b'{"v": 3}'):
+            put = httpx.put(
+                service.url + "/v1/jobs/note?id=1",
+                content=value,
+                headers={"Authorization": "Bearer w-token", "Content-Type": "application/json"},
+            )
+            assert put.status_code in (200, 201, 204), put.text
+            with connect(service) as new:
+                new.sendall(request)
+                [(status, headers, body)] = read_answers(new, 1)
+            assert (status, body) == (b"HTTP/1.1 200 OK", value)
+            for _ in range(3):  # the first time read, then known
+                kept.sendall(request)
+                [(again_status, again, again_body)] = read_answers(kept, 1)
+                assert (again_status, again_body, again[b"ETag"]) == (
+                    status,
+                    body,
+                    headers[b"ETag"],
+                )
+                assert again.keys() == headers.keys()
+        kept.sendall(request * 3)  # pipelined: parsed, answered in order
+        assert [body for _, _, body in read_answers(kept, 3)] == [b'{"v": 3}'] * 3
+        kept.sendall(request)
+        assert read_answers(kept, 1)[0][2] == b'{"v": 3}'
