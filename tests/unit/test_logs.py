@@ -346,3 +346,33 @@ def test_a_json_access_line_is_json_dumps_of_its_record_but_for_the_duration(
     assert written.getvalue() == 2 * line
     if finite:
         assert json.loads(line)["duration"] == float(took)
+
+
+ANY_TEXT = st.text(st.characters(codec=None, categories=None), max_size=70)
+"""Any characters, lone surrogates too (st.text() leaves those out)."""
+
+
+@settings(max_examples=200)
+@given(
+    texts=st.lists(st.tuples(ANY_TEXT, ANY_TEXT, ANY_TEXT), min_size=1, max_size=4),
+    order=st.lists(st.integers(0, 3), min_size=1, max_size=12),
+    code=st.sampled_from([200, 304, 404]),
+)
+def test_json_access_lines_of_requests_in_any_order_with_any_characters_are_their_own(
+    texts: list[tuple[str, str, str]], order: list[int], code: int
+) -> None:
+    """The parts remembered for one method, route and client never serve another's line."""
+    written = io.StringIO()
+    access = AccessLog(LazyFlushFile(written), json=True, clock=lambda: 1_796_300_000.5)
+    calls = [texts[i % len(texts)] for i in order]
+    for method, route, client in calls:
+        access.write(method, route, code, 0.00123, client)
+    access.flush()
+    lines = written.getvalue().splitlines()
+    assert len(lines) == len(calls)
+    for (method, route, client), line in zip(calls, lines, strict=True):
+        record = json.loads(line)
+        assert (record["method"], record["route"], record["client"]) == (method, route, client)
+        assert record["message"] == f"{method} {route} {code} 0.0012s {client}"
+        assert (record["code"], record["duration"]) == (code, 0.0012)
+        assert line.isascii()
