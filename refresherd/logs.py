@@ -142,8 +142,9 @@ L{AccessLog} keeps, and how long their strings may be.
 class AccessLog:
     """
     Access log lines, each formatted once as the process's observer would
-    format its event (twistd's text, C{--log-format json}, a worker's), kept
-    and written to L{file} in batches.
+    format its event (twistd's text, C{--log-format json}, a worker's; the
+    duration as the message writes it, to four decimals), kept and written to
+    L{file} in batches.
     """
 
     file: LazyFlushFile

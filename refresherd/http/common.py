@@ -129,13 +129,14 @@ def observe(
                 return
             # The line is the format itself (braces escaped): formatting an
             # event field by field would cost more than the rest of the request.
-            line = f"{method} {route} {code} {duration:.4f}s {client}"
+            took = f"{duration:.4f}"
+            line = f"{method} {route} {code} {took}s {client}"
             ACCESS.info(
                 line.replace("{", "{{").replace("}", "}}"),
                 method=method,
                 route=route,
                 code=code,
-                duration=duration,
+                duration=float(took),  # as the message, and L{logs.AccessLog}, write it
                 client=client,
             )
 

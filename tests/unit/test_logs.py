@@ -151,7 +151,7 @@ def access_event(when: float) -> dict[str, object]:
         "method": "GET",
         "route": "/v1/jobs/{job}",
         "code": 200,
-        "duration": 0.0012,
+        "duration": 0.0012,  # as observe logs it: to four decimals, as the message
         "client": "127.0.0.1",
     }
 
@@ -175,7 +175,7 @@ def test_an_access_line_is_what_the_observer_would_have_written(
     observers(json_lines, worker, expected)(access_event(when))
     written = io.StringIO()
     access = AccessLog(LazyFlushFile(written), json=json_lines, worker=worker, clock=lambda: when)
-    access.write("GET", "/v1/jobs/{job}", 200, 0.0012, "127.0.0.1")
+    access.write("GET", "/v1/jobs/{job}", 200, 0.00123456, "127.0.0.1")  # (to 4 decimals)
     access.flush()
     if json_lines:
         assert json.loads(written.getvalue()) == json.loads(expected.getvalue())
