@@ -310,10 +310,15 @@ class LogOutput(Service):
             self.file.flush_now()
 
     def relay(self, lines: str) -> None:
-        """Whole lines another process wrote (a worker's), written as they are."""
+        """
+        Whole lines another process wrote (a worker's), written as they are and
+        flushed at once: that process already held them its while (and flushed
+        a warning at once), so they wait no more here.
+        """
         if self.access is not None:
             self.access.flush()  # (the lines before, first)
         self.file.write(lines)
+        self.file.flush_now()
 
     def startService(self) -> None:
         super().startService()

@@ -376,3 +376,18 @@ def test_json_access_lines_of_requests_in_any_order_with_any_characters_are_thei
         assert record["message"] == f"{method} {route} {code} 0.0012s {client}"
         assert (record["code"], record["duration"]) == (code, 0.0012)
         assert line.isascii()
+
+
+def test_a_worker_s_relayed_lines_are_flushed_at_once_after_the_lines_before() -> None:
+    log_output, out, clock, log = output()
+    log_output.access = AccessLog(log_output.file, clock=clock.seconds)
+    log_output.startService()
+    log.info("first")  # (a file's first line is flushed: the interval starts)
+    log_output.access.write("GET", "/healthz", 200, 0.001, "127.0.0.1")
+    log.info("second")
+    assert "second" not in out.flushed
+    log_output.relay("worker 1 line\n[warn] worker 2 warning\n")
+    lines = out.flushed.splitlines()
+    assert "refresherd.access" in lines[-4] and "second" in lines[-3]
+    assert lines[-2:] == ["worker 1 line", "[warn] worker 2 warning"]
+    log_output.stopService()
