@@ -10,7 +10,8 @@ checks and body limits).  A request is answered in one of two ways:
   nearly all traffic, by the site's C{quick} answerer
   (L{refresherd.http.fastpath.QuickValues}) on a L{QuickRequest}: no
   twisted.web C{Request}, no resource lookup, the answer written in one
-  piece;
+  piece; the very bytes of such a request read whole before
+  (L{WireSite.known}) are not parsed again;
 - anything else by the site's twisted.web resource tree, on a
   L{refresherd.http.site.LimitedRequest} made as twisted.web's own channel
   makes it, the channel standing in for twisted.web's.
@@ -254,11 +255,11 @@ class WireChannel(TwistedProtocol):
             self._started = now
             if self._head_from is None:
                 self._head_from = now
-            due = self._head_from + self.factory.head_timeout
+            due = self._head_from + site.head_timeout
             if due < self._wake_at:
                 self._wake(now, due - now)
-            self.factory.idle.pop(self, None)
-            self.factory.heads[self] = None
+            site.idle.pop(self, None)
+            site.heads[self] = None
         self._unparsed += len(data)
         self._completed = 0
         try:
@@ -628,10 +629,11 @@ class WireChannel(TwistedProtocol):
 
 
 _QUICK = (b"GET", b"HEAD")
-KNOWN_KEPT = 1024
-KNOWN_SIZE = 2048
-KNOWN_HEADERS = 32
-"""The most headers a known request may have: its parse holds far more than its bytes."""
+KNOWN_KEPT, KNOWN_SIZE, KNOWN_HEADERS = 1024, 2048, 32
+"""
+How many requests L{WireSite.known} keeps, of how many bytes and headers at
+most (a request's parse holds far more than its bytes).
+"""
 
 
 def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:

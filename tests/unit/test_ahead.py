@@ -314,16 +314,21 @@ def test_the_lead_is_at_most_a_tenth_of_a_short_fresh() -> None:
     assert [c.args["id"] for c in fetcher.pending] == ["a"]
 
 
-def test_a_keep_hot_jobs_sketch_holds_ten_times_its_n() -> None:
+def with_hot_keys(capacity: int) -> tuple[task.Clock, HotKeysRegistry, Ahead]:
+    """Refresh-ahead (not started) of a job keeping 3 hot, on a real sketch of C{capacity}."""
     clock = task.Clock()
-    hot = HotKeysRegistry(capacity=5, half_life=60.0)
+    hot = HotKeysRegistry(capacity=capacity, half_life=60.0)
     config = JobConfig(
         name="j", fetch="python", callable="x:y", args=("id",), fresh=10.0, stale=100.0, keep_hot=3
     )
     refresher = Refresher(
         MemoryStore(clock), {"j": Job(config, FakeFetcher())}, clock, "rfd", metrics_for(["j"])
     )
-    ahead = Ahead(refresher, hot, clock)
+    return clock, hot, Ahead(refresher, hot, clock)
+
+
+def test_a_keep_hot_jobs_sketch_holds_ten_times_its_n() -> None:
+    clock, hot, ahead = with_hot_keys(capacity=5)
     ahead.start()
     clock.advance(1)  # the first look, before any request
     for i in range(40):
@@ -334,15 +339,7 @@ def test_a_keep_hot_jobs_sketch_holds_ten_times_its_n() -> None:
 
 
 def test_a_young_sketchs_low_rates_are_read_as_the_steady_rates_they_will_be() -> None:
-    clock = task.Clock()
-    hot = HotKeysRegistry(capacity=50, half_life=60.0)
-    config = JobConfig(
-        name="j", fetch="python", callable="x:y", args=("id",), fresh=10.0, stale=100.0, keep_hot=3
-    )
-    refresher = Refresher(
-        MemoryStore(clock), {"j": Job(config, FakeFetcher())}, clock, "rfd", metrics_for(["j"])
-    )
-    ahead = Ahead(refresher, hot, clock)
+    clock, hot, ahead = with_hot_keys(capacity=50)
     for second in range(0, 20, 5):  # since the start: a asked twice per fresh, b once in 20 s
         hot.observe("j", "rfd:j:v1:id=a", {"id": "a"}, float(second))
     hot.observe("j", "rfd:j:v1:id=b", {"id": "b"}, 0.0)

@@ -351,11 +351,17 @@ def test_the_supervisor_starts_every_worker_on_the_shared_socket(supervised: Sup
     assert len(reactor.adoptedStreamConnections) == 2
 
 
-def test_with_an_output_the_workers_lines_are_relayed_whole(supervised: Supervised) -> None:
-    supervisor, reactor = supervised.supervisor, supervised.reactor
+def relaying(supervised: Supervised) -> list[str]:
+    """The supervisor started with an output: the lines it relays, as they come."""
     relayed: list[str] = []
-    supervisor.output = relayed.append
-    supervisor.startService()
+    supervised.supervisor.output = relayed.append
+    supervised.supervisor.startService()
+    return relayed
+
+
+def test_with_an_output_the_workers_lines_are_relayed_whole(supervised: Supervised) -> None:
+    relayed = relaying(supervised)
+    reactor = supervised.reactor
     one, two = reactor.processes
     assert (one.child_fds[1], one.child_fds[2]) == ("r", "r")  # pipes the parent reads
     one.protocol.childDataReceived(1, b"first line\nsecond ")
@@ -370,10 +376,8 @@ def test_with_an_output_the_workers_lines_are_relayed_whole(supervised: Supervis
 
 
 def test_a_worker_line_with_no_end_is_relayed_once_it_is_too_long(supervised: Supervised) -> None:
-    supervisor, reactor = supervised.supervisor, supervised.reactor
-    relayed: list[str] = []
-    supervisor.output = relayed.append
-    supervisor.startService()
+    relayed = relaying(supervised)
+    reactor = supervised.reactor
     protocol = reactor.processes[0].protocol
     for _ in range(OUTPUT_LINE_MOST // 4096):
         protocol.childDataReceived(1, b"x" * 4096)
@@ -384,10 +388,8 @@ def test_a_worker_line_with_no_end_is_relayed_once_it_is_too_long(supervised: Su
 
 
 def test_a_character_split_between_two_reads_is_relayed_whole(supervised: Supervised) -> None:
-    supervisor, reactor = supervised.supervisor, supervised.reactor
-    relayed: list[str] = []
-    supervisor.output = relayed.append
-    supervisor.startService()
+    relayed = relaying(supervised)
+    reactor = supervised.reactor
     protocol = reactor.processes[0].protocol
     encoded = "été\n".encode()
     protocol.childDataReceived(1, encoded[:1])
