@@ -61,11 +61,13 @@ class IStore(Interface):
         was there.
         """
 
-    def acquire_lease(key: str, ttl: float) -> Deferred[str | None]:
+    def acquire_lease(key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
         """
         Mark a fetch of C{key} as running for at most C{ttl} seconds.  Fire
-        with a token that names this holder, or L{None} when another holder
-        has it.
+        with a token that names this holder (C{token} when given, a new random
+        one otherwise), or L{None} when another holder has it.  A caller that
+        names the token can release a lease whose answer it never got (the
+        store may have taken it before the connection was lost).
         """
 
     def release_lease(key: str, token: str) -> Deferred[None]:

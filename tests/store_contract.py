@@ -316,6 +316,17 @@ class StoreContract(_Base):
         self.assertIsNotNone(second)
         self.assertNotEqual(second, first)
 
+    async def test_a_lease_taken_with_the_callers_token_is_released_by_it(self) -> None:
+        """A caller that names its token can release a lease whose answer it never got."""
+        store = await self.store()
+        key = self.key()
+        self.assertEqual(await store.acquire_lease(key, LONG_TTL, "c0ffee" * 5), "c0ffee" * 5)
+        self.assertIsNone(await store.acquire_lease(key, LONG_TTL, "beef" * 8))
+        await store.release_lease(key, "beef" * 8)  # a caller that did not get it
+        self.assertIsNone(await store.acquire_lease(key, LONG_TTL))
+        await store.release_lease(key, "c0ffee" * 5)
+        self.assertIsNotNone(await store.acquire_lease(key, LONG_TTL))
+
     async def test_release_with_wrong_token_keeps_lease(self) -> None:
         store = await self.store()
         key = self.key()

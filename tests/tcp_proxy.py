@@ -2,14 +2,18 @@
 A TCP proxy for fault injection, run by the test in a thread of its own:
 put between refresherd and a store, it forwards bytes both ways until told to
 pause (connections stay open, nothing is forwarded or accepted: a network
-that went silent), resume, or cut (every connection closed at once, as a
-broken network or a restarted server would).
+that went silent), resume, cut (every connection closed at once, as a
+broken network or a restarted server would), or lose the answers (what the
+store says is dropped from some request on, while requests still reach it:
+a command carried out whose answer never came back).
 
     with TcpProxy(("127.0.0.1", redis.port)) as proxy:
         ...  # refresherd connects to proxy.address
         proxy.pause()  # from here on, not one byte goes through
         proxy.resume()
         proxy.cut()
+        proxy.lose_answers_after(b"$2\r\nNX\r\n")  # from the next SET ... NX on
+        proxy.answer()
 
 Each control call returns once the proxy's thread has applied it.
 """
@@ -36,16 +40,21 @@ class TcpProxy:
 
     @ivar port: the port it listens on, chosen by L{start}.
     @ivar accepted: how many connections it has accepted.
+    @ivar lost: how many bytes of answers it has dropped.
     """
 
     upstream: tuple[str, int]
     host: str = "127.0.0.1"
     port: int = 0
     accepted: int = attrs.field(default=0, init=False)
+    lost: int = attrs.field(default=0, init=False)
     _listener: socket.socket | None = attrs.field(default=None, init=False)
     _selector: selectors.BaseSelector = attrs.field(factory=selectors.DefaultSelector, init=False)
     _peers: dict[socket.socket, socket.socket] = attrs.field(factory=dict, init=False)
     _paused: bool = attrs.field(default=False, init=False)
+    _clients: set[socket.socket] = attrs.field(factory=set, init=False)
+    _lose_after: bytes | None = attrs.field(default=None, init=False)
+    _losing: bool = attrs.field(default=False, init=False)
     _commands: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = attrs.field(
         factory=queue.SimpleQueue, init=False
     )
@@ -88,6 +97,26 @@ class TcpProxy:
         """Close every connection (new ones are still accepted, unless paused)."""
         self._control(self._cut)
 
+    def lose_answers_after(self, marker: bytes) -> None:
+        """
+        From the first request that holds C{marker} on (that request is
+        forwarded), drop every answer, on every connection, until L{answer}.
+        """
+
+        def lose() -> None:
+            self._lose_after = marker
+
+        self._control(lose)
+
+    def answer(self) -> None:
+        """Forward answers again."""
+
+        def answer() -> None:
+            self._lose_after = None
+            self._losing = False
+
+        self._control(answer)
+
     def stop(self) -> None:
         """Close every connection and the listener, and end the thread."""
         if self._thread is None:
@@ -123,8 +152,11 @@ class TcpProxy:
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if self._wake is not None and sock is self._wake[0]:
+                    # Select again: the rest of this batch was ready before the
+                    # command (a pause must not forward or accept one more).
                     self._obey()
-                elif sock is self._listener:
+                    break
+                if sock is self._listener:
                     self._accept()
                 elif sock in self._peers:
                     self._forward(sock)
@@ -154,12 +186,19 @@ class TcpProxy:
             self._selector.register(end, selectors.EVENT_READ)
         self._peers[client] = server
         self._peers[server] = client
+        self._clients.add(client)
 
     def _forward(self, sock: socket.socket) -> None:
         peer = self._peers[sock]
         try:
             data = sock.recv(CHUNK)
             if data:
+                if sock in self._clients:
+                    if self._lose_after is not None and self._lose_after in data:
+                        self._losing = True
+                elif self._losing:
+                    self.lost += len(data)
+                    return
                 peer.sendall(data)
                 return
         except OSError:
@@ -169,6 +208,7 @@ class TcpProxy:
     def _close(self, sock: socket.socket) -> None:
         peer = self._peers.pop(sock)
         del self._peers[peer]
+        self._clients.difference_update((sock, peer))
         for end in (sock, peer):
             if not self._paused:
                 self._selector.unregister(end)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from refresherd.core import policy
 from refresherd.core.attempts import Attempts
@@ -372,17 +374,25 @@ class Flights:
         return current if own.all.marks(tokens) == current.marks else None
 
     async def _lease(self, flight: Flight) -> str | None:
-        """The lease for a flight that writes to the store; None when held elsewhere."""
+        """
+        The lease for a flight that writes to the store; None when held
+        elsewhere, or when the store did not answer: then the flight fetches
+        without storing, and the lease is released as one whose release
+        failed would be, since the store may have taken it before its answer
+        was lost (a connection cut or timed out), which would leave the key
+        blocked for the lease's lifetime with nobody fetching it.
+        """
         if not flight.persist:
             return None
         config = flight.target.job.config
+        ttl = policy.lease_ttl(config.timeout, config.retries)
+        token = secrets.token_hex(16)
         try:
-            lease: str | None = await self.store.acquire_lease(
-                flight.key, policy.lease_ttl(config.timeout, config.retries)
-            )
+            lease: str | None = await self.store.acquire_lease(flight.key, ttl, token)
         except StoreUnavailable:
             self.metrics.store_errors.labels(operation="lease").inc()
             flight.persist = False
+            self._try_release(flight.key, token, self.clock.seconds() + ttl)
             return None
         return lease
 
@@ -397,8 +407,15 @@ class Flights:
         await self._try_release(flight.key, lease, until)
 
     def _try_release(self, key: str, lease: str, until: float) -> Deferred[None]:
-        def failed(reason: Any) -> None:
-            reason.trap(StoreUnavailable)
+        """
+        Release C{lease} now, and again every L{RELEASE_RETRY} seconds until
+        C{until} while the store does not answer; never fails.
+        """
+
+        def failed(reason: Failure) -> None:
+            if not reason.check(StoreUnavailable):
+                self._log.failure("Unexpected error releasing the lease of {key}", reason, key=key)
+                return
             self.metrics.store_errors.labels(operation="lease").inc()
             if self.clock.seconds() + RELEASE_RETRY < until:
                 call = self.clock.callLater(RELEASE_RETRY, again)

@@ -149,14 +149,14 @@ class MemoryStore:
         self._waiters.notify(key)
         return defer.succeed(slot is not None and slot.expires_at > self.clock.seconds())
 
-    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+    def acquire_lease(self, key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
         """See L{IStore.acquire_lease}."""
         now = self.clock.seconds()
         held = self._leases.get(key)
         if held is not None and held[1] > now:
             return defer.succeed(None)
         self._sweep_leases(now)
-        token = secrets.token_hex(16)
+        token = token or secrets.token_hex(16)
         self._leases[key] = (token, now + ttl)
         return defer.succeed(token)
 

@@ -274,8 +274,8 @@ class NearCache(Service):
 
         return d.addBoth(dropped)
 
-    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
-        return self.store.acquire_lease(key, ttl)  # type: ignore[no-any-return]
+    def acquire_lease(self, key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
+        return self.store.acquire_lease(key, ttl, token)  # type: ignore[no-any-return]
 
     def release_lease(self, key: str, token: str) -> Deferred[None]:
         return self.store.release_lease(key, token)  # type: ignore[no-any-return]

@@ -442,12 +442,12 @@ class RedisStore(Service):
         d = self._call("role", lambda c: c.execute_command("ROLE"))
         return d.addCallbacks(learned, refused)
 
-    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+    def acquire_lease(self, key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
         """
         See L{IStore.acquire_lease}: C{SET lease token NX PX ttl}.  An error
         reply (C{OOM} when Redis is full) fails with L{StoreUnavailable}.
         """
-        token = secrets.token_hex(16)
+        token = token or secrets.token_hex(16)
         command = ("SET", lease_key(key), token, "NX", "PX", _milliseconds(ttl))
         d = self._call("acquire_lease", lambda c: c.execute_command(*command))
         return d.addCallback(lambda reply: None if reply is None else token)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAILED
 from tests.e2e.conftest import origin
 from tests.fleet import Fleet
 from tests.harness import Origin
@@ -27,8 +28,15 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, origin: Origin) -> Iterator[Fleet]:
-    """Refresherd processes on the origin, started by the test, killed when it ends."""
+def fleet(request: pytest.FixtureRequest, tmp_path: Path, origin: Origin) -> Iterator[Fleet]:
+    """
+    Refresherd processes on the origin, started by the test, killed when it
+    ends; when the test failed, what each process logged is printed (pytest
+    shows it with the failure).
+    """
     fleet = Fleet(tmp_path, origin)
     yield fleet
     fleet.kill_all()
+    if request.node.stash.get(FAILED, False):
+        for i, service in enumerate(fleet.services):
+            print(f"--- refresherd {i} logged:\n{service.output()}")

@@ -1,6 +1,7 @@
 """
 Redis fails under load: killed and restarted, frozen (SIGSTOP) and thawed,
-or silenced by a paused proxy whose connections are then cut.  What the
+silenced by a paused proxy whose connections are then cut, or carrying out a
+lease whose answer the proxy drops.  What the
 clients see: never a value the origin did not send for that key, every
 request answered with a value within its deadline (while Redis cannot be
 reached a key is fetched here and not stored), soon after the fault ends a
@@ -93,3 +94,44 @@ def test_redis_silenced_by_a_paused_proxy_then_cut(
         proxy.resume()
 
     run_fault(fleet, redis, f"redis://{proxy.address}/0", proxy.pause, end)
+
+
+def test_redis_took_a_lease_whose_answer_was_lost(
+    fleet: Fleet, redis: RedisServer, proxy: TcpProxy
+) -> None:
+    """
+    Redis carries out a lease's C{SET ... NX} but its answer never comes back
+    (nor any after it) and the connection is cut at once: the flight fetches
+    without storing, and the lease it was never told of is released as soon as
+    Redis answers again, rather than blocking its key for its lifetime (LEASE
+    seconds, longer than a wait) with nobody fetching it.
+    """
+    fleet.serve(KEYS, delay=0.1)
+    service = fleet.start(
+        f"redis://{proxy.address}/0",
+        fresh="500ms",
+        stale="2s",
+        wait_timeout=f"{WAIT_TIMEOUT}s",
+        timeout=TIMEOUT,
+    )
+    with Load([service.url], KEYS, clients=4, deadline=DEADLINE) as load:
+        wait_until(lambda: load.served() == {"miss", "hit", "stale"}, timeout=10)
+        began = load.now()
+        proxy.lose_answers_after(b"$2\r\nNX\r\n")
+        wait_until(lambda: proxy.lost > 0, timeout=10, interval=0.002)
+        taken = leases(redis)
+        proxy.cut()
+        proxy.answer()
+        ended = load.now()
+        recovered, behind = recovery(fleet, load, KEYS, RECOVERY)
+        after_recovery = leases(redis)
+    outcomes = load.results()
+    print(f"{len(outcomes)} requests: {dict(tally(outcomes))}; recovered in {recovered}s")
+    assert taken  # Redis holds the lease whose answer was lost
+    assert wrong_values(outcomes, fleet.produced) == []
+    assert late(outcomes, DEADLINE) == []
+    assert not_answered(outcomes) == [], f"leases as the answers were lost: {taken}"
+    assert any(o.status_of_value == "miss" and not o.stored for o in load.results(began))
+    assert recovered is not None, f"not fresh from Redis again: {behind}; leases {after_recovery}"
+    no_lease_left(redis)
+    assert load.now() - ended < LEASE  # the lost lease would still be there

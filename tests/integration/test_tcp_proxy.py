@@ -1,6 +1,7 @@
 """
 The TCP proxy of the fault-injection tests (tests/tcp_proxy.py), on an echo
-server: it forwards, holds every byte while paused, and cuts connections.
+server: it forwards, holds every byte while paused, cuts connections, and
+loses answers.
 """
 
 from __future__ import annotations
@@ -86,3 +87,26 @@ def test_cut_closes_every_connection_and_new_ones_go_through(proxy: TcpProxy) ->
     with connect(proxy) as three:
         three.sendall(b"y")
         assert three.recv(16) == b"y"
+
+
+def test_it_loses_the_answers_from_a_request_with_the_marker_on_until_told(
+    proxy: TcpProxy,
+) -> None:
+    with connect(proxy) as client, connect(proxy) as other:
+        client.sendall(b"one")
+        assert client.recv(16) == b"one"
+        proxy.lose_answers_after(b"NX")
+        client.sendall(b"two")
+        assert client.recv(16) == b"two"  # no marker yet
+        client.sendall(b"SET NX")
+        other.sendall(b"three")
+        for sock in (client, other):
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(16)  # the request went through (the echo answered): its answer is lost
+        assert proxy.lost == len(b"SET NX") + len(b"three")
+        proxy.answer()
+        for sock in (client, other):
+            sock.settimeout(5)
+            sock.sendall(b"four")
+            assert sock.recv(16) == b"four"

@@ -434,19 +434,19 @@ class SlowLeases:
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
-        self.pending: list[tuple[str, float, Deferred[str | None]]] = []
+        self.pending: list[tuple[str, float, str | None, Deferred[str | None]]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+    def acquire_lease(self, key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
         d: Deferred[str | None] = Deferred()
-        self.pending.append((key, ttl, d))
+        self.pending.append((key, ttl, token, d))
         return d
 
     def answer(self) -> None:
-        key, ttl, d = self.pending.pop(0)
-        d.callback(result(self.store.acquire_lease(key, ttl)))
+        key, ttl, token, d = self.pending.pop(0)
+        d.callback(result(self.store.acquire_lease(key, ttl, token)))
 
 
 def test_a_stop_during_a_lease_set_releases_the_lease_it_was_given() -> None:
@@ -515,7 +515,9 @@ def test_a_lease_that_never_comes_free_ends_the_wait_after_two_lifetimes() -> No
     clock.advance(1_000_000)
 
     class Held(SlowLeases):
-        def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+        def acquire_lease(
+            self, key: str, ttl: float, token: str | None = None
+        ) -> Deferred[str | None]:
             from twisted.internet import defer
 
             return defer.succeed(None)
@@ -720,7 +722,7 @@ class LeaseRefused:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+    def acquire_lease(self, key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
         from twisted.internet import defer
 
         return defer.fail(errors.StoreUnavailable("OOM command not allowed"))
@@ -762,6 +764,62 @@ def test_a_refused_lease_serves_stale_and_fetches_once_locally() -> None:
     fetcher.succeed(0)
 
 
+class LeaseAnswerLost:
+    """
+    A store that takes a lease but loses its answer (a connection cut or
+    timed out after the command went out), then answers nothing more until
+    the test says so: as Redis or memcached behind a broken network.
+    """
+
+    shared = True
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.down = False
+        self.taken: list[str | None] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def acquire_lease(self, key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
+        from twisted.internet import defer
+
+        self.taken.append(result(self.store.acquire_lease(key, ttl, token)))
+        self.down = True
+        return defer.fail(errors.StoreUnavailable("connection lost"))
+
+    def release_lease(self, key: str, token: str) -> Deferred[None]:
+        from twisted.internet import defer
+
+        if self.down:
+            return defer.fail(errors.StoreUnavailable("not connected"))
+        return self.store.release_lease(key, token)
+
+
+def test_a_lease_taken_whose_answer_was_lost_is_released_once_the_store_answers() -> None:
+    """
+    Fetched here unstored, and the lease the store took without saying so is
+    released within RELEASE_RETRY of the store answering again: the next
+    flight, here or elsewhere, gets it rather than waiting out its lifetime.
+    """
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    store = LeaseAnswerLost(MemoryStore(clock))
+    refresher, fetcher, _, _ = make(store=store, clock=clock, timeout=5.0, retries=0)
+    key = "rfd:j:v1:id=1"
+    d = lookup(refresher)
+    assert store.taken != [None] and len(store.taken) == 1  # taken, and the answer lost
+    fetcher.succeed(body=b'"here"')
+    answer = result(d)
+    assert (answer.status, answer.stored, body_of(answer)) == ("miss", False, b'"here"')
+    assert counter(refresher, "refresherd_store_errors_total", operation="lease") >= 1
+    clock.advance(2.0)
+    assert result(store.store.acquire_lease(key, 10)) is None  # still held: the store is down
+    store.down = False
+    clock.advance(flights.RELEASE_RETRY)
+    assert result(store.store.acquire_lease(key, 10)) is not None  # released by its token
+
+
 def test_polling_a_fetch_elsewhere_backs_off_from_poll_first_to_poll_interval() -> None:
     """Re-reads come after 0.05, 0.1, 0.2, 0.4, 0.5, 0.5... seconds."""
     clock = task.Clock()
@@ -799,7 +857,9 @@ def test_a_value_landed_between_the_read_and_the_lease_is_used_without_a_fetch()
         def __init__(self, inner: IStore) -> None:
             self.inner = inner
 
-        def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+        def acquire_lease(
+            self, key: str, ttl: float, token: str | None = None
+        ) -> Deferred[str | None]:
             other = value_entry(
                 Fetched(b'"elsewhere"', "application/json"),
                 job="j",
@@ -812,7 +872,7 @@ def test_a_value_landed_between_the_read_and_the_lease_is_used_without_a_fetch()
                 stale_if_error=0.0,
             )
             self.inner.put(key, other, 120.0)
-            return self.inner.acquire_lease(key, ttl)
+            return self.inner.acquire_lease(key, ttl, token)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)

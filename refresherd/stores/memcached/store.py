@@ -313,9 +313,9 @@ class MemcachedStore(Service):
         """See L{IStore.delete}: the lease goes, then the entry key."""
         return Deferred.fromCoroutine(self._delete(key))
 
-    def acquire_lease(self, key: str, ttl: float) -> Deferred[str | None]:
+    def acquire_lease(self, key: str, ttl: float, token: str | None = None) -> Deferred[str | None]:
         """See L{IStore.acquire_lease}: C{add} of the lease key, which is atomic."""
-        return Deferred.fromCoroutine(self._acquire(key, ttl))
+        return Deferred.fromCoroutine(self._acquire(key, ttl, token or secrets.token_hex(16)))
 
     def release_lease(self, key: str, token: str) -> Deferred[None]:
         """
@@ -606,10 +606,9 @@ class MemcachedStore(Service):
         self._waiters.notify(key)
         return existed
 
-    async def _acquire(self, key: str, ttl: float) -> str | None:
+    async def _acquire(self, key: str, ttl: float, token: str) -> str | None:
         where = lease_key(key)
         k = check_key(where)
-        token = secrets.token_hex(16)
         expires = exptime(ttl, self.reactor.seconds())
         add = lambda c: c.add(k, token.encode("ascii"), 0, expires)  # noqa: E731
         _, added = await self._keyed(where, "add", add, self._deadline())
