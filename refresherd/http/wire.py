@@ -49,6 +49,7 @@ from refresherd.errors import (
     RefresherdError,
     UriTooLong,
 )
+from refresherd.http.reads import ReadMux
 from refresherd.http.site import (
     IDLE_TIMEOUT,
     MAX_HEAD,
@@ -184,6 +185,7 @@ class WireChannel(TwistedProtocol):
     def connectionMade(self) -> None:
         site = self.factory
         transport: Any = self.transport
+        site.reads.adopt(transport)
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         if isinstance(transport, tcp.Connection) and not transport.TLS:
@@ -741,6 +743,8 @@ class WireSite(LimitedSite):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.reads = ReadMux(self.reactor)  # type: ignore[arg-type]
+        """What reads its plain TCP and UNIX connections (see L{refresherd.http.reads})."""
         self.known: dict[bytes, Incoming] = {}
         """
         Requests read whole in one read, by their bytes (at most L{KNOWN_KEPT},

@@ -1,0 +1,159 @@
+"""
+The public listener's connections read through one descriptor of the reactor's.
+
+Twisted's reactor wraps each read it dispatches in a logging context (the
+connection's log prefix, set and restored around the call) and a dispatch
+of the event: about as much Python, per request of the public listener, as
+the answer to a hit.  A L{ReadMux} is one reader of the reactor's, an
+C{epoll} instance of its own: the plain TCP and UNIX connections of the
+public listener read from it, and when the reactor finds it readable it
+reads every connection that is ready, each as the reactor would (the same
+C{doRead}, the same ends of a connection), without those wrappers.  Writes,
+timers and everything else stay the reactor's: a connection's transport
+still asks the reactor to write what the socket did not take at once.
+
+Only where C{select.epoll} exists (Linux); elsewhere, and for any other
+transport (TLS), the reactor reads the connection as before.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+from twisted.internet import error, tcp, unix
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+_DISCONNECTED = getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
+_IN = getattr(select, "EPOLLIN", 0)
+BATCH = 256
+"""The most connections one turn of the reactor reads (the rest at the next)."""
+
+
+class _Muxed:
+    """A transport whose reads its L{ReadMux} watches for, not the reactor."""
+
+    _mux: ReadMux
+
+    def startReading(self) -> None:
+        self._mux.add(self)
+
+    def stopReading(self) -> None:
+        self._mux.remove(self)
+
+
+class _MuxedTCP(_Muxed, tcp.Server):
+    pass
+
+
+class _MuxedUNIX(_Muxed, unix.Server):
+    pass
+
+
+_MUXED: dict[type, type] = {tcp.Server: _MuxedTCP, unix.Server: _MuxedUNIX}
+
+
+@implementer(IReadDescriptor)
+class ReadMux:
+    """
+    One reader of C{reactor}'s reading the connections L{adopt}ed: an
+    C{epoll} instance of its own, open (and a reader of the reactor's)
+    while it watches a connection.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: IReactorFDSet) -> None:
+        self._reactor: Any = reactor
+        self._poll: Any = None
+        self._members: dict[int, Any] = {}
+        self._fds: dict[Any, int] = {}
+
+    @staticmethod
+    def usable() -> bool:
+        return hasattr(select, "epoll")
+
+    def adopt(self, transport: Any) -> bool:
+        """
+        Read C{transport}, a connection just made (reading, as a new server
+        connection is), from now on if it is a plain TCP or UNIX server
+        connection of this reactor's; whether it is.
+        """
+        muxed = _MUXED.get(type(transport))
+        if muxed is None or transport.reactor is not self._reactor or not self.usable():
+            return False
+        transport.stopReading()
+        transport.__class__ = muxed
+        transport._mux = self
+        transport.startReading()
+        return True
+
+    def add(self, transport: Any) -> None:
+        if transport in self._fds:
+            return
+        fd = transport.fileno()
+        if fd < 0:
+            return
+        if self._poll is None:
+            self._poll = select.epoll()
+            self._reactor.addReader(self)
+        self._poll.register(fd, _IN)
+        self._members[fd] = transport
+        self._fds[transport] = fd
+
+    def remove(self, transport: Any) -> None:
+        fd = self._fds.pop(transport, None)
+        if fd is None:
+            return
+        del self._members[fd]
+        try:
+            self._poll.unregister(fd)
+        except OSError:
+            pass  # (closed already: epoll forgot it then)
+        if not self._members:
+            self._reactor.removeReader(self)
+            self._poll.close()
+            self._poll = None
+
+    def watching(self) -> int:
+        """How many connections it reads."""
+        return len(self._members)
+
+    # -- IReadDescriptor -----------------------------------------------------------
+
+    def fileno(self) -> int:
+        return -1 if self._poll is None else self._poll.fileno()
+
+    def logPrefix(self) -> str:
+        return "ReadMux"
+
+    def doRead(self) -> None:
+        """Every connection ready read once, each as the reactor reads one."""
+        if self._poll is None:
+            return
+        members = self._members
+        for fd, event in self._poll.poll(0, BATCH):
+            transport = members.get(fd)
+            if transport is None:  # (stopped reading since: an earlier one's doing)
+                continue
+            why: Any = None
+            if event & _DISCONNECTED and not event & _IN:
+                why = error.ConnectionDone()  # (all it sent was read)
+            else:
+                try:
+                    why = transport.doRead()
+                except BaseException:
+                    why = Failure()
+                    self._log.failure("Reading a connection failed", why)
+                    why = why.value
+            if why:
+                self._reactor._disconnectSelectable(transport, why, True)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor's stop (C{disconnectAll}): every connection it reads loses its connection."""
+        for transport in list(self._members.values()):
+            self.remove(transport)
+            transport.connectionLost(reason)

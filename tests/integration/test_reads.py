@@ -1,0 +1,246 @@
+"""
+L{refresherd.http.reads.ReadMux} on the real reactor with real TCP and UNIX
+sockets: connections read through it (not the reactor), paused and resumed,
+closed by the peer or by a failing protocol, many ready at once, one closed
+by another in the same turn, and all lost when the reactor stops.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet import reactor as _reactor
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from refresherd.http.reads import BATCH, ReadMux
+
+pytestmark = pytest.mark.integration
+reactor: Any = _reactor
+
+
+class Served(Protocol):
+    """Echoes what it reads; C{b"boom"} raises; C{b"pause"} pauses its transport."""
+
+    def connectionMade(self) -> None:
+        self.factory.mux.adopt(self.transport)
+        self.factory.made.append(self)
+        self.read: list[bytes] = []
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.read.append(data)
+        if data == b"boom":
+            raise ZeroDivisionError("a bug")
+        if data == b"pause":
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        if self.factory.closes_others:
+            for other in self.factory.made:
+                if other is not self:
+                    other.transport.abortConnection()
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = reason
+
+
+class Served_(Factory):
+    protocol = Served
+
+    def __init__(self, mux: ReadMux) -> None:
+        self.mux = mux
+        self.made: list[Served] = []
+        self.closes_others = False
+
+
+async def turns(n: int = 5) -> None:
+    """Let the reactor turn C{n} times (accepts, reads and writes done)."""
+    for _ in range(n):
+        await deferLater(reactor, 0)
+
+
+async def until(check: Any, limit: float = 5.0) -> None:
+    """Turn the reactor until C{check()} holds (at most C{limit} seconds of turns)."""
+    for _ in range(int(limit / 0.005)):
+        if check():
+            return
+        await deferLater(reactor, 0.005)
+    raise AssertionError("never held")
+
+
+class ReadMuxTests(TestCase):
+    logged_errors: list[dict[str, Any]]
+
+    @pytest.fixture(autouse=True)
+    def _fixtures(self, no_logged_errors: list[dict[str, Any]]) -> None:
+        self.logged_errors = no_logged_errors
+
+    def setUp(self) -> None:
+        self.mux = ReadMux(reactor)
+        self.factory = Served_(self.mux)
+        self.port = reactor.listenTCP(0, self.factory, backlog=1024, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    def connect(self) -> socket.socket:
+        """A client connecting (the reactor accepts it once it turns)."""
+        client = socket.socket()
+        client.setblocking(False)
+        self.addCleanup(client.close)
+        client.connect_ex(("127.0.0.1", self.port.getHost().port))
+        return client
+
+    async def exchange(self, client: socket.socket, data: bytes) -> bytes:
+        await until(lambda: select.select([], [client], [], 0)[1])  # (connected)
+        client.sendall(data)
+        got = bytearray()
+
+        def arrived() -> bool:
+            try:
+                got.extend(client.recv(65536))
+            except BlockingIOError:
+                pass
+            return len(got) >= len(data)
+
+        await until(arrived)
+        return bytes(got)
+
+    async def test_a_connection_is_read_through_it_and_not_by_the_reactor(self) -> None:
+        client = self.connect()
+        self.assertEqual(await self.exchange(client, b"ping"), b"ping")
+        (served,) = self.factory.made
+        readers = reactor.getReaders()
+        self.assertNotIn(served.transport, readers)
+        self.assertIn(self.mux, readers)
+        self.assertEqual(self.mux.watching(), 1)
+
+    async def test_paused_it_is_not_read_and_resumed_it_is(self) -> None:
+        client = self.connect()
+        self.assertEqual(await self.exchange(client, b"pause"), b"pause")
+        (served,) = self.factory.made
+        self.assertEqual(self.mux.watching(), 0)
+        self.assertNotIn(self.mux, reactor.getReaders())
+        client.sendall(b"later")
+        await turns(20)
+        self.assertEqual(served.read, [b"pause"])
+        served.transport.resumeProducing()  # type: ignore[union-attr]
+        await until(lambda: served.read == [b"pause", b"later"])
+        self.assertEqual(self.mux.watching(), 1)
+
+    async def test_the_peer_closing_ends_the_connection_and_it_lets_go(self) -> None:
+        client = self.connect()
+        await self.exchange(client, b"ping")
+        (served,) = self.factory.made
+        client.close()
+        await until(lambda: served.lost is not None)
+        assert served.lost is not None
+        served.lost.trap(error.ConnectionDone)
+        self.assertEqual(self.mux.watching(), 0)
+        self.assertNotIn(self.mux, reactor.getReaders())
+        self.assertEqual(self.mux.fileno(), -1)  # its epoll closed
+
+    async def test_a_failing_protocol_loses_its_connection_only_and_is_logged(self) -> None:
+        failing, other = self.connect(), self.connect()
+        await until(lambda: self.mux.watching() == 2)
+        failing.sendall(b"boom")
+        await until(lambda: any(s.lost is not None for s in self.factory.made))
+        (lost,) = [s for s in self.factory.made if s.lost is not None]
+        lost.lost.trap(ZeroDivisionError)  # type: ignore[union-attr]
+        self.assertEqual([e["log_failure"].type for e in self.logged_errors], [ZeroDivisionError])
+        self.logged_errors.clear()
+        self.flushLoggedErrors(ZeroDivisionError)  # (trial saw it too)
+        self.assertEqual(await self.exchange(other, b"still"), b"still")
+        self.assertEqual(self.mux.watching(), 1)
+
+    async def test_more_connections_ready_than_one_turn_reads_are_all_answered(self) -> None:
+        clients = [self.connect() for _ in range(BATCH + 44)]
+        await until(lambda: self.mux.watching() == len(clients))
+        reactor.removeReader(self.mux)  # (all of them ready before it reads any)
+        for n, client in enumerate(clients):
+            client.sendall(b"%d" % n)
+        reactor.addReader(self.mux)
+        answers = [bytearray() for _ in clients]
+
+        def answered() -> bool:
+            for client, answer in zip(clients, answers, strict=True):
+                try:
+                    answer.extend(client.recv(64))
+                except BlockingIOError:
+                    pass
+            return all(answers)
+
+        await until(answered)
+        self.assertEqual(answers, [b"%d" % n for n in range(len(clients))])
+
+    async def test_one_closed_by_another_in_the_same_turn_is_not_read(self) -> None:
+        self.factory.closes_others = True
+        first, second = self.connect(), self.connect()
+        await until(lambda: self.mux.watching() == 2)
+        reactor.removeReader(self.mux)
+        first.sendall(b"one")
+        second.sendall(b"two")
+        await deferLater(reactor, 0.05)  # (loopback: both have arrived)
+        self.mux.doRead()  # both ready: whichever is read first aborts the other
+        self.assertEqual(sorted(len(s.read) for s in self.factory.made), [0, 1])
+        self.assertEqual(self.mux.watching(), 1)
+        reactor.addReader(self.mux)
+        (aborted,) = [s for s in self.factory.made if not s.read]
+        await until(lambda: aborted.lost is not None)
+        aborted.lost.trap(error.ConnectionAborted)  # type: ignore[union-attr]
+
+    async def test_a_hang_up_with_nothing_to_read_is_the_connections_end(self) -> None:
+        client = self.connect()
+        await self.exchange(client, b"ping")
+        (served,) = self.factory.made
+        real = self.mux._poll
+        fd = served.transport.fileno()  # type: ignore[union-attr]
+
+        class HungUp:
+            def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+                return [(fd, select.EPOLLHUP)]
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        self.mux._poll = HungUp()
+        self.mux.doRead()
+        assert served.lost is not None
+        served.lost.trap(error.ConnectionDone)
+        self.assertEqual(self.mux.watching(), 0)
+        self.assertEqual(served.read, [b"ping"])
+
+    async def test_the_reactors_stop_loses_every_connection_it_reads(self) -> None:
+        self.connect()
+        self.connect()
+        await until(lambda: self.mux.watching() == 2)
+        self.mux.connectionLost(Failure(error.ConnectionLost()))
+        for served in self.factory.made:
+            assert served.lost is not None
+            served.lost.trap(error.ConnectionLost)
+        self.assertEqual(self.mux.watching(), 0)
+        self.assertNotIn(self.mux, reactor.getReaders())
+
+    async def test_a_unix_connection_is_read_through_it_too(self) -> None:
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        path = str(Path(directory.name) / "s")
+        port = reactor.listenUNIX(path, self.factory)
+        self.addCleanup(port.stopListening)
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        client.setblocking(False)
+        self.addCleanup(client.close)
+        self.assertEqual(await self.exchange(client, b"unix"), b"unix")
+        self.assertEqual(self.mux.watching(), 1)
+
+    def test_other_transports_are_left_to_the_reactor(self) -> None:
+        self.assertFalse(self.mux.adopt(StringTransport()))
+        self.assertEqual(self.mux.watching(), 0)
