@@ -3,7 +3,7 @@ Bare HTTP servers, the baselines of L{bench.throughput}: they answer fixed
 bytes with fixed headers and do nothing else, so that the benchmark can
 compare refresherd's hit path with what twisted.web and Klein cost alone.
 
-    python -m bench.bare_server web|klein|protocol --spec SPEC (--port N | --fd N)
+    python -m bench.bare_server web|klein|protocol|fast --spec SPEC (--port N | --fd N)
 
 - C{web}: one twisted.web L{Resource} (a leaf: no child lookup) that answers
   C{GET} with the body of the requested path, returned from C{render_GET}
@@ -16,6 +16,10 @@ compare refresherd's hit path with what twisted.web and Klein cost alone.
   same bytes, those of the one path of the spec: C{HTTP/1.1 200 OK}, the
   spec's headers exactly as given (so they include C{Content-Length}), the
   body.  Requests on a kept-alive connection, pipelined or not, each get one.
+- C{fast}: the same protocol read and written as refresherd's public
+  listener reads and writes its connections: through a
+  L{refresherd.http.reads.ReadMux} (not the reactor's per-read dispatch),
+  each answer written to the socket at once when nothing waits before it.
 
 C{SPEC} is a JSON file: C{{"/path": {"body": "/file/of/the/body", "headers":
 [["Name", "value"], ...]}, ...}}; the query string is ignored.  Both servers
@@ -50,6 +54,8 @@ from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from refresherd.http.reads import ReadMux
 
 Header = tuple[bytes, bytes]
 
@@ -127,10 +133,35 @@ class Ceiling(Protocol):
         heads = data.count(b"\r\n\r\n")
         if heads:
             data = data[data.rfind(b"\r\n\r\n") + 4 :]
-            self.transport.write(self.answer * heads)  # type: ignore[union-attr]
+            self.send(self.answer * heads)
         if len(data) > MAX_HEAD:
             self.transport.loseConnection()  # type: ignore[union-attr]
         self.pending = data
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class FastCeiling(Ceiling):
+    """
+    L{Ceiling} read and written as refresherd's public listener reads and
+    writes: through a L{ReadMux}, and its answers written to the socket at
+    once when the transport holds nothing (as L{WireChannel.send} does).
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.reads.adopt(self.transport)
+
+    def send(self, data: bytes) -> None:
+        transport: Any = self.transport
+        if not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset:
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0
+            data = data[sent:]
+        if data:
+            transport.write(data)
 
 
 class CeilingFactory(Factory):
@@ -138,7 +169,9 @@ class CeilingFactory(Factory):
 
     noisy = False
 
-    def __init__(self, answers: dict[bytes, Answer]) -> None:
+    def __init__(self, answers: dict[bytes, Answer], reads: ReadMux | None = None) -> None:
+        self.reads = reads
+        """With a L{ReadMux}, its connections are L{FastCeiling}s."""
         if len(answers) != 1:
             raise SystemExit("bare: protocol answers one path: its spec must have exactly one")
         (answer,) = answers.values()
@@ -146,7 +179,7 @@ class CeilingFactory(Factory):
         self.answer = b"HTTP/1.1 200 OK\r\n" + head + b"\r\n" + answer.body
 
     def buildProtocol(self, addr: Any) -> Ceiling:
-        protocol = Ceiling(self.answer)
+        protocol = (Ceiling if self.reads is None else FastCeiling)(self.answer)
         protocol.factory = self
         return protocol
 
@@ -173,7 +206,7 @@ class Lifeline(Protocol):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("kind", choices=["web", "klein", "protocol"])
+    parser.add_argument("kind", choices=["web", "klein", "protocol", "fast"])
     parser.add_argument("--spec", type=Path, required=True)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", type=int)
@@ -186,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     factory: Any
     if args.kind == "protocol":
         factory = CeilingFactory(answers)
+    elif args.kind == "fast":
+        factory = CeilingFactory(answers, ReadMux(reactor))
     else:
         factory = QuietSite(Fixed(answers) if args.kind == "web" else klein_resource(answers))
     r: Any = reactor

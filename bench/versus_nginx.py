@@ -13,7 +13,9 @@ alongside, in the same rounds:
 
 - the ceiling: a plain Twisted L{Protocol} (L{bench.bare_server} C{protocol})
   answering every request head with the bytes of refresherd's raw answer,
-  captured whole (status line, headers, body), parsing nothing else;
+  captured whole (status line, headers, body), parsing nothing else; and
+  the same protocol read and written as refresherd's public listener does
+  (L{bench.bare_server} C{fast}): what Twisted allows with refresherd's I/O;
 - two more refresherd processes with C{[server] access_log = true}, one
   logging text, one JSON (C{--log-format json}), both to a pipe a thread
   drains (as under systemd);
@@ -93,6 +95,7 @@ early_refresh = 0
 
 PATHS = {"raw": "/v1/jobs/user/raw?name=hot", "JSON": "/v1/jobs/user?name=hot"}
 CEILING = "ceiling (Twisted Protocol)"
+FAST_CEILING = "ceiling, read and written as refresherd does"
 TEXT_LOG, JSON_LOG = "refresherd JSON, access log as text", "refresherd JSON, access log as JSON"
 WORKERS, NGINX_WORKERS = "refresherd --workers 2 on Redis, raw", "nginx 2 workers, raw"
 PACED = ("refresherd raw", "nginx raw")
@@ -103,6 +106,8 @@ RATIOS = (
     ("refresherd / nginx, JSON", "refresherd JSON", "nginx JSON", "at least 0.5"),
     ("ceiling / nginx, raw", CEILING, "nginx raw", ""),
     ("refresherd / ceiling, raw", "refresherd raw", CEILING, ""),
+    ("ceiling read and written as refresherd does / nginx, raw", FAST_CEILING, "nginx raw", ""),
+    ("refresherd / that ceiling, raw", "refresherd raw", FAST_CEILING, ""),
     ("refresherd --workers 2 / nginx 2 workers, raw", WORKERS, NGINX_WORKERS, "at least 0.5"),
     ("access log as text on / off, JSON", TEXT_LOG, "refresherd JSON", "at least 0.85"),
     ("access log as JSON on / off, JSON", JSON_LOG, "refresherd JSON", "at least 0.85"),
@@ -137,6 +142,12 @@ class Paced:
 
     rate: float
     """The rate asked for, in requests a second."""
+    given: bool = False
+    """Whether the rate was given (C{--rate}), not half of refresherd's raw req/s."""
+
+    def why(self) -> str:
+        return "as given" if self.given else "half of refresherd's raw req/s above"
+
     delays: dict[str, float] = attrs.field(factory=dict)
     """The mean delay before each request of a connection, in ms, for each target."""
     rates: dict[str, list[float]] = attrs.field(factory=dict)
@@ -198,15 +209,16 @@ def receive(connection: socket.socket) -> bytes:
     return received
 
 
-def start_ceiling(stack: ExitStack, directory: Path, port: int) -> Target:
-    """The ceiling (L{bench.bare_server} C{protocol}) answering refresherd's raw answer."""
+def start_ceiling(stack: ExitStack, directory: Path, port: int, kind: str) -> Target:
+    """A ceiling (L{bench.bare_server} C{protocol} or C{fast}) answering refresherd's raw answer."""
     headers, body = raw_answer(port, PATHS["raw"])
     (directory / "ceiling.body").write_bytes(body)
     spec = directory / "ceiling.json"
     answer = {"body": str(directory / "ceiling.body"), "headers": headers}
     spec.write_text(json.dumps({"/": answer}))
-    argv = [sys.executable, "-m", "bench.bare_server", "protocol", "--spec", str(spec)]
-    process = spawn(stack, CEILING, [*argv, "--port", "0"], lifeline=True, cwd=ROOT)
+    argv = [sys.executable, "-m", "bench.bare_server", kind, "--spec", str(spec)]
+    name = CEILING if kind == "protocol" else FAST_CEILING
+    process = spawn(stack, name, [*argv, "--port", "0"], lifeline=True, cwd=ROOT)
     match = SERVING.search(process.wait_for(lambda text: SERVING.search(text) is not None))
     assert match is not None
     return Target(f"http://127.0.0.1:{match.group(2)}{PATHS['raw']}", [process.popen.pid])
@@ -255,7 +267,8 @@ def start_targets(stack: ExitStack, directory: Path, origin_url: str) -> dict[st
         targets[f"refresherd {kind}"] = Target(plain.url + path, [plain.process.pid])
         targets[f"nginx {kind}"] = Target(one.url + path, one.pids)
         if kind == "raw":
-            targets[CEILING] = start_ceiling(stack, directory, plain.ports["public"])
+            targets[CEILING] = start_ceiling(stack, directory, plain.ports["public"], "protocol")
+            targets[FAST_CEILING] = start_ceiling(stack, directory, plain.ports["public"], "fast")
     for name, logging in ((TEXT_LOG, text_log), (JSON_LOG, json_log)):
         targets[name] = Target(logging.url + PATHS["JSON"], [logging.process.pid], logging.lines)
     pooled_pids = [int(pid) for pid in WORKER_SERVING.findall(pooled.output())]
@@ -295,6 +308,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="the fixed rate of the latency rounds, requests a second "
+        "(default: half of refresherd's median raw req/s in the same run)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not write the docs")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "redis-server"):
@@ -318,7 +337,10 @@ def main() -> None:
                 stolen.append(stolen_share(machine, cpu_times()))
                 rates[name].append(rate)
                 per_cpu[name].append(rate * args.seconds / max(spent, 0.01))
-        paced = Paced(statistics.median(rates["refresherd raw"]) / 2)
+        if args.rate:
+            paced = Paced(args.rate, given=True)
+        else:
+            paced = Paced(statistics.median(rates["refresherd raw"]) / 2)
         scripts = {}
         for name in PACED:
             url = targets[name].url
@@ -374,7 +396,8 @@ def report(
             f"Python {platform.python_version()}, "
             f"Twisted {importlib.metadata.version('twisted')}, "
             f"nginx {nginx_version}, Redis {redis_version}; "
-            f"`python -m bench.versus_nginx --rounds {rounds} --seconds {seconds}` "
+            f"`python -m bench.versus_nginx --rounds {rounds} --seconds {seconds}"
+            f"{f' --rate {paced.rate:.0f}' if paced.given else ''}` "
             f"(wrk, 1 thread, {CONNECTIONS} connections; a 200-byte JSON value; "
             f"access log lines written: {logged}). The hypervisor took {steal(stolen)} of "
             f"the machine's CPU time during these runs, {steal(paced.stolen)} during those at "
@@ -398,8 +421,8 @@ def report(
                 for label, top, bottom, goal in RATIOS
             ),
             "",
-            f"At a fixed rate, {paced.rate:.0f} requests a second (half of refresherd's raw "
-            f"req/s above; wrk paced by `delay()`, {CONNECTIONS} connections, {rounds} rounds "
+            f"At a fixed rate, {paced.rate:.0f} requests a second ({paced.why()}"
+            f"; wrk paced by `delay()`, {CONNECTIONS} connections, {rounds} rounds "
             f"of {seconds} s each, after one to calibrate the delay):",
             "",
             "| target | mean delay ms | req/s achieved (median) | p50 ms (median) "

@@ -12,6 +12,7 @@ NAMES = [
     "refresherd raw",
     "nginx raw",
     versus_nginx.CEILING,
+    versus_nginx.FAST_CEILING,
     "refresherd JSON",
     "nginx JSON",
     versus_nginx.TEXT_LOG,
@@ -58,7 +59,11 @@ def test_the_report_names_each_target_and_each_ratio(monkeypatch: pytest.MonkeyP
     assert "| refresherd / nginx, raw | 0.58 (0.50 to 0.67) | 0.58 (0.50 to 0.67) |" in text
     for label, _, _, goal in versus_nginx.RATIOS:
         assert f"| {label} | " in text and text.count(goal) >= 1
-    assert "At a fixed rate, 500 requests a second" in text
+    assert "At a fixed rate, 500 requests a second (half of refresherd's raw req/s" in text
+    assert "--rate" not in text
+    paced.given = True
+    given = versus_nginx.report(rates, per_cpu, stolen, paced, 2, 3, log_lines)
+    assert "--seconds 3 --rate 500`" in given and "500 requests a second (as given;" in given
     assert "| refresherd raw | 99.50 | 499 | 0.60 | 2.00 | 3.00, 1.00, 2.00 |" in text
     assert "| nginx raw | 99.90 | 500 | 0.20 | 1.25 | 1.00, 1.50, 1.25 |" in text
 
