@@ -19,6 +19,7 @@ transport (TLS), the reactor reads the connection as before.
 from __future__ import annotations
 
 import select
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error, tcp, unix
@@ -60,8 +61,8 @@ _MUXED: dict[type, type] = {tcp.Server: _MuxedTCP, unix.Server: _MuxedUNIX}
 class ReadMux:
     """
     One reader of C{reactor}'s reading the connections L{adopt}ed: an
-    C{epoll} instance of its own, open (and a reader of the reactor's)
-    while it watches a connection.
+    C{epoll} instance of its own (made when the first comes, kept until
+    L{close}), a reader of the reactor's while it watches a connection.
     """
 
     _log = Logger()
@@ -80,15 +81,26 @@ class ReadMux:
         """
         Read C{transport}, a connection just made (reading, as a new server
         connection is), from now on if it is a plain TCP or UNIX server
-        connection of this reactor's; whether it is.
+        connection of this reactor's; whether it is.  Should the system
+        refuse to watch it (no descriptor left, no memory), the reactor
+        reads it as before.
         """
-        muxed = _MUXED.get(type(transport))
+        plain = type(transport)
+        muxed = _MUXED.get(plain)
         if muxed is None or transport.reactor is not self._reactor or not self.usable():
             return False
         transport.stopReading()
         transport.__class__ = muxed
         transport._mux = self
-        transport.startReading()
+        try:
+            transport.startReading()
+        except OSError:
+            transport.__class__ = plain
+            transport.startReading()
+            self._log.failure(
+                "Cannot watch {connection}: the reactor reads it", connection=transport.logPrefix()
+            )
+            return False
         return True
 
     def add(self, transport: Any) -> None:
@@ -99,8 +111,9 @@ class ReadMux:
             return
         if self._poll is None:
             self._poll = select.epoll()
-            self._reactor.addReader(self)
         self._poll.register(fd, _IN)
+        if not self._members:
+            self._reactor.addReader(self)
         self._members[fd] = transport
         self._fds[transport] = fd
 
@@ -115,6 +128,10 @@ class ReadMux:
             pass  # (closed already: epoll forgot it then)
         if not self._members:
             self._reactor.removeReader(self)
+
+    def close(self) -> None:
+        """Close its C{epoll} instance if it watches nothing (else when it is next made empty)."""
+        if self._poll is not None and not self._members:
             self._poll.close()
             self._poll = None
 
@@ -131,7 +148,7 @@ class ReadMux:
         return "ReadMux"
 
     def doRead(self) -> None:
-        """Every connection ready read once, each as the reactor reads one."""
+        """Every connection ready read once (at most L{BATCH}), each as the reactor reads one."""
         if self._poll is None:
             return
         members = self._members
@@ -147,13 +164,24 @@ class ReadMux:
                     why = transport.doRead()
                 except BaseException:
                     why = Failure()
-                    self._log.failure("Reading a connection failed", why)
+                    self._log.failure(
+                        "Reading {connection} failed", why, connection=transport.logPrefix()
+                    )
                     why = why.value
             if why:
-                self._reactor._disconnectSelectable(transport, why, True)
+                # Not read again (a half-closed connection stays open, unread).
+                self.remove(transport)
+                self._end(transport, self._reactor._disconnectSelectable, transport, why, True)
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor's stop (C{disconnectAll}): every connection it reads loses its connection."""
         for transport in list(self._members.values()):
             self.remove(transport)
-            transport.connectionLost(reason)
+            self._end(transport, transport.connectionLost, reason)
+
+    def _end(self, transport: Any, end: Callable[..., object], *args: Any) -> None:
+        """C{end(*args)}, an end of C{transport}: a failure (a bug) is logged, ends nothing else."""
+        try:
+            end(*args)
+        except BaseException:
+            self._log.failure("Ending {connection} failed", connection=transport.logPrefix())

@@ -753,6 +753,10 @@ class WireSite(LimitedSite):
         Only C{GET} and C{HEAD} with no body that leave the connection open.
         """
 
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        self.reads.close()
+
     def remember(self, data: bytes, incoming: Incoming) -> None:
         """Keep what C{data}, a whole request and nothing more, was read as, if it may be."""
         if (

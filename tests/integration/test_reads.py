@@ -7,6 +7,7 @@ by another in the same turn, and all lost when the reactor stops.
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 import tempfile
@@ -16,11 +17,13 @@ from typing import Any
 import pytest
 from twisted.internet import error
 from twisted.internet import reactor as _reactor
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from refresherd.http.reads import BATCH, ReadMux
 
@@ -53,13 +56,34 @@ class Served(Protocol):
         self.lost = reason
 
 
+class FailsAsItEnds(Served):
+    """Raises as it loses its connection: the first C{factory.failing} made do."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if self in self.factory.made[: self.factory.failing]:
+            raise RuntimeError("a bug in an end")
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseable(Served):
+    ends = 0
+
+    def readConnectionLost(self) -> None:
+        self.ends += 1
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
 class Served_(Factory):
-    protocol = Served
+    protocol: type[Served] = Served
 
     def __init__(self, mux: ReadMux) -> None:
         self.mux = mux
         self.made: list[Served] = []
         self.closes_others = False
+        self.failing = 1
 
 
 async def turns(n: int = 5) -> None:
@@ -145,7 +169,20 @@ class ReadMuxTests(TestCase):
         served.lost.trap(error.ConnectionDone)
         self.assertEqual(self.mux.watching(), 0)
         self.assertNotIn(self.mux, reactor.getReaders())
-        self.assertEqual(self.mux.fileno(), -1)  # its epoll closed
+        kept = self.mux.fileno()
+        self.assertNotEqual(kept, -1)  # its epoll kept for the next connection
+        self.assertEqual(await self.exchange(self.connect(), b"again"), b"again")
+        self.assertEqual(self.mux.fileno(), kept)
+
+    async def test_closed_when_it_watches_nothing_its_epoll_is_closed(self) -> None:
+        client = self.connect()
+        await self.exchange(client, b"ping")
+        self.mux.close()  # (one still watched: kept)
+        self.assertNotEqual(self.mux.fileno(), -1)
+        client.close()
+        await until(lambda: self.mux.watching() == 0)
+        self.mux.close()
+        self.assertEqual(self.mux.fileno(), -1)
 
     async def test_a_failing_protocol_loses_its_connection_only_and_is_logged(self) -> None:
         failing, other = self.connect(), self.connect()
@@ -244,3 +281,76 @@ class ReadMuxTests(TestCase):
     def test_other_transports_are_left_to_the_reactor(self) -> None:
         self.assertFalse(self.mux.adopt(StringTransport()))
         self.assertEqual(self.mux.watching(), 0)
+
+    async def test_a_connection_of_another_reactor_is_left_to_it(self) -> None:
+        client = self.connect()
+        await self.exchange(client, b"ping")
+        (served,) = self.factory.made
+        kind = type(served.transport)
+        self.assertFalse(ReadMux(MemoryReactor()).adopt(served.transport))
+        self.assertIs(type(served.transport), kind)
+
+    async def test_one_it_cannot_watch_is_read_by_the_reactor(self) -> None:
+        def no_descriptors() -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        self.patch(select, "epoll", no_descriptors)
+        client = self.connect()
+        self.assertEqual(await self.exchange(client, b"ping"), b"ping")
+        (served,) = self.factory.made
+        self.assertIn(served.transport, reactor.getReaders())
+        self.assertEqual(self.mux.watching(), 0)
+        self.assertEqual([e["log_failure"].type for e in self.logged_errors], [OSError])
+        self.logged_errors.clear()
+        self.flushLoggedErrors(OSError)
+
+    async def test_a_turn_reads_at_most_a_batch(self) -> None:
+        clients = [self.connect() for _ in range(BATCH + 44)]
+        await until(lambda: self.mux.watching() == len(clients))
+        reactor.removeReader(self.mux)
+        for client in clients:
+            client.sendall(b"x")
+        await deferLater(reactor, 0.05)  # (loopback: all have arrived)
+        self.mux.doRead()
+        self.assertEqual(sum(bool(s.read) for s in self.factory.made), BATCH)
+        reactor.addReader(self.mux)
+        await until(lambda: all(s.read for s in self.factory.made))
+
+    async def test_an_end_that_raises_loses_that_connection_only(self) -> None:
+        self.factory.protocol = FailsAsItEnds
+        failing = self.connect()
+        await until(lambda: self.mux.watching() == 1)
+        others = [self.connect(), self.connect()]
+        await until(lambda: self.mux.watching() == 3)
+        failing.close()
+        await until(lambda: self.mux.watching() == 2)
+        self.assertEqual([e["log_failure"].type for e in self.logged_errors], [RuntimeError])
+        self.logged_errors.clear()
+        self.flushLoggedErrors(RuntimeError)
+        for n, other in enumerate(others):
+            self.assertEqual(await self.exchange(other, b"%d" % n), b"%d" % n)
+        self.assertEqual(sum(s.lost is None for s in self.factory.made), 2)
+
+    async def test_ends_that_raise_at_the_reactors_stop_end_the_others_too(self) -> None:
+        self.factory.protocol = FailsAsItEnds
+        self.factory.failing = 2
+        for _ in range(3):
+            self.connect()
+        await until(lambda: self.mux.watching() == 3)
+        self.mux.connectionLost(Failure(error.ConnectionLost()))
+        self.assertTrue(all(s.lost is not None for s in self.factory.made))
+        self.assertEqual(len(self.logged_errors), 2)
+        self.logged_errors.clear()
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(self.mux.watching(), 0)
+        self.assertEqual(await self.exchange(self.connect(), b"new"), b"new")
+
+    async def test_a_half_closed_connection_is_not_read_again(self) -> None:
+        self.factory.protocol = HalfCloseable
+        client = self.connect()
+        await self.exchange(client, b"ping")
+        client.shutdown(socket.SHUT_WR)
+        await turns(50)
+        (served,) = self.factory.made
+        assert isinstance(served, HalfCloseable)
+        self.assertEqual((served.ends, self.mux.watching()), (1, 0))
