@@ -25,7 +25,7 @@ alongside, in the same rounds:
 wrk (one thread, 50 connections) measures each in turn, round after round;
 each ratio is the median of the ratios measured within a round, with their
 range.  Then, at a fixed rate (half of refresherd's median raw req/s of the
-rounds), wrk paced by a Lua C{delay()} measures the latency of a raw hit of
+rounds, or C{--rate}), wrk paced by a Lua C{delay()} measures the latency of a raw hit of
 refresherd and of nginx with one worker, in turn, for as many rounds.
 
 The machine may be shared, and req/s then say as much about the neighbours
@@ -40,7 +40,7 @@ Run from the repository root after C{bash .ci/run} (for the venv) with wrk,
 nginx and redis-server installed (C{apt-get install wrk nginx-light
 redis-server}):
 
-    .venv/bin/python -m bench.versus_nginx [--rounds 5] [--seconds 5]
+    .venv/bin/python -m bench.versus_nginx [--rounds 5] [--seconds 5] [--rate N]
 
 It writes its results into docs/benchmarks.md between its markers.
 """
