@@ -56,6 +56,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from refresherd.http.reads import ReadMux
+from refresherd.http.wire import send_at_once
 
 Header = tuple[bytes, bytes]
 
@@ -146,7 +147,7 @@ class FastCeiling(Ceiling):
     """
     L{Ceiling} read and written as refresherd's public listener reads and
     writes: through a L{ReadMux}, and its answers written to the socket at
-    once when the transport holds nothing (as L{WireChannel.send} does).
+    once when the transport holds nothing (L{send_at_once}, as refresherd writes them).
     """
 
     def connectionMade(self) -> None:
@@ -154,14 +155,7 @@ class FastCeiling(Ceiling):
 
     def send(self, data: bytes) -> None:
         transport: Any = self.transport
-        if not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset:
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0
-            data = data[sent:]
-        if data:
-            transport.write(data)
+        send_at_once(transport, transport.socket, data)
 
 
 class CeilingFactory(Factory):

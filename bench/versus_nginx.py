@@ -144,10 +144,6 @@ class Paced:
     """The rate asked for, in requests a second."""
     given: bool = False
     """Whether the rate was given (C{--rate}), not half of refresherd's raw req/s."""
-
-    def why(self) -> str:
-        return "as given" if self.given else "half of refresherd's raw req/s above"
-
     delays: dict[str, float] = attrs.field(factory=dict)
     """The mean delay before each request of a connection, in ms, for each target."""
     rates: dict[str, list[float]] = attrs.field(factory=dict)
@@ -155,6 +151,10 @@ class Paced:
     p99: dict[str, list[float]] = attrs.field(factory=dict)
     stolen: list[float] = attrs.field(factory=list)
     """The share of the machine's CPU time its hypervisor took during each run."""
+
+    def why(self) -> str:
+        """Where the rate comes from, as the report says it."""
+        return "as given" if self.given else "half of refresherd's raw req/s above"
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

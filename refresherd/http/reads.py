@@ -130,7 +130,7 @@ class ReadMux:
             self._reactor.removeReader(self)
 
     def close(self) -> None:
-        """Close its C{epoll} instance if it watches nothing (else when it is next made empty)."""
+        """Close its C{epoll} instance if it watches nothing (the listener stopped)."""
         if self._poll is not None and not self._members:
             self._poll.close()
             self._poll = None

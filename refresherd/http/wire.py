@@ -572,30 +572,8 @@ class WireChannel(TwistedProtocol):
         self._transport().write(data)
 
     def send(self, data: bytes) -> None:
-        """
-        Write C{data} at once when nothing waits before it in the transport
-        and the socket takes it whole (a hit's answer nearly always): one
-        system call, where the transport's write costs two changes of what
-        the reactor watches the socket for and a turn of the reactor.  Else
-        (or on a failure, which the transport then meets) the transport writes it.
-        """
-        sock = self._socket
-        transport = self._transport()
-        if (
-            sock is not None
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._tempDataBuffer
-            and len(transport.dataBuffer) == transport.offset
-        ):
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        """Write C{data}, at once if it may be (L{send_at_once})."""
+        send_at_once(self._transport(), self._socket, data)
 
     def writeSequence(self, data: list[bytes]) -> None:
         self._transport().writeSequence(data)
@@ -770,3 +748,29 @@ class WireSite(LimitedSite):
             if len(self.known) >= KNOWN_KEPT:
                 self.known.clear()
             self.known[data] = incoming
+
+
+def send_at_once(transport: Any, sock: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{sock}, the plain socket under C{transport} (None if
+    there is none), at once when nothing waits before it in the transport
+    and the socket takes it whole (a hit's answer nearly always): one
+    system call, where the transport's write costs two changes of what the
+    reactor watches the socket for and a turn of the reactor.  Else (or on a
+    failure, which the transport then meets) the transport writes it.
+    """
+    if (
+        sock is not None
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataBuffer
+        and len(transport.dataBuffer) == transport.offset
+    ):
+        try:
+            sent = sock.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
