@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import error, tcp, unix
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
@@ -32,6 +32,15 @@ _DISCONNECTED = getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
 _IN = getattr(select, "EPOLLIN", 0)
 BATCH = 256
 """The most connections one turn of the reactor reads (the rest at the next)."""
+HELD = 32
+"""The most writers one turn holds the writes of at once (L{ReadMux.hold}); then released."""
+
+
+class Holder(Protocol):
+    """What writes what it holds when told (L{ReadMux.hold})."""
+
+    def release(self) -> None:
+        """Write what it holds, now."""
 
 
 class _Muxed:
@@ -72,6 +81,7 @@ class ReadMux:
         self._poll: Any = None
         self._members: dict[int, Any] = {}
         self._fds: dict[Any, int] = {}
+        self._held: list[Holder] | None = None
 
     @staticmethod
     def usable() -> bool:
@@ -139,6 +149,33 @@ class ReadMux:
         """How many connections it reads."""
         return len(self._members)
 
+    def hold(self, holder: Holder) -> bool:
+        """
+        During a turn (connections being read), have C{holder} L{release
+        <Holder.release>} what it writes once the turn is done (or L{HELD}
+        others hold writes), and say so; else C{False}: it writes now.
+
+        The answers of a turn go out together: when one wakes the client
+        (the process that reads them), the others find it awake, where each
+        written as soon as it is made would wake it again.
+        """
+        held = self._held
+        if held is None:
+            return False
+        if len(held) >= HELD:
+            self._release()
+            held = self._held = []
+        held.append(holder)
+        return True
+
+    def _release(self) -> None:
+        held, self._held = self._held or [], None
+        for holder in held:
+            try:
+                holder.release()
+            except BaseException:
+                self._log.failure("Writing held answers of {holder} failed", holder=holder)
+
     # -- IReadDescriptor -----------------------------------------------------------
 
     def fileno(self) -> int:
@@ -151,6 +188,13 @@ class ReadMux:
         """Every connection ready read once (at most L{BATCH}), each as the reactor reads one."""
         if self._poll is None:
             return
+        self._held = []
+        try:
+            self._read_ready()
+        finally:
+            self._release()
+
+    def _read_ready(self) -> None:
         members = self._members
         for fd, event in self._poll.poll(0, BATCH):
             transport = members.get(fd)

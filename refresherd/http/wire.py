@@ -174,6 +174,8 @@ class WireChannel(TwistedProtocol):
     _last_incoming: Incoming | None = None
     _socket: Any = None
     """The plain TCP (or UNIX) socket under the transport, which L{send} may write to at once."""
+    _held: list[bytes] | None = None
+    """What L{send} holds until its L{ReadMux}'s turn is done, in order."""
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -235,6 +237,9 @@ class WireChannel(TwistedProtocol):
         return False
 
     def _transport(self) -> Any:
+        """The transport, what it holds written first: nothing may overtake it."""
+        if self._held is not None:
+            self.release()
         return self.transport
 
     def dataReceived(self, data: bytes) -> None:
@@ -297,6 +302,7 @@ class WireChannel(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
+        self._held = None
         self._started = self._head_from = None
         if self._timer is not None:
             if self._timer.active():
@@ -572,8 +578,22 @@ class WireChannel(TwistedProtocol):
         self._transport().write(data)
 
     def send(self, data: bytes) -> None:
-        """Write C{data}, at once if it may be (L{send_at_once})."""
-        send_at_once(self._transport(), self._socket, data)
+        """
+        Write C{data}, at once if it may be (L{send_at_once}); during a turn
+        of the site's L{ReadMux}, once the turn is done (L{ReadMux.hold}).
+        """
+        if self._held is not None:
+            self._held.append(data)
+        elif self._socket is not None and self.factory.reads.hold(self):
+            self._held = [data]
+        else:
+            send_at_once(self.transport, self._socket, data)
+
+    def release(self) -> None:
+        """Write what L{send} held."""
+        held, self._held = self._held, None
+        if held:
+            send_at_once(self.transport, self._socket, b"".join(held))
 
     def writeSequence(self, data: list[bytes]) -> None:
         self._transport().writeSequence(data)

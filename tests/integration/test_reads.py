@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from refresherd.http.reads import BATCH, ReadMux
+from refresherd.http.reads import BATCH, HELD, ReadMux
 
 pytestmark = pytest.mark.integration
 reactor: Any = _reactor
@@ -76,6 +76,29 @@ class HalfCloseable(Served):
         pass
 
 
+class Holding(Served):
+    """Echoes what it reads once the turn it was read in is done (L{ReadMux.hold})."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.held: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.read.append(data)
+        self.factory.events.append(("read", data))
+        if self.held or self.factory.mux.hold(self):
+            self.held.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def release(self) -> None:
+        self.factory.events.append(("released", b"".join(self.held)))
+        if b"boom" in self.held:
+            raise ZeroDivisionError("a bug in a release")
+        held, self.held = self.held, []
+        self.transport.write(b"".join(held))  # type: ignore[union-attr]
+
+
 class Served_(Factory):
     protocol: type[Served] = Served
 
@@ -84,6 +107,7 @@ class Served_(Factory):
         self.made: list[Served] = []
         self.closes_others = False
         self.failing = 1
+        self.events: list[tuple[str, bytes]] = []
 
 
 async def turns(n: int = 5) -> None:
@@ -354,3 +378,62 @@ class ReadMuxTests(TestCase):
         (served,) = self.factory.made
         assert isinstance(served, HalfCloseable)
         self.assertEqual((served.ends, self.mux.watching()), (1, 0))
+
+    # -- writes held until the turn is done ------------------------------------------
+
+    async def ready(self, count: int) -> list[socket.socket]:
+        """C{count} connections, each having sent its number, none read yet."""
+        self.factory.protocol = Holding
+        clients = [self.connect() for _ in range(count)]
+        await until(lambda: self.mux.watching() == count)
+        reactor.removeReader(self.mux)
+        for n, client in enumerate(clients):
+            client.sendall(b"%d" % n)
+        await deferLater(reactor, 0.05)  # (loopback: all have arrived)
+        return clients
+
+    def test_outside_a_turn_nothing_is_held(self) -> None:
+        holder = Holding()
+        self.assertFalse(self.mux.hold(holder))
+
+    async def test_writes_held_in_a_turn_go_out_when_it_is_done_in_order(self) -> None:
+        clients = await self.ready(3)
+        self.mux.doRead()
+        events = self.factory.events
+        self.assertEqual([kind for kind, _ in events], ["read"] * 3 + ["released"] * 3)
+        self.assertEqual(
+            [data for kind, data in events if kind == "read"],
+            [data for kind, data in events if kind == "released"],
+        )
+        reactor.addReader(self.mux)
+        for n, client in enumerate(clients):
+            await until(lambda client=client: select.select([client], [], [], 0)[0])
+            self.assertEqual(client.recv(64), b"%d" % n)
+        self.assertFalse(self.mux.hold(Holding()))  # (the turn is done)
+
+    async def test_a_turn_holds_at_most_so_many_writers_at_once(self) -> None:
+        await self.ready(HELD + 3)
+        self.mux.doRead()
+        kinds = [kind for kind, _ in self.factory.events]
+        # The one after them is read, and asks to hold: they are released first.
+        expected = ["read"] * (HELD + 1) + ["released"] * HELD + ["read"] * 2 + ["released"] * 3
+        self.assertEqual(kinds, expected)
+        reactor.addReader(self.mux)
+
+    async def test_a_failing_release_is_logged_and_the_others_are_released(self) -> None:
+        self.factory.protocol = Holding
+        clients = [self.connect() for _ in range(3)]
+        await until(lambda: self.mux.watching() == 3)
+        reactor.removeReader(self.mux)
+        for n, client in enumerate(clients):
+            client.sendall(b"boom" if n == 1 else b"%d" % n)
+        await deferLater(reactor, 0.05)
+        self.mux.doRead()
+        self.assertEqual([e["log_failure"].type for e in self.logged_errors], [ZeroDivisionError])
+        self.logged_errors.clear()
+        self.flushLoggedErrors(ZeroDivisionError)
+        self.assertEqual(len([k for k, _ in self.factory.events if k == "released"]), 3)
+        reactor.addReader(self.mux)
+        for n in (0, 2):
+            await until(lambda n=n: select.select([clients[n]], [], [], 0)[0])
+            self.assertEqual(clients[n].recv(64), b"%d" % n)

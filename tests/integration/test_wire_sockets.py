@@ -1,0 +1,94 @@
+"""
+The public listener's channel (L{refresherd.http.wire}) on real TCP sockets,
+read through its L{refresherd.http.reads.ReadMux}: the answers made in one
+turn are written once it is done, together, and nothing overtakes them (an
+answer twisted.web writes, a refusal, the connection's close).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet import reactor as _reactor
+from twisted.trial.unittest import TestCase
+
+from refresherd.http import wire
+from refresherd.http.wire import WireSite
+from tests.integration.test_reads import until
+from tests.unit.test_wire import Quick, Recording, responses
+
+pytestmark = pytest.mark.integration
+reactor: Any = _reactor
+
+GET = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+class HeldAnswersTests(TestCase):
+    def setUp(self) -> None:
+        self.resource = Recording()
+        self.site = WireSite(self.resource, lambda method, path: 100, reactor=reactor)
+        self.site.quick = Quick()
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.sent: list[bytes] = []
+        real = wire.send_at_once
+
+        def counted(transport: Any, sock: Any, data: bytes) -> None:
+            self.sent.append(data)
+            real(transport, sock, data)
+
+        self.patch(wire, "send_at_once", counted)
+
+    async def ask(self, data: bytes, answers: int) -> tuple[list[Any], bool]:
+        """C{data} sent at once: the first C{answers} answers, and whether the server closed."""
+        client = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        client.setblocking(False)
+        self.addCleanup(client.close)
+        await until(lambda: self.site.reads.watching() == 1)
+        client.sendall(data)
+        got = bytearray()
+        closed = False
+
+        def arrived() -> bool:
+            nonlocal closed
+            while select.select([client], [], [], 0)[0]:
+                chunk = client.recv(65536)
+                if not chunk:
+                    closed = True
+                    return True
+                got.extend(chunk)
+            found = responses(bytes(got))
+            whole = all(len(body) == int(head.get(b"content-length", 0)) for _, head, body in found)
+            return len(found) >= answers and whole
+
+        await until(arrived)
+        return responses(bytes(got)), closed
+
+    async def test_answers_of_one_read_are_written_in_one_piece(self) -> None:
+        found, closed = await self.ask(GET % b"/quick1" + GET % b"/quick2" + GET % b"/quick3", 3)
+        self.assertEqual([body for _, _, body in found], [b"quick=/quick%d" % n for n in (1, 2, 3)])
+        self.assertFalse(closed)
+        self.assertEqual(len(self.sent), 1)
+
+    async def test_an_answer_twisted_web_writes_does_not_overtake_one_held(self) -> None:
+        data = GET % b"/quick1" + GET % b"/slow" + GET % b"/quick2"
+        found, _ = await self.ask(data, 3)
+        self.assertEqual(
+            [body for _, _, body in found], [b"quick=/quick1", b"uri=/slow", b"quick=/quick2"]
+        )
+
+    async def test_a_refusal_and_the_close_come_after_the_answers_held(self) -> None:
+        found, closed = await self.ask(GET % b"/quick1" + b"GET /a HTTP/1.1\nHost: h\n\n", 2)
+        self.assertEqual(found[0][2], b"quick=/quick1")
+        self.assertTrue(found[1][0].startswith(b"HTTP/1.1 400"))
+        self.assertTrue(closed)
+
+    async def test_connection_close_closes_after_the_answer_held(self) -> None:
+        request = b"GET /quick1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        found, closed = await self.ask(request, 1)
+        self.assertEqual([body for _, _, body in found], [b"quick=/quick1"])
+        self.assertEqual(found[0][1][b"connection"], b"close")
+        self.assertTrue(closed)
