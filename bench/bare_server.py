@@ -19,7 +19,8 @@ compare refresherd's hit path with what twisted.web and Klein cost alone.
 - C{fast}: the same protocol read and written as refresherd's public
   listener reads and writes its connections: through a
   L{refresherd.http.reads.ReadMux} (not the reactor's per-read dispatch),
-  each answer written to the socket at once when nothing waits before it.
+  each answer written to the socket at once when nothing waits before it,
+  those made in one turn of the mux once the turn is done.
 
 C{SPEC} is a JSON file: C{{"/path": {"body": "/file/of/the/body", "headers":
 [["Name", "value"], ...]}, ...}}; the query string is ignored.  Both servers
@@ -56,7 +57,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from refresherd.http.reads import ReadMux
-from refresherd.http.wire import send_at_once
+from refresherd.http.wire import HeldSender
 
 Header = tuple[bytes, bytes]
 
@@ -143,19 +144,23 @@ class Ceiling(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
-class FastCeiling(Ceiling):
+class FastCeiling(HeldSender, Ceiling):
     """
     L{Ceiling} read and written as refresherd's public listener reads and
-    writes: through a L{ReadMux}, and its answers written to the socket at
-    once when the transport holds nothing (L{send_at_once}, as refresherd writes them).
+    writes: through a L{ReadMux}, its answers written to the socket at once
+    when the transport holds nothing, those of one turn of the mux once the
+    turn is done (L{HeldSender}, as refresherd writes them).
     """
 
-    def connectionMade(self) -> None:
-        self.factory.reads.adopt(self.transport)
+    factory: CeilingFactory
 
-    def send(self, data: bytes) -> None:
-        transport: Any = self.transport
-        send_at_once(transport, transport.socket, data)
+    def connectionMade(self) -> None:
+        self.factory.reads.adopt(self.transport)  # type: ignore[union-attr]
+        self._socket = self.transport.socket
+
+    def reads(self) -> ReadMux:
+        assert self.factory.reads is not None
+        return self.factory.reads
 
 
 class CeilingFactory(Factory):

@@ -119,7 +119,56 @@ class _Refusal:
     error: RefresherdError
 
 
-class WireChannel(TwistedProtocol):
+HELD_SIZE = 16 * 1024
+"""
+The largest answer a L{HeldSender} holds: a larger one is written at once,
+so that the system sends it while the next is made (copying it, not waking
+the client, is what it costs).
+"""
+
+
+class HeldSender:
+    """
+    What writes (L{send}) to the plain socket under its transport at once
+    (L{send_at_once}), or, during a turn of its L{ReadMux} (L{reads}), once
+    the turn is done (L{ReadMux.hold}): what it holds goes out in order, in
+    one piece.
+    """
+
+    transport: Any
+    _socket: Any = None
+    """The plain TCP (or UNIX) socket under the transport (None: none, it is not written to)."""
+    _held: list[bytes] | None = None
+    """What L{send} holds until the turn is done, in order."""
+
+    def reads(self) -> ReadMux:
+        raise NotImplementedError
+
+    def send(self, data: bytes) -> None:
+        """
+        Write C{data}, at once if it may be; during a turn, once it is done,
+        unless it is larger than L{HELD_SIZE} (what is held before it is
+        written first).
+        """
+        if len(data) > HELD_SIZE:
+            if self._held is not None:
+                self.release()
+            send_at_once(self.transport, self._socket, data)
+        elif self._held is not None:
+            self._held.append(data)
+        elif self._socket is not None and self.reads().hold(self):
+            self._held = [data]
+        else:
+            send_at_once(self.transport, self._socket, data)
+
+    def release(self) -> None:
+        """Write what L{send} held, now."""
+        held, self._held = self._held, None
+        if held:
+            send_at_once(self.transport, self._socket, b"".join(held))
+
+
+class WireChannel(HeldSender, TwistedProtocol):
     """
     One HTTP/1.1 connection of a L{WireSite}: requests parsed by llhttp,
     answered in order, with the head and request deadlines, idle timeout and
@@ -172,10 +221,6 @@ class WireChannel(TwistedProtocol):
     _completed = 0
     """Requests the parser completed in the bytes it is being fed."""
     _last_incoming: Incoming | None = None
-    _socket: Any = None
-    """The plain TCP (or UNIX) socket under the transport, which L{send} may write to at once."""
-    _held: list[bytes] | None = None
-    """What L{send} holds until its L{ReadMux}'s turn is done, in order."""
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -235,6 +280,9 @@ class WireChannel(TwistedProtocol):
 
     def isSecure(self) -> bool:
         return False
+
+    def reads(self) -> ReadMux:
+        return self.factory.reads
 
     def _transport(self) -> Any:
         """The transport, what it holds written first: nothing may overtake it."""
@@ -576,24 +624,6 @@ class WireChannel(TwistedProtocol):
 
     def write(self, data: bytes) -> None:
         self._transport().write(data)
-
-    def send(self, data: bytes) -> None:
-        """
-        Write C{data}, at once if it may be (L{send_at_once}); during a turn
-        of the site's L{ReadMux}, once the turn is done (L{ReadMux.hold}).
-        """
-        if self._held is not None:
-            self._held.append(data)
-        elif self._socket is not None and self.factory.reads.hold(self):
-            self._held = [data]
-        else:
-            send_at_once(self.transport, self._socket, data)
-
-    def release(self) -> None:
-        """Write what L{send} held."""
-        held, self._held = self._held, None
-        if held:
-            send_at_once(self.transport, self._socket, b"".join(held))
 
     def writeSequence(self, data: list[bytes]) -> None:
         self._transport().writeSequence(data)

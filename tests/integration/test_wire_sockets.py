@@ -16,7 +16,7 @@ from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import TestCase
 
 from refresherd.http import wire
-from refresherd.http.wire import WireSite
+from refresherd.http.wire import HELD_SIZE, QuickRequest, WireSite
 from tests.integration.test_reads import until
 from tests.unit.test_wire import Quick, Recording, responses
 
@@ -26,11 +26,21 @@ reactor: Any = _reactor
 GET = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n"
 
 
+class WithLarge(Quick):
+    """L{Quick}, and C{/large} answered with more than a held answer may be."""
+
+    def answer(self, request: QuickRequest) -> bool:
+        if request.path == b"/large":
+            request.respond(b"x" * (HELD_SIZE + 1))
+            return True
+        return super().answer(request)
+
+
 class HeldAnswersTests(TestCase):
     def setUp(self) -> None:
         self.resource = Recording()
         self.site = WireSite(self.resource, lambda method, path: 100, reactor=reactor)
-        self.site.quick = Quick()
+        self.site.quick = WithLarge()
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.sent: list[bytes] = []
@@ -92,3 +102,10 @@ class HeldAnswersTests(TestCase):
         self.assertEqual([body for _, _, body in found], [b"quick=/quick1"])
         self.assertEqual(found[0][1][b"connection"], b"close")
         self.assertTrue(closed)
+
+    async def test_a_large_answer_is_written_at_once_after_those_held_before_it(self) -> None:
+        found, _ = await self.ask(GET % b"/quick1" + GET % b"/large" + GET % b"/quick2", 3)
+        bodies = [body for _, _, body in found]
+        self.assertEqual(bodies, [b"quick=/quick1", b"x" * (HELD_SIZE + 1), b"quick=/quick2"])
+        self.assertEqual(len(self.sent), 3)  # the first released, the large one, the last held
+        self.assertTrue(self.sent[1].endswith(b"x" * (HELD_SIZE + 1)))
