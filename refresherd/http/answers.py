@@ -16,7 +16,7 @@ from twisted.web.iweb import IRequest
 from refresherd.core.refresher import Answer
 from refresherd.entry import Entry, is_json_content_type
 from refresherd.errors import one_line
-from refresherd.http.common import JSON, header, with_value
+from refresherd.http.common import JSON, header, value_member, with_value
 
 
 def cache_status(answer: Answer, now: float) -> bytes:
@@ -61,19 +61,31 @@ def answer_body(answer: Answer, now: float) -> bytes:
 
 BODIES_KEPT = 4096
 """How many answer heads L{Bodies} keeps (all are forgotten when more come)."""
+VALUES_KEPT = 16 * 1024 * 1024
+"""
+How many bytes of values not stored as JSON L{Bodies} keeps as their JSON
+members (all are forgotten when more come; a larger one is never kept).
+"""
 
 
 @attrs.define
 class Bodies:
     """
-    L{answer_body}, faster for the answers nearly all traffic is, a JSON
-    value with no error: their bytes before C{age}, which change only with
-    the entry, are kept per key and status while the entry is the same
-    (held weakly: a value the store has let go of is not kept alive here).
-    The same JSON, with C{age} written with three decimals (C{10.500}).
+    L{answer_body}, faster for the answers nearly all traffic is, a value
+    with no error: their bytes before C{age}, which change only with the
+    entry, are kept per key and status while the entry is the same (held
+    weakly: a value the store has let go of is not kept alive here), and
+    so is the member holding a value not stored as JSON (a string, or
+    base64: at most L{VALUES_KEPT} bytes of them); a JSON value is spliced
+    in as stored.  The same JSON, with C{age} written with three decimals
+    (C{10.500}).
     """
 
-    _kept: dict[tuple[str, str], tuple[weakref.ref[Entry], bytes]] = attrs.field(factory=dict)
+    _kept: dict[tuple[str, str], tuple[weakref.ref[Entry], bytes, bytes | None]] = attrs.field(
+        factory=dict
+    )
+    _values: int = attrs.field(default=0, init=False)
+    """Bytes of the value members kept."""
 
     def body(self, answer: Answer, now: float) -> bytes:
         entry = answer.entry
@@ -82,13 +94,29 @@ class Bodies:
         memo = (answer.key, answer.status)
         kept = self._kept.get(memo)
         if kept is None or kept[0]() is not entry:
-            if not is_json_content_type(entry.content_type):
-                return answer_body(answer, now)
-            if len(self._kept) >= BODIES_KEPT:
-                self._kept.clear()
-            kept = self._kept[memo] = (weakref.ref(entry), _head(answer, entry))
+            kept = self._keep(memo, answer, entry)
         age = now - entry.fetched_at
-        return b'%s%.3f,"value":%s}' % (kept[1], age if age > 0 else 0.0, entry.body or b"")
+        if kept[2] is None:
+            return b'%s%.3f,"value":%s}' % (kept[1], age if age > 0 else 0.0, entry.body or b"")
+        return b"%s%.3f,%s}" % (kept[1], age if age > 0 else 0.0, kept[2])
+
+    def _keep(
+        self, memo: tuple[str, str], answer: Answer, entry: Entry
+    ) -> tuple[weakref.ref[Entry], bytes, bytes | None]:
+        member = None if is_json_content_type(entry.content_type) else value_member(entry)
+        size = 0 if member is None else len(member)
+        kept = (weakref.ref(entry), _head(answer, entry), member)
+        if size > VALUES_KEPT:
+            return kept
+        old = self._kept.pop(memo, None)
+        if old is not None and old[2] is not None:
+            self._values -= len(old[2])
+        if len(self._kept) >= BODIES_KEPT or self._values + size > VALUES_KEPT:
+            self._kept.clear()
+            self._values = 0
+        self._kept[memo] = kept
+        self._values += size
+        return kept
 
 
 def _head(answer: Answer, entry: Entry) -> bytes:

@@ -87,16 +87,18 @@ def with_value(head: dict[str, Any], entry: Entry) -> bytes:
     spliced in as stored when its content type is JSON, else as text, or
     C{value_b64} when the body is not UTF-8.
     """
+    return json.dumps(head).encode("utf-8")[:-1] + b"," + value_member(entry) + b"}"
+
+
+def value_member(entry: Entry) -> bytes:
+    """The member of L{with_value}'s object that holds the stored value of C{entry}."""
     body = entry.body or b""
     if is_json_content_type(entry.content_type):
-        field, value = b'"value":', body
-    else:
-        try:
-            field, value = b'"value":', json.dumps(body.decode("utf-8")).encode("utf-8")
-        except UnicodeDecodeError:
-            field = b'"value_b64":'
-            value = json.dumps(base64.b64encode(body).decode("ascii")).encode("ascii")
-    return json.dumps(head).encode("utf-8")[:-1] + b"," + field + value + b"}"
+        return b'"value":' + body
+    try:
+        return b'"value":' + json.dumps(body.decode("utf-8")).encode("utf-8")
+    except UnicodeDecodeError:
+        return b'"value_b64":' + json.dumps(base64.b64encode(body).decode("ascii")).encode("ascii")
 
 
 ACCESS = Logger(namespace=logs.ACCESS_NAMESPACE)

@@ -781,6 +781,53 @@ class BodiesTests(SynchronousTestCase):
                 )
         self.assertEqual(json.loads(bodies.body(answers[3], 151.0))["value"], {"n": 2})
 
+    def test_a_value_not_stored_as_json_is_encoded_once_for_its_entry(self) -> None:
+        from refresherd.core.refresher import Answer
+        from refresherd.http import answers
+        from refresherd.http.common import value_member as member
+
+        encoded: list[bytes] = []
+
+        def counted(entry: Any) -> bytes:
+            encoded.append(entry.body)
+            return member(entry)
+
+        self.patch(answers, "value_member", counted)
+        bodies = answers.Bodies()
+        text = Answer("j", "rfd:j:v1:id=1", "hit", self.entry(b"<p>caf\xc3\xa9</p>", "text/html"))
+        for now in (100.0, 101.5, 130.0):
+            self.assertEqual(json.loads(bodies.body(text, now))["value"], "<p>caf\u00e9</p>")
+        png = Answer("j", "rfd:j:v1:id=2", "hit", self.entry(b"\x89PNG\xff", "image/png"))
+        for now in (100.0, 101.5):
+            self.assertEqual(json.loads(bodies.body(png, now))["value_b64"], "iVBOR/8=")
+        renewed = Answer("j", "rfd:j:v1:id=1", "hit", self.entry(b"new", "text/plain", at=120.0))
+        self.assertEqual(json.loads(bodies.body(renewed, 121.0))["value"], "new")
+        self.assertEqual(encoded, [b"<p>caf\xc3\xa9</p>", b"\x89PNG\xff", b"new"])
+
+    def test_the_values_kept_are_bounded_in_bytes(self) -> None:
+        from refresherd.core.refresher import Answer
+        from refresherd.http import answers
+
+        self.patch(answers, "VALUES_KEPT", 64)
+        bodies = answers.Bodies()
+        small = [
+            Answer("j", f"rfd:j:v1:id={n}", "hit", self.entry(b"x" * 20, "text/plain"))
+            for n in range(3)
+        ]
+        large = Answer("j", "rfd:j:v1:id=9", "hit", self.entry(b"y" * 100, "text/plain"))
+        for answer in small[:2]:
+            bodies.body(answer, 100.0)
+        self.assertEqual(
+            (len(bodies._kept), bodies._values), (2, 2 * len(b'"value":"' + 20 * b"x" + b'"'))
+        )
+        self.assertEqual(json.loads(bodies.body(large, 100.0))["value"], "y" * 100)
+        self.assertEqual(len(bodies._kept), 2)  # (larger than all it may keep: not kept)
+        bodies.body(small[2], 100.0)  # (past the bound: the others forgotten)
+        self.assertEqual(
+            (len(bodies._kept), bodies._values), (1, len(b'"value":"' + 20 * b"x" + b'"'))
+        )
+        self.assertEqual(json.loads(bodies.body(small[0], 101.0))["value"], "x" * 20)
+
     def test_a_kept_head_does_not_keep_its_entry_alive(self) -> None:
         import gc
         import weakref
