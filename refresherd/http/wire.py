@@ -140,6 +140,8 @@ class HeldSender:
     """The plain TCP (or UNIX) socket under the transport (None: none, it is not written to)."""
     _held: list[bytes] | None = None
     """What L{send} holds until the turn is done, in order."""
+    _held_size = 0
+    """Bytes in L{_held}: at most L{HELD_SIZE}, so that a full write buffer stops answers."""
 
     def reads(self) -> ReadMux:
         raise NotImplementedError
@@ -148,22 +150,28 @@ class HeldSender:
         """
         Write C{data}, at once if it may be; during a turn, once it is done,
         unless it is larger than L{HELD_SIZE} (what is held before it is
-        written first).
+        written first).  What is held is written first too once it and
+        C{data} are more than L{HELD_SIZE}: a client sending many requests in
+        one read gets its answers as the transport takes them, never more
+        than it would were none held.
         """
+        if self._held is not None and self._held_size + len(data) > HELD_SIZE:
+            self.release()
         if len(data) > HELD_SIZE:
-            if self._held is not None:
-                self.release()
             send_at_once(self.transport, self._socket, data)
         elif self._held is not None:
             self._held.append(data)
+            self._held_size += len(data)
         elif self._socket is not None and self.reads().hold(self):
             self._held = [data]
+            self._held_size = len(data)
         else:
             send_at_once(self.transport, self._socket, data)
 
     def release(self) -> None:
         """Write what L{send} held, now."""
         held, self._held = self._held, None
+        self._held_size = 0
         if held:
             send_at_once(self.transport, self._socket, b"".join(held))
 

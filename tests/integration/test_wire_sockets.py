@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from refresherd.http import wire
@@ -109,3 +110,44 @@ class HeldAnswersTests(TestCase):
         self.assertEqual(bodies, [b"quick=/quick1", b"x" * (HELD_SIZE + 1), b"quick=/quick2"])
         self.assertEqual(len(self.sent), 3)  # the first released, the large one, the last held
         self.assertTrue(self.sent[1].endswith(b"x" * (HELD_SIZE + 1)))
+
+
+class Medium(WithLarge):
+    """L{WithLarge}, and C{/m} answered with half of what a held answer may be."""
+
+    def answer(self, request: QuickRequest) -> bool:
+        if request.path == b"/m":
+            request.respond(b"m" * (HELD_SIZE // 2))
+            return True
+        return super().answer(request)
+
+
+class HeldBoundTests(TestCase):
+    async def test_a_client_that_does_not_read_gets_no_more_buffered_than_unheld(self) -> None:
+        """
+        Many pipelined requests in one read, their answers never read: what
+        the connection holds is bounded, so its transport's full write buffer
+        stops the answering (as when each was written at once), and the
+        answers made are not all of them.
+        """
+        site = WireSite(Recording(), lambda method, path: 100, reactor=reactor)
+        site.quick = Medium()
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        await until(lambda: len(site.channels) == 1)
+        (channel,) = site.channels
+        transport: Any = channel.transport
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        requests = GET % b"/m" * (60_000 // len(GET % b"/m"))
+        client.sendall(requests)
+        await until(lambda: transport.producerPaused)
+        for _ in range(20):
+            await deferLater(reactor, 0.005)
+        buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        self.assertLessEqual(buffered, transport.bufferSize + 2 * HELD_SIZE)
+        client.close()
+        await until(lambda: not site.channels)
