@@ -828,6 +828,20 @@ class BodiesTests(SynchronousTestCase):
         )
         self.assertEqual(json.loads(bodies.body(small[0], 101.0))["value"], "x" * 20)
 
+    def test_a_key_s_new_entry_takes_the_place_of_its_old_one_in_the_bound(self) -> None:
+        from refresherd.core.refresher import Answer
+        from refresherd.http import answers
+
+        self.patch(answers, "VALUES_KEPT", 64)
+        bodies = answers.Bodies()
+        other = Answer("j", "rfd:j:v1:id=2", "hit", self.entry(b"o" * 10, "text/plain"))
+        bodies.body(other, 100.0)
+        for n in range(5):  # (each entry of one key: only the last counts)
+            entry = self.entry(b"%d" % n * 20, "text/plain", at=100.0 + n)
+            bodies.body(Answer("j", "rfd:j:v1:id=1", "hit", entry), 101.0 + n)
+        member = len(b'"value":"' + 20 * b"x" + b'"') + len(b'"value":"' + 10 * b"o" + b'"')
+        self.assertEqual((len(bodies._kept), bodies._values), (2, member))
+
     def test_a_kept_head_does_not_keep_its_entry_alive(self) -> None:
         import gc
         import weakref
