@@ -169,11 +169,18 @@ class HeldSender:
             send_at_once(self.transport, self._socket, data)
 
     def release(self) -> None:
-        """Write what L{send} held, now."""
+        """
+        Write what L{send} held, now.  Should that fail (a bug), the
+        connection is aborted: its later answers would pair with the wrong requests.
+        """
         held, self._held = self._held, None
         self._held_size = 0
         if held:
-            send_at_once(self.transport, self._socket, b"".join(held))
+            try:
+                send_at_once(self.transport, self._socket, b"".join(held))
+            except BaseException:
+                self.transport.abortConnection()
+                raise
 
 
 class WireChannel(HeldSender, TwistedProtocol):
@@ -278,12 +285,12 @@ class WireChannel(HeldSender, TwistedProtocol):
 
     def getHost(self) -> IAddress:
         if self._host is None:
-            self._host = self._transport().getHost()
+            self._host = self.transport.getHost()
         return self._host
 
     def getPeer(self) -> IAddress:
         if self._peer is None:
-            self._peer = self._transport().getPeer()
+            self._peer = self.transport.getPeer()
         return self._peer
 
     def isSecure(self) -> bool:

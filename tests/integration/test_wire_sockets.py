@@ -122,6 +122,36 @@ class Medium(WithLarge):
         return super().answer(request)
 
 
+class FailedReleaseTests(TestCase):
+    logged_errors: list[dict[str, Any]]
+
+    @pytest.fixture(autouse=True)
+    def _fixtures(self, no_logged_errors: list[dict[str, Any]]) -> None:
+        self.logged_errors = no_logged_errors
+
+    async def test_a_failed_write_of_what_is_held_aborts_the_connection(self) -> None:
+        site = WireSite(Recording(), lambda method, path: 100, reactor=reactor)
+        site.quick = Quick()
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        def failing(transport: Any, sock: Any, data: bytes) -> None:
+            raise ZeroDivisionError("a bug in a write")
+
+        self.patch(wire, "send_at_once", failing)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        client.settimeout(5)
+        self.addCleanup(client.close)
+        await until(lambda: site.reads.watching() == 1)
+        client.sendall(GET % b"/quick1" + GET % b"/quick2")
+        await until(lambda: not site.channels)
+        with self.assertRaises(ConnectionResetError):  # (aborted, no answer at all)
+            client.recv(65536)
+        self.assertEqual([e["log_failure"].type for e in self.logged_errors], [ZeroDivisionError])
+        self.logged_errors.clear()
+        self.flushLoggedErrors(ZeroDivisionError)
+
+
 class HeldBoundTests(TestCase):
     async def test_a_client_that_does_not_read_gets_no_more_buffered_than_unheld(self) -> None:
         """
