@@ -121,9 +121,10 @@ class _Refusal:
 
 HELD_SIZE = 16 * 1024
 """
-The largest answer a L{HeldSender} holds: a larger one is written at once,
-so that the system sends it while the next is made (copying it, not waking
-the client, is what it costs).
+The most a L{HeldSender} holds: a larger answer is written at once, so that
+the system sends it while the next is made (copying it, not waking the
+client, is what it costs), and past it what is held is written first, so
+that a client's full write buffer stops its answers as it would were none held.
 """
 
 
