@@ -106,16 +106,15 @@ class Bodies:
         member = None if is_json_content_type(entry.content_type) else value_member(entry)
         size = 0 if member is None else len(member)
         kept = (weakref.ref(entry), _head(answer, entry), member)
-        if size > VALUES_KEPT:
-            return kept
         old = self._kept.pop(memo, None)
         if old is not None and old[2] is not None:
             self._values -= len(old[2])
-        if len(self._kept) >= BODIES_KEPT or self._values + size > VALUES_KEPT:
-            self._kept.clear()
-            self._values = 0
-        self._kept[memo] = kept
-        self._values += size
+        if size <= VALUES_KEPT:
+            if len(self._kept) >= BODIES_KEPT or self._values + size > VALUES_KEPT:
+                self._kept.clear()
+                self._values = 0
+            self._kept[memo] = kept
+            self._values += size
         return kept
 
 
