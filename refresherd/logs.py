@@ -13,11 +13,11 @@ L{FLUSH_INTERVAL} seconds, at once for a warning or worse, and on a tick of
 that interval so that no line waits longer.
 
 The access log (C{[server] access_log}) does not go through twisted.logger
-at all while a L{LogOutput} runs: an L{AccessLog} formats each line once,
-exactly as the observer would have, keeps the lines (as nginx's C{access_log
-... buffer=}) and writes them in one piece when L{ACCESS_BUFFER} bytes wait,
-on the tick, before any other event is written (so the file keeps their
-order), and at stop.
+at all while a L{LogOutput} runs: an L{AccessLog} keeps what each line
+needs (as nginx's C{access_log ... buffer=}), and formats the lines, each
+exactly as the observer would have, and writes them in one piece when
+L{ACCESS_LINES} wait, on the tick, before any other event is written (so the
+file keeps their order), and at stop.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from zope.interface import implementer
 FLUSH_INTERVAL = 0.5
 """Seconds a line written to standard output may wait to be flushed, at most."""
 ACCESS_NAMESPACE = "refresherd.access"
-ACCESS_BUFFER = 64 * 1024
-"""Characters of access log lines kept before they are written."""
+ACCESS_LINES = 512
+"""Access log lines kept before they are written."""
 
 _SKIP = {
     "log_format",
@@ -136,6 +136,10 @@ PARTS_KEPT, PART_KEPT_SIZE = 1024, 64
 How many JSON lines' parts (by method, route, status and client address)
 L{AccessLog} keeps, and how long their strings may be.
 """
+Waiting = tuple[float, bytes, str, int, float, object]
+"""What a request leaves for its access line (L{AccessLog.write}'s arguments)."""
+_DIGITS = tuple(f"{number:03d}" for number in range(1000))
+"""Three digits of a microsecond, by their number."""
 
 
 @attrs.define(eq=False)
@@ -143,79 +147,99 @@ class AccessLog:
     """
     Access log lines, each formatted once as the process's observer would
     format its event (twistd's text, C{--log-format json}, a worker's; the
-    duration as the message writes it, to four decimals), kept and written to
+    duration as the message writes it, to four decimals), and written to
     L{file} in batches.
+
+    A request only leaves what its line needs (L{write}): the lines are
+    formatted together when they are written, in one loop, which costs a
+    fraction of formatting each as its request is answered.
     """
 
     file: LazyFlushFile
     json: bool = False
     worker: int | None = None
-    clock: Callable[[], float] = time.time
-    _lines: list[str] = attrs.field(factory=list, init=False)
-    _size: int = attrs.field(default=0, init=False)
-    _second: int = attrs.field(default=-1, init=False)
+    _waiting: list[Waiting] = attrs.field(factory=list, init=False)
+    _second: float = attrs.field(default=math.nan, init=False)
+    """The second the time stamp (C{_stamp}) was made for."""
     _stamp: str = attrs.field(default="", init=False)
-    _whole: float = attrs.field(default=math.nan, init=False)
-    """The second the JSON lines' time stamp (C{_stamp}) was made for."""
     _parts: dict[tuple[str, str, int, str], tuple[str, str, str]] = attrs.field(
         factory=dict, init=False
     )
 
-    def write(self, method: str, route: str, code: int, duration: float, client: str) -> None:
-        """One request's line: method, route template, status, duration, client address."""
-        now = self.clock()
-        took = f"{duration:.4f}"
-        if self.json:
-            line = self._json_line(now, method, route, code, took, duration, client)
-        else:
-            second = int(now)
-            if second != self._second:
-                system = f"{ACCESS_NAMESPACE}#info"
-                if self.worker is not None:
-                    system = f"worker {self.worker} {system}"
-                self._second, self._stamp = second, f"{formatTime(second)} [{system}] "
-            message = f"{method} {route} {code} {took}s {client}"
-            line = self._stamp + message.replace("\n", "\n\t") + "\n"
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= ACCESS_BUFFER:
+    def write(
+        self, when: float, method: bytes, route: str, code: int, duration: float, client: object
+    ) -> None:
+        """
+        One request's line: when it was answered, its method, route template,
+        status, duration and client (an address, whose host is written, or a
+        string).
+        """
+        waiting = self._waiting
+        waiting.append((when, method, route, code, duration, client))
+        if len(waiting) >= ACCESS_LINES:
             self.flush()
 
-    def _json_line(
-        self,
-        now: float,
-        method: str,
-        route: str,
-        code: int,
-        took: str,
-        duration: float,
-        client: str,
-    ) -> str:
+    def flush(self) -> None:
+        """Write the lines waiting (the file flushes them as it flushes)."""
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            lines = self._json_lines(waiting) if self.json else self._text_lines(waiting)
+            self.file.write("".join(lines))
+
+    def _text_lines(self, waiting: list[Waiting]) -> list[str]:
+        system = f"{ACCESS_NAMESPACE}#info"
+        if self.worker is not None:
+            system = f"worker {self.worker} {system}"
+        lines: list[str] = []
+        add = lines.append
+        second, stamp = self._second, self._stamp
+        for when, method, route, code, duration, client in waiting:
+            if int(when) != second:
+                second = int(when)
+                stamp = f"{formatTime(second)} [{system}] "
+            host = getattr(client, "host", None) or str(client)
+            message = f"{method.decode('latin-1')} {route} {code} {duration:.4f}s {host}"
+            add(stamp + message.replace("\n", "\n\t") + "\n")
+        self._second, self._stamp = second, stamp
+        return lines
+
+    def _json_lines(self, waiting: list[Waiting]) -> list[str]:
         """
-        The line's record as C{json.dumps} writes it, but for C{duration},
-        written as the message writes it (C{took}, seconds to four decimals,
-        a JSON number): the same characters for a fraction of the cost (the
-        time's second formatted once a second, the rest escaped by json's own
-        C function and remembered for the same method, route, status and client).
+        The lines' records as C{json.dumps} writes them, but for C{duration},
+        written as the message writes it (seconds to four decimals, a JSON
+        number): the same characters for a fraction of the cost (the time's
+        second formatted once a second, the rest escaped by json's own C
+        function and remembered for the same method, route, status and client).
         """
-        # The second and microsecond as datetime.fromtimestamp rounds them (half to even).
-        part, whole = math.modf(now)
-        micro = round(part * 1e6)
-        if micro >= 1_000_000:
-            whole, micro = whole + 1.0, micro - 1_000_000
-        elif micro < 0:
-            whole, micro = whole - 1.0, micro + 1_000_000
-        if whole != self._whole:
-            self._whole = whole
-            self._stamp = datetime.fromtimestamp(whole, UTC).isoformat()[: -len("+00:00")]
-        fraction = f".{micro:06d}" if micro else ""
-        number = took
-        if not math.isfinite(duration):
-            number = json.dumps(duration)  # (NaN, Infinity: as json.dumps writes them)
-        parts = self._parts.get((method, route, code, client))
-        if parts is None:
-            parts = self._line_parts(method, route, code, client)
-        return f'{{"time": "{self._stamp}{fraction}{parts[0]}{took}{parts[1]}{number}{parts[2]}'
+        lines: list[str] = []
+        add = lines.append
+        parts_of = self._parts.get
+        second, stamp = self._second, self._stamp
+        for when, method, route, code, duration, client in waiting:
+            # The second and microsecond as datetime.fromtimestamp rounds them (half to even).
+            part, whole = math.modf(when)
+            micro = round(part * 1e6)
+            if micro >= 1_000_000:
+                whole, micro = whole + 1.0, micro - 1_000_000
+            elif micro < 0:
+                whole, micro = whole - 1.0, micro + 1_000_000
+            if whole != second:
+                second = whole
+                stamp = datetime.fromtimestamp(whole, UTC).isoformat()[: -len("+00:00")]
+            took = f"{duration:.4f}"
+            number = took
+            if not math.isfinite(duration):
+                number = json.dumps(duration)  # (NaN, Infinity: as json.dumps writes them)
+            text = method.decode("latin-1")
+            host = getattr(client, "host", None) or str(client)
+            parts = parts_of((text, route, code, host)) or self._line_parts(text, route, code, host)
+            if micro:
+                fraction = f".{_DIGITS[micro // 1000]}{_DIGITS[micro % 1000]}"
+                add(f'{{"time": "{stamp}{fraction}{parts[0]}{took}{parts[1]}{number}{parts[2]}')
+            else:
+                add(f'{{"time": "{stamp}{parts[0]}{took}{parts[1]}{number}{parts[2]}')
+        self._second, self._stamp = second, stamp
+        return lines
 
     def _line_parts(self, method: str, route: str, code: int, client: str) -> tuple[str, str, str]:
         """
@@ -236,14 +260,6 @@ class AccessLog:
                 self._parts.clear()
             self._parts[method, route, code, client] = parts
         return parts
-
-    def flush(self) -> None:
-        """Write the lines kept (the file flushes them as it flushes)."""
-        if self._lines:
-            text = "".join(self._lines)
-            self._lines.clear()
-            self._size = 0
-            self.file.write(text)
 
 
 _escaped: Callable[[str], str] = json.encoder.encode_basestring_ascii

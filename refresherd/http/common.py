@@ -118,17 +118,18 @@ def observe(
     web_request: Request = request  # type: ignore[assignment]
 
     def done(_: object = None) -> None:
-        duration = clock.seconds() - start
+        now = clock.seconds()
+        duration = now - start
         code = web_request.code
         metrics.observe_http(route, code, duration)
         if access_log:
             address = web_request.getClientAddress()
+            lines = logs.access_log()
+            if lines is not None:  # formatted together, written in batches
+                lines.write(now, web_request.method, route, code, duration, address)
+                return
             client = getattr(address, "host", None) or str(address)
             method = web_request.method.decode("latin-1")
-            lines = logs.access_log()
-            if lines is not None:  # formatted once, written in batches
-                lines.write(method, route, code, duration, client)
-                return
             # The line is the format itself (braces escaped): formatting an
             # event field by field would cost more than the rest of the request.
             took = f"{duration:.4f}"

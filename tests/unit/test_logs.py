@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 from twisted.python.logfile import LogFile
 
 from refresherd.logs import (
-    ACCESS_BUFFER,
+    ACCESS_LINES,
     ACCESS_NAMESPACE,
     FLUSH_INTERVAL,
     AccessLog,
@@ -174,8 +175,8 @@ def test_an_access_line_is_what_the_observer_would_have_written(
     expected = io.StringIO()
     observers(json_lines, worker, expected)(access_event(when))
     written = io.StringIO()
-    access = AccessLog(LazyFlushFile(written), json=json_lines, worker=worker, clock=lambda: when)
-    access.write("GET", "/v1/jobs/{job}", 200, 0.00123456, "127.0.0.1")  # (to 4 decimals)
+    access = AccessLog(LazyFlushFile(written), json=json_lines, worker=worker)
+    access.write(when, b"GET", "/v1/jobs/{job}", 200, 0.00123456, "127.0.0.1")  # (to 4 decimals)
     access.flush()
     if json_lines:
         assert json.loads(written.getvalue()) == json.loads(expected.getvalue())
@@ -185,13 +186,13 @@ def test_an_access_line_is_what_the_observer_would_have_written(
 
 def test_access_lines_wait_for_the_tick_and_go_out_in_one_write() -> None:
     log_output, out, clock, _ = output()
-    log_output.access = AccessLog(log_output.file, clock=clock.seconds)
+    log_output.access = AccessLog(log_output.file)
     log_output.startService()
     assert access_log() is log_output.access
     writes: list[str] = []
     log_output.file.out = WritesRecorded(out, writes)  # type: ignore[assignment]
     for code in (200, 404, 200):
-        log_output.access.write("GET", "/healthz", code, 0.001, "127.0.0.1")
+        log_output.access.write(clock.seconds(), b"GET", "/healthz", code, 0.001, "127.0.0.1")
     assert writes == []
     clock.advance(FLUSH_INTERVAL)
     assert len(writes) == 1 and writes[0].count("\n") == 3
@@ -202,34 +203,40 @@ def test_access_lines_wait_for_the_tick_and_go_out_in_one_write() -> None:
 
 def test_access_lines_are_written_before_any_later_event_and_at_stop() -> None:
     log_output, out, clock, log = output()
-    log_output.access = AccessLog(log_output.file, clock=clock.seconds)
+    log_output.access = AccessLog(log_output.file)
     log_output.startService()
-    log_output.access.write("GET", "/healthz", 200, 0.001, "127.0.0.1")
+    log_output.access.write(clock.seconds(), b"GET", "/healthz", 200, 0.001, "127.0.0.1")
     log.info("after")
     lines = out.getvalue().splitlines()
     assert "GET /healthz 200" in lines[0] and json.loads(lines[1])["message"] == "after"
-    log_output.access.write("GET", "/healthz", 201, 0.001, "127.0.0.1")
+    log_output.access.write(clock.seconds(), b"GET", "/healthz", 201, 0.001, "127.0.0.1")
     log_output.stopService()
     assert "GET /healthz 201" in out.flushed
 
 
 def test_access_lines_past_the_buffer_are_written_at_once() -> None:
-    def write(access: AccessLog) -> None:
-        access.write("GET", "/healthz", 200, 0.001, "127.0.0.1")
-
-    one = AccessLog(LazyFlushFile(io.StringIO()), clock=lambda: 0.0)
-    write(one)
-    one.flush()
-    size = len(one.file.out.getvalue())  # type: ignore[attr-defined]
     out = io.StringIO()
-    access = AccessLog(LazyFlushFile(out), clock=lambda: 0.0)
-    kept = (ACCESS_BUFFER - 1) // size
-    for _ in range(kept):
-        write(access)
+    access = AccessLog(LazyFlushFile(out))
+    for _ in range(ACCESS_LINES - 1):
+        access.write(0.0, b"GET", "/healthz", 200, 0.001, "127.0.0.1")
     assert out.getvalue() == ""
-    write(access)
-    write(access)
-    assert out.getvalue().count("\n") >= kept + 1
+    access.write(0.0, b"GET", "/healthz", 200, 0.001, "127.0.0.1")
+    assert out.getvalue().count("\n") == ACCESS_LINES
+    access.write(0.0, b"GET", "/healthz", 200, 0.001, "127.0.0.1")
+    assert out.getvalue().count("\n") == ACCESS_LINES  # (the next batch waits)
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["text", "json"])
+def test_an_access_line_s_client_is_its_address_s_host(json_lines: bool) -> None:
+    out = io.StringIO()
+    access = AccessLog(LazyFlushFile(out), json=json_lines)
+    for client in (IPv4Address("TCP", "10.1.2.3", 5678), IPv6Address("TCP", "::1", 80)):
+        access.write(0.0, b"GET", "/healthz", 200, 0.001, client)
+    access.write(0.0, b"GET", "/healthz", 200, 0.001, UNIXAddress(b"/run/r.sock"))
+    access.flush()
+    lines = out.getvalue().splitlines()
+    clients = [json.loads(line)["client"] if json_lines else line.split()[-1] for line in lines]
+    assert clients == ["10.1.2.3", "::1", str(UNIXAddress(b"/run/r.sock"))]
 
 
 class WritesRecorded:
@@ -295,7 +302,7 @@ DURATION = "\x00duration\x00"
         st.floats(min_value=-86_400, max_value=4_102_444_800),
         st.integers(0, 4_102_444_800).map(lambda second: second - 1e-7),  # rounds up a second
     ),
-    method=st.text(max_size=12),
+    method=st.binary(max_size=12),
     route=st.text(max_size=40),
     code=st.integers(100, 599),
     duration=st.one_of(st.floats(), st.integers(0, 10)),
@@ -305,7 +312,7 @@ DURATION = "\x00duration\x00"
 def test_a_json_access_line_is_json_dumps_of_its_record_but_for_the_duration(
     before: float,
     now: float,
-    method: str,
+    method: bytes,
     route: str,
     code: int,
     duration: float,
@@ -318,14 +325,13 @@ def test_a_json_access_line_is_json_dumps_of_its_record_but_for_the_duration(
     (seconds to four decimals), where json.dumps would write the float whole.
     """
     written = io.StringIO()
-    times = iter([before, now, now])
-    access = AccessLog(LazyFlushFile(written), json=True, worker=worker, clock=lambda: next(times))
-    access.write(method, route, code, duration, client)  # (another second's stamp first)
+    access = AccessLog(LazyFlushFile(written), json=True, worker=worker)
+    access.write(before, method, route, code, duration, client)  # (another second's stamp first)
     access.flush()
     written.truncate(0)
     written.seek(0)
-    access.write(method, route, code, duration, client)
-    access.write(method, route, code, duration, client)  # (the second's stamp kept)
+    access.write(now, method, route, code, duration, client)
+    access.write(now, method, route, code, duration, client)  # (the second's stamp kept)
     access.flush()
     finite = math.isfinite(duration)
     took = f"{duration:.4f}" if finite else json.dumps(duration)
@@ -333,8 +339,8 @@ def test_a_json_access_line_is_json_dumps_of_its_record_but_for_the_duration(
         "time": datetime.fromtimestamp(now, UTC).isoformat(),
         "level": "info",
         "namespace": ACCESS_NAMESPACE,
-        "message": f"{method} {route} {code} {duration:.4f}s {client}",
-        "method": method,
+        "message": f"{method.decode('latin-1')} {route} {code} {duration:.4f}s {client}",
+        "method": method.decode("latin-1"),
         "route": route,
         "code": code,
         "duration": DURATION,
@@ -354,36 +360,37 @@ ANY_TEXT = st.text(st.characters(codec=None, categories=None), max_size=70)
 
 @settings(max_examples=200)
 @given(
-    texts=st.lists(st.tuples(ANY_TEXT, ANY_TEXT, ANY_TEXT), min_size=1, max_size=4),
+    texts=st.lists(st.tuples(st.binary(max_size=70), ANY_TEXT, ANY_TEXT), min_size=1, max_size=4),
     order=st.lists(st.integers(0, 3), min_size=1, max_size=12),
     code=st.sampled_from([200, 304, 404]),
 )
 def test_json_access_lines_of_requests_in_any_order_with_any_characters_are_their_own(
-    texts: list[tuple[str, str, str]], order: list[int], code: int
+    texts: list[tuple[bytes, str, str]], order: list[int], code: int
 ) -> None:
     """The parts remembered for one method, route and client never serve another's line."""
     written = io.StringIO()
-    access = AccessLog(LazyFlushFile(written), json=True, clock=lambda: 1_796_300_000.5)
+    access = AccessLog(LazyFlushFile(written), json=True)
     calls = [texts[i % len(texts)] for i in order]
     for method, route, client in calls:
-        access.write(method, route, code, 0.00123, client)
+        access.write(1_796_300_000.5, method, route, code, 0.00123, client)
     access.flush()
     lines = written.getvalue().splitlines()
     assert len(lines) == len(calls)
     for (method, route, client), line in zip(calls, lines, strict=True):
         record = json.loads(line)
-        assert (record["method"], record["route"], record["client"]) == (method, route, client)
-        assert record["message"] == f"{method} {route} {code} 0.0012s {client}"
+        text = method.decode("latin-1")
+        assert (record["method"], record["route"], record["client"]) == (text, route, client)
+        assert record["message"] == f"{text} {route} {code} 0.0012s {client}"
         assert (record["code"], record["duration"]) == (code, 0.0012)
         assert line.isascii()
 
 
 def test_a_worker_s_relayed_lines_are_flushed_at_once_after_the_lines_before() -> None:
     log_output, out, clock, log = output()
-    log_output.access = AccessLog(log_output.file, clock=clock.seconds)
+    log_output.access = AccessLog(log_output.file)
     log_output.startService()
     log.info("first")  # (a file's first line is flushed: the interval starts)
-    log_output.access.write("GET", "/healthz", 200, 0.001, "127.0.0.1")
+    log_output.access.write(clock.seconds(), b"GET", "/healthz", 200, 0.001, "127.0.0.1")
     log.info("second")
     assert "second" not in out.flushed
     log_output.relay("worker 1 line\n[warn] worker 2 warning\n")
