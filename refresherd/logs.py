@@ -133,7 +133,7 @@ class LazyFlushFile:
 
 PARTS_KEPT, PART_KEPT_SIZE = 1024, 64
 """
-How many JSON lines' parts (by method, route, status and client address)
+How many lines' parts (by method, route, status and client address)
 L{AccessLog} keeps, and how long their strings may be.
 """
 Waiting = tuple[float, bytes, str, int, float, object]
@@ -162,7 +162,7 @@ class AccessLog:
     _second: float = attrs.field(default=math.nan, init=False)
     """The second the time stamp (C{_stamp}) was made for."""
     _stamp: str = attrs.field(default="", init=False)
-    _parts: dict[tuple[str, str, int, str], tuple[str, str, str]] = attrs.field(
+    _parts: dict[tuple[bytes, str, int, str], tuple[str, ...]] = attrs.field(
         factory=dict, init=False
     )
 
@@ -187,19 +187,22 @@ class AccessLog:
             self.file.write("".join(lines))
 
     def _text_lines(self, waiting: list[Waiting]) -> list[str]:
+        """The lines as twistd's text observer writes their events."""
         system = f"{ACCESS_NAMESPACE}#info"
         if self.worker is not None:
             system = f"worker {self.worker} {system}"
         lines: list[str] = []
         add = lines.append
+        parts_of = self._parts.get
         second, stamp = self._second, self._stamp
         for when, method, route, code, duration, client in waiting:
             if int(when) != second:
                 second = int(when)
                 stamp = f"{formatTime(second)} [{system}] "
             host = getattr(client, "host", None) or str(client)
-            message = f"{method.decode('latin-1')} {route} {code} {duration:.4f}s {host}"
-            add(stamp + message.replace("\n", "\n\t") + "\n")
+            key = (method, route, code, host)
+            parts = parts_of(key) or self._new_parts(*key)
+            add(f"{stamp}{parts[0]}{duration:.4f}{parts[1]}")
         self._second, self._stamp = second, stamp
         return lines
 
@@ -207,9 +210,7 @@ class AccessLog:
         """
         The lines' records as C{json.dumps} writes them, but for C{duration},
         written as the message writes it (seconds to four decimals, a JSON
-        number): the same characters for a fraction of the cost (the time's
-        second formatted once a second, the rest escaped by json's own C
-        function and remembered for the same method, route, status and client).
+        number): the same characters for a fraction of the cost.
         """
         lines: list[str] = []
         add = lines.append
@@ -230,9 +231,9 @@ class AccessLog:
             number = took
             if not math.isfinite(duration):
                 number = json.dumps(duration)  # (NaN, Infinity: as json.dumps writes them)
-            text = method.decode("latin-1")
             host = getattr(client, "host", None) or str(client)
-            parts = parts_of((text, route, code, host)) or self._line_parts(text, route, code, host)
+            key = (method, route, code, host)
+            parts = parts_of(key) or self._new_parts(*key)
             if micro:
                 fraction = f".{_DIGITS[micro // 1000]}{_DIGITS[micro % 1000]}"
                 add(f'{{"time": "{stamp}{fraction}{parts[0]}{took}{parts[1]}{number}{parts[2]}')
@@ -241,20 +242,27 @@ class AccessLog:
         self._second, self._stamp = second, stamp
         return lines
 
-    def _line_parts(self, method: str, route: str, code: int, client: str) -> tuple[str, str, str]:
+    def _new_parts(self, method: bytes, route: str, code: int, client: str) -> tuple[str, ...]:
         """
-        What a JSON line of this request holds around its time, its duration in
-        the message and its duration: remembered (at most L{PARTS_KEPT}) if its
-        strings are short.
+        What a line of this request holds but for its time and duration: as
+        text, what comes before the duration and after it; as JSON, what comes
+        between the time, the duration in the message and the duration, and
+        after. Remembered (at most L{PARTS_KEPT}) if its strings are short.
         """
-        m, r, c = (_escaped(text)[1:-1] for text in (method, route, client))
-        worker = "" if self.worker is None else f', "worker": {self.worker}'
-        parts = (
-            f'+00:00", "level": "info", "namespace": "{ACCESS_NAMESPACE}", '
-            f'"message": "{m} {r} {code:d} ',
-            f's {c}", "method": "{m}", "route": "{r}", "code": {code:d}, "duration": ',
-            f', "client": "{c}"{worker}}}\n',
-        )
+        text = method.decode("latin-1")
+        parts: tuple[str, ...]
+        if self.json:
+            m, r, c = (_escaped(each)[1:-1] for each in (text, route, client))
+            worker = "" if self.worker is None else f', "worker": {self.worker}'
+            parts = (
+                f'+00:00", "level": "info", "namespace": "{ACCESS_NAMESPACE}", '
+                f'"message": "{m} {r} {code:d} ',
+                f's {c}", "method": "{m}", "route": "{r}", "code": {code:d}, "duration": ',
+                f', "client": "{c}"{worker}}}\n',
+            )
+        else:  # (a newline in the message is followed by a tab, as twistd writes it)
+            before, after = f"{text} {route} {code} ", f"s {client}"
+            parts = (before.replace("\n", "\n\t"), after.replace("\n", "\n\t") + "\n")
         if max(len(method), len(route), len(client)) <= PART_KEPT_SIZE:
             if len(self._parts) >= PARTS_KEPT:
                 self._parts.clear()

@@ -360,6 +360,33 @@ ANY_TEXT = st.text(st.characters(codec=None, categories=None), max_size=70)
 
 @settings(max_examples=200)
 @given(
+    method=st.binary(max_size=12),
+    route=st.text(max_size=40),
+    code=st.integers(100, 599),
+    duration=st.floats(0, 100),
+    client=st.text(max_size=80),
+    worker=st.one_of(st.none(), st.integers(1, 64)),
+)
+def test_a_text_access_line_is_what_twistd_s_observer_writes_of_its_event(
+    method: bytes, route: str, code: int, duration: float, client: str, worker: int | None
+) -> None:
+    """Newlines and braces too: twistd's observer follows a newline in a message with a tab."""
+    when = 1_796_300_000.25
+    text = method.decode("latin-1")
+    line = f"{text} {route} {code} {duration:.4f}s {client}"
+    event = dict(access_event(when), log_format=line.replace("{", "{{").replace("}", "}}"))
+    expected = io.StringIO()
+    observers(False, worker, expected)(event)
+    written = io.StringIO()
+    access = AccessLog(LazyFlushFile(written), worker=worker)
+    for _ in range(2):  # (its parts made, then remembered)
+        access.write(when, method, route, code, duration, client)
+    access.flush()
+    assert written.getvalue() == 2 * expected.getvalue()
+
+
+@settings(max_examples=200)
+@given(
     texts=st.lists(st.tuples(st.binary(max_size=70), ANY_TEXT, ANY_TEXT), min_size=1, max_size=4),
     order=st.lists(st.integers(0, 3), min_size=1, max_size=12),
     code=st.sampled_from([200, 304, 404]),
