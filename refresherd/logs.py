@@ -145,14 +145,15 @@ _DIGITS = tuple(f"{number:03d}" for number in range(1000))
 @attrs.define(eq=False)
 class AccessLog:
     """
-    Access log lines, each formatted once as the process's observer would
-    format its event (twistd's text, C{--log-format json}, a worker's; the
-    duration as the message writes it, to four decimals), and written to
-    L{file} in batches.
+    Access log lines, formatted as the process's observer would format their
+    events (twistd's text, C{--log-format json}, a worker's; the duration as
+    the message writes it, to four decimals), and written to L{file} in
+    batches.
 
-    A request only leaves what its line needs (L{write}): the lines are
-    formatted together when they are written, in one loop, which costs a
-    fraction of formatting each as its request is answered.
+    A request only leaves what its line needs (L{write}); the lines are
+    formatted together when they are written, in one loop whose code stays
+    warm, which under load costs a fraction of formatting each amid the
+    requests.
     """
 
     file: LazyFlushFile
