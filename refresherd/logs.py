@@ -22,6 +22,7 @@ file keeps their order), and at stop.
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import signal
@@ -138,6 +139,11 @@ L{AccessLog} keeps, and how long their strings may be.
 """
 Waiting = tuple[float, bytes, str, int, float, object]
 """What a request leaves for its access line (L{AccessLog.write}'s arguments)."""
+_WELL_WITHIN = 0.999999
+"""
+How far into its second a time is shown as that second whatever its sign:
+past it, datetime may round the time up to the next (to the microsecond).
+"""
 _DIGITS = tuple(f"{number:03d}" for number in range(1000))
 """Three digits of a microsecond, by their number."""
 
@@ -196,10 +202,14 @@ class AccessLog:
         add = lines.append
         parts_of = self._parts.get
         second, stamp = self._second, self._stamp
+        low, high = second, second + _WELL_WITHIN
         for when, method, route, code, duration, client in waiting:
-            if int(when) != second:
-                second = int(when)
-                stamp = f"{formatTime(second)} [{system}] "
+            if not low <= when < high:  # (else: the same second, far from its end)
+                whole = _shown_second(when)
+                if whole != second:
+                    second = whole
+                    stamp = f"{formatTime(second)} [{system}] "
+                low, high = second, second + _WELL_WITHIN
             host = getattr(client, "host", None) or str(client)
             key = (method, route, code, host)
             parts = parts_of(key) or self._new_parts(*key)
@@ -269,6 +279,11 @@ class AccessLog:
                 self._parts.clear()
             self._parts[method, route, code, client] = parts
         return parts
+
+
+def _shown_second(when: float) -> int:
+    """The second a time stamp of C{when} shows: datetime rounds C{when} to the microsecond."""
+    return calendar.timegm(datetime.fromtimestamp(when, UTC).timetuple())
 
 
 _escaped: Callable[[str], str] = json.encoder.encode_basestring_ascii

@@ -385,6 +385,34 @@ def test_a_text_access_line_is_what_twistd_s_observer_writes_of_its_event(
     assert written.getvalue() == 2 * expected.getvalue()
 
 
+A_TIME = st.one_of(
+    st.floats(min_value=-86_400, max_value=4_102_444_800),
+    # Just under a second, where twistd's observer (datetime) rounds up to the next.
+    st.integers(-86_400, 4_102_444_800).map(lambda second: math.nextafter(second, -math.inf)),
+    st.integers(-86_400, 4_102_444_800).map(lambda second: second - 4e-7),
+)
+
+
+@settings(max_examples=300)
+@given(
+    batches=st.lists(st.lists(A_TIME, min_size=1, max_size=4), min_size=1, max_size=3),
+    worker=st.one_of(st.none(), st.integers(1, 64)),
+)
+def test_a_text_access_line_s_time_is_the_second_twistd_s_observer_writes(
+    batches: list[list[float]], worker: int | None
+) -> None:
+    """Any time, in any order, within a batch and across batches: rounded as datetime rounds it."""
+    expected = io.StringIO()
+    written = io.StringIO()
+    access = AccessLog(LazyFlushFile(written), worker=worker)
+    for batch in batches:
+        for when in batch:
+            observers(False, worker, expected)(access_event(when))
+            access.write(when, b"GET", "/v1/jobs/{job}", 200, 0.00123456, "127.0.0.1")
+        access.flush()
+    assert written.getvalue() == expected.getvalue()
+
+
 @settings(max_examples=200)
 @given(
     texts=st.lists(st.tuples(st.binary(max_size=70), ANY_TEXT, ANY_TEXT), min_size=1, max_size=4),
