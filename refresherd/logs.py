@@ -183,7 +183,9 @@ class AccessLog:
         """
         waiting = self._waiting
         waiting.append((when, method, route, code, duration, client))
-        if len(waiting) >= ACCESS_LINES:
+        # (A long method, which only twisted.web's listeners let through, is not
+        # kept: what waits stays small however long the request lines.)
+        if len(waiting) >= ACCESS_LINES or len(method) > PART_KEPT_SIZE:
             self.flush()
 
     def flush(self) -> None:

@@ -21,10 +21,12 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 from twisted.python.logfile import LogFile
 
+from refresherd.http.common import UNMATCHED
 from refresherd.logs import (
     ACCESS_LINES,
     ACCESS_NAMESPACE,
     FLUSH_INTERVAL,
+    PART_KEPT_SIZE,
     AccessLog,
     JSONLinesObserver,
     LazyFlushFile,
@@ -224,6 +226,16 @@ def test_access_lines_past_the_buffer_are_written_at_once() -> None:
     assert out.getvalue().count("\n") == ACCESS_LINES
     access.write(0.0, b"GET", "/healthz", 200, 0.001, "127.0.0.1")
     assert out.getvalue().count("\n") == ACCESS_LINES  # (the next batch waits)
+
+
+def test_an_access_line_with_a_long_method_is_written_at_once_with_those_before() -> None:
+    out = io.StringIO()
+    access = AccessLog(LazyFlushFile(out))
+    access.write(0.0, b"GET", "/healthz", 200, 0.001, "127.0.0.1")
+    access.write(0.0, b"M" * (PART_KEPT_SIZE + 1), UNMATCHED, 405, 0.001, "127.0.0.1")
+    assert out.getvalue().count("\n") == 2
+    access.write(0.0, b"M" * PART_KEPT_SIZE, UNMATCHED, 405, 0.001, "127.0.0.1")
+    assert out.getvalue().count("\n") == 2  # (kept)
 
 
 @pytest.mark.parametrize("json_lines", [False, True], ids=["text", "json"])
