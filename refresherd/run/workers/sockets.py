@@ -73,25 +73,7 @@ def release(port: IListeningPort) -> Deferred[None]:
     return stopped
 
 
-class OneAtATime:
-    """
-    A listening port that accepts one connection each time it is readable
-    (as nginx's C{multi_accept off}), so that the workers a burst of new
-    connections wakes share them: Twisted's port accepts as many as wait (up
-    to 100 at first), and the first worker to wake took most of a burst (39
-    of wrk's 50 connections, say), the other worker left nearly idle.
-    """
-
-    def doRead(self) -> None:
-        self.numberAccepts = 1
-        super().doRead()  # type: ignore[misc]
-
-
-class InheritedTCPPort(OneAtATime, tcp.Port):
-    """A TCP port on a listening socket inherited from the parent."""
-
-
-class InheritedUNIXPort(OneAtATime, unix.Port):
+class InheritedUNIXPort(unix.Port):
     """
     A UNIX port on a listening socket inherited from the parent.
 
@@ -111,6 +93,7 @@ class InheritedUNIXPort(OneAtATime, unix.Port):
         self.connected = True
         self.socket = self._inherited
         self.fileno = self.socket.fileno  # type: ignore[method-assign]
+        self.numberAccepts = 100
         self.startReading()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -131,12 +114,7 @@ def adopt(reactor: Any, fd: int, family: str, factory: IProtocolFactory) -> ILis
             unix_port.startListening()
             port = unix_port
         else:
-            # (What reactor.adoptStreamPort does, with a port of our own.)
-            tcp_port = InheritedTCPPort._fromListeningDescriptor(
-                reactor, fd, FAMILIES[family], factory
-            )
-            tcp_port.startListening()
-            port = tcp_port
+            port = reactor.adoptStreamPort(fd, FAMILIES[family], factory)
     except OSError as e:
         raise ConfigError(
             f"--worker-fd: cannot adopt file descriptor {fd}: {e.strerror or e}"
