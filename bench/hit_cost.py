@@ -46,8 +46,8 @@ from bench.bare_server import Answer, Fixed, QuietSite
 from bench.shared_stores import write_section
 from bench.throughput import CONFIG, SMALL_PATH, machine, origin_server, versions
 from refresherd.core.refresher import Refresher
+from refresherd.http import fastpath
 from refresherd.http.answers import Bodies
-from refresherd.http.fastpath import Values
 from refresherd.metrics import Metrics
 from refresherd.run.build import build
 from refresherd.run.tap import Options
@@ -158,8 +158,8 @@ def measure(bare: Channel, refresherd: Channel, rounds: int, requests: int) -> R
     return result
 
 
-Part = tuple[str, type, str, Any]
-"""A part of a hit: what it is, and the class attribute that stands in for it."""
+Part = tuple[str, Any, str, Any]
+"""A part of a hit: what it is, and the attribute of a class or module that stands in for it."""
 
 
 def parts(site: Any) -> list[Part]:
@@ -175,7 +175,7 @@ def parts(site: Any) -> list[Part]:
             "lookup",
             lambda self, target: answer,
         ),
-        ("timing the request (metrics, access log)", Values, "_observe", lambda *a: None),
+        ("timing the request (metrics, access log)", fastpath, "observe", lambda *a: None),
         ("counting the answer", Metrics, "count_request", lambda *a: None),
         ("the answer's JSON around the kept head", Bodies, "body", lambda *a: body),
     ]
@@ -183,16 +183,16 @@ def parts(site: Any) -> list[Part]:
 
 def price(channel: Channel, part: Part, rounds: int, requests: int) -> list[float]:
     """Per round, the µs per hit of C{channel} as it is less those with C{part} made free."""
-    _, cls, name, stand_in = part
-    original = cls.__dict__[name]
+    _, owner, name, stand_in = part
+    original = owner.__dict__[name]
     differences = []
     for _ in range(rounds):
         whole = channel.time(requests)
-        setattr(cls, name, stand_in)
+        setattr(owner, name, stand_in)
         try:
             differences.append(whole - channel.time(requests))
         finally:
-            setattr(cls, name, original)
+            setattr(owner, name, original)
     return differences
 
 

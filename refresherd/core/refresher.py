@@ -206,15 +206,18 @@ class Refresher(Service):
 
     # -- lookups -------------------------------------------------------------
 
-    def lookup(self, target: Target) -> Answer | Deferred[Answer]:
+    def lookup(self, target: Target, now: float | None = None) -> Answer | Deferred[Answer]:
         """
         The answer for C{target}, a refresh started when one is due: at once
         when the store has the entry at hand and nobody has to wait for a
         fetch or a read; else a Deferred of it.  Errors a caller can cause
         (L{refresherd.errors.RefresherdError}) are raised or failed with.
+        C{now}: the clock's time, if the caller has just read it.
         """
+        if now is None:
+            now = self.clock.seconds()
         if self._observe is not None:
-            self._observe(target.job.name, target.key, target.args, self.clock.seconds())
+            self._observe(target.job.name, target.key, target.args, now)
         keys = target.generation_keys.all
         remembered = self._own_tags.get(target.key) if self._own_tags else None
         if remembered is not None:
@@ -227,7 +230,7 @@ class Refresher(Service):
         if own is not remembered:  # Tags of its own not read with it: read them.
             return Deferred.fromCoroutine(self._read_and_decide(target))
         entry, marks = self._seen(target, entry, tokens, own)
-        decision = self._decide(target.job, entry)
+        decision = self._decide(target.job, entry, now)
         if decision is policy.HIT:  # Nearly every lookup.
             return Answer(target.job.name, target.key, "hit", entry)
         if self._must_reread(target, decision, persist=True):
@@ -244,8 +247,10 @@ class Refresher(Service):
         settled = self._settle(target, entry, marks, persist, decision)
         return settled if isinstance(settled, Answer) else await settled
 
-    def _decide(self, job: Job, entry: Entry | None) -> policy.Decision:
-        return policy.decide(self.clock.seconds(), entry, job.config.early_refresh, self.random())
+    def _decide(self, job: Job, entry: Entry | None, now: float | None = None) -> policy.Decision:
+        if now is None:
+            now = self.clock.seconds()
+        return policy.decide(now, entry, job.config.early_refresh, self.random())
 
     def _must_reread(self, target: Target, decision: policy.Decision, persist: bool) -> bool:
         """

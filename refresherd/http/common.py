@@ -106,15 +106,22 @@ ACCESS = Logger(namespace=logs.ACCESS_NAMESPACE)
 
 
 def observe(
-    metrics: Metrics, clock: IReactorTime, request: IRequest, route: str, access_log: bool = False
+    metrics: Metrics,
+    clock: IReactorTime,
+    request: IRequest,
+    route: str,
+    access_log: bool = False,
+    start: float | None = None,
 ) -> None:
     """
     Time C{request} into C{refresherd_http_request_duration_seconds} under
-    C{route}; with C{access_log}, log it once answered: method, route
-    template (never the query, whose values are the caller's), status,
-    duration and client address (never a header, so never a token).
+    C{route}, from C{start} (default: now); with C{access_log}, log it once
+    answered: method, route template (never the query, whose values are the
+    caller's), status, duration and client address (never a header, so
+    never a token).
     """
-    start = clock.seconds()
+    if start is None:
+        start = clock.seconds()
     web_request: Request = request  # type: ignore[assignment]
 
     def done(_: object = None) -> None:

@@ -77,16 +77,26 @@ class Values:
         self.targets = QueryTargets(self.refresher)
 
     def value(
-        self, request: IRequest, job: str, raw: bool, known: Known | None = None
+        self,
+        request: IRequest,
+        job: str,
+        raw: bool,
+        known: Known | None = None,
+        now: float | None = None,
     ) -> bytes | Deferred[bytes]:
         """
         The answer to C{GET /v1/jobs/{job}} (or C{.../raw}), errors rendered
         as their error object: bytes at once when the value was at hand (the
         memory store, the near cache) and nobody waits, else a Deferred.
         With C{known} (a L{QuickRequest} read before), its target and its
-        last answer's head are reused while they are the same.
+        last answer's head are reused while they are the same.  C{now}: when
+        the request's answering began, if the caller read the clock then (a
+        read of it less); an answer given at once is as of then.
         """
-        self._observe(request, "/v1/jobs/{job}/raw" if raw else "/v1/jobs/{job}")
+        if now is None:
+            now = self.clock.seconds()
+        route = "/v1/jobs/{job}/raw" if raw else "/v1/jobs/{job}"
+        observe(self.metrics, self.clock, request, route, self.access_log, now)
         if not self.authorizer.reads_open:  # (else no header to read)
             try:
                 self.authorizer.check_read(header(request, b"Authorization"))
@@ -99,20 +109,17 @@ class Values:
                 target = self.targets.target(job, query(request))
             else:
                 target = known.target(self.targets, request)
-            answer = self.refresher.lookup(target)
+            answer = self.refresher.lookup(target, now)
         except Exception:
             return self._failed(request, job, Failure())
         if isinstance(answer, Answer):
             if known is not None and answer.status == "hit":
-                return self._respond_known(request, job, answer, raw, known)  # type: ignore[arg-type]
-            return self._respond(request, job, answer, raw)
+                return self._respond_known(request, job, answer, raw, known, now)  # type: ignore[arg-type]
+            return self._respond(request, job, answer, raw, now)
         return answer.addCallbacks(
             lambda answer: self._respond(request, job, answer, raw),
             lambda failure: self._failed(request, job, failure),
         )
-
-    def _observe(self, request: IRequest, route: str) -> None:
-        observe(self.metrics, self.clock, request, route, self.access_log)
 
     def _respond(
         self, request: IRequest, job: str, answer: Answer, raw: bool, now: float | None = None
@@ -134,13 +141,12 @@ class Values:
             return render_unexpected(request, Failure())
 
     def _respond_known(
-        self, request: QuickRequest, job: str, answer: Answer, raw: bool, known: Known
+        self, request: QuickRequest, job: str, answer: Answer, raw: bool, known: Known, now: float
     ) -> bytes:
-        """L{_respond} of a hit, its head as written last time while it reads the same."""
+        """L{_respond} of a hit at C{now}, its head as written last time while it reads the same."""
         entry = answer.entry
         assert entry is not None
-        now = self.clock.seconds()
-        date = request.channel.site.date()
+        date = request.channel.site.date(now)
         ttl = math.floor(entry.fresh_until - now)
         age = max(0, math.floor(now - entry.fetched_at))
         if known.entry() is entry and known.ttl == ttl and known.age == age and known.date == date:
@@ -267,7 +273,13 @@ class QuickValues:
             if route is None:
                 return False
             known = request.incoming.memo = Known(*route)
-        answering = self.values.value(request, known.job, known.raw, known)  # type: ignore[arg-type]
+        answering = self.values.value(
+            request,  # type: ignore[arg-type]
+            known.job,
+            known.raw,
+            known,
+            request.now,
+        )
         if isinstance(answering, bytes):
             request.respond(answering)
         else:

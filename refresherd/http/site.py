@@ -426,9 +426,9 @@ class LimitedSite(server.Site):
         """The process is stopping (L{wind_down})."""
         self.noisy = False
 
-    def date(self) -> bytes:
-        """The C{Date} header's value now, formatted once a second."""
-        second = int(self.reactor.seconds())
+    def date(self, now: float | None = None) -> bytes:
+        """The C{Date} header's value at C{now} (default: now), formatted once a second."""
+        second = int(self.reactor.seconds() if now is None else now)
         if self._date[0] != second:
             self._date = (second, http.datetimeToString(second))
         return self._date[1]

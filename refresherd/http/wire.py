@@ -320,7 +320,7 @@ class WireChannel(HeldSender, TwistedProtocol):
                 self._head_from = None
                 self._busy = True
                 self.persistent = True
-                self._answer(incoming)
+                self._answer(incoming, now)
                 return
         if alone:
             self._started = now
@@ -572,16 +572,17 @@ class WireChannel(HeldSender, TwistedProtocol):
                     return
                 self._busy = True
                 self.persistent = item.persistent
-                self._answer(item)
+                self._answer(item, self.factory.reactor.seconds())
         finally:
             self._running = False
         self._reading()
 
-    def _answer(self, incoming: Incoming) -> None:
+    def _answer(self, incoming: Incoming, now: float) -> None:
+        """Answer C{incoming}, its answering begun at C{now} (the reactor's clock)."""
         site = self.factory
         site.idle.pop(self, None)
         if site.quick is not None and incoming.request is None and incoming.method in _QUICK:
-            quick = QuickRequest(self, incoming)
+            quick = QuickRequest(self, incoming, now)
             self._current = quick
             if site.quick.answer(quick):
                 return
@@ -708,9 +709,11 @@ class QuickRequest:
     _finished = False
     _lost = False
 
-    def __init__(self, channel: WireChannel, incoming: Incoming) -> None:
+    def __init__(self, channel: WireChannel, incoming: Incoming, now: float) -> None:
         self.channel = channel
         self.incoming = incoming
+        self.now = now
+        """When its answering began (the reactor's clock): what a hit's answer is as of."""
         self.method = incoming.method
         self.uri = incoming.uri
         self.path = incoming.uri.partition(b"?")[0]

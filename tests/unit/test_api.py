@@ -84,7 +84,9 @@ class APITestCase(SynchronousTestCase):
             return StubTreq(api.resource())
 
         def site(reactor: Any) -> WireSite:
-            made = WireSite(api.resource(), api.body_limit, reactor)
+            # Its clock is the service's, as in production (one reactor): a
+            # hit's answer is as of when its channel read it.
+            made = WireSite(api.resource(), api.body_limit, self.clock)
             made.quick = api.quick()
             return made
 

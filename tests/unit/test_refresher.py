@@ -980,6 +980,20 @@ def test_a_lookup_answers_a_hit_at_hand_at_once_and_anything_else_later() -> Non
         refresher.target("j", {"nope": "1"})
 
 
+def test_a_lookup_given_the_time_decides_as_of_it() -> None:
+    """A caller that has just read the clock passes its time: the lookup decides as of then."""
+    refresher, fetcher, clock, _ = make(stale=100.0)
+    target = refresher.target("j", {"id": "1"})
+    refresher.lookup(target)
+    fetcher.succeed(body=b"1")
+    now = clock.seconds()
+    later = refresher.lookup(target, now + 61)
+    assert isinstance(later, Answer) and later.status == "stale"  # as of 61 s on
+    assert len(fetcher.calls) == 2  # ...its refresh started
+    before = refresher.lookup(target, now)
+    assert isinstance(before, Answer) and before.status == "hit"  # as of the clock's time
+
+
 def test_a_lookup_at_hand_draws_as_often_as_one_that_reads() -> None:
     """An early refresh decided at hand is not decided again (it is as likely as after a read)."""
     draws: list[float] = []

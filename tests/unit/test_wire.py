@@ -51,8 +51,11 @@ class Quick:
     """A quick answerer: C{/quick...} answered at once, C{/later...} when told."""
 
     later: list[QuickRequest] = attrs.field(factory=list)
+    began: list[float] = attrs.field(factory=list)
+    """When each request's answering began (L{QuickRequest.now}), in order."""
 
     def answer(self, request: QuickRequest) -> bool:
+        self.began.append(request.now)
         if request.path.startswith(b"/quick"):
             request.setHeader(b"Content-Type", b"text/plain")
             request.respond(b"quick=" + request.uri)
@@ -186,6 +189,23 @@ def test_pipelined_requests_are_answered_in_order_when_the_first_is_answered_lat
     assert bodies == [b"one", b"quick=/quick/2", b"uri=/tree/3"]
     assert transport.producerState == "producing"
     assert not transport.disconnecting
+
+
+def test_a_request_is_answered_as_of_when_its_answering_began(wire: Wire) -> None:
+    # The time a hit is answered as of: when it was read, for one answered at once;
+    # when its turn came, for one pipelined behind an answer that took time.
+    proto, transport = wire.connect()
+    wire.clock.advance(1)
+    proto.dataReceived(GET % b"/quick/1")
+    wire.clock.advance(0.5)
+    proto.dataReceived(GET % b"/later/2" + GET % b"/quick/3")
+    wire.clock.advance(2)
+    wire.quick.later[0].respond(b"two")
+    wire.clock.advance(1)
+    proto.dataReceived(GET % b"/quick/1")  # the same bytes again: not parsed again
+    assert wire.site.known
+    assert wire.quick.began == [1, 1.5, 3.5, 4.5]
+    assert len(responses(transport.value())) == 4
 
 
 def test_answers_wait_while_the_client_does_not_read_them(wire: Wire) -> None:
