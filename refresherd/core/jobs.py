@@ -33,16 +33,15 @@ TARGETS_KEPT = 4096
 class Job:
     """A configured job with what runs it: its fetcher and its C{concurrency} slots."""
 
-    config: JobConfig
+    config: JobConfig = attrs.field(on_setattr=attrs.setters.frozen)
     fetcher: IFetcher
     slots: Slots = attrs.field(init=False)
+    name: str = attrs.field(init=False)
+    """Its configuration's name (read by every request)."""
 
     def __attrs_post_init__(self) -> None:
         self.slots = Slots(self.config.concurrency)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
+        self.name = self.config.name
 
     @property
     def queued(self) -> int:

@@ -216,8 +216,9 @@ class Refresher(Service):
         """
         if now is None:
             now = self.clock.seconds()
+        job = target.job
         if self._observe is not None:
-            self._observe(target.job.name, target.key, target.args, now)
+            self._observe(job.name, target.key, target.args, now)
         keys = target.generation_keys.all
         remembered = self._own_tags.get(target.key) if self._own_tags else None
         if remembered is not None:
@@ -230,9 +231,9 @@ class Refresher(Service):
         if own is not remembered:  # Tags of its own not read with it: read them.
             return Deferred.fromCoroutine(self._read_and_decide(target))
         entry, marks = self._seen(target, entry, tokens, own)
-        decision = self._decide(target.job, entry, now)
+        decision = policy.decide(now, entry, job.config.early_refresh, self.random())
         if decision is policy.HIT:  # Nearly every lookup.
-            return Answer(target.job.name, target.key, "hit", entry)
+            return Answer(job.name, target.key, "hit", entry)
         if self._must_reread(target, decision, persist=True):
             return Deferred.fromCoroutine(self._read_and_decide(target, cached=False))
         return self._settle(target, entry, marks, True, decision)
@@ -247,10 +248,8 @@ class Refresher(Service):
         settled = self._settle(target, entry, marks, persist, decision)
         return settled if isinstance(settled, Answer) else await settled
 
-    def _decide(self, job: Job, entry: Entry | None, now: float | None = None) -> policy.Decision:
-        if now is None:
-            now = self.clock.seconds()
-        return policy.decide(now, entry, job.config.early_refresh, self.random())
+    def _decide(self, job: Job, entry: Entry | None) -> policy.Decision:
+        return policy.decide(self.clock.seconds(), entry, job.config.early_refresh, self.random())
 
     def _must_reread(self, target: Target, decision: policy.Decision, persist: bool) -> bool:
         """
