@@ -230,7 +230,7 @@ class Refresher(Service):
         own = self._own(target, entry)
         if own is not remembered:  # Tags of its own not read with it: read them.
             return Deferred.fromCoroutine(self._read_and_decide(target))
-        entry, marks = self._seen(target, entry, tokens, own)
+        entry, marks = self._seen(target, entry, tokens, own, now)
         decision = policy.decide(now, entry, job.config.early_refresh, self.random())
         if decision is policy.HIT:  # Nearly every lookup.
             return Answer(job.name, target.key, "hit", entry)
@@ -349,27 +349,35 @@ class Refresher(Service):
         entry: Entry | None,
         tokens: Mapping[str, str],
         own: OwnTags | None = None,
+        now: float | None = None,
     ) -> tuple[Entry | None, tuple[str, str]]:
         """
-        The entry as a request should see it, purges applied (those of its
-        job's tags and of its C{own}, an origin's: C{tokens} has theirs), and
-        the current marks of its job and the job's tags.
+        The entry as a request should see it at C{now} (default: the clock's
+        time), purges applied (those of its job's tags and of its C{own}, an
+        origin's: C{tokens} has theirs), and the current marks of its job and
+        the job's tags.
         """
         marks = target.generation_keys.marks(tokens)
         if entry is None:
             return entry, marks
         current = marks if own is None else own.all.marks(tokens)
         if entry.marks != current:
-            entry = self._unpurged(target.job, entry, purge_of(entry.marks, current))
+            purge = purge_of(entry.marks, current)
+            if now is None:
+                now = self.clock.seconds()
+            entry = self._unpurged(target.job, entry, purge, now)
         return entry, marks
 
-    def _unpurged(self, job: Job, entry: Entry, purge: Purge | None) -> Entry | None:
-        """C{entry} after a purge of its job or a tag: none (hard), or marked stale (soft)."""
+    def _unpurged(self, job: Job, entry: Entry, purge: Purge | None, now: float) -> Entry | None:
+        """
+        C{entry} after a purge of its job or a tag: none (hard), or marked
+        stale (soft) as of C{now}, the time it is decided on.
+        """
         if purge is None:
             return entry
         if purge is Purge.HARD or entry.is_failure:
             return None
-        return policy.soft_purged(entry, self.clock.seconds(), self._grace(job))
+        return policy.soft_purged(entry, now, self._grace(job))
 
     @staticmethod
     def _grace(job: Job) -> float:

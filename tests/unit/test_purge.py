@@ -171,6 +171,19 @@ def test_a_soft_purge_of_a_tag_serves_stale_and_refreshes_each_entry_once() -> N
     assert world.calls() == 3
 
 
+def test_a_soft_purged_value_is_stale_as_of_the_time_a_lookup_is_given() -> None:
+    # A request read a moment before the clock's time now (the public listener passes the
+    # time it read it): the purge is applied as of that time, not the clock's.
+    world = World()
+    world.cached(**BOB)
+    world.purge(tags=["user:bob"], soft=True)
+    world.clock.advance(0.5)
+    refresher = world.refresher
+    answer = refresher.lookup(refresher.target("user", BOB), world.clock.seconds() - 0.25)
+    assert isinstance(answer, Answer) and answer.status == "stale"
+    assert world.calls() == 2
+
+
 def test_a_purge_of_a_job_reaches_every_entry_of_the_job_only() -> None:
     world = World()
     world.cached(**BOB)
