@@ -236,7 +236,7 @@ class Refresher(Service):
             return Answer(job.name, target.key, "hit", entry)
         if self._must_reread(target, decision, persist=True):
             return Deferred.fromCoroutine(self._read_and_decide(target, cached=False))
-        return self._settle(target, entry, marks, True, decision)
+        return self._settle(target, entry, marks, True, decision, now)
 
     async def _read_and_decide(self, target: Target, cached: bool = True) -> Answer:
         """L{lookup} of an entry that was not at hand: read it (again, if C{cached} is false)."""
@@ -269,8 +269,12 @@ class Refresher(Service):
         marks: tuple[str, str],
         persist: bool,
         decision: policy.Decision,
+        now: float | None = None,
     ) -> Answer | Deferred[Answer]:
-        """What C{decision} answers, a refresh started if due: an answer, or one to wait for."""
+        """
+        What C{decision} (made at C{now}, default: the clock's time) answers, a
+        refresh started if due: an answer, or one to wait for.
+        """
         job, key = target.job, target.key
         pending = decision.state is policy.State.ABSENT and job.config.on_miss == "empty"
         if pending and not persist:
@@ -283,7 +287,7 @@ class Refresher(Service):
         if decision.state is policy.State.STALE:
             assert entry is not None
             error = public_reason(entry.last_error) if entry.last_error else None
-            return self._stale(target, entry, error)
+            return self._stale(target, entry, error, now)
         if decision.state is policy.State.FAILED:
             assert entry is not None
             raise FetchFailed(public_reason(entry.last_error or ""))
@@ -384,9 +388,14 @@ class Refresher(Service):
         """How long a soft-purged value stays servable at least: one refresh's lease."""
         return policy.lease_ttl(job.config.timeout, job.config.retries)
 
-    def _stale(self, target: Target, entry: Entry, error: str | None) -> Answer:
+    def _stale(
+        self, target: Target, entry: Entry, error: str | None, now: float | None = None
+    ) -> Answer:
+        """C{entry} served stale at C{now} (default: the clock's time), its staleness measured."""
+        if now is None:
+            now = self.clock.seconds()
         self.metrics.stale_age.labels(job=target.job.name).observe(
-            max(0.0, self.clock.seconds() - entry.fresh_until)
+            max(0.0, now - entry.fresh_until)
         )
         return Answer(target.job.name, target.key, "stale", entry, error=error)
 

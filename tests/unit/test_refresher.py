@@ -994,6 +994,19 @@ def test_a_lookup_given_the_time_decides_as_of_it() -> None:
     assert isinstance(before, Answer) and before.status == "hit"  # as of the clock's time
 
 
+def test_a_stale_value_served_at_hand_is_measured_as_of_the_lookups_time() -> None:
+    """The stale age observed is that of the time the lookup decided on, not a later clock."""
+    refresher, fetcher, clock, _ = make(stale=100.0)
+    target = refresher.target("j", {"id": "1"})
+    refresher.lookup(target)
+    fetcher.succeed(body=b"1")
+    now = clock.seconds() + 70  # 10 s past freshness
+    clock.advance(70.25)  # the clock reads a moment later than the request was read
+    answer = refresher.lookup(target, now)
+    assert isinstance(answer, Answer) and answer.status == "stale"
+    assert counter(refresher, "refresherd_stale_served_age_seconds_sum", job="j") == 10.0
+
+
 def test_a_lookup_at_hand_draws_as_often_as_one_that_reads() -> None:
     """An early refresh decided at hand is not decided again (it is as likely as after a read)."""
     draws: list[float] = []
