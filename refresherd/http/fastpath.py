@@ -157,7 +157,7 @@ class Values:
                     body = self.bodies.body(answer, now)
                 except Exception:  # a bug: answered as _respond answers it
                     known.entry = _GONE
-                    return self._respond(request, job, answer, raw)  # type: ignore[arg-type]
+                    return self._respond(request, job, answer, raw, now)  # type: ignore[arg-type]
             self.metrics.count_request(job, "hit")
             request.head, request.code = known.head, known.code
             return body
@@ -281,7 +281,7 @@ class QuickValues:
             request.now,
         )
         if isinstance(answering, bytes):
-            request.respond(answering)
+            request.respond(answering, request.now)  # as of then, as its Age is
         else:
             answering.addCallback(request.respond)
         return True

@@ -736,8 +736,11 @@ class QuickRequest:
     def removeHeader(self, name: bytes) -> None:
         self.response.pop(name.lower(), None)
 
-    def respond(self, body: bytes) -> None:
-        """Write the answer with C{body}, and the request is done."""
+    def respond(self, body: bytes, now: float | None = None) -> None:
+        """
+        Write the answer with C{body}, dated C{now} (default: the clock's
+        time; the time it was made as of), and the request is done.
+        """
         if self._finished or self._lost:
             return
         self._finished = True
@@ -749,7 +752,7 @@ class QuickRequest:
         code = self.code
         head = self.head
         if head is None:
-            date = site.date()
+            date = site.date(now)
             lines = [
                 b"%s %d %s\r\n" % (self.clientproto, code, _REASONS.get(code, b"Unknown")),
                 b"Server: %s\r\nDate: %s\r\n" % (server.version, date),

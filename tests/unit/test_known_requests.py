@@ -10,6 +10,7 @@ conditional request's match.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.web import http
 
 from refresherd.config import AuthConfig, JobConfig, ServerConfig
 from refresherd.core.jobs import Job
@@ -209,3 +211,18 @@ def test_a_kept_head_is_kept_with_what_it_shows_however_the_clock_moves() -> Non
             assert (known.date, b"%d" % known.age) == (shown[b"Date"], shown[b"Age"])
             assert shown[b"Cache-Status"].endswith(b"ttl=%d" % known.ttl)
         assert head[b"Content-Length"] == b"8"
+
+
+def test_a_hit_answered_at_once_is_dated_as_of_the_time_its_age_is() -> None:
+    # Its Date is as of when its answering began, as its Age and Cache-Status are,
+    # however late the clock reads by the time the head is written.
+    racing = Racing()
+    service = Service(racing)
+    service.put(b'{"v": 1}')
+    racing.racing = True
+    for _ in range(5):
+        head, _, body = service.known(REQUESTS["json"]).partition(b"\r\n\r\n")
+        shown = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+        answer = json.loads(body)
+        now = answer["fetched_at"] + answer["age"]
+        assert shown[b"Date"] == http.datetimeToString(int(now))  # (now is never near a second)
