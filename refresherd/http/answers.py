@@ -20,13 +20,16 @@ from refresherd.http.common import JSON, header, value_member, with_value
 
 
 def cache_status(answer: Answer, now: float) -> bytes:
-    """The RFC 9211 C{Cache-Status} of an answer."""
+    """The RFC 9211 C{Cache-Status} of an answer at C{now}: a hit's C{ttl} is never negative."""
     entry = answer.entry
     if answer.status == "pending" or entry is None:
         return b"refresherd; fwd=miss"
     if answer.status == "miss":
         return b"refresherd; fwd=miss; stored" if answer.stored else b"refresherd; fwd=miss"
-    return b"refresherd; hit; ttl=%d" % math.floor(entry.fresh_until - now)
+    ttl = math.floor(entry.fresh_until - now)
+    if ttl < 0 and answer.status == "hit":
+        ttl = 0  # decided fresh a moment before C{now} (read from the store, rendered later)
+    return b"refresherd; hit; ttl=%d" % ttl
 
 
 def etag_matches(if_none_match: bytes | None, etag: str) -> bool:

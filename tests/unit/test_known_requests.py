@@ -30,6 +30,7 @@ from refresherd.http.public import PublicAPI
 from refresherd.http.wire import WireChannel, WireSite
 from refresherd.metrics import metrics_for
 from refresherd.stores.memory import MemoryStore
+from refresherd.stores.near import NearCache
 from refresherd.testing import FakeFetcher
 
 pytestmark = pytest.mark.unit
@@ -42,12 +43,13 @@ def job(name: str, fresh: float = 10.0) -> JobConfig:
 
 
 class Service:
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, near: bool = False) -> None:
         self.clock = clock or Clock()
         self.clock.advance(1_800_000_000.25)
         self.jobs = {"j": job("j")}
+        store = MemoryStore(self.clock)
         self.refresher = Refresher(
-            MemoryStore(self.clock),
+            NearCache(store, self.clock) if near else store,
             {name: Job(config, FakeFetcher()) for name, config in self.jobs.items()},
             self.clock,
             "rfd",
@@ -226,3 +228,31 @@ def test_a_hit_answered_at_once_is_dated_as_of_the_time_its_age_is() -> None:
         answer = json.loads(body)
         now = answer["fetched_at"] + answer["age"]
         assert shown[b"Date"] == http.datetimeToString(int(now))  # (now is never near a second)
+
+
+class Ticking(Clock):
+    """Once ticking, a clock that moves on by 10 ms each time it is read."""
+
+    ticking = False
+
+    def seconds(self) -> float:
+        if self.ticking:
+            self.rightNow += 0.01
+        return self.rightNow
+
+
+def test_a_hit_read_past_the_near_cache_never_shows_a_negative_ttl() -> None:
+    # Read from the store (not at hand), a hit is decided fresh, then rendered when the
+    # clock has moved on: at whatever moment its freshness ends, it says ttl=0 at least.
+    hits = 0
+    for step in range(120):
+        ticking = Ticking()
+        service = Service(ticking, near=True)
+        service.put(b'{"v": 1}')  # fresh for 10 s
+        ticking.advance(9.305 + step * 0.01)  # (never a read at its end)
+        ticking.ticking = True
+        head, _, body = service.first_time(REQUESTS["json"]).partition(b"\r\n\r\n")
+        if json.loads(body)["status"] == "hit":
+            hits += 1
+            assert b"Cache-Status: refresherd; hit; ttl=-" not in head
+    assert 0 < hits < 120
