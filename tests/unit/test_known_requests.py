@@ -184,22 +184,25 @@ def test_an_error_rendering_a_known_hit_is_answered_as_the_first_time(
     no_logged_errors.clear()
 
 
-class Racing(Clock):
-    """Once racing, a clock that moves on by 0.3 s each time it is read (past seconds)."""
+class Moving(Clock):
+    """Once moving, a clock that moves on by C{step} seconds each time it is read."""
 
-    racing = False
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+        self.moving = False
 
     def seconds(self) -> float:
-        if self.racing:
-            self.rightNow += 0.3
+        if self.moving:
+            self.rightNow += self.step
         return self.rightNow
 
 
 def test_a_kept_head_is_kept_with_what_it_shows_however_the_clock_moves() -> None:
-    racing = Racing()
+    racing = Moving(0.3)  # past seconds
     service = Service(racing)
     service.put(b'{"v": 1}')
-    racing.racing = True
+    racing.moving = True
     request = REQUESTS["raw"]
     for _ in range(6):
         answer = service.known(request)
@@ -218,10 +221,10 @@ def test_a_kept_head_is_kept_with_what_it_shows_however_the_clock_moves() -> Non
 def test_a_hit_answered_at_once_is_dated_as_of_the_time_its_age_is() -> None:
     # Its Date is as of when its answering began, as its Age and Cache-Status are,
     # however late the clock reads by the time the head is written.
-    racing = Racing()
+    racing = Moving(0.3)  # past seconds
     service = Service(racing)
     service.put(b'{"v": 1}')
-    racing.racing = True
+    racing.moving = True
     for _ in range(5):
         head, _, body = service.known(REQUESTS["json"]).partition(b"\r\n\r\n")
         shown = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
@@ -230,27 +233,16 @@ def test_a_hit_answered_at_once_is_dated_as_of_the_time_its_age_is() -> None:
         assert shown[b"Date"] == http.datetimeToString(int(now))  # (now is never near a second)
 
 
-class Ticking(Clock):
-    """Once ticking, a clock that moves on by 10 ms each time it is read."""
-
-    ticking = False
-
-    def seconds(self) -> float:
-        if self.ticking:
-            self.rightNow += 0.01
-        return self.rightNow
-
-
 def test_a_hit_read_past_the_near_cache_never_shows_a_negative_ttl() -> None:
     # Read from the store (not at hand), a hit is decided fresh, then rendered when the
     # clock has moved on: at whatever moment its freshness ends, it says ttl=0 at least.
     hits = 0
     for step in range(120):
-        ticking = Ticking()
+        ticking = Moving(0.01)
         service = Service(ticking, near=True)
         service.put(b'{"v": 1}')  # fresh for 10 s
         ticking.advance(9.305 + step * 0.01)  # (never a read at its end)
-        ticking.ticking = True
+        ticking.moving = True
         head, _, body = service.first_time(REQUESTS["json"]).partition(b"\r\n\r\n")
         if json.loads(body)["status"] == "hit":
             hits += 1
