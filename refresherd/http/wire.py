@@ -572,16 +572,21 @@ class WireChannel(HeldSender, TwistedProtocol):
                     return
                 self._busy = True
                 self.persistent = item.persistent
-                self._answer(item, self.factory.reactor.seconds())
+                self._answer(item)
         finally:
             self._running = False
         self._reading()
 
-    def _answer(self, incoming: Incoming, now: float) -> None:
-        """Answer C{incoming}, its answering begun at C{now} (the reactor's clock)."""
+    def _answer(self, incoming: Incoming, now: float | None = None) -> None:
+        """
+        Answer C{incoming}, its answering begun at C{now} (the reactor's clock,
+        read if not given: only a quick answer is made as of it).
+        """
         site = self.factory
         site.idle.pop(self, None)
         if site.quick is not None and incoming.request is None and incoming.method in _QUICK:
+            if now is None:
+                now = site.reactor.seconds()
             quick = QuickRequest(self, incoming, now)
             self._current = quick
             if site.quick.answer(quick):
